@@ -1,0 +1,178 @@
+"""Typed settings. A YAML profile gives the values, SHIPWAY_* environment variables override them.
+
+`SHIPWAY_TRAINING__SEED=7` overrides `training.seed`: the prefix, then the keys joined by `__`.
+Relative paths are resolved against the working directory when the profile is loaded, so the
+embedded default keeps all of its state under `./.shipway/`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from tasks.errors import ConfigError
+
+PROFILES = Path(__file__).parent
+DEFAULT_PROFILE = PROFILES / "default.yaml"
+ENV_PREFIX = "SHIPWAY_"
+ENV_DELIMITER = "__"
+
+Estimator = Literal[
+    "logistic_regression", "random_forest", "hist_gradient_boosting", "gradient_boosting"
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MlflowSettings(_Section):
+    tracking_uri: str = Field(
+        "sqlite:///.shipway/mlflow.db",
+        description="MLflow tracking and registry store: sqlite:///PATH or http(s)://server.",
+    )
+    artifact_location: str = Field(
+        ".shipway/artifacts",
+        description="Artifact root of experiments shipway creates: a folder or s3://bucket/prefix. "
+        "Leave empty to use the tracking server's proxied artifact store.",
+    )
+    experiment: str = Field("shipway", description="Experiment that holds the training runs.")
+
+
+class S3Settings(_Section):
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint for boto3 (MinIO, moto); empty means AWS itself."
+    )
+    region: str = Field("us-east-1", description="Region for the S3 client.")
+
+
+class SnapshotSettings(_Section):
+    store: str = Field(
+        ".shipway/snapshots", description="Snapshot store: a folder or s3://bucket/prefix."
+    )
+
+
+class PrefectSettings(_Section):
+    api_url: str | None = Field(
+        None, description="Prefect server API; empty runs flows in Prefect's ephemeral mode."
+    )
+
+
+class PredictionLogSettings(_Section):
+    url: str = Field(
+        "sqlite:///.shipway/predictions.db",
+        description="SQLAlchemy URL of the gateway's prediction log (SQLite or PostgreSQL).",
+    )
+
+
+class DataSettings(_Section):
+    source: str = Field(
+        "demo", description="Training data: a CSV or Parquet file, s3://bucket/key, or 'demo'."
+    )
+    target: str = Field("churned", description="The label column.")
+    demo_rows: int = Field(30_000, gt=0, description="Rows of the generated demo dataset.")
+
+
+class TrainingSettings(_Section):
+    model_name: str = Field("churn-classifier", description="Registered model name.")
+    estimator: Estimator = Field("logistic_regression", description="Model family.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Hyperparameters passed to the estimator."
+    )
+    test_size: float = Field(0.2, gt=0, lt=1, description="Holdout share of the snapshot.")
+    seed: int = Field(42, description="Seed of the split and the estimator: same seed, same model.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, extra="forbid"
+    )
+
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    snapshots: SnapshotSettings = Field(default_factory=SnapshotSettings)
+    prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    prediction_log: PredictionLogSettings = Field(default_factory=PredictionLogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The profile arrives as init kwargs; environment variables must win over it.
+        return env_settings, init_settings
+
+    def resolved(self, cwd: Path) -> Settings:
+        """A copy with relative local paths made absolute against `cwd`."""
+        update = {
+            "mlflow": self.mlflow.model_copy(
+                update={
+                    "tracking_uri": _absolute_sqlite(self.mlflow.tracking_uri, cwd),
+                    "artifact_location": _absolute_path(self.mlflow.artifact_location, cwd),
+                }
+            ),
+            "prediction_log": self.prediction_log.model_copy(
+                update={"url": _absolute_sqlite(self.prediction_log.url, cwd)}
+            ),
+            "snapshots": self.snapshots.model_copy(
+                update={"store": _absolute_path(self.snapshots.store, cwd)}
+            ),
+        }
+        return self.model_copy(update=update)
+
+
+def load_settings(path: Path | str | None = None, cwd: Path | None = None) -> Settings:
+    """Load a profile (default: SHIPWAY_CONFIG, else the embedded default) with env overrides."""
+    path = Path(path or os.environ.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_PROFILE)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(values).__name__}")
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    return settings.resolved(cwd or Path.cwd())
+
+
+def _describe(exc: ValidationError, path: Path) -> str:
+    """One line naming the first bad key, and the environment variable if that is where it came from."""
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"])
+    env_var = ENV_PREFIX + ENV_DELIMITER.join(str(p) for p in error["loc"]).upper()
+    origin = f"environment variable {env_var}" if env_var in os.environ else f"config file {path}"
+    if error["type"] == "extra_forbidden":
+        return f"{origin}: unknown key '{key}'"
+    return f"{origin}: key '{key}': {error['msg']} (got {error.get('input')!r})"
+
+
+def _absolute_path(location: str, cwd: Path) -> str:
+    if not location or "://" in location:
+        return location
+    return str((cwd / location).resolve())
+
+
+def _absolute_sqlite(uri: str, cwd: Path) -> str:
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri.startswith(prefix + "/"):
+        return uri
+    return prefix + str((cwd / uri[len(prefix) :]).resolve())

@@ -1,0 +1,215 @@
+"""The `shipway` command line. Exit 0: done; 1: a gate or check said no; 2: bad usage or input.
+
+Flows and MLflow are imported inside the commands: the profile must set the environment
+(PREFECT_API_URL, the S3 endpoint) before Prefect reads it, and `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from configs.settings import Settings, load_settings
+from tasks.errors import ShipwayError
+
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+
+
+class _Cli(click.Group):
+    """Turns a ShipwayError into one line on stderr and its exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ShipwayError as exc:
+            click.echo(f"shipway: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def config_option(command):
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="SHIPWAY_CONFIG",
+        help="YAML profile (default: the embedded default, configs/default.yaml).",
+    )(command)
+
+
+def _settings(config_path: Path | None) -> Settings:
+    """Load the profile and export what Prefect and MLflow read from the environment."""
+    settings = load_settings(config_path)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if settings.prefect.api_url:
+        os.environ["PREFECT_API_URL"] = settings.prefect.api_url
+    if settings.s3.endpoint_url:
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3.endpoint_url)
+    _quiet_expected_tracebacks()
+    return settings
+
+
+def _quiet_expected_tracebacks() -> None:
+    """Prefect logs each failed task with its traceback; for a ShipwayError the message is enough."""
+
+    def drop_traceback(record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ShipwayError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).addFilter(drop_traceback)
+
+
+@click.group(cls=_Cli)
+@click.version_option(package_name="shipway")
+def cli() -> None:
+    """shipway: take a scikit-learn model from data to production, safely."""
+
+
+@cli.command()
+@click.option("--data", help="Training data: a .csv/.parquet file, s3://bucket/key, or 'demo'.")
+@click.option("--target", help="The label column (default: data.target of the profile).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@config_option
+def train(config_path: Path | None, data: str | None, target: str | None, as_json: bool) -> None:
+    """Snapshot -> train -> register -> Shadow."""
+    _settings(config_path)
+    from flows.training import training_flow
+
+    result = training_flow(data=data, target=target, config=str(config_path) if config_path else None)
+    if as_json:
+        click.echo(json.dumps(asdict(result), indent=2))
+        return
+    _print_training(result)
+
+
+def _print_training(result) -> None:
+    reused = " (identical data: reused, nothing written)" if result.snapshot_reused else ""
+    metrics = "  ".join(f"{k} {v:.3f}" for k, v in result.metrics.items())
+    steps = " · ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    console.print(f"[bold]{result.model_name}[/] version [bold]{result.version}[/] is now Shadow")
+    console.print(f"  snapshot  {result.snapshot_id}{reused}")
+    console.print(f"            {result.snapshot_uri}")
+    console.print(f"  holdout   {metrics}")
+    console.print(f"  steps     {steps}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print versions, aliases and tags as JSON.")
+@config_option
+def status(config_path: Path | None, name: str, as_json: bool) -> None:
+    """Versions, aliases and lineage of registered model NAME."""
+    settings = _settings(config_path)
+    from tasks.registry import versions
+
+    found, aliases = versions(settings, name)
+    if as_json:
+        payload = {
+            "name": name,
+            "aliases": aliases,
+            "versions": [
+                {"version": str(v.version), "created": _time(v.creation_timestamp), "run_id": v.run_id,
+                 "description": v.description, "tags": dict(v.tags)}
+                for v in found
+            ],
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    _print_status(name, found, aliases)
+
+
+def _print_status(name: str, found, aliases: dict[str, str]) -> None:
+    roles: dict[str, list[str]] = {}
+    for alias, version in sorted(aliases.items()):
+        roles.setdefault(version, []).append(alias)
+    table = Table(title=f"{name}: {len(found)} version(s)", title_justify="left")
+    columns = {  # header -> (tag or None, right-justified)
+        "version": (None, True), "aliases": (None, False), "created": (None, False),
+        "commit": ("git_commit", False), "dirty": ("git_dirty", False), "snapshot": ("data_snapshot_id", False),
+        "rows": ("data_rows", True), "roc_auc": ("metric_roc_auc", True), "validation": ("validation_status", False),
+        "p99 ms": ("latency_p99_ms", True),
+    }
+    for header, (_, right) in columns.items():
+        table.add_column(header, justify="right" if right else "left", no_wrap=True)
+    for v in found:
+        version = str(v.version)
+        fixed = [version, ", ".join(roles.get(version, [])) or "-", _time(v.creation_timestamp)]
+        tagged = [_short(v.tags.get(tag, "-")) for tag, _ in list(columns.values())[3:]]
+        table.add_row(*fixed, *tagged)
+    console.print(table)
+    for v in [v for v in found if str(v.version) in roles] or found[:1]:
+        console.print(f"\n[bold]version {v.version}[/] ({', '.join(roles.get(str(v.version), [])) or 'latest'}) lineage")
+        for key in sorted(v.tags):
+            console.print(f"  {key:<22} {v.tags[key]}")
+
+
+def _short(value: str) -> str:
+    """Hashes to 10 characters, figures to 4 significant digits: enough to tell versions apart."""
+    if len(value) >= 40 and all(c in "0123456789abcdef" for c in value):
+        return value[:10]
+    try:
+        return f"{float(value):.4g}" if "." in value else value
+    except ValueError:
+        return value
+
+
+def _time(ms: int | None) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M") if ms else "-"
+
+
+@cli.command()
+@config_option
+def demo(config_path: Path | None) -> None:
+    """The whole journey on generated demo data, in the current directory."""
+    settings = _settings(config_path)
+    from flows.training import training_flow
+    from tasks.registry import versions
+
+    console.print("[bold]shipway demo[/]: snapshot -> train -> register -> Shadow on generated churn data\n")
+    result = training_flow(data="demo", config=str(config_path) if config_path else None)
+    _print_training(result)
+    console.print()
+    _print_status(result.model_name, *versions(settings, result.model_name))
+    console.print(
+        "\n[bold]Where to look[/]\n"
+        f"  shipway status {result.model_name}     versions, aliases and lineage in the terminal\n"
+        "  shipway ui                            then open http://127.0.0.1:5000 and click\n"
+        f"    Models -> {result.model_name} -> Version {result.version}: the Shadow alias, the lineage tags\n"
+        "      (git_commit, data_snapshot_id, metrics) and the release description;\n"
+        "    its Source run: parameters, holdout metrics, the dataset, the model and the baseline.\n"
+        f"  {settings.snapshots.store}/{result.snapshot_id[:12]}…   the snapshot: data.parquet + manifest.json"
+    )
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@config_option
+def ui(config_path: Path | None, host: str, port: int) -> None:
+    """The MLflow UI on the profile's tracking store."""
+    settings = _settings(config_path)
+    uri = settings.mlflow.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        click.echo(f"The MLflow UI is served by the tracking server itself: open {uri}")
+        return
+    click.echo(f"MLflow UI on {uri}: http://{host}:{port}  (Ctrl-C stops it)")
+    # One worker and no job runner: ~0.5 GB instead of ~1.75 GB, and a 5 s start instead of 12 s.
+    os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    args = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+            "--host", host, "--port", str(port), "--workers", "1"]
+    os.execv(sys.executable, args)
+
+
+def main() -> None:
+    cli()

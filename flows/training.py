@@ -1,0 +1,64 @@
+"""The training flow: snapshot -> train -> register -> alias Shadow."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from prefect import flow
+
+from configs.settings import load_settings
+from tasks.lineage import git_lineage
+from tasks.registry import Alias, register_task, set_alias_task
+from tasks.snapshot import snapshot_task
+from tasks.training import train_task
+
+
+@dataclass
+class TrainingResult:
+    model_name: str
+    version: str
+    run_id: str
+    snapshot_id: str
+    snapshot_uri: str
+    snapshot_reused: bool
+    metrics: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step, orchestration included
+
+
+@flow(name="training", log_prints=True)
+def training_flow(data: str | None = None, target: str | None = None, config: str | None = None) -> TrainingResult:
+    """Snapshot the data, train the pipeline and its baseline, register the version, make it Shadow."""
+    settings = load_settings(config)
+    source = data or settings.data.source
+    target = target or settings.data.target
+    timings: dict[str, float] = {}
+
+    with _timed(timings, "snapshot"):
+        snapshot = snapshot_task(source, settings, target)
+    with _timed(timings, "train"):
+        trained = train_task(snapshot.frame, target, settings.training)
+    with _timed(timings, "register"):
+        registered = register_task(trained, snapshot, git_lineage(), settings)
+    with _timed(timings, "alias"):
+        set_alias_task(settings, registered.name, Alias.SHADOW, registered.version)
+
+    return TrainingResult(
+        model_name=registered.name,
+        version=registered.version,
+        run_id=registered.run_id,
+        snapshot_id=snapshot.id,
+        snapshot_uri=snapshot.uri,
+        snapshot_reused=not snapshot.created,
+        metrics=trained.metrics,
+        timings=timings,
+    )
+
+
+@contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[step] = round(time.perf_counter() - start, 3)
