@@ -49,6 +49,7 @@ def _settings(config_path: Path | None) -> Settings:
     """Load the profile and export what Prefect and MLflow read from the environment."""
     settings = load_settings(config_path)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if settings.prefect.api_url:
         os.environ["PREFECT_API_URL"] = settings.prefect.api_url
     if settings.s3.endpoint_url:
@@ -83,7 +84,10 @@ def cli() -> None:
 @config_option
 def train(config_path: Path | None, data: str | None, target: str | None, as_json: bool) -> None:
     """Snapshot -> train -> register -> Shadow."""
-    _settings(config_path)
+    settings = _settings(config_path)
+    from tasks.snapshot import check_source
+
+    check_source(data or settings.data.source)
     from flows.training import training_flow
 
     result = training_flow(data=data, target=target, config=str(config_path) if config_path else None)

@@ -50,14 +50,21 @@ class Registered:
     model_uri: str
 
 
-def connect(settings: Settings) -> tuple[MlflowClient, str]:
-    """Point MLflow at the configured store; return a client and the experiment id (created once)."""
+def connect(settings: Settings, create: bool = True) -> tuple[MlflowClient, str]:
+    """Point MLflow at the configured store; return a client and the experiment id (created once).
+
+    Readers pass create=False: looking at an embedded store that does not exist yet must not
+    create one.
+    """
     if settings.s3.endpoint_url:  # MLflow's own boto3 client reads the endpoint from here
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3.endpoint_url)
     mlflow_settings = settings.mlflow
     uri = mlflow_settings.tracking_uri
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(uri.removeprefix("sqlite:///"))
+        if not create and not db.is_file():
+            raise RegistryError(f"no MLflow store at {db}: nothing has been trained here yet (run shipway train)")
+        db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -188,7 +195,7 @@ def set_alias(settings: Settings, name: str, alias: Alias, version: str) -> None
 
 def versions(settings: Settings, name: str) -> tuple[list[ModelVersion], dict[str, str]]:
     """All versions of `name`, newest first, and its aliases as {alias: version}."""
-    client, _ = connect(settings)
+    client, _ = connect(settings, create=False)
     try:
         model = client.get_registered_model(name)
     except MlflowException:
@@ -199,14 +206,6 @@ def versions(settings: Settings, name: str) -> tuple[list[ModelVersion], dict[st
     found = client.search_model_versions(f"name = '{escaped}'")
     aliases = {alias: str(version) for alias, version in model.aliases.items()}
     return sorted(found, key=lambda v: int(v.version), reverse=True), aliases
-
-
-def version_tags(settings: Settings, name: str, version: str) -> dict[str, Any]:
-    client, _ = connect(settings)
-    try:
-        return dict(client.get_model_version(name, version).tags)
-    except MlflowException:
-        raise RegistryError(f"model '{name}' has no version {version}") from None
 
 
 @task(name="register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)

@@ -68,6 +68,7 @@ class Snapshot:
 
 def read_source(source: str, settings: Settings) -> pd.DataFrame:
     """Read `source`: 'demo', a .csv/.parquet file, or an s3://bucket/key object."""
+    check_source(source)
     if source == "demo":
         return demo_data.generate(settings.data.demo_rows, seed=settings.training.seed)
     if source.startswith("s3://"):
@@ -75,12 +76,19 @@ def read_source(source: str, settings: Settings) -> pd.DataFrame:
     return _read_file(Path(source), source)
 
 
+def check_source(source: str) -> None:
+    """Fail fast, before any flow starts, on a source that names no readable kind of thing."""
+    if source == "demo":
+        return
+    suffix = Path(source).suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq"):
+        raise DataError(f"cannot read {source}: unsupported file type '{suffix}' (use .csv or .parquet)")
+    if not source.startswith("s3://") and not Path(source).is_file():
+        raise DataError(f"cannot read {source}: no such file")
+
+
 def _read_file(path: Path, name: str) -> pd.DataFrame:
     suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet", ".pq"):
-        raise DataError(f"cannot read {name}: unsupported file type '{suffix}' (use .csv or .parquet)")
-    if not path.is_file():
-        raise DataError(f"cannot read {name}: no such file")
     try:
         with progress(f"read {path.name}", path.stat().st_size) as advance:
             with _CountingFile(path, advance) as fh:

@@ -24,6 +24,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
+from sklearn.utils._param_validation import InvalidParameterError
 
 from configs.settings import TrainingSettings
 from tasks.errors import DataError
@@ -57,11 +58,16 @@ def split_features(df: pd.DataFrame, target: str) -> tuple[pd.DataFrame, pd.Seri
     if y.isna().any():
         raise DataError(f"target column '{target}' has {int(y.isna().sum())} null labels")
     if y.nunique() < 2:
-        raise DataError(f"target column '{target}' holds a single class ({y.iloc[0]!r}); nothing to learn")
+        raise DataError(f"target column '{target}' holds a single class ({_plain(y.iloc[0])!r}); nothing to learn")
     X = df.drop(columns=[target])
     if X.shape[1] == 0:
         raise DataError(f"data has no feature columns besides the target '{target}'")
     return X, y
+
+
+def _plain(value):
+    """A numpy scalar as the Python value it holds, so messages read 2, not np.int64(2)."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def preprocessor(X: pd.DataFrame, columns: list[str] | None = None) -> ColumnTransformer:
@@ -153,11 +159,22 @@ def evaluate(model: Pipeline, X: pd.DataFrame, y: pd.Series) -> dict[str, float]
 def train(df: pd.DataFrame, target: str, settings: TrainingSettings) -> TrainedModel:
     """Split, fit the pipeline and the baseline on the training split, score both on the holdout."""
     X, y = split_features(df, target)
-    stratify = y if y.value_counts().min() >= 2 else None
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=settings.test_size, random_state=settings.seed, stratify=stratify
-    )
-    model = build_pipeline(X_train, settings).fit(X_train, y_train)
+    counts = y.value_counts()
+    if counts.min() < 2:
+        raise DataError(
+            f"class {_plain(counts.idxmin())!r} of target '{target}' has only {counts.min()} row; "
+            "every class needs at least 2 to have one in the training split and one in the holdout"
+        )
+    try:
+        X_train, X_test, y_train, y_test = train_test_split(
+            X, y, test_size=settings.test_size, random_state=settings.seed, stratify=y
+        )
+    except ValueError as exc:  # a holdout too small to hold every class
+        raise DataError(f"cannot split {len(y)} rows into training and holdout: {exc}") from None
+    try:
+        model = build_pipeline(X_train, settings).fit(X_train, y_train)
+    except InvalidParameterError as exc:  # sklearn checks parameter values only when fitting
+        raise DataError(f"training.params: {exc}") from None
     baseline, rule = build_baseline(X_train, y_train, settings.seed)
     return TrainedModel(
         model=model,

@@ -1,0 +1,89 @@
+import subprocess
+
+import mlflow
+import numpy as np
+import pytest
+
+from configs.settings import TrainingSettings
+from tasks import registry
+from tasks.demo_data import TARGET, generate
+from tasks.errors import RegistryError
+from tasks.lineage import GitLineage, git_lineage
+from tasks.registry import Alias, register, set_alias, versions
+from tasks.snapshot import take_snapshot
+from tasks.training import train
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def small(settings):
+    return settings.model_copy(update={"data": settings.data.model_copy(update={"demo_rows": 3_000})})
+
+
+@pytest.fixture
+def registered(small):
+    snapshot = take_snapshot("demo", small, TARGET)
+    trained = train(snapshot.frame, TARGET, small.training)
+    lineage = GitLineage(commit="a" * 40, branch="main", dirty=False)
+    return register(trained, snapshot, lineage, small), trained, snapshot
+
+
+def test_version_carries_its_lineage_metrics_and_description(small, registered):
+    reg, trained, snapshot = registered
+    found, _ = versions(small, reg.name)
+    (version,) = found
+    tags = version.tags
+    assert tags["git_commit"] == "a" * 40
+    assert (tags["git_branch"], tags["git_dirty"]) == ("main", "false")
+    assert tags["data_snapshot_id"] == snapshot.id
+    assert tags["data_snapshot_uri"] == snapshot.uri
+    assert tags["data_rows"] == "3000"
+    assert float(tags["metric_roc_auc"]) == pytest.approx(trained.metrics["roc_auc"], rel=1e-5)
+    assert tags["baseline_model_uri"].startswith("models:/m-")
+    assert f"snapshot {snapshot.id[:12]}" in version.description
+    assert "commit aaaaaaaaaaaa on main (clean)" in version.description
+    run = mlflow.get_run(reg.run_id)
+    assert run.data.metrics["roc_auc"] == pytest.approx(trained.metrics["roc_auc"])
+    assert "baseline_roc_auc" in run.data.metrics
+    assert run.data.params["estimator"] == "logistic_regression"
+    assert run.inputs.dataset_inputs[0].dataset.source.find(snapshot.id) >= 0
+
+
+def test_the_registered_model_and_baseline_load_and_predict_as_trained(small, registered):
+    reg, trained, _ = registered
+    set_alias(small, reg.name, Alias.SHADOW, reg.version)
+    rows = trained.X_holdout.head(25)
+    loaded = mlflow.pyfunc.load_model(f"models:/{reg.name}@Shadow")
+    np.testing.assert_array_equal(loaded.predict(rows), trained.model.predict(rows))
+    assert loaded.metadata.get_input_schema().input_names() == list(rows.columns)
+    baseline = mlflow.sklearn.load_model(versions(small, reg.name)[0][0].tags["baseline_model_uri"])
+    np.testing.assert_array_equal(baseline.predict(rows), trained.baseline.predict(rows))
+
+
+def test_aliases_move_and_versions_are_listed_newest_first(small, registered):
+    reg, trained, snapshot = registered
+    second = register(trained, snapshot, GitLineage("b" * 40, "main", True), small)
+    set_alias(small, reg.name, Alias.SHADOW, reg.version)
+    set_alias(small, reg.name, Alias.SHADOW, second.version)
+    found, aliases = versions(small, reg.name)
+    assert [str(v.version) for v in found] == [second.version, reg.version]
+    assert aliases == {"Shadow": second.version}
+    assert found[0].tags["git_dirty"] == "true"
+
+
+def test_unknown_model_names_the_known_ones(small, registered):
+    with pytest.raises(RegistryError, match="registered model 'nope' not found .*registered models: churn-classifier"):
+        versions(small, "nope")
+
+
+def test_requirements_are_pinned_to_what_is_installed():
+    requirements = registry.pip_requirements()
+    assert any(r.startswith("scikit-learn==") for r in requirements)
+    assert all("==" in r for r in requirements)
+
+
+def test_git_lineage_is_the_checkout_of_the_training_code():
+    lineage = git_lineage()
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert lineage.commit == head and len(head) == 40
+    assert git_lineage(REPO.parent / "definitely-not-a-repo") == GitLineage("unknown", "unknown", None)

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from configs.settings import PROFILES, load_settings
+from tasks.errors import ConfigError
+
+
+def test_default_profile_keeps_all_state_under_dot_shipway(settings, tmp_path):
+    home = tmp_path / ".shipway"
+    assert settings.mlflow.tracking_uri == f"sqlite:///{home}/mlflow.db"
+    assert settings.mlflow.artifact_location == str(home / "artifacts")
+    assert settings.snapshots.store == str(home / "snapshots")
+    assert settings.prediction_log.url == f"sqlite:///{home}/predictions.db"
+    assert settings.prefect.api_url is None  # ephemeral mode
+
+
+def test_production_profile_points_at_servers(tmp_path):
+    prod = load_settings(PROFILES / "production.yaml", cwd=tmp_path)
+    assert prod.mlflow.tracking_uri.startswith("http")
+    assert prod.snapshots.store.startswith("s3://")
+    assert prod.s3.endpoint_url
+    assert prod.prediction_log.url.startswith("postgresql")
+    assert prod.prefect.api_url.startswith("http")
+
+
+def test_environment_overrides_nested_keys(settings, monkeypatch, tmp_path):
+    monkeypatch.setenv("SHIPWAY_TRAINING__ESTIMATOR", "random_forest")
+    monkeypatch.setenv("SHIPWAY_TRAINING__SEED", "7")
+    monkeypatch.setenv("SHIPWAY_SNAPSHOTS__STORE", "s3://bucket/snaps")
+    loaded = load_settings(cwd=tmp_path)
+    assert loaded.training.estimator == "random_forest"
+    assert loaded.training.seed == 7
+    assert loaded.snapshots.store == "s3://bucket/snaps"
+    assert loaded.training.model_name == settings.training.model_name  # the rest of the profile stays
+
+
+def test_config_path_from_environment(settings, monkeypatch, tmp_path):
+    profile = tmp_path / "mine.yaml"
+    profile.write_text("training:\n  model_name: mine\n")
+    monkeypatch.setenv("SHIPWAY_CONFIG", str(profile))
+    assert load_settings(cwd=tmp_path).training.model_name == "mine"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("training:\n  estimater: x\n", "unknown key 'training.estimater'"),
+        ("nonsense: 1\n", "unknown key 'nonsense'"),
+        ("training:\n  seed: many\n", "key 'training.seed': Input should be a valid integer"),
+        ("training:\n  estimator: svm\n", "key 'training.estimator'"),
+        ("training:\n  test_size: 1.5\n", "key 'training.test_size'"),
+        ("training: [1, 2\n", "is not valid YAML at line"),
+        ("- a\n- b\n", "must hold a mapping of keys"),
+    ],
+)
+def test_bad_profile_is_one_line_naming_the_key(settings, tmp_path, text, message):
+    profile = tmp_path / "bad.yaml"
+    profile.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(profile, cwd=tmp_path)
+    assert message in str(caught.value)
+    assert str(profile) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_environment_variable_is_named(settings, monkeypatch, tmp_path):
+    monkeypatch.setenv("SHIPWAY_TRAINING__SEED", "abc")
+    with pytest.raises(ConfigError, match="environment variable SHIPWAY_TRAINING__SEED: key 'training.seed'"):
+        load_settings(cwd=tmp_path)
+
+
+def test_missing_profile(settings, tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nowhere.yaml"):
+        load_settings(Path(tmp_path / "nowhere.yaml"), cwd=tmp_path)

@@ -1,0 +1,191 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from tasks import snapshot as snap
+from tasks.demo_data import generate
+from tasks.errors import DataError, SnapshotError
+from tasks.snapshot import canonicalize, content_hash, read_snapshot, take_snapshot, write_snapshot
+from tasks.storage import LocalStore
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    return generate(2_000, seed=11)
+
+
+@pytest.fixture
+def store(tmp_path) -> LocalStore:
+    return LocalStore(tmp_path / "snapshots")
+
+
+def files(root):
+    return {p.relative_to(root): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_same_content_same_id_whatever_the_column_order_or_file_format(frame, tmp_path):
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    frame.to_parquet(tmp_path / "d.parquet")
+    ids = {
+        content_hash(canonicalize(frame)),
+        content_hash(canonicalize(frame[frame.columns[::-1]])),
+        content_hash(canonicalize(pd.read_csv(tmp_path / "d.csv"))),
+        content_hash(canonicalize(pd.read_parquet(tmp_path / "d.parquet"))),
+    }
+    assert len(ids) == 1
+
+
+def test_any_changed_value_changes_the_id(frame):
+    changed = frame.copy()
+    changed.loc[1234, "plan"] = "premium" if changed.loc[1234, "plan"] != "premium" else "basic"
+    renamed = frame.rename(columns={"age": "age_years"})
+    one_nan = frame.copy()
+    one_nan.loc[7, "monthly_charges"] = np.nan
+    ids = {content_hash(canonicalize(f)) for f in (frame, changed, renamed, one_nan, frame.iloc[:-1])}
+    assert len(ids) == 5
+
+
+def test_canonical_dtypes():
+    raw = pd.DataFrame(
+        {
+            "b_int_with_null": pd.array([1, None, 3], dtype="Int64"),
+            "a_numbers_as_objects": pd.Series([1, 2, 3], dtype=object),
+            "c_category": pd.Categorical(["x", "y", "x"]),
+            "d_flag_with_null": pd.Series([True, None, False], dtype=object),
+            "e_float32": np.array([1.5, 2.5, 3.5], dtype="float32"),
+            "f_when": pd.to_datetime(["2024-01-01", "2024-01-02", None]),
+        }
+    )
+    canon = canonicalize(raw)
+    assert list(canon.columns) == sorted(raw.columns)
+    assert {c: str(t) for c, t in canon.dtypes.items()} == {
+        "a_numbers_as_objects": "int64",
+        "b_int_with_null": "float64",
+        "c_category": "str",
+        "d_flag_with_null": "float64",
+        "e_float32": "float64",
+        "f_when": "datetime64[us]",
+    }
+
+
+def test_write_then_read_returns_the_same_frame_and_a_full_manifest(frame, store):
+    written = write_snapshot(frame, "demo", store)
+    assert written.created
+    assert written.uri == f"{store.uri}/{written.id}"
+    loaded = read_snapshot(store, written.id)
+    pd.testing.assert_frame_equal(loaded.frame, canonicalize(frame))
+    manifest = loaded.manifest
+    assert (manifest.id, manifest.source, manifest.rows) == (written.id, "demo", 2_000)
+    assert list(manifest.columns) == sorted(frame.columns)
+    assert manifest.columns["plan"] == "str"
+    assert manifest.profile["total_charges"]["null_fraction"] == pytest.approx(frame["total_charges"].isna().mean())
+    assert manifest.profile["age"]["quantiles"]["0.5"] == frame["age"].median()
+    assert sum(manifest.profile["contract"]["top"].values()) == pytest.approx(1.0)
+    assert manifest.data_bytes == (store.root / written.id / "data.parquet").stat().st_size
+
+
+def test_identical_data_is_not_written_again(frame, store):
+    first = write_snapshot(frame, "first.csv", store)
+    before = files(store.root)
+    again = write_snapshot(frame.sample(frac=1, axis=1, random_state=0), "second.parquet", store)
+    assert (again.id, again.created) == (first.id, False)
+    assert again.manifest.source == "first.csv"  # the stored manifest is kept, not rewritten
+    assert files(store.root) == before
+
+
+def test_a_changed_data_file_fails_loudly_on_read(frame, store):
+    written = write_snapshot(frame, "demo", store)
+    path = store.root / written.id / "data.parquet"
+    tampered = pd.read_parquet(path)
+    tampered.loc[0, "age"] += 1
+    tampered.to_parquet(path, index=False)
+    with pytest.raises(SnapshotError, match=f"snapshot {written.id[:12]} .* has changed since it was written"):
+        read_snapshot(store, written.id)
+
+
+def test_a_truncated_data_file_is_unreadable(frame, store):
+    written = write_snapshot(frame, "demo", store)
+    path = store.root / written.id / "data.parquet"
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(SnapshotError, match="is unreadable"):
+        read_snapshot(store, written.id)
+
+
+def test_a_corrupt_or_foreign_manifest_is_refused(frame, store):
+    written = write_snapshot(frame, "demo", store)
+    manifest = store.root / written.id / "manifest.json"
+    content = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps(content | {"id": "f" * 64}))
+    with pytest.raises(SnapshotError, match="manifest for another snapshot"):
+        read_snapshot(store, written.id)
+    manifest.write_text("{not json")
+    with pytest.raises(SnapshotError, match="corrupt manifest"):
+        read_snapshot(store, written.id)
+
+
+def test_a_crash_while_writing_leaves_no_snapshot_behind(frame, store, monkeypatch):
+    calls = []
+
+    def crash_on_second_row_group(self, table, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return original(self, table, *args, **kwargs)
+
+    original = pq.ParquetWriter.write_table
+    monkeypatch.setattr(snap, "ROW_GROUP", 500)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", crash_on_second_row_group)
+    with pytest.raises(OSError, match="disk full"):
+        write_snapshot(frame, "demo", store)
+    assert files(store.root) == {}  # no data file, no temp file, no manifest
+    monkeypatch.undo()
+    snapshot_id = content_hash(canonicalize(frame))
+    with pytest.raises(SnapshotError, match="not found"):
+        read_snapshot(store, snapshot_id)
+    assert write_snapshot(frame, "demo", store).created  # a rerun completes it
+
+
+def test_data_without_manifest_does_not_count_as_a_snapshot(frame, store):
+    written = write_snapshot(frame, "demo", store)
+    (store.root / written.id / "manifest.json").unlink()  # as if the process died before the manifest
+    with pytest.raises(SnapshotError, match="not found"):
+        read_snapshot(store, written.id)
+    assert write_snapshot(frame, "demo", store).created
+    assert read_snapshot(store, written.id).manifest.rows == len(frame)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.csv", b"", "the file is empty"),
+        ("header.csv", b"a,b,churned\n", "data has no rows"),
+        ("garbage.parquet", b"this is not parquet", "cannot read .*garbage.parquet"),
+        ("data.json", b"{}", "unsupported file type '.json'"),
+        ("latin1.csv", "a,b\n\xe9,\xff\n".encode("utf-16"), "cannot read .*latin1.csv"),
+    ],
+)
+def test_bad_sources_get_clear_errors(settings, tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        take_snapshot(str(path), settings, target="churned")
+
+
+def test_missing_file_and_missing_target(settings, tmp_path, frame):
+    with pytest.raises(DataError, match="cannot read .*nowhere.csv: no such file"):
+        take_snapshot(str(tmp_path / "nowhere.csv"), settings)
+    frame.drop(columns=["churned"]).to_csv(tmp_path / "unlabelled.csv", index=False)
+    with pytest.raises(DataError, match="target column 'churned' is not in .*unlabelled.csv"):
+        take_snapshot(str(tmp_path / "unlabelled.csv"), settings, target="churned")
+
+
+def test_take_snapshot_of_a_file_and_of_the_demo(settings, tmp_path, frame):
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    from_file = take_snapshot(str(tmp_path / "d.csv"), settings, target="churned")
+    assert from_file.manifest.source == str(tmp_path / "d.csv")
+    assert from_file.uri.startswith(str(tmp_path / ".shipway" / "snapshots"))
+    demo = take_snapshot("demo", settings.model_copy(update={"data": settings.data.model_copy(update={"demo_rows": 300})}))
+    assert demo.manifest.rows == 300

@@ -1,0 +1,103 @@
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.model_selection import train_test_split
+
+from configs.settings import TrainingSettings
+from tasks.demo_data import TARGET, generate
+from tasks.errors import DataError
+from tasks.training import train
+
+
+@pytest.fixture(scope="module")
+def data() -> pd.DataFrame:
+    return generate(6_000, seed=21)
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    return train(data, TARGET, TrainingSettings())
+
+
+def test_preprocessing_statistics_are_fitted_on_the_training_split_and_ship_inside(trained, data):
+    X = data.drop(columns=[TARGET])
+    X_train, X_test = train_test_split(X, test_size=0.2, random_state=42, stratify=data[TARGET])
+    numeric = trained.model.named_steps["preprocess"].named_transformers_["numeric"]
+    columns = numeric.feature_names_in_
+    np.testing.assert_allclose(numeric.named_steps["impute"].statistics_, X_train[columns].median())
+    np.testing.assert_allclose(numeric.named_steps["scale"].mean_, X_train[columns].fillna(X_train[columns].median()).mean())
+    assert not np.allclose(numeric.named_steps["scale"].mean_, X_test[columns].fillna(X_test[columns].median()).mean())
+    columns = {name: cols for name, _, cols in trained.model.named_steps["preprocess"].transformers_}
+    assert set(columns["categorical"]) == {"contract", "payment_method", "plan", "region"}
+    encoder = trained.model.named_steps["preprocess"].named_transformers_["categorical"].named_steps["encode"]
+    assert sorted(encoder.categories_[0]) == sorted(X_train["contract"].unique())
+
+
+def test_one_row_at_a_time_gives_the_batch_answer(trained):
+    """Nothing is recomputed from the request: a single row scores as it does inside a batch."""
+    rows = trained.X_holdout.head(20)
+    batch = trained.model.predict_proba(rows)
+    single = np.vstack([trained.model.predict_proba(rows.iloc[[i]]) for i in range(len(rows))])
+    np.testing.assert_allclose(single, batch)
+
+
+def test_unseen_categories_and_nulls_at_serving_do_not_break_the_model(trained):
+    rows = trained.X_holdout.head(3).copy()
+    rows["plan"] = "platinum"
+    rows["monthly_charges"] = np.nan
+    assert trained.model.predict_proba(rows).shape == (3, 2)
+
+
+def test_holdout_metrics_and_a_baseline_the_model_beats(trained):
+    assert set(trained.metrics) == {"accuracy", "f1", "precision", "recall", "log_loss", "roc_auc"}
+    assert trained.metrics["roc_auc"] > 0.75
+    assert 0.5 < trained.baseline_metrics["roc_auc"] < trained.metrics["roc_auc"]
+    assert trained.baseline_rule.startswith("tenure_months <=")
+    baseline_only_needs_its_feature = trained.X_holdout[["tenure_months"]].head(5)
+    assert len(trained.baseline.predict(baseline_only_needs_its_feature)) == 5
+
+
+def test_same_seed_same_model_other_seed_other_split(data):
+    a, b = train(data, TARGET, TrainingSettings(seed=5)), train(data, TARGET, TrainingSettings(seed=5))
+    np.testing.assert_array_equal(a.model.predict_proba(a.X_holdout), b.model.predict_proba(a.X_holdout))
+    assert a.metrics == b.metrics
+    c = train(data, TARGET, TrainingSettings(seed=6))
+    assert not a.X_holdout.index.equals(c.X_holdout.index)
+
+
+@pytest.mark.parametrize("estimator", ["random_forest", "hist_gradient_boosting", "gradient_boosting"])
+def test_model_family_and_hyperparameters_come_from_settings(data, estimator):
+    params = {"max_depth": 3} | ({"n_estimators": 10} if estimator != "hist_gradient_boosting" else {"max_iter": 10})
+    result = train(data, TARGET, TrainingSettings(estimator=estimator, params=params))
+    model = result.model.named_steps["model"]
+    assert model.max_depth == 3
+    assert model.random_state == 42
+    assert result.metrics["roc_auc"] > 0.7
+
+
+def test_unknown_hyperparameter_is_named(data):
+    with pytest.raises(DataError, match="logistic_regression has no parameter 'n_trees'"):
+        train(data, TARGET, TrainingSettings(params={"n_trees": 3}))
+    with pytest.raises(DataError, match="training.params"):
+        train(data, TARGET, TrainingSettings(params={"C": "lots"}))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda df: df.drop(columns=[TARGET]), "target column 'churned' is not in the data"),
+        (lambda df: df.assign(churned=df[TARGET].astype(float).where(df.index > 5)), "has 6 null labels"),
+        (lambda df: df.assign(churned=1), "holds a single class"),
+        (lambda df: df[[TARGET]], "no feature columns besides the target"),
+    ],
+)
+def test_unusable_labels_get_clear_errors(data, mutate, message):
+    with pytest.raises(DataError, match=message):
+        train(mutate(data), TARGET, TrainingSettings())
+
+
+def test_multiclass_labels_train_too(data):
+    three = data.assign(churned=data["contract"])
+    result = train(three.drop(columns=["contract"]), TARGET, TrainingSettings())
+    assert len(result.model.classes_) == 3
+    assert "roc_auc" in result.metrics

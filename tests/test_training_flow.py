@@ -1,0 +1,96 @@
+"""The training flow under a real Prefect server (test harness) with MLflow on SQLite in a temp dir."""
+
+import json
+import subprocess
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from flows.cli import cli
+from flows.training import training_flow
+from tasks.demo_data import generate
+from tasks.registry import register_task, set_alias_task, versions
+from tasks.snapshot import snapshot_task
+from tasks.training import train_task
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+
+@pytest.fixture
+def small(settings, monkeypatch):
+    monkeypatch.setenv("SHIPWAY_DATA__DEMO_ROWS", "3000")
+    return settings
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_flow_registers_a_version_with_every_lineage_tag_and_makes_it_shadow(small):
+    result = training_flow(data="demo")
+    assert (result.model_name, result.version) == ("churn-classifier", "1")
+    assert set(result.timings) == {"snapshot", "train", "register", "alias"}
+    found, aliases = versions(small, result.model_name)
+    assert aliases == {"Shadow": "1"}
+    tags = found[0].tags
+    assert tags["git_commit"] == git("rev-parse", "HEAD")
+    assert tags["git_branch"] == git("rev-parse", "--abbrev-ref", "HEAD")
+    assert tags["git_dirty"] == str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()
+    assert tags["data_snapshot_id"] == result.snapshot_id
+    assert tags["data_snapshot_uri"] == result.snapshot_uri
+    assert tags["data_rows"] == "3000"
+    assert {f"metric_{m}" for m in result.metrics} <= set(tags)
+
+    again = training_flow(data="demo")
+    assert (again.version, again.snapshot_id, again.snapshot_reused) == ("2", result.snapshot_id, True)
+    assert versions(small, result.model_name)[1] == {"Shadow": "2"}
+
+
+def test_only_io_tasks_retry():
+    assert snapshot_task.retries > 0 and register_task.retries > 0 and set_alias_task.retries > 0
+    assert train_task.retries == 0
+
+
+def test_cli_train_prints_name_version_and_snapshot_then_status_shows_lineage(small, tmp_path):
+    generate(2_000, seed=8).rename(columns={"churned": "left"}).to_csv(tmp_path / "customers.csv", index=False)
+    runner = CliRunner()
+    trained = runner.invoke(cli, ["train", "--data", str(tmp_path / "customers.csv"), "--target", "left", "--json"])
+    assert trained.exit_code == 0, trained.output
+    result = json.loads(trained.stdout)
+    assert result["model_name"] == "churn-classifier" and result["version"] == "1"
+    assert len(result["snapshot_id"]) == 64
+
+    shown = runner.invoke(cli, ["train", "--data", str(tmp_path / "customers.csv"), "--target", "left"])
+    assert shown.exit_code == 0
+    assert "churn-classifier version 2 is now Shadow" in shown.stdout
+    assert result["snapshot_id"] in shown.stdout and "reused" in shown.stdout
+
+    status = runner.invoke(cli, ["status", "churn-classifier"])
+    assert status.exit_code == 0
+    assert "version 2 (Shadow) lineage" in status.stdout
+    assert f"data_snapshot_id       {result['snapshot_id']}" in status.stdout
+    assert "target                 left" in status.stdout
+    listed = json.loads(runner.invoke(cli, ["status", "churn-classifier", "--json"]).stdout)
+    assert [v["version"] for v in listed["versions"]] == ["2", "1"]
+    assert listed["aliases"] == {"Shadow": "2"}
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        ("", [], "cannot read {path}: the file is empty"),
+        ("a,b,churned\n", [], "data has no rows"),
+        ("a,b\n1,2\n", [], "target column 'churned' is not in {path} (columns: a, b)"),
+        ("a,b\n1,2\n3,2\n", ["--target", "b"], "target column 'b' holds a single class (2); nothing to learn"),
+        ("a,b\n1,2\n3,4\n5,4\n", ["--target", "b"], "class 2 of target 'b' has only 1 row; every class needs"),
+    ],
+)
+def test_cli_bad_data_exits_2_with_one_line(small, tmp_path, content, args, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    result = CliRunner().invoke(cli, ["train", "--data", str(path), *args])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"shipway: error: {message.format(path=path)}")
+    assert result.stderr.count("\n") == 1
