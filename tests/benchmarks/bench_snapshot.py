@@ -9,7 +9,8 @@ columns with 3-6 distinct values (one with 3 % nulls). Every measurement runs in
 subprocess that builds the frame itself, so its peak RSS (getrusage ru_maxrss) is clean:
 
 - snapshot:  tasks.snapshot.write_snapshot(df, "bench", LocalStore(tmp)) into an empty store;
-- parts:     canonicalize, content_hash, profile and _write_parquet, timed one by one;
+- parts:     canonicalize, content_hash, profile, _write_parquet and the fsync of the file, timed
+             one by one;
 - again:     write_snapshot of the identical data into the same store (must write nothing);
 - read:      read_snapshot (reads the Parquet file and re-hashes it).
 
@@ -127,6 +128,10 @@ def worker(mode: str, store_dir: str, rows: int) -> dict:
         _, out["parquet_write"], peak, before = measured(snap._write_parquet, frame, path)
         out["peaks"]["parquet_write"] = (peak, before)
         out["parquet_bytes"] = path.stat().st_size
+        start = time.perf_counter()  # LocalStore.staged fsyncs the file before renaming it
+        with open(path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        out["fsync"] = time.perf_counter() - start
         path.unlink()
     return out
 
@@ -170,7 +175,7 @@ def main(rows: int, repeat: int) -> None:
         frame_mb = first["frame_bytes"] / MB
         total = statistics.median(r["seconds"] for r in runs)
         step = {k: statistics.median(p[k] for p in parts)
-                for k in ("canonicalize", "content_hash", "profile", "parquet_write")}
+                for k in ("canonicalize", "content_hash", "profile", "parquet_write", "fsync")}
         parquet_mb = first["data_bytes"] / MB
         mbps = parquet_mb / step["parquet_write"]
         print(f"\nframe in memory        {frame_mb:8.1f} MB (memory_usage(deep=True))")
