@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +59,21 @@ def _settings(config_path: Path | None) -> Settings:
     return settings
 
 
+def _start_prefect_early(settings: Settings) -> Callable[[], None]:
+    """In ephemeral mode, start Prefect's temporary server now, while the flow's modules import.
+
+    Returns the wait to call before the first flow run. Call it before anything imports prefect:
+    the API URL it sets is read then.
+    """
+    if settings.prefect.api_url or os.environ.get("PREFECT_API_URL"):
+        return lambda: None
+    from flows.prefect_server import TemporaryPrefectServer
+
+    server = TemporaryPrefectServer()
+    server.start()
+    return server.wait
+
+
 def _quiet_expected_tracebacks() -> None:
     """Prefect logs each failed task with its traceback; for a ShipwayError the message is enough."""
 
@@ -85,11 +101,13 @@ def cli() -> None:
 def train(config_path: Path | None, data: str | None, target: str | None, as_json: bool) -> None:
     """Snapshot -> train -> register -> Shadow."""
     settings = _settings(config_path)
+    prefect_ready = _start_prefect_early(settings)
     from tasks.snapshot import check_source
 
     check_source(data or settings.data.source)
     from flows.training import training_flow
 
+    prefect_ready()
     result = training_flow(data=data, target=target, config=str(config_path) if config_path else None)
     if as_json:
         click.echo(json.dumps(asdict(result), indent=2))
@@ -177,9 +195,11 @@ def _time(ms: int | None) -> str:
 def demo(config_path: Path | None) -> None:
     """The whole journey on generated demo data, in the current directory."""
     settings = _settings(config_path)
+    prefect_ready = _start_prefect_early(settings)
     from flows.training import training_flow
     from tasks.registry import versions
 
+    prefect_ready()
     console.print("[bold]shipway demo[/]: snapshot -> train -> register -> Shadow on generated churn data\n")
     result = training_flow(data="demo", config=str(config_path) if config_path else None)
     _print_training(result)
