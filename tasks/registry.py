@@ -196,16 +196,67 @@ def set_alias(settings: Settings, name: str, alias: Alias, version: str) -> None
 def versions(settings: Settings, name: str) -> tuple[list[ModelVersion], dict[str, str]]:
     """All versions of `name`, newest first, and its aliases as {alias: version}."""
     client, _ = connect(settings, create=False)
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException:
-        known = sorted(m.name for m in client.search_registered_models())
-        hint = f"; registered models: {', '.join(known)}" if known else "; nothing is registered yet"
-        raise RegistryError(f"registered model '{name}' not found in {settings.mlflow.tracking_uri}{hint}") from None
+    model = _registered_model(client, settings, name)
     escaped = name.replace("'", "\\'")
     found = client.search_model_versions(f"name = '{escaped}'")
     aliases = {alias: str(version) for alias, version in model.aliases.items()}
     return sorted(found, key=lambda v: int(v.version), reverse=True), aliases
+
+
+def model_state(settings: Settings, name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The aliases ({alias: version}) and the tags of registered model `name`, read together."""
+    client, _ = connect(settings, create=False)
+    model = _registered_model(client, settings, name)
+    return {alias: str(version) for alias, version in model.aliases.items()}, dict(model.tags)
+
+
+def get_version(settings: Settings, name: str, version: str) -> ModelVersion:
+    client, _ = connect(settings, create=False)
+    _registered_model(client, settings, name)
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        raise RegistryError(f"version {version} of '{name}' not found") from None
+
+
+def set_model_tag(settings: Settings, name: str, key: str, value: str) -> None:
+    connect(settings)[0].set_registered_model_tag(name, key, value)
+
+
+def delete_model_tag(settings: Settings, name: str, key: str) -> None:
+    try:
+        connect(settings)[0].delete_registered_model_tag(name, key)
+    except MlflowException:  # already gone: deleting is idempotent here
+        pass
+
+
+def set_version_tag(settings: Settings, name: str, version: str, key: str, value: str) -> None:
+    connect(settings)[0].set_model_version_tag(name, str(version), key, value)
+
+
+def delete_alias(settings: Settings, name: str, alias: Alias) -> None:
+    try:
+        connect(settings)[0].delete_registered_model_alias(name, alias.value)
+    except MlflowException:  # not set: nothing to delete
+        pass
+
+
+def check_loads(settings: Settings, name: str, version: str) -> None:
+    """Load the version's model as the gateway would; a RegistryError says why it cannot."""
+    connect(settings, create=False)
+    try:
+        mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    except Exception as exc:  # any failure to load means the version must not serve
+        raise RegistryError(f"version {version} of '{name}' cannot load: {type(exc).__name__}: {exc}") from None
+
+
+def _registered_model(client: MlflowClient, settings: Settings, name: str):
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        known = sorted(m.name for m in client.search_registered_models())
+        hint = f"; registered models: {', '.join(known)}" if known else "; nothing is registered yet"
+        raise RegistryError(f"registered model '{name}' not found in {settings.mlflow.tracking_uri}{hint}") from None
 
 
 @task(name="register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)

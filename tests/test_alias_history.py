@@ -1,0 +1,116 @@
+"""Alias moves as recorded, recoverable steps, against MLflow on SQLite in a temp dir."""
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tasks import promotion, registry
+from tasks.demo_data import TARGET
+from tasks.errors import RegistryError
+from tasks.lineage import GitLineage
+from tasks.promotion import alias_at, history, move, recover, rollback
+from tasks.registry import Alias, model_state, register
+from tasks.snapshot import take_snapshot
+from tasks.training import train
+
+
+@pytest.fixture
+def small(settings):
+    return settings.model_copy(update={"data": settings.data.model_copy(update={"demo_rows": 3_000})})
+
+
+@pytest.fixture
+def three(small):
+    """Three versions of the same model, none with an alias."""
+    snapshot = take_snapshot("demo", small, TARGET)
+    trained = train(snapshot.frame, TARGET, small.training)
+    lineage = GitLineage(commit="a" * 40, branch="main", dirty=False)
+    return [register(trained, snapshot, lineage, small) for _ in range(3)]
+
+
+def test_moves_are_recorded_on_the_model_and_the_version_and_answer_who_held_an_alias_when(small, three):
+    name = three[0].name
+    before = datetime.now(UTC)
+    move(small, name, {Alias.PRODUCTION: "1"}, actor="alice", reason="first release")
+    middle = datetime.now(UTC)
+    move(small, name, {Alias.PRODUCTION: "2", Alias.PREVIOUS: "1"}, actor="bob", reason="better", evidence="run 42")
+    after = datetime.now(UTC)
+
+    aliases, _ = model_state(small, name)
+    assert aliases == {"Production": "2", "Previous": "1"}
+    steps = history(small, name)
+    assert [(t.alias, t.version, t.previous, t.actor) for t in steps] == [
+        ("Production", "1", None, "alice"), ("Production", "2", "1", "bob"), ("Previous", "1", None, "bob")]
+    assert alias_at(steps, Alias.PRODUCTION, before) is None
+    assert alias_at(steps, Alias.PRODUCTION, middle) == "1"
+    assert alias_at(steps, Alias.PRODUCTION, after) == "2"
+    second = registry.get_version(small, name, "2").tags
+    recorded = [json.loads(v) for k, v in second.items() if k.startswith("transition.")]
+    assert [(r["alias"], r["reason"], r["evidence"]) for r in recorded] == [("Production", "better", "run 42")]
+
+
+def test_moving_an_alias_to_where_it_is_records_nothing(small, three):
+    name = three[0].name
+    move(small, name, {Alias.SHADOW: "1"}, actor="a", reason="r")
+    assert move(small, name, {Alias.SHADOW: "1"}, actor="a", reason="again") == []
+    assert len(history(small, name)) == 1
+
+
+def test_a_version_that_failed_its_gate_never_gets_an_alias(small, three):
+    name = three[0].name
+    registry.set_version_tag(small, name, "2", "validation_status", "fail")
+    with pytest.raises(RegistryError, match="version 2 of 'churn-classifier' failed its data gate"):
+        move(small, name, {Alias.CANARY: "2"}, actor="a", reason="r")
+    assert model_state(small, name)[0] == {}
+
+
+def test_a_version_whose_model_cannot_load_never_gets_an_alias(small, three):
+    name = three[0].name
+    source = registry.get_version(small, name, "3").source  # models:/m-<id>
+    artifacts = Path(small.mlflow.artifact_location)
+    model_files = [p for p in artifacts.rglob("model.skops") if source.removeprefix("models:/") in str(p)]
+    assert model_files, "the version's model file is on local disk"
+    model_files[0].write_bytes(b"not a model")
+    with pytest.raises(RegistryError, match="version 3 of 'churn-classifier' cannot load"):
+        move(small, name, {Alias.PRODUCTION: "3"}, actor="a", reason="r")
+    assert model_state(small, name)[0] == {}
+
+
+def test_a_step_cut_short_is_undone_on_the_next_move(small, three, monkeypatch):
+    name = three[0].name
+    move(small, name, {Alias.PRODUCTION: "1", Alias.CANARY: "2"}, actor="a", reason="setup", canary_share=0.25)
+    real_delete = registry.delete_alias
+
+    def crash_on_delete(*args):  # the process dies after Production and Previous moved
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(registry, "delete_alias", crash_on_delete)
+    with pytest.raises(KeyboardInterrupt):
+        move(small, name, {Alias.PRODUCTION: "2", Alias.PREVIOUS: "1", Alias.CANARY: None}, actor="flow",
+             reason="promote 2", canary_share=0.0)
+    aliases, tags = model_state(small, name)
+    assert aliases["Production"] == "2" and promotion.PENDING_TAG in tags  # half done, journaled
+
+    monkeypatch.setattr(registry, "delete_alias", real_delete)
+    restored = recover(small, name, actor="next run")
+    aliases, tags = model_state(small, name)
+    assert aliases == {"Production": "1", "Canary": "2"}
+    assert tags[promotion.CANARY_SHARE_TAG] == "0.25"
+    assert promotion.PENDING_TAG not in tags
+    assert {t.alias for t in restored} == {"Production", "Previous", "Canary", "canary_share"}
+    assert "did not finish" in history(small, name)[-1].reason
+
+
+def test_rollback_puts_previous_back_and_stops_the_canary(small, three):
+    name = three[0].name
+    move(small, name, {Alias.PRODUCTION: "2", Alias.PREVIOUS: "1", Alias.CANARY: "3"}, actor="a", reason="r",
+         canary_share=0.05)
+    rollback(small, name, actor="oncall", reason="errors up")
+    aliases, tags = model_state(small, name)
+    assert aliases == {"Production": "1"}
+    assert tags[promotion.CANARY_SHARE_TAG] == "0"
+    assert history(small, name)[-1].reason == "errors up"
+    with pytest.raises(RegistryError, match="'churn-classifier' has no Previous version to roll back to"):
+        rollback(small, name, actor="oncall", reason="again")
