@@ -34,6 +34,26 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture
+def small(settings: Settings) -> Settings:
+    """The embedded default with a 3,000-row demo dataset: quick to snapshot, train and register."""
+    return settings.model_copy(update={"data": settings.data.model_copy(update={"demo_rows": 3_000})})
+
+
+def register_versions(settings: Settings, count: int) -> list:
+    """Train once on the demo data and register `count` versions of it, lineage fixed."""
+    from tasks.demo_data import TARGET
+    from tasks.lineage import GitLineage
+    from tasks.registry import register
+    from tasks.snapshot import take_snapshot
+    from tasks.training import train
+
+    snapshot = take_snapshot("demo", settings, TARGET)
+    trained = train(snapshot.frame, TARGET, settings.training)
+    lineage = GitLineage(commit="a" * 40, branch="main", dirty=False)
+    return [(register(trained, snapshot, lineage, settings), trained, snapshot) for _ in range(count)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

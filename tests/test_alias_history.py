@@ -7,27 +7,16 @@ from pathlib import Path
 import pytest
 
 from tasks import promotion, registry
-from tasks.demo_data import TARGET
 from tasks.errors import RegistryError
-from tasks.lineage import GitLineage
 from tasks.promotion import alias_at, history, move, recover, rollback
-from tasks.registry import Alias, model_state, register
-from tasks.snapshot import take_snapshot
-from tasks.training import train
-
-
-@pytest.fixture
-def small(settings):
-    return settings.model_copy(update={"data": settings.data.model_copy(update={"demo_rows": 3_000})})
+from tasks.registry import Alias, model_state
+from tests.conftest import register_versions
 
 
 @pytest.fixture
 def three(small):
     """Three versions of the same model, none with an alias."""
-    snapshot = take_snapshot("demo", small, TARGET)
-    trained = train(snapshot.frame, TARGET, small.training)
-    lineage = GitLineage(commit="a" * 40, branch="main", dirty=False)
-    return [register(trained, snapshot, lineage, small) for _ in range(3)]
+    return [registered for registered, _, _ in register_versions(small, 3)]
 
 
 def test_moves_are_recorded_on_the_model_and_the_version_and_answer_who_held_an_alias_when(small, three):

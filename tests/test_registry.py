@@ -4,28 +4,16 @@ import mlflow
 import numpy as np
 import pytest
 
-from configs.settings import TrainingSettings
 from tasks import registry
-from tasks.demo_data import TARGET, generate
 from tasks.errors import RegistryError
 from tasks.lineage import GitLineage, git_lineage
 from tasks.registry import Alias, register, set_alias, versions
-from tasks.snapshot import take_snapshot
-from tasks.training import train
-from tests.conftest import REPO
-
-
-@pytest.fixture
-def small(settings):
-    return settings.model_copy(update={"data": settings.data.model_copy(update={"demo_rows": 3_000})})
+from tests.conftest import REPO, register_versions
 
 
 @pytest.fixture
 def registered(small):
-    snapshot = take_snapshot("demo", small, TARGET)
-    trained = train(snapshot.frame, TARGET, small.training)
-    lineage = GitLineage(commit="a" * 40, branch="main", dirty=False)
-    return register(trained, snapshot, lineage, small), trained, snapshot
+    return register_versions(small, 1)[0]
 
 
 def test_version_carries_its_lineage_metrics_and_description(small, registered):
