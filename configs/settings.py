@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from tasks.errors import ConfigError
@@ -88,6 +88,43 @@ class TrainingSettings(_Section):
     seed: int = Field(42, description="Seed of the split and the estimator: same seed, same model.")
 
 
+class PromotionSettings(_Section):
+    canary_steps: list[float] = Field(
+        [0.05, 0.25, 0.5], description="Canary traffic shares, in order; each is analysed before the next."
+    )
+    step_seconds: float = Field(
+        300.0, gt=0, description="Longest a canary step (or the shadow window) waits for min_requests."
+    )
+    min_requests: int = Field(
+        200, gt=0, description="Requests per model before any verdict: no verdict from a dozen requests."
+    )
+    min_labeled: int = Field(100, gt=0, description="Feedback labels per model before accuracy is compared.")
+    approval_timeout_seconds: int = Field(
+        86_400, gt=0, description="A manual approval not given in this time counts as a rejection."
+    )
+    poll_seconds: float = Field(1.0, gt=0, description="How often a paused promotion checks for an answer.")
+    alpha: float = Field(0.01, gt=0, lt=1, description="Significance level of the canary tests.")
+    min_agreement: float = Field(0.8, ge=0, le=1, description="Shadow: least share of predictions equal to Production's.")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Shadow: highest share of failed predictions.")
+    latency_p99_ms: float = Field(50.0, gt=0, description="Shadow: latency budget of its p99.")
+    max_error_rate_increase: float = Field(
+        0.01, ge=0, le=1, description="Canary: error + fallback rate may exceed Production's by at most this."
+    )
+    max_latency_ratio: float = Field(1.5, ge=1, description="Canary: p99 at most this times Production's ...")
+    latency_slack_ms: float = Field(2.0, ge=0, description="... or Production's plus this, whichever is larger.")
+    max_prediction_shift: float = Field(
+        0.1, ge=0, le=1, description="Canary: largest allowed change in any predicted class's share."
+    )
+    max_accuracy_drop: float = Field(0.02, ge=0, le=1, description="Canary: largest allowed drop in accuracy.")
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _growing_shares(cls, steps: list[float]) -> list[float]:
+        if not steps or any(not 0 < s <= 1 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError("must be growing shares in (0, 1], e.g. [0.05, 0.25, 0.5]")
+        return steps
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, extra="forbid"
@@ -100,6 +137,7 @@ class Settings(BaseSettings):
     data: DataSettings = Field(default_factory=DataSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     prediction_log: PredictionLogSettings = Field(default_factory=PredictionLogSettings)
+    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
 
     @classmethod
     def settings_customise_sources(

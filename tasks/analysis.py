@@ -1,0 +1,138 @@
+"""Evidence for a promotion: shadow analysis and canary-versus-production comparison.
+
+Plain functions over prediction-log rows (one row per request and role: request_id, ts,
+model_version, role, prediction, latency_ms, error). No verdict is drawn from too few requests,
+and differences must be both statistically significant (sample size accounted for) and larger
+than a minimum effect before they count as a breach, so a 100k-request canary does not fail on
+noise-level differences and a 12-request one proves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from configs.settings import PromotionSettings
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    value: str  # what was measured, readable
+    limit: str  # what it had to meet
+
+
+@dataclass
+class Analysis:
+    stage: str
+    requests: dict[str, int]
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def breaches(self) -> list[str]:
+        return [f"{c.name}: {c.value} (limit {c.limit})" for c in self.checks if not c.ok]
+
+    def evidence(self) -> str:
+        """Compact JSON for tags and approval records."""
+        return json.dumps({"stage": self.stage, "passed": self.passed, "requests": self.requests,
+                           "checks": [asdict(c) for c in self.checks]})
+
+    def markdown(self) -> str:
+        verdict = "**passed**" if self.passed else "**breached**: " + "; ".join(self.breaches)
+        rows = "\n".join(f"| {c.name} | {c.value} | {c.limit} | {'ok' if c.ok else 'BREACH'} |" for c in self.checks)
+        counts = ", ".join(f"{k}: {v:,}" for k, v in self.requests.items())
+        return (f"### {self.stage}: {verdict}\n\nrequests: {counts}\n\n"
+                f"| check | measured | limit | verdict |\n| --- | --- | --- | --- |\n{rows}\n")
+
+
+def shadow_analysis(log: pd.DataFrame, settings: PromotionSettings, drift_verdict: str | None = None) -> Analysis:
+    """Shadow against Production on the same requests: agreement, errors, latency, input drift."""
+    production = log[(log["role"] == "production") & log["error"].isna()].set_index("request_id")
+    shadow = log[log["role"] == "shadow"].set_index("request_id")
+    paired = production.join(shadow, how="inner", lsuffix="_prod", rsuffix="_shadow")
+    n = len(paired)
+    analysis = Analysis("shadow", {"production": len(production), "shadow": len(shadow), "paired": n})
+    analysis.checks.append(_enough(n, settings.min_requests))
+    if n < settings.min_requests:
+        return analysis
+    answered = paired["error_shadow"].isna()
+    agreement = float((paired.loc[answered, "prediction_prod"] == paired.loc[answered, "prediction_shadow"]).mean())
+    errors = 1 - float(answered.mean())
+    p99 = float(np.percentile(shadow["latency_ms"], 99))
+    analysis.checks += [
+        Check("agreement with production", agreement >= settings.min_agreement, f"{agreement:.1%}",
+              f">= {settings.min_agreement:.0%}"),
+        Check("error rate", errors <= settings.max_error_rate, f"{errors:.2%}", f"<= {settings.max_error_rate:.1%}"),
+        Check("latency p99", p99 <= settings.latency_p99_ms, f"{p99:.2f} ms", f"<= {settings.latency_p99_ms:g} ms"),
+    ]
+    if drift_verdict is not None:
+        analysis.checks.append(Check("input drift vs contract", drift_verdict != "fail", drift_verdict, "not fail"))
+    return analysis
+
+
+def canary_analysis(log: pd.DataFrame, feedback: pd.DataFrame, settings: PromotionSettings, stage: str) -> Analysis:
+    """Canary against Production over the same period: failures, latency, predictions, accuracy."""
+    canary, production = log[log["route"] == "canary"], log[log["route"] == "production"]
+    analysis = Analysis(stage, {"canary": len(canary), "production": len(production)})
+    analysis.checks.append(_enough(min(len(canary), len(production)), settings.min_requests))
+    if min(len(canary), len(production)) < settings.min_requests:
+        return analysis
+    failed = lambda rows: int((rows["error"].notna() | (rows["role"] == "fallback")).sum())  # noqa: E731
+    analysis.checks.append(_not_worse("error and fallback rate", failed(canary), len(canary), failed(production),
+                                      len(production), settings.max_error_rate_increase, settings.alpha))
+    p99_canary = float(np.percentile(canary["latency_ms"], 99))
+    p99_prod = float(np.percentile(production["latency_ms"], 99))
+    limit = max(settings.max_latency_ratio * p99_prod, p99_prod + settings.latency_slack_ms)
+    analysis.checks.append(Check("latency p99", p99_canary <= limit, f"{p99_canary:.2f} ms vs {p99_prod:.2f} ms",
+                                 f"<= {limit:.2f} ms"))
+    analysis.checks.append(_same_predictions(canary, production, settings))
+    labeled = feedback.drop_duplicates("request_id").set_index("request_id")["label"]
+    right = lambda rows: rows.join(labeled, on="request_id", how="inner")  # noqa: E731
+    canary_l, production_l = right(canary), right(production)
+    if min(len(canary_l), len(production_l)) >= settings.min_labeled:
+        hits = lambda rows: int((rows["prediction"] == rows["label"].map(_as_prediction)).sum())  # noqa: E731
+        analysis.checks.append(_not_worse("error rate on feedback labels", len(canary_l) - hits(canary_l),
+                                          len(canary_l), len(production_l) - hits(production_l), len(production_l),
+                                          settings.max_accuracy_drop, settings.alpha))
+    return analysis
+
+
+def _enough(n: int, minimum: int) -> Check:
+    return Check("requests for a verdict", n >= minimum, f"{n:,}", f">= {minimum:,}")
+
+
+def _not_worse(name: str, bad_a: int, n_a: int, bad_b: int, n_b: int, min_increase: float, alpha: float) -> Check:
+    """A's rate of bad outcomes is worse than B's only if significantly higher by more than min_increase."""
+    rate_a, rate_b = bad_a / n_a, bad_b / n_b
+    pooled = (bad_a + bad_b) / (n_a + n_b)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    p = float(stats.norm.sf((rate_a - rate_b) / se)) if se > 0 else (0.0 if rate_a > rate_b else 1.0)
+    breach = p < alpha and rate_a - rate_b > min_increase
+    return Check(name, not breach, f"{rate_a:.2%} vs {rate_b:.2%} (one-sided p={p:.3g})",
+                 f"not higher by > {min_increase:.1%} at p < {alpha:g}")
+
+
+def _same_predictions(canary: pd.DataFrame, production: pd.DataFrame, settings: PromotionSettings) -> Check:
+    """Chi-square on the predicted classes, plus a minimum shift in any class's share."""
+    counts = pd.crosstab(pd.concat([canary["prediction"], production["prediction"]]),
+                         np.r_[np.zeros(len(canary)), np.ones(len(production))])
+    shares = counts / counts.sum()
+    shift = float((shares.iloc[:, 0] - shares.iloc[:, 1]).abs().max())
+    p = float(stats.chi2_contingency(counts.to_numpy())[1]) if len(counts) > 1 else 1.0
+    breach = p < settings.alpha and shift > settings.max_prediction_shift
+    return Check("predicted class shares", not breach, f"largest shift {shift:.1%} (chi-square p={p:.3g})",
+                 f"not shifted by > {settings.max_prediction_shift:.0%} at p < {settings.alpha:g}")
+
+
+def _as_prediction(label) -> str:
+    """Feedback labels compared with logged predictions, both as their JSON text."""
+    return json.dumps(label.item() if hasattr(label, "item") else label)

@@ -1,0 +1,107 @@
+"""Shadow and canary analysis on generated prediction-log rows: verdicts that account for sample size."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs.settings import PromotionSettings
+from tasks.analysis import canary_analysis, shadow_analysis
+
+SETTINGS = PromotionSettings()
+NO_FEEDBACK = pd.DataFrame({"request_id": [], "label": []})
+
+
+def rows(route: str, n: int, rng: np.random.Generator, *, positive: float = 0.3, latency: float = 0.5,
+         errors: float = 0.0, role: str | None = None, start: int = 0) -> pd.DataFrame:
+    """n logged requests of one route: predictions 0/1 with the given positive share."""
+    failed = rng.random(n) < errors
+    return pd.DataFrame({
+        "request_id": [f"r{start + i}" for i in range(n)],
+        "route": route,
+        "role": np.where(failed, "fallback", role or route),
+        "model_version": "2" if route == "canary" else "1",
+        "prediction": [json.dumps(int(v)) for v in rng.random(n) < positive],
+        "latency_ms": rng.gamma(4, latency / 4, n),
+        "error": [None] * n,
+    })
+
+
+def canary(n_canary: int, n_prod: int, seed: int = 0, **canary_kw) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.concat([rows("production", n_prod, rng), rows("canary", n_canary, rng, start=10**7, **canary_kw)])
+
+
+def breached(analysis) -> set[str]:
+    return {c.name for c in analysis.checks if not c.ok}
+
+
+def test_no_verdict_from_a_dozen_requests():
+    analysis = canary_analysis(canary(12, 500, positive=1.0), NO_FEEDBACK, SETTINGS, "canary 5%")
+    assert not analysis.passed
+    assert breached(analysis) == {"requests for a verdict"}
+    assert analysis.requests == {"canary": 12, "production": 500}
+
+
+@pytest.mark.parametrize("n", [300, 3_000, 100_000])
+def test_a_canary_like_production_passes_at_every_size(n):
+    false_alarms = sum(not canary_analysis(canary(n, n, seed=s), NO_FEEDBACK, SETTINGS, "c").passed
+                       for s in range(10))
+    assert false_alarms == 0
+
+
+def test_a_tiny_but_significant_shift_on_huge_traffic_is_not_a_breach():
+    analysis = canary_analysis(canary(200_000, 200_000, positive=0.32), NO_FEEDBACK, SETTINGS, "c")
+    shares = next(c for c in analysis.checks if c.name == "predicted class shares")
+    assert "p=" in shares.value and shares.ok
+
+
+@pytest.mark.parametrize(("kwargs", "check"), [
+    ({"positive": 1.0}, "predicted class shares"),  # a broken model answering one class
+    ({"errors": 0.06}, "error and fallback rate"),
+    ({"latency": 5.0}, "latency p99"),
+])
+def test_a_bad_canary_breaches_the_check_that_sees_it(kwargs, check):
+    analysis = canary_analysis(canary(400, 2_000, **kwargs), NO_FEEDBACK, SETTINGS, "canary 25%")
+    assert breached(analysis) == {check}
+    assert analysis.breaches[0].startswith(check)
+    assert "BREACH" in analysis.markdown()
+
+
+def test_accuracy_is_compared_where_feedback_labels_exist():
+    log = canary(2_000, 2_000)
+    truth = log["prediction"].map(json.loads)
+    wrong = (log["route"] == "canary") & (np.random.default_rng(1).random(len(log)) < 0.2)
+    feedback = pd.DataFrame({"request_id": log["request_id"], "label": np.where(wrong, 1 - truth, truth)})
+    analysis = canary_analysis(log, feedback, SETTINGS, "c")
+    assert breached(analysis) == {"error rate on feedback labels"}
+    fair = pd.DataFrame({"request_id": log["request_id"], "label": truth})
+    assert canary_analysis(log, fair, SETTINGS, "c").passed
+
+
+def shadow_log(n: int, disagree: float = 0.0, shadow_errors: float = 0.0, latency: float = 0.5) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    production = rows("production", n, rng)
+    shadow = production.assign(role="shadow", model_version="2", latency_ms=rng.gamma(4, latency / 4, n))
+    flip = rng.random(n) < disagree
+    shadow.loc[flip, "prediction"] = shadow.loc[flip, "prediction"].map(lambda p: json.dumps(1 - json.loads(p)))
+    shadow["error"] = np.where(rng.random(n) < shadow_errors, "ValueError: boom", None)
+    return pd.concat([production, shadow])
+
+
+def test_shadow_passes_when_it_agrees_answers_and_is_fast():
+    analysis = shadow_analysis(shadow_log(1_000, disagree=0.05), SETTINGS, drift_verdict="warn")
+    assert analysis.passed, analysis.breaches
+    assert analysis.requests == {"production": 1_000, "shadow": 1_000, "paired": 1_000}
+
+
+@pytest.mark.parametrize(("log", "drift", "check"), [
+    (shadow_log(1_000, disagree=0.4), "pass", "agreement with production"),
+    (shadow_log(1_000, shadow_errors=0.05), "pass", "error rate"),
+    (shadow_log(1_000, latency=80.0), "pass", "latency p99"),
+    (shadow_log(1_000), "fail", "input drift vs contract"),
+    (shadow_log(50), "pass", "requests for a verdict"),
+])
+def test_shadow_names_what_it_breached(log, drift, check):
+    assert breached(shadow_analysis(log, SETTINGS, drift_verdict=drift)) == {check}
