@@ -22,7 +22,7 @@ def rows(route: str, n: int, rng: np.random.Generator, *, positive: float = 0.3,
         "route": route,
         "role": np.where(failed, "fallback", role or route),
         "model_version": "2" if route == "canary" else "1",
-        "prediction": [json.dumps(int(v)) for v in rng.random(n) < positive],
+        "prediction": [json.dumps([int(v)]) for v in rng.random(n) < positive],  # as the gateway logs them
         "latency_ms": rng.gamma(4, latency / 4, n),
         "error": [None] * n,
     })
@@ -71,7 +71,7 @@ def test_a_bad_canary_breaches_the_check_that_sees_it(kwargs, check):
 
 def test_accuracy_is_compared_where_feedback_labels_exist():
     log = canary(2_000, 2_000)
-    truth = log["prediction"].map(json.loads)
+    truth = log["prediction"].map(lambda p: json.loads(p)[0])
     wrong = (log["route"] == "canary") & (np.random.default_rng(1).random(len(log)) < 0.2)
     feedback = pd.DataFrame({"request_id": log["request_id"], "label": np.where(wrong, 1 - truth, truth)})
     analysis = canary_analysis(log, feedback, SETTINGS, "c")
@@ -85,7 +85,7 @@ def shadow_log(n: int, disagree: float = 0.0, shadow_errors: float = 0.0, latenc
     production = rows("production", n, rng)
     shadow = production.assign(role="shadow", model_version="2", latency_ms=rng.gamma(4, latency / 4, n))
     flip = rng.random(n) < disagree
-    shadow.loc[flip, "prediction"] = shadow.loc[flip, "prediction"].map(lambda p: json.dumps(1 - json.loads(p)))
+    shadow.loc[flip, "prediction"] = shadow.loc[flip, "prediction"].map(lambda p: json.dumps([1 - json.loads(p)[0]]))
     shadow["error"] = np.where(rng.random(n) < shadow_errors, "ValueError: boom", None)
     return pd.concat([production, shadow])
 
