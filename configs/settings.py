@@ -125,6 +125,20 @@ class PromotionSettings(_Section):
         return steps
 
 
+class MonitoringSettings(_Section):
+    window: str = Field("1h", description="Default window of the prediction log per monitoring run (30m, 1h, 1d).")
+    min_requests: int = Field(100, gt=0, description="Requests in a window before its rates can breach a limit.")
+    max_fallback_rate: float = Field(0.02, ge=0, le=1, description="Highest share of answers from the fallback chain.")
+    max_error_rate: float = Field(0.005, ge=0, le=1, description="Highest share of requests that got no answer.")
+    latency_p99_ms: float = Field(50.0, gt=0, description="Latency budget of the window's p99, in the gateway.")
+    min_accuracy: float | None = Field(None, ge=0, le=1, description="Lowest accuracy on feedback labels; empty: not checked.")
+    breach_windows: int = Field(3, gt=0, description="Windows in a row that must breach before retraining starts.")
+    experiment: str = Field("shipway-monitoring", description="MLflow experiment holding one run per window.")
+    retrain_deployment: str = Field(
+        "training/retrain", description="Prefect deployment (flow/deployment) triggered on a sustained breach."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, extra="forbid"
@@ -138,6 +152,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     prediction_log: PredictionLogSettings = Field(default_factory=PredictionLogSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -50,11 +50,11 @@ class Registered:
     model_uri: str
 
 
-def connect(settings: Settings, create: bool = True) -> tuple[MlflowClient, str]:
+def connect(settings: Settings, create: bool = True, experiment: str | None = None) -> tuple[MlflowClient, str]:
     """Point MLflow at the configured store; return a client and the experiment id (created once).
 
     Readers pass create=False: looking at an embedded store that does not exist yet must not
-    create one.
+    create one. `experiment` defaults to the training experiment of the profile.
     """
     if settings.s3.endpoint_url:  # MLflow's own boto3 client reads the endpoint from here
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3.endpoint_url)
@@ -68,16 +68,19 @@ def connect(settings: Settings, create: bool = True) -> tuple[MlflowClient, str]
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name(mlflow_settings.experiment)
-    if experiment is not None:
-        return client, experiment.experiment_id
+    name = experiment or mlflow_settings.experiment
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return client, found.experiment_id
     location = mlflow_settings.artifact_location or None
     if location and "://" not in location:
         location = Path(location).as_uri()
+    if location and experiment:  # each experiment of the profile under its own folder of the root
+        location = f"{location.rstrip('/')}/{experiment}"
     try:
-        return client, client.create_experiment(mlflow_settings.experiment, artifact_location=location)
+        return client, client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created meanwhile by another process
-        return client, client.get_experiment_by_name(mlflow_settings.experiment).experiment_id
+        return client, client.get_experiment_by_name(name).experiment_id
 
 
 def pip_requirements() -> list[str]:
@@ -248,6 +251,29 @@ def check_loads(settings: Settings, name: str, version: str) -> None:
         mlflow.sklearn.load_model(f"models:/{name}/{version}")
     except Exception as exc:  # any failure to load means the version must not serve
         raise RegistryError(f"version {version} of '{name}' cannot load: {type(exc).__name__}: {exc}") from None
+
+
+def log_window(settings: Settings, name: str, run_name: str, params: dict[str, str], metrics: dict[str, float],
+               tags: dict[str, str], files: list[Path]) -> str:
+    """One monitoring window as a run of the monitoring experiment; returns its run id."""
+    _, experiment_id = connect(settings, experiment=settings.monitoring.experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.set_tags(tags | {"model": name})
+        mlflow.log_params(params)
+        mlflow.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN: nothing measured
+        for path in files:
+            mlflow.log_artifact(str(path))
+    return run.info.run_id
+
+
+def monitoring_history(settings: Settings, name: str, limit: int) -> list[dict[str, Any]]:
+    """The latest `limit` monitoring windows of `name`, newest first: tags and metrics of each run."""
+    client, experiment_id = connect(settings, experiment=settings.monitoring.experiment)
+    escaped = name.replace("'", "\\'")
+    runs = client.search_runs([experiment_id], filter_string=f"tags.model = '{escaped}'",
+                              order_by=["attributes.start_time DESC"], max_results=limit)
+    return [{"run_id": r.info.run_id, "time": r.info.start_time, "tags": dict(r.data.tags), "metrics": dict(r.data.metrics)}
+            for r in runs]
 
 
 def _registered_model(client: MlflowClient, settings: Settings, name: str):

@@ -1,0 +1,83 @@
+"""One monitoring window of the prediction log: what the model saw, how it answered, how well.
+
+Plain functions over the rows `serving.prediction_log.read_window` returns: the inputs the
+answering model received (for the skew gate), failure and fallback shares, latency p99, and
+accuracy where feedback labels came back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from configs.settings import MonitoringSettings
+from tasks.errors import ShipwayError
+
+ANSWERING = ("production", "canary", "fallback")  # shadow rows repeat inputs and never answer
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_window(text: str) -> timedelta:
+    """'90s', '15m', '1h', '2d' -> a timedelta; anything else is a clear error."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text or "")
+    if not match or float(match.group(1)) <= 0:
+        raise ShipwayError(f"window '{text}' is not a duration like 30m, 1h or 2d")
+    return timedelta(**{UNITS[match.group(2)]: float(match.group(1))})
+
+
+def served_inputs(log: pd.DataFrame) -> pd.DataFrame:
+    """The feature rows of every answered request, decoded from the log's JSON records."""
+    texts = log.loc[log["role"].isin(ANSWERING) & log["inputs"].notna(), "inputs"]
+    records = [record for text in texts for record in orjson.loads(text)]
+    return pd.DataFrame.from_records(records)
+
+
+@dataclass
+class WindowSummary:
+    requests: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    breaches: list[str] = field(default_factory=list)
+
+    @property
+    def breached(self) -> bool:
+        return bool(self.breaches)
+
+
+def summarize(log: pd.DataFrame, feedback: pd.DataFrame, settings: MonitoringSettings) -> WindowSummary:
+    """Failure, fallback, latency and accuracy figures of a window, and which limits they broke."""
+    answered = log[log["role"].isin(ANSWERING)]
+    n = len(answered)
+    summary = WindowSummary(n, {"requests": float(n)})
+    if n == 0:
+        return summary
+    fallback = float((answered["role"] == "fallback").mean())
+    errors = float(answered["prediction"].isna().mean())  # no answer at all: the client got an error
+    p99 = float(np.nanpercentile(answered["latency_ms"].astype(float), 99))
+    summary.metrics |= {"fallback_rate": fallback, "error_rate": errors, "latency_p99_ms": p99}
+    limits = [("fallback_rate", fallback, settings.max_fallback_rate), ("error_rate", errors, settings.max_error_rate),
+              ("latency_p99_ms", p99, settings.latency_p99_ms)]
+    summary.breaches += [f"{name} {value:.4g} > {limit:g}" for name, value, limit in limits
+                         if n >= settings.min_requests and value > limit]
+    labeled = answered.merge(feedback[["request_id", "label"]], on="request_id", how="inner")
+    if len(labeled):
+        hits = [_first(orjson.loads(p)) == _first(label) for p, label in zip(labeled["prediction"], labeled["label"])
+                if p is not None]
+        accuracy = float(np.mean(hits)) if hits else float("nan")
+        summary.metrics |= {"accuracy": accuracy, "labeled": float(len(labeled))}
+        if settings.min_accuracy is not None and len(labeled) >= settings.min_requests and accuracy < settings.min_accuracy:
+            summary.breaches.append(f"accuracy {accuracy:.4g} < {settings.min_accuracy:g}")
+    return summary
+
+
+def sustained(breached_before: list[bool], breached_now: bool, windows: int) -> bool:
+    """True when this window and the `windows - 1` before it (newest first) all breached."""
+    return breached_now and len(breached_before) >= windows - 1 and all(breached_before[: windows - 1])
+
+
+def _first(value):
+    return value[0] if isinstance(value, list) and len(value) == 1 else value

@@ -1,0 +1,91 @@
+"""Monitoring windows: parsing, the figures of a window, and when a breach counts as sustained."""
+
+from datetime import timedelta
+
+import orjson
+import pandas as pd
+import pytest
+
+from configs.settings import MonitoringSettings
+from tasks.errors import ShipwayError
+from tasks.monitoring import parse_window, served_inputs, summarize, sustained
+
+SETTINGS = MonitoringSettings(min_requests=10)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1h", timedelta(hours=1)), ("30m", timedelta(minutes=30)), ("90s", timedelta(seconds=90)),
+    ("2d", timedelta(days=2)), ("1.5h", timedelta(minutes=90)),
+])
+def test_windows_parse(text, expected):
+    assert parse_window(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "1", "h", "1w", "-1h", "0m", "one hour"])
+def test_a_bad_window_names_itself(text):
+    with pytest.raises(ShipwayError, match=f"window '{text}' is not a duration like 30m, 1h or 2d"):
+        parse_window(text)
+
+
+def log_rows(n: int, *, role: str = "production", source=None, prediction=(1,), latency: float = 1.0,
+             start: int = 0) -> pd.DataFrame:
+    return pd.DataFrame({
+        "request_id": [f"r{start + i}" for i in range(n)],
+        "role": role,
+        "source": source,
+        "inputs": [orjson.dumps([{"age": 30 + i % 5, "plan": "basic"}]).decode() for i in range(n)],
+        "prediction": [None if prediction is None else orjson.dumps(list(prediction)).decode()] * n,
+        "latency_ms": latency,
+    })
+
+
+NO_FEEDBACK = pd.DataFrame({"request_id": pd.Series(dtype=str), "label": pd.Series(dtype=object)})
+
+
+def test_a_healthy_window_has_its_figures_and_no_breach():
+    log = pd.concat([log_rows(100), log_rows(100, role="shadow")])  # shadow rows are not answers
+    summary = summarize(log, NO_FEEDBACK, SETTINGS)
+    assert summary.requests == 100
+    assert summary.metrics["fallback_rate"] == 0 and summary.metrics["error_rate"] == 0
+    assert summary.metrics["latency_p99_ms"] == pytest.approx(1.0)
+    assert not summary.breached
+
+
+def test_fallbacks_errors_and_latency_breach_their_limits():
+    log = pd.concat([log_rows(90, latency=80.0), log_rows(5, role="fallback", source="baseline", start=100),
+                     log_rows(5, role="fallback", prediction=None, start=200)])
+    summary = summarize(log, NO_FEEDBACK, SETTINGS)
+    assert summary.metrics["fallback_rate"] == pytest.approx(0.10)
+    assert summary.metrics["error_rate"] == pytest.approx(0.05)
+    assert [b.split()[0] for b in summary.breaches] == ["fallback_rate", "error_rate", "latency_p99_ms"]
+
+
+def test_too_few_requests_breach_nothing():
+    assert not summarize(log_rows(5, role="fallback", prediction=None), NO_FEEDBACK, SETTINGS).breached
+
+
+def test_accuracy_comes_from_feedback_labels():
+    log = log_rows(40)
+    feedback = pd.DataFrame({"request_id": log["request_id"], "label": [1] * 30 + [0] * 10})
+    settings = SETTINGS.model_copy(update={"min_accuracy": 0.9})
+    summary = summarize(log, feedback, settings)
+    assert summary.metrics["accuracy"] == pytest.approx(0.75)
+    assert summary.metrics["labeled"] == 40
+    assert summary.breaches == ["accuracy 0.75 < 0.9"]
+
+
+def test_served_inputs_are_the_answered_requests_features():
+    log = pd.concat([log_rows(3), log_rows(3, role="shadow")])
+    inputs = served_inputs(log)
+    assert list(inputs.columns) == ["age", "plan"] and len(inputs) == 3
+
+
+@pytest.mark.parametrize(("before", "now", "windows", "expected"), [
+    ([True, True], True, 3, True),
+    ([True, False], True, 3, False),
+    ([True], True, 3, False),  # not enough history yet
+    ([True, True], False, 3, False),
+    ([], True, 1, True),
+])
+def test_a_breach_is_sustained_only_after_enough_windows_in_a_row(before, now, windows, expected):
+    assert sustained(before, now, windows) is expected
