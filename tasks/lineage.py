@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,5 +33,7 @@ def git_lineage(code_dir: Path = CODE_DIR) -> GitLineage:
         branch = git("rev-parse", "--abbrev-ref", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.CalledProcessError):
-        return GitLineage(commit="unknown", branch="unknown", dirty=None)
+        # No checkout (a container image): the commit it was built from, if the build stamped it.
+        return GitLineage(commit=os.environ.get("GIT_COMMIT") or "unknown",
+                          branch=os.environ.get("GIT_BRANCH") or "unknown", dirty=None)
     return GitLineage(commit=commit, branch=branch, dirty=dirty)

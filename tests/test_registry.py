@@ -75,3 +75,9 @@ def test_git_lineage_is_the_checkout_of_the_training_code():
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert lineage.commit == head and len(head) == 40
     assert git_lineage(REPO.parent / "definitely-not-a-repo") == GitLineage("unknown", "unknown", None)
+
+
+def test_outside_a_checkout_the_commit_stamped_into_the_image_is_used(monkeypatch, tmp_path):
+    monkeypatch.setenv("GIT_COMMIT", "c" * 40)
+    monkeypatch.setenv("GIT_BRANCH", "release")
+    assert git_lineage(tmp_path) == GitLineage("c" * 40, "release", None)
