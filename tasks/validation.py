@@ -176,9 +176,8 @@ def _report(
             verdict, reason = Verdict.WARN, f"{o.reason} (p={o.p:.1e})"
         else:
             verdict, reason = Verdict.PASS, ""
-        result = o.result | {"success": verdict != Verdict.FAIL}
         check = Check(o.expectation.get("type", "?"), o.column, verdict, reason if verdict != Verdict.PASS else "",
-                      o.p, o.expectation.get("kwargs", {}), result)
+                      o.p, o.expectation.get("kwargs", {}), o.result)
         if o.column == TABLE:
             table.append(check)
             continue
