@@ -222,7 +222,8 @@ def gx_context():
     """One ephemeral GX context per process: GX wants one around any suite or validation."""
     import great_expectations as gx
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # one INFO line per temp docs dir
+    # GX pins this logger at INFO and says so for every temporary docs folder it makes.
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     return gx.get_context(mode="ephemeral")
 
 
