@@ -130,8 +130,8 @@ def _numeric(column: str, x: np.ndarray, settings: GateSettings) -> list:
     grid = np.unique(np.quantile(x, np.linspace(0, 1, round(1 / CDF_STEP) + 1), method="inverted_cdf"))
     values, counts = np.unique(x, return_counts=True)
     top = np.argsort(counts)[::-1][:TOP_VALUES]
-    shares = {float(values[i]): float(counts[i] / n) for i in top}
-    point_masses = [v for v, share in shares.items() if share >= 0.005] or [float(values[top[0]])]
+    shares = {str(float(values[i])): float(counts[i] / n) for i in top}  # JSON keys are strings
+    point_masses = [float(v) for v, share in shares.items() if share >= 0.005] or [float(values[top[0]])]
     sd = std or 1.0
     return [
         gxe.ExpectColumnValuesToBeBetween(
@@ -247,14 +247,18 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def check(suite: Any, origin: str) -> dict[str, Any]:
-    """`suite` if GX accepts it as an ExpectationSuite, else a DataError naming `origin`."""
-    from great_expectations.core.expectation_suite import ExpectationSuite
+    """`suite` if GX accepts each of its expectations, else a DataError naming `origin` and the first bad one."""
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
     if not isinstance(suite, dict) or not isinstance(suite.get("expectations"), list):
         raise DataError(f"expectation suite {origin} is not a GX suite (no 'expectations' list)")
     gx_context()
-    try:
-        ExpectationSuite(**suite)
-    except Exception as exc:  # GX raises many kinds for a bad suite; all mean the same to the user
-        raise DataError(f"expectation suite {origin} is invalid: {str(exc).splitlines()[0]}") from None
+    for i, expectation in enumerate(suite["expectations"]):
+        kind = expectation.get("type", "?") if isinstance(expectation, dict) else "?"
+        try:
+            fields = {k: v for k, v in expectation.items() if k in ("type", "kwargs", "meta", "id", "notes")}
+            ExpectationConfiguration(**fields).to_domain_obj()
+        except Exception as exc:  # GX raises many kinds for a bad expectation; all mean the same to the user
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"expectation suite {origin} is invalid: expectation {i + 1} ({kind}): {reason}") from None
     return suite
