@@ -129,6 +129,11 @@ def validate(
     names = [str(c) for c in batch.columns]
     batch = batch.set_axis(names, axis=1)
     outcomes: list[_Outcome] = []
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # the first of each name is checked; the repeat itself fails the batch
+        batch = batch.loc[:, ~batch.columns.duplicated()]
+        outcomes.append(_outcome({"type": "expect_table_columns_to_match_set", "kwargs": {}}, TABLE, True, True, None,
+                                 f"repeated column names: {', '.join(repeated)}", {"observed_value": names}))
     for expectation in table:
         outcomes += HANDLERS[expectation["type"]](expectation, batch, settings.warn_fraction)
     if len(batch):
@@ -409,7 +414,7 @@ def check_quantiles(e: dict, data: _Column, wf: float) -> _Outcome:
     trained = _training(e).get("values") or [_mid(lo, hi, 0.0) for lo, hi in bounds]
     cdf = _cdf_of(data.kl) if data.kl else _Cdf(*(np.asarray(a, dtype="float64") for a in (trained, levels, levels)))
     x = data.sorted
-    observed = [float(v) for v in np.quantile(x, levels)] if levels else []
+    observed = _sorted_quantiles(x, levels)
     fail, warn, pvals, bad = False, False, [], []
     for level, (low, high), value, center in zip(levels, bounds, observed, trained, strict=False):
         if low is not None and value < low:
@@ -577,6 +582,14 @@ def _cdf_of(e: dict) -> _Cdf:
     edges = np.asarray(partition.get("bins", [0.0, 1.0]), dtype="float64")
     cum = np.concatenate(([0.0], np.cumsum(partition.get("weights", [1.0]))))
     return _Cdf(edges, cum, cum)  # a hand-made partition: its edges are all the CDF there is
+
+
+def _sorted_quantiles(x: np.ndarray, levels: list[float]) -> list[float]:
+    """np.quantile's linear method, read off an already sorted array (np.quantile would partition it again)."""
+    position = np.asarray(levels, dtype="float64") * (len(x) - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, len(x) - 1)
+    return (x[low] + (x[high] - x[low]) * (position - low)).tolist()
 
 
 def _interp_cdf(cdf: _Cdf, x: float, strict: bool) -> float:

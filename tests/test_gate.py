@@ -113,6 +113,7 @@ def bad_batches() -> dict[str, tuple[pd.DataFrame, str, str]]:
         "mixed objects": (clean.assign(tenure_months=pd.Series(["a", 1] * 250, dtype=object)), "tenure_months", "type:"),
         "missing columns": (clean[["age"]], "plan", "missing: the column is not in the batch"),
         "no columns": (pd.DataFrame(index=range(3)), "age", "missing: the column is not in the batch"),
+        "repeated names": (pd.concat([clean, clean[["age"]]], axis=1), "(table)", "repeated column names: age"),
     }
 
 
