@@ -298,8 +298,11 @@ def set_version_tags(settings: Settings, name: str, version: str, tags: dict[str
 
 
 def alias_version(settings: Settings, name: str, alias: Alias) -> str | None:
-    """The version `alias` points at, or None when the model or the alias does not exist yet."""
-    client, _ = connect(settings)
+    """The version `alias` points at, or None when the store, the model or the alias does not exist yet."""
+    try:
+        client, _ = connect(settings, create=False)
+    except RegistryError:  # nothing trained here yet
+        return None
     try:
         return str(client.get_model_version_by_alias(name, alias.value).version)
     except MlflowException:
