@@ -139,6 +139,36 @@ class MonitoringSettings(_Section):
     )
 
 
+class GateSettings(_Section):
+    """The skew gate. A check fails when its effect passes the contract's bound AND sampling noise
+    cannot explain it (a test at `alpha`, Bonferroni-split over all tests of the batch), so a
+    200-row batch does not fail on noise and a 100k-row batch does not fail on trivia."""
+
+    alpha: float = Field(0.001, gt=0, lt=1, description="Chance that a clean batch fails the gate (split over all tests).")
+    warn_alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of a warning (split over all tests).")
+    warn_fraction: float = Field(
+        0.5, gt=0, le=1, description="A check warns when its effect passes this fraction of the fail bound."
+    )
+    null_tolerance: float = Field(0.05, ge=0, le=1, description="Null rate allowed above training, absolute.")
+    range_tolerance: float = Field(0.01, ge=0, le=1, description="Share of values allowed outside the training range.")
+    mean_shift_sd: float = Field(0.2, gt=0, description="Mean shift allowed, in training standard deviations.")
+    stdev_ratio: float = Field(1.2, gt=1, description="Factor the standard deviation may grow or shrink by.")
+    quantile_band: float = Field(
+        0.05, gt=0, lt=0.5, description="Quantile bands: a batch quantile q may sit between training q-band and q+band."
+    )
+    bins: int = Field(24, ge=4, le=200, description="Training-quantile bins of the divergence check.")
+    kl_threshold: float = Field(0.05, gt=0, description="KL divergence (batch || training) allowed on those bins.")
+    unseen_tolerance: float = Field(0.02, ge=0, le=1, description="Share of unseen categories allowed.")
+    point_mass_share: float = Field(
+        0.03, gt=0, le=1, description="Share by which one value may be more frequent than in training (stuck, clipped)."
+    )
+    max_categories: int = Field(1000, gt=0, description="Categories a contract lists per column; rarer ones count as other.")
+    report_dir: str = Field(".shipway/reports", description="Where drift reports go when --report is not given.")
+    expectations_dir: str = Field(
+        "expectations", description="Folder of the user's own GX suites (*.json); the gate runs them too."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, extra="forbid"
@@ -153,6 +183,7 @@ class Settings(BaseSettings):
     prediction_log: PredictionLogSettings = Field(default_factory=PredictionLogSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -180,6 +211,12 @@ class Settings(BaseSettings):
             ),
             "snapshots": self.snapshots.model_copy(
                 update={"store": _absolute_path(self.snapshots.store, cwd)}
+            ),
+            "gate": self.gate.model_copy(
+                update={
+                    "report_dir": _absolute_path(self.gate.report_dir, cwd),
+                    "expectations_dir": _absolute_path(self.gate.expectations_dir, cwd),
+                }
             ),
         }
         return self.model_copy(update=update)

@@ -97,9 +97,15 @@ def cli() -> None:
 @click.option("--data", help="Training data: a .csv/.parquet file, s3://bucket/key, or 'demo'.")
 @click.option("--target", help="The label column (default: data.target of the profile).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--force-gate", is_flag=True, help="Train even if the data fails the gate (needs --reason).")
+@click.option("--reason", help="Why the gate is overridden; recorded on the version (tag gate_override).")
 @config_option
-def train(config_path: Path | None, data: str | None, target: str | None, as_json: bool) -> None:
-    """Snapshot -> train -> register -> Shadow."""
+def train(
+    config_path: Path | None, data: str | None, target: str | None, as_json: bool, force_gate: bool, reason: str | None
+) -> None:
+    """Snapshot -> gate -> train -> register -> contract -> Shadow."""
+    if force_gate and not (reason or "").strip():
+        raise click.UsageError("--force-gate needs --reason TEXT: the override is recorded on the version")
     settings = _settings(config_path)
     prefect_ready = _start_prefect_early(settings)
     from tasks.snapshot import check_source
@@ -108,7 +114,9 @@ def train(config_path: Path | None, data: str | None, target: str | None, as_jso
     from flows.training import training_flow
 
     prefect_ready()
-    result = training_flow(data=data, target=target, config=str(config_path) if config_path else None)
+    result = training_flow(
+        data=data, target=target, config=str(config_path) if config_path else None, force_gate=force_gate, reason=reason
+    )
     if as_json:
         click.echo(json.dumps(asdict(result), indent=2))
         return
@@ -123,6 +131,7 @@ def _print_training(result) -> None:
     console.print(f"  snapshot  {result.snapshot_id}{reused}")
     console.print(f"            {result.snapshot_uri}")
     console.print(f"  holdout   {metrics}")
+    console.print(f"  gate      {result.gate}")
     console.print(f"  steps     {steps}")
 
 
@@ -188,6 +197,50 @@ def _short(value: str) -> str:
 
 def _time(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M") if ms else "-"
+
+
+@cli.command()
+@click.option("--model", "model", metavar="NAME@ALIAS", help="Check against this version's contract.")
+@click.option("--reference", "snapshot_id", metavar="SNAPSHOT_ID", help="Check against a contract built from a snapshot.")
+@click.option("--batch", "batches", multiple=True, required=True, metavar="SRC",
+              help="A .csv/.parquet file, s3://bucket/key, or a folder of them. Repeatable.")
+@click.option("--report", type=click.Path(path_type=Path), metavar="PATH",
+              help="Report FILE.json for one batch, a folder for several (default: under gate.report_dir).")
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
+@config_option
+def validate(
+    config_path: Path | None, model: str | None, snapshot_id: str | None, batches: tuple[str, ...],
+    report: Path | None, as_json: bool,
+) -> None:
+    """The skew gate: each batch against a contract. Exit 0 all pass (warnings allowed), 1 any fails."""
+    if bool(model) == bool(snapshot_id):
+        raise click.UsageError("give exactly one of --model NAME@ALIAS and --reference SNAPSHOT_ID")
+    settings = _settings(config_path)
+    from tasks import gate
+    from tasks.errors import GateError
+
+    sources = gate.batch_sources(batches)
+    reference = gate.reference_for_model(settings, model) if model else gate.reference_for_snapshot(settings, snapshot_id)
+    done = gate.validate_batches(settings, sources, reference, report)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() | {"files": [str(p) for p in f.paths()]} for r, f in done], indent=2))
+    else:
+        _print_gate(done)
+    failed = [r.batch for r, _ in done if r.verdict == "fail"]
+    if failed:
+        raise GateError(f"gate: {len(failed)} of {len(done)} batch(es) failed: {', '.join(failed)}")
+
+
+def _print_gate(done) -> None:
+    from tasks.drift_report import table_rows
+
+    colors = {"pass": "green", "warn": "yellow", "fail": "red"}
+    for result, files in done:
+        console.print(f"[bold]{result.batch}[/]: [{colors[result.verdict]}]{result.verdict}[/] {result.reason}")
+        for row in table_rows(result):
+            if row["verdict"] != "pass":
+                console.print(f"  [{colors[row['verdict']]}]{row['verdict']:<4}[/] {row['column']:<20} {row['reason']}")
+        console.print(f"  report    {files.json}" + (f"  picture {files.png}" if files.png else ""))
 
 
 @cli.command()

@@ -1,4 +1,4 @@
-"""The training flow: snapshot -> train -> register -> alias Shadow."""
+"""The training flow: snapshot -> gate -> train -> register -> contract -> alias Shadow."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from prefect import flow
 
 from configs.settings import load_settings
+from tasks.gate import contract_task, gate_task
 from tasks.lineage import git_lineage
 from tasks.registry import Alias, register_task, set_alias_task
 from tasks.snapshot import snapshot_task
@@ -25,12 +26,22 @@ class TrainingResult:
     snapshot_uri: str
     snapshot_reused: bool
     metrics: dict[str, float]
+    gate: str = "not_gated"  # pass, warn, overridden, or not_gated (no Production version yet)
+    contract_uri: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step, orchestration included
 
 
 @flow(name="training", log_prints=True)
-def training_flow(data: str | None = None, target: str | None = None, config: str | None = None) -> TrainingResult:
-    """Snapshot the data, train the pipeline and its baseline, register the version, make it Shadow."""
+def training_flow(
+    data: str | None = None,
+    target: str | None = None,
+    config: str | None = None,
+    force_gate: bool = False,
+    reason: str | None = None,
+) -> TrainingResult:
+    """Snapshot the data, gate it against Production's contract, train the pipeline and its baseline,
+    register the version with its own contract, make it Shadow. `force_gate` trains despite a failed
+    gate; `reason` is recorded on the version."""
     settings = load_settings(config)
     source = data or settings.data.source
     target = target or settings.data.target
@@ -38,10 +49,14 @@ def training_flow(data: str | None = None, target: str | None = None, config: st
 
     with _timed(timings, "snapshot"):
         snapshot = snapshot_task(source, settings, target)
+    with _timed(timings, "gate"):
+        gate = gate_task(settings, snapshot, force_gate, reason)
     with _timed(timings, "train"):
         trained = train_task(snapshot.frame, target, settings.training)
     with _timed(timings, "register"):
         registered = register_task(trained, snapshot, git_lineage(), settings)
+    with _timed(timings, "contract"):
+        contract_uri = contract_task(settings, snapshot, target, registered, gate)
     with _timed(timings, "alias"):
         set_alias_task(settings, registered.name, Alias.SHADOW, registered.version)
 
@@ -53,6 +68,8 @@ def training_flow(data: str | None = None, target: str | None = None, config: st
         snapshot_uri=snapshot.uri,
         snapshot_reused=not snapshot.created,
         metrics=trained.metrics,
+        gate=gate.verdict,
+        contract_uri=contract_uri,
         timings=timings,
     )
 

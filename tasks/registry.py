@@ -296,3 +296,91 @@ def register_task(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage
 def set_alias_task(settings: Settings, name: str, alias: Alias, version: str) -> None:
     set_alias(settings, name, alias, version)
     get_run_logger().info("%s@%s -> version %s", name, alias.value, version)
+
+
+# --- contracts and gate reports ---------------------------------------------------------------------
+
+CONTRACT_ARTIFACT = "contract/expectation_suite.json"
+
+
+def resolve(settings: Settings, reference: str) -> ModelVersion:
+    """The version named by NAME@ALIAS or NAME/VERSION (e.g. churn-classifier@Production)."""
+    name, sep, which = reference.rpartition("@") if "@" in reference else reference.rpartition("/")
+    if not sep or not name or not which:
+        raise RegistryError(f"model reference '{reference}' must read NAME@ALIAS or NAME/VERSION")
+    found, aliases = versions(settings, name)
+    version = aliases.get(which) if "@" in reference else which
+    if version is None:
+        known = ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
+        raise RegistryError(f"model '{name}' has no alias '{which}' (aliases: {known})")
+    match = [v for v in found if str(v.version) == str(version)]
+    if not match:
+        raise RegistryError(f"model '{name}' has no version {version}")
+    return match[0]
+
+
+def log_contract(settings: Settings, name: str, version: str, suite: dict[str, Any]) -> str:
+    """Log the version's data contract (GX suite JSON) with its run; tag the version with its URI."""
+    client, _ = connect(settings)
+    run_id = client.get_model_version(name, version).run_id
+    client.log_dict(run_id, suite, CONTRACT_ARTIFACT)
+    uri = f"{client.get_run(run_id).info.artifact_uri}/{CONTRACT_ARTIFACT}"
+    client.set_model_version_tag(name, version, "expectation_suite", uri)
+    return uri
+
+
+def load_contract(settings: Settings, version: ModelVersion) -> dict[str, Any] | None:
+    """The contract logged with `version`, or None for a version that has none."""
+    import json
+    import tempfile
+
+    uri = version.tags.get("expectation_suite")
+    if not uri:
+        return None
+    connect(settings, create=False)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar for one small JSON is noise
+    with tempfile.TemporaryDirectory(prefix="shipway-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            raise RegistryError(f"version {version.version} of '{version.name}': cannot read its contract {uri}: {exc}") from None
+        return json.loads(Path(path).read_text())
+
+
+def log_gate_report(
+    settings: Settings, files: list[Path], verdict: str, *, name: str, version: str | None, folder: str,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Log report files under `folder` of the version's run (or of a new `gate-...` run when the data
+    never became a version), and set `validation_status` plus `tags` on the version. Returns the run id."""
+    client, experiment_id = connect(settings)
+    if version is None:
+        run = client.create_run(experiment_id, run_name=f"gate-{folder}", tags={"model": name, "validation_status": verdict})
+        run_id = run.info.run_id
+    else:
+        run_id = client.get_model_version(name, version).run_id
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path=f"validation/{folder}")
+    if version is None:
+        client.set_terminated(run_id, status="FAILED" if verdict == "fail" else "FINISHED")
+    else:
+        set_version_tags(settings, name, version, {"validation_status": verdict, **(tags or {})})
+    return run_id
+
+
+def set_version_tags(settings: Settings, name: str, version: str, tags: dict[str, str]) -> None:
+    client, _ = connect(settings)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def alias_version(settings: Settings, name: str, alias: Alias) -> str | None:
+    """The version `alias` points at, or None when the store, the model or the alias does not exist yet."""
+    try:
+        client, _ = connect(settings, create=False)
+    except RegistryError:  # nothing trained here yet
+        return None
+    try:
+        return str(client.get_model_version_by_alias(name, alias.value).version)
+    except MlflowException:
+        return None

@@ -157,10 +157,10 @@ def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
     if repeated:
         raise DataError(f"data has repeated column names: {', '.join(repeated)}")
     df = df.set_axis(names, axis=1)
-    return pd.DataFrame({name: _canonical_column(df[name]) for name in sorted(names)})
+    return pd.DataFrame({name: canonical_column(df[name]) for name in sorted(names)})
 
 
-def _canonical_column(s: pd.Series) -> pd.Series:
+def canonical_column(s: pd.Series) -> pd.Series:
     s = s.reset_index(drop=True)
     dtype = s.dtype
     if pd.api.types.is_bool_dtype(dtype):
@@ -175,9 +175,9 @@ def _canonical_column(s: pd.Series) -> pd.Series:
         # Object columns of numbers or booleans (e.g. built from Python lists) are numeric data.
         inferred = pd.api.types.infer_dtype(s, skipna=True)
         if inferred == "boolean":
-            return _canonical_column(s.astype("boolean"))
+            return canonical_column(s.astype("boolean"))
         if inferred in ("integer", "floating", "mixed-integer-float"):
-            return _canonical_column(pd.to_numeric(s.astype("object")))
+            return canonical_column(pd.to_numeric(s.astype("object")))
         return s.astype("str")
     raise DataError(f"column '{s.name}' has unsupported dtype {dtype}")
 

@@ -1,0 +1,1 @@
+"""Great Expectations suite builders: the data contract of a model version."""

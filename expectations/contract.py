@@ -1,0 +1,264 @@
+"""A model version's data contract: a Great Expectations suite built from its training snapshot.
+
+Per feature column the suite states presence and type, the null rate, the range or value set, and
+the distribution seen in training (mean and standard deviation bands, quantile bands, a KL
+divergence on training-quantile bins or on category shares, and the largest share one value may
+take). The kwargs are the practical bounds a user reads and edits; each expectation's
+`meta.training` keeps the training statistics the gate needs to tell drift from sampling noise
+(see tasks/validation.py). The suite is plain GX JSON: any GX 1.x context can load it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from configs.settings import GateSettings
+from tasks.errors import DataError
+
+FORMAT = "shipway.contract/v1"
+NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                 "float32", "float64", "Int64", "Float64"]  # ints arriving as floats are no drift
+DATETIME_TYPES = ["datetime64[s]", "datetime64[ms]", "datetime64[us]", "datetime64[ns]"]
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+TAIL_LEVELS = (0.01, 0.025, 0.975, 0.99)  # finer bins where clipping and outliers show
+CDF_STEP = 0.005  # the training CDF is kept on this grid of quantiles for the KS distance
+TOP_VALUES = 20
+TAIL_WEIGHT_HOLDOUT = 0.001
+
+
+def build_contract(
+    frame: pd.DataFrame, settings: GateSettings, *, name: str, target: str | None, snapshot_id: str | None
+) -> dict[str, Any]:
+    """The suite, as GX JSON, for the columns of a canonical snapshot frame (see tasks.snapshot)."""
+    from great_expectations.core.expectation_suite import ExpectationSuite
+
+    if len(frame) == 0:
+        raise DataError("cannot build a contract from a snapshot with no rows")
+    features = [c for c in frame.columns if c != target]
+    gx_context()
+    suite = ExpectationSuite(
+        name=name,
+        meta={
+            "shipway": {
+                "format": FORMAT,
+                "snapshot_id": snapshot_id,
+                "rows": len(frame),
+                "target": target,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        },
+    )
+    for expectation in _table_expectations(list(frame.columns), target):
+        suite.add_expectation(expectation)
+    for column in features:
+        for expectation in column_expectations(frame[column], settings):
+            suite.add_expectation(expectation)
+    return suite.to_json_dict()
+
+
+def _table_expectations(columns: list[str], target: str | None) -> list:
+    import great_expectations.expectations as gxe
+
+    optional = [target] if target in columns else []
+    return [
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=columns,
+            exact_match=True,
+            meta={"optional": optional, "note": "optional columns (the label) may be absent from a batch"},
+        ),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    ]
+
+
+def column_expectations(s: pd.Series, settings: GateSettings) -> list:
+    """The expectations of one column, from its training values."""
+    import great_expectations.expectations as gxe
+
+    column = str(s.name)
+    rows = len(s)
+    nulls = int(s.isna().sum())
+    null_fraction = nulls / rows
+    out = [
+        gxe.ExpectColumnValuesToNotBeNull(
+            column=column,
+            mostly=round(max(0.0, 1 - null_fraction - settings.null_tolerance), 6),
+            meta={"training": {"null_fraction": null_fraction, "rows": rows}},
+        )
+    ]
+    if s.dtype.kind in "iuf":
+        out.insert(0, gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=NUMERIC_TYPES))
+        values = np.sort(s.dropna().to_numpy(dtype="float64"))
+        if len(values):
+            out += _numeric(column, values, settings)
+    elif s.dtype.kind == "M":
+        out.insert(0, gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=DATETIME_TYPES))
+    else:
+        type_ = "bool" if s.dtype == "bool" else "str"
+        out.insert(0, gxe.ExpectColumnValuesToBeOfType(column=column, type_=type_))
+        out += _categorical(column, s.dropna(), settings)
+    return out
+
+
+def _numeric(column: str, x: np.ndarray, settings: GateSettings) -> list:
+    import great_expectations.expectations as gxe
+
+    n = len(x)
+    mean = float(x.mean())
+    std = float(x.std(ddof=1)) if n > 1 else 0.0
+    kurtosis = float(np.mean((x - mean) ** 4) / std**4) if std > 0 else 3.0
+    training = {"rows": n, "mean": mean, "std": std}
+    band = settings.quantile_band
+
+    def q(level: float) -> float:
+        return float(np.quantile(x, min(1.0, max(0.0, level)), method="inverted_cdf"))
+
+    # Tail quantiles get a band proportional to their tail, so that clipping there shows.
+    ranges = [[q(p - min(band, p / 2)), q(p + min(band, (1 - p) / 2))] for p in QUANTILES]
+    levels = sorted({*np.linspace(0, 1, settings.bins + 1).round(6), *TAIL_LEVELS})
+    edges = np.unique(np.quantile(x, levels, method="inverted_cdf"))
+    if len(edges) == 1:
+        edges = np.array([edges[0], np.nextafter(edges[0], np.inf)])
+    weights = histogram(x, edges) / n
+    grid = np.unique(np.quantile(x, np.linspace(0, 1, round(1 / CDF_STEP) + 1), method="inverted_cdf"))
+    values, counts = np.unique(x, return_counts=True)
+    top = np.argsort(counts)[::-1][:TOP_VALUES]
+    shares = {str(float(values[i])): float(counts[i] / n) for i in top}  # JSON keys are strings
+    point_masses = [float(v) for v, share in shares.items() if share >= 0.005] or [float(values[top[0]])]
+    sd = std or 1.0
+    return [
+        gxe.ExpectColumnValuesToBeBetween(
+            column=column, min_value=float(x[0]), max_value=float(x[-1]), mostly=round(1 - settings.range_tolerance, 6),
+            meta={"training": {"rows": n}},
+        ),
+        gxe.ExpectColumnMeanToBeBetween(
+            column=column, min_value=mean - settings.mean_shift_sd * sd, max_value=mean + settings.mean_shift_sd * sd,
+            meta={"training": training},
+        ),
+        gxe.ExpectColumnStdevToBeBetween(
+            column=column, min_value=std / settings.stdev_ratio, max_value=std * settings.stdev_ratio,
+            meta={"training": training | {"kurtosis": kurtosis}},
+        ),
+        gxe.ExpectColumnQuantileValuesToBeBetween(
+            column=column,
+            quantile_ranges={"quantiles": list(QUANTILES), "value_ranges": ranges},
+            meta={"training": {"rows": n, "values": [q(p) for p in QUANTILES]}},
+        ),
+        gxe.ExpectColumnKLDivergenceToBeLessThan(
+            column=column,
+            partition_object={"bins": edges.tolist(), "weights": weights.tolist()},
+            threshold=settings.kl_threshold,
+            tail_weight_holdout=TAIL_WEIGHT_HOLDOUT,
+            meta={
+                "training": {
+                    "rows": n,
+                    # Training CDF on a fine quantile grid: F(v) and F(v-), for the KS distance.
+                    "cdf": {
+                        "values": grid.tolist(),
+                        "at_or_below": (np.searchsorted(x, grid, "right") / n).tolist(),
+                        "below": (np.searchsorted(x, grid, "left") / n).tolist(),
+                    },
+                }
+            },
+        ),
+        gxe.ExpectColumnMostCommonValueToBeInSet(
+            column=column,
+            value_set=point_masses,
+            ties_okay=True,
+            meta={
+                "max_share_increase": settings.point_mass_share,
+                "note": "the gate fails only when the batch's most common value holds a share this much "
+                "larger than in training (a stuck or clipped column); values added here are accepted",
+                "training": {"rows": n, "distinct": int(len(values)), "shares": shares,
+                             "other_max_share": float(min(shares.values()))},
+            },
+        ),
+    ]
+
+
+def _categorical(column: str, present: pd.Series, settings: GateSettings) -> list:
+    import great_expectations.expectations as gxe
+
+    n = len(present)
+    if n == 0:
+        return []
+    counts = present.value_counts()
+    kept = counts.head(settings.max_categories)
+    other = float(1 - kept.sum() / n)
+    values = [_plain(v) for v in kept.index]
+    return [
+        gxe.ExpectColumnValuesToBeInSet(
+            column=column,
+            value_set=values,
+            mostly=round(max(0.0, 1 - other - settings.unseen_tolerance), 6),
+            meta={"training": {"rows": n, "other_share": other}},
+        ),
+        gxe.ExpectColumnKLDivergenceToBeLessThan(
+            column=column,
+            partition_object={"values": values, "weights": (kept / kept.sum()).tolist()},
+            threshold=settings.kl_threshold,
+            tail_weight_holdout=TAIL_WEIGHT_HOLDOUT,
+            meta={"training": {"rows": n}},
+        ),
+    ]
+
+
+def histogram(sorted_values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts per bin of sorted values, as np.histogram (and so GX) counts them: [a, b), the last [a, b]."""
+    left = np.searchsorted(sorted_values, edges, "left")
+    left[-1] = np.searchsorted(sorted_values, edges[-1], "right")
+    return np.diff(left)
+
+
+@cache
+def gx_context():
+    """One ephemeral GX context per process: GX wants one around any suite or validation."""
+    import great_expectations as gx
+
+    # GX pins this logger at INFO and says so for every temporary docs folder it makes.
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
+    return gx.get_context(mode="ephemeral")
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def save(suite: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(suite, indent=2))
+    return path
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A suite from its JSON file, checked by GX itself so that a hand edit that breaks it is caught here."""
+    try:
+        suite = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read expectation suite {path}: {str(exc).splitlines()[0]}") from None
+    return check(suite, str(path))
+
+
+def check(suite: Any, origin: str) -> dict[str, Any]:
+    """`suite` if GX accepts each of its expectations, else a DataError naming `origin` and the first bad one."""
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    if not isinstance(suite, dict) or not isinstance(suite.get("expectations"), list):
+        raise DataError(f"expectation suite {origin} is not a GX suite (no 'expectations' list)")
+    gx_context()
+    for i, expectation in enumerate(suite["expectations"]):
+        kind = expectation.get("type", "?") if isinstance(expectation, dict) else "?"
+        try:
+            fields = {k: v for k, v in expectation.items() if k in ("type", "kwargs", "meta", "id", "notes")}
+            ExpectationConfiguration(**fields).to_domain_obj()
+        except Exception as exc:  # GX raises many kinds for a bad expectation; all mean the same to the user
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"expectation suite {origin} is invalid: expectation {i + 1} ({kind}): {reason}") from None
+    return suite

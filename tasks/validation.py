@@ -1,0 +1,726 @@
+"""The skew gate: a batch against a model version's data contract (a GX suite, expectations/contract.py).
+
+Each built-in expectation type of the contract is evaluated here with numpy, one pass per column
+(a single sort serves quantiles, ranges, bins, the CDF and the most common value), reading its
+bounds from the suite's kwargs, so that editing the suite changes the gate. A check FAILS only when
+two things hold: its effect passes the bound in the kwargs (so a 100k-row batch does not fail on
+trivia) and a test says sampling noise cannot explain it (so a 200-row batch does not fail on
+noise). The tests' significance is `gate.alpha` split over all tests of the batch (Bonferroni);
+a check WARNS past `warn_fraction` of its bound at `gate.warn_alpha`. Expectation types the gate
+does not know (the user's own, in their suites) run in Great Expectations itself.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from configs.settings import GateSettings
+from expectations.contract import histogram
+from tasks.errors import DataError
+from tasks.snapshot import canonical_column
+
+TABLE = "(table)"
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+RANK = {Verdict.PASS: 0, Verdict.WARN: 1, Verdict.FAIL: 2}
+
+
+@dataclass
+class Check:
+    """One expectation's outcome on one batch."""
+
+    expectation: str
+    column: str
+    verdict: Verdict
+    reason: str
+    p_value: float | None  # None: a deterministic check (type, presence, a user's expectation)
+    kwargs: dict[str, Any]
+    result: dict[str, Any]  # GX-shaped result (observed_value, details): Data Docs render it
+
+
+@dataclass
+class ColumnReport:
+    name: str
+    verdict: Verdict
+    reason: str
+    measures: dict[str, Any] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+
+
+@dataclass
+class GateReport:
+    verdict: Verdict
+    reason: str
+    batch: str
+    rows: int
+    reference: dict[str, Any]
+    columns: list[ColumnReport]  # failing first, then warning, then passing
+    table: list[Check]
+    thresholds: dict[str, Any]
+    seconds: float
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def columns_with(self, verdict: Verdict) -> list[str]:
+        return [c.name for c in self.columns if c.verdict == verdict]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass
+class _Outcome:
+    """A check before its verdict: whether its effect passed the fail and warn bounds, and its p-value."""
+
+    expectation: dict[str, Any]
+    column: str
+    fail: bool
+    warn: bool
+    p: float | None
+    reason: str
+    result: dict[str, Any]
+    measures: dict[str, Any] = field(default_factory=dict)
+
+
+# --- the gate --------------------------------------------------------------------------------------
+
+
+def validate(
+    batch: pd.DataFrame,
+    suite: dict[str, Any],
+    settings: GateSettings,
+    *,
+    batch_name: str = "batch",
+    reference: dict[str, Any] | None = None,
+    user_suites: Iterable[dict[str, Any]] = (),
+) -> GateReport:
+    """Check `batch` against the contract `suite` (GX JSON) and the user's suites; never raises on bad data."""
+    start = time.perf_counter()
+    columns: dict[str, list[dict]] = {}
+    table: list[dict] = []
+    foreign: list[dict] = []
+    for expectation in suite.get("expectations", []):
+        column = expectation.get("kwargs", {}).get("column")
+        if expectation.get("type") not in HANDLERS:
+            foreign.append(expectation)
+        elif column is None:
+            table.append(expectation)
+        else:
+            columns.setdefault(str(column), []).append(expectation)
+    for user_suite in user_suites:
+        foreign += user_suite.get("expectations", [])
+
+    names = [str(c) for c in batch.columns]
+    batch = batch.set_axis(names, axis=1)
+    outcomes: list[_Outcome] = []
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # the first of each name is checked; the repeat itself fails the batch
+        batch = batch.loc[:, ~batch.columns.duplicated()]
+        outcomes.append(_outcome({"type": "expect_table_columns_to_match_set", "kwargs": {}}, TABLE, True, True, None,
+                                 f"repeated column names: {', '.join(repeated)}", {"observed_value": names}))
+    for expectation in table:
+        outcomes += HANDLERS[expectation["type"]](expectation, batch, settings.warn_fraction)
+    if len(batch):
+        for name, expectations in columns.items():
+            if name in batch.columns:
+                outcomes += _column_outcomes(batch[name], expectations, settings.warn_fraction)
+    if foreign:
+        outcomes += _run_in_gx(batch, foreign)
+    return _report(outcomes, settings, batch_name, len(batch), reference or {}, start)
+
+
+def _column_outcomes(s: pd.Series, expectations: list[dict], wf: float) -> list[_Outcome]:
+    try:
+        data = _Column(canonical_column(s))
+    except DataError as exc:
+        return [_outcome(expectations[0], s.name, True, True, None, f"type: {exc}", {"observed_value": str(s.dtype)})]
+    # The quantile check reads the training CDF that the same column's KL expectation keeps.
+    data.kl = next((e for e in expectations if e["type"] == KL and "bins" in e["kwargs"].get("partition_object", {})), None)
+    out = [HANDLERS[e["type"]](e, data, wf) for e in expectations if e["type"] in TYPE_CHECKS]
+    if any(o.fail for o in out):  # the distribution of a wrongly typed column means nothing
+        return out + [check_not_null(e, data, wf) for e in expectations if e["type"] == NOT_NULL]
+    for expectation in expectations:
+        if expectation["type"] in TYPE_CHECKS:
+            continue
+        if expectation["type"] != NOT_NULL and data.present == 0:
+            continue  # nothing to measure; the null check says why
+        out.append(HANDLERS[expectation["type"]](expectation, data, wf))
+    return out
+
+
+def _report(
+    outcomes: list[_Outcome], settings: GateSettings, batch_name: str, rows: int, reference: dict, start: float
+) -> GateReport:
+    tests = sum(o.p is not None for o in outcomes)
+    alpha, warn_alpha = settings.alpha / max(tests, 1), settings.warn_alpha / max(tests, 1)
+    by_column: dict[str, ColumnReport] = {}
+    table: list[Check] = []
+    for o in outcomes:
+        if o.p is None:
+            verdict = Verdict.FAIL if o.fail else Verdict.WARN if o.warn else Verdict.PASS
+            reason = o.reason
+        elif o.fail and o.p <= alpha:
+            verdict, reason = Verdict.FAIL, f"{o.reason} (p={o.p:.1e})"
+        elif (o.fail or o.warn) and o.p <= warn_alpha:
+            verdict, reason = Verdict.WARN, f"{o.reason} (p={o.p:.1e})"
+        else:
+            verdict, reason = Verdict.PASS, ""
+        check = Check(o.expectation.get("type", "?"), o.column, verdict, reason if verdict != Verdict.PASS else "",
+                      o.p, o.expectation.get("kwargs", {}), o.result)
+        if o.column == TABLE:
+            table.append(check)
+            continue
+        report = by_column.setdefault(o.column, ColumnReport(o.column, Verdict.PASS, ""))
+        report.checks.append(check)
+        report.measures |= o.measures
+    for report in by_column.values():
+        report.verdict = max((c.verdict for c in report.checks), key=RANK.get, default=Verdict.PASS)
+        ranked = sorted((c for c in report.checks if c.verdict != Verdict.PASS), key=lambda c: -RANK[c.verdict])
+        report.reason = "; ".join(c.reason for c in ranked) or "matches training"
+    ordered = sorted(by_column.values(), key=lambda r: (-RANK[r.verdict], r.name))
+    table_verdict = max((c.verdict for c in table), key=RANK.get, default=Verdict.PASS)
+    verdict = max([table_verdict, *(r.verdict for r in ordered)], key=RANK.get)
+    return GateReport(
+        verdict=verdict,
+        reason=_summary(verdict, table, ordered),
+        batch=batch_name,
+        rows=rows,
+        reference=reference,
+        columns=ordered,
+        table=table,
+        thresholds={"alpha": settings.alpha, "warn_alpha": settings.warn_alpha, "tests": tests,
+                    "alpha_per_test": alpha, "warn_alpha_per_test": warn_alpha},
+        seconds=round(time.perf_counter() - start, 4),
+    )
+
+
+def _summary(verdict: Verdict, table: list[Check], columns: list[ColumnReport]) -> str:
+    if verdict == Verdict.PASS:
+        return "the batch matches the contract"
+    parts = [c.reason for c in table if c.verdict == verdict and c.column == TABLE and c.reason]
+    named = [c.name for c in columns if c.verdict == verdict]
+    if named:
+        noun = "column" if len(named) == 1 else "columns"
+        parts.append(f"{len(named)} {noun} {'failed' if verdict == Verdict.FAIL else 'warned'}: {', '.join(named)}")
+    return "; ".join(parts)
+
+
+# --- one column's data, computed once ------------------------------------------------------------
+
+
+class _Column:
+    def __init__(self, s: pd.Series):
+        self.series = s
+        self.name = str(s.name)
+        self.dtype = str(s.dtype)
+        self.total = len(s)
+        self.nulls = int(s.isna().sum())
+        self.present = self.total - self.nulls
+        self.kl: dict | None = None
+
+    @cached_property
+    def sorted(self) -> np.ndarray:
+        values = self.series.to_numpy(dtype="float64", na_value=np.nan)
+        if self.nulls:
+            values = values[~np.isnan(values)]
+        return np.sort(values)
+
+    @cached_property
+    def mean(self) -> float:
+        return float(self.sorted.mean())
+
+    @cached_property
+    def std(self) -> float:
+        return float(self.sorted.std(ddof=1)) if self.present > 1 else 0.0
+
+    @cached_property
+    def counts(self) -> dict[Any, int]:
+        return {_plain(k): int(v) for k, v in self.series.value_counts().items()}
+
+    @cached_property
+    def mode(self) -> tuple[Any, int]:
+        if self.series.dtype.kind not in "iuf":
+            value = max(self.counts, key=self.counts.get)
+            return value, self.counts[value]
+        x = self.sorted
+        starts = np.flatnonzero(np.concatenate(([True], x[1:] != x[:-1])))
+        lengths = np.diff(np.append(starts, len(x)))
+        i = int(np.argmax(lengths))
+        return float(x[starts[i]]), int(lengths[i])
+
+    def below(self, value: float) -> int:
+        return int(np.searchsorted(self.sorted, value, "left"))
+
+    def above(self, value: float) -> int:
+        return self.present - int(np.searchsorted(self.sorted, value, "right"))
+
+
+# --- the checks --------------------------------------------------------------------------------------
+
+
+def _outcome(e: dict, column: Any, fail: bool, warn: bool, p: float | None, reason: str,
+             result: dict, measures: dict | None = None) -> _Outcome:
+    return _Outcome(e, str(column), fail, warn, p, reason, result, measures or {})
+
+
+def _training(e: dict) -> dict[str, Any]:
+    return e.get("meta", {}).get("training", {})
+
+
+def _rows(e: dict, data: _Column) -> int:
+    """Training rows behind an expectation; unknown (a hand-written one): as many as the batch."""
+    return int(_training(e).get("rows") or data.present or 1)
+
+
+def _binom_p(k: int, n: int, p0: float) -> float:
+    """P(at least k successes of n at rate p0): how surprising k is if the rate did not change."""
+    if k <= 0:
+        return 1.0
+    return float(stats.binom.sf(k - 1, n, min(max(p0, 0.0), 1.0)))
+
+
+def check_columns(e: dict, batch: pd.DataFrame, wf: float) -> list[_Outcome]:
+    kwargs = e.get("kwargs", {})
+    expected = [str(c) for c in kwargs.get("column_set", [])]
+    optional = set(e.get("meta", {}).get("optional", []))
+    present = list(batch.columns)
+    missing = [c for c in expected if c not in present and c not in optional]
+    extra = [c for c in present if c not in expected] if kwargs.get("exact_match", True) else []
+    result = {"observed_value": present, "details": {"mismatched": {"missing": missing, "unexpected": extra}}}
+    out = [_outcome(e, TABLE, bool(missing or extra), False, None,
+                    f"columns missing: {', '.join(missing) or '-'}; not in the contract: {', '.join(extra) or '-'}"
+                    if missing or extra else "", result)]
+    out += [_outcome(e, c, True, True, None, "missing: the column is not in the batch", result) for c in missing]
+    out += [_outcome(e, c, True, True, None, "extra: the contract has no such column", result) for c in extra]
+    return out
+
+
+def check_row_count(e: dict, batch: pd.DataFrame, wf: float) -> list[_Outcome]:
+    kwargs = e.get("kwargs", {})
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    rows = len(batch)
+    bad = (low is not None and rows < low) or (high is not None and rows > high)
+    reason = "the batch has no rows" if rows == 0 else f"{rows} rows, the contract allows [{low}, {high}]"
+    return [_outcome(e, TABLE, bad, bad, None, reason if bad else "", {"observed_value": rows})]
+
+
+def check_type_list(e: dict, data: _Column, wf: float) -> _Outcome:
+    allowed = [str(t) for t in e["kwargs"].get("type_list") or []]
+    bad = data.dtype not in allowed
+    hint = " (numbers arriving as strings?)" if bad and data.dtype == "str" and _numeric_strings(data) else ""
+    reason = f"type: dtype '{data.dtype}' is not one the contract allows ({', '.join(allowed[:4])}, ...){hint}"
+    return _outcome(e, data.name, bad, bad, None, reason if bad else "", {"observed_value": data.dtype})
+
+
+def check_type(e: dict, data: _Column, wf: float) -> _Outcome:
+    expected = str(e["kwargs"].get("type_"))
+    bad = data.dtype != expected
+    reason = f"type: dtype '{data.dtype}', the contract expects '{expected}'"
+    return _outcome(e, data.name, bad, bad, None, reason if bad else "", {"observed_value": data.dtype})
+
+
+def _numeric_strings(data: _Column) -> bool:
+    sample = data.series.dropna().head(100)
+    return len(sample) > 0 and pd.to_numeric(sample, errors="coerce").notna().all()
+
+
+def check_not_null(e: dict, data: _Column, wf: float) -> _Outcome:
+    mostly = float(e["kwargs"].get("mostly", 1.0))
+    trained = float(_training(e).get("null_fraction", 0.0))
+    m = _rows(e, data)
+    rate = data.nulls / data.total
+    bound = 1 - mostly
+    p = _binom_p(data.nulls, data.total, (trained * m + 1) / (m + 2))
+    measures = {"null_rate": rate, "null_rate_train": trained, "null_rate_delta": rate - trained}
+    if data.present == 0:  # all nulls: nothing else about this column can be checked
+        return _outcome(e, data.name, True, True, None, "nulls: every value is null",
+                        _map_result(data.total, data.nulls), measures)
+    reason = f"nulls: {rate:.1%} of values, training {trained:.1%}, the contract allows {bound:.1%}"
+    return _outcome(e, data.name, rate > bound, rate > trained + wf * (bound - trained), p, reason,
+                    _map_result(data.total, data.nulls), measures)
+
+
+def check_between(e: dict, data: _Column, wf: float) -> _Outcome:
+    kwargs = e["kwargs"]
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    outside = (data.below(low) if low is not None else 0) + (data.above(high) if high is not None else 0)
+    share = outside / data.present
+    bound = 1 - float(kwargs.get("mostly", 1.0))
+    p = _binom_p(outside, data.present, 2 / (_rows(e, data) + 1))  # a fresh draw passes m draws' extremes
+    reason = f"range: {share:.1%} of values outside training [{_fmt(low)}, {_fmt(high)}], the contract allows {bound:.1%}"
+    return _outcome(e, data.name, share > bound, share > wf * bound, p, reason,
+                    _map_result(data.present, outside), {"out_of_range": share})
+
+
+def check_mean(e: dict, data: _Column, wf: float) -> _Outcome:
+    kwargs = e["kwargs"]
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    t = _training(e)
+    center = float(t.get("mean", _mid(low, high, data.mean)))
+    sd = float(t.get("std") or 0.0)
+    mean = data.mean
+    half = _half(low, high, center)
+    se = sd * math.sqrt(1 / data.present + 1 / _rows(e, data))
+    p = 2 * float(stats.norm.sf(abs(mean - center) / se)) if se > 0 else float(mean == center)
+    shift = (mean - center) / sd if sd > 0 else 0.0
+    fail = (low is not None and mean < low) or (high is not None and mean > high)
+    reason = f"mean: {_fmt(mean)} outside [{_fmt(low)}, {_fmt(high)}] (training {_fmt(center)}, shift {shift:+.2f} sd)"
+    return _outcome(e, data.name, fail, abs(mean - center) > wf * half, p, reason, {"observed_value": mean},
+                    {"mean": mean, "mean_train": center, "mean_shift_sd": shift})
+
+
+def check_stdev(e: dict, data: _Column, wf: float) -> _Outcome:
+    kwargs = e["kwargs"]
+    low, high = kwargs.get("min_value"), kwargs.get("max_value")
+    t = _training(e)
+    trained = float(t.get("std", _mid(low, high, data.std)))
+    std = data.std
+    kurtosis = max(float(t.get("kurtosis", 3.0)), 1.0 + 1e-9)
+    if trained > 0 and std > 0:
+        log_ratio = math.log(std / trained)
+        se = math.sqrt((kurtosis - 1) / 4 * (1 / data.present + 1 / _rows(e, data)))
+        p = 2 * float(stats.norm.sf(abs(log_ratio) / se))
+    else:  # a stuck column, or a constant training column that now varies
+        log_ratio, p = (0.0, 1.0) if std == trained else (math.inf, 0.0)
+    fail = (low is not None and std < low) or (high is not None and std > high)
+    warn = trained > 0 and (
+        (low is not None and low > 0 and std < trained * (low / trained) ** wf)
+        or (high is not None and std > trained * (high / trained) ** wf)
+    )
+    ratio = std / trained if trained > 0 else math.inf
+    reason = f"spread: sd {_fmt(std)} outside [{_fmt(low)}, {_fmt(high)}] (training {_fmt(trained)}, ×{ratio:.2f})"
+    return _outcome(e, data.name, fail, warn or fail, p, reason, {"observed_value": std}, {"std_ratio": ratio})
+
+
+def check_quantiles(e: dict, data: _Column, wf: float) -> _Outcome:
+    ranges = e["kwargs"].get("quantile_ranges", {})
+    levels, bounds = ranges.get("quantiles", []), ranges.get("value_ranges", [])
+    trained = _training(e).get("values") or [_mid(lo, hi, 0.0) for lo, hi in bounds]
+    cdf = _cdf_of(data.kl) if data.kl else _Cdf(*(np.asarray(a, dtype="float64") for a in (trained, levels, levels)))
+    x = data.sorted
+    observed = _sorted_quantiles(x, levels)
+    fail, warn, pvals, bad = False, False, [], []
+    for level, (low, high), value, center in zip(levels, bounds, observed, trained, strict=False):
+        if low is not None and value < low:
+            pvals.append(_binom_p(data.below(low), data.present, _interp_cdf(cdf, low, strict=True)))
+        elif high is not None and value > high:
+            pvals.append(_binom_p(data.above(high), data.present, 1 - _interp_cdf(cdf, high, strict=False)))
+        else:
+            inner_low = center - wf * (center - low) if low is not None else -math.inf
+            inner_high = center + wf * (high - center) if high is not None else math.inf
+            warn |= not inner_low <= value <= inner_high
+            continue
+        fail = True
+        bad.append(f"q{level:g} {_fmt(value)} outside [{_fmt(low)}, {_fmt(high)}]")
+    p = min(1.0, min(pvals) * len(levels)) if pvals else 1.0
+    result = {"observed_value": {"quantiles": levels, "values": observed},
+              "details": {"success_details": [lo is None or hi is None or lo <= v <= hi
+                                              for v, (lo, hi) in zip(observed, bounds, strict=False)]}}
+    return _outcome(e, data.name, fail, warn or fail, p, "quantiles: " + ", ".join(bad), result,
+                    {"quantiles": dict(zip((f"{q:g}" for q in levels), observed, strict=False))})
+
+
+def check_kl(e: dict, data: _Column, wf: float) -> _Outcome:
+    if "values" in e["kwargs"].get("partition_object", {}):
+        return _check_kl_categorical(e, data, wf)
+    kwargs = e["kwargs"]
+    partition = kwargs["partition_object"]
+    edges = np.asarray(partition["bins"], dtype="float64")
+    tail = float(kwargs.get("tail_weight_holdout") or 0.0)
+    internal = float(kwargs.get("internal_weight_holdout") or 0.0)
+    threshold = kwargs.get("threshold")
+    x, n = data.sorted, data.present
+    observed = histogram(x, edges) / n
+    below, above = data.below(edges[0]) / n, data.above(edges[-1]) / n
+    expected = np.asarray(partition["weights"], dtype="float64") * (1 - tail - internal)
+    zeros = expected == 0
+    if internal > 0 and zeros.any():
+        expected[zeros] = internal / zeros.sum()
+    p_all = np.concatenate(([below], observed, [above]))
+    q_all = np.concatenate(([tail / 2], expected, [tail / 2]))
+    kl = float(stats.entropy(p_all, q_all))
+    cdf = _cdf_of(e)
+    ks, m = _ks(cdf, x), _rows(e, data)
+    p = float(stats.kstwo.sf(ks, max(1, round(n * m / (n + m)))))
+    std = float(np.std(x)) or 1.0
+    measures = {
+        "kl": kl if math.isfinite(kl) else None,
+        "psi": _psi(p_all, q_all),
+        "js": _js(p_all, q_all),
+        "ks": ks,
+        "ks_p": p,
+        "wasserstein_sd": _wasserstein(cdf, x) / (_training_std(e) or std),
+    }
+    fail = threshold is not None and not kl <= threshold
+    warn = threshold is not None and not kl <= wf * threshold
+    result = {
+        "observed_value": measures["kl"],
+        "details": {
+            "observed_partition": {"bins": edges.tolist(), "weights": observed.tolist(), "tail_weights": [below, above]},
+            "expected_partition": {"bins": edges.tolist(), "weights": expected.tolist(), "tail_weights": [tail / 2, tail / 2]},
+        },
+    }
+    reason = f"distribution: KL {_fmt(kl)} on training-quantile bins > {threshold} (KS {ks:.3f}, PSI {measures['psi']:.3f})"
+    return _outcome(e, data.name, fail, warn, p, reason, result, measures)
+
+
+def _check_kl_categorical(e: dict, data: _Column, wf: float) -> _Outcome:
+    kwargs = e["kwargs"]
+    partition = kwargs["partition_object"]
+    values = [_plain(v) for v in partition["values"]]
+    weights = np.asarray(partition["weights"], dtype="float64")
+    tail = float(kwargs.get("tail_weight_holdout") or 0.0)
+    threshold = kwargs.get("threshold")
+    counts = data.counts
+    unseen = [v for v in counts if v not in set(values)]
+    observed = np.array([counts.get(v, 0) for v in values] + [counts[v] for v in unseen], dtype="float64") / data.present
+    expected = np.concatenate((weights * (1 - tail), np.full(len(unseen), tail / len(unseen)))) if unseen else weights
+    kl = float(stats.entropy(observed, expected))
+    p = _chi_square_p(np.array([counts.get(v, 0) for v in values], dtype="float64"), weights)
+    shift = observed[: len(values)] - weights
+    i = int(np.argmax(np.abs(shift))) if len(values) else 0
+    measures = {"kl": kl if math.isfinite(kl) else None, "psi": _psi(observed, expected),
+                "js": _js(observed, expected), "chi2_p": p,
+                "largest_share_change": {"category": values[i], "train": float(weights[i]),
+                                         "batch": float(observed[i])} if len(values) else None}
+    fail = threshold is not None and not kl <= threshold
+    warn = threshold is not None and not kl <= wf * threshold
+    result = {"observed_value": measures["kl"],
+              "details": {"observed_partition": {"values": values + unseen, "weights": observed.tolist()},
+                          "expected_partition": {"values": values + unseen, "weights": expected.tolist()}}}
+    reason = f"category shares: KL {_fmt(kl)} > {threshold} (JS {measures['js']:.3f})"
+    return _outcome(e, data.name, fail, warn, p, reason, result, measures)
+
+
+def check_in_set(e: dict, data: _Column, wf: float) -> _Outcome:
+    kwargs = e["kwargs"]
+    allowed = {_plain(v) for v in kwargs.get("value_set") or []}
+    unseen = {v: c for v, c in data.counts.items() if v not in allowed}
+    count = sum(unseen.values())
+    share = count / data.present
+    bound = 1 - float(kwargs.get("mostly", 1.0))
+    other = float(_training(e).get("other_share", 0.0))
+    p = _binom_p(count, data.present, other + 1 / (_rows(e, data) + 1))
+    top = sorted(unseen.items(), key=lambda kv: -kv[1])[:5]
+    listed = ", ".join(f"{v!r} {c / data.present:.1%}" for v, c in top)
+    reason = f"values: {share:.1%} not seen in training ({listed}), the contract allows {bound:.1%}"
+    result = _map_result(data.present, count) | {"partial_unexpected_list": [v for v, _ in top]}
+    return _outcome(e, data.name, share > bound, share > other + wf * (bound - other), p, reason, result,
+                    {"unseen_share": share, "unseen_top": [v for v, _ in top]})
+
+
+def check_most_common(e: dict, data: _Column, wf: float) -> _Outcome:
+    value, count = data.mode
+    allowed = {_plain(v) for v in e["kwargs"].get("value_set") or []}
+    meta = e.get("meta", {})
+    t = _training(e)
+    shares = {_key(k): float(v) for k, v in t.get("shares", {}).items()}
+    share = count / data.present
+    result = {"observed_value": [value]}
+    measures = {"top_value": value, "top_value_share": share}
+    if value in allowed and value not in shares:  # a value the user declared fine
+        return _outcome(e, data.name, False, False, None, "", result, measures)
+    trained = shares.get(value, float(t.get("other_max_share", 0.0)))
+    limit = float(meta.get("max_share_increase", 0.03))
+    candidates = min(int(t.get("distinct", data.present)), data.present)
+    p = min(1.0, _binom_p(count, data.present, trained + 1 / (_rows(e, data) + 1)) * max(candidates, 1))
+    measures["top_value_share_train"] = trained
+    reason = f"stuck or clipped: {share:.1%} of values are {_fmt(value)} (training {trained:.1%})"
+    return _outcome(e, data.name, share - trained >= limit, share - trained >= wf * limit, p, reason, result, measures)
+
+
+NOT_NULL = "expect_column_values_to_not_be_null"
+KL = "expect_column_kl_divergence_to_be_less_than"
+TYPE_CHECKS = {"expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type"}
+HANDLERS: dict[str, Callable[..., Any]] = {
+    "expect_table_columns_to_match_set": check_columns,
+    "expect_table_row_count_to_be_between": check_row_count,
+    "expect_column_values_to_be_in_type_list": check_type_list,
+    "expect_column_values_to_be_of_type": check_type,
+    NOT_NULL: check_not_null,
+    "expect_column_values_to_be_between": check_between,
+    "expect_column_mean_to_be_between": check_mean,
+    "expect_column_stdev_to_be_between": check_stdev,
+    "expect_column_quantile_values_to_be_between": check_quantiles,
+    KL: check_kl,
+    "expect_column_values_to_be_in_set": check_in_set,
+    "expect_column_most_common_value_to_be_in_set": check_most_common,
+}
+
+
+# --- statistics helpers ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cdf:
+    values: np.ndarray
+    at_or_below: np.ndarray
+    below: np.ndarray
+
+
+def _cdf_of(e: dict) -> _Cdf:
+    cdf = _training(e).get("cdf")
+    if cdf:
+        return _Cdf(*(np.asarray(cdf[k], dtype="float64") for k in ("values", "at_or_below", "below")))
+    partition = e.get("kwargs", {}).get("partition_object", {})
+    edges = np.asarray(partition.get("bins", [0.0, 1.0]), dtype="float64")
+    cum = np.concatenate(([0.0], np.cumsum(partition.get("weights", [1.0]))))
+    return _Cdf(edges, cum, cum)  # a hand-made partition: its edges are all the CDF there is
+
+
+def _sorted_quantiles(x: np.ndarray, levels: list[float]) -> list[float]:
+    """np.quantile's linear method, read off an already sorted array (np.quantile would partition it again)."""
+    position = np.asarray(levels, dtype="float64") * (len(x) - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, len(x) - 1)
+    return (x[low] + (x[high] - x[low]) * (position - low)).tolist()
+
+
+def _interp_cdf(cdf: _Cdf, x: float, strict: bool) -> float:
+    """Training F(x-) (strict) or F(x): exact on the grid, linear between its points."""
+    v = cdf.values
+    i = int(np.searchsorted(v, x, "left"))
+    if i < len(v) and v[i] == x:
+        return float(cdf.below[i] if strict else cdf.at_or_below[i])
+    if i == 0:
+        return 0.0
+    if i == len(v):
+        return 1.0
+    start, end = cdf.at_or_below[i - 1], cdf.below[i]
+    return float(start + (end - start) * (x - v[i - 1]) / (v[i] - v[i - 1]))
+
+
+def _ks(cdf: _Cdf, x: np.ndarray) -> float:
+    """Kolmogorov-Smirnov distance between the batch and training, on the training CDF grid."""
+    n = len(x)
+    at = np.searchsorted(x, cdf.values, "right") / n
+    below = np.searchsorted(x, cdf.values, "left") / n
+    return float(max(np.abs(at - cdf.at_or_below).max(), np.abs(below - cdf.below).max()))
+
+
+def _wasserstein(cdf: _Cdf, x: np.ndarray) -> float:
+    at = np.searchsorted(x, cdf.values, "right") / len(x)
+    return float(np.sum(np.abs(at - cdf.at_or_below)[:-1] * np.diff(cdf.values)))
+
+
+def _training_std(e: dict) -> float:
+    return float(_training(e).get("std") or 0.0)
+
+
+def _psi(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
+    p, q = np.clip(p, eps, None), np.clip(q, eps, None)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def _js(p: np.ndarray, q: np.ndarray) -> float:
+    from scipy.spatial.distance import jensenshannon
+
+    return float(jensenshannon(p, q, base=2))
+
+
+def _chi_square_p(counts: np.ndarray, weights: np.ndarray) -> float:
+    """Chi-square test of seen categories' counts against training shares; cells under 5 expected pooled."""
+    n = counts.sum()
+    if n == 0 or weights.sum() == 0:
+        return 1.0
+    expected = n * weights / weights.sum()
+    small = expected < 5
+    if small.any():
+        counts = np.append(counts[~small], counts[small].sum())
+        expected = np.append(expected[~small], expected[small].sum())
+    if len(counts) < 2:
+        return 1.0
+    statistic = float(np.sum((counts - expected) ** 2 / np.where(expected > 0, expected, 1)))
+    return float(stats.chi2.sf(statistic, len(counts) - 1))
+
+
+def _map_result(count: int, unexpected: int) -> dict[str, Any]:
+    return {"element_count": count, "unexpected_count": unexpected,
+            "unexpected_percent": 100 * unexpected / count if count else 0.0, "partial_unexpected_list": []}
+
+
+def _mid(low: Any, high: Any, default: float) -> float:
+    return (low + high) / 2 if low is not None and high is not None else default
+
+
+def _half(low: Any, high: Any, center: float) -> float:
+    sides = [abs(b - center) for b in (low, high) if b is not None]
+    return min(sides) if sides else math.inf
+
+
+def _key(value: str) -> Any:
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# --- expectations the gate does not implement: Great Expectations runs them ------------------------
+
+
+def _run_in_gx(batch: pd.DataFrame, expectations: list[dict]) -> list[_Outcome]:
+    import uuid
+
+    from great_expectations.core.expectation_suite import ExpectationSuite
+
+    from expectations.contract import gx_context
+
+    context = gx_context()
+    definition = (
+        context.data_sources.add_pandas(f"gate-{uuid.uuid4().hex[:8]}")
+        .add_dataframe_asset("batch")
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    suite = ExpectationSuite(name="user", expectations=[dict(e) for e in expectations])
+    results = definition.get_batch(batch_parameters={"dataframe": batch}).validate(suite)
+    out = []
+    for r in results.results:
+        config = r.expectation_config
+        e = {"type": config.type, "kwargs": dict(config.kwargs), "meta": dict(config.meta or {})}
+        column = e["kwargs"].get("column", TABLE)
+        error = (r.exception_info or {}).get("exception_message") if (r.exception_info or {}).get("raised_exception") else None
+        result = _jsonable(dict(r.result or {}))
+        observed = result.get("observed_value", result.get("unexpected_percent"))
+        reason = f"{config.type}: could not run: {error}" if error else f"{config.type} failed (observed {observed})"
+        out.append(_outcome(e, column, not r.success, not r.success, None, reason if not r.success else "", result))
+    return out
