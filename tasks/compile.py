@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 import pandas as pd
-from sklearn.impute import SimpleImputer
-from sklearn.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 PROBA_TOLERANCE = 1e-6
 NULL_TOKEN = "\u2400"  # SYMBOL FOR NULL: ONNX strings cannot be None, and "\x00" ends a C string
@@ -105,6 +107,8 @@ def _first_line(exc: Exception) -> str:
 
 def _with_null_token(model: Pipeline) -> Pipeline:
     """A copy whose string imputers look for NULL_TOKEN (skl2onnx needs a string marker, not NaN)."""
+    from sklearn.impute import SimpleImputer
+
     graph = copy.deepcopy(model)
     for step in _walk(graph):
         if isinstance(step, SimpleImputer) and step.statistics_.dtype == object:
@@ -127,6 +131,7 @@ def _walk(estimator):
 def _register_float64_imputer() -> None:
     """Numeric SimpleImputer as IsNaN/Where on float64, so medians keep every bit."""
     from skl2onnx import update_registered_converter
+    from sklearn.impute import SimpleImputer
     from skl2onnx.common._registration import get_converter, get_shape_calculator
     from skl2onnx.common.data_types import StringTensorType
     from skl2onnx.operator_converters.common import concatenate_variables
