@@ -1,4 +1,4 @@
-"""The training flow: snapshot -> train -> register -> alias Shadow."""
+"""The training flow: snapshot -> train -> register -> bench -> alias Shadow."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from prefect import flow
 
 from configs.settings import load_settings
+from tasks.benchmark import bench_task
 from tasks.lineage import git_lineage
 from tasks.registry import Alias, register_task, set_alias_task
 from tasks.snapshot import snapshot_task
@@ -30,7 +31,7 @@ class TrainingResult:
 
 @flow(name="training", log_prints=True)
 def training_flow(data: str | None = None, target: str | None = None, config: str | None = None) -> TrainingResult:
-    """Snapshot the data, train the pipeline and its baseline, register the version, make it Shadow."""
+    """Snapshot the data, train the pipeline and its baseline, register and benchmark the version, make it Shadow."""
     settings = load_settings(config)
     source = data or settings.data.source
     target = target or settings.data.target
@@ -42,6 +43,8 @@ def training_flow(data: str | None = None, target: str | None = None, config: st
         trained = train_task(snapshot.frame, target, settings.training)
     with _timed(timings, "register"):
         registered = register_task(trained, snapshot, git_lineage(), settings)
+    with _timed(timings, "bench"):
+        bench_task(settings, registered.name, registered.version)  # over the p99 budget: no Shadow
     with _timed(timings, "alias"):
         set_alias_task(settings, registered.name, Alias.SHADOW, registered.version)
 

@@ -288,6 +288,7 @@ class RegistryReader:
     """Read-only registry access for the gateway and the benchmark: one client, no writes."""
 
     def __init__(self, settings: Settings):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in a server's log
         self.settings = settings
         self.client, _ = connect(settings, create=False)
 
