@@ -133,8 +133,18 @@ class Gateway:
         self._shadow_thread.start()
 
     def stop(self) -> None:
-        """Graceful: finish mirrored shadow requests, then write every queued log row."""
+        """Graceful: skip (and count) mirrored requests not yet started, then write every queued log row."""
         self.router.stop()
+        skipped = 0
+        while True:
+            try:
+                self._shadow_queue.get_nowait()
+                skipped += 1
+            except queue.Empty:
+                break
+        if skipped:
+            self.metrics.shadow_skipped.inc(skipped)
+            log.info("shutdown: %d mirrored requests not sent to Shadow", skipped)
         self._shadow_queue.put(None)
         if self._shadow_thread is not None:
             self._shadow_thread.join(timeout=max(5.0, 2 * self.timeout_s))
