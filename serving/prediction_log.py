@@ -45,6 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 
 log = logging.getLogger("shipway.serving")
+_WAKE = object()
 
 metadata = MetaData()
 predictions = Table(
@@ -226,30 +227,39 @@ class PredictionLog:
     def close(self, timeout: float = 30.0) -> None:
         """Write everything queued so far, then stop the writer."""
         self._stop.set()
+        try:
+            self._queue.put_nowait(_WAKE)  # cut short a wait for more rows
+        except queue.Full:
+            pass  # the writer has rows to write and is not waiting
         if self._thread is not None:
             self._thread.join(timeout)
         if self._engine is not None:
             self._engine.dispose()
 
     def _run(self) -> None:
-        while True:
+        while not (self._stop.is_set() and self._queue.empty()):
             batch = self._next_batch()
             if batch:
                 self._write(batch)
-            elif self._stop.is_set() and self._queue.empty():
-                return
 
     def _next_batch(self) -> list:
+        """Rows that arrived within flush_interval_s of the first one, at most batch_size."""
         try:
-            batch = [self._queue.get(timeout=self.flush_interval_s)]
+            batch = [self._queue.get(block=not self._stop.is_set(), timeout=self.flush_interval_s)]
         except queue.Empty:
             return []
+        deadline = time.monotonic() + self.flush_interval_s
         while len(batch) < self.batch_size:
+            remaining = deadline - time.monotonic()
             try:
-                batch.append(self._queue.get_nowait())
+                if self._stop.is_set() or remaining <= 0:
+                    batch.append(self._queue.get_nowait())
+                else:
+                    batch.append(self._queue.get(timeout=remaining))
             except queue.Empty:
-                break
-        return batch
+                if self._stop.is_set() or remaining <= 0:
+                    break
+        return [row for row in batch if row is not _WAKE]
 
     def _write(self, batch: list) -> None:
         rows = [self._prediction_row(r) for r in batch if isinstance(r, Prediction)]
