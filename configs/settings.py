@@ -70,6 +70,36 @@ class PredictionLogSettings(_Section):
     )
 
 
+class ServingSettings(_Section):
+    host: str = Field("127.0.0.1", description="Address `shipway serve` binds to.")
+    port: int = Field(5001, ge=0, le=65535, description="Port `shipway serve` listens on.")
+    poll_interval_s: float = Field(
+        5.0, gt=0, description="How often the gateway reads aliases and the canary share from the registry."
+    )
+    timeout_ms: float = Field(
+        250.0, gt=0, description="A model slower than this is treated as failed and the fallback chain answers."
+    )
+    cache_size: int = Field(10_000, ge=0, description="Last good answers kept for the fallback chain (0: no cache).")
+    cache_max_age_s: float = Field(600.0, gt=0, description="A cached answer older than this is not served.")
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Larger request bodies get 413.")
+    sensitive_columns: dict[str, Literal["hash", "drop"]] = Field(
+        default_factory=dict, description="Input columns hashed (salted sha256) or dropped before they are logged."
+    )
+    hash_salt: str = Field("", description="Salt of the sensitive-column hash; set it per deployment.")
+    log_queue_size: int = Field(
+        50_000, gt=0, description="Prediction-log rows waiting to be written; beyond it rows are dropped and counted."
+    )
+    log_batch_size: int = Field(500, gt=0, description="Prediction-log rows written per transaction.")
+    log_flush_interval_s: float = Field(0.5, gt=0, description="Longest time a logged row waits to be written.")
+    shadow_queue_size: int = Field(
+        1_000, gt=0, description="Requests waiting for the Shadow model; beyond it they are skipped and counted."
+    )
+    latency_budget_p99_ms: float = Field(
+        50.0, gt=0, description="The training flow's latency gate: HTTP p99 of one-row requests through the gateway."
+    )
+    bench_requests: int = Field(1_000, gt=0, description="Requests per measurement of `shipway bench`.")
+
+
 class DataSettings(_Section):
     source: str = Field(
         "demo", description="Training data: a CSV or Parquet file, s3://bucket/key, or 'demo'."
@@ -184,6 +214,7 @@ class Settings(BaseSettings):
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -288,5 +288,35 @@ def ui(config_path: Path | None, host: str, port: int) -> None:
     os.execv(sys.executable, args)
 
 
+@cli.command()
+@click.option("--host", help="Address to bind (default: serving.host of the profile).")
+@click.option("--port", type=int, help="Port (default: serving.port of the profile).")
+@config_option
+def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
+    """The gateway: MLflow's scoring protocol for the model's Production/Canary/Shadow aliases."""
+    settings = _settings(config_path)
+    from serving.server import serve as run_gateway
+
+    run_gateway(settings, host or settings.serving.host, port or settings.serving.port)
+
+
+@cli.command()
+@click.option("--model", "ref", required=True, help="NAME@ALIAS or NAME/VERSION.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@config_option
+def bench(config_path: Path | None, ref: str, as_json: bool) -> None:
+    """Latency in-process and over HTTP through the gateway; exit 1 over the p99 budget."""
+    settings = _settings(config_path)
+    from tasks.benchmark import bench as run_bench
+    from tasks.benchmark import check_budget, print_bench
+
+    result = run_bench(settings, ref)
+    if as_json:
+        click.echo(json.dumps(asdict(result), indent=2))
+    else:
+        print_bench(result, console)
+    check_budget(result)
+
+
 def main() -> None:
     cli()

@@ -1,4 +1,4 @@
-"""The training flow: snapshot -> gate -> train -> register -> contract -> alias Shadow."""
+"""The training flow: snapshot -> gate -> train -> register -> contract -> bench -> alias Shadow."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from prefect import flow
 
 from configs.settings import load_settings
+from tasks.benchmark import bench_task
 from tasks.gate import contract_task, gate_task
 from tasks.lineage import git_lineage
 from tasks.registry import Alias, register_task, set_alias_task
@@ -40,8 +41,8 @@ def training_flow(
     reason: str | None = None,
 ) -> TrainingResult:
     """Snapshot the data, gate it against Production's contract, train the pipeline and its baseline,
-    register the version with its own contract, make it Shadow. `force_gate` trains despite a failed
-    gate; `reason` is recorded on the version."""
+    register the version with its own contract, benchmark it, make it Shadow. `force_gate` trains
+    despite a failed gate; `reason` is recorded on the version."""
     settings = load_settings(config)
     source = data or settings.data.source
     target = target or settings.data.target
@@ -57,6 +58,8 @@ def training_flow(
         registered = register_task(trained, snapshot, git_lineage(), settings)
     with _timed(timings, "contract"):
         contract_uri = contract_task(settings, snapshot, target, registered, gate)
+    with _timed(timings, "bench"):
+        bench_task(settings, registered.name, registered.version)  # over the p99 budget: no Shadow
     with _timed(timings, "alias"):
         set_alias_task(settings, registered.name, Alias.SHADOW, registered.version)
 

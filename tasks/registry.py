@@ -7,6 +7,8 @@ version is ever visible without them. Only aliases mark roles; registry stages a
 from __future__ import annotations
 
 import os
+import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,6 +20,7 @@ import mlflow
 import mlflow.sklearn
 import skops.io
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -25,6 +28,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings
+from tasks.compile import compile_pipeline
 from tasks.errors import RegistryError, retry_on_io
 from tasks.lineage import GitLineage
 from tasks.snapshot import Snapshot
@@ -32,6 +36,8 @@ from tasks.training import TrainedModel
 
 MODEL_ARTIFACT = "model"
 BASELINE_ARTIFACT = "baseline"
+ONNX_ARTIFACT = "onnx/model.onnx"
+CANARY_SHARE_TAG = "canary_share"
 SERVING_REQUIREMENTS = ("scikit-learn", "pandas", "numpy", "scipy", "skops")
 
 
@@ -144,6 +150,13 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
             pip_requirements=requirements,
             skops_trusted_types=trusted_types(trained.baseline),
         )
+        # The compiled form is what the gateway serves: parity-checked here, stored with the run.
+        compiled = compile_pipeline(trained.model, trained.X_holdout)
+        if compiled.ok:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / Path(ONNX_ARTIFACT).name
+                path.write_bytes(compiled.onnx)
+                mlflow.log_artifact(str(path), str(Path(ONNX_ARTIFACT).parent))
     tags = {
         **lineage.tags(),
         "data_snapshot_id": snapshot.id,
@@ -153,6 +166,9 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
         "estimator": training.estimator,
         "baseline_model_uri": baseline_info.model_uri,
         "baseline_rule": trained.baseline_rule,
+        "serving_format": "onnx" if compiled.ok else "sklearn",
+        "onnx_parity": compiled.status,
+        **({"onnx_model_uri": f"runs:/{run.info.run_id}/{ONNX_ARTIFACT}"} if compiled.ok else {}),
         **{f"metric_{k}": f"{v:.6g}" for k, v in trained.metrics.items()},
     }
     _ensure_registered_model(client, name)
@@ -283,6 +299,127 @@ def _registered_model(client: MlflowClient, settings: Settings, name: str):
         known = sorted(m.name for m in client.search_registered_models())
         hint = f"; registered models: {', '.join(known)}" if known else "; nothing is registered yet"
         raise RegistryError(f"registered model '{name}' not found in {settings.mlflow.tracking_uri}{hint}") from None
+
+
+def set_canary_share(settings: Settings, name: str, share: float) -> None:
+    """The share of traffic the gateway sends to the Canary alias (a registered-model tag)."""
+    if not 0.0 <= share <= 1.0:
+        raise RegistryError(f"canary share must be between 0 and 1, got {share}")
+    client, _ = connect(settings)
+    _registered_model(client, settings, name)
+    client.set_registered_model_tag(name, CANARY_SHARE_TAG, repr(float(share)))
+
+
+def canary_share(settings: Settings, name: str) -> float:
+    client, _ = connect(settings, create=False)
+    return parse_canary_share(_registered_model(client, settings, name).tags)
+
+
+def parse_canary_share(tags: dict[str, str]) -> float:
+    """The `canary_share` tag as a float in [0, 1]; absent means 0."""
+    raw = tags.get(CANARY_SHARE_TAG)
+    if raw is None:
+        return 0.0
+    try:
+        share = float(raw)
+    except ValueError:
+        share = float("nan")
+    if not 0.0 <= share <= 1.0:
+        raise RegistryError(f"registered-model tag {CANARY_SHARE_TAG}={raw!r} is not a number between 0 and 1")
+    return share
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What one poll of the registry sees: aliases ({alias: version}) and registered-model tags."""
+
+    aliases: dict[str, str]
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # MLflow DataType name: long, integer, double, float, string, boolean, ...
+    required: bool
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """A version ready to serve: its input columns and either ONNX bytes or a loaded model."""
+
+    name: str
+    version: str
+    tags: dict[str, str]
+    columns: list[Column]
+    onnx: bytes | None
+    model: Any  # sklearn estimator (flavor "sklearn") or a pyfunc model; None when served as ONNX
+    flavor: str  # "onnx", "sklearn" or "pyfunc"
+
+
+class RegistryReader:
+    """Read-only registry access for the gateway and the benchmark: one client, no writes."""
+
+    def __init__(self, settings: Settings):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in a server's log
+        self.settings = settings
+        self.client, _ = connect(settings, create=False)
+
+    def state(self, name: str) -> ModelState:
+        model = _registered_model(self.client, self.settings, name)
+        return ModelState({a: str(v) for a, v in model.aliases.items()}, dict(model.tags))
+
+    def resolve(self, name: str, alias: str) -> str:
+        state = self.state(name)
+        if alias.isdigit():
+            return alias
+        if alias not in state.aliases:
+            held = ", ".join(f"{a} -> {v}" for a, v in sorted(state.aliases.items())) or "none"
+            raise RegistryError(f"model '{name}' has no alias '{alias}' (aliases: {held})")
+        return state.aliases[alias]
+
+    def load(self, name: str, version: str) -> LoadedVersion:
+        """The compiled ONNX form when its parity was checked at registration, else the model itself."""
+        try:
+            mv = self.client.get_model_version(name, version)
+        except MlflowException:
+            raise RegistryError(f"model '{name}' has no version {version}") from None
+        uri = f"models:/{name}/{version}"
+        info = mlflow.models.get_model_info(uri)
+        schema = info.signature.inputs if info.signature else None
+        if schema is None or not schema.has_input_names():
+            raise RegistryError(f"{uri} has no column signature: the gateway needs column names and types")
+        columns = [Column(c.name, getattr(c.type, "name", str(c.type)), c.required) for c in schema.inputs]
+        tags = dict(mv.tags)
+        if tags.get("serving_format") == "onnx" and tags.get("onnx_model_uri"):
+            onnx = Path(mlflow.artifacts.download_artifacts(artifact_uri=tags["onnx_model_uri"])).read_bytes()
+            return LoadedVersion(name, version, tags, columns, onnx, None, "onnx")
+        if "sklearn" in info.flavors:
+            return LoadedVersion(name, version, tags, columns, None, mlflow.sklearn.load_model(uri), "sklearn")
+        return LoadedVersion(name, version, tags, columns, None, mlflow.pyfunc.load_model(uri), "pyfunc")
+
+    def baseline(self, loaded: LoadedVersion) -> Any:
+        """The heuristic baseline registered with a version (tag baseline_model_uri), or None."""
+        uri = loaded.tags.get("baseline_model_uri")
+        return mlflow.sklearn.load_model(uri) if uri else None
+
+
+def record_benchmark(
+    settings: Settings, name: str, version: str, metrics: dict[str, float], tags: dict[str, str], files: list[Path]
+) -> str:
+    """Log a benchmark to the version's source run and tag the version; returns the run id."""
+    client, _ = connect(settings, create=False)
+    try:
+        run_id = client.get_model_version(name, version).run_id
+    except MlflowException:
+        raise RegistryError(f"model '{name}' has no version {version}") from None
+    timestamp = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), timestamp, 0) for k, v in metrics.items()])
+    for path in files:
+        client.log_artifact(run_id, str(path), "benchmark")
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return run_id
 
 
 @task(name="register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)

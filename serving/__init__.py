@@ -1,0 +1,1 @@
+"""The serving gateway: MLflow's scoring protocol, alias routing, prediction log, fallbacks."""

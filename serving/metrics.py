@@ -1,0 +1,88 @@
+"""Prometheus metrics of one gateway (its own registry, so several gateways can share a process).
+
+Label children are cached: `labels()` costs more than the increment itself on the hot path.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Sub-millisecond resolution where the gateway lives, up to seconds for timeouts.
+LATENCY_BUCKETS = (
+    0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+
+class Metrics:
+    def __init__(self, model_name: str):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._requests = Counter(
+            "shipway_requests", "Answered /invocations requests", ["model_version", "role", "status"], registry=r
+        )
+        self._latency = Histogram(
+            "shipway_request_latency_seconds",
+            "Time from request to answer inside the gateway",
+            ["model_version", "role"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._errors = Counter(
+            "shipway_errors", "Failed requests or model calls, by kind", ["model_version", "role", "kind"], registry=r
+        )
+        self._fallbacks = Counter(
+            "shipway_fallbacks",
+            "Answers given by the fallback chain, by the version that failed and what answered",
+            ["model_version", "source"],
+            registry=r,
+        )
+        self._shadow = Counter(
+            "shipway_shadow_predictions", "Shadow predictions, by outcome", ["model_version", "outcome"], registry=r
+        )
+        self._shadow_latency = Histogram(
+            "shipway_shadow_latency_seconds", "Shadow model time", ["model_version"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.shadow_skipped = Counter(
+            "shipway_shadow_skipped", "Requests not mirrored to Shadow because its queue was full", registry=r
+        )
+        self.log_dropped = Counter(
+            "shipway_prediction_log_dropped", "Prediction-log rows lost (queue full or refused at shutdown)", registry=r
+        )
+        self.log_written = Counter("shipway_prediction_log_written", "Prediction-log rows written", registry=r)
+        self.log_queue = Gauge("shipway_prediction_log_queue", "Prediction-log rows waiting to be written", registry=r)
+        self.poll_errors = Counter("shipway_registry_poll_errors", "Failed polls of the registry", registry=r)
+        self.load_failures = Counter(
+            "shipway_model_load_failures", "Model versions that failed to load", ["model_version"], registry=r
+        )
+        self.served = Gauge(
+            "shipway_model_served", "1 for each (alias, version, format) the gateway serves",
+            ["model", "alias", "model_version", "format"], registry=r,
+        )  # fmt: skip
+        self.canary_share = Gauge("shipway_canary_share", "Share of requests routed to Canary", registry=r)
+        self.model_name = model_name
+
+    @cache  # noqa: B019 - one Metrics per gateway, a handful of (version, role) pairs
+    def _answer(self, version: str, role: str, status: int):
+        return self._requests.labels(version, role, str(status)), self._latency.labels(version, role)
+
+    def answered(self, version: str, role: str, status: int, seconds: float) -> None:
+        count, latency = self._answer(version, role, status)
+        count.inc()
+        latency.observe(seconds)
+
+    def error(self, version: str, role: str, kind: str) -> None:
+        self._errors.labels(version, role, kind).inc()
+
+    def fallback(self, failed_version: str, source: str) -> None:
+        self._fallbacks.labels(failed_version, source).inc()
+
+    def shadow(self, version: str, outcome: str, seconds: float | None) -> None:
+        self._shadow.labels(version, outcome).inc()
+        if seconds is not None:
+            self._shadow_latency.labels(version).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,319 @@
+"""The prediction log: every answer, shadow prediction and fallback, and the labels sent later.
+
+Tables (SQLAlchemy Core, any SQLAlchemy URL: SQLite by default, PostgreSQL in production):
+
+- `predictions`: one row per (request_id, role); role is production, canary, shadow or
+  fallback; `source` says what answered a fallback (previous, cache, baseline; null when
+  nothing could and the client got 503). `inputs` and `prediction` are JSON text: a list of
+  records and a list of predictions. `ts` is UTC (stored without zone) and indexed.
+  Shadow rows share the request_id of the row that answered, so they join on it.
+- `feedback`: ground-truth labels by request_id (JSON text), several per request allowed;
+  `read_feedback` keeps the latest.
+
+The gateway never writes on the request path: rows go to a bounded queue that one thread
+writes in batches; `close()` drains it. A full queue drops the row and counts it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pandas as pd
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Engine
+
+log = logging.getLogger("shipway.serving")
+_WAKE = object()
+
+metadata = MetaData()
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("request_id", String(128), primary_key=True),
+    Column("role", String(16), primary_key=True),
+    Column("ts", DateTime(), nullable=False, index=True),
+    Column("model_name", String(256), nullable=False),
+    Column("model_version", String(32)),
+    Column("source", String(16)),
+    Column("inputs", Text),
+    Column("prediction", Text),
+    Column("latency_ms", Float),
+    Column("error", Text),
+)
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(128), nullable=False, index=True),
+    Column("label", Text, nullable=False),
+    Column("ts", DateTime(), nullable=False, index=True),
+)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One row of `predictions` as the gateway hands it over; `inputs` is a list of records or
+    anything with a `records()` method, turned into records by the writer, off the request path."""
+
+    request_id: str
+    ts: datetime
+    model_name: str
+    model_version: str | None
+    role: str
+    source: str | None
+    inputs: Any
+    prediction: list | None
+    latency_ms: float | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Label:
+    request_id: str
+    label: Any
+    ts: datetime
+
+
+def engine(url: str) -> Engine:
+    """An engine with the tables created; SQLite in WAL mode so readers never block the writer."""
+    eng = create_engine(url, pool_pre_ping=True)
+    if eng.dialect.name == "sqlite":
+
+        @event.listens_for(eng, "connect")
+        def _wal(dbapi_connection, _record):
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+    metadata.create_all(eng)
+    return eng
+
+
+def utc_naive(moment: datetime) -> datetime:
+    """Stored timestamps are UTC without a zone; a naive input is taken as UTC already."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def read_window(url: str, start: datetime, end: datetime, model_name: str | None = None) -> pd.DataFrame:
+    """Rows of `predictions` with start <= ts < end (through the ts index), ts as UTC."""
+    query = select(predictions).where(predictions.c.ts >= utc_naive(start), predictions.c.ts < utc_naive(end))
+    if model_name is not None:
+        query = query.where(predictions.c.model_name == model_name)
+    eng = engine(url)
+    try:
+        with eng.connect() as conn:
+            frame = pd.read_sql(query.order_by(predictions.c.ts), conn)
+    finally:
+        eng.dispose()
+    frame["ts"] = pd.to_datetime(frame["ts"]).dt.tz_localize(UTC)
+    return frame
+
+
+def read_feedback(url: str, request_ids: Iterable[str]) -> pd.DataFrame:
+    """The latest label of each of `request_ids` that has one: request_id, label (decoded), ts (UTC)."""
+    ids = list(dict.fromkeys(request_ids))
+    eng = engine(url)
+    frames = []
+    try:
+        with eng.connect() as conn:
+            for start in range(0, len(ids), 500):  # bounded IN lists
+                query = select(feedback.c.request_id, feedback.c.label, feedback.c.ts, feedback.c.id).where(
+                    feedback.c.request_id.in_(ids[start : start + 500])
+                )
+                frames.append(pd.read_sql(query, conn))
+    finally:
+        eng.dispose()
+    columns = ["request_id", "label", "ts"]
+    if not frames or all(f.empty for f in frames):
+        return pd.DataFrame({"request_id": pd.Series(dtype="str"), "label": pd.Series(dtype=object),
+                             "ts": pd.Series(dtype="datetime64[us, UTC]")})
+    frame = pd.concat(frames).sort_values(["ts", "id"]).drop_duplicates("request_id", keep="last")
+    frame["label"] = [orjson.loads(v) for v in frame["label"]]
+    frame["ts"] = pd.to_datetime(frame["ts"]).dt.tz_localize(UTC)
+    return frame[columns].reset_index(drop=True)
+
+
+class Redactor:
+    """Hashes (salted sha256) or drops the columns the config marks as sensitive."""
+
+    def __init__(self, rules: dict[str, str], salt: str):
+        self.hashed = [c for c, rule in rules.items() if rule == "hash"]
+        self.dropped = [c for c, rule in rules.items() if rule == "drop"]
+        self.salt = salt.encode()
+
+    def __call__(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not (self.hashed or self.dropped):
+            return records
+        out = []
+        for record in records:
+            record = {k: v for k, v in record.items() if k not in self.dropped}
+            for col in self.hashed:
+                if record.get(col) is not None:
+                    record[col] = hashlib.sha256(self.salt + str(record[col]).encode()).hexdigest()
+            out.append(record)
+        return out
+
+
+class PredictionLog:
+    """Batched, off-request-path writes with a bounded queue; overflow is counted, never silent."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue_size: int,
+        batch_size: int,
+        flush_interval_s: float,
+        redact: Redactor,
+        on_drop: Callable[[int], None] = lambda n: None,
+        on_write: Callable[[int], None] = lambda n: None,
+    ):
+        self.url = url
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.redact = redact
+        self.on_drop = on_drop
+        self.on_write = on_write
+        self.dropped = 0
+        self.written = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._engine: Engine | None = None
+
+    def start(self) -> None:
+        self._engine = engine(self.url)
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def add(self, row: Prediction | Label) -> bool:
+        """Queue a row; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(row)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            self.on_drop(1)
+            return False
+
+    def has_room(self, rows: int) -> bool:
+        return self._queue.maxsize - self._queue.qsize() >= rows
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything queued so far, then stop the writer."""
+        self._stop.set()
+        try:
+            self._queue.put_nowait(_WAKE)  # cut short a wait for more rows
+        except queue.Full:
+            pass  # the writer has rows to write and is not waiting
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def _run(self) -> None:
+        while not (self._stop.is_set() and self._queue.empty()):
+            batch = self._next_batch()
+            if batch:
+                self._write(batch)
+
+    def _next_batch(self) -> list:
+        """Rows that arrived within flush_interval_s of the first one, at most batch_size."""
+        try:
+            batch = [self._queue.get(block=not self._stop.is_set(), timeout=self.flush_interval_s)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + self.flush_interval_s
+        while len(batch) < self.batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                if self._stop.is_set() or remaining <= 0:
+                    batch.append(self._queue.get_nowait())
+                else:
+                    batch.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                if self._stop.is_set() or remaining <= 0:
+                    break
+        return [row for row in batch if row is not _WAKE]
+
+    def _write(self, batch: list) -> None:
+        rows = [self._prediction_row(r) for r in batch if isinstance(r, Prediction)]
+        labels = [
+            {"request_id": r.request_id, "label": orjson.dumps(r.label).decode(), "ts": utc_naive(r.ts)}
+            for r in batch
+            if isinstance(r, Label)
+        ]
+        delay = 0.2
+        while True:
+            try:
+                with self._engine.begin() as conn:
+                    if rows:
+                        conn.execute(self._insert_ignoring_repeats(), rows)
+                    if labels:
+                        conn.execute(insert(feedback), labels)
+                self.written += len(batch)
+                self.on_write(len(batch))
+                return
+            except Exception as exc:  # the database is down or refuses: retry until shutdown
+                if self._stop.is_set():
+                    log.error("prediction log: %d rows lost at shutdown, the database refused them: %s", len(batch), exc)
+                    self.dropped += len(batch)
+                    self.on_drop(len(batch))
+                    return
+                log.warning("prediction log: write of %d rows failed, retrying in %.1fs: %s", len(batch), delay, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _insert_ignoring_repeats(self):
+        """A client may resend a request id; the first row of each (request_id, role) is kept."""
+        dialect = self._engine.dialect.name
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            return insert(predictions)
+        return dialect_insert(predictions).on_conflict_do_nothing(index_elements=["request_id", "role"])
+
+    def _prediction_row(self, row: Prediction) -> dict[str, Any]:
+        return {
+            "request_id": row.request_id,
+            "ts": utc_naive(row.ts),
+            "model_name": row.model_name,
+            "model_version": row.model_version,
+            "role": row.role,
+            "source": row.source,
+            "inputs": None if row.inputs is None else orjson.dumps(self.redact(_records(row.inputs))).decode(),
+            "prediction": None if row.prediction is None else orjson.dumps(row.prediction).decode(),
+            "latency_ms": row.latency_ms,
+            "error": row.error,
+        }
+
+
+def _records(inputs: Any) -> list[dict[str, Any]]:
+    return inputs.records() if hasattr(inputs, "records") else inputs

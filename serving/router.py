@@ -1,0 +1,220 @@
+"""Which loaded model answers a request, kept in step with the registry's aliases.
+
+A `Routes` value is immutable; the router builds a new one off the request path (initial load,
+then one poll every `poll_interval_s`) and swaps it in with one assignment, so a request sees
+either the old routes or the new ones, never a mix. A version that fails to load is never
+served: Production keeps its last good version, the other roles go without until it loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.metrics import Metrics
+from serving.models import Servable, baseline_servable, servable
+from tasks.registry import Alias, LoadedVersion, ModelState, parse_canary_share
+
+log = logging.getLogger("shipway.serving")
+SERVED_ALIASES = (Alias.PRODUCTION, Alias.CANARY, Alias.SHADOW, Alias.PREVIOUS)
+RETRY_FAILED_AFTER_POLLS = 10  # a version that failed to load is tried again after this many polls
+
+
+@dataclass(frozen=True)
+class Routes:
+    by_alias: dict[str, Servable] = field(default_factory=dict)
+    baseline: Servable | None = None  # the heuristic baseline of the serving Production version
+    canary_share: float = 0.0
+    registry_aliases: dict[str, str] = field(default_factory=dict)  # what the registry says
+    problems: dict[str, str] = field(default_factory=dict)  # alias -> why it is not served as asked
+
+    @property
+    def production(self) -> Servable | None:
+        return self.by_alias.get(Alias.PRODUCTION)
+
+    @property
+    def canary(self) -> Servable | None:
+        return self.by_alias.get(Alias.CANARY)
+
+    @property
+    def shadow(self) -> Servable | None:
+        return self.by_alias.get(Alias.SHADOW)
+
+    @property
+    def previous(self) -> Servable | None:
+        return self.by_alias.get(Alias.PREVIOUS)
+
+    def use_canary(self, key: str | None) -> bool:
+        """Sticky when a request key is given: the same key always gets the same answer."""
+        if self.canary is None or self.canary_share <= 0.0:
+            return False
+        if key is None:
+            return random.random() < self.canary_share
+        return zlib.crc32(key.encode()) / 2**32 < self.canary_share
+
+
+class Router:
+    """Loads the versions the aliases name and swaps in new Routes when they change."""
+
+    def __init__(
+        self,
+        name: str,
+        read_state: Callable[[], ModelState],
+        load: Callable[[str], LoadedVersion],
+        load_baseline: Callable[[LoadedVersion], Any],
+        metrics: Metrics,
+        poll_interval_s: float,
+        pinned: str | None = None,
+    ):
+        self.name = name
+        self.read_state = read_state
+        self.load = load
+        self.load_baseline = load_baseline
+        self.metrics = metrics
+        self.poll_interval_s = poll_interval_s
+        self.pinned = pinned  # serve this one version as Production, never poll
+        self.routes = Routes()
+        self.last_poll: float | None = None
+        self.last_poll_error: str | None = None
+        self._loaded: dict[str, tuple[Servable, Servable | None]] = {}
+        self._failed: dict[str, tuple[str, int]] = {}  # version -> (error, polls since)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.refresh()
+        if self.pinned is None:
+            self._thread = threading.Thread(target=self._poll, name="registry-poll", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_interval_s):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """One poll: read aliases and tags, load what is new, swap the routes if anything changed."""
+        try:
+            if self.pinned is not None:
+                state = ModelState({Alias.PRODUCTION.value: self.pinned}, {})
+            else:
+                state = self.read_state()
+            share, share_problem = _share(state.tags)
+        except Exception as exc:  # registry unreachable: keep serving what is loaded
+            self.metrics.poll_errors.inc()
+            self.last_poll_error = f"{type(exc).__name__}: {exc}"
+            log.warning("registry poll failed, still serving the loaded versions: %s", self.last_poll_error)
+            return
+        self.last_poll, self.last_poll_error = time.time(), None
+        wanted = {a.value: state.aliases[a.value] for a in SERVED_ALIASES if a.value in state.aliases}
+        current = self.routes
+        if wanted == current.registry_aliases and share == current.canary_share and not self._failed:
+            return
+        by_alias: dict[str, Servable] = {}
+        problems: dict[str, str] = {}
+        baseline = None
+        for alias, version in wanted.items():
+            entry = self._get(version)
+            if entry is None:
+                problems[alias] = f"version {version} failed to load: {self._failed[version][0]}"
+                kept = current.by_alias.get(alias) if alias == Alias.PRODUCTION else None
+                if kept is not None:  # someone must answer: keep the last good Production
+                    by_alias[alias] = kept
+                    baseline = current.baseline
+                    problems[alias] += f"; still serving version {kept.version}"
+                continue
+            by_alias[alias] = entry[0]
+            if alias == Alias.PRODUCTION:
+                baseline = entry[1]
+        if share_problem:
+            problems["canary_share"] = share_problem
+        routes = Routes(by_alias, baseline, share, wanted, problems)
+        self.routes = routes  # the atomic swap
+        self._forget_unused(routes)
+        self._publish(routes, current)
+
+    def _get(self, version: str) -> tuple[Servable, Servable | None] | None:
+        if version in self._loaded:
+            return self._loaded[version]
+        if version in self._failed:
+            error, polls = self._failed[version]
+            if polls < RETRY_FAILED_AFTER_POLLS:
+                self._failed[version] = (error, polls + 1)
+                return None
+        started = time.perf_counter()
+        try:
+            loaded = self.load(version)
+            model = servable(loaded)
+            baseline_model = self.load_baseline(loaded)
+            baseline = baseline_servable(loaded, baseline_model) if baseline_model is not None else None
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            self._failed[version] = (error, 0)
+            self.metrics.load_failures.labels(version).inc()
+            log.error("%s version %s failed to load and will not be served: %s", self.name, version, error)
+            return None
+        self._failed.pop(version, None)
+        self._loaded[version] = (model, baseline)
+        log.info("%s version %s loaded as %s in %.2fs", self.name, version, model.flavor, time.perf_counter() - started)
+        return self._loaded[version]
+
+    def _forget_unused(self, routes: Routes) -> None:
+        used = {s.version for s in routes.by_alias.values()}
+        for version in [v for v in self._loaded if v not in used]:
+            del self._loaded[version]
+        for version in [v for v in self._failed if v not in routes.registry_aliases.values()]:
+            del self._failed[version]
+
+    def _publish(self, routes: Routes, before: Routes) -> None:
+        self.metrics.served.clear()
+        for alias, model in routes.by_alias.items():
+            self.metrics.served.labels(self.name, alias, model.version, model.flavor).set(1)
+        self.metrics.canary_share.set(routes.canary_share if routes.canary else 0.0)
+        served = {a: s.version for a, s in routes.by_alias.items()}
+        if served != {a: s.version for a, s in before.by_alias.items()} or routes.canary_share != before.canary_share:
+            log.info("%s now serving %s, canary share %.3g", self.name, served or "nothing", routes.canary_share)
+
+
+def _share(tags: dict[str, str]) -> tuple[float, str | None]:
+    """A malformed canary_share sends no traffic to Canary, and says so in /health."""
+    try:
+        return parse_canary_share(tags), None
+    except Exception as exc:
+        return 0.0, str(exc)
+
+
+class ResponseCache:
+    """The last good answer per input, bounded in size and age: a fallback, never a shortcut."""
+
+    def __init__(self, size: int, max_age_s: float):
+        self.size = size
+        self.max_age_s = max_age_s
+        self._entries: OrderedDict[bytes, tuple[float, str, list]] = OrderedDict()
+
+    def put(self, key: bytes, version: str, predictions: list) -> None:
+        if self.size <= 0:
+            return
+        self._entries[key] = (time.monotonic(), version, predictions)
+        self._entries.move_to_end(key)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def get(self, key: bytes) -> tuple[str, list] | None:
+        entry = self._entries.get(key)
+        if entry is None or time.monotonic() - entry[0] > self.max_age_s:
+            return None
+        return entry[1], entry[2]
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,154 @@
+"""Run the gateway on uvicorn (uvloop + httptools): in the foreground, or for a test or benchmark.
+
+`running(...)` starts a real server on loopback and stops it gracefully (the lifespan shutdown
+drains the prediction log). In-process (a thread) is what tests need to reach the gateway's
+state; `isolated=True` runs it as a subprocess so a benchmark client does not share its GIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+import yaml
+
+from configs.settings import Settings, load_settings
+from serving.app import Gateway, create_app
+from tasks.errors import ShipwayError
+
+STARTUP_TIMEOUT_S = 120.0
+
+
+class GatewayError(ShipwayError):
+    """The gateway could not start."""
+
+
+def uvicorn_config(app: Gateway, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,  # every request is in the prediction log already
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )
+
+
+def serve(settings: Settings, host: str, port: int, pinned_version: str | None = None) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM, then shut down gracefully."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("shipway.serving").setLevel(logging.INFO)
+    server = uvicorn.Server(uvicorn_config(create_app(settings, pinned_version=pinned_version), host, port))
+    server.run()
+    if not server.started:
+        raise GatewayError(f"the gateway did not start on {host}:{port} (see the log above)")
+
+
+@contextmanager
+def running(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    pinned_version: str | None = None,
+    isolated: bool = False,
+) -> Iterator[str]:
+    """A real gateway on `host:port` (0: a free port) for the block; yields its base URL."""
+    port = port or _free_port(host)
+    if isolated:
+        with _subprocess(settings, host, port, pinned_version) as url:
+            yield url
+        return
+    app = create_app(settings, pinned_version=pinned_version)
+    server = uvicorn.Server(uvicorn_config(app, host, port))
+    thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise GatewayError(f"the gateway did not start on {host}:{port}")
+        time.sleep(0.01)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+@contextmanager
+def _subprocess(settings: Settings, host: str, port: int, pinned_version: str | None) -> Iterator[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        profile = Path(tmp) / "profile.yaml"
+        profile.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+        command = [sys.executable, "-m", "serving", "--config", str(profile), "--host", host, "--port", str(port)]
+        if pinned_version:
+            command += ["--pinned-version", pinned_version]
+        log_file = Path(tmp) / "gateway.log"
+        with log_file.open("w") as out:
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
+        url = f"http://{host}:{port}"
+        try:
+            _wait_until_up(url, proc, log_file)
+            yield url
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # uvicorn's graceful shutdown: the log is drained
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen, log_file: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_file.read_text()[-2000:]
+            raise GatewayError(f"the gateway exited with code {proc.returncode} before answering:\n{tail}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise GatewayError(f"the gateway at {url} did not answer within {STARTUP_TIMEOUT_S:.0f} s")
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m serving`: the gateway for a profile, optionally pinned to one version."""
+    parser = argparse.ArgumentParser(prog="python -m serving")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--pinned-version", default=None)
+    args = parser.parse_args(argv)
+    settings = load_settings(args.config)
+    try:
+        serve(settings, args.host or settings.serving.host, args.port or settings.serving.port, args.pinned_version)
+    except ShipwayError as exc:
+        sys.exit(f"shipway: error: {exc}")

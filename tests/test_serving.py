@@ -1,0 +1,488 @@
+"""The gateway on real uvicorn over loopback, against a real MLflow registry on SQLite.
+
+One registry per module (training and registering take seconds); each test points the aliases
+where it needs them and starts its own gateway. Misbehaving versions are real MLflow pyfunc
+models that raise or sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+
+from configs.settings import Settings, load_settings
+from serving.prediction_log import read_feedback, read_window
+from serving.server import running
+from tasks.demo_data import TARGET
+from tasks.lineage import GitLineage
+from tasks.registry import Alias, connect, register, set_alias, set_canary_share
+from tasks.snapshot import take_snapshot
+from tasks.training import TrainedModel, train
+
+LINEAGE = GitLineage("c" * 40, "main", False)
+ROLES = (Alias.PRODUCTION, Alias.CANARY, Alias.SHADOW, Alias.PREVIOUS)
+
+
+class Misbehaving(mlflow.pyfunc.PythonModel):
+    """A deliberately bad model version: raises, or answers after `delay_s`."""
+
+    def __init__(self, mode: str, delay_s: float = 0.0):
+        self.mode = mode
+        self.delay_s = delay_s
+
+    def predict(self, context, model_input, params=None):
+        if self.mode == "raise":
+            raise RuntimeError("deliberately broken")
+        time.sleep(self.delay_s)
+        return np.zeros(len(model_input), dtype=np.int64)
+
+
+@dataclass
+class Registry:
+    settings: Settings
+    trained: TrainedModel
+    other: TrainedModel
+    good: str  # ONNX, parity-checked
+    other_good: str  # another good version (different regularisation)
+    raising: str  # raises; its baseline is the good version's
+    slow: str  # sleeps 1 s
+    raising_no_baseline: str
+    shadow_slow: str  # sleeps 0.3 s
+
+    @property
+    def name(self) -> str:
+        return self.settings.training.model_name
+
+
+def register_misbehaving(settings: Settings, trained: TrainedModel, model: Misbehaving, baseline_uri: str | None) -> str:
+    client, experiment_id = connect(settings)
+    sample = trained.X_holdout.head(20)
+    with mlflow.start_run(experiment_id=experiment_id) as run, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # no type hints, no input example: not needed here
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=model, signature=infer_signature(sample, np.zeros(20, dtype=np.int64)),
+            pip_requirements=["mlflow"],
+        )  # fmt: skip
+    tags = {"baseline_model_uri": baseline_uri} if baseline_uri else {}
+    name = settings.training.model_name
+    created = client.create_model_version(name, info.model_uri, run.info.run_id, tags=tags, model_id=info.model_id)
+    return str(created.version)
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory) -> Registry:
+    root = tmp_path_factory.mktemp("serving")
+    with pytest.MonkeyPatch.context() as mp:
+        for var in [v for v in os.environ if v.startswith("SHIPWAY_")]:
+            mp.delenv(var)
+        settings = load_settings(cwd=root)
+    serving = settings.serving.model_copy(
+        update={"poll_interval_s": 0.1, "timeout_ms": 300, "log_flush_interval_s": 0.05, "bench_requests": 200}
+    )
+    settings = settings.model_copy(
+        update={"data": settings.data.model_copy(update={"demo_rows": 3000}), "serving": serving}
+    )
+    snapshot = take_snapshot("demo", settings, TARGET)
+    trained = train(snapshot.frame, TARGET, settings.training)
+    other = train(snapshot.frame, TARGET, settings.training.model_copy(update={"params": {"C": 0.002}}))
+    good = register(trained, snapshot, LINEAGE, settings)
+    other_good = register(other, snapshot, LINEAGE, settings)
+    baseline_uri = MlflowClient().get_model_version(good.name, good.version).tags["baseline_model_uri"]
+    return Registry(
+        settings,
+        trained,
+        other,
+        good.version,
+        other_good.version,
+        register_misbehaving(settings, trained, Misbehaving("raise"), baseline_uri),
+        register_misbehaving(settings, trained, Misbehaving("sleep", 1.0), baseline_uri),
+        register_misbehaving(settings, trained, Misbehaving("raise"), None),
+        register_misbehaving(settings, trained, Misbehaving("sleep", 0.3), baseline_uri),
+    )
+
+
+def point(reg: Registry, share: float = 0.0, **aliases: str) -> None:
+    """Set exactly these aliases (others removed) and the canary share."""
+    client = MlflowClient(reg.settings.mlflow.tracking_uri)
+    for alias in ROLES:
+        version = aliases.get(alias.value)
+        if version:
+            set_alias(reg.settings, reg.name, alias, version)
+        elif alias.value in client.get_registered_model(reg.name).aliases:
+            client.delete_registered_model_alias(reg.name, alias.value)
+    set_canary_share(reg.settings, reg.name, share)
+
+
+def logged(reg: Registry, tmp_path: Path, **serving) -> Settings:
+    """The module's settings with a prediction log of this test's own, and serving overrides."""
+    url = f"sqlite:///{tmp_path}/predictions.db"
+    return reg.settings.model_copy(
+        update={
+            "prediction_log": reg.settings.prediction_log.model_copy(update={"url": url}),
+            "serving": reg.settings.serving.model_copy(update=serving),
+        }
+    )
+
+
+def rows(reg: Registry, n: int, start: int = 0) -> pd.DataFrame:
+    return reg.trained.X_holdout.iloc[start : start + n]
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+
+
+def invoke(client: httpx.Client, frame: pd.DataFrame, **headers) -> httpx.Response:
+    return client.post("/invocations", json={"dataframe_records": records(frame)}, headers=headers)
+
+
+def wait_for(check, timeout: float = 15.0):
+    """Poll until `check()` is truthy (the gateway polls the registry on its own schedule)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def serving_version(client: httpx.Client, alias: str = "Production") -> str | None:
+    return client.get("/health").json()["serving"].get(alias, {}).get("version")
+
+
+def log_of(settings: Settings) -> pd.DataFrame:
+    now = datetime.now(UTC)
+    return read_window(settings.prediction_log.url, now - timedelta(hours=1), now + timedelta(minutes=1))
+
+
+# ---- the scoring protocol ------------------------------------------------------------------
+
+
+def test_every_mlflow_format_answers_like_mlflow_pyfunc(reg, tmp_path):
+    point(reg, Production=reg.good)
+    frame = rows(reg, 20)
+    expected = mlflow.pyfunc.load_model(f"models:/{reg.name}/{reg.good}").predict(frame).tolist()
+    assert len(set(expected)) == 2  # both classes appear, so equality means something
+    split = {"columns": list(frame.columns), "data": [list(r.values()) for r in records(frame)]}
+    columnar = {c: [r[c] for r in records(frame)] for c in frame.columns}
+    bodies = [
+        {"json": {"dataframe_split": split}},
+        {"json": {"dataframe_records": records(frame)}},
+        {"json": {"instances": records(frame)}},
+        {"json": {"inputs": columnar}},
+        {"content": frame.to_csv(index=False), "headers": {"Content-Type": "text/csv"}},
+    ]
+    with running(logged(reg, tmp_path)) as url, httpx.Client(base_url=url) as client:
+        for body in bodies:
+            answer = client.post("/invocations", **body)
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {"predictions": expected}
+            assert answer.headers["x-model-version"] == reg.good
+            assert answer.headers["x-model-role"] == "production"
+            assert len(answer.headers["x-request-id"]) == 32
+        one = client.post("/invocations", json={"inputs": records(frame)[0]}, headers={"X-Request-Id": "order-17"})
+        assert one.json() == {"predictions": expected[:1]}
+        assert one.headers["x-request-id"] == "order-17"
+        health = client.get("/health").json()
+        assert health["serving"] == {"Production": {"version": reg.good, "format": "onnx"}}
+        assert client.get("/ping").status_code == 200
+        assert client.get("/version").json()["production_version"] == reg.good
+        metrics = client.get("/metrics").text
+    assert f'shipway_requests_total{{model_version="{reg.good}",role="production",status="200"}} 6.0' in metrics
+    assert "shipway_request_latency_seconds_bucket" in metrics
+
+
+DROP = object()  # an edit that removes the column from the row
+
+
+@pytest.mark.parametrize(
+    ("edit", "body", "status", "code", "message"),
+    [
+        ({"contract": DROP}, None, 400, "INVALID_PARAMETER_VALUE",
+         "missing column 'contract' (string)"),
+        ({"coupon": "x"}, None, 400, "INVALID_PARAMETER_VALUE", "unexpected column(s) 'coupon'"),
+        ({"age": "thirty"}, None, 400, "INVALID_PARAMETER_VALUE",
+         "column 'age' row 0: expected an integer (long), got string \"thirty\""),
+        ({"age": None}, None, 400, "INVALID_PARAMETER_VALUE", "column 'age' row 0: null, but 'age' is an integer (long) column"),
+        ({"age": 30.5}, None, 400, "INVALID_PARAMETER_VALUE", "column 'age' row 0: expected an integer (long), got number 30.5"),
+        ({"plan": 7}, None, 400, "INVALID_PARAMETER_VALUE", "column 'plan' row 0: expected a string, got number 7"),
+        ({"monthly_charges": "inf"}, "csv", 400, "INVALID_PARAMETER_VALUE", "column 'monthly_charges' row 0: inf is not a finite number"),
+        ({"tenure_months": "ten"}, "csv", 400, "INVALID_PARAMETER_VALUE", "column 'tenure_months' row 0: expected an integer, got 'ten'"),
+        (None, {"content": b'{"dataframe_records": ['}, 400, "BAD_REQUEST", "malformed JSON"),
+        (None, {"content": b"NaN"}, 400, "BAD_REQUEST", "malformed JSON"),
+        (None, {"json": {"inputs": [[1, 2, 3]]}}, 400, "INVALID_PARAMETER_VALUE", "inputs[0] is a list, not a record"),
+        (None, {"json": {"dataframe_split": {"columns": ["age", "plan"], "data": [[1]]}}}, 400, "INVALID_PARAMETER_VALUE",
+         "dataframe_split row 0 has 1 values, expected 2"),
+        (None, {"json": {"rows": []}}, 400, "INVALID_PARAMETER_VALUE", "unknown key(s) 'rows'"),
+        (None, {"json": {"dataframe_records": [], "inputs": []}}, 400, "INVALID_PARAMETER_VALUE",
+         "send exactly one of dataframe_split, dataframe_records, instances, inputs"),
+        (None, {"content": b"age,plan\n1", "headers": {"Content-Type": "text/csv"}}, 400, "INVALID_PARAMETER_VALUE",
+         "CSV row 0 has 1 values, expected 2"),
+        (None, {"content": b"a=1", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415, "BAD_REQUEST",
+         "content type 'application/x-www-form-urlencoded' is not accepted"),
+        (None, {"content": b"x" * 5000}, 413, "REQUEST_LIMIT_EXCEEDED", "more than the limit of 4096"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_a_4xx_in_mlflow_error_format_naming_the_problem(reg, tmp_path, edit, body, status, code, message):
+    point(reg, Production=reg.good)
+    good = records(rows(reg, 1))[0]
+    if edit is not None:
+        row = {k: v for k, v in {**good, **edit}.items() if v is not DROP}
+        if body == "csv":
+            body = {"content": pd.DataFrame([row]).to_csv(index=False), "headers": {"Content-Type": "text/csv"}}
+        else:
+            body = {"json": {"dataframe_records": [row]}}
+    with running(logged(reg, tmp_path, max_body_bytes=4096)) as url, httpx.Client(base_url=url) as client:
+        answer = client.post("/invocations", **body)
+        assert answer.status_code == status, answer.text
+        assert answer.json()["error_code"] == code
+        assert message in answer.json()["message"]
+        assert client.post("/invocations", json={"dataframe_records": [good]}).status_code == 200  # still serving
+        assert 'kind="bad_input"' in client.get("/metrics").text
+
+
+# ---- routing ---------------------------------------------------------------------------------
+
+
+def test_canary_gets_its_share_sticky_by_request_key_and_changes_apply_without_restart(reg, tmp_path):
+    point(reg, share=0.3, Production=reg.good, Canary=reg.other_good)
+    row = rows(reg, 1)
+    with running(logged(reg, tmp_path)) as url, httpx.Client(base_url=url) as client:
+        seen = {}
+        for i in range(150):
+            first, second = (invoke(client, row, **{"X-Request-Key": f"customer-{i}"}) for _ in range(2))
+            assert first.headers["x-model-version"] == second.headers["x-model-version"]  # sticky
+            seen[i] = (first.headers["x-model-role"], first.headers["x-model-version"])
+        canary = [i for i, (role, _) in seen.items() if role == "canary"]
+        assert {seen[i][1] for i in canary} == {reg.other_good}
+        assert 0.15 < len(canary) / len(seen) < 0.45
+        assert client.get("/health").json()["canary_share"] == 0.3
+
+        set_canary_share(reg.settings, reg.name, 1.0)  # the promotion flow's move, seen by the next poll
+        wait_for(lambda: client.get("/health").json()["canary_share"] == 1.0)
+        assert {invoke(client, row).headers["x-model-role"] for _ in range(10)} == {"canary"}
+
+        point(reg, Production=reg.other_good)  # Canary removed, Production moved
+        wait_for(lambda: client.get("/health").json()["serving"] == {"Production": {"version": reg.other_good, "format": "onnx"}})
+        answer = invoke(client, row)
+        assert (answer.headers["x-model-version"], answer.headers["x-model-role"]) == (reg.other_good, "production")
+
+
+def test_a_version_that_fails_to_load_is_never_served(reg, tmp_path):
+    broken = register(reg.trained, take_snapshot("demo", reg.settings, TARGET), LINEAGE, reg.settings).version
+    MlflowClient().set_model_version_tag(reg.name, broken, "onnx_model_uri", "runs:/0123456789abcdef/onnx/missing.onnx")
+    point(reg, Production=reg.good)
+    with running(logged(reg, tmp_path)) as url, httpx.Client(base_url=url) as client:
+        point(reg, Production=broken, Canary=broken)
+        health = wait_for(lambda: (h := client.get("/health").json())["problems"] and h)
+        assert health["serving"] == {"Production": {"version": reg.good, "format": "onnx"}}
+        assert f"version {broken} failed to load" in health["problems"]["Production"]
+        assert f"still serving version {reg.good}" in health["problems"]["Production"]
+        assert health["status"] == "degraded"
+        assert {invoke(client, rows(reg, 1)).headers["x-model-version"] for _ in range(5)} == {reg.good}
+        assert f'shipway_model_load_failures_total{{model_version="{broken}"}} 1.0' in client.get("/metrics").text
+
+
+# ---- shadow ----------------------------------------------------------------------------------
+
+
+def test_a_slow_shadow_never_delays_an_answer_and_is_logged_by_request_id(reg, tmp_path):
+    point(reg, Production=reg.good, Shadow=reg.shadow_slow)
+    settings = logged(reg, tmp_path)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        answers = [invoke(client, rows(reg, 1, i)) for i in range(6)]
+        backlog = client.get("/health").json()["shadow_queue"]
+        # Every answer is back while the shadow (0.3 s a request) still has most of them to do.
+        assert backlog >= 3
+        assert {a.headers["x-model-role"] for a in answers} == {"production"}
+        ids = [a.headers["x-request-id"] for a in answers[:2]]
+        wait_for(lambda: client.get("/health").json()["shadow_queue"] == 0)
+        time.sleep(0.5)
+        metrics = client.get("/metrics").text
+    log = log_of(settings)
+    shadow = log[log.role == "shadow"].set_index("request_id")
+    production = log[log.role == "production"].set_index("request_id")
+    joined = production.join(shadow, rsuffix="_shadow", how="inner")
+    assert set(ids) <= set(joined.index)
+    assert (joined.model_version_shadow == reg.shadow_slow).all()
+    assert (joined.latency_ms_shadow >= 300).all()
+    assert f'shipway_shadow_predictions_total{{model_version="{reg.shadow_slow}",outcome="ok"}}' in metrics
+
+
+def test_a_failing_shadow_never_breaks_an_answer(reg, tmp_path):
+    point(reg, Production=reg.good, Shadow=reg.raising)
+    settings = logged(reg, tmp_path)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        answers = [invoke(client, rows(reg, 3, i)) for i in range(4)]
+        assert {a.status_code for a in answers} == {200}
+        assert {a.headers["x-model-role"] for a in answers} == {"production"}
+        wait_for(lambda: 'outcome="error"} 4.0' in client.get("/metrics").text)
+    log = log_of(settings)
+    shadow = log[log.role == "shadow"]
+    assert len(shadow) == 4 and shadow.prediction.isna().all()
+    assert shadow.error.str.contains("deliberately broken").all()
+
+
+# ---- fallback chain --------------------------------------------------------------------------
+
+
+def test_failing_production_falls_back_to_previous(reg, tmp_path):
+    point(reg, Production=reg.raising, Previous=reg.good)
+    frame = rows(reg, 5)
+    settings = logged(reg, tmp_path)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        answer = invoke(client, frame)
+        metrics = client.get("/metrics").text
+    assert answer.status_code == 200
+    assert answer.json()["predictions"] == reg.trained.model.predict(frame).tolist()
+    assert answer.headers["x-model-role"] == "fallback"
+    assert (answer.headers["x-fallback-source"], answer.headers["x-model-version"]) == ("previous", reg.good)
+    assert f'shipway_fallbacks_total{{model_version="{reg.raising}",source="previous"}} 1.0' in metrics
+    assert f'shipway_errors_total{{kind="exception",model_version="{reg.raising}",role="production"}} 1.0' in metrics
+    (row,) = log_of(settings).itertuples()
+    assert (row.role, row.source, row.model_version) == ("fallback", "previous", reg.good)
+    assert "RuntimeError: deliberately broken" in row.error
+
+
+def test_slow_production_times_out_to_previous(reg, tmp_path):
+    point(reg, Production=reg.slow, Previous=reg.good)
+    settings = logged(reg, tmp_path, timeout_ms=200)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        answer = invoke(client, rows(reg, 1))
+    assert (answer.headers["x-fallback-source"], answer.headers["x-model-version"]) == ("previous", reg.good)
+    assert "timeout: no answer within 200 ms" in log_of(settings).error.iloc[0]
+
+
+def test_fallback_chain_cache_then_baseline_then_503(reg, tmp_path):
+    seen, unseen = rows(reg, 1, 0), rows(reg, 1, 1)
+    point(reg, Production=reg.good)
+    settings = logged(reg, tmp_path)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        good_answer = invoke(client, seen).json()  # cached as the last good answer for this input
+        point(reg, Production=reg.raising_no_baseline)
+        wait_for(lambda: serving_version(client) == reg.raising_no_baseline)
+        cached = invoke(client, seen)
+        assert cached.json() == good_answer
+        assert (cached.headers["x-fallback-source"], cached.headers["x-model-version"]) == ("cache", reg.good)
+        unavailable = invoke(client, unseen)
+        assert unavailable.status_code == 503
+        assert unavailable.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        assert "temporarily unavailable" in unavailable.json()["message"]
+
+        point(reg, Production=reg.raising)  # its baseline_model_uri is the good version's baseline
+        wait_for(lambda: serving_version(client) == reg.raising)
+        baseline = invoke(client, unseen)
+        metrics = client.get("/metrics").text
+    assert baseline.json()["predictions"] == reg.trained.baseline.predict(unseen).tolist()
+    assert (baseline.headers["x-fallback-source"], baseline.headers["x-model-version"]) == ("baseline", reg.raising)
+    for source, version in (("cache", reg.raising_no_baseline), ("unavailable", reg.raising_no_baseline),
+                            ("baseline", reg.raising)):  # fmt: skip
+        assert f'shipway_fallbacks_total{{model_version="{version}",source="{source}"}} 1.0' in metrics
+    log = log_of(settings)
+    assert list(log.source.fillna("-")) == ["-", "cache", "-", "baseline"]
+    assert log.error.iloc[2].endswith("every fallback failed")
+
+
+# ---- prediction log and feedback -------------------------------------------------------------
+
+
+def test_log_is_flushed_on_shutdown_and_survives_a_restart(reg, tmp_path):
+    point(reg, Production=reg.good)
+    settings = logged(reg, tmp_path, log_flush_interval_s=60.0, log_batch_size=10_000)  # only shutdown writes
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        for i in range(20):
+            invoke(client, rows(reg, 1, i))
+        assert client.get("/health").json()["prediction_log"]["written"] == 0
+    assert len(log_of(settings)) == 20
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        for i in range(5):
+            invoke(client, rows(reg, 2, i), **{"X-Request-Id": f"second-{i}"})
+    log = log_of(settings)
+    assert len(log) == 25
+    assert {f"second-{i}" for i in range(5)} <= set(log.request_id)
+    last = log[log.request_id == "second-4"].iloc[0]
+    assert pd.read_json(pd.io.common.StringIO(last.inputs)).age.tolist() == rows(reg, 2, 4).age.tolist()
+    assert last.prediction == str(reg.trained.model.predict(rows(reg, 2, 4)).tolist()).replace(" ", "")
+
+
+def test_log_overflow_is_counted_never_silent(reg, tmp_path):
+    point(reg, Production=reg.good)
+    settings = logged(reg, tmp_path, log_queue_size=5, log_batch_size=1)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        invoke(client, rows(reg, 1))
+        wait_for(lambda: client.get("/health").json()["prediction_log"]["written"] == 1)
+        db = sqlite3.connect(settings.prediction_log.url.removeprefix("sqlite:///"), timeout=0.1)
+        db.execute("BEGIN EXCLUSIVE")  # the log's database stops accepting writes
+        for i in range(30):
+            assert invoke(client, rows(reg, 1, i)).status_code == 200  # answers go on regardless
+        dropped = client.get("/health").json()["prediction_log"]["dropped"]
+        metrics = client.get("/metrics").text
+        db.rollback()
+        db.close()
+    assert dropped >= 20
+    assert f"shipway_prediction_log_dropped_total {float(dropped)}" in metrics
+    assert len(log_of(settings)) == 31 - dropped
+
+
+def test_feedback_labels_join_by_request_id(reg, tmp_path):
+    point(reg, Production=reg.good)
+    settings = logged(reg, tmp_path)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        ids = [invoke(client, rows(reg, 1, i)).headers["x-request-id"] for i in range(3)]
+        one = client.post("/feedback", json={"request_id": ids[0], "label": 1})
+        many = client.post("/feedback", json=[{"request_id": ids[1], "label": 0}, {"request_id": ids[0], "label": 0}])
+        bad = client.post("/feedback", json={"request_id": ids[2]})
+        worse = client.post("/feedback", json={"request_id": ids[2], "label": 1, "weight": 2})
+    assert (one.status_code, one.json()) == (202, {"accepted": 1})
+    assert many.json() == {"accepted": 2}
+    assert bad.status_code == 400 and "'label' must be a string, number or boolean" in bad.json()["message"]
+    assert worse.status_code == 400 and "unknown key(s) 'weight'" in worse.json()["message"]
+    labels = read_feedback(settings.prediction_log.url, ids).set_index("request_id")
+    assert labels.label.to_dict() == {ids[0]: 0, ids[1]: 0}  # the latest label wins
+
+
+def test_sensitive_columns_are_hashed_or_dropped_before_logging(reg, tmp_path):
+    point(reg, Production=reg.good)
+    settings = logged(reg, tmp_path, sensitive_columns={"age": "hash", "region": "drop"}, hash_salt="pepper")
+    frame = rows(reg, 1)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        invoke(client, frame)
+    (logged_inputs,) = pd.read_json(pd.io.common.StringIO(log_of(settings).inputs.iloc[0])).to_dict(orient="records")
+    assert "region" not in logged_inputs
+    assert logged_inputs["age"] != frame.age.iloc[0] and len(logged_inputs["age"]) == 64
+    assert logged_inputs["plan"] == frame.plan.iloc[0]
+
+
+def test_read_window_reads_only_the_window_through_the_ts_index(reg, tmp_path):
+    from serving.prediction_log import Prediction, PredictionLog, Redactor
+
+    url = f"sqlite:///{tmp_path}/window.db"
+    plog = PredictionLog(url, queue_size=100, batch_size=100, flush_interval_s=0.05, redact=Redactor({}, ""))
+    plog.start()
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    for hour in range(5):
+        for name in ("churn-classifier", "other"):
+            plog.add(Prediction(f"{name}-{hour}", base + timedelta(hours=hour), name, "1", "production", None,
+                                [{"x": hour}], [0], 0.1, None))  # fmt: skip
+    plog.close()
+    window = read_window(url, base + timedelta(hours=1), base + timedelta(hours=3), model_name="churn-classifier")
+    assert list(window.request_id) == ["churn-classifier-1", "churn-classifier-2"]
+    assert str(window.ts.dt.tz) == "UTC"
+    plan = sqlite3.connect(url.removeprefix("sqlite:///")).execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM predictions WHERE ts >= ? AND ts < ?", ("2026-01-01", "2026-01-02")
+    ).fetchall()
+    assert "ix_predictions_ts" in str(plan)

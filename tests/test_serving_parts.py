@@ -1,0 +1,153 @@
+"""Parts of serving without a server: ONNX compilation and parity, the prediction log on
+PostgreSQL, the app factory through Starlette's TestClient, and the latency benchmark."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import mlflow
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from configs.settings import TrainingSettings
+from flows.cli import cli
+from serving.prediction_log import Label, Prediction, PredictionLog, Redactor, read_feedback, read_window
+from tasks.compile import compile_pipeline
+from tasks.demo_data import TARGET, generate
+from tasks.errors import GateError
+from tasks.lineage import GitLineage
+from tasks.registry import Alias, register, set_alias
+from tasks.snapshot import take_snapshot
+from tasks.training import train
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return generate(3000, seed=5)
+
+
+def test_logistic_pipeline_compiles_with_exact_parity(frame):
+    trained = train(frame, TARGET, TrainingSettings())
+    compiled = compile_pipeline(trained.model, trained.X_holdout)
+    assert compiled.ok and compiled.status.startswith("passed: 600 holdout rows")
+    import onnxruntime as ort
+
+    from tasks.compile import frame_feeds
+
+    labels, proba = ort.InferenceSession(compiled.onnx).run(None, frame_feeds(trained.X_holdout))
+    assert labels.tolist() == trained.model.predict(trained.X_holdout).tolist()
+    assert np.abs(proba - trained.model.predict_proba(trained.X_holdout)).max() <= 1e-6
+
+
+def test_unsupported_or_inexact_models_are_served_by_sklearn_and_say_why(frame):
+    hgb = train(frame, TARGET, TrainingSettings(estimator="hist_gradient_boosting", params={"max_iter": 20}))
+    compiled = compile_pipeline(hgb.model, hgb.X_holdout)
+    assert compiled.onnx is None
+    assert compiled.status.startswith(("unsupported: ", "parity failed: "))
+
+
+@pytest.fixture
+def hgb_registered(settings):
+    settings = settings.model_copy(update={
+        "data": settings.data.model_copy(update={"demo_rows": 2000}),
+        "training": settings.training.model_copy(update={"estimator": "hist_gradient_boosting", "params": {"max_iter": 20}}),
+        "serving": settings.serving.model_copy(update={"bench_requests": 100, "latency_budget_p99_ms": 60_000}),
+    })  # fmt: skip
+    snapshot = take_snapshot("demo", settings, TARGET)
+    trained = train(snapshot.frame, TARGET, settings.training)
+    reg = register(trained, snapshot, GitLineage("d" * 40, "main", False), settings)
+    set_alias(settings, reg.name, Alias.PRODUCTION, reg.version)
+    return settings, reg, trained
+
+
+def test_app_factory_serves_the_sklearn_form_like_pyfunc(hgb_registered):
+    from starlette.testclient import TestClient
+
+    from serving.app import create_app
+
+    settings, reg, trained = hgb_registered
+    tags = MlflowClient().get_model_version(reg.name, reg.version).tags
+    assert tags["serving_format"] == "sklearn" and "onnx_model_uri" not in tags
+    rows = trained.X_holdout.head(30)
+    expected = mlflow.pyfunc.load_model(f"models:/{reg.name}@Production").predict(rows).tolist()
+    body = {"dataframe_split": {"columns": list(rows.columns), "data": rows.astype(object).where(rows.notna(), None).values.tolist()}}
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/invocations", json=body)
+        assert answer.json() == {"predictions": expected}
+        assert client.get("/health").json()["serving"]["Production"] == {"version": reg.version, "format": "sklearn"}
+        assert client.get("/nope").status_code == 404
+        assert client.get("/invocations").status_code == 405
+
+
+@pytest.mark.slow
+def test_bench_records_figures_tags_and_histogram_and_gates_on_the_budget(hgb_registered):
+    from tasks.benchmark import bench, check_budget
+
+    settings, reg, _ = hgb_registered
+    result = bench(settings, f"{reg.name}@Production")
+    assert set(result.in_process) == {"prepare", "forward", "finish", "total"}
+    assert result.http["c16"]["requests"] == 100 and result.http["c1"]["p50_ms"] <= result.http["c1"]["p99_ms"]
+    tags = MlflowClient().get_model_version(reg.name, reg.version).tags
+    assert float(tags["latency_p99_ms"]) == pytest.approx(result.http["c1"]["p99_ms"], rel=1e-3)
+    assert tags["latency_gate"] == "passed"  # a budget of a minute: this checks the recording, not the speed
+    run = mlflow.get_run(result.run_id)
+    assert run.data.metrics["bench_http_c1_p99_ms"] == pytest.approx(result.http["c1"]["p99_ms"])
+    artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "benchmark")}
+    assert artifacts == {"benchmark/latency_histogram.png", "benchmark/benchmark.json"}
+    check_budget(result)
+    result.budget_p99_ms, result.passed = 1e-6, False
+    with pytest.raises(GateError, match=r"HTTP p99 .* is over the latency budget of 1e-06 ms"):
+        check_budget(result)
+
+
+@pytest.mark.parametrize(("ref", "message"), [("churn-classifier", "--model must be NAME@ALIAS or NAME/VERSION"),
+                                              ("churn-classifier@Canary", "has no alias 'Canary'")])  # fmt: skip
+def test_bench_cli_names_a_bad_model_reference(hgb_registered, ref, message):
+    result = CliRunner().invoke(cli, ["bench", "--model", ref])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def _postgres_url() -> str:
+    """A fresh database on the local PostgreSQL; skipped when there is none, except in CI."""
+    from sqlalchemy import create_engine, text
+
+    try:
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            name = f"shipway_{uuid.uuid4().hex[:10]}"
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({type(exc).__name__}); CI runs this test")
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.mark.postgres
+def test_prediction_log_on_postgresql():
+    url = _postgres_url()
+    plog = PredictionLog(url, queue_size=100, batch_size=50, flush_interval_s=0.05,
+                         redact=Redactor({"email": "drop"}, ""))  # fmt: skip
+    plog.start()
+    base = datetime.now(UTC).replace(microsecond=0)
+    for i in range(6):
+        ts = base + timedelta(minutes=i)
+        plog.add(Prediction(f"r{i}", ts, "churn-classifier", "3", "production", None, [{"age": i, "email": "a@b"}], [i % 2], 0.4, None))
+        plog.add(Prediction(f"r{i}", ts, "churn-classifier", "4", "shadow", None, [{"age": i, "email": "a@b"}], [1], 0.9, None))
+    plog.add(Prediction("r0", base, "churn-classifier", "3", "production", None, None, [9], 0.1, None))  # a repeat: ignored
+    plog.add(Label("r1", True, base))
+    plog.add(Label("r2", "churned", base))
+    plog.close()
+    window = read_window(url, base + timedelta(minutes=1), base + timedelta(minutes=3))
+    assert sorted(zip(window.request_id, window.role)) == [("r1", "production"), ("r1", "shadow"), ("r2", "production"), ("r2", "shadow")]
+    assert "email" not in window.inputs.iloc[0]
+    assert read_window(url, base, base + timedelta(minutes=1)).prediction.tolist() == ["[0]", "[1]"]
+    labels = read_feedback(url, ["r1", "r2", "r5"]).set_index("request_id").label.to_dict()
+    assert labels == {"r1": True, "r2": "churned"}
