@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 @pytest.fixture
 def small(settings, monkeypatch):
     monkeypatch.setenv("SHIPWAY_DATA__DEMO_ROWS", "3000")
+    monkeypatch.setenv("SHIPWAY_SERVING__BENCH_REQUESTS", "100")
     return settings
 
 
@@ -42,6 +43,8 @@ def test_flow_registers_a_version_with_every_lineage_tag_and_makes_it_shadow(sma
     assert tags["data_snapshot_uri"] == result.snapshot_uri
     assert tags["data_rows"] == "3000"
     assert {f"metric_{m}" for m in result.metrics} <= set(tags)
+    assert {"latency_p50_ms", "latency_p95_ms", "latency_p99_ms"} <= set(tags) and tags["latency_gate"] == "passed"
+    assert tags["serving_format"] == "onnx" and tags["onnx_parity"].startswith("passed")
 
     again = training_flow(data="demo")
     assert (again.version, again.snapshot_id, again.snapshot_reused) == ("2", result.snapshot_id, True)

@@ -1,0 +1,213 @@
+"""The gateway side by side with `mlflow models serve`: same model version, same client, same bodies.
+
+Run from the repository root:
+
+    .venv/bin/python tests/benchmarks/bench_serving.py [--rounds 3] [--requests 1000]
+
+In a fresh temporary directory: trains the demo churn pipeline (imputers, scaler, one-hot
+encoder, logistic regression), registers it (compiled to ONNX, parity-checked), sets
+Production, then starts both servers as subprocesses on loopback: the shipway gateway (real
+alias routing, prediction log on, SQLite) and `mlflow models serve --env-manager local` on
+models:/churn-classifier@Production. The same keep-alive socket client (tasks/loadgen.py) sends
+the same one-row `dataframe_split` bodies to each, alternating servers within every round, at
+concurrency 1 and 16. Prints per-round figures, the medians over rounds, and the ratios.
+
+Then: predictions of both servers and of mlflow.pyfunc on 500 holdout rows (must be equal);
+the gateway's p99 with and without a Shadow version attached, alternating (overhead); the
+ONNX parity tag. Targets: gateway p50 <= 0.7 ms, p99 <= 1.5 ms; >= 12x lower p50/p99 and
+>= 12x throughput at concurrency 16 than mlflow; Shadow raises p99 by <= 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import orjson  # noqa: E402
+
+TARGETS = {"p50_ms": 0.7, "p99_ms": 1.5, "ratio": 12.0, "shadow_overhead": 0.10}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=1000, help="requests per measurement")
+    args = parser.parse_args()
+    print(f"load average before: {fmt_load()}  (2-core machine shared with other work)")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        settings, name, versions, holdout = prepare(Path(tmp))
+        compare(settings, name, versions, holdout, args.rounds, args.requests)
+    print(f"load average after: {fmt_load()}")
+
+
+def prepare(tmp: Path):
+    from configs.settings import load_settings
+    from tasks.demo_data import TARGET
+    from tasks.lineage import git_lineage
+    from tasks.registry import Alias, register, set_alias
+    from tasks.snapshot import take_snapshot
+    from tasks.training import train
+
+    settings = load_settings(cwd=tmp)
+    settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"poll_interval_s": 0.5})})
+    started = time.perf_counter()
+    snapshot = take_snapshot("demo", settings, TARGET)
+    trained = train(snapshot.frame, TARGET, settings.training)
+    production = register(trained, snapshot, git_lineage(), settings)
+    shadow = register(trained, snapshot, git_lineage(), settings)
+    set_alias(settings, production.name, Alias.PRODUCTION, production.version)
+    print(f"trained and registered {production.name} versions {production.version} and {shadow.version} "
+          f"in {time.perf_counter() - started:.1f} s")  # fmt: skip
+    return settings, production.name, (production.version, shadow.version), trained.X_holdout
+
+
+def compare(settings, name: str, versions: tuple[str, str], holdout, rounds: int, total: int) -> None:
+    from mlflow import MlflowClient
+
+    from serving.server import running
+    from tasks.loadgen import drive, request_bytes
+
+    production, shadow = versions
+    client = MlflowClient(settings.mlflow.tracking_uri)
+    print(f"ONNX parity of version {production}: {client.get_model_version(name, production).tags['onnx_parity']}")
+    sample = holdout.sample(200, random_state=0)
+    columns = list(sample.columns)
+    bodies = [orjson.dumps({"dataframe_split": {"columns": columns, "data": [row]}})
+              for row in sample.astype(object).where(sample.notna(), None).values.tolist()]  # fmt: skip
+    with running(settings, isolated=True) as gateway, mlflow_serve(settings, name) as reference:
+        servers = {"gateway": gateway, "mlflow": reference}
+        requests = {k: [request_bytes(url, "/invocations", b) for b in bodies] for k, url in servers.items()}
+        check_predictions(servers, name, holdout, settings)
+        figures: dict[tuple[str, int], list[dict]] = {}
+        for r in range(rounds):
+            for level in (1, 16):
+                for server in ("gateway", "mlflow") if r % 2 == 0 else ("mlflow", "gateway"):
+                    run = drive(servers[server], requests[server], total, level).summary()
+                    figures.setdefault((server, level), []).append(run)
+                    print(f"round {r + 1} {server:7} c={level:<2} p50 {run['p50_ms']:7.3f} ms  p95 {run['p95_ms']:7.3f}  "
+                          f"p99 {run['p99_ms']:7.3f}  max {run['max_ms']:7.3f}  {run['throughput_rps']:7.0f} req/s")  # fmt: skip
+        report(figures)
+        shadow_overhead(settings, client, name, shadow, gateway, requests["gateway"], rounds, total, drive)
+
+
+@contextmanager
+def mlflow_serve(settings, name: str):
+    from serving.server import _free_port
+
+    port = _free_port("127.0.0.1")
+    # mlflow execs `uvicorn` from PATH: the one of this interpreter.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=settings.mlflow.tracking_uri, PATH=path)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@Production",
+               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    sys.exit(f"mlflow models serve exited:\n{log.read().decode()[-3000:]}")
+                try:
+                    if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def check_predictions(servers: dict[str, str], name: str, holdout, settings) -> None:
+    import mlflow
+
+    rows = holdout.head(500)
+    expected = mlflow.pyfunc.load_model(f"models:/{name}@Production").predict(rows).tolist()
+    body = {"dataframe_split": {"columns": list(rows.columns),
+                                "data": rows.astype(object).where(rows.notna(), None).values.tolist()}}  # fmt: skip
+    for server, url in servers.items():
+        got = httpx.post(f"{url}/invocations", json=body, timeout=60).json()["predictions"]
+        verdict = "equal" if got == expected else f"DIFFER in {sum(a != b for a, b in zip(got, expected))} rows"
+        print(f"predictions of {server} vs mlflow.pyfunc on {len(rows)} holdout rows: {verdict}")
+
+
+def report(figures: dict[tuple[str, int], list[dict]]) -> None:
+    def median(server: str, level: int, key: str) -> float:
+        return statistics.median(run[key] for run in figures[(server, level)])
+
+    print("\nmedian over rounds       gateway      mlflow   mlflow/gateway")
+    for level in (1, 16):
+        for key in ("p50_ms", "p95_ms", "p99_ms", "throughput_rps"):
+            g, m = median("gateway", level, key), median("mlflow", level, key)
+            ratio = g / m if key == "throughput_rps" else m / g
+            print(f"c={level:<2} {key:16} {g:10.3f}  {m:10.3f}   {ratio:8.1f}x")
+    g1 = {k: median("gateway", 1, k) for k in ("p50_ms", "p99_ms")}
+    ok = g1["p50_ms"] <= TARGETS["p50_ms"] and g1["p99_ms"] <= TARGETS["p99_ms"]
+    print(f"target gateway p50 <= {TARGETS['p50_ms']} ms, p99 <= {TARGETS['p99_ms']} ms (c=1): {'met' if ok else 'NOT met'}")
+    ratios = [median("mlflow", 1, "p50_ms") / g1["p50_ms"], median("mlflow", 1, "p99_ms") / g1["p99_ms"],
+              median("gateway", 16, "throughput_rps") / median("mlflow", 16, "throughput_rps")]  # fmt: skip
+    print(f"target >= {TARGETS['ratio']:g}x (p50, p99, throughput c=16): "
+          f"{', '.join(f'{r:.1f}x' for r in ratios)}: {'met' if min(ratios) >= TARGETS['ratio'] else 'NOT met'}")  # fmt: skip
+
+
+def shadow_overhead(settings, client, name, shadow, url, requests, rounds, total, drive) -> None:
+    from tasks.registry import Alias, set_alias
+
+    def wait_shadow(present: bool) -> None:
+        deadline = time.monotonic() + 30
+        while ("Shadow" in httpx.get(f"{url}/health").json()["serving"]) != present:
+            if time.monotonic() > deadline:
+                sys.exit("the gateway did not pick up the Shadow alias change")
+            time.sleep(0.1)
+
+    gateway = gateway_process()
+    p99 = {False: [], True: []}
+    cpu_us = {False: [], True: []}  # gateway CPU per request: what a Shadow costs, whatever the load
+    for r in range(rounds):
+        for attached in (False, True) if r % 2 == 0 else (True, False):
+            if attached:
+                set_alias(settings, name, Alias.SHADOW, shadow)
+            elif "Shadow" in client.get_registered_model(name).aliases:
+                client.delete_registered_model_alias(name, "Shadow")
+            wait_shadow(attached)
+            before = sum(gateway.cpu_times()[:2])
+            p99[attached].append(drive(url, requests, total, 1).summary()["p99_ms"])
+            cpu_us[attached].append((sum(gateway.cpu_times()[:2]) - before) / (total + 50) * 1e6)
+    without, with_ = statistics.median(p99[False]), statistics.median(p99[True])
+    overhead = with_ / without - 1
+    print(f"\nshadow (version {shadow}, ONNX) attached: gateway p99 {with_:.3f} ms vs {without:.3f} ms without "
+          f"({overhead:+.1%}); rounds {[round(x, 3) for x in p99[True]]} vs {[round(x, 3) for x in p99[False]]}")  # fmt: skip
+    print(f"gateway CPU per request: {statistics.median(cpu_us[True]):.0f} us with Shadow, "
+          f"{statistics.median(cpu_us[False]):.0f} us without (log writes and the shadow prediction included)")  # fmt: skip
+    print(f"target shadow raises p99 by <= {TARGETS['shadow_overhead']:.0%}: "
+          f"{'met' if overhead <= TARGETS['shadow_overhead'] else 'NOT met'}")  # fmt: skip
+
+
+def gateway_process():
+    """The gateway subprocess started by serving.server.running(isolated=True)."""
+    import psutil
+
+    children = [p for p in psutil.Process().children() if "serving" in " ".join(p.cmdline())]
+    return children[0]
+
+
+def fmt_load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()
