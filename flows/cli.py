@@ -65,8 +65,8 @@ def _start_prefect_early(settings: Settings) -> Callable[[], None]:
     Returns the wait to call before the first flow run. Call it before anything imports prefect:
     the API URL it sets is read then.
     """
-    if settings.prefect.api_url or os.environ.get("PREFECT_API_URL"):
-        return lambda: None
+    if settings.prefect.api_url or os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+        return lambda: None  # a server is named, or Prefect already read its settings (in-process use)
     from flows.prefect_server import TemporaryPrefectServer
 
     server = TemporaryPrefectServer()
@@ -94,7 +94,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--data", help="Training data: a .csv/.parquet file, s3://bucket/key, or 'demo'.")
+@click.option("--data", help="Training data: a .csv/.parquet file, s3://bucket/key, 'demo' or 'demo:SEED' (another draw).")
 @click.option("--target", help="The label column (default: data.target of the profile).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--force-gate", is_flag=True, help="Train even if the data fails the gate (needs --reason).")
@@ -142,13 +142,18 @@ def _print_training(result) -> None:
 def status(config_path: Path | None, name: str, as_json: bool) -> None:
     """Versions, aliases and lineage of registered model NAME."""
     settings = _settings(config_path)
-    from tasks.registry import versions
+    from tasks.promotion import AWAITING_TAG, history
+    from tasks.registry import model_state, versions
 
     found, aliases = versions(settings, name)
+    waiting = model_state(settings, name)[1].get(AWAITING_TAG)
+    transitions = history(settings, name)
     if as_json:
         payload = {
             "name": name,
             "aliases": aliases,
+            "awaiting_approval": json.loads(waiting) if waiting else None,
+            "history": [asdict(t) for t in transitions],
             "versions": [
                 {"version": str(v.version), "created": _time(v.creation_timestamp), "run_id": v.run_id,
                  "description": v.description, "tags": dict(v.tags)}
@@ -158,6 +163,15 @@ def status(config_path: Path | None, name: str, as_json: bool) -> None:
         click.echo(json.dumps(payload, indent=2))
         return
     _print_status(name, found, aliases)
+    if transitions:
+        console.print("\n[bold]alias history[/] (newest last)")
+        for t in transitions[-12:]:
+            change = f"{t.previous or '-'} -> {t.version or '-'}"
+            console.print(f"  {t.at[:19]}  {t.alias:<12} {change:<10} by {t.actor}: {t.reason}")
+    if waiting:
+        w = json.loads(waiting)
+        console.print(f"\n[bold yellow]waiting for approval[/]: version {w['version']} ({w['stage']}) since "
+                      f"{w['since'][:19]}: shipway approve {w['run_id']} [--reject] [--comment TEXT]")
 
 
 def _print_status(name: str, found, aliases: dict[str, str]) -> None:
@@ -181,7 +195,7 @@ def _print_status(name: str, found, aliases: dict[str, str]) -> None:
     console.print(table)
     for v in [v for v in found if str(v.version) in roles] or found[:1]:
         console.print(f"\n[bold]version {v.version}[/] ({', '.join(roles.get(str(v.version), [])) or 'latest'}) lineage")
-        for key in sorted(v.tags):
+        for key in sorted(k for k in v.tags if not k.startswith(("transition.", "approval."))):
             console.print(f"  {key:<22} {v.tags[key]}")
 
 
@@ -244,28 +258,96 @@ def _print_gate(done) -> None:
 
 
 @cli.command()
+@click.argument("name", required=False)
+@click.option("--version", help="The version to promote (default: the one holding Shadow).")
 @config_option
-def demo(config_path: Path | None) -> None:
+def promote(config_path: Path | None, name: str | None, version: str | None) -> None:
+    """Shadow analysis -> approval -> canary steps -> approval -> Production, for model NAME."""
+    settings = _settings(config_path)
+    prefect_ready = _start_prefect_early(settings)
+    from flows.promotion import promotion_flow
+
+    prefect_ready()
+    result = promotion_flow(name=name, version=version, config=str(config_path) if config_path else None,
+                            actor=_user())
+    console.print(f"[bold]{result.model_name}[/] version [bold]{result.version}[/] is Production"
+                  + (f"; version {result.previous} is Previous" if result.previous else ""))
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--reject", is_flag=True, help="Reject instead of approving.")
+@click.option("--comment", default="", help="Why: recorded with the decision.")
+@click.option("--reviewer", default=None, help="Who decides (default: the login name).")
+@config_option
+def approve(config_path: Path | None, run_id: str, reject: bool, comment: str, reviewer: str | None) -> None:
+    """Answer the promotion RUN_ID that waits for approval (shipway status NAME lists them)."""
+    settings = _settings(config_path)
+    prefect_ready = _start_prefect_early(settings)
+    from flows.approval import answer
+
+    prefect_ready()
+    answer(run_id, approve=not reject, reviewer=reviewer or _user(), comment=comment)
+    click.echo(f"{'rejected' if reject else 'approved'}: promotion {run_id} moves on")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--reason", default="manual rollback", show_default=True, help="Why: recorded in the history.")
+@config_option
+def rollback(config_path: Path | None, name: str, reason: str) -> None:
+    """Production <- Previous for model NAME, in one recorded step."""
+    settings = _settings(config_path)
+    from tasks.promotion import rollback as roll_back
+
+    moved = roll_back(settings, name, actor=_user(), reason=reason)
+    production = next(t for t in moved if t.alias == "Production")
+    click.echo(f"{name}: Production {production.previous} -> {production.version} ({reason})")
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry in some containers
+        return "unknown"
+
+
+@cli.command()
+@click.option("--manual", is_flag=True, help="Wait for a human to approve (shipway approve RUN_ID) instead of answering.")
+@config_option
+def demo(config_path: Path | None, manual: bool) -> None:
     """The whole journey on generated demo data, in the current directory."""
     settings = _settings(config_path)
     prefect_ready = _start_prefect_early(settings)
-    from flows.training import training_flow
+    from flows.demo import run_demo
     from tasks.registry import versions
 
     prefect_ready()
-    console.print("[bold]shipway demo[/]: snapshot -> train -> register -> Shadow on generated churn data\n")
-    result = training_flow(data="demo", config=str(config_path) if config_path else None)
-    _print_training(result)
+    console.print("[bold]shipway demo[/]: train -> gate -> benchmark -> Shadow -> approval -> Canary -> Production,\n"
+                  "with demo traffic replayed through a real gateway\n")
+    result = run_demo(settings, str(config_path) if config_path else None, manual,
+                      say=lambda text: console.print(f"[bold cyan]demo[/] {text}"))
+    name = settings.training.model_name
     console.print()
-    _print_status(result.model_name, *versions(settings, result.model_name))
+    _print_status(name, *versions(settings, name))
+    final = result.promoted[-1]
     console.print(
+        f"\n[bold]{name} version {final.version} is Production[/] after shadow analysis, two approvals and "
+        f"{len(settings.promotion.canary_steps)} canary steps; {result.requests:,} requests replayed; "
+        f"{result.seconds:.0f} s in all.\n"
         "\n[bold]Where to look[/]\n"
-        f"  shipway status {result.model_name}     versions, aliases and lineage in the terminal\n"
+        f"  shipway status {name}     versions, aliases, the alias history and any approval waiting\n"
         "  shipway ui                            then open http://127.0.0.1:5000 and click\n"
-        f"    Models -> {result.model_name} -> Version {result.version}: the Shadow alias, the lineage tags\n"
-        "      (git_commit, data_snapshot_id, metrics) and the release description;\n"
-        "    its Source run: parameters, holdout metrics, the dataset, the model and the baseline.\n"
-        f"  {settings.snapshots.store}/{result.snapshot_id[:12]}…   the snapshot: data.parquet + manifest.json"
+        f"    Models -> {name} -> Version {final.version}: the aliases, the lineage tags (git_commit,\n"
+        "      data_snapshot_id), expectation_suite, validation_status, latency_p99_ms, the approvals and\n"
+        "      transitions; its Source run: the dataset, the model, its ONNX form, the benchmark, the contract.\n"
+        "    Experiments -> shipway: the training runs side by side.\n"
+        "  prefect server start                  then open http://127.0.0.1:4200 (the runs above are in its database):\n"
+        "    Runs -> promotion -> Artifacts: the shadow and canary analyses the approvals were given;\n"
+        "    Runs -> training -> Artifacts: the gate's drift table.\n"
+        f"  {settings.snapshots.store}   the snapshots: data.parquet + manifest.json each"
     )
 
 

@@ -182,9 +182,10 @@ class Gateway:
             self.metrics.error(expected, role, "bad_input")
             self.metrics.answered(expected, role, exc.status, time.perf_counter() - started)
             self._log(request_id, ts, expected, role, None, None, None, started,
-                      f"{exc.status} {exc.error_code}: {exc.message}")
+                      f"{exc.status} {exc.error_code}: {exc.message}", route=role)
             await _error(send, exc.status, exc.error_code, exc.message, request_id)
             return
+        route = role
         version, role, source, predictions, error = await self._answer(routes, model, role, inputs, batch)
         status = 200 if predictions is not None else 503
         self.metrics.answered(version, role, status, time.perf_counter() - started)
@@ -196,7 +197,7 @@ class Gateway:
             if source:
                 out.append((b"x-fallback-source", source.encode()))
             await _respond(send, 200, orjson.dumps({"predictions": predictions}), JSON, request_id, out)
-        self._log(request_id, ts, version, role, source, batch, predictions, started, error)
+        self._log(request_id, ts, version, role, source, batch, predictions, started, error, route=route)
         shadow = routes.shadow
         if shadow is None or batch is None:
             return
@@ -303,9 +304,10 @@ class Gateway:
 
     # ---- log -------------------------------------------------------------------------------
 
-    def _log(self, request_id, ts, version, role, source, batch, predictions, started, error) -> None:
+    def _log(self, request_id, ts, version, role, source, batch, predictions, started, error, route=None) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
-        self.log.add(Prediction(request_id, ts, self.name, version, role, source, batch, predictions, latency_ms, error))
+        self.log.add(Prediction(request_id, ts, self.name, version, role, source, batch, predictions, latency_ms, error,
+                                route))
 
     # ---- the other endpoints -----------------------------------------------------------------
 

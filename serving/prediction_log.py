@@ -3,7 +3,8 @@
 Tables (SQLAlchemy Core, any SQLAlchemy URL: SQLite by default, PostgreSQL in production):
 
 - `predictions`: one row per (request_id, role); role is production, canary, shadow or
-  fallback; `source` says what answered a fallback (previous, cache, baseline; null when
+  fallback (who answered), route is production or canary (where the router sent the request:
+  a failing canary's request is answered by Production or a fallback but stays canary traffic); `source` says what answered a fallback (previous, cache, baseline; null when
   nothing could and the client got 503). `inputs` and `prediction` are JSON text: a list of
   records and a list of predictions. `ts` is UTC (stored without zone) and indexed.
   Shadow rows share the request_id of the row that answered, so they join on it.
@@ -61,6 +62,7 @@ predictions = Table(
     Column("prediction", Text),
     Column("latency_ms", Float),
     Column("error", Text),
+    Column("route", String(16)),
 )
 feedback = Table(
     "feedback",
@@ -87,6 +89,7 @@ class Prediction:
     prediction: list | None
     latency_ms: float | None
     error: str | None
+    route: str | None = None  # the role the router chose (production or canary), whoever answered
 
 
 @dataclass(frozen=True)
@@ -332,6 +335,7 @@ class PredictionLog:
             "prediction": None if row.prediction is None else orjson.dumps(row.prediction).decode(),
             "latency_ms": row.latency_ms,
             "error": row.error,
+            "route": row.route,
         }
 
 

@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 from configs.settings import Settings
 from tasks import registry
 from tasks.errors import RegistryError
-from tasks.registry import Alias
+from tasks.registry import CANARY_SHARE_TAG, Alias
 
 PENDING_TAG = "promotion_pending"
-CANARY_SHARE_TAG = "canary_share"
+AWAITING_TAG = "awaiting_approval"  # {run_id, stage, version, since} while a promotion is paused
+RUN_TAG = "promotion_run"  # the flow run of the latest promotion
 TRANSITION_PREFIX = "transition."
 SHARE = "canary_share"  # pseudo-alias under which share changes are journaled and recorded
 
@@ -121,11 +122,18 @@ def alias_at(transitions: list[Transition], alias: Alias, when: datetime) -> str
 
 
 def check_servable(settings: Settings, name: str, version: str) -> None:
-    """Refuse a version whose gate failed or whose model does not load."""
+    """Refuse a version whose gate failed or that the gateway could not load (the form it serves)."""
+    from serving.models import servable
+
     found = registry.get_version(settings, name, version)
     if found.tags.get("validation_status") == "fail":
         raise RegistryError(f"version {version} of '{name}' failed its data gate (validation_status=fail)")
-    registry.check_loads(settings, name, version)
+    try:
+        servable(registry.RegistryReader(settings).load(name, str(version)))
+    except RegistryError:
+        raise
+    except Exception as exc:  # any failure to load means the version must not serve
+        raise RegistryError(f"version {version} of '{name}' cannot load: {type(exc).__name__}: {exc}") from None
 
 
 def _apply(settings: Settings, name: str, values: Mapping[str, str | None]) -> None:

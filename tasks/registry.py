@@ -260,15 +260,6 @@ def delete_alias(settings: Settings, name: str, alias: Alias) -> None:
         pass
 
 
-def check_loads(settings: Settings, name: str, version: str) -> None:
-    """Load the version's model as the gateway would; a RegistryError says why it cannot."""
-    connect(settings, create=False)
-    try:
-        mlflow.sklearn.load_model(f"models:/{name}/{version}")
-    except Exception as exc:  # any failure to load means the version must not serve
-        raise RegistryError(f"version {version} of '{name}' cannot load: {type(exc).__name__}: {exc}") from None
-
-
 def log_window(settings: Settings, name: str, run_name: str, params: dict[str, str], metrics: dict[str, float],
                tags: dict[str, str], files: list[Path]) -> str:
     """One monitoring window as a run of the monitoring experiment; returns its run id."""

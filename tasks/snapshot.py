@@ -67,24 +67,33 @@ class Snapshot:
 
 
 def read_source(source: str, settings: Settings) -> pd.DataFrame:
-    """Read `source`: 'demo', a .csv/.parquet file, or an s3://bucket/key object."""
-    check_source(source)
-    if source == "demo":
-        return demo_data.generate(settings.data.demo_rows, seed=settings.training.seed)
+    """Read `source`: 'demo' (or 'demo:SEED', another draw), a .csv/.parquet file, or s3://bucket/key."""
+    seed = check_source(source)
+    if seed is not None:
+        return demo_data.generate(settings.data.demo_rows, seed=seed if seed >= 0 else settings.training.seed)
     if source.startswith("s3://"):
         return _read_s3_object(source, settings)
     return _read_file(Path(source), source)
 
 
-def check_source(source: str) -> None:
-    """Fail fast, before any flow starts, on a source that names no readable kind of thing."""
+def check_source(source: str) -> int | None:
+    """Fail fast, before any flow starts, on a source that names no readable kind of thing.
+
+    For the demo dataset, returns its seed (-1: the profile's training seed); else None.
+    """
     if source == "demo":
-        return
+        return -1
+    if source.startswith("demo:"):
+        seed = source.removeprefix("demo:")
+        if not seed.isdigit():
+            raise DataError(f"cannot read {source}: a demo source is 'demo' or 'demo:SEED' with SEED a whole number")
+        return int(seed)
     suffix = Path(source).suffix.lower()
     if suffix not in (".csv", ".parquet", ".pq"):
         raise DataError(f"cannot read {source}: unsupported file type '{suffix}' (use .csv or .parquet)")
     if not source.startswith("s3://") and not Path(source).is_file():
         raise DataError(f"cannot read {source}: no such file")
+    return None
 
 
 def _read_file(path: Path, name: str) -> pd.DataFrame:

@@ -57,11 +57,11 @@ def test_a_version_that_failed_its_gate_never_gets_an_alias(small, three):
 
 def test_a_version_whose_model_cannot_load_never_gets_an_alias(small, three):
     name = three[0].name
-    source = registry.get_version(small, name, "3").source  # models:/m-<id>
+    version = registry.get_version(small, name, "3")
+    assert version.tags["serving_format"] == "onnx"  # what the gateway would load: the compiled form
     artifacts = Path(small.mlflow.artifact_location)
-    model_files = [p for p in artifacts.rglob("model.skops") if source.removeprefix("models:/") in str(p)]
-    assert model_files, "the version's model file is on local disk"
-    model_files[0].write_bytes(b"not a model")
+    (onnx,) = [p for p in artifacts.rglob("model.onnx") if version.run_id in str(p)]
+    onnx.write_bytes(b"not a model")
     with pytest.raises(RegistryError, match="version 3 of 'churn-classifier' cannot load"):
         move(small, name, {Alias.PRODUCTION: "3"}, actor="a", reason="r")
     assert model_state(small, name)[0] == {}

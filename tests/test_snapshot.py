@@ -189,3 +189,12 @@ def test_take_snapshot_of_a_file_and_of_the_demo(settings, tmp_path, frame):
     assert from_file.uri.startswith(str(tmp_path / ".shipway" / "snapshots"))
     demo = take_snapshot("demo", settings.model_copy(update={"data": settings.data.model_copy(update={"demo_rows": 300})}))
     assert demo.manifest.rows == 300
+
+
+def test_demo_seed_sources_draw_other_data_and_bad_ones_name_themselves(settings):
+    from tasks.snapshot import check_source, read_source
+
+    assert read_source("demo", settings).equals(read_source(f"demo:{settings.training.seed}", settings))
+    assert not read_source("demo:7", settings).equals(read_source("demo", settings))
+    with pytest.raises(DataError, match="cannot read demo:x: a demo source is 'demo' or 'demo:SEED'"):
+        check_source("demo:x")

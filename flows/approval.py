@@ -1,0 +1,77 @@
+"""Manual approval of a paused promotion: the form the Prefect UI renders, and the terminal's answer."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from uuid import UUID
+
+from prefect import get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.flow_runs import resume_flow_run
+from prefect.input import RunInput
+from pydantic import Field
+
+from configs.settings import Settings
+from tasks.errors import ShipwayError
+from tasks.promotion import AWAITING_TAG
+from tasks.registry import model_state
+
+
+class Approval(RunInput):
+    """The form on a paused promotion in the Prefect UI; `shipway approve` fills in the same fields."""
+
+    approve: bool = Field(description="Approve (true) or reject (false) this step.")
+    reviewer: str = Field(description="Who decides.")
+    comment: str = Field("", description="Why: recorded with the decision.")
+
+
+def answer(run_id: str, *, approve: bool, reviewer: str, comment: str) -> None:
+    """Resume the paused promotion `run_id` with a decision; a clear error if it is not waiting."""
+    try:
+        flow_run_id = UUID(run_id)
+    except ValueError:
+        raise ShipwayError(f"'{run_id}' is not a flow run id (shipway status NAME shows the one waiting)") from None
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(flow_run_id)
+        except ObjectNotFound:
+            raise ShipwayError(f"flow run {run_id} not found on the Prefect API {client.api_url}") from None
+    if run.state is None or not run.state.is_paused():
+        state = run.state.name if run.state else "no state"
+        raise ShipwayError(f"flow run {run_id} is not waiting for approval (state: {state})")
+    resume_flow_run(flow_run_id, run_input={"approve": approve, "reviewer": reviewer, "comment": comment})
+
+
+class AutoApprover(threading.Thread):
+    """Answers each approval request of model `name` as it appears (the demo's reviewer, and tests').
+
+    `decisions` are given in order, one per request; the requests seen are kept in `seen`.
+    """
+
+    def __init__(self, settings: Settings, name: str, decisions: list[bool], reviewer: str, comment: str):
+        super().__init__(name="auto-approver", daemon=True)
+        self.settings, self.name, self.decisions = settings, name, list(decisions)
+        self.reviewer, self.comment = reviewer, comment
+        self.seen: list[dict] = []
+
+    def run(self) -> None:
+        while self.decisions:
+            waiting = model_state(self.settings, self.name)[1].get(AWAITING_TAG)
+            request = json.loads(waiting) if waiting else None
+            if request and request not in self.seen:
+                self.seen.append(request)
+                self._answer(request["run_id"], self.decisions.pop(0))
+            time.sleep(0.2)
+
+    def _answer(self, run_id: str, approve: bool) -> None:
+        """The tag is set just before the flow pauses: retry until the pause is there to answer."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return answer(run_id, approve=approve, reviewer=self.reviewer, comment=self.comment)
+            except ShipwayError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
