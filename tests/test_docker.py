@@ -267,18 +267,25 @@ def _help_flags(path: tuple[str, ...]) -> set[str]:
     return set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", done.stdout))
 
 
-def test_the_worker_pool_is_the_one_deployments_target(resolved):
+def worker_pool(resolved: dict) -> str:
     worker = resolved["services"]["worker"]["command"]
-    pool = worker[worker.index("--pool") + 1]
-    deploy = resolved["services"]["deploy"]["command"][2]
-    assert f"work-pool create {pool} --type process" in deploy
-    assert dockerfile_cmd(REPO / "docker/Dockerfile.worker") == worker
+    return worker[worker.index("--pool") + 1]
+
+
+def test_the_deploy_job_creates_the_pool_the_worker_polls(resolved):
+    pool = worker_pool(resolved)
+    assert f"work-pool create {pool} --type process" in resolved["services"]["deploy"]["command"][2]
+    assert dockerfile_cmd(REPO / "docker/Dockerfile.worker") == resolved["services"]["worker"]["command"]
+
+
+def test_every_deployment_targets_the_worker_pool(resolved):
     prefect_yaml = REPO / "prefect.yaml"
     assert prefect_yaml.is_file(), "the deploy job runs `prefect deploy --all`, which needs prefect.yaml"
     deployments = yaml.safe_load(prefect_yaml.read_text())["deployments"]
     assert deployments
     for deployment in deployments:
-        assert deployment["work_pool"]["name"] == pool, f"deployment {deployment['name']} targets another pool"
+        pool = deployment["work_pool"]["name"]
+        assert pool == worker_pool(resolved), f"deployment {deployment['name']} targets pool {pool}"
 
 
 # --- what the stack passes to shipway ------------------------------------------------------
@@ -322,20 +329,27 @@ def test_one_bucket_holds_snapshots_data_and_artifacts(resolved):
         assert urlsplit(uri).netloc == bucket_made, f"{uri} is not in the bucket minio-init makes ({bucket_made})"
 
 
-def test_every_database_url_names_a_database_the_init_script_creates(resolved):
-    created = set(re.findall(r"CREATE DATABASE (\w+);", (DOCKER / "postgres-init.sql").read_text()))
+def database_urls(resolved: dict) -> list[str]:
     mlflow = dict(arg.split("=", 1) for arg in resolved["services"]["mlflow"]["command"] if "=" in arg)
-    urls = [
+    return [
         mlflow["--backend-store-uri"],
         resolved["services"]["prefect"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"],
         resolved["services"]["worker"]["environment"]["SHIPWAY_PREDICTION_LOG__URL"],
     ]
-    lock = (REPO / "uv.lock").read_text()
-    for url in urls:
+
+
+def test_every_database_url_names_a_database_the_init_script_creates(resolved):
+    created = set(re.findall(r"CREATE DATABASE (\w+);", (DOCKER / "postgres-init.sql").read_text()))
+    for url in database_urls(resolved):
         parts = urlsplit(url)
+        assert parts.hostname == "postgres" and parts.port == 5432, url
         assert parts.path.lstrip("/") in created, f"{url}: database not created by postgres-init.sql"
-        assert parts.hostname == "postgres"
-        driver = parts.scheme.partition("+")[2]
+
+
+def test_the_images_install_each_database_driver(resolved):
+    lock = (REPO / "uv.lock").read_text()
+    for url in database_urls(resolved):
+        driver = urlsplit(url).scheme.partition("+")[2]
         assert f'name = "{driver}"' in lock, f"{url} needs {driver}, which uv.lock does not install"
 
 
