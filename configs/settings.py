@@ -159,7 +159,10 @@ class MonitoringSettings(_Section):
     window: str = Field("1h", description="Default window of the prediction log per monitoring run (30m, 1h, 1d).")
     min_requests: int = Field(100, gt=0, description="Requests in a window before its rates can breach a limit.")
     max_fallback_rate: float = Field(0.02, ge=0, le=1, description="Highest share of answers from the fallback chain.")
-    max_error_rate: float = Field(0.005, ge=0, le=1, description="Highest share of requests that got no answer.")
+    max_error_rate: float = Field(0.005, ge=0, le=1, description="Highest share of requests every fallback failed (503).")
+    max_rejected_rate: float = Field(
+        0.05, ge=0, le=1, description="Highest share of requests refused as bad input (4xx): clients sending skewed data."
+    )
     latency_p99_ms: float = Field(50.0, gt=0, description="Latency budget of the window's p99, in the gateway.")
     min_accuracy: float | None = Field(None, ge=0, le=1, description="Lowest accuracy on feedback labels; empty: not checked.")
     breach_windows: int = Field(3, gt=0, description="Windows in a row that must breach before retraining starts.")

@@ -315,6 +315,36 @@ def _user() -> str:
 
 
 @cli.command()
+@click.argument("name", required=False)
+@click.option("--window", help="How far back to read the prediction log: 30m, 1h, 1d (default: monitoring.window).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@config_option
+def monitor(config_path: Path | None, name: str | None, window: str | None, as_json: bool) -> None:
+    """One window of the prediction log against Production's contract and limits. Exit 1 on a breach."""
+    settings = _settings(config_path)
+    from tasks.monitoring import parse_window
+
+    parse_window(window or settings.monitoring.window)  # a bad window fails before anything starts
+    prefect_ready = _start_prefect_early(settings)
+    from flows.monitoring import monitoring_flow
+    from tasks.errors import GateError
+
+    prefect_ready()
+    result = monitoring_flow(name=name, window=window, config=str(config_path) if config_path else None)
+    if as_json:
+        click.echo(json.dumps(asdict(result), indent=2))
+    else:
+        verdict = "breached: " + "; ".join(result.breaches) if result.breaches else "within limits"
+        console.print(f"[bold]{result.model_name}[/] version {result.version}: {result.requests:,} requests, "
+                      f"input drift {result.drift}, {verdict}")
+        console.print(f"  MLflow run {result.run_id} in experiment {settings.monitoring.experiment}")
+        if result.retraining:
+            console.print(f"  retraining: {result.retraining}")
+    if result.breaches:
+        raise GateError(f"monitoring: {result.model_name} breached its limits: {'; '.join(result.breaches)}")
+
+
+@cli.command()
 @click.option("--manual", is_flag=True, help="Wait for a human to approve (shipway approve RUN_ID) instead of answering.")
 @config_option
 def demo(config_path: Path | None, manual: bool) -> None:

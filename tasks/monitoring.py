@@ -55,11 +55,15 @@ def summarize(log: pd.DataFrame, feedback: pd.DataFrame, settings: MonitoringSet
     summary = WindowSummary(n, {"requests": float(n)})
     if n == 0:
         return summary
-    fallback = float((answered["role"] == "fallback").mean())
-    errors = float(answered["prediction"].isna().mean())  # no answer at all: the client got an error
-    p99 = float(np.nanpercentile(answered["latency_ms"].astype(float), 99))
-    summary.metrics |= {"fallback_rate": fallback, "error_rate": errors, "latency_p99_ms": p99}
-    limits = [("fallback_rate", fallback, settings.max_fallback_rate), ("error_rate", errors, settings.max_error_rate),
+    fallback = answered["role"] == "fallback"
+    unanswered = answered["prediction"].isna()
+    errors = float((fallback & unanswered).mean())  # every fallback failed: the client got a 503
+    rejected = float((~fallback & unanswered).mean())  # the client's input was refused (4xx): skew at the source
+    p99 = float(np.nanpercentile(answered.loc[~unanswered, "latency_ms"].astype(float), 99)) if (~unanswered).any() else 0.0
+    summary.metrics |= {"fallback_rate": float(fallback.mean()), "error_rate": errors, "rejected_rate": rejected,
+                        "latency_p99_ms": p99}
+    limits = [("fallback_rate", float(fallback.mean()), settings.max_fallback_rate),
+              ("error_rate", errors, settings.max_error_rate), ("rejected_rate", rejected, settings.max_rejected_rate),
               ("latency_p99_ms", p99, settings.latency_p99_ms)]
     summary.breaches += [f"{name} {value:.4g} > {limit:g}" for name, value, limit in limits
                          if n >= settings.min_requests and value > limit]

@@ -51,13 +51,15 @@ def test_a_healthy_window_has_its_figures_and_no_breach():
     assert not summary.breached
 
 
-def test_fallbacks_errors_and_latency_breach_their_limits():
-    log = pd.concat([log_rows(90, latency=80.0), log_rows(5, role="fallback", source="baseline", start=100),
-                     log_rows(5, role="fallback", prediction=None, start=200)])
+def test_fallbacks_errors_rejections_and_latency_breach_their_limits():
+    log = pd.concat([log_rows(80, latency=80.0), log_rows(5, role="fallback", source="baseline", start=100),
+                     log_rows(5, role="fallback", prediction=None, start=200),  # 503: every fallback failed
+                     log_rows(10, prediction=None, start=300)])  # 400: the client's input was refused
     summary = summarize(log, NO_FEEDBACK, SETTINGS)
     assert summary.metrics["fallback_rate"] == pytest.approx(0.10)
     assert summary.metrics["error_rate"] == pytest.approx(0.05)
-    assert [b.split()[0] for b in summary.breaches] == ["fallback_rate", "error_rate", "latency_p99_ms"]
+    assert summary.metrics["rejected_rate"] == pytest.approx(0.10)
+    assert [b.split()[0] for b in summary.breaches] == ["fallback_rate", "error_rate", "rejected_rate", "latency_p99_ms"]
 
 
 def test_too_few_requests_breach_nothing():
