@@ -35,7 +35,8 @@ class TemporaryPrefectServer:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.api_url = f"http://127.0.0.1:{port}/api"
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ,  # no telemetry unless asked for
+               "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
              "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
