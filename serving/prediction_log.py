@@ -126,10 +126,13 @@ def read_window(url: str, start: datetime, end: datetime, model_name: str | None
     eng = engine(url)
     try:
         with eng.connect() as conn:
-            frame = pd.read_sql(query.order_by(predictions.c.ts), conn)
+            result = conn.execute(query.order_by(predictions.c.ts))
+            # The driver's rows as they are: SQLAlchemy's per-row processing (a datetime parsed per
+            # row on SQLite) costs more than the query on a 100k-row window; pandas parses ts at once.
+            frame = pd.DataFrame(result.cursor.fetchall(), columns=list(result.keys()))
     finally:
         eng.dispose()
-    frame["ts"] = pd.to_datetime(frame["ts"]).dt.tz_localize(UTC)
+    frame["ts"] = pd.to_datetime(frame["ts"], format="ISO8601").dt.tz_localize(UTC)
     return frame
 
 
@@ -140,9 +143,9 @@ def read_feedback(url: str, request_ids: Iterable[str]) -> pd.DataFrame:
     frames = []
     try:
         with eng.connect() as conn:
-            for start in range(0, len(ids), 500):  # bounded IN lists
+            for start in range(0, len(ids), 5000):  # bounded IN lists
                 query = select(feedback.c.request_id, feedback.c.label, feedback.c.ts, feedback.c.id).where(
-                    feedback.c.request_id.in_(ids[start : start + 500])
+                    feedback.c.request_id.in_(ids[start : start + 5000])
                 )
                 frames.append(pd.read_sql(query, conn))
     finally:

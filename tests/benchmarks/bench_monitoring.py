@@ -5,7 +5,8 @@ Run from the repository root:
     .venv/bin/python tests/benchmarks/bench_monitoring.py [--rows 10000000] [--per-hour 100000]
 
 Builds a SQLite prediction log (the gateway's schema, its ts index) of `rows` one-row requests,
-`per-hour` of them in each hour, with realistic inputs (the demo features as JSON records), then
+`per-hour` of them in each hour, with realistic inputs (the demo features as JSON records) and a feedback label for a third of them,
+then
 times the work of one `shipway monitor --window 1h` on an hour in the middle of it: read the
 window through the ts index, decode the inputs, the window's figures, the skew gate against a
 contract built from training data. The same window is timed on a log of a tenth the size, to
@@ -61,6 +62,8 @@ def build_log(path: Path, rows: int, per_hour: int) -> float:
                      for i in range(first, min(first + CHUNK, rows))]
             db.executemany("INSERT INTO predictions (request_id, role, ts, model_name, model_version, source, inputs, "
                            "prediction, latency_ms, error, route) VALUES (?,?,?,?,?,?,?,?,?,?,?)", batch)
+            labels = [(row[0], "1" if int(row[0][1:]) % 8 == 0 else "0", row[2]) for row in batch[::3]]  # a third labelled
+            db.executemany("INSERT INTO feedback (request_id, label, ts) VALUES (?,?,?)", labels)
             db.commit()
     return time.perf_counter() - begun
 
