@@ -18,7 +18,6 @@ from typing import Any
 
 import mlflow
 import mlflow.sklearn
-import skops.io
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
@@ -100,6 +99,8 @@ def trusted_types(model: Any) -> list[str]:
     Safe to trust here: the model was fitted in this process, not read from an outside file;
     the file stays protected by the registry, and snapshots by their content hash.
     """
+    import skops.io  # ~1 s to import: only registration needs it, not the gateway or the readers
+
     return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
 
 

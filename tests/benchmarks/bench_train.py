@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TARGET_WARM = 15.0
-STEPS = ("snapshot", "train", "register", "alias")
+STEPS = ("snapshot", "gate", "train", "register", "contract", "bench", "alias")
 # Milestones in Prefect's log on stderr, in the order they appear.
 MILESTONES = {"flow begins": "Beginning flow run", "flow done": "' - Finished in state"}
 
