@@ -97,7 +97,8 @@ def promotion_flow(name: str | None = None, version: str | None = None, config: 
 
 @task(name="shadow-analysis", cache_policy=NO_CACHE)
 def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
-    """Shadow's predictions against Production's on the same live requests, since it became Shadow."""
+    """Shadow's predictions against Production's on the same live requests of the last
+    `promotion.step_seconds` (waiting, up to that long again, until there are enough)."""
     since = datetime.now(UTC) - pd.Timedelta(seconds=settings.promotion.step_seconds)
     enough = lambda log: _paired(log, version) >= settings.promotion.min_requests  # noqa: E731
     log = _traffic(settings, name, since, enough)

@@ -14,9 +14,12 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
 from configs.settings import Settings
 from tasks import registry
-from tasks.errors import RegistryError
+from tasks.errors import RegistryError, retry_on_io
 from tasks.registry import CANARY_SHARE_TAG, Alias
 
 PENDING_TAG = "promotion_pending"
@@ -80,6 +83,13 @@ def move(
     return done
 
 
+@task(name="set-alias", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
+def alias_task(settings: Settings, name: str, alias: Alias, version: str, *, actor: str, reason: str) -> None:
+    """One alias move of a flow, recorded and checked like every other (the gateway can load it)."""
+    move(settings, name, {alias: version}, actor=actor, reason=reason)
+    get_run_logger().info("%s@%s -> version %s", name, alias.value, version)
+
+
 def recover(settings: Settings, name: str, *, actor: str) -> list[Transition]:
     """Undo a step that was journaled but not finished (a crash, a kill): aliases as before it."""
     _, tags = registry.model_state(settings, name)
@@ -128,6 +138,8 @@ def check_servable(settings: Settings, name: str, version: str) -> None:
     found = registry.get_version(settings, name, version)
     if found.tags.get("validation_status") == "fail":
         raise RegistryError(f"version {version} of '{name}' failed its data gate (validation_status=fail)")
+    if found.tags.get("latency_gate") == "failed":
+        raise RegistryError(f"version {version} of '{name}' failed its latency budget (latency_gate=failed)")
     try:
         servable(registry.RegistryReader(settings).load(name, str(version)))
     except RegistryError:

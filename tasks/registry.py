@@ -419,14 +419,6 @@ def register_task(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage
     registered = register(trained, snapshot, lineage, settings)
     get_run_logger().info("registered %s version %s (run %s)", registered.name, registered.version, registered.run_id)
     return registered
-
-
-@task(name="set-alias", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
-def set_alias_task(settings: Settings, name: str, alias: Alias, version: str) -> None:
-    set_alias(settings, name, alias, version)
-    get_run_logger().info("%s@%s -> version %s", name, alias.value, version)
-
-
 # --- contracts and gate reports ---------------------------------------------------------------------
 
 CONTRACT_ARTIFACT = "contract/expectation_suite.json"

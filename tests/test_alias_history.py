@@ -47,10 +47,14 @@ def test_moving_an_alias_to_where_it_is_records_nothing(small, three):
     assert len(history(small, name)) == 1
 
 
-def test_a_version_that_failed_its_gate_never_gets_an_alias(small, three):
+@pytest.mark.parametrize(("tag", "value", "message"), [
+    ("validation_status", "fail", "failed its data gate"),
+    ("latency_gate", "failed", "failed its latency budget"),
+])
+def test_a_version_that_failed_a_gate_never_gets_an_alias(small, three, tag, value, message):
     name = three[0].name
-    registry.set_version_tag(small, name, "2", "validation_status", "fail")
-    with pytest.raises(RegistryError, match="version 2 of 'churn-classifier' failed its data gate"):
+    registry.set_version_tag(small, name, "2", tag, value)
+    with pytest.raises(RegistryError, match=f"version 2 of 'churn-classifier' {message}"):
         move(small, name, {Alias.CANARY: "2"}, actor="a", reason="r")
     assert model_state(small, name)[0] == {}
 

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from flows.cli import cli
 from flows.training import training_flow
 from tasks.demo_data import generate
-from tasks.registry import register_task, set_alias_task, versions
+from tasks.promotion import alias_task
+from tasks.registry import register_task, versions
 from tasks.snapshot import snapshot_task
 from tasks.training import train_task
 from tests.conftest import REPO
@@ -52,7 +53,7 @@ def test_flow_registers_a_version_with_every_lineage_tag_and_makes_it_shadow(sma
 
 
 def test_only_io_tasks_retry():
-    assert snapshot_task.retries > 0 and register_task.retries > 0 and set_alias_task.retries > 0
+    assert snapshot_task.retries > 0 and register_task.retries > 0 and alias_task.retries > 0
     assert train_task.retries == 0
 
 
