@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python tests/benchmarks/bench_serving.py [--rounds 3] [--requests 1000]
+    .venv/bin/python tests/benchmarks/bench_serving.py [--rounds 3] [--requests 1000] [--shadow-only]
 
 In a fresh temporary directory: trains the demo churn pipeline (imputers, scaler, one-hot
 encoder, logistic regression), registers it (compiled to ONNX, parity-checked), sets
@@ -43,12 +43,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=1000, help="requests per measurement")
+    parser.add_argument("--shadow-only", action="store_true", help="only the shadow overhead (no mlflow comparison)")
     args = parser.parse_args()
     print(f"load average before: {fmt_load()}  (2-core machine shared with other work)")
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         settings, name, versions, holdout = prepare(Path(tmp))
-        compare(settings, name, versions, holdout, args.rounds, args.requests)
+        compare(settings, name, versions, holdout, args.rounds, args.requests, args.shadow_only)
     print(f"load average after: {fmt_load()}")
 
 
@@ -73,7 +74,7 @@ def prepare(tmp: Path):
     return settings, production.name, (production.version, shadow.version), trained.X_holdout
 
 
-def compare(settings, name: str, versions: tuple[str, str], holdout, rounds: int, total: int) -> None:
+def compare(settings, name: str, versions: tuple[str, str], holdout, rounds: int, total: int, shadow_only: bool) -> None:
     from mlflow import MlflowClient
 
     from serving.server import running
@@ -86,6 +87,11 @@ def compare(settings, name: str, versions: tuple[str, str], holdout, rounds: int
     columns = list(sample.columns)
     bodies = [orjson.dumps({"dataframe_split": {"columns": columns, "data": [row]}})
               for row in sample.astype(object).where(sample.notna(), None).values.tolist()]  # fmt: skip
+    if shadow_only:
+        with running(settings, isolated=True) as gateway:
+            requests = [request_bytes(gateway, "/invocations", b) for b in bodies]
+            shadow_overhead(settings, client, name, shadow, gateway, requests, rounds, total, drive)
+        return
     with running(settings, isolated=True) as gateway, mlflow_serve(settings, name) as reference:
         servers = {"gateway": gateway, "mlflow": reference}
         requests = {k: [request_bytes(url, "/invocations", b) for b in bodies] for k, url in servers.items()}
