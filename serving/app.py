@@ -55,17 +55,31 @@ class ModelFailed(Exception):
 
 
 class Inputs:
-    """One request's parsed columns, typed once per schema (versions may differ in columns)."""
+    """One request's parsed columns, typed once per schema (versions may differ in columns).
+
+    ONNX tensors are prepared once per schema too: a Shadow with Production's columns runs on
+    the very arrays Production ran on (onnxruntime only reads them) and logs the same Batch.
+    """
 
     def __init__(self, raw: Raw):
         self.raw = raw
         self._typed: dict[Schema, Batch] = {}
+        self._feeds: dict[Schema, Any] = {}
 
     def for_model(self, model: Servable) -> Batch:
         batch = self._typed.get(model.schema)
         if batch is None:
             batch = self._typed[model.schema] = model.schema.coerce(self.raw)
         return batch
+
+    def predict(self, model: Servable) -> list:
+        batch = self.for_model(model)
+        if model.flavor != "onnx":
+            return model.predict(batch)
+        feeds = self._feeds.get(model.schema)
+        if feeds is None:
+            feeds = self._feeds[model.schema] = model.prepare(batch)
+        return model.finish(model.forward(feeds))
 
 
 class Gateway:
@@ -268,12 +282,12 @@ class Gateway:
         if model.flavor == "onnx" and batch.rows <= INLINE_ROWS:
             # Tens of microseconds, less than the hop to a worker thread: nothing to time out.
             try:
-                return model.predict(batch)
+                return inputs.predict(model)
             except Exception as exc:
                 raise ModelFailed("exception", f"{type(exc).__name__}: {exc}") from None
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(pool, model.predict, batch), self.timeout_s)
+            return await asyncio.wait_for(loop.run_in_executor(pool, inputs.predict, model), self.timeout_s)
         except TimeoutError:
             raise ModelFailed("timeout", f"no answer within {self.serving.timeout_ms:g} ms") from None
         except Exception as exc:
@@ -294,7 +308,7 @@ class Gateway:
         batch, predictions, error = None, None, None
         try:
             batch = inputs.for_model(shadow)
-            predictions = shadow.predict(batch)
+            predictions = inputs.predict(shadow)
         except BadInput as exc:
             error = f"input: {exc.message}"
         except Exception as exc:

@@ -68,6 +68,10 @@ class Metrics:
     def _answer(self, version: str, role: str, status: int):
         return self._requests.labels(version, role, str(status)), self._latency.labels(version, role)
 
+    @cache  # noqa: B019 - a handful of (version, outcome) pairs: Shadow runs on every request
+    def _shadow_children(self, version: str, outcome: str):
+        return self._shadow.labels(version, outcome), self._shadow_latency.labels(version)
+
     def answered(self, version: str, role: str, status: int, seconds: float) -> None:
         count, latency = self._answer(version, role, status)
         count.inc()
@@ -79,10 +83,10 @@ class Metrics:
     def fallback(self, failed_version: str, source: str) -> None:
         self._fallbacks.labels(failed_version, source).inc()
 
-    def shadow(self, version: str, outcome: str, seconds: float | None) -> None:
-        self._shadow.labels(version, outcome).inc()
-        if seconds is not None:
-            self._shadow_latency.labels(version).observe(seconds)
+    def shadow(self, version: str, outcome: str, seconds: float) -> None:
+        count, latency = self._shadow_children(version, outcome)
+        count.inc()
+        latency.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

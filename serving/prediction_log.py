@@ -46,7 +46,6 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 
 log = logging.getLogger("shipway.serving")
-_WAKE = object()
 
 metadata = MetaData()
 predictions = Table(
@@ -205,6 +204,7 @@ class PredictionLog:
         self.written = 0
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._engine: Engine | None = None
         self._statement: tuple | None = None
@@ -219,14 +219,20 @@ class PredictionLog:
         return self._queue.qsize()
 
     def add(self, row: Prediction | Label) -> bool:
-        """Queue a row; False (and counted) when the queue is full."""
+        """Queue a row; False (and counted) when the queue is full.
+
+        The writer sleeps on a timer and is woken only once a batch is full: a wake per row
+        would cost the request path a futex wake-up and the writer a GIL handover each time.
+        """
         try:
             self._queue.put_nowait(row)
-            return True
         except queue.Full:
             self.dropped += 1
             self.on_drop(1)
             return False
+        if self._queue.qsize() >= self.batch_size and not self._wake.is_set():
+            self._wake.set()
+        return True
 
     def has_room(self, rows: int) -> bool:
         return self._queue.maxsize - self._queue.qsize() >= rows
@@ -234,42 +240,36 @@ class PredictionLog:
     def close(self, timeout: float = 30.0) -> None:
         """Write everything queued so far, then stop the writer."""
         self._stop.set()
-        try:
-            self._queue.put_nowait(_WAKE)  # cut short a wait for more rows
-        except queue.Full:
-            pass  # the writer has rows to write and is not waiting
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
         if self._engine is not None:
             self._engine.dispose()
 
     def _run(self) -> None:
-        while not (self._stop.is_set() and self._queue.empty()):
-            batch = self._next_batch()
-            if batch:
+        """Every flush_interval_s (or when a batch is full, or at close): write all that is queued."""
+        while True:
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            stopping = self._stop.is_set()
+            while batch := self._next_batch():
                 self._write(batch)
+            if stopping:
+                return
 
     def _next_batch(self) -> list:
-        """Rows that arrived within flush_interval_s of the first one, at most batch_size."""
+        """Up to batch_size queued rows, without waiting."""
+        batch = []
         try:
-            batch = [self._queue.get(block=not self._stop.is_set(), timeout=self.flush_interval_s)]
+            while len(batch) < self.batch_size:
+                batch.append(self._queue.get_nowait())
         except queue.Empty:
-            return []
-        deadline = time.monotonic() + self.flush_interval_s
-        while len(batch) < self.batch_size:
-            remaining = deadline - time.monotonic()
-            try:
-                if self._stop.is_set() or remaining <= 0:
-                    batch.append(self._queue.get_nowait())
-                else:
-                    batch.append(self._queue.get(timeout=remaining))
-            except queue.Empty:
-                if self._stop.is_set() or remaining <= 0:
-                    break
-        return [row for row in batch if row is not _WAKE]
+            pass
+        return batch
 
     def _write(self, batch: list) -> None:
-        rows = [self._prediction_row(r) for r in batch if isinstance(r, Prediction)]
+        serialized: dict[int, str] = {}  # a Shadow row holds its Production row's inputs: JSON them once
+        rows = [self._prediction_row(r, serialized) for r in batch if isinstance(r, Prediction)]
         labels = [
             {"request_id": r.request_id, "label": orjson.dumps(r.label).decode(), "ts": utc_naive(r.ts)}
             for r in batch
@@ -326,7 +326,12 @@ class PredictionLog:
             return insert(predictions)
         return dialect_insert(predictions).on_conflict_do_nothing(index_elements=["request_id", "role"])
 
-    def _prediction_row(self, row: Prediction) -> dict[str, Any]:
+    def _prediction_row(self, row: Prediction, serialized: dict[int, str]) -> dict[str, Any]:
+        inputs = None
+        if row.inputs is not None:
+            inputs = serialized.get(id(row.inputs))
+            if inputs is None:
+                inputs = serialized[id(row.inputs)] = orjson.dumps(self.redact(_records(row.inputs))).decode()
         return {
             "request_id": row.request_id,
             "ts": utc_naive(row.ts),
@@ -334,7 +339,7 @@ class PredictionLog:
             "model_version": row.model_version,
             "role": row.role,
             "source": row.source,
-            "inputs": None if row.inputs is None else orjson.dumps(self.redact(_records(row.inputs))).decode(),
+            "inputs": inputs,
             "prediction": None if row.prediction is None else orjson.dumps(row.prediction).decode(),
             "latency_ms": row.latency_ms,
             "error": row.error,

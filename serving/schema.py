@@ -190,10 +190,12 @@ class Schema:
         self.columns = columns
         self.names = [c.name for c in columns]
         self._coercers = {c.name: _coercer(c) for c in columns}
-        self._hash = hash(tuple(columns))
+        # Plain tuples compare in C: two versions' schemas are compared on every mirrored request.
+        self._key = tuple((c.name, c.type, c.required) for c in columns)
+        self._hash = hash(self._key)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Schema) and self.columns == other.columns
+        return isinstance(other, Schema) and self._key == other._key
 
     def __hash__(self) -> int:
         return self._hash
