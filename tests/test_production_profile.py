@@ -84,6 +84,7 @@ def servers(databases, s3_endpoint, bucket, tmp_path_factory) -> Iterator[dict[s
         mlflow_up = stack.enter_context(_server("mlflow", mlflow_command, mlflow_env, tmp))
         prefect_up = stack.enter_context(_server("prefect", prefect_command, prefect_env, tmp))
         urls = {"mlflow": f"http://127.0.0.1:{mlflow_port}", "prefect": f"http://127.0.0.1:{prefect_port}/api"}
+        import flows.monitoring, flows.promotion, flows.training, serving.server  # noqa: E401, F401  (~8 s, meanwhile)
         mlflow_up(f"{urls['mlflow']}/health")
         prefect_up(f"{urls['prefect']}/health")
         yield urls
@@ -292,9 +293,12 @@ def test_the_monitoring_window_is_a_run_of_the_monitoring_experiment(journey, se
 
 def test_the_flow_runs_are_in_the_prefect_server(journey, servers):
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with SyncPrefectClient(servers["prefect"]) as client:
         runs = client.read_flow_runs()
         flows = {f.id: f.name for f in client.read_flows()}
+        report = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"monitoring-{NAME}"])))
     completed = sorted(flows[r.flow_id] for r in runs if r.state and r.state.is_completed())
     assert completed == ["monitoring", "promotion", "promotion", "training", "training"]
+    assert len(report) == 1 and "input drift vs contract" in report[0].data
