@@ -9,6 +9,7 @@ promote v2 -> monitor a window. The tests then read each store directly to show 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
 import httpx
@@ -25,6 +27,13 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, free_port
+
+if TYPE_CHECKING:
+    from configs.settings import Settings
+    from flows.monitoring import MonitoringResult
+    from flows.promotion import PromotionResult
+    from flows.training import TrainingResult
+    from tasks.traffic import Replay
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -171,12 +180,13 @@ def _profile(folder: Path) -> Path:
 
 @dataclass
 class Journey:
-    settings: object
-    trained: list
-    promoted: list
-    monitored: object
-    replay: object
-    seen: list
+    env: dict[str, str]  # the SHIPWAY_* variables that point the profile at this module's servers
+    settings: Settings
+    trained: list[TrainingResult]
+    promoted: list[PromotionResult]
+    monitored: MonitoringResult
+    replay: Replay
+    seen: list[dict]  # the approval requests the approver answered
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +245,8 @@ def journey(servers, databases, s3_endpoint, bucket, tmp_path_factory) -> Journe
             finally:
                 replay.stop()
                 replay.join(10)
-    return Journey(settings, trained, promoted, monitored, replay, seen)
+    env = {f"SHIPWAY_{key}": value for key, value in overrides.items()}
+    return Journey(env, settings, trained, promoted, monitored, replay, seen)
 
 
 def test_versions_and_aliases_are_in_the_mlflow_server(journey, servers):
@@ -251,6 +262,16 @@ def test_versions_and_aliases_are_in_the_mlflow_server(journey, servers):
     assert v2.tags["serving_format"] == "onnx"  # the gateway served the compiled form, read from S3
     assert v2.tags["expectation_suite"].startswith("mlflow-artifacts:/")  # proxied, no S3 creds in clients
     assert v2.tags["data_snapshot_uri"].startswith(f"{journey.settings.snapshots.store}/")
+
+
+def test_the_cli_reads_the_same_profile(journey):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIPWAY_")} | journey.env
+    done = subprocess.run([str(BIN / "shipway"), "status", NAME, "--json"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["aliases"] == {"Production": "2", "Previous": "1"}
+    gates = {v["version"]: v["tags"]["validation_status"] for v in status["versions"]}
+    assert gates == {t.version: t.gate for t in journey.trained} and gates["1"] == "not_gated"
 
 
 def test_artifacts_and_snapshots_are_in_the_bucket(journey, s3_endpoint, bucket):
