@@ -1,8 +1,8 @@
 """The production profile for real: an MLflow tracking server on PostgreSQL with its artifacts
 proxied to S3 (moto on loopback), a Prefect server on PostgreSQL, the prediction log on PostgreSQL.
 
-One journey per module, on configs/production.yaml with its servers overridden by SHIPWAY_*
-variables: train v1 -> promote v1 -> train v2 on another draw -> serve with live traffic ->
+One journey per module, on configs/production.yaml (its model section aside, see `_profile`) with
+its servers overridden by SHIPWAY_* variables: train v1 -> promote v1 -> train v2 on another draw -> serve with live traffic ->
 promote v2 -> monitor a window. The tests then read each store directly to show where things went.
 """
 
