@@ -25,7 +25,7 @@ import httpx
 import uvicorn
 import yaml
 
-from configs.settings import Settings, load_settings
+from configs.settings import ENV_PREFIX, Settings, load_settings
 from serving.app import Gateway, create_app
 from tasks.errors import ShipwayError
 
@@ -100,9 +100,12 @@ def _subprocess(settings: Settings, host: str, port: int, pinned_version: str | 
         command = [sys.executable, "-m", "serving", "--config", str(profile), "--host", host, "--port", str(port)]
         if pinned_version:
             command += ["--pinned-version", pinned_version]
+        # The profile holds every setting already: SHIPWAY_* variables would override it again, e.g. point
+        # the benchmark's gateway at the production prediction log instead of its own scratch one.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         log_file = Path(tmp) / "gateway.log"
         with log_file.open("w") as out:
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=env)
         url = f"http://{host}:{port}"
         try:
             _wait_until_up(url, proc, log_file)
