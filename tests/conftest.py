@@ -6,6 +6,8 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,33 @@ import pytest
 from configs.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
+PG_SERVER = "postgres@127.0.0.1:5432"  # trust auth, here and in CI
+
+
+@contextmanager
+def postgres_databases(*roles: str) -> Iterator[dict[str, str]]:
+    """Fresh databases {role: name} on the local PostgreSQL, dropped afterwards.
+
+    Skips the test when there is no PostgreSQL, except in CI, where it must run.
+    """
+    import psycopg
+
+    try:
+        admin = psycopg.connect(f"postgresql://{PG_SERVER}/test", autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 as user postgres ({type(exc).__name__}); CI runs this test")
+    suffix = uuid.uuid4().hex[:10]
+    names = {role: f"shipway_{role}_{suffix}" for role in roles}
+    with admin:
+        for name in names.values():
+            admin.execute(f"CREATE DATABASE {name}")
+        try:
+            yield names
+        finally:
+            for name in names.values():
+                admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # servers may still hold a connection
 
 
 @pytest.fixture

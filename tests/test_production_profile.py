@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.conftest import PG_SERVER, REPO, free_port, postgres_databases
 
 if TYPE_CHECKING:
     from configs.settings import Settings
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-PG_SERVER = "postgres@127.0.0.1:5432"
 NAME = "churn-classifier"
 STARTUP_TIMEOUT_S = 120.0
 BIN = Path(sys.executable).parent
@@ -47,22 +45,8 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="module")
 def databases() -> Iterator[dict[str, str]]:
     """Three fresh databases (MLflow, Prefect, prediction log), dropped at the end."""
-    import psycopg
-
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 as user postgres ({type(exc).__name__}); CI runs this test")
-    suffix = uuid.uuid4().hex[:10]
-    names = {role: f"shipway_{role}_{suffix}" for role in ("mlflow", "prefect", "predictions")}
-    with admin:
-        for name in names.values():
-            admin.execute(f"CREATE DATABASE {name}")
+    with postgres_databases("mlflow", "prefect", "predictions") as names:
         yield names
-        for name in names.values():
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # servers may still hold a connection
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ PostgreSQL, the app factory through Starlette's TestClient, and the latency benc
 
 from __future__ import annotations
 
-import os
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import mlflow
@@ -23,8 +21,8 @@ from tasks.lineage import GitLineage
 from tasks.registry import Alias, register, set_alias
 from tasks.snapshot import take_snapshot
 from tasks.training import train
+from tests.conftest import PG_SERVER, postgres_databases
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="module")
@@ -114,25 +112,13 @@ def test_bench_cli_names_a_bad_model_reference(hgb_registered, ref, message):
     assert message in result.output
 
 
-def _postgres_url() -> str:
-    """A fresh database on the local PostgreSQL; skipped when there is none, except in CI."""
-    from sqlalchemy import create_engine, text
-
-    try:
-        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            name = f"shipway_{uuid.uuid4().hex[:10]}"
-            conn.execute(text(f"CREATE DATABASE {name}"))
-    except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({type(exc).__name__}); CI runs this test")
-    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-
-
 @pytest.mark.postgres
 def test_prediction_log_on_postgresql():
-    url = _postgres_url()
+    with postgres_databases("log") as names:
+        check_prediction_log(f"postgresql+psycopg://{PG_SERVER}/{names['log']}")
+
+
+def check_prediction_log(url: str) -> None:
     plog = PredictionLog(url, queue_size=100, batch_size=50, flush_interval_s=0.05,
                          redact=Redactor({"email": "drop"}, ""))  # fmt: skip
     plog.start()
