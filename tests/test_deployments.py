@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from uuid import UUID
 
 import httpx
 import pytest
@@ -64,7 +65,7 @@ def prefect(env, *args, cwd=REPO):
     return done.stdout
 
 
-def test_deploys_with_schedules_and_a_worker_runs_the_retraining(prefect_server, tmp_path):
+def test_deploys_with_schedules_and_monitoring_triggers_a_retraining_a_worker_runs(prefect_server, tmp_path):
     env = prefect_server
     prefect(env, "work-pool", "create", "shipway-process", "--type", "process")
     prefect(env, "--no-prompt", "deploy", "--all")
@@ -87,7 +88,15 @@ def test_deploys_with_schedules_and_a_worker_runs_the_retraining(prefect_server,
         worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "shipway-process"],
                                   env=worker_env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            run = client.create_flow_run_from_deployment(deployments["training/retrain"].id)
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            from configs.settings import load_settings
+            from flows.monitoring import trigger_retraining
+
+            with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+                run_id = trigger_retraining(load_settings())  # what a sustained monitoring breach does
+            run = client.read_flow_run(UUID(run_id))
+            assert run.deployment_id == deployments["training/retrain"].id
             final = wait_for(lambda: (s := client.read_flow_run(run.id).state) and s.is_final() and s, 300,
                              "the retraining run to finish")
         finally:
