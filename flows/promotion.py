@@ -163,7 +163,7 @@ def _approved(settings: Settings, name: str, version: str, stage: str, evidence:
         registry.delete_model_tag(settings, name, AWAITING_TAG)
     record = {"approved": decision.approve, "reviewer": decision.reviewer, "comment": decision.comment,
               "at": datetime.now(UTC).isoformat(), "run_id": run_id, "evidence": [json.loads(e) for e in evidence]}
-    registry.set_version_tag(settings, name, version, f"approval.{stage}", json.dumps(record))
+    registry.set_version_tags(settings, name, version, {f"approval.{stage}": json.dumps(record)})
     get_run_logger().info("%s: %s by %s (%s)", stage, "approved" if decision.approve else "rejected",
                           decision.reviewer, decision.comment)
     if not decision.approve:

@@ -163,4 +163,4 @@ def _record(settings: Settings, name: str, transitions: list[Transition]) -> Non
         value = json.dumps(asdict(t))
         registry.set_model_tag(settings, name, t.key, value)
         for version in {t.version, t.previous} - {None} if t.alias != SHARE else ():
-            registry.set_version_tag(settings, name, version, t.key, value)
+            registry.set_version_tags(settings, name, version, {t.key: value})

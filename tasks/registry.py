@@ -250,10 +250,6 @@ def delete_model_tag(settings: Settings, name: str, key: str) -> None:
         pass
 
 
-def set_version_tag(settings: Settings, name: str, version: str, key: str, value: str) -> None:
-    connect(settings)[0].set_model_version_tag(name, str(version), key, value)
-
-
 def delete_alias(settings: Settings, name: str, alias: Alias) -> None:
     try:
         connect(settings)[0].delete_registered_model_alias(name, alias.value)
@@ -410,7 +406,7 @@ def record_benchmark(
     for path in files:
         client.log_artifact(run_id, str(path), "benchmark")
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+        client.set_model_version_tag(name, str(version), key, value)
     return run_id
 
 
@@ -492,7 +488,7 @@ def log_gate_report(
 def set_version_tags(settings: Settings, name: str, version: str, tags: dict[str, str]) -> None:
     client, _ = connect(settings)
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+        client.set_model_version_tag(name, str(version), key, value)
 
 
 def alias_version(settings: Settings, name: str, alias: Alias) -> str | None:

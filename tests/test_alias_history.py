@@ -53,7 +53,7 @@ def test_moving_an_alias_to_where_it_is_records_nothing(small, three):
 ])
 def test_a_version_that_failed_a_gate_never_gets_an_alias(small, three, tag, value, message):
     name = three[0].name
-    registry.set_version_tag(small, name, "2", tag, value)
+    registry.set_version_tags(small, name, "2", {tag: value})
     with pytest.raises(RegistryError, match=f"version 2 of 'churn-classifier' {message}"):
         move(small, name, {Alias.CANARY: "2"}, actor="a", reason="r")
     assert model_state(small, name)[0] == {}
