@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings, load_settings
+from flows.artifacts import artifact_key
 from serving.prediction_log import read_feedback, read_window
 from tasks import registry
 from tasks.drift_report import render_picture, write_report
@@ -116,6 +117,6 @@ def _publish(name: str, version: str, start: datetime, end: datetime, summary, d
     text = (f"### {name} version {version}, {start:%Y-%m-%d %H:%M}..{end:%H:%M} UTC: {verdict}\n\n"
             f"input drift vs contract: **{drift}**\n\n| figure | value |\n| --- | --- |\n{figures}\n"
             + (f"\nretraining: {retraining}\n" if retraining else ""))
-    create_markdown_artifact(text, key=f"monitoring-{''.join(c if c.isalnum() else '-' for c in name.lower())}",
+    create_markdown_artifact(text, key=artifact_key("monitoring", name),
                              description=f"{name}: monitoring window")
     print(json.dumps({"requests": summary.requests, "drift": drift, "breaches": summary.breaches}))

@@ -25,6 +25,7 @@ from prefect.flow_runs import pause_flow_run
 
 from configs.settings import Settings, load_settings
 from flows.approval import Approval
+from flows.artifacts import artifact_key
 from serving.prediction_log import read_feedback, read_window
 from tasks import registry
 from tasks.analysis import Analysis, canary_analysis, shadow_analysis
@@ -138,7 +139,7 @@ def _paired(log: pd.DataFrame, version: str) -> int:
 
 def _publish(analysis: Analysis, name: str, version: str) -> str:
     """The analysis as a Prefect markdown artifact; returns the evidence recorded with decisions."""
-    create_markdown_artifact(analysis.markdown(), key=f"{_key(name)}-{_key(analysis.stage)}",
+    create_markdown_artifact(analysis.markdown(), key=artifact_key(name, analysis.stage),
                              description=f"{name} version {version}: {analysis.stage}")
     print(analysis.markdown())
     return analysis.evidence()
@@ -215,7 +216,3 @@ def _exclusive(settings: Settings, name: str, run_id: str) -> Iterator[None]:
         registry.set_model_tag(settings, name, RUN_TAG, run_id)
         yield
 
-
-def _key(text: str) -> str:
-    """Prefect artifact keys: lowercase letters, digits and dashes."""
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")

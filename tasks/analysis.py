@@ -99,7 +99,7 @@ def canary_analysis(log: pd.DataFrame, feedback: pd.DataFrame, settings: Promoti
     right = lambda rows: rows.join(labeled, on="request_id", how="inner")  # noqa: E731
     canary_l, production_l = right(canary), right(production)
     if min(len(canary_l), len(production_l)) >= settings.min_labeled:
-        hits = lambda rows: int((rows["prediction"].map(_one) == rows["label"].map(_one)).sum())  # noqa: E731
+        hits = lambda rows: int((rows["prediction"].map(comparable) == rows["label"].map(comparable)).sum())  # noqa: E731
         analysis.checks.append(_not_worse("error rate on feedback labels", len(canary_l) - hits(canary_l),
                                           len(canary_l), len(production_l) - hits(production_l), len(production_l),
                                           settings.max_accuracy_drop, settings.alpha))
@@ -133,7 +133,7 @@ def _same_predictions(canary: pd.DataFrame, production: pd.DataFrame, settings: 
                  f"not shifted by > {settings.max_prediction_shift:.0%} at p < {settings.alpha:g}")
 
 
-def _one(value) -> str:
+def comparable(value) -> str:
     """A logged prediction (JSON text of a list) or a feedback label, as comparable JSON text."""
     if isinstance(value, str) and value[:1] in ("[", "{"):
         value = json.loads(value)

@@ -16,6 +16,7 @@ import orjson
 import pandas as pd
 
 from configs.settings import MonitoringSettings
+from tasks.analysis import comparable
 from tasks.errors import ShipwayError
 
 ANSWERING = ("production", "canary", "fallback")  # shadow rows repeat inputs and never answer
@@ -69,7 +70,7 @@ def summarize(log: pd.DataFrame, feedback: pd.DataFrame, settings: MonitoringSet
                          if n >= settings.min_requests and value > limit]
     labeled = answered.merge(feedback[["request_id", "label"]], on="request_id", how="inner")
     if len(labeled):
-        hits = [_first(orjson.loads(p)) == _first(label) for p, label in zip(labeled["prediction"], labeled["label"])
+        hits = [comparable(p) == comparable(label) for p, label in zip(labeled["prediction"], labeled["label"])
                 if p is not None]
         accuracy = float(np.mean(hits)) if hits else float("nan")
         summary.metrics |= {"accuracy": accuracy, "labeled": float(len(labeled))}
@@ -81,7 +82,3 @@ def summarize(log: pd.DataFrame, feedback: pd.DataFrame, settings: MonitoringSet
 def sustained(breached_before: list[bool], breached_now: bool, windows: int) -> bool:
     """True when this window and the `windows - 1` before it (newest first) all breached."""
     return breached_now and len(breached_before) >= windows - 1 and all(breached_before[: windows - 1])
-
-
-def _first(value):
-    return value[0] if isinstance(value, list) and len(value) == 1 else value
