@@ -151,7 +151,7 @@ def check_servable(settings: Settings, name: str, version: str) -> None:
 def _apply(settings: Settings, name: str, values: Mapping[str, str | None]) -> None:
     for key, value in values.items():
         if key == SHARE:
-            registry.set_model_tag(settings, name, CANARY_SHARE_TAG, value or "0")
+            registry.set_canary_share(settings, name, float(value or 0))
         elif value is None:
             registry.delete_alias(settings, name, Alias(key))
         else:

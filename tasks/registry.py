@@ -295,12 +295,7 @@ def set_canary_share(settings: Settings, name: str, share: float) -> None:
         raise RegistryError(f"canary share must be between 0 and 1, got {share}")
     client, _ = connect(settings)
     _registered_model(client, settings, name)
-    client.set_registered_model_tag(name, CANARY_SHARE_TAG, repr(float(share)))
-
-
-def canary_share(settings: Settings, name: str) -> float:
-    client, _ = connect(settings, create=False)
-    return parse_canary_share(_registered_model(client, settings, name).tags)
+    client.set_registered_model_tag(name, CANARY_SHARE_TAG, f"{share:g}")
 
 
 def parse_canary_share(tags: dict[str, str]) -> float:
