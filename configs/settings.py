@@ -94,6 +94,10 @@ class ServingSettings(_Section):
     shadow_queue_size: int = Field(
         1_000, gt=0, description="Requests waiting for the Shadow model; beyond it they are skipped and counted."
     )
+    shadow_cpus: list[int] | None = Field(
+        None,
+        description="CPUs the Shadow's process may use; default: the last CPU, when there are more ([]: any).",
+    )
     latency_budget_p99_ms: float = Field(
         50.0, gt=0, description="The training flow's latency gate: HTTP p99 of one-row requests through the gateway."
     )

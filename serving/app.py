@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import re
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -34,9 +32,10 @@ import orjson
 from configs.settings import Settings
 from serving.metrics import Metrics
 from serving.models import Servable
-from serving.prediction_log import Label, Prediction, PredictionLog, Redactor
+from serving.prediction_log import Label, Prediction, PredictionLog, open_log
 from serving.router import ResponseCache, Router, Routes
 from serving.schema import Batch, BadInput, Raw, Schema, parse
+from serving.shadow import ShadowProcess
 
 log = logging.getLogger("shipway.serving")
 
@@ -57,8 +56,8 @@ class ModelFailed(Exception):
 class Inputs:
     """One request's parsed columns, typed once per schema (versions may differ in columns).
 
-    ONNX tensors are prepared once per schema too: a Shadow with Production's columns runs on
-    the very arrays Production ran on (onnxruntime only reads them) and logs the same Batch.
+    ONNX tensors are prepared once per schema too: when a Canary fails, Production (most often
+    with the same columns) answers from the very arrays the Canary was given.
     """
 
     def __init__(self, raw: Raw):
@@ -95,8 +94,7 @@ class Gateway:
         # Separate pools: a hung Production call must not starve the fallbacks that replace it.
         self._primary = ThreadPoolExecutor(4, thread_name_prefix="predict")
         self._fallback = ThreadPoolExecutor(2, thread_name_prefix="fallback")
-        self._shadow_queue: queue.Queue = queue.Queue(maxsize=self.serving.shadow_queue_size)
-        self._shadow_thread: threading.Thread | None = None
+        self.shadow = ShadowProcess(settings, metrics)
         self._endpoints = {
             ("POST", "/invocations"): self._invocations,
             ("POST", "/feedback"): self._feedback,
@@ -136,6 +134,7 @@ class Gateway:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.shadow.close()
                 await asyncio.to_thread(self.stop)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -143,25 +142,10 @@ class Gateway:
     def start(self) -> None:
         self.log.start()
         self.router.start()
-        self._shadow_thread = threading.Thread(target=self._shadow_worker, name="shadow", daemon=True)
-        self._shadow_thread.start()
 
     def stop(self) -> None:
-        """Graceful: skip (and count) mirrored requests not yet started, then write every queued log row."""
+        """Graceful: write every queued log row (the Shadow's process is closed before)."""
         self.router.stop()
-        skipped = 0
-        while True:
-            try:
-                self._shadow_queue.get_nowait()
-                skipped += 1
-            except queue.Empty:
-                break
-        if skipped:
-            self.metrics.shadow_skipped.inc(skipped)
-            log.info("shutdown: %d mirrored requests not sent to Shadow", skipped)
-        self._shadow_queue.put(None)
-        if self._shadow_thread is not None:
-            self._shadow_thread.join(timeout=max(5.0, 2 * self.timeout_s))
         self._primary.shutdown(wait=False, cancel_futures=True)
         self._fallback.shutdown(wait=False, cancel_futures=True)
         self.log.close()
@@ -212,18 +196,8 @@ class Gateway:
                 out.append((b"x-fallback-source", source.encode()))
             await _respond(send, 200, orjson.dumps({"predictions": predictions}), JSON, request_id, out)
         self._log(request_id, ts, version, role, source, batch, predictions, started, error, route=route)
-        shadow = routes.shadow
-        if shadow is None or batch is None:
-            return
-        if shadow.flavor == "onnx" and batch.rows <= INLINE_ROWS:
-            # The answer is sent. Tens of microseconds here cost the next request less than a
-            # shadow thread would, contending with the answer path for the GIL.
-            self._shadow(shadow, request_id, ts, inputs)
-            return
-        try:
-            self._shadow_queue.put_nowait((shadow, request_id, ts, inputs))
-        except queue.Full:
-            self.metrics.shadow_skipped.inc()
+        if routes.shadow is not None and batch is not None:
+            self.shadow.submit(routes.shadow.version, request_id, ts, inputs.raw)
 
     async def _answer(self, routes: Routes, model: Servable | None, role: str, inputs: Inputs, batch: Batch | None):
         """(version, role, fallback source, predictions or None, error) from the first link that answers."""
@@ -293,29 +267,6 @@ class Gateway:
         except Exception as exc:
             raise ModelFailed("exception", f"{type(exc).__name__}: {exc}") from None
 
-    # ---- shadow ----------------------------------------------------------------------------
-
-    def _shadow_worker(self) -> None:
-        """Runs slow Shadow models off the request path: answers and times logged, never returned."""
-        while True:
-            job = self._shadow_queue.get()
-            if job is None:
-                return
-            self._shadow(*job)
-
-    def _shadow(self, shadow: Servable, request_id: str, ts: datetime, inputs: Inputs) -> None:
-        started = time.perf_counter()
-        batch, predictions, error = None, None, None
-        try:
-            batch = inputs.for_model(shadow)
-            predictions = inputs.predict(shadow)
-        except BadInput as exc:
-            error = f"input: {exc.message}"
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        self.metrics.shadow(shadow.version, "error" if error else "ok", time.perf_counter() - started)
-        self._log(request_id, ts, shadow.version, ROLE_SHADOW, None, batch, predictions, started, error)
-
     # ---- log -------------------------------------------------------------------------------
 
     def _log(self, request_id, ts, version, role, source, batch, predictions, started, error, route=None) -> None:
@@ -360,7 +311,8 @@ class Gateway:
             "last_poll": datetime.fromtimestamp(self.router.last_poll, UTC).isoformat() if self.router.last_poll else None,
             "last_poll_error": self.router.last_poll_error,
             "prediction_log": {"pending": self.log.pending, "written": self.log.written, "dropped": self.log.dropped},
-            "shadow_queue": self._shadow_queue.qsize(),
+            "shadow_queue": self.shadow.backlog,
+            "shadow_process": self.shadow.status(),
             "cache_entries": len(self.cache),
         }
         await _respond(send, 200, orjson.dumps(doc), JSON)
@@ -472,14 +424,5 @@ def create_app(settings: Settings, *, pinned_version: str | None = None) -> Gate
         poll_interval_s=settings.serving.poll_interval_s,
         pinned=pinned_version,
     )
-    serving = settings.serving
-    prediction_log = PredictionLog(
-        settings.prediction_log.url,
-        queue_size=serving.log_queue_size,
-        batch_size=serving.log_batch_size,
-        flush_interval_s=serving.log_flush_interval_s,
-        redact=Redactor(serving.sensitive_columns, serving.hash_salt),
-        on_drop=metrics.log_dropped.inc,
-        on_write=metrics.log_written.inc,
-    )
+    prediction_log = open_log(settings, on_drop=metrics.log_dropped.inc, on_write=metrics.log_written.inc)
     return Gateway(settings, router, prediction_log, metrics)

@@ -12,7 +12,8 @@ Tables (SQLAlchemy Core, any SQLAlchemy URL: SQLite by default, PostgreSQL in pr
   `read_feedback` keeps the latest.
 
 The gateway never writes on the request path: rows go to a bounded queue that one thread
-writes in batches; `close()` drains it. A full queue drops the row and counts it.
+writes in batches; `close()` drains it. A full queue drops the row and counts it. Shadow rows
+are written the same way by the Shadow's own process (serving/shadow.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
+
+from configs.settings import Settings
 
 log = logging.getLogger("shipway.serving")
 
@@ -180,6 +183,19 @@ class Redactor:
         return out
 
 
+def open_log(settings: Settings, **callbacks: Callable[[int], None]) -> PredictionLog:
+    """The prediction log a profile configures (started by the caller); callbacks: on_drop, on_write."""
+    serving = settings.serving
+    return PredictionLog(
+        settings.prediction_log.url,
+        queue_size=serving.log_queue_size,
+        batch_size=serving.log_batch_size,
+        flush_interval_s=serving.log_flush_interval_s,
+        redact=Redactor(serving.sensitive_columns, serving.hash_salt),
+        **callbacks,
+    )
+
+
 class PredictionLog:
     """Batched, off-request-path writes with a bounded queue; overflow is counted, never silent."""
 
@@ -268,8 +284,7 @@ class PredictionLog:
         return batch
 
     def _write(self, batch: list) -> None:
-        serialized: dict[int, str] = {}  # a Shadow row holds its Production row's inputs: JSON them once
-        rows = [self._prediction_row(r, serialized) for r in batch if isinstance(r, Prediction)]
+        rows = [self._prediction_row(r) for r in batch if isinstance(r, Prediction)]
         labels = [
             {"request_id": r.request_id, "label": orjson.dumps(r.label).decode(), "ts": utc_naive(r.ts)}
             for r in batch
@@ -326,12 +341,8 @@ class PredictionLog:
             return insert(predictions)
         return dialect_insert(predictions).on_conflict_do_nothing(index_elements=["request_id", "role"])
 
-    def _prediction_row(self, row: Prediction, serialized: dict[int, str]) -> dict[str, Any]:
-        inputs = None
-        if row.inputs is not None:
-            inputs = serialized.get(id(row.inputs))
-            if inputs is None:
-                inputs = serialized[id(row.inputs)] = orjson.dumps(self.redact(_records(row.inputs))).decode()
+    def _prediction_row(self, row: Prediction) -> dict[str, Any]:
+        inputs = None if row.inputs is None else orjson.dumps(self.redact(_records(row.inputs))).decode()
         return {
             "request_id": row.request_id,
             "ts": utc_naive(row.ts),

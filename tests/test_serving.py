@@ -8,6 +8,7 @@ models that raise or sleep.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import time
 import warnings
@@ -24,6 +25,7 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
 from configs.settings import Settings, load_settings
+from serving import shadow as shadow_module
 from serving.prediction_log import read_feedback, read_window
 from serving.server import running
 from tasks.demo_data import TARGET
@@ -335,6 +337,77 @@ def test_a_failing_shadow_never_breaks_an_answer(reg, tmp_path):
     shadow = log[log.role == "shadow"]
     assert len(shadow) == 4 and shadow.prediction.isna().all()
     assert shadow.error.str.contains("deliberately broken").all()
+
+
+def test_the_shadow_runs_in_a_process_of_its_own_that_comes_back_after_a_crash(reg, tmp_path, monkeypatch):
+    monkeypatch.setattr(shadow_module, "RESTART_AFTER_S", 1.0)
+    point(reg, Production=reg.good, Shadow=reg.other_good)
+    settings = logged(reg, tmp_path)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        before = [invoke(client, rows(reg, 1, i)).headers["x-request-id"] for i in range(5)]
+        status = wait_for(lambda: _settled(client), timeout=60)
+        assert status["state"] == "running" and status["pid"] not in (None, os.getpid())
+        wait_for(lambda: set(before) <= _shadow_ids(settings))  # written: a crash loses only queued rows
+        os.kill(status["pid"], signal.SIGKILL)
+        wait_for(lambda: client.get("/health").json()["shadow_process"]["state"] == "exited with code -9", timeout=60)
+        # No answer depends on it. Within RESTART_AFTER_S of the crash requests are not mirrored.
+        crashed = invoke(client, rows(reg, 1, 5))
+        assert crashed.status_code == 200
+        assert "shipway_shadow_skipped_total 1.0" in client.get("/metrics").text
+        time.sleep(1.0)
+        after = [invoke(client, rows(reg, 1, i)) for i in range(6, 10)]  # the first starts a new process
+        assert {a.status_code for a in after} == {200}
+        restarted = wait_for(lambda: _settled(client), timeout=60)
+        assert restarted["pid"] != status["pid"]
+        time.sleep(1.0)  # the log's flush interval
+    log = log_of(settings)
+    shadow = log[log.role == "shadow"].set_index("request_id")
+    assert (shadow.model_version == reg.other_good).all() and shadow.error.isna().all()
+    assert set(shadow.index) == set(before) | {a.headers["x-request-id"] for a in after}
+
+
+def _shadow_ids(settings: Settings) -> set[str]:
+    log = log_of(settings)
+    return set(log[log.role == "shadow"].request_id)
+
+
+def test_a_full_shadow_backlog_skips_and_counts_requests_and_never_delays_answers(reg, tmp_path):
+    point(reg, Production=reg.good, Shadow=reg.shadow_slow)
+    settings = logged(reg, tmp_path, shadow_queue_size=2)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        started = time.perf_counter()
+        answers = [invoke(client, rows(reg, 1, i)) for i in range(8)]
+        elapsed = time.perf_counter() - started
+        assert {a.status_code for a in answers} == {200}
+        assert elapsed < 0.3 * 2  # two mirrored requests take the Shadow 0.6 s
+        assert "shipway_shadow_skipped_total 6.0" in client.get("/metrics").text
+        wait_for(lambda: _settled(client), timeout=60)
+        time.sleep(0.5)
+    assert _shadow_ids(settings) == {a.headers["x-request-id"] for a in answers[:2]}
+
+
+def test_shutdown_gives_the_shadow_a_grace_period_then_keeps_what_it_did(reg, tmp_path, monkeypatch):
+    monkeypatch.setattr(shadow_module, "SHUTDOWN_GRACE_S", 1.0)
+    point(reg, Production=reg.good, Shadow=reg.shadow_slow)
+    settings = logged(reg, tmp_path)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        assert invoke(client, rows(reg, 1)).status_code == 200  # starts the shadow process
+        wait_for(lambda: _settled(client), timeout=60)
+        answers = [invoke(client, rows(reg, 1, i)) for i in range(30)]  # 9 s of Shadow work
+        stopping = time.perf_counter()
+    took = time.perf_counter() - stopping
+    assert took < 1.0 + 5.0  # the grace, the prediction under way, writing the log
+    log = log_of(settings)
+    ids = {a.headers["x-request-id"] for a in answers}
+    shadow = set(log[log.role == "shadow"].request_id) & ids
+    assert set(log[log.role == "production"].request_id) >= ids
+    assert 1 <= len(shadow) < 30  # what it did in the grace is logged; the rest was skipped
+
+
+def _settled(client: httpx.Client) -> dict | None:
+    """The shadow process's status once it is running with nothing left to do."""
+    status = client.get("/health").json()["shadow_process"]
+    return status if status["state"] == "running" and status["backlog"] == 0 else None
 
 
 # ---- fallback chain --------------------------------------------------------------------------

@@ -1,9 +1,14 @@
-"""What keeps a Shadow cheap: it runs on Production's typed inputs and ONNX tensors when their
-columns match, its log row reuses Production's serialized inputs, and the log writer is woken
-per batch, not per row. Real ONNX sessions and SQLite, no server."""
+"""What keeps the answer path and the log cheap: a request's columns are typed and turned into
+ONNX tensors once per schema (a failing Canary hands Production the very arrays), shadow rows
+are logged and redacted like any other, and the log writer is woken per batch, not per row.
+Real ONNX sessions and SQLite, no server; the Shadow's own process is tested in test_serving."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -41,34 +46,34 @@ def body_of(rows) -> bytes:
     return orjson.dumps({"dataframe_split": {"columns": list(rows.columns), "data": data}})
 
 
-def test_a_shadow_with_productions_columns_runs_on_the_same_batch_and_tensors(compiled):
+def test_a_version_with_the_same_columns_runs_on_the_same_batch_and_tensors(compiled):
     trained, onnx = compiled
     rows = trained.X_holdout.head(5)
     production = Servable("1", "onnx", Schema(columns_of(rows)), session(onnx))
-    shadow = Servable("2", "onnx", Schema(columns_of(rows)), session(onnx))  # equal, not the same object
+    canary = Servable("2", "onnx", Schema(columns_of(rows)), session(onnx))  # equal, not the same object
     inputs = Inputs(parse(body_of(rows), "application/json"))
 
     expected = trained.model.predict(rows).tolist()
     assert inputs.predict(production) == expected
-    assert inputs.predict(shadow) == expected
-    assert inputs.for_model(shadow) is inputs.for_model(production)
+    assert inputs.predict(canary) == expected
+    assert inputs.for_model(canary) is inputs.for_model(production)
     assert len(inputs._feeds) == 1
 
 
-def test_a_shadow_with_other_columns_gets_its_own_batch_and_tensors(compiled):
+def test_a_version_with_other_columns_gets_its_own_batch_and_tensors(compiled):
     trained, onnx = compiled
     rows = trained.X_holdout.head(5)
     first = next(c for c in rows.columns if not rows[c].isna().any())
     production = Servable("1", "onnx", Schema(columns_of(rows)), session(onnx))
-    shadow = Servable("2", "onnx", Schema(columns_of(rows, optional={first})), session(onnx))
+    other = Servable("2", "onnx", Schema(columns_of(rows, optional={first})), session(onnx))
     inputs = Inputs(parse(body_of(rows), "application/json"))
 
-    assert inputs.predict(production) == inputs.predict(shadow) == trained.model.predict(rows).tolist()
-    assert inputs.for_model(shadow) is not inputs.for_model(production)
+    assert inputs.predict(production) == inputs.predict(other) == trained.model.predict(rows).tolist()
+    assert inputs.for_model(other) is not inputs.for_model(production)
     assert len(inputs._feeds) == 2
 
 
-def test_shadow_rows_sharing_productions_inputs_log_them_like_their_own(tmp_path):
+def test_shadow_rows_log_their_inputs_redacted_like_productions(tmp_path):
     url = f"sqlite:///{tmp_path}/log.db"
     plog = PredictionLog(url, queue_size=100, batch_size=100, flush_interval_s=0.05,
                          redact=Redactor({"email": "hash", "region": "drop"}, "salt"))  # fmt: skip
@@ -110,3 +115,40 @@ def test_a_full_batch_is_written_before_the_flush_interval(tmp_path):
     finally:
         plog.close()
     assert len(read_window(url, ts, ts + timedelta(seconds=1))) == 4
+
+
+CLOCK_SCRIPT = """
+import json, os, time
+from serving.shadow import _ModelClock
+
+os.sched_setaffinity(0, {CPU})
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+print("ready", flush=True)
+input()  # the competitor runs on the same CPU now
+clock = _ModelClock()
+mark, wall, cpu = clock.mark(), time.perf_counter(), time.thread_time()
+while time.thread_time() - cpu < 0.005:  # 5 ms of CPU work, preempted again and again
+    pass
+print(json.dumps({"clock": clock.since(mark), "wall": time.perf_counter() - wall, "cpu": time.thread_time() - cpu}))
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "SCHED_IDLE") or not os.path.exists("/proc/thread-self/schedstat"), reason="Linux scheduler stats"
+)
+def test_the_shadow_clock_leaves_out_the_time_its_idle_priority_spent_waiting_for_a_cpu():
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    measured = subprocess.Popen([sys.executable, "-c", CLOCK_SCRIPT.replace("CPU", str(cpu))],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    competitor = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    try:
+        assert measured.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        measured.stdin.write("\n")
+        measured.stdin.flush()
+        figures = json.loads(measured.stdout.readline())
+    finally:
+        competitor.kill()
+        measured.kill()
+    assert figures["wall"] > 5 * figures["cpu"]  # it did wait for the CPU
+    assert 0.9 * figures["cpu"] <= figures["clock"] < 2 * figures["cpu"] + 0.002  # and the clock left that out
