@@ -225,10 +225,12 @@ class PredictionLog:
         self._engine: Engine | None = None
         self._statement: tuple | None = None
 
-    def start(self) -> None:
+    def start(self, writer_thread: bool = True) -> None:
+        """Open the database; without the writer thread, the caller writes with `flush()`."""
         self._engine = engine(self.url)
-        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
-        self._thread.start()
+        if writer_thread:
+            self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+            self._thread.start()
 
     @property
     def pending(self) -> int:
@@ -253,12 +255,19 @@ class PredictionLog:
     def has_room(self, rows: int) -> bool:
         return self._queue.maxsize - self._queue.qsize() >= rows
 
+    def flush(self) -> None:
+        """Write everything queued, in the calling thread (a log started without its thread)."""
+        while batch := self._next_batch():
+            self._write(batch)
+
     def close(self, timeout: float = 30.0) -> None:
         """Write everything queued so far, then stop the writer."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        elif self._engine is not None:
+            self.flush()
         if self._engine is not None:
             self._engine.dispose()
 
