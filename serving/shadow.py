@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -288,19 +290,26 @@ def _yield_to_the_answers(cpus: list[int] | None) -> None:
     if not hasattr(os, "SCHED_IDLE"):  # not Linux: the lowest priority there is
         os.nice(19)
         return
+    try:
+        _each_thread(lambda tid: os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0)))
+    except PermissionError:  # a sandbox that forbids it
+        log.warning("the idle CPU class is not allowed here: the Shadow runs at nice 19")
+        os.nice(19)
     allowed = sorted(os.sched_getaffinity(0))
     if cpus is None:
         cpus = allowed[-1:] if len(allowed) > 1 else []
-    for tid in map(int, os.listdir("/proc/self/task")):  # libraries start threads at import, before this
+    if cpus:
         try:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-            if cpus:
-                os.sched_setaffinity(tid, cpus)
-        except ProcessLookupError:  # the thread has ended
-            continue
+            _each_thread(lambda tid: os.sched_setaffinity(tid, cpus))
         except OSError:
             log.error("serving.shadow_cpus %s: not CPUs this process may use (%s); the Shadow runs on any", cpus, allowed)
-            cpus = []
+
+
+def _each_thread(apply: Callable[[int], None]) -> None:
+    """`apply` to every thread of this process: libraries start some at import, before this."""
+    for tid in map(int, os.listdir("/proc/self/task")):
+        with contextlib.suppress(ProcessLookupError):  # a thread that has ended meanwhile
+            apply(tid)
 
 
 class _ModelClock:
