@@ -152,3 +152,32 @@ def test_the_shadow_clock_leaves_out_the_time_its_idle_priority_spent_waiting_fo
         measured.kill()
     assert figures["wall"] > 5 * figures["cpu"]  # it did wait for the CPU
     assert 0.9 * figures["cpu"] <= figures["clock"] < 2 * figures["cpu"] + 0.002  # and the clock left that out
+
+
+PRIORITY_SCRIPT = """
+import json, os
+from serving import shadow
+
+def forbidden(*args):
+    raise PermissionError(1, "Operation not permitted")
+
+before = sorted(os.sched_getaffinity(0))
+shadow._yield_to_the_answers([4096])  # no such CPU: logged, the affinity stays
+unpinned = sorted(os.sched_getaffinity(0))
+idle = os.sched_getscheduler(0) == os.SCHED_IDLE
+os.sched_setscheduler = forbidden  # as in a sandbox that forbids the idle class
+shadow._yield_to_the_answers([before[0]])
+print(json.dumps({"before": before, "unpinned": unpinned, "idle": idle, "nice": os.nice(0),
+                  "pinned": sorted(os.sched_getaffinity(0))}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduler classes")
+def test_the_shadow_process_yields_the_cpu_even_where_the_idle_class_or_its_cpus_are_refused():
+    done = subprocess.run([sys.executable, "-c", PRIORITY_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["idle"] and figures["unpinned"] == figures["before"]
+    assert "serving.shadow_cpus [4096]: not CPUs this process may use" in done.stderr
+    assert figures["nice"] == 19 and figures["pinned"] == figures["before"][:1]
+    assert "the idle CPU class is not allowed here" in done.stderr
