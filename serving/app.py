@@ -6,7 +6,7 @@ framework's request and response objects would cost more than the model. Endpoin
   POST /invocations   MLflow scoring protocol; answers {"predictions": [...]}
   POST /feedback      ground-truth labels by request id: {"request_id": ..., "label": ...} or a list
   GET  /ping          200 when Production is loaded, else 503
-  GET  /health        what is loaded for which alias, the canary share, log and shadow queues
+  GET  /health        what is loaded for which alias, the canary share, the log's queue, the shadow process
   GET  /version       shipway and MLflow versions, the model and its Production version
   GET  /metrics       Prometheus
 
@@ -311,7 +311,6 @@ class Gateway:
             "last_poll": datetime.fromtimestamp(self.router.last_poll, UTC).isoformat() if self.router.last_poll else None,
             "last_poll_error": self.router.last_poll_error,
             "prediction_log": {"pending": self.log.pending, "written": self.log.written, "dropped": self.log.dropped},
-            "shadow_queue": self.shadow.backlog,
             "shadow_process": self.shadow.status(),
             "cache_entries": len(self.cache),
         }

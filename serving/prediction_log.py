@@ -13,7 +13,7 @@ Tables (SQLAlchemy Core, any SQLAlchemy URL: SQLite by default, PostgreSQL in pr
 
 The gateway never writes on the request path: rows go to a bounded queue that one thread
 writes in batches; `close()` drains it. A full queue drops the row and counts it. Shadow rows
-are written the same way by the Shadow's own process (serving/shadow.py).
+are written by the Shadow's own process, between its chunks of work (serving/shadow.py).
 """
 
 from __future__ import annotations

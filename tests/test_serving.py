@@ -307,12 +307,12 @@ def test_a_slow_shadow_never_delays_an_answer_and_is_logged_by_request_id(reg, t
     settings = logged(reg, tmp_path)
     with running(settings) as url, httpx.Client(base_url=url) as client:
         answers = [invoke(client, rows(reg, 1, i)) for i in range(6)]
-        backlog = client.get("/health").json()["shadow_queue"]
+        backlog = client.get("/health").json()["shadow_process"]["backlog"]
         # Every answer is back while the shadow (0.3 s a request) still has most of them to do.
         assert backlog >= 3
         assert {a.headers["x-model-role"] for a in answers} == {"production"}
         ids = [a.headers["x-request-id"] for a in answers[:2]]
-        wait_for(lambda: client.get("/health").json()["shadow_queue"] == 0)
+        wait_for(lambda: _settled(client), timeout=60)
         time.sleep(0.5)
         metrics = client.get("/metrics").text
     log = log_of(settings)

@@ -1,7 +1,8 @@
 """What keeps the answer path and the log cheap: a request's columns are typed and turned into
 ONNX tensors once per schema (a failing Canary hands Production the very arrays), shadow rows
 are logged and redacted like any other, and the log writer is woken per batch, not per row.
-Real ONNX sessions and SQLite, no server; the Shadow's own process is tested in test_serving."""
+Real ONNX sessions and SQLite, no server. And the Shadow's process: its CPU priority and its
+clock (its life beside a gateway, crashes and shutdown included, is in test_serving)."""
 
 from __future__ import annotations
 

@@ -188,7 +188,7 @@ def shadow_overhead(settings, client, name, shadow, url, requests, rounds, total
 
     def settle(attached: bool) -> None:
         deadline = time.monotonic() + 120
-        while ("Shadow" in (doc := health())["serving"]) != attached or doc["shadow_queue"]:
+        while ("Shadow" in (doc := health())["serving"]) != attached or doc["shadow_process"]["backlog"]:
             if time.monotonic() > deadline:
                 sys.exit(f"the gateway did not settle: {doc}")
             time.sleep(0.1)
