@@ -208,15 +208,17 @@ class _Models:
 
     def get(self, version: str):
         """The Servable of `version`, or the reason it cannot be loaded (a string)."""
-        from serving.models import servable
-
         if version in self.loaded:
             return self.loaded[version]
         error, since = self.failed.get(version, (None, 0.0))
         if error is not None and time.monotonic() - since < RELOAD_FAILED_AFTER_S:
             return error
+        from serving.app import freeze_heap
+        from serving.models import servable
+
         try:
             model = servable(self.reader.load(self.name, version))
+            freeze_heap()  # before the first timed prediction: no collection of the load's heap in it
         except Exception as exc:
             error = f"version {version} failed to load in the shadow process: {type(exc).__name__}: {exc}"
             self.failed[version] = (error, time.monotonic())
