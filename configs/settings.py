@@ -137,7 +137,9 @@ class PromotionSettings(_Section):
         86_400, gt=0, description="A manual approval not given in this time counts as a rejection."
     )
     poll_seconds: float = Field(1.0, gt=0, description="How often a paused promotion checks for an answer.")
-    alpha: float = Field(0.01, gt=0, lt=1, description="Significance level of the canary tests.")
+    alpha: float = Field(
+        0.01, gt=0, lt=1, description="Chance that a canary no worse than Production is rolled back (split over its tests)."
+    )
     min_agreement: float = Field(0.8, ge=0, le=1, description="Shadow: least share of predictions equal to Production's.")
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Shadow: highest share of failed predictions.")
     latency_p99_ms: float = Field(50.0, gt=0, description="Shadow: latency budget of its p99.")

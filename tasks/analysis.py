@@ -18,6 +18,8 @@ from scipy import stats
 
 from configs.settings import PromotionSettings
 
+CANARY_TESTS = 3  # a step's statistical tests: failures, predicted classes, accuracy on labels
+
 
 @dataclass(frozen=True)
 class Check:
@@ -86,15 +88,16 @@ def canary_analysis(log: pd.DataFrame, feedback: pd.DataFrame, settings: Promoti
     analysis.checks.append(_enough(min(len(canary), len(production)), settings.min_requests))
     if min(len(canary), len(production)) < settings.min_requests:
         return analysis
+    alpha = canary_test_level(settings)
     failed = lambda rows: int((rows["error"].notna() | (rows["role"] == "fallback")).sum())  # noqa: E731
     analysis.checks.append(_not_worse("error and fallback rate", failed(canary), len(canary), failed(production),
-                                      len(production), settings.max_error_rate_increase, settings.alpha))
+                                      len(production), settings.max_error_rate_increase, alpha))
     p99_canary = float(np.percentile(canary["latency_ms"], 99))
     p99_prod = float(np.percentile(production["latency_ms"], 99))
     limit = max(settings.max_latency_ratio * p99_prod, p99_prod + settings.latency_slack_ms)
     analysis.checks.append(Check("latency p99", p99_canary <= limit, f"{p99_canary:.2f} ms vs {p99_prod:.2f} ms",
                                  f"<= {limit:.2f} ms"))
-    analysis.checks.append(_same_predictions(canary, production, settings))
+    analysis.checks.append(_same_predictions(canary, production, settings.max_prediction_shift, alpha))
     labeled = feedback.drop_duplicates("request_id").set_index("request_id")["label"]
     right = lambda rows: rows.join(labeled, on="request_id", how="inner")  # noqa: E731
     canary_l, production_l = right(canary), right(production)
@@ -102,8 +105,15 @@ def canary_analysis(log: pd.DataFrame, feedback: pd.DataFrame, settings: Promoti
         hits = lambda rows: int((rows["prediction"].map(comparable) == rows["label"].map(comparable)).sum())  # noqa: E731
         analysis.checks.append(_not_worse("error rate on feedback labels", len(canary_l) - hits(canary_l),
                                           len(canary_l), len(production_l) - hits(production_l), len(production_l),
-                                          settings.max_accuracy_drop, settings.alpha))
+                                          settings.max_accuracy_drop, alpha))
     return analysis
+
+
+def canary_test_level(settings: PromotionSettings) -> float:
+    """The level of each canary test: `alpha` split (Bonferroni) over the promotion's tests, three
+    a step, so that a canary no worse than Production is rolled back with chance <= alpha, not
+    once in a dozen promotions."""
+    return settings.alpha / (CANARY_TESTS * len(settings.canary_steps))
 
 
 def _enough(n: int, minimum: int) -> Check:
@@ -118,19 +128,19 @@ def _not_worse(name: str, bad_a: int, n_a: int, bad_b: int, n_b: int, min_increa
     p = float(stats.norm.sf((rate_a - rate_b) / se)) if se > 0 else (0.0 if rate_a > rate_b else 1.0)
     breach = p < alpha and rate_a - rate_b > min_increase
     return Check(name, not breach, f"{rate_a:.2%} vs {rate_b:.2%} (one-sided p={p:.3g})",
-                 f"not higher by > {min_increase:.1%} at p < {alpha:g}")
+                 f"not higher by > {min_increase:.1%} at p < {alpha:.2g}")
 
 
-def _same_predictions(canary: pd.DataFrame, production: pd.DataFrame, settings: PromotionSettings) -> Check:
+def _same_predictions(canary: pd.DataFrame, production: pd.DataFrame, max_shift: float, alpha: float) -> Check:
     """Chi-square on the predicted classes, plus a minimum shift in any class's share."""
     counts = pd.crosstab(pd.concat([canary["prediction"], production["prediction"]]),
                          np.r_[np.zeros(len(canary)), np.ones(len(production))])
     shares = counts / counts.sum()
     shift = float((shares.iloc[:, 0] - shares.iloc[:, 1]).abs().max())
     p = float(stats.chi2_contingency(counts.to_numpy())[1]) if len(counts) > 1 else 1.0
-    breach = p < settings.alpha and shift > settings.max_prediction_shift
+    breach = p < alpha and shift > max_shift
     return Check("predicted class shares", not breach, f"largest shift {shift:.1%} (chi-square p={p:.3g})",
-                 f"not shifted by > {settings.max_prediction_shift:.0%} at p < {settings.alpha:g}")
+                 f"not shifted by > {max_shift:.0%} at p < {alpha:.2g}")
 
 
 def comparable(value) -> str:

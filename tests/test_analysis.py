@@ -105,3 +105,16 @@ def test_shadow_passes_when_it_agrees_answers_and_is_fast():
 ])
 def test_shadow_names_what_it_breached(log, drift, check):
     assert breached(shadow_analysis(log, SETTINGS, drift_verdict=drift)) == {check}
+
+
+def test_a_borderline_difference_is_weighed_against_every_test_of_the_promotion():
+    log = canary(400, 2_000).reset_index(drop=True)
+    for route, fallbacks in (("canary", 10), ("production", 20)):  # 2.5% vs 1%: one-sided p ~0.007
+        log.loc[log.index[log["route"] == route][:fallbacks], "role"] = "fallback"
+    # Three tests a step, three steps: each at 0.01 / 9, so a fair canary is rolled back with
+    # chance <= 1% per promotion, not ~9%.
+    analysis = canary_analysis(log, NO_FEEDBACK, SETTINGS, "c")
+    assert analysis.passed, analysis.breaches
+    assert "at p < 0.0011" in next(c.limit for c in analysis.checks if c.name == "error and fallback rate")
+    loose = SETTINGS.model_copy(update={"alpha": 0.09})  # 0.01 a test
+    assert breached(canary_analysis(log, NO_FEEDBACK, loose, "c")) == {"error and fallback rate"}
