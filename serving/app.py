@@ -18,7 +18,6 @@ baseline). A request key header (X-Request-Key) makes canary routing sticky.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import re
 import time
@@ -32,10 +31,18 @@ import orjson
 
 from configs.settings import Settings
 from serving.metrics import Metrics
-from serving.models import Servable
-from serving.prediction_log import Label, Prediction, PredictionLog, open_log
+from serving.models import Inputs, Servable, freeze_heap
+from serving.prediction_log import (
+    ROLE_CANARY,
+    ROLE_FALLBACK,
+    ROLE_PRODUCTION,
+    Label,
+    Prediction,
+    PredictionLog,
+    open_log,
+)
 from serving.router import ResponseCache, Router, Routes
-from serving.schema import Batch, BadInput, Raw, Schema, parse
+from serving.schema import BadInput, Batch, parse
 from serving.shadow import ShadowProcess
 
 log = logging.getLogger("shipway.serving")
@@ -43,7 +50,6 @@ log = logging.getLogger("shipway.serving")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 JSON = b"application/json"
 INLINE_ROWS = 64  # ONNX batches up to this size run on the event loop (see Gateway._call)
-ROLE_PRODUCTION, ROLE_CANARY, ROLE_SHADOW, ROLE_FALLBACK = "production", "canary", "shadow", "fallback"
 
 
 class ModelFailed(Exception):
@@ -52,34 +58,6 @@ class ModelFailed(Exception):
     def __init__(self, kind: str, detail: str):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
-
-
-class Inputs:
-    """One request's parsed columns, typed once per schema (versions may differ in columns).
-
-    ONNX tensors are prepared once per schema too: when a Canary fails, Production (most often
-    with the same columns) answers from the very arrays the Canary was given.
-    """
-
-    def __init__(self, raw: Raw):
-        self.raw = raw
-        self._typed: dict[Schema, Batch] = {}
-        self._feeds: dict[Schema, Any] = {}
-
-    def for_model(self, model: Servable) -> Batch:
-        batch = self._typed.get(model.schema)
-        if batch is None:
-            batch = self._typed[model.schema] = model.schema.coerce(self.raw)
-        return batch
-
-    def predict(self, model: Servable) -> list:
-        batch = self.for_model(model)
-        if model.flavor != "onnx":
-            return model.predict(batch)
-        feeds = self._feeds.get(model.schema)
-        if feeds is None:
-            feeds = self._feeds[model.schema] = model.prepare(batch)
-        return model.finish(model.forward(feeds))
 
 
 class Gateway:
@@ -331,14 +309,6 @@ class Gateway:
     async def _metrics(self, scope, receive, send) -> None:
         self.metrics.log_queue.set(self.log.pending)
         await _respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
-
-
-def freeze_heap() -> None:
-    """Move what is alive now (the imports, the first models) out of the garbage collector's
-    sight: a full collection of that heap takes ~0.2 s here, a pause every answer under way
-    would share. Later garbage is collected as usual."""
-    gc.collect()
-    gc.freeze()
 
 
 def _cache_key(batch: Batch) -> bytes:

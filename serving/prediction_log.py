@@ -50,6 +50,9 @@ from configs.settings import Settings
 
 log = logging.getLogger("shipway.serving")
 
+# The `role` column: who answered (or, for shadow, who predicted alongside).
+ROLE_PRODUCTION, ROLE_CANARY, ROLE_SHADOW, ROLE_FALLBACK = "production", "canary", "shadow", "fallback"
+
 metadata = MetaData()
 predictions = Table(
     "predictions",

@@ -36,7 +36,10 @@ import orjson
 
 from configs.settings import ENV_PREFIX, Settings
 from serving.metrics import Metrics
-from serving.schema import Raw
+from serving.models import Inputs, freeze_heap, servable
+from serving.prediction_log import ROLE_SHADOW, Prediction, open_log
+from serving.schema import BadInput, Raw
+from tasks.registry import RegistryReader
 
 log = logging.getLogger("shipway.serving")
 
@@ -199,8 +202,6 @@ class _Models:
     """The Shadow versions the child has loaded; only the newest is kept."""
 
     def __init__(self, settings: Settings):
-        from tasks.registry import RegistryReader
-
         self.name = settings.training.model_name  # the registered model
         self.reader = RegistryReader(settings)
         self.loaded: dict[str, Any] = {}
@@ -213,9 +214,6 @@ class _Models:
         error, since = self.failed.get(version, (None, 0.0))
         if error is not None and time.monotonic() - since < RELOAD_FAILED_AFTER_S:
             return error
-        from serving.app import freeze_heap
-        from serving.models import servable
-
         try:
             model = servable(self.reader.load(self.name, version))
             freeze_heap()  # before the first timed prediction: no collection of the load's heap in it
@@ -231,8 +229,6 @@ class _Models:
 
 def run(sock: socket.socket) -> None:
     """The child: read mirrored requests until the end of input, predict, log, report."""
-    from serving.prediction_log import open_log
-
     reader = sock.makefile("rb")
     settings = Settings(**orjson.loads(reader.readline()))
     _yield_to_the_answers(settings.serving.shadow_cpus)
@@ -260,10 +256,6 @@ def run(sock: socket.socket) -> None:
 
 def _predict(item: list, models: _Models, clock: _ModelClock):
     """One mirrored request, predicted by its Shadow version: the prediction-log row."""
-    from serving.app import ROLE_SHADOW, Inputs
-    from serving.prediction_log import Prediction
-    from serving.schema import BadInput
-
     version, request_id, ts, columns, rows, text = item
     model = models.get(version)
     mark = clock.mark()

@@ -17,8 +17,7 @@ import orjson
 import pytest
 
 from configs.settings import TrainingSettings
-from serving.app import Inputs
-from serving.models import Servable
+from serving.models import Inputs, Servable
 from serving.prediction_log import Prediction, PredictionLog, Redactor, read_window
 from serving.schema import Batch, Schema, parse
 from tasks.compile import compile_pipeline, is_numeric, session
