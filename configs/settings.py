@@ -15,16 +15,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from tasks.errors import ConfigError
+from core.errors import ConfigError
 
 PROFILES = Path(__file__).parent
 DEFAULT_PROFILE = PROFILES / "default.yaml"
 ENV_PREFIX = "SHIPWAY_"
 ENV_DELIMITER = "__"
 
-Estimator = Literal[
-    "logistic_regression", "random_forest", "hist_gradient_boosting", "gradient_boosting"
-]
+Estimator = Literal["logistic_regression", "random_forest", "hist_gradient_boosting", "gradient_boosting"]
 
 
 class _Section(BaseModel):
@@ -45,22 +43,16 @@ class MlflowSettings(_Section):
 
 
 class S3Settings(_Section):
-    endpoint_url: str | None = Field(
-        None, description="S3 endpoint for boto3 (MinIO, moto); empty means AWS itself."
-    )
+    endpoint_url: str | None = Field(None, description="S3 endpoint for boto3 (MinIO, moto); empty means AWS itself.")
     region: str = Field("us-east-1", description="Region for the S3 client.")
 
 
 class SnapshotSettings(_Section):
-    store: str = Field(
-        ".shipway/snapshots", description="Snapshot store: a folder or s3://bucket/prefix."
-    )
+    store: str = Field(".shipway/snapshots", description="Snapshot store: a folder or s3://bucket/prefix.")
 
 
 class PrefectSettings(_Section):
-    api_url: str | None = Field(
-        None, description="Prefect server API; empty runs flows in Prefect's ephemeral mode."
-    )
+    api_url: str | None = Field(None, description="Prefect server API; empty runs flows in Prefect's ephemeral mode.")
 
 
 class PredictionLogSettings(_Section):
@@ -105,9 +97,7 @@ class ServingSettings(_Section):
 
 
 class DataSettings(_Section):
-    source: str = Field(
-        "demo", description="Training data: a CSV or Parquet file, s3://bucket/key, or 'demo'."
-    )
+    source: str = Field("demo", description="Training data: a CSV or Parquet file, s3://bucket/key, or 'demo'.")
     target: str = Field("churned", description="The label column.")
     demo_rows: int = Field(30_000, gt=0, description="Rows of the generated demo dataset.")
 
@@ -115,9 +105,7 @@ class DataSettings(_Section):
 class TrainingSettings(_Section):
     model_name: str = Field("churn-classifier", description="Registered model name.")
     estimator: Estimator = Field("logistic_regression", description="Model family.")
-    params: dict[str, Any] = Field(
-        default_factory=dict, description="Hyperparameters passed to the estimator."
-    )
+    params: dict[str, Any] = Field(default_factory=dict, description="Hyperparameters passed to the estimator.")
     test_size: float = Field(0.2, gt=0, lt=1, description="Holdout share of the snapshot.")
     seed: int = Field(42, description="Seed of the split and the estimator: same seed, same model.")
 
@@ -138,9 +126,14 @@ class PromotionSettings(_Section):
     )
     poll_seconds: float = Field(1.0, gt=0, description="How often a paused promotion checks for an answer.")
     alpha: float = Field(
-        0.01, gt=0, lt=1, description="Chance that a canary no worse than Production is rolled back (split over its tests)."
+        0.01,
+        gt=0,
+        lt=1,
+        description="Chance that a canary no worse than Production is rolled back (split over its tests).",
     )
-    min_agreement: float = Field(0.8, ge=0, le=1, description="Shadow: least share of predictions equal to Production's.")
+    min_agreement: float = Field(
+        0.8, ge=0, le=1, description="Shadow: least share of predictions equal to Production's."
+    )
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Shadow: highest share of failed predictions.")
     latency_p99_ms: float = Field(50.0, gt=0, description="Shadow: latency budget of its p99.")
     max_error_rate_increase: float = Field(
@@ -165,12 +158,19 @@ class MonitoringSettings(_Section):
     window: str = Field("1h", description="Default window of the prediction log per monitoring run (30m, 1h, 1d).")
     min_requests: int = Field(100, gt=0, description="Requests in a window before its rates can breach a limit.")
     max_fallback_rate: float = Field(0.02, ge=0, le=1, description="Highest share of answers from the fallback chain.")
-    max_error_rate: float = Field(0.005, ge=0, le=1, description="Highest share of requests every fallback failed (503).")
+    max_error_rate: float = Field(
+        0.005, ge=0, le=1, description="Highest share of requests every fallback failed (503)."
+    )
     max_rejected_rate: float = Field(
-        0.05, ge=0, le=1, description="Highest share of requests refused as bad input (4xx): clients sending skewed data."
+        0.05,
+        ge=0,
+        le=1,
+        description="Highest share of requests refused as bad input (4xx): clients sending skewed data.",
     )
     latency_p99_ms: float = Field(50.0, gt=0, description="Latency budget of the window's p99, in the gateway.")
-    min_accuracy: float | None = Field(None, ge=0, le=1, description="Lowest accuracy on feedback labels; empty: not checked.")
+    min_accuracy: float | None = Field(
+        None, ge=0, le=1, description="Lowest accuracy on feedback labels; empty: not checked."
+    )
     breach_windows: int = Field(3, gt=0, description="Windows in a row that must breach before retraining starts.")
     experiment: str = Field("shipway-monitoring", description="MLflow experiment holding one run per window.")
     retrain_deployment: str = Field(
@@ -183,7 +183,9 @@ class GateSettings(_Section):
     cannot explain it (a test at `alpha`, Bonferroni-split over all tests of the batch), so a
     200-row batch does not fail on noise and a 100k-row batch does not fail on trivia."""
 
-    alpha: float = Field(0.001, gt=0, lt=1, description="Chance that a clean batch fails the gate (split over all tests).")
+    alpha: float = Field(
+        0.001, gt=0, lt=1, description="Chance that a clean batch fails the gate (split over all tests)."
+    )
     warn_alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of a warning (split over all tests).")
     warn_fraction: float = Field(
         0.5, gt=0, le=1, description="A check warns when its effect passes this fraction of the fail bound."
@@ -201,7 +203,9 @@ class GateSettings(_Section):
     point_mass_share: float = Field(
         0.03, gt=0, le=1, description="Share by which one value may be more frequent than in training (stuck, clipped)."
     )
-    max_categories: int = Field(1000, gt=0, description="Categories a contract lists per column; rarer ones count as other.")
+    max_categories: int = Field(
+        1000, gt=0, description="Categories a contract lists per column; rarer ones count as other."
+    )
     report_dir: str = Field(".shipway/reports", description="Where drift reports go when --report is not given.")
     expectations_dir: str = Field(
         "expectations", description="Folder of the user's own GX suites (*.json); the gate runs them too."
@@ -209,9 +213,7 @@ class GateSettings(_Section):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, extra="forbid")
 
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
@@ -249,9 +251,7 @@ class Settings(BaseSettings):
             "prediction_log": self.prediction_log.model_copy(
                 update={"url": _absolute_sqlite(self.prediction_log.url, cwd)}
             ),
-            "snapshots": self.snapshots.model_copy(
-                update={"store": _absolute_path(self.snapshots.store, cwd)}
-            ),
+            "snapshots": self.snapshots.model_copy(update={"store": _absolute_path(self.snapshots.store, cwd)}),
             "gate": self.gate.model_copy(
                 update={
                     "report_dir": _absolute_path(self.gate.report_dir, cwd),

@@ -21,11 +21,24 @@ import numpy as np
 import pandas as pd
 
 from configs.settings import GateSettings
-from tasks.errors import DataError
+from core.contract_stats import Cdf, TrainingStats
+from core.errors import DataError
 
 FORMAT = "shipway.contract/v1"
-NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-                 "float32", "float64", "Int64", "Float64"]  # ints arriving as floats are no drift
+NUMERIC_TYPES = [
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float32",
+    "float64",
+    "Int64",
+    "Float64",
+]  # ints arriving as floats are no drift
 DATETIME_TYPES = ["datetime64[s]", "datetime64[ms]", "datetime64[us]", "datetime64[ns]"]
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 TAIL_LEVELS = (0.01, 0.025, 0.975, 0.99)  # finer bins where clipping and outliers show
@@ -90,7 +103,7 @@ def column_expectations(s: pd.Series, settings: GateSettings) -> list:
         gxe.ExpectColumnValuesToNotBeNull(
             column=column,
             mostly=round(max(0.0, 1 - null_fraction - settings.null_tolerance), 6),
-            meta={"training": {"null_fraction": null_fraction, "rows": rows}},
+            meta=TrainingStats(null_fraction=null_fraction, rows=rows).meta(),
         )
     ]
     if s.dtype.kind in "iuf":
@@ -114,7 +127,7 @@ def _numeric(column: str, x: np.ndarray, settings: GateSettings) -> list:
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if n > 1 else 0.0
     kurtosis = float(np.mean((x - mean) ** 4) / std**4) if std > 0 else 3.0
-    training = {"rows": n, "mean": mean, "std": std}
+    training = TrainingStats(rows=n, mean=mean, std=std)
     band = settings.quantile_band
 
     def q(level: float) -> float:
@@ -135,50 +148,55 @@ def _numeric(column: str, x: np.ndarray, settings: GateSettings) -> list:
     sd = std or 1.0
     return [
         gxe.ExpectColumnValuesToBeBetween(
-            column=column, min_value=float(x[0]), max_value=float(x[-1]), mostly=round(1 - settings.range_tolerance, 6),
-            meta={"training": {"rows": n}},
+            column=column,
+            min_value=float(x[0]),
+            max_value=float(x[-1]),
+            mostly=round(1 - settings.range_tolerance, 6),
+            meta=TrainingStats(rows=n).meta(),
         ),
         gxe.ExpectColumnMeanToBeBetween(
-            column=column, min_value=mean - settings.mean_shift_sd * sd, max_value=mean + settings.mean_shift_sd * sd,
-            meta={"training": training},
+            column=column,
+            min_value=mean - settings.mean_shift_sd * sd,
+            max_value=mean + settings.mean_shift_sd * sd,
+            meta=training.meta(),
         ),
         gxe.ExpectColumnStdevToBeBetween(
-            column=column, min_value=std / settings.stdev_ratio, max_value=std * settings.stdev_ratio,
-            meta={"training": training | {"kurtosis": kurtosis}},
+            column=column,
+            min_value=std / settings.stdev_ratio,
+            max_value=std * settings.stdev_ratio,
+            meta=training.model_copy(update={"kurtosis": kurtosis}).meta(),
         ),
         gxe.ExpectColumnQuantileValuesToBeBetween(
             column=column,
             quantile_ranges={"quantiles": list(QUANTILES), "value_ranges": ranges},
-            meta={"training": {"rows": n, "values": [q(p) for p in QUANTILES]}},
+            meta=TrainingStats(rows=n, values=[q(p) for p in QUANTILES]).meta(),
         ),
         gxe.ExpectColumnKLDivergenceToBeLessThan(
             column=column,
             partition_object={"bins": edges.tolist(), "weights": weights.tolist()},
             threshold=settings.kl_threshold,
             tail_weight_holdout=TAIL_WEIGHT_HOLDOUT,
-            meta={
-                "training": {
-                    "rows": n,
-                    # Training CDF on a fine quantile grid: F(v) and F(v-), for the KS distance.
-                    "cdf": {
-                        "values": grid.tolist(),
-                        "at_or_below": (np.searchsorted(x, grid, "right") / n).tolist(),
-                        "below": (np.searchsorted(x, grid, "left") / n).tolist(),
-                    },
-                }
-            },
+            # Training CDF on a fine quantile grid: F(v) and F(v-), for the KS distance.
+            meta=TrainingStats(
+                rows=n,
+                cdf=Cdf(
+                    values=grid.tolist(),
+                    at_or_below=(np.searchsorted(x, grid, "right") / n).tolist(),
+                    below=(np.searchsorted(x, grid, "left") / n).tolist(),
+                ),
+            ).meta(),
         ),
         gxe.ExpectColumnMostCommonValueToBeInSet(
             column=column,
             value_set=point_masses,
             ties_okay=True,
-            meta={
-                "max_share_increase": settings.point_mass_share,
-                "note": "the gate fails only when the batch's most common value holds a share this much "
+            meta=TrainingStats(
+                rows=n, distinct=len(values), shares=shares, other_max_share=float(min(shares.values()))
+            ).meta(
+                max_share_increase=settings.point_mass_share,
+                note="the gate fails only when the batch's most common value holds a share this much "
                 "larger than in training (a stuck or clipped column); values added here are accepted",
-                "training": {"rows": n, "distinct": int(len(values)), "shares": shares,
-                             "other_max_share": float(min(shares.values()))},
-            },
+            ),
         ),
     ]
 
@@ -198,14 +216,14 @@ def _categorical(column: str, present: pd.Series, settings: GateSettings) -> lis
             column=column,
             value_set=values,
             mostly=round(max(0.0, 1 - other - settings.unseen_tolerance), 6),
-            meta={"training": {"rows": n, "other_share": other}},
+            meta=TrainingStats(rows=n, other_share=other).meta(),
         ),
         gxe.ExpectColumnKLDivergenceToBeLessThan(
             column=column,
             partition_object={"values": values, "weights": (kept / kept.sum()).tolist()},
             threshold=settings.kl_threshold,
             tail_weight_holdout=TAIL_WEIGHT_HOLDOUT,
-            meta={"training": {"rows": n}},
+            meta=TrainingStats(rows=n).meta(),
         ),
     ]
 

@@ -14,8 +14,8 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from configs.settings import Settings
-from tasks.errors import ShipwayError
-from tasks.promotion import AWAITING_TAG
+from core.errors import ShipwayError
+from core.vocabulary import Tag
 from tasks.registry import model_state
 
 
@@ -58,7 +58,7 @@ class AutoApprover(threading.Thread):
 
     def run(self) -> None:
         while self.decisions:
-            waiting = model_state(self.settings, self.name)[1].get(AWAITING_TAG)
+            waiting = model_state(self.settings, self.name)[1].get(Tag.AWAITING_APPROVAL)
             request = json.loads(waiting) if waiting else None
             if request and request not in self.seen:
                 self.seen.append(request)

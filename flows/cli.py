@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from configs.settings import Settings, load_settings
-from tasks.errors import ShipwayError
+from core.errors import ShipwayError
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
@@ -94,7 +94,9 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--data", help="Training data: a .csv/.parquet file, s3://bucket/key, 'demo' or 'demo:SEED' (another draw).")
+@click.option(
+    "--data", help="Training data: a .csv/.parquet file, s3://bucket/key, 'demo' or 'demo:SEED' (another draw)."
+)
 @click.option("--target", help="The label column (default: data.target of the profile).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--force-gate", is_flag=True, help="Train even if the data fails the gate (needs --reason).")
@@ -142,11 +144,12 @@ def _print_training(result) -> None:
 def status(config_path: Path | None, name: str, as_json: bool) -> None:
     """Versions, aliases and lineage of registered model NAME."""
     settings = _settings(config_path)
-    from tasks.promotion import AWAITING_TAG, history
+    from core.vocabulary import Tag
+    from tasks.promotion import history
     from tasks.registry import model_state, versions
 
     found, aliases = versions(settings, name)
-    waiting = model_state(settings, name)[1].get(AWAITING_TAG)
+    waiting = model_state(settings, name)[1].get(Tag.AWAITING_APPROVAL)
     transitions = history(settings, name)
     if as_json:
         payload = {
@@ -155,8 +158,13 @@ def status(config_path: Path | None, name: str, as_json: bool) -> None:
             "awaiting_approval": json.loads(waiting) if waiting else None,
             "history": [asdict(t) for t in transitions],
             "versions": [
-                {"version": str(v.version), "created": _time(v.creation_timestamp), "run_id": v.run_id,
-                 "description": v.description, "tags": dict(v.tags)}
+                {
+                    "version": str(v.version),
+                    "created": _time(v.creation_timestamp),
+                    "run_id": v.run_id,
+                    "description": v.description,
+                    "tags": dict(v.tags),
+                }
                 for v in found
             ],
         }
@@ -170,8 +178,10 @@ def status(config_path: Path | None, name: str, as_json: bool) -> None:
             console.print(f"  {t.at[:19]}  {t.alias:<12} {change:<10} by {t.actor}: {t.reason}")
     if waiting:
         w = json.loads(waiting)
-        console.print(f"\n[bold yellow]waiting for approval[/]: version {w['version']} ({w['stage']}) since "
-                      f"{w['since'][:19]}: shipway approve {w['run_id']} [--reject] [--comment TEXT]")
+        console.print(
+            f"\n[bold yellow]waiting for approval[/]: version {w['version']} ({w['stage']}) since "
+            f"{w['since'][:19]}: shipway approve {w['run_id']} [--reject] [--comment TEXT]"
+        )
 
 
 def _print_status(name: str, found, aliases: dict[str, str]) -> None:
@@ -180,9 +190,15 @@ def _print_status(name: str, found, aliases: dict[str, str]) -> None:
         roles.setdefault(version, []).append(alias)
     table = Table(title=f"{name}: {len(found)} version(s)", title_justify="left")
     columns = {  # header -> (tag or None, right-justified)
-        "version": (None, True), "aliases": (None, False), "created": (None, False),
-        "commit": ("git_commit", False), "dirty": ("git_dirty", False), "snapshot": ("data_snapshot_id", False),
-        "rows": ("data_rows", True), "roc_auc": ("metric_roc_auc", True), "validation": ("validation_status", False),
+        "version": (None, True),
+        "aliases": (None, False),
+        "created": (None, False),
+        "commit": ("git_commit", False),
+        "dirty": ("git_dirty", False),
+        "snapshot": ("data_snapshot_id", False),
+        "rows": ("data_rows", True),
+        "roc_auc": ("metric_roc_auc", True),
+        "validation": ("validation_status", False),
         "p99 ms": ("latency_p99_ms", True),
     }
     for header, (_, right) in columns.items():
@@ -194,7 +210,9 @@ def _print_status(name: str, found, aliases: dict[str, str]) -> None:
         table.add_row(*fixed, *tagged)
     console.print(table)
     for v in [v for v in found if str(v.version) in roles] or found[:1]:
-        console.print(f"\n[bold]version {v.version}[/] ({', '.join(roles.get(str(v.version), [])) or 'latest'}) lineage")
+        console.print(
+            f"\n[bold]version {v.version}[/] ({', '.join(roles.get(str(v.version), [])) or 'latest'}) lineage"
+        )
         for key in sorted(k for k in v.tags if not k.startswith(("transition.", "approval."))):
             console.print(f"  {key:<22} {v.tags[key]}")
 
@@ -215,26 +233,44 @@ def _time(ms: int | None) -> str:
 
 @cli.command()
 @click.option("--model", "model", metavar="NAME@ALIAS", help="Check against this version's contract.")
-@click.option("--reference", "snapshot_id", metavar="SNAPSHOT_ID", help="Check against a contract built from a snapshot.")
-@click.option("--batch", "batches", multiple=True, required=True, metavar="SRC",
-              help="A .csv/.parquet file, s3://bucket/key, or a folder of them. Repeatable.")
-@click.option("--report", type=click.Path(path_type=Path), metavar="PATH",
-              help="Report FILE.json for one batch, a folder for several (default: under gate.report_dir).")
+@click.option(
+    "--reference", "snapshot_id", metavar="SNAPSHOT_ID", help="Check against a contract built from a snapshot."
+)
+@click.option(
+    "--batch",
+    "batches",
+    multiple=True,
+    required=True,
+    metavar="SRC",
+    help="A .csv/.parquet file, s3://bucket/key, or a folder of them. Repeatable.",
+)
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    metavar="PATH",
+    help="Report FILE.json for one batch, a folder for several (default: under gate.report_dir).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
 @config_option
 def validate(
-    config_path: Path | None, model: str | None, snapshot_id: str | None, batches: tuple[str, ...],
-    report: Path | None, as_json: bool,
+    config_path: Path | None,
+    model: str | None,
+    snapshot_id: str | None,
+    batches: tuple[str, ...],
+    report: Path | None,
+    as_json: bool,
 ) -> None:
     """The skew gate: each batch against a contract. Exit 0 all pass (warnings allowed), 1 any fails."""
     if bool(model) == bool(snapshot_id):
         raise click.UsageError("give exactly one of --model NAME@ALIAS and --reference SNAPSHOT_ID")
     settings = _settings(config_path)
+    from core.errors import GateError
     from tasks import gate
-    from tasks.errors import GateError
 
     sources = gate.batch_sources(batches)
-    reference = gate.reference_for_model(settings, model) if model else gate.reference_for_snapshot(settings, snapshot_id)
+    reference = (
+        gate.reference_for_model(settings, model) if model else gate.reference_for_snapshot(settings, snapshot_id)
+    )
     done = gate.validate_batches(settings, sources, reference, report)
     if as_json:
         click.echo(json.dumps([r.to_dict() | {"files": [str(p) for p in f.paths()]} for r, f in done], indent=2))
@@ -268,10 +304,11 @@ def promote(config_path: Path | None, name: str | None, version: str | None) -> 
     from flows.promotion import promotion_flow
 
     prefect_ready()
-    result = promotion_flow(name=name, version=version, config=str(config_path) if config_path else None,
-                            actor=_user())
-    console.print(f"[bold]{result.model_name}[/] version [bold]{result.version}[/] is Production"
-                  + (f"; version {result.previous} is Previous" if result.previous else ""))
+    result = promotion_flow(name=name, version=version, config=str(config_path) if config_path else None, actor=_user())
+    console.print(
+        f"[bold]{result.model_name}[/] version [bold]{result.version}[/] is Production"
+        + (f"; version {result.previous} is Previous" if result.previous else "")
+    )
 
 
 @cli.command()
@@ -326,8 +363,8 @@ def monitor(config_path: Path | None, name: str | None, window: str | None, as_j
 
     parse_window(window or settings.monitoring.window)  # a bad window fails before anything starts
     prefect_ready = _start_prefect_early(settings)
+    from core.errors import GateError
     from flows.monitoring import monitoring_flow
-    from tasks.errors import GateError
 
     prefect_ready()
     result = monitoring_flow(name=name, window=window, config=str(config_path) if config_path else None)
@@ -335,8 +372,10 @@ def monitor(config_path: Path | None, name: str | None, window: str | None, as_j
         click.echo(json.dumps(asdict(result), indent=2))
     else:
         verdict = "breached: " + "; ".join(result.breaches) if result.breaches else "within limits"
-        console.print(f"[bold]{result.model_name}[/] version {result.version}: {result.requests:,} requests, "
-                      f"input drift {result.drift}, {verdict}")
+        console.print(
+            f"[bold]{result.model_name}[/] version {result.version}: {result.requests:,} requests, "
+            f"input drift {result.drift}, {verdict}"
+        )
         console.print(f"  MLflow run {result.run_id} in experiment {settings.monitoring.experiment}")
         if result.retraining:
             console.print(f"  retraining: {result.retraining}")
@@ -345,7 +384,9 @@ def monitor(config_path: Path | None, name: str | None, window: str | None, as_j
 
 
 @cli.command()
-@click.option("--manual", is_flag=True, help="Wait for a human to approve (shipway approve RUN_ID) instead of answering.")
+@click.option(
+    "--manual", is_flag=True, help="Wait for a human to approve (shipway approve RUN_ID) instead of answering."
+)
 @config_option
 def demo(config_path: Path | None, manual: bool) -> None:
     """The whole journey on generated demo data, in the current directory."""
@@ -355,10 +396,16 @@ def demo(config_path: Path | None, manual: bool) -> None:
     from tasks.registry import versions
 
     prefect_ready()
-    console.print("[bold]shipway demo[/]: train -> gate -> benchmark -> Shadow -> approval -> Canary -> Production,\n"
-                  "with demo traffic replayed through a real gateway\n")
-    result = run_demo(settings, str(config_path) if config_path else None, manual,
-                      say=lambda text: console.print(f"[bold cyan]demo[/] {text}"))
+    console.print(
+        "[bold]shipway demo[/]: train -> gate -> benchmark -> Shadow -> approval -> Canary -> Production,\n"
+        "with demo traffic replayed through a real gateway\n"
+    )
+    result = run_demo(
+        settings,
+        str(config_path) if config_path else None,
+        manual,
+        say=lambda text: console.print(f"[bold cyan]demo[/] {text}"),
+    )
     name = settings.training.model_name
     console.print()
     _print_status(name, *versions(settings, name))
@@ -374,7 +421,8 @@ def demo(config_path: Path | None, manual: bool) -> None:
         "      data_snapshot_id), expectation_suite, validation_status, latency_p99_ms, the approvals and\n"
         "      transitions; its Source run: the dataset, the model, its ONNX form, the benchmark, the contract.\n"
         "    Experiments -> shipway: the training runs side by side.\n"
-        "  prefect server start                  then open http://127.0.0.1:4200 (the runs above are in its database):\n"
+        "  prefect server start                  then open http://127.0.0.1:4200\n"
+        "                                        (the runs above are in its database)\n"
         "    Runs -> promotion -> Artifacts: the shadow and canary analyses the approvals were given;\n"
         "    Runs -> training -> Artifacts: the gate's drift table.\n"
         f"  {settings.snapshots.store}   the snapshots: data.parquet + manifest.json each"
@@ -395,8 +443,20 @@ def ui(config_path: Path | None, host: str, port: int) -> None:
     click.echo(f"MLflow UI on {uri}: http://{host}:{port}  (Ctrl-C stops it)")
     # One worker and no job runner: ~0.5 GB instead of ~1.75 GB, and a 5 s start instead of 12 s.
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    args = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-            "--host", host, "--port", str(port), "--workers", "1"]
+    args = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     os.execv(sys.executable, args)
 
 

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from configs.settings import Settings
+from core.vocabulary import Alias
 from flows.approval import AutoApprover
 from flows.promotion import PromotionResult, promotion_flow
 from flows.training import TrainingResult, training_flow
 from serving.server import running
 from tasks import registry
 from tasks.demo_data import generate
-from tasks.registry import Alias
 from tasks.traffic import Replay
 
 REVIEWER = "shipway demo (auto-approval; run with --manual to decide yourself)"
@@ -62,12 +62,18 @@ def run_demo(settings: Settings, config: str | None, manual: bool, say: Callable
     return DemoResult(trained, promoted, replay.sent, time.perf_counter() - start)
 
 
-def _promote(settings: Settings, name: str, version: str, config: str | None, manual: bool,
-             decisions: int) -> PromotionResult:
+def _promote(
+    settings: Settings, name: str, version: str, config: str | None, manual: bool, decisions: int
+) -> PromotionResult:
     approver = None
     if not manual:
-        approver = AutoApprover(settings, name, [True] * decisions, reviewer=REVIEWER,
-                                comment="approved by the demo on the evidence shown in the flow's artifacts")
+        approver = AutoApprover(
+            settings,
+            name,
+            [True] * decisions,
+            reviewer=REVIEWER,
+            comment="approved by the demo on the evidence shown in the flow's artifacts",
+        )
         approver.start()
     try:
         return promotion_flow(name=name, version=version, config=config, actor="shipway demo")

@@ -18,16 +18,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings, load_settings
+from core.errors import RegistryError
+from core.vocabulary import Alias, Verdict
 from flows.artifacts import artifact_key
 from serving.prediction_log import read_feedback, read_window
 from tasks import registry
-from tasks.drift_report import render_picture, write_report
-from tasks.errors import RegistryError
+from tasks.drift_report import write_report
 from tasks.gate import gate, reference_for_model
 from tasks.monitoring import parse_window, served_inputs, summarize, sustained
-from tasks.registry import Alias
 from tasks.trend import plot_trend
-from tasks.validation import Verdict
 
 
 @dataclass
@@ -60,8 +59,12 @@ def monitoring_flow(name: str | None = None, window: str | None = None, config: 
         files, drift = [], "none"
         inputs = served_inputs(log)
         if len(inputs):
-            report = gate(inputs, reference_for_model(settings, f"{name}@{Alias.PRODUCTION.value}"), settings,
-                          batch_name=f"{name} {start:%Y-%m-%d %H:%M}..{end:%H:%M} UTC")
+            report = gate(
+                inputs,
+                reference_for_model(settings, f"{name}@{Alias.PRODUCTION.value}"),
+                settings,
+                batch_name=f"{name} {start:%Y-%m-%d %H:%M}..{end:%H:%M} UTC",
+            )
             drift = report.verdict.value
             files.append(write_report(report, Path(tmp) / "drift_report.json").json)
             if report.verdict == Verdict.FAIL:
@@ -72,13 +75,24 @@ def monitoring_flow(name: str | None = None, window: str | None = None, config: 
         if plot_trend(history, summary.metrics, end, picture):
             files.append(picture)
         run_id = registry.log_window(
-            settings, name, run_name=f"{name} {end:%Y-%m-%d %H:%M}",
-            params={"window": window or settings.monitoring.window, "start": start.isoformat(), "end": end.isoformat(),
-                    "version": version},
+            settings,
+            name,
+            run_name=f"{name} {end:%Y-%m-%d %H:%M}",
+            params={
+                "window": window or settings.monitoring.window,
+                "start": start.isoformat(),
+                "end": end.isoformat(),
+                "version": version,
+            },
             metrics=summary.metrics,
-            tags={"version": version, "drift": drift, "breached": str(summary.breached).lower(),
-                  "breaches": "; ".join(summary.breaches)[:5000]},
-            files=files)
+            tags={
+                "version": version,
+                "drift": drift,
+                "breached": str(summary.breached).lower(),
+                "breaches": "; ".join(summary.breaches)[:5000],
+            },
+            files=files,
+        )
 
     before = [h["tags"].get("breached") == "true" for h in history]
     retraining = ""
@@ -103,8 +117,10 @@ def trigger_retraining(settings: Settings) -> str:
     try:
         run = run_deployment(deployment, timeout=0)
     except ObjectNotFound:
-        message = (f"sustained breach, but the deployment '{deployment}' does not exist: deploy prefect.yaml "
-                   "on a Prefect server (see the README), or run shipway train")
+        message = (
+            f"sustained breach, but the deployment '{deployment}' does not exist: deploy prefect.yaml "
+            "on a Prefect server (see the README), or run shipway train"
+        )
         get_run_logger().warning(message)
         return message
     print(f"sustained breach: started {deployment} (flow run {run.id})")
@@ -114,9 +130,10 @@ def trigger_retraining(settings: Settings) -> str:
 def _publish(name: str, version: str, start: datetime, end: datetime, summary, drift: str, retraining: str) -> None:
     figures = "\n".join(f"| {k} | {v:.4g} |" for k, v in summary.metrics.items())
     verdict = "breached: " + "; ".join(summary.breaches) if summary.breached else "within limits"
-    text = (f"### {name} version {version}, {start:%Y-%m-%d %H:%M}..{end:%H:%M} UTC: {verdict}\n\n"
-            f"input drift vs contract: **{drift}**\n\n| figure | value |\n| --- | --- |\n{figures}\n"
-            + (f"\nretraining: {retraining}\n" if retraining else ""))
-    create_markdown_artifact(text, key=artifact_key("monitoring", name),
-                             description=f"{name}: monitoring window")
+    text = (
+        f"### {name} version {version}, {start:%Y-%m-%d %H:%M}..{end:%H:%M} UTC: {verdict}\n\n"
+        f"input drift vs contract: **{drift}**\n\n| figure | value |\n| --- | --- |\n{figures}\n"
+        + (f"\nretraining: {retraining}\n" if retraining else "")
+    )
+    create_markdown_artifact(text, key=artifact_key("monitoring", name), description=f"{name}: monitoring window")
     print(json.dumps({"requests": summary.requests, "drift": drift, "breaches": summary.breaches}))

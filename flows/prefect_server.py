@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 
-from tasks.errors import ShipwayError
+from core.errors import ShipwayError
 
 STARTUP_TIMEOUT = 90.0  # seconds; a first start migrates a fresh database, slow under load
 
@@ -35,11 +35,29 @@ class TemporaryPrefectServer:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.api_url = f"http://127.0.0.1:{port}/api"
-        env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ,  # no telemetry unless asked for
-               "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        env = {
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            **os.environ,  # no telemetry unless asked for
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "error",
+                "--lifespan",
+                "on",
+            ],
             env=env,
         )
         atexit.register(self.stop)

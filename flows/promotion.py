@@ -24,16 +24,16 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 
 from configs.settings import Settings, load_settings
+from core.errors import GateError, RegistryError
+from core.vocabulary import Alias, Tag
 from flows.approval import Approval
 from flows.artifacts import artifact_key
 from serving.prediction_log import read_feedback, read_window
 from tasks import registry
 from tasks.analysis import Analysis, canary_analysis, shadow_analysis
-from tasks.errors import GateError, RegistryError
 from tasks.gate import gate, reference_for_model
 from tasks.monitoring import served_inputs
-from tasks.promotion import AWAITING_TAG, RUN_TAG, move, recover
-from tasks.registry import Alias
+from tasks.promotion import move, recover
 
 
 class PromotionRejected(GateError):
@@ -49,8 +49,9 @@ class PromotionResult:
 
 
 @flow(name="promotion", log_prints=True)
-def promotion_flow(name: str | None = None, version: str | None = None, config: str | None = None,
-                   actor: str = "promotion flow") -> PromotionResult:
+def promotion_flow(
+    name: str | None = None, version: str | None = None, config: str | None = None, actor: str = "promotion flow"
+) -> PromotionResult:
     """Take the Shadow version (or `version`) through shadow analysis, canary steps and two approvals."""
     settings = load_settings(config)
     name = name or settings.training.model_name
@@ -75,8 +76,14 @@ def promotion_flow(name: str | None = None, version: str | None = None, config: 
 
         if production is not None:
             for share in settings.promotion.canary_steps:
-                move(settings, name, {Alias.CANARY: version}, actor=actor, canary_share=share,
-                     reason=f"canary step {share:.0%}")
+                move(
+                    settings,
+                    name,
+                    {Alias.CANARY: version},
+                    actor=actor,
+                    canary_share=share,
+                    reason=f"canary step {share:.0%}",
+                )
                 step = canary_task(settings, name, version, share)
                 evidence.append(_publish(step, name, version))
                 if not step.passed:
@@ -85,13 +92,25 @@ def promotion_flow(name: str | None = None, version: str | None = None, config: 
 
         now, _ = registry.model_state(settings, name)
         if now.get(Alias.PRODUCTION.value) != production:  # compare-and-set: a rollback happened meanwhile
-            _end(settings, name, version, actor,
-                 f"Production moved from {production} to {now.get(Alias.PRODUCTION.value)} during the promotion")
+            _end(
+                settings,
+                name,
+                version,
+                actor,
+                f"Production moved from {production} to {now.get(Alias.PRODUCTION.value)} during the promotion",
+            )
         changes = {Alias.PRODUCTION: version, Alias.SHADOW: None, Alias.CANARY: None}
         if production is not None:
             changes[Alias.PREVIOUS] = production
-        move(settings, name, changes, actor=actor, reason=f"promotion {run_id} approved",
-             evidence=run_id, canary_share=0.0)
+        move(
+            settings,
+            name,
+            changes,
+            actor=actor,
+            reason=f"promotion {run_id} approved",
+            evidence=run_id,
+            canary_share=0.0,
+        )
         print(f"{name} version {version} is Production" + (f"; version {production} is Previous" if production else ""))
         return PromotionResult(name, version, production, evidence)
 
@@ -101,12 +120,14 @@ def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
     """Shadow's predictions against Production's on the same live requests of the last
     `promotion.step_seconds` (waiting, up to that long again, until there are enough)."""
     since = datetime.now(UTC) - pd.Timedelta(seconds=settings.promotion.step_seconds)
-    enough = lambda log: _paired(log, version) >= settings.promotion.min_requests  # noqa: E731
+    enough = lambda log: _paired(log, version) >= settings.promotion.min_requests
     log = _traffic(settings, name, since, enough)
     inputs = served_inputs(log)
     drift = None
     if len(inputs):  # what Production was asked, against the candidate's own data contract
-        drift = gate(inputs, reference_for_model(settings, f"{name}/{version}"), settings, "shadow traffic").verdict.value
+        drift = gate(
+            inputs, reference_for_model(settings, f"{name}/{version}"), settings, "shadow traffic"
+        ).verdict.value
     return shadow_analysis(log, settings.promotion, drift_verdict=drift)
 
 
@@ -115,7 +136,7 @@ def canary_task(settings: Settings, name: str, version: str, share: float) -> An
     """Canary against Production on the traffic of this step only."""
     since = datetime.now(UTC)
     minimum = settings.promotion.min_requests
-    enough = lambda log: (log["route"] == "canary").sum() >= minimum and (log["route"] == "production").sum() >= minimum  # noqa: E731
+    enough = lambda log: (log["route"] == "canary").sum() >= minimum and (log["route"] == "production").sum() >= minimum
     log = _traffic(settings, name, since, enough)
     log = log[log["role"] != "shadow"]
     feedback = read_feedback(settings.prediction_log.url, log["request_id"])
@@ -139,8 +160,11 @@ def _paired(log: pd.DataFrame, version: str) -> int:
 
 def _publish(analysis: Analysis, name: str, version: str) -> str:
     """The analysis as a Prefect markdown artifact; returns the evidence recorded with decisions."""
-    create_markdown_artifact(analysis.markdown(), key=artifact_key(name, analysis.stage),
-                             description=f"{name} version {version}: {analysis.stage}")
+    create_markdown_artifact(
+        analysis.markdown(),
+        key=artifact_key(name, analysis.stage),
+        description=f"{name} version {version}: {analysis.stage}",
+    )
     print(analysis.markdown())
     return analysis.evidence()
 
@@ -149,24 +173,37 @@ def _approved(settings: Settings, name: str, version: str, stage: str, evidence:
     """Pause for a reviewer; a rejection or a timeout ends the promotion as rejected."""
     run_id = str(get_run_context().flow_run.id)
     waiting = {"run_id": run_id, "stage": stage, "version": version, "since": datetime.now(UTC).isoformat()}
-    registry.set_model_tag(settings, name, AWAITING_TAG, json.dumps(waiting))
+    registry.set_model_tag(settings, name, Tag.AWAITING_APPROVAL, json.dumps(waiting))
     print(f"waiting for approval of {name} version {version} ({stage}): shipway approve {run_id} [--reject]")
     form = Approval.with_initial_data(
         description=f"Promote **{name}** version **{version}** ({stage})?\n\n" + _evidence_markdown(evidence),
-        reviewer="", comment="")
+        reviewer="",
+        comment="",
+    )
     try:
-        decision = pause_flow_run(wait_for_input=form, timeout=settings.promotion.approval_timeout_seconds,
-                                  poll_interval=max(1, round(settings.promotion.poll_seconds)))
+        decision = pause_flow_run(
+            wait_for_input=form,
+            timeout=settings.promotion.approval_timeout_seconds,
+            poll_interval=max(1, round(settings.promotion.poll_seconds)),
+        )
     except FlowPauseTimeout:
-        decision = Approval(approve=False, reviewer="timeout",
-                            comment=f"no answer in {settings.promotion.approval_timeout_seconds} s")
+        decision = Approval(
+            approve=False, reviewer="timeout", comment=f"no answer in {settings.promotion.approval_timeout_seconds} s"
+        )
     finally:
-        registry.delete_model_tag(settings, name, AWAITING_TAG)
-    record = {"approved": decision.approve, "reviewer": decision.reviewer, "comment": decision.comment,
-              "at": datetime.now(UTC).isoformat(), "run_id": run_id, "evidence": [json.loads(e) for e in evidence]}
+        registry.delete_model_tag(settings, name, Tag.AWAITING_APPROVAL)
+    record = {
+        "approved": decision.approve,
+        "reviewer": decision.reviewer,
+        "comment": decision.comment,
+        "at": datetime.now(UTC).isoformat(),
+        "run_id": run_id,
+        "evidence": [json.loads(e) for e in evidence],
+    }
     registry.set_version_tags(settings, name, version, {f"approval.{stage}": json.dumps(record)})
-    get_run_logger().info("%s: %s by %s (%s)", stage, "approved" if decision.approve else "rejected",
-                          decision.reviewer, decision.comment)
+    get_run_logger().info(
+        "%s: %s by %s (%s)", stage, "approved" if decision.approve else "rejected", decision.reviewer, decision.comment
+    )
     if not decision.approve:
         _end(settings, name, version, actor, f"{stage} approval rejected by {decision.reviewer}: {decision.comment}")
 
@@ -211,8 +248,9 @@ def _exclusive(settings: Settings, name: str, run_id: str) -> Iterator[None]:
             held.enter_context(concurrency(limit, occupy=1, timeout_seconds=2, strict=True))
         except TimeoutError:
             _, tags = registry.model_state(settings, name)
-            raise PromotionRejected(f"another promotion of '{name}' is in progress (flow run "
-                                    f"{tags.get(RUN_TAG, 'unknown')}): wait for it to end or answer it") from None
-        registry.set_model_tag(settings, name, RUN_TAG, run_id)
+            raise PromotionRejected(
+                f"another promotion of '{name}' is in progress (flow run "
+                f"{tags.get(Tag.PROMOTION_RUN, 'unknown')}): wait for it to end or answer it"
+            ) from None
+        registry.set_model_tag(settings, name, Tag.PROMOTION_RUN, run_id)
         yield
-

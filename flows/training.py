@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from prefect import flow
 
 from configs.settings import load_settings
+from core.vocabulary import Alias
 from tasks.benchmark import bench_task
 from tasks.gate import contract_task, gate_task
 from tasks.lineage import git_lineage
 from tasks.promotion import alias_task
-from tasks.registry import Alias, register_task
+from tasks.registry import register_task
 from tasks.snapshot import snapshot_task
 from tasks.training import train_task
 
@@ -62,8 +63,14 @@ def training_flow(
     with _timed(timings, "bench"):
         bench_task(settings, registered.name, registered.version)  # over the p99 budget: no Shadow
     with _timed(timings, "alias"):
-        alias_task(settings, registered.name, Alias.SHADOW, registered.version, actor="training flow",
-                   reason=f"trained on snapshot {snapshot.id[:12]}")
+        alias_task(
+            settings,
+            registered.name,
+            Alias.SHADOW,
+            registered.version,
+            actor="training flow",
+            reason=f"trained on snapshot {snapshot.id[:12]}",
+        )
 
     return TrainingResult(
         model_name=registered.name,

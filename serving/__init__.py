@@ -1,1 +1,23 @@
-"""The serving gateway: MLflow's scoring protocol, alias routing, prediction log, fallbacks."""
+"""The gateway. What the rest of shipway may use of it (the benchmark, promotions, the ONNX
+compiler) is exported here; everything else is internal to the gateway. serving imports no
+`tasks` or `flows` module, so the gateway never loads Prefect or the training code."""
+
+from serving.models import Servable, servable
+from serving.onnx import NULL_TOKEN, frame_feeds, is_numeric, session
+from serving.registry import Column, LoadedVersion, RegistryReader
+from serving.schema import parse
+from serving.server import running
+
+__all__ = [
+    "NULL_TOKEN",
+    "Column",
+    "LoadedVersion",
+    "RegistryReader",
+    "Servable",
+    "frame_feeds",
+    "is_numeric",
+    "parse",
+    "running",
+    "servable",
+    "session",
+]

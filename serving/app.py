@@ -141,8 +141,12 @@ class Gateway:
         if request_id is not None:
             request_id = request_id.decode("latin-1")
             if not REQUEST_ID.match(request_id):
-                await _error(send, 400, "INVALID_PARAMETER_VALUE",
-                             "header X-Request-Id must be 1-128 characters of letters, digits and ._:-")
+                await _error(
+                    send,
+                    400,
+                    "INVALID_PARAMETER_VALUE",
+                    "header X-Request-Id must be 1-128 characters of letters, digits and ._:-",
+                )
                 return
         else:
             request_id = uuid.uuid4().hex
@@ -159,8 +163,18 @@ class Gateway:
         except BadInput as exc:
             self.metrics.error(expected, role, "bad_input")
             self.metrics.answered(expected, role, exc.status, time.perf_counter() - started)
-            self._log(request_id, ts, expected, role, None, None, None, started,
-                      f"{exc.status} {exc.error_code}: {exc.message}", route=role)
+            self._log(
+                request_id,
+                ts,
+                expected,
+                role,
+                None,
+                None,
+                None,
+                started,
+                f"{exc.status} {exc.error_code}: {exc.message}",
+                route=role,
+            )
             await _error(send, exc.status, exc.error_code, exc.message, request_id)
             return
         route = role
@@ -168,8 +182,13 @@ class Gateway:
         status = 200 if predictions is not None else 503
         self.metrics.answered(version, role, status, time.perf_counter() - started)
         if predictions is None:
-            await _error(send, 503, "TEMPORARILY_UNAVAILABLE",
-                         f"predictions of {self.name} are temporarily unavailable; try again later", request_id)
+            await _error(
+                send,
+                503,
+                "TEMPORARILY_UNAVAILABLE",
+                f"predictions of {self.name} are temporarily unavailable; try again later",
+                request_id,
+            )
         else:
             out = [(b"x-model-version", version.encode()), (b"x-model-role", role.encode())]
             if source:
@@ -251,8 +270,9 @@ class Gateway:
 
     def _log(self, request_id, ts, version, role, source, batch, predictions, started, error, route=None) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
-        self.log.add(Prediction(request_id, ts, self.name, version, role, source, batch, predictions, latency_ms, error,
-                                route))
+        self.log.add(
+            Prediction(request_id, ts, self.name, version, role, source, batch, predictions, latency_ms, error, route)
+        )
 
     # ---- the other endpoints -----------------------------------------------------------------
 
@@ -265,7 +285,9 @@ class Gateway:
             await _error(send, exc.status, exc.error_code, exc.message)
             return
         if not self.log.has_room(len(labels)):
-            await _error(send, 503, "TEMPORARILY_UNAVAILABLE", "the prediction log is full; send the labels again later")
+            await _error(
+                send, 503, "TEMPORARILY_UNAVAILABLE", "the prediction log is full; send the labels again later"
+            )
             return
         now = datetime.now(UTC)
         for request_id, label in labels:
@@ -288,7 +310,9 @@ class Gateway:
             "baseline": routes.baseline.version if routes.baseline else None,
             "canary_share": routes.canary_share if routes.canary else 0.0,
             "problems": routes.problems,
-            "last_poll": datetime.fromtimestamp(self.router.last_poll, UTC).isoformat() if self.router.last_poll else None,
+            "last_poll": datetime.fromtimestamp(self.router.last_poll, UTC).isoformat()
+            if self.router.last_poll
+            else None,
             "last_poll_error": self.router.last_poll_error,
             "prediction_log": {"pending": self.log.pending, "written": self.log.written, "dropped": self.log.dropped},
             "shadow_process": self.shadow.status(),
@@ -322,7 +346,7 @@ def _labels(body: bytes) -> list[tuple[str, Any]]:
         raise BadInput(f"malformed JSON: {exc}", 400, "BAD_REQUEST") from None
     items = doc if isinstance(doc, list) else [doc]
     if not items:
-        raise BadInput("no labels: send {\"request_id\": ..., \"label\": ...} or a list of them")
+        raise BadInput('no labels: send {"request_id": ..., "label": ...} or a list of them')
     labels = []
     for i, item in enumerate(items):
         where = f"feedback[{i}]" if isinstance(doc, list) else "feedback"
@@ -336,7 +360,9 @@ def _labels(body: bytes) -> list[tuple[str, Any]]:
             raise BadInput(f"{where}: 'request_id' must be the X-Request-Id of an answered request")
         label = item.get("label")
         if label is None or isinstance(label, (list, dict)):
-            raise BadInput(f"{where}: 'label' must be a string, number or boolean, got {orjson.dumps(label).decode()[:40]}")
+            raise BadInput(
+                f"{where}: 'label' must be a string, number or boolean, got {orjson.dumps(label).decode()[:40]}"
+            )
         labels.append((request_id, label))
     return labels
 
@@ -348,7 +374,9 @@ def _headers(scope) -> dict[bytes, bytes]:
 async def _body(receive, headers: dict[bytes, bytes], limit: int) -> bytes:
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadInput(f"the body has {int(declared)} bytes, more than the limit of {limit}", 413, "REQUEST_LIMIT_EXCEEDED")
+        raise BadInput(
+            f"the body has {int(declared)} bytes, more than the limit of {limit}", 413, "REQUEST_LIMIT_EXCEEDED"
+        )
     chunks = []
     size = 0
     while True:
@@ -382,7 +410,7 @@ def create_app(settings: Settings, *, pinned_version: str | None = None) -> Gate
 
     `pinned_version` serves that one version as Production and never polls (the benchmark).
     """
-    from tasks.registry import RegistryReader
+    from serving.registry import RegistryReader
 
     name = settings.training.model_name
     metrics = Metrics(name)

@@ -43,10 +43,16 @@ class Metrics:
             "shipway_shadow_predictions", "Shadow predictions, by outcome", ["model_version", "outcome"], registry=r
         )
         self._shadow_latency = Histogram(
-            "shipway_shadow_latency_seconds", "Shadow model time", ["model_version"], buckets=LATENCY_BUCKETS, registry=r
+            "shipway_shadow_latency_seconds",
+            "Shadow model time",
+            ["model_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.shadow_skipped = Counter(
-            "shipway_shadow_skipped", "Requests not mirrored to Shadow: its backlog was full or its process exited", registry=r
+            "shipway_shadow_skipped",
+            "Requests not mirrored to Shadow: its backlog was full or its process exited",
+            registry=r,
         )
         self.log_dropped = Counter(
             "shipway_prediction_log_dropped", "Prediction-log rows lost (queue full or refused at shutdown)", registry=r

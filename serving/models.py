@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from serving.onnx import session
+from serving.registry import LoadedVersion
 from serving.schema import Batch, Raw, Schema
-from tasks.compile import session
-from tasks.registry import LoadedVersion
 
 
 @dataclass

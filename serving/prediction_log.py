@@ -4,7 +4,8 @@ Tables (SQLAlchemy Core, any SQLAlchemy URL: SQLite by default, PostgreSQL in pr
 
 - `predictions`: one row per (request_id, role); role is production, canary, shadow or
   fallback (who answered), route is production or canary (where the router sent the request:
-  a failing canary's request is answered by Production or a fallback but stays canary traffic); `source` says what answered a fallback (previous, cache, baseline; null when
+  a failing canary's request is answered by Production or a fallback but stays canary
+  traffic); `source` says what answered a fallback (previous, cache, baseline; null when
   nothing could and the client got 503). `inputs` and `prediction` are JSON text: a list of
   records and a list of predictions. `ts` is UTC (stored without zone) and indexed.
   Shadow rows share the request_id of the row that answered, so they join on it.
@@ -157,8 +158,13 @@ def read_feedback(url: str, request_ids: Iterable[str]) -> pd.DataFrame:
         eng.dispose()
     columns = ["request_id", "label", "ts"]
     if not frames or all(f.empty for f in frames):
-        return pd.DataFrame({"request_id": pd.Series(dtype="str"), "label": pd.Series(dtype=object),
-                             "ts": pd.Series(dtype="datetime64[us, UTC]")})
+        return pd.DataFrame(
+            {
+                "request_id": pd.Series(dtype="str"),
+                "label": pd.Series(dtype=object),
+                "ts": pd.Series(dtype="datetime64[us, UTC]"),
+            }
+        )
     frame = pd.concat(frames).sort_values(["ts", "id"]).drop_duplicates("request_id", keep="last")
     frame["label"] = [orjson.loads(v) for v in frame["label"]]
     frame["ts"] = pd.to_datetime(frame["ts"]).dt.tz_localize(UTC)
@@ -315,7 +321,9 @@ class PredictionLog:
                 return
             except Exception as exc:  # the database is down or refuses: retry until shutdown
                 if self._stop.is_set():
-                    log.error("prediction log: %d rows lost at shutdown, the database refused them: %s", len(batch), exc)
+                    log.error(
+                        "prediction log: %d rows lost at shutdown, the database refused them: %s", len(batch), exc
+                    )
                     self.dropped += len(batch)
                     self.on_drop(len(batch))
                     return
@@ -332,7 +340,9 @@ class PredictionLog:
             # Columns whose type converts values for this driver (SQLite stores datetimes as text).
             dialect = self._engine.dialect
             processors = {
-                c.name: proc for c in predictions.columns if (proc := c.type.dialect_impl(dialect).bind_processor(dialect))
+                c.name: proc
+                for c in predictions.columns
+                if (proc := c.type.dialect_impl(dialect).bind_processor(dialect))
             }
             self._statement = (str(compiled), names, processors)
         sql, names, processors = self._statement

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.vocabulary import Alias
 from serving.metrics import Metrics
 from serving.models import Servable, baseline_servable, servable
-from tasks.registry import Alias, LoadedVersion, ModelState, parse_canary_share
+from serving.registry import LoadedVersion, ModelState, parse_canary_share
 
 log = logging.getLogger("shipway.serving")
 SERVED_ALIASES = (Alias.PRODUCTION, Alias.CANARY, Alias.SHADOW, Alias.PREVIOUS)

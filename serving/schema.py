@@ -24,8 +24,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from tasks.compile import NULL_TOKEN
-from tasks.registry import Column
+from serving.onnx import NULL_TOKEN
+from serving.registry import Column
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 CONTENT_TYPES = ("application/json", "text/csv")
@@ -64,7 +64,7 @@ class Batch:
 
     def records(self) -> list[dict[str, Any]]:
         names = list(self.columns)
-        return [dict(zip(names, values)) for values in zip(*self.columns.values())]
+        return [dict(zip(names, values, strict=False)) for values in zip(*self.columns.values(), strict=False)]
 
 
 def parse(body: bytes, content_type: str | None) -> Raw:
@@ -112,7 +112,11 @@ def _content_type(header: str | None) -> tuple[str, str]:
 
 
 def _from_split(data: Any) -> Raw:
-    if not isinstance(data, dict) or not isinstance(data.get("columns"), list) or not isinstance(data.get("data"), list):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("columns"), list)
+        or not isinstance(data.get("data"), list)
+    ):
         raise BadInput("dataframe_split must be an object with a 'columns' list and a 'data' list of rows")
     names = data["columns"]
     _check_names(names, "dataframe_split.columns")
@@ -204,13 +208,17 @@ class Schema:
         sent = raw.columns
         extra = [name for name in sent if name not in self._coercers]
         if extra:
-            raise BadInput(f"unexpected column(s) {', '.join(map(repr, extra))}; the model takes {', '.join(self.names)}")
+            raise BadInput(
+                f"unexpected column(s) {', '.join(map(repr, extra))}; the model takes {', '.join(self.names)}"
+            )
         columns = {}
         for column in self.columns:
             values = sent.get(column.name)
             if values is None:
                 if column.required:
-                    raise BadInput(f"missing column '{column.name}' ({column.type}); the model takes {', '.join(self.names)}")
+                    raise BadInput(
+                        f"missing column '{column.name}' ({column.type}); the model takes {', '.join(self.names)}"
+                    )
                 values = [None] * raw.rows
             coerce = self._coercers[column.name]
             columns[column.name] = [coerce(v, i, raw.text) for i, v in enumerate(values)]
@@ -239,11 +247,13 @@ class Schema:
         for column in self.columns:
             values = batch.columns[column.name]
             if column.type == "string":
-                feeds[column.name] = np.array([NULL_TOKEN if v is None else v for v in values], dtype=object).reshape(-1, 1)
+                feeds[column.name] = np.array([NULL_TOKEN if v is None else v for v in values], dtype=object).reshape(
+                    -1, 1
+                )
             else:
-                feeds[column.name] = np.array(
-                    [math.nan if v is None else v for v in values], dtype=np.float64
-                ).reshape(-1, 1)
+                feeds[column.name] = np.array([math.nan if v is None else v for v in values], dtype=np.float64).reshape(
+                    -1, 1
+                )
         return feeds
 
 

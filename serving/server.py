@@ -26,8 +26,8 @@ import uvicorn
 import yaml
 
 from configs.settings import ENV_PREFIX, Settings, load_settings
+from core.errors import ShipwayError
 from serving.app import Gateway, create_app
-from tasks.errors import ShipwayError
 
 STARTUP_TIMEOUT_S = 120.0
 

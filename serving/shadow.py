@@ -38,8 +38,8 @@ from configs.settings import ENV_PREFIX, Settings
 from serving.metrics import Metrics
 from serving.models import Inputs, freeze_heap, servable
 from serving.prediction_log import ROLE_SHADOW, Prediction, open_log
+from serving.registry import RegistryReader
 from serving.schema import BadInput, Raw
-from tasks.registry import RegistryReader
 
 log = logging.getLogger("shipway.serving")
 
@@ -296,7 +296,9 @@ def _yield_to_the_answers(cpus: list[int] | None) -> None:
         try:
             _each_thread(lambda tid: os.sched_setaffinity(tid, cpus))
         except OSError:
-            log.error("serving.shadow_cpus %s: not CPUs this process may use (%s); the Shadow runs on any", cpus, allowed)
+            log.error(
+                "serving.shadow_cpus %s: not CPUs this process may use (%s); the Shadow runs on any", cpus, allowed
+            )
 
 
 def _each_thread(apply: Callable[[int], None]) -> None:

@@ -45,15 +45,23 @@ class Analysis:
 
     def evidence(self) -> str:
         """Compact JSON for tags and approval records."""
-        return json.dumps({"stage": self.stage, "passed": self.passed, "requests": self.requests,
-                           "checks": [asdict(c) for c in self.checks]})
+        return json.dumps(
+            {
+                "stage": self.stage,
+                "passed": self.passed,
+                "requests": self.requests,
+                "checks": [asdict(c) for c in self.checks],
+            }
+        )
 
     def markdown(self) -> str:
         verdict = "**passed**" if self.passed else "**breached**: " + "; ".join(self.breaches)
         rows = "\n".join(f"| {c.name} | {c.value} | {c.limit} | {'ok' if c.ok else 'BREACH'} |" for c in self.checks)
         counts = ", ".join(f"{k}: {v:,}" for k, v in self.requests.items())
-        return (f"### {self.stage}: {verdict}\n\nrequests: {counts}\n\n"
-                f"| check | measured | limit | verdict |\n| --- | --- | --- | --- |\n{rows}\n")
+        return (
+            f"### {self.stage}: {verdict}\n\nrequests: {counts}\n\n"
+            f"| check | measured | limit | verdict |\n| --- | --- | --- | --- |\n{rows}\n"
+        )
 
 
 def shadow_analysis(log: pd.DataFrame, settings: PromotionSettings, drift_verdict: str | None = None) -> Analysis:
@@ -71,8 +79,12 @@ def shadow_analysis(log: pd.DataFrame, settings: PromotionSettings, drift_verdic
     errors = 1 - float(answered.mean())
     p99 = float(np.percentile(shadow["latency_ms"], 99))
     analysis.checks += [
-        Check("agreement with production", agreement >= settings.min_agreement, f"{agreement:.1%}",
-              f">= {settings.min_agreement:.0%}"),
+        Check(
+            "agreement with production",
+            agreement >= settings.min_agreement,
+            f"{agreement:.1%}",
+            f">= {settings.min_agreement:.0%}",
+        ),
         Check("error rate", errors <= settings.max_error_rate, f"{errors:.2%}", f"<= {settings.max_error_rate:.1%}"),
         Check("latency p99", p99 <= settings.latency_p99_ms, f"{p99:.2f} ms", f"<= {settings.latency_p99_ms:g} ms"),
     ]
@@ -89,23 +101,41 @@ def canary_analysis(log: pd.DataFrame, feedback: pd.DataFrame, settings: Promoti
     if min(len(canary), len(production)) < settings.min_requests:
         return analysis
     alpha = canary_test_level(settings)
-    failed = lambda rows: int((rows["error"].notna() | (rows["role"] == "fallback")).sum())  # noqa: E731
-    analysis.checks.append(_not_worse("error and fallback rate", failed(canary), len(canary), failed(production),
-                                      len(production), settings.max_error_rate_increase, alpha))
+    failed = lambda rows: int((rows["error"].notna() | (rows["role"] == "fallback")).sum())
+    analysis.checks.append(
+        _not_worse(
+            "error and fallback rate",
+            failed(canary),
+            len(canary),
+            failed(production),
+            len(production),
+            settings.max_error_rate_increase,
+            alpha,
+        )
+    )
     p99_canary = float(np.percentile(canary["latency_ms"], 99))
     p99_prod = float(np.percentile(production["latency_ms"], 99))
     limit = max(settings.max_latency_ratio * p99_prod, p99_prod + settings.latency_slack_ms)
-    analysis.checks.append(Check("latency p99", p99_canary <= limit, f"{p99_canary:.2f} ms vs {p99_prod:.2f} ms",
-                                 f"<= {limit:.2f} ms"))
+    analysis.checks.append(
+        Check("latency p99", p99_canary <= limit, f"{p99_canary:.2f} ms vs {p99_prod:.2f} ms", f"<= {limit:.2f} ms")
+    )
     analysis.checks.append(_same_predictions(canary, production, settings.max_prediction_shift, alpha))
     labeled = feedback.drop_duplicates("request_id").set_index("request_id")["label"]
-    right = lambda rows: rows.join(labeled, on="request_id", how="inner")  # noqa: E731
+    right = lambda rows: rows.join(labeled, on="request_id", how="inner")
     canary_l, production_l = right(canary), right(production)
     if min(len(canary_l), len(production_l)) >= settings.min_labeled:
-        hits = lambda rows: int((rows["prediction"].map(comparable) == rows["label"].map(comparable)).sum())  # noqa: E731
-        analysis.checks.append(_not_worse("error rate on feedback labels", len(canary_l) - hits(canary_l),
-                                          len(canary_l), len(production_l) - hits(production_l), len(production_l),
-                                          settings.max_accuracy_drop, alpha))
+        hits = lambda rows: int((rows["prediction"].map(comparable) == rows["label"].map(comparable)).sum())
+        analysis.checks.append(
+            _not_worse(
+                "error rate on feedback labels",
+                len(canary_l) - hits(canary_l),
+                len(canary_l),
+                len(production_l) - hits(production_l),
+                len(production_l),
+                settings.max_accuracy_drop,
+                alpha,
+            )
+        )
     return analysis
 
 
@@ -127,20 +157,30 @@ def _not_worse(name: str, bad_a: int, n_a: int, bad_b: int, n_b: int, min_increa
     se = np.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
     p = float(stats.norm.sf((rate_a - rate_b) / se)) if se > 0 else (0.0 if rate_a > rate_b else 1.0)
     breach = p < alpha and rate_a - rate_b > min_increase
-    return Check(name, not breach, f"{rate_a:.2%} vs {rate_b:.2%} (one-sided p={p:.3g})",
-                 f"not higher by > {min_increase:.1%} at p < {alpha:.2g}")
+    return Check(
+        name,
+        not breach,
+        f"{rate_a:.2%} vs {rate_b:.2%} (one-sided p={p:.3g})",
+        f"not higher by > {min_increase:.1%} at p < {alpha:.2g}",
+    )
 
 
 def _same_predictions(canary: pd.DataFrame, production: pd.DataFrame, max_shift: float, alpha: float) -> Check:
     """Chi-square on the predicted classes, plus a minimum shift in any class's share."""
-    counts = pd.crosstab(pd.concat([canary["prediction"], production["prediction"]]),
-                         np.r_[np.zeros(len(canary)), np.ones(len(production))])
+    counts = pd.crosstab(
+        pd.concat([canary["prediction"], production["prediction"]]),
+        np.r_[np.zeros(len(canary)), np.ones(len(production))],
+    )
     shares = counts / counts.sum()
     shift = float((shares.iloc[:, 0] - shares.iloc[:, 1]).abs().max())
     p = float(stats.chi2_contingency(counts.to_numpy())[1]) if len(counts) > 1 else 1.0
     breach = p < alpha and shift > max_shift
-    return Check("predicted class shares", not breach, f"largest shift {shift:.1%} (chi-square p={p:.3g})",
-                 f"not shifted by > {max_shift:.0%} at p < {alpha:.2g}")
+    return Check(
+        "predicted class shares",
+        not breach,
+        f"largest shift {shift:.1%} (chi-square p={p:.3g})",
+        f"not shifted by > {max_shift:.0%} at p < {alpha:.2g}",
+    )
 
 
 def comparable(value) -> str:

@@ -24,7 +24,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings
-from tasks.errors import GateError, RegistryError, retry_on_io
+from core.errors import GateError, RegistryError
+from core.refs import ModelRef
+from serving import RegistryReader, parse, running, servable
+from tasks.retries import retry_on_io
 
 SAMPLE_ROWS = 200
 STAGES = ("prepare", "forward", "finish")
@@ -61,15 +64,6 @@ class BenchResult:
         return out
 
 
-def parse_model_ref(ref: str) -> tuple[str, str]:
-    """NAME@ALIAS or NAME/VERSION."""
-    for sep in ("@", "/"):
-        name, found, which = ref.rpartition(sep)
-        if found and name and which:
-            return name, which
-    raise RegistryError(f"--model must be NAME@ALIAS or NAME/VERSION, got {ref!r}")
-
-
 def sample_bodies(settings: Settings, tags: dict[str, str], columns: list[str], rows: int = SAMPLE_ROWS) -> list[bytes]:
     """One-row `dataframe_split` bodies drawn from the version's own training snapshot."""
     from tasks.snapshot import read_snapshot
@@ -88,7 +82,6 @@ def sample_bodies(settings: Settings, tags: dict[str, str], columns: list[str], 
 
 def in_process(servable, bodies: list[bytes], total: int) -> dict[str, dict[str, float]]:
     """Each stage of the gateway's path, timed per request."""
-    from serving.schema import parse
 
     times = {stage: np.empty(total) for stage in (*STAGES, "total")}
     for i in range(total + 50):
@@ -102,12 +95,16 @@ def in_process(servable, bodies: list[bytes], total: int) -> dict[str, dict[str,
         t3 = time.perf_counter()
         if i >= 50:  # warm-up excluded
             j = i - 50
-            times["prepare"][j], times["forward"][j], times["finish"][j], times["total"][j] = t1 - t0, t2 - t1, t3 - t2, t3 - t0
+            times["prepare"][j], times["forward"][j], times["finish"][j], times["total"][j] = (
+                t1 - t0,
+                t2 - t1,
+                t3 - t2,
+                t3 - t0,
+            )
     return {stage: _percentiles(values) for stage, values in times.items()}
 
 
 def over_http(settings: Settings, version: str, bodies: list[bytes], total: int) -> tuple[dict, dict[str, np.ndarray]]:
-    from serving.server import running
     from tasks.loadgen import drive, request_bytes
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,14 +148,14 @@ def histogram(result: BenchResult, latencies: dict[str, np.ndarray], path: Path)
 
 def bench(settings: Settings, ref: str, record: bool = True) -> BenchResult:
     """Benchmark NAME@ALIAS (or NAME/VERSION) and record it with the version in MLflow."""
-    from serving.models import servable as make_servable
-    from tasks.registry import RegistryReader, record_benchmark
+    from tasks.registry import record_benchmark
 
-    name, which = parse_model_ref(ref)
+    model_ref = ModelRef.parse(ref, "--model")
+    name = model_ref.name
     reader = RegistryReader(settings)
-    version = reader.resolve(name, which)
+    version = reader.resolve(model_ref)
     loaded = reader.load(name, version)
-    model = make_servable(loaded)
+    model = servable(loaded)
     bodies = sample_bodies(settings, loaded.tags, [c.name for c in loaded.columns])
     total = settings.serving.bench_requests
     stages = in_process(model, bodies, total)

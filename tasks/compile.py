@@ -20,11 +20,12 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from serving import NULL_TOKEN, frame_feeds, is_numeric, session
+
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
 PROBA_TOLERANCE = 1e-6
-NULL_TOKEN = "\u2400"  # SYMBOL FOR NULL: ONNX strings cannot be None, and "\x00" ends a C string
 ONNX_OPSET = {"": 17, "ai.onnx.ml": 3}
 
 
@@ -38,22 +39,6 @@ class Compiled:
         return self.onnx is not None
 
 
-def is_numeric(dtype) -> bool:
-    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
-
-
-def frame_feeds(X: pd.DataFrame) -> dict[str, np.ndarray]:
-    """ONNX inputs for a DataFrame: one (n, 1) tensor per column, float64 or string."""
-    feeds = {}
-    for col in X.columns:
-        s = X[col]
-        if is_numeric(s.dtype):
-            feeds[col] = s.to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, 1)
-        else:
-            feeds[col] = np.array([NULL_TOKEN if v is None or v != v else v for v in s.tolist()], dtype=object).reshape(-1, 1)
-    return feeds
-
-
 def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame) -> Compiled:
     """ONNX bytes of `model` when the converter supports it and parity holds on `X_holdout`."""
     from skl2onnx import convert_sklearn
@@ -61,7 +46,9 @@ def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame) -> Compiled:
 
     unsupported = [c for c in X_holdout.columns if not (is_numeric(X_holdout[c].dtype) or _is_text(X_holdout[c]))]
     if unsupported:
-        return Compiled(None, f"unsupported: column types {', '.join(f'{c}:{X_holdout[c].dtype}' for c in unsupported)}")
+        return Compiled(
+            None, f"unsupported: column types {', '.join(f'{c}:{X_holdout[c].dtype}' for c in unsupported)}"
+        )
     _register_float64_imputer()
     graph = _with_null_token(model)
     types = [
@@ -83,18 +70,6 @@ def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame) -> Compiled:
     if not delta <= PROBA_TOLERANCE:
         return Compiled(None, f"parity failed: probabilities differ by up to {delta:.3g} (> {PROBA_TOLERANCE:g})")
     return Compiled(onx, f"passed: {len(expected)} holdout rows, predictions equal, max |dp| {delta:.2g}")
-
-
-def session(onx: bytes):
-    """An onnxruntime session tuned for one-row requests: one thread, no spinning."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(onx, options, providers=["CPUExecutionProvider"])
 
 
 def _is_text(s: pd.Series) -> bool:
@@ -131,11 +106,11 @@ def _walk(estimator):
 def _register_float64_imputer() -> None:
     """Numeric SimpleImputer as IsNaN/Where on float64, so medians keep every bit."""
     from skl2onnx import update_registered_converter
-    from sklearn.impute import SimpleImputer
     from skl2onnx.common._registration import get_converter, get_shape_calculator
     from skl2onnx.common.data_types import StringTensorType
     from skl2onnx.operator_converters.common import concatenate_variables
     from skl2onnx.proto import onnx_proto
+    from sklearn.impute import SimpleImputer
 
     original = get_converter("SklearnSimpleImputer")
     if getattr(getattr(original, "_fct", original), "shipway", False):
@@ -157,4 +132,6 @@ def _register_float64_imputer() -> None:
         )
 
     convert.shipway = True
-    update_registered_converter(SimpleImputer, "SklearnSimpleImputer", get_shape_calculator("SklearnSimpleImputer"), convert)
+    update_registered_converter(
+        SimpleImputer, "SklearnSimpleImputer", get_shape_calculator("SklearnSimpleImputer"), convert
+    )

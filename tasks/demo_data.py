@@ -47,9 +47,7 @@ class Drift:
     categories: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
-def generate(
-    n_rows: int, seed: int = 0, drift: Drift | None = None, with_label: bool = True
-) -> pd.DataFrame:
+def generate(n_rows: int, seed: int = 0, drift: Drift | None = None, with_label: bool = True) -> pd.DataFrame:
     """`n_rows` customers; the label follows from the (possibly drifted) features."""
     drift = drift or Drift()
     _check_columns(drift)
@@ -74,9 +72,7 @@ def reference_stats() -> dict[str, tuple[float, float]]:
     return {col: (float(sample[col].mean()), float(sample[col].std())) for col in NUMERIC}
 
 
-def _draw_features(
-    rng: np.random.Generator, n: int, categories: Mapping[str, Mapping[str, float]]
-) -> pd.DataFrame:
+def _draw_features(rng: np.random.Generator, n: int, categories: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
     tenure = rng.integers(0, 73, n)
     monthly = np.clip(rng.normal(65, 25, n), 18, 130).round(2)
     df = pd.DataFrame(

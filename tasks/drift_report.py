@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.validation import TABLE, Check, ColumnReport, GateReport, Verdict
+from core.vocabulary import Verdict
+from tasks.validation import TABLE, Check, ColumnReport, GateReport
 
 MAX_PANELS = 12
 KEY_MEASURES = ("null_rate_delta", "mean_shift_sd", "std_ratio", "ks", "psi", "js", "out_of_range", "unseen_share")
@@ -48,7 +49,10 @@ def render_data_docs(report: GateReport) -> str:
     from great_expectations.render.view import DefaultJinjaPageView
 
     checks = [c for c in report.table] + [
-        c for col in report.columns for c in col.checks if c.column != TABLE and c.expectation != "expect_table_columns_to_match_set"
+        c
+        for col in report.columns
+        for c in col.checks
+        if c.column != TABLE and c.expectation != "expect_table_columns_to_match_set"
     ]
     results = [
         ExpectationValidationResult(
@@ -71,8 +75,13 @@ def render_data_docs(report: GateReport) -> str:
             "unsuccessful_expectations": len(results) - passed,
             "success_percent": 100 * passed / len(results) if results else 100.0,
         },
-        meta={"batch": report.batch, "verdict": report.verdict.value, "reason": report.reason,
-              "reference": report.reference, "run_id": None},
+        meta={
+            "batch": report.batch,
+            "verdict": report.verdict.value,
+            "reason": report.reason,
+            "reference": report.reference,
+            "run_id": None,
+        },
     )
     return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(validation))
 
@@ -98,7 +107,14 @@ def render_picture(report: GateReport, path: Path) -> bool:
             edges = np.asarray(expected["bins"], dtype="float64")
             widths = np.diff(edges)
             widths[widths == 0] = 1.0
-            ax.stairs(np.asarray(expected["weights"]) / widths, edges, label="training", color="tab:blue", fill=True, alpha=0.35)
+            ax.stairs(
+                np.asarray(expected["weights"]) / widths,
+                edges,
+                label="training",
+                color="tab:blue",
+                fill=True,
+                alpha=0.35,
+            )
             ax.stairs(np.asarray(observed["weights"]) / widths, edges, label="batch", color="tab:red", linewidth=1.8)
             below, above = observed.get("tail_weights", [0, 0])
             if below or above:
@@ -114,7 +130,7 @@ def render_picture(report: GateReport, path: Path) -> bool:
         color = "tab:red" if col.verdict == Verdict.FAIL else "tab:orange"
         ax.set_title(f"{col.name}: {col.verdict.value}", color=color, fontsize=11)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(f"{report.batch}: {report.verdict.value}: training vs batch", fontsize=12)
     fig.tight_layout()

@@ -19,13 +19,15 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings
+from core.errors import DataError, GateError
+from core.vocabulary import Verdict
 from expectations import contract
 from tasks import registry
 from tasks.drift_report import ReportFiles, table_rows, write_report
-from tasks.errors import DataError, GateError, retry_on_io
+from tasks.retries import retry_on_io
 from tasks.snapshot import Snapshot, check_source, read_snapshot, read_source
 from tasks.storage import open_store
-from tasks.validation import RANK, GateReport, Verdict, validate
+from tasks.validation import GateReport, validate
 
 BATCH_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -40,8 +42,12 @@ class Reference:
     snapshot_id: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"suite": self.suite.get("name"), "model": self.model, "version": self.version,
-                "snapshot_id": self.snapshot_id}
+        return {
+            "suite": self.suite.get("name"),
+            "model": self.model,
+            "version": self.version,
+            "snapshot_id": self.snapshot_id,
+        }
 
 
 @dataclass
@@ -56,8 +62,11 @@ class GateOutcome:
 
 def contract_for_snapshot(settings: Settings, snapshot: Snapshot, target: str | None) -> dict[str, Any]:
     return contract.build_contract(
-        snapshot.frame, settings.gate, name=f"{settings.training.model_name}-{snapshot.id[:12]}",
-        target=target if target in snapshot.frame.columns else None, snapshot_id=snapshot.id,
+        snapshot.frame,
+        settings.gate,
+        name=f"{settings.training.model_name}-{snapshot.id[:12]}",
+        target=target if target in snapshot.frame.columns else None,
+        snapshot_id=snapshot.id,
     )
 
 
@@ -86,8 +95,14 @@ def user_suites(settings: Settings) -> list[dict[str, Any]]:
 
 
 def gate(batch: pd.DataFrame, reference: Reference, settings: Settings, batch_name: str) -> GateReport:
-    return validate(batch, reference.suite, settings.gate, batch_name=batch_name,
-                    reference=reference.describe(), user_suites=user_suites(settings))
+    return validate(
+        batch,
+        reference.suite,
+        settings.gate,
+        batch_name=batch_name,
+        reference=reference.describe(),
+        user_suites=user_suites(settings),
+    )
 
 
 def stamp() -> str:
@@ -131,7 +146,11 @@ def validate_batches(
     settings: Settings, sources: list[str], reference: Reference, report: Path | None
 ) -> list[tuple[GateReport, ReportFiles]]:
     """Gate each batch, write its report files, and log them with the model version (if there is one)."""
-    label = f"{reference.model}-v{reference.version}" if reference.model else f"snapshot-{(reference.snapshot_id or '')[:12]}"
+    label = (
+        f"{reference.model}-v{reference.version}"
+        if reference.model
+        else f"snapshot-{(reference.snapshot_id or '')[:12]}"
+    )
     folder = f"{stamp()}-{label}"
     paths = report_paths(sources, report, Path(settings.gate.report_dir) / folder)
     done = []
@@ -140,10 +159,16 @@ def validate_batches(
         result = gate(frame, reference, settings, batch_name=source)
         done.append((result, write_report(result, path)))
     if reference.model and reference.version:
-        worst = max((r.verdict for r, _ in done), key=RANK.get)
-        for result, files in done:
-            registry.log_gate_report(settings, files.paths(), worst.value, name=reference.model,
-                                     version=reference.version, folder=f"{folder}/{files.json.stem}")
+        worst = max((r.verdict for r, _ in done), key=lambda v: v.rank)
+        for _, files in done:
+            registry.log_gate_report(
+                settings,
+                files.paths(),
+                worst.value,
+                name=reference.model,
+                version=reference.version,
+                folder=f"{folder}/{files.json.stem}",
+            )
     return done
 
 
@@ -163,7 +188,8 @@ def gate_new_data(
     folder = f"{stamp()}-training-{snapshot.id[:12]}"
     files = write_report(report, Path(settings.gate.report_dir) / folder / "report.json")
     create_table_artifact(
-        key="training-gate", table=table_rows(report),
+        key="training-gate",
+        table=table_rows(report),
         description=f"New data (snapshot {snapshot.id[:12]}) vs {name} version {production} (Production): "
         f"{report.verdict.value}: {report.reason}",
     )
@@ -190,10 +216,19 @@ def publish_contract(
     settings: Settings, snapshot: Snapshot, target: str, registered: registry.Registered, outcome: GateOutcome
 ) -> str:
     """The new version's own contract, and the gate's report and verdict, logged with the version."""
-    uri = registry.log_contract(settings, registered.name, registered.version, contract_for_snapshot(settings, snapshot, target))
+    uri = registry.log_contract(
+        settings, registered.name, registered.version, contract_for_snapshot(settings, snapshot, target)
+    )
     if outcome.files:
-        registry.log_gate_report(settings, outcome.files, outcome.verdict, name=registered.name,
-                                 version=registered.version, folder=outcome.folder, tags=outcome.tags)
+        registry.log_gate_report(
+            settings,
+            outcome.files,
+            outcome.verdict,
+            name=registered.name,
+            version=registered.version,
+            folder=outcome.folder,
+            tags=outcome.tags,
+        )
     else:
         registry.set_version_tags(settings, registered.name, registered.version, {"validation_status": outcome.verdict})
     return uri
@@ -204,7 +239,9 @@ def gate_task(settings: Settings, snapshot: Snapshot, force: bool = False, reaso
     outcome = gate_new_data(settings, snapshot, force, reason)
     logger = get_run_logger()
     if outcome.verdict == "not_gated":
-        logger.info("no Production version of %s yet: nothing to gate the new data against", settings.training.model_name)
+        logger.info(
+            "no Production version of %s yet: nothing to gate the new data against", settings.training.model_name
+        )
     elif outcome.verdict == "overridden":
         logger.warning("gate failed and was overridden (%s); report: %s", reason, outcome.files[0])
     else:

@@ -34,6 +34,9 @@ def git_lineage(code_dir: Path = CODE_DIR) -> GitLineage:
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.CalledProcessError):
         # No checkout (a container image): the commit it was built from, if the build stamped it.
-        return GitLineage(commit=os.environ.get("GIT_COMMIT") or "unknown",
-                          branch=os.environ.get("GIT_BRANCH") or "unknown", dirty=None)
+        return GitLineage(
+            commit=os.environ.get("GIT_COMMIT") or "unknown",
+            branch=os.environ.get("GIT_BRANCH") or "unknown",
+            dirty=None,
+        )
     return GitLineage(commit=commit, branch=branch, dirty=dirty)

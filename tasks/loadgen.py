@@ -31,8 +31,15 @@ class Run:
     def summary(self) -> dict[str, float]:
         ms = self.latencies_s * 1000
         p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-        return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99), "max_ms": float(ms.max()),
-                "mean_ms": float(ms.mean()), "throughput_rps": self.throughput, "requests": float(len(ms))}
+        return {
+            "p50_ms": float(p50),
+            "p95_ms": float(p95),
+            "p99_ms": float(p99),
+            "max_ms": float(ms.max()),
+            "mean_ms": float(ms.mean()),
+            "throughput_rps": self.throughput,
+            "requests": float(len(ms)),
+        }
 
 
 def request_bytes(url: str, path: str, body: bytes, content_type: str = "application/json",

@@ -16,8 +16,8 @@ import orjson
 import pandas as pd
 
 from configs.settings import MonitoringSettings
+from core.errors import ShipwayError
 from tasks.analysis import comparable
-from tasks.errors import ShipwayError
 
 ANSWERING = ("production", "canary", "fallback")  # shadow rows repeat inputs and never answer
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -60,21 +60,42 @@ def summarize(log: pd.DataFrame, feedback: pd.DataFrame, settings: MonitoringSet
     unanswered = answered["prediction"].isna()
     errors = float((fallback & unanswered).mean())  # every fallback failed: the client got a 503
     rejected = float((~fallback & unanswered).mean())  # the client's input was refused (4xx): skew at the source
-    p99 = float(np.nanpercentile(answered.loc[~unanswered, "latency_ms"].astype(float), 99)) if (~unanswered).any() else 0.0
-    summary.metrics |= {"fallback_rate": float(fallback.mean()), "error_rate": errors, "rejected_rate": rejected,
-                        "latency_p99_ms": p99}
-    limits = [("fallback_rate", float(fallback.mean()), settings.max_fallback_rate),
-              ("error_rate", errors, settings.max_error_rate), ("rejected_rate", rejected, settings.max_rejected_rate),
-              ("latency_p99_ms", p99, settings.latency_p99_ms)]
-    summary.breaches += [f"{name} {value:.4g} > {limit:g}" for name, value, limit in limits
-                         if n >= settings.min_requests and value > limit]
+    p99 = (
+        float(np.nanpercentile(answered.loc[~unanswered, "latency_ms"].astype(float), 99))
+        if (~unanswered).any()
+        else 0.0
+    )
+    summary.metrics |= {
+        "fallback_rate": float(fallback.mean()),
+        "error_rate": errors,
+        "rejected_rate": rejected,
+        "latency_p99_ms": p99,
+    }
+    limits = [
+        ("fallback_rate", float(fallback.mean()), settings.max_fallback_rate),
+        ("error_rate", errors, settings.max_error_rate),
+        ("rejected_rate", rejected, settings.max_rejected_rate),
+        ("latency_p99_ms", p99, settings.latency_p99_ms),
+    ]
+    summary.breaches += [
+        f"{name} {value:.4g} > {limit:g}"
+        for name, value, limit in limits
+        if n >= settings.min_requests and value > limit
+    ]
     labeled = answered.merge(feedback[["request_id", "label"]], on="request_id", how="inner")
     if len(labeled):
-        hits = [comparable(p) == comparable(label) for p, label in zip(labeled["prediction"], labeled["label"])
-                if p is not None]
+        hits = [
+            comparable(p) == comparable(label)
+            for p, label in zip(labeled["prediction"], labeled["label"], strict=False)
+            if p is not None
+        ]
         accuracy = float(np.mean(hits)) if hits else float("nan")
         summary.metrics |= {"accuracy": accuracy, "labeled": float(len(labeled))}
-        if settings.min_accuracy is not None and len(labeled) >= settings.min_requests and accuracy < settings.min_accuracy:
+        if (
+            settings.min_accuracy is not None
+            and len(labeled) >= settings.min_requests
+            and accuracy < settings.min_accuracy
+        ):
             summary.breaches.append(f"accuracy {accuracy:.4g} < {settings.min_accuracy:g}")
     return summary
 

@@ -18,15 +18,14 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings
+from core.errors import RegistryError
+from core.vocabulary import Alias, Tag
+from serving import RegistryReader, servable
 from tasks import registry
-from tasks.errors import RegistryError, retry_on_io
-from tasks.registry import CANARY_SHARE_TAG, Alias
+from tasks.retries import retry_on_io
 
-PENDING_TAG = "promotion_pending"
-AWAITING_TAG = "awaiting_approval"  # {run_id, stage, version, since} while a promotion is paused
-RUN_TAG = "promotion_run"  # the flow run of the latest promotion
 TRANSITION_PREFIX = "transition."
-SHARE = "canary_share"  # pseudo-alias under which share changes are journaled and recorded
+SHARE = Tag.CANARY_SHARE.value  # pseudo-alias under which share changes are journaled and recorded
 
 
 @dataclass(frozen=True)
@@ -68,18 +67,23 @@ def move(
     before: dict[str, str | None] = {alias: aliases.get(alias) for alias in wanted}
     if canary_share is not None:
         wanted[SHARE] = f"{canary_share:g}"
-        before[SHARE] = tags.get(CANARY_SHARE_TAG)
+        before[SHARE] = tags.get(Tag.CANARY_SHARE)
     wanted = {k: v for k, v in wanted.items() if before[k] != v}
     if not wanted:
         return []
     at = datetime.now(UTC)
-    journal = {"before": {k: before[k] for k in wanted}, "after": wanted, "actor": actor, "reason": reason,
-               "at": at.isoformat()}
-    registry.set_model_tag(settings, name, PENDING_TAG, json.dumps(journal))
+    journal = {
+        "before": {k: before[k] for k in wanted},
+        "after": wanted,
+        "actor": actor,
+        "reason": reason,
+        "at": at.isoformat(),
+    }
+    registry.set_model_tag(settings, name, Tag.PROMOTION_PENDING, json.dumps(journal))
     _apply(settings, name, wanted)
     done = [Transition(k, v, before[k], at.isoformat(), actor, reason, evidence) for k, v in wanted.items()]
     _record(settings, name, done)
-    registry.delete_model_tag(settings, name, PENDING_TAG)
+    registry.delete_model_tag(settings, name, Tag.PROMOTION_PENDING)
     return done
 
 
@@ -93,15 +97,15 @@ def alias_task(settings: Settings, name: str, alias: Alias, version: str, *, act
 def recover(settings: Settings, name: str, *, actor: str) -> list[Transition]:
     """Undo a step that was journaled but not finished (a crash, a kill): aliases as before it."""
     _, tags = registry.model_state(settings, name)
-    if PENDING_TAG not in tags:
+    if Tag.PROMOTION_PENDING not in tags:
         return []
-    journal = json.loads(tags[PENDING_TAG])
+    journal = json.loads(tags[Tag.PROMOTION_PENDING])
     _apply(settings, name, journal["before"])
     at = datetime.now(UTC).isoformat()
     reason = f"restored: the step '{journal['reason']}' by {journal['actor']} at {journal['at']} did not finish"
     done = [Transition(k, v, journal["after"].get(k), at, actor, reason) for k, v in journal["before"].items()]
     _record(settings, name, done)
-    registry.delete_model_tag(settings, name, PENDING_TAG)
+    registry.delete_model_tag(settings, name, Tag.PROMOTION_PENDING)
     return done
 
 
@@ -111,8 +115,14 @@ def rollback(settings: Settings, name: str, *, actor: str, reason: str) -> list[
     previous = aliases.get(Alias.PREVIOUS.value)
     if previous is None:
         raise RegistryError(f"'{name}' has no Previous version to roll back to")
-    return move(settings, name, {Alias.PRODUCTION: previous, Alias.PREVIOUS: None, Alias.CANARY: None},
-                actor=actor, reason=reason, canary_share=0.0)
+    return move(
+        settings,
+        name,
+        {Alias.PRODUCTION: previous, Alias.PREVIOUS: None, Alias.CANARY: None},
+        actor=actor,
+        reason=reason,
+        canary_share=0.0,
+    )
 
 
 def history(settings: Settings, name: str) -> list[Transition]:
@@ -133,7 +143,6 @@ def alias_at(transitions: list[Transition], alias: Alias, when: datetime) -> str
 
 def check_servable(settings: Settings, name: str, version: str) -> None:
     """Refuse a version whose gate failed or that the gateway could not load (the form it serves)."""
-    from serving.models import servable
 
     found = registry.get_version(settings, name, version)
     if found.tags.get("validation_status") == "fail":
@@ -141,7 +150,7 @@ def check_servable(settings: Settings, name: str, version: str) -> None:
     if found.tags.get("latency_gate") == "failed":
         raise RegistryError(f"version {version} of '{name}' failed its latency budget (latency_gate=failed)")
     try:
-        servable(registry.RegistryReader(settings).load(name, str(version)))
+        servable(RegistryReader(settings).load(name, str(version)))
     except RegistryError:
         raise
     except Exception as exc:  # any failure to load means the version must not serve

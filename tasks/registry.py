@@ -11,7 +11,6 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from enum import StrEnum
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
@@ -27,24 +26,20 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings
+from core.errors import RegistryError
+from core.refs import ModelRef
+from core.tracking import Store, client, experiment_id, registered_model
+from core.vocabulary import Alias, Tag
 from tasks.compile import compile_pipeline
-from tasks.errors import RegistryError, retry_on_io
 from tasks.lineage import GitLineage
+from tasks.retries import retry_on_io
 from tasks.snapshot import Snapshot
 from tasks.training import TrainedModel
 
 MODEL_ARTIFACT = "model"
 BASELINE_ARTIFACT = "baseline"
 ONNX_ARTIFACT = "onnx/model.onnx"
-CANARY_SHARE_TAG = "canary_share"
 SERVING_REQUIREMENTS = ("scikit-learn", "pandas", "numpy", "scipy", "skops")
-
-
-class Alias(StrEnum):
-    SHADOW = "Shadow"
-    CANARY = "Canary"
-    PRODUCTION = "Production"
-    PREVIOUS = "Previous"
 
 
 @dataclass(frozen=True)
@@ -56,36 +51,16 @@ class Registered:
 
 
 def connect(settings: Settings, create: bool = True, experiment: str | None = None) -> tuple[MlflowClient, str]:
-    """Point MLflow at the configured store; return a client and the experiment id (created once).
+    """The store's client (one per process, core.tracking) and the experiment id (created once).
 
     Readers pass create=False: looking at an embedded store that does not exist yet must not
     create one. `experiment` defaults to the training experiment of the profile.
     """
-    if settings.s3.endpoint_url:  # MLflow's own boto3 client reads the endpoint from here
-        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3.endpoint_url)
-    mlflow_settings = settings.mlflow
-    uri = mlflow_settings.tracking_uri
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        if not create and not db.is_file():
-            raise RegistryError(f"no MLflow store at {db}: nothing has been trained here yet (run shipway train)")
-        db.parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    name = experiment or mlflow_settings.experiment
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return client, found.experiment_id
-    location = mlflow_settings.artifact_location or None
-    if location and "://" not in location:
-        location = Path(location).as_uri()
-    if location and experiment:  # each experiment of the profile under its own folder of the root
-        location = f"{location.rstrip('/')}/{experiment}"
-    try:
-        return client, client.create_experiment(name, artifact_location=location)
-    except MlflowException:  # created meanwhile by another process
-        return client, client.get_experiment_by_name(name).experiment_id
+    store = Store.of(settings)
+    mlflow_client = client(store, create=create)
+    if experiment is None:
+        return mlflow_client, experiment_id(store, settings.mlflow.experiment)
+    return mlflow_client, experiment_id(store, experiment, subfolder=experiment)
 
 
 def pip_requirements() -> list[str]:
@@ -257,8 +232,15 @@ def delete_alias(settings: Settings, name: str, alias: Alias) -> None:
         pass
 
 
-def log_window(settings: Settings, name: str, run_name: str, params: dict[str, str], metrics: dict[str, float],
-               tags: dict[str, str], files: list[Path]) -> str:
+def log_window(
+    settings: Settings,
+    name: str,
+    run_name: str,
+    params: dict[str, str],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    files: list[Path],
+) -> str:
     """One monitoring window as a run of the monitoring experiment; returns its run id."""
     _, experiment_id = connect(settings, experiment=settings.monitoring.experiment)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
@@ -274,19 +256,20 @@ def monitoring_history(settings: Settings, name: str, limit: int) -> list[dict[s
     """The latest `limit` monitoring windows of `name`, newest first: tags and metrics of each run."""
     client, experiment_id = connect(settings, experiment=settings.monitoring.experiment)
     escaped = name.replace("'", "\\'")
-    runs = client.search_runs([experiment_id], filter_string=f"tags.model = '{escaped}'",
-                              order_by=["attributes.start_time DESC"], max_results=limit)
-    return [{"run_id": r.info.run_id, "time": r.info.start_time, "tags": dict(r.data.tags), "metrics": dict(r.data.metrics)}
-            for r in runs]
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.model = '{escaped}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=limit,
+    )
+    return [
+        {"run_id": r.info.run_id, "time": r.info.start_time, "tags": dict(r.data.tags), "metrics": dict(r.data.metrics)}
+        for r in runs
+    ]
 
 
-def _registered_model(client: MlflowClient, settings: Settings, name: str):
-    try:
-        return client.get_registered_model(name)
-    except MlflowException:
-        known = sorted(m.name for m in client.search_registered_models())
-        hint = f"; registered models: {', '.join(known)}" if known else "; nothing is registered yet"
-        raise RegistryError(f"registered model '{name}' not found in {settings.mlflow.tracking_uri}{hint}") from None
+def _registered_model(mlflow_client: MlflowClient, settings: Settings, name: str):
+    return registered_model(mlflow_client, Store.of(settings), name)
 
 
 def set_canary_share(settings: Settings, name: str, share: float) -> None:
@@ -295,96 +278,7 @@ def set_canary_share(settings: Settings, name: str, share: float) -> None:
         raise RegistryError(f"canary share must be between 0 and 1, got {share}")
     client, _ = connect(settings)
     _registered_model(client, settings, name)
-    client.set_registered_model_tag(name, CANARY_SHARE_TAG, f"{share:g}")
-
-
-def parse_canary_share(tags: dict[str, str]) -> float:
-    """The `canary_share` tag as a float in [0, 1]; absent means 0."""
-    raw = tags.get(CANARY_SHARE_TAG)
-    if raw is None:
-        return 0.0
-    try:
-        share = float(raw)
-    except ValueError:
-        share = float("nan")
-    if not 0.0 <= share <= 1.0:
-        raise RegistryError(f"registered-model tag {CANARY_SHARE_TAG}={raw!r} is not a number between 0 and 1")
-    return share
-
-
-@dataclass(frozen=True)
-class ModelState:
-    """What one poll of the registry sees: aliases ({alias: version}) and registered-model tags."""
-
-    aliases: dict[str, str]
-    tags: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: str  # MLflow DataType name: long, integer, double, float, string, boolean, ...
-    required: bool
-
-
-@dataclass(frozen=True)
-class LoadedVersion:
-    """A version ready to serve: its input columns and either ONNX bytes or a loaded model."""
-
-    name: str
-    version: str
-    tags: dict[str, str]
-    columns: list[Column]
-    onnx: bytes | None
-    model: Any  # sklearn estimator (flavor "sklearn") or a pyfunc model; None when served as ONNX
-    flavor: str  # "onnx", "sklearn" or "pyfunc"
-
-
-class RegistryReader:
-    """Read-only registry access for the gateway and the benchmark: one client, no writes."""
-
-    def __init__(self, settings: Settings):
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in a server's log
-        self.settings = settings
-        self.client, _ = connect(settings, create=False)
-
-    def state(self, name: str) -> ModelState:
-        model = _registered_model(self.client, self.settings, name)
-        return ModelState({a: str(v) for a, v in model.aliases.items()}, dict(model.tags))
-
-    def resolve(self, name: str, alias: str) -> str:
-        state = self.state(name)
-        if alias.isdigit():
-            return alias
-        if alias not in state.aliases:
-            held = ", ".join(f"{a} -> {v}" for a, v in sorted(state.aliases.items())) or "none"
-            raise RegistryError(f"model '{name}' has no alias '{alias}' (aliases: {held})")
-        return state.aliases[alias]
-
-    def load(self, name: str, version: str) -> LoadedVersion:
-        """The compiled ONNX form when its parity was checked at registration, else the model itself."""
-        try:
-            mv = self.client.get_model_version(name, version)
-        except MlflowException:
-            raise RegistryError(f"model '{name}' has no version {version}") from None
-        uri = f"models:/{name}/{version}"
-        info = mlflow.models.get_model_info(uri)
-        schema = info.signature.inputs if info.signature else None
-        if schema is None or not schema.has_input_names():
-            raise RegistryError(f"{uri} has no column signature: the gateway needs column names and types")
-        columns = [Column(c.name, getattr(c.type, "name", str(c.type)), c.required) for c in schema.inputs]
-        tags = dict(mv.tags)
-        if tags.get("serving_format") == "onnx" and tags.get("onnx_model_uri"):
-            onnx = Path(mlflow.artifacts.download_artifacts(artifact_uri=tags["onnx_model_uri"])).read_bytes()
-            return LoadedVersion(name, version, tags, columns, onnx, None, "onnx")
-        if "sklearn" in info.flavors:
-            return LoadedVersion(name, version, tags, columns, None, mlflow.sklearn.load_model(uri), "sklearn")
-        return LoadedVersion(name, version, tags, columns, None, mlflow.pyfunc.load_model(uri), "pyfunc")
-
-    def baseline(self, loaded: LoadedVersion) -> Any:
-        """The heuristic baseline registered with a version (tag baseline_model_uri), or None."""
-        uri = loaded.tags.get("baseline_model_uri")
-        return mlflow.sklearn.load_model(uri) if uri else None
+    client.set_registered_model_tag(name, Tag.CANARY_SHARE, f"{share:g}")
 
 
 def record_benchmark(
@@ -410,6 +304,8 @@ def register_task(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage
     registered = register(trained, snapshot, lineage, settings)
     get_run_logger().info("registered %s version %s (run %s)", registered.name, registered.version, registered.run_id)
     return registered
+
+
 # --- contracts and gate reports ---------------------------------------------------------------------
 
 CONTRACT_ARTIFACT = "contract/expectation_suite.json"
@@ -417,17 +313,15 @@ CONTRACT_ARTIFACT = "contract/expectation_suite.json"
 
 def resolve(settings: Settings, reference: str) -> ModelVersion:
     """The version named by NAME@ALIAS or NAME/VERSION (e.g. churn-classifier@Production)."""
-    name, sep, which = reference.rpartition("@") if "@" in reference else reference.rpartition("/")
-    if not sep or not name or not which:
-        raise RegistryError(f"model reference '{reference}' must read NAME@ALIAS or NAME/VERSION")
-    found, aliases = versions(settings, name)
-    version = aliases.get(which) if "@" in reference else which
+    ref = ModelRef.parse(reference)
+    found, aliases = versions(settings, ref.name)
+    version = aliases.get(ref.alias) if ref.alias else ref.version
     if version is None:
         known = ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
-        raise RegistryError(f"model '{name}' has no alias '{which}' (aliases: {known})")
+        raise RegistryError(f"model '{ref.name}' has no alias '{ref.alias}' (aliases: {known})")
     match = [v for v in found if str(v.version) == str(version)]
     if not match:
-        raise RegistryError(f"model '{name}' has no version {version}")
+        raise RegistryError(f"model '{ref.name}' has no version {version}")
     return match[0]
 
 
@@ -455,19 +349,29 @@ def load_contract(settings: Settings, version: ModelVersion) -> dict[str, Any] |
         try:
             path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
         except (MlflowException, OSError) as exc:
-            raise RegistryError(f"version {version.version} of '{version.name}': cannot read its contract {uri}: {exc}") from None
+            raise RegistryError(
+                f"version {version.version} of '{version.name}': cannot read its contract {uri}: {exc}"
+            ) from None
         return json.loads(Path(path).read_text())
 
 
 def log_gate_report(
-    settings: Settings, files: list[Path], verdict: str, *, name: str, version: str | None, folder: str,
+    settings: Settings,
+    files: list[Path],
+    verdict: str,
+    *,
+    name: str,
+    version: str | None,
+    folder: str,
     tags: dict[str, str] | None = None,
 ) -> str:
     """Log report files under `folder` of the version's run (or of a new `gate-...` run when the data
     never became a version), and set `validation_status` plus `tags` on the version. Returns the run id."""
     client, experiment_id = connect(settings)
     if version is None:
-        run = client.create_run(experiment_id, run_name=f"gate-{folder}", tags={"model": name, "validation_status": verdict})
+        run = client.create_run(
+            experiment_id, run_name=f"gate-{folder}", tags={"model": name, "validation_status": verdict}
+        )
         run_id = run.info.run_id
     else:
         run_id = client.get_model_version(name, version).run_id

@@ -28,8 +28,9 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ValidationError
 
 from configs.settings import Settings
+from core.errors import DataError, SnapshotError
 from tasks import demo_data
-from tasks.errors import DataError, SnapshotError, retry_on_io
+from tasks.retries import retry_on_io
 from tasks.storage import Store, open_store, progress, s3_client, split_s3_uri
 
 FORMAT = "shipway.snapshot/v1"
@@ -99,9 +100,8 @@ def check_source(source: str) -> int | None:
 def _read_file(path: Path, name: str) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
-        with progress(f"read {path.name}", path.stat().st_size) as advance:
-            with _CountingFile(path, advance) as fh:
-                return pd.read_csv(fh) if suffix == ".csv" else pd.read_parquet(fh)
+        with progress(f"read {path.name}", path.stat().st_size) as advance, _CountingFile(path, advance) as fh:
+            return pd.read_csv(fh) if suffix == ".csv" else pd.read_parquet(fh)
     except pd.errors.EmptyDataError:
         raise DataError(f"cannot read {name}: the file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, pa.ArrowException, OSError) as exc:
@@ -125,7 +125,9 @@ def _read_s3_object(uri: str, settings: Settings) -> pd.DataFrame:
         except ClientError as exc:
             code = exc.response["Error"]["Code"]
             if code in ("404", "NoSuchKey", "NoSuchBucket", "403", "AccessDenied"):
-                raise DataError(f"cannot read {uri}: {code} {exc.response['Error'].get('Message', '')}".strip()) from None
+                raise DataError(
+                    f"cannot read {uri}: {code} {exc.response['Error'].get('Message', '')}".strip()
+                ) from None
             raise
         return _read_file(local, uri)
 
@@ -180,7 +182,7 @@ def canonical_column(s: pd.Series) -> pd.Series:
         return s.astype("float64")
     if pd.api.types.is_datetime64_any_dtype(dtype):
         return s.dt.as_unit("us")
-    if pd.api.types.is_string_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype) or dtype == object:
+    if pd.api.types.is_string_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype) or dtype == np.dtype(object):
         # Object columns of numbers or booleans (e.g. built from Python lists) are numeric data.
         inferred = pd.api.types.infer_dtype(s, skipna=True)
         if inferred == "boolean":
@@ -232,7 +234,7 @@ def profile(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
             shares = present.value_counts(normalize=True)
             entry |= {
                 "kind": "categorical",
-                "distinct": int(len(shares)),
+                "distinct": len(shares),
                 "top": {str(k): float(v) for k, v in shares.head(TOP_CATEGORIES).items()},
             }
         elif s.dtype == "bool":
@@ -247,7 +249,9 @@ def profile(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
                 "max": float(values.max()),
                 "mean": float(values.mean()),
                 "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                "quantiles": dict(zip((str(q) for q in QUANTILES), map(float, np.quantile(values, QUANTILES)))),
+                "quantiles": dict(
+                    zip((str(q) for q in QUANTILES), map(float, np.quantile(values, QUANTILES)), strict=False)
+                ),
             }
         else:
             entry |= {"kind": "numeric"}

@@ -17,7 +17,7 @@ from typing import Protocol
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from configs.settings import S3Settings
-from tasks.errors import DataError
+from core.errors import DataError
 
 PROGRESS_MIN_BYTES = 64 * 2**20  # smaller transfers finish before a bar is worth drawing
 

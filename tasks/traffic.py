@@ -23,8 +23,16 @@ FEEDBACK_BATCH = 100
 class Replay(threading.Thread):
     """Sends `frame`'s rows (without `target`) round and round until `stop()`; counts answers."""
 
-    def __init__(self, url: str, frame: pd.DataFrame, target: str, *, feedback_share: float = 0.5,
-                 max_rate: float | None = None, prefix: str = "replay"):
+    def __init__(
+        self,
+        url: str,
+        frame: pd.DataFrame,
+        target: str,
+        *,
+        feedback_share: float = 0.5,
+        max_rate: float | None = None,
+        prefix: str = "replay",
+    ):
         super().__init__(name="traffic-replay", daemon=True)
         self.url, self.prefix, self.max_rate = url, prefix, max_rate
         features = frame.drop(columns=[target])

@@ -27,7 +27,7 @@ from sklearn.tree import DecisionTreeClassifier
 from sklearn.utils._param_validation import InvalidParameterError
 
 from configs.settings import TrainingSettings
-from tasks.errors import DataError
+from core.errors import DataError
 
 ESTIMATORS: dict[str, type[ClassifierMixin]] = {
     "logistic_regression": LogisticRegression,
@@ -98,9 +98,7 @@ def build_pipeline(X: pd.DataFrame, settings: TrainingSettings) -> Pipeline:
     accepted = inspect.signature(estimator_cls).parameters
     unknown = sorted(set(settings.params) - set(accepted))
     if unknown:
-        raise DataError(
-            f"training.params: {settings.estimator} has no parameter {', '.join(map(repr, unknown))}"
-        )
+        raise DataError(f"training.params: {settings.estimator} has no parameter {', '.join(map(repr, unknown))}")
     params = dict(settings.params)
     if "random_state" in accepted:
         params.setdefault("random_state", settings.seed)
@@ -151,7 +149,9 @@ def evaluate(model: Pipeline, X: pd.DataFrame, y: pd.Series) -> dict[str, float]
     }
     if y.nunique() == len(model.classes_):
         metrics["roc_auc"] = (
-            roc_auc_score(y, proba[:, 1]) if binary else roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_)
+            roc_auc_score(y, proba[:, 1])
+            if binary
+            else roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_)
         )
     return {k: round(float(v), 6) for k, v in metrics.items()}
 

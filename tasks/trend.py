@@ -19,7 +19,7 @@ def plot_trend(history: list[dict[str, Any]], current: dict[str, float], now: da
     points = [(datetime.fromtimestamp(h["time"] / 1000, UTC), h["metrics"]) for h in reversed(history)]
     points.append((now, current))
     fig, axes = plt.subplots(len(PANELS), 1, figsize=(8, 6), sharex=True)
-    for ax, (key, label) in zip(axes, PANELS):
+    for ax, (key, label) in zip(axes, PANELS, strict=False):
         xs = [t for t, m in points if key in m]
         ax.plot(xs, [m[key] for _, m in points if key in m], marker="o")
         ax.set_ylabel(label)

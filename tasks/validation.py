@@ -26,20 +26,13 @@ import pandas as pd
 from scipy import stats
 
 from configs.settings import GateSettings
+from core.contract_stats import TrainingStats
+from core.errors import DataError
+from core.vocabulary import Verdict
 from expectations.contract import histogram
-from tasks.errors import DataError
 from tasks.snapshot import canonical_column
 
 TABLE = "(table)"
-
-
-class Verdict(StrEnum):
-    PASS = "pass"
-    WARN = "warn"
-    FAIL = "fail"
-
-
-RANK = {Verdict.PASS: 0, Verdict.WARN: 1, Verdict.FAIL: 2}
 
 
 @dataclass
@@ -132,8 +125,17 @@ def validate(
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:  # the first of each name is checked; the repeat itself fails the batch
         batch = batch.loc[:, ~batch.columns.duplicated()]
-        outcomes.append(_outcome({"type": "expect_table_columns_to_match_set", "kwargs": {}}, TABLE, True, True, None,
-                                 f"repeated column names: {', '.join(repeated)}", {"observed_value": names}))
+        outcomes.append(
+            _outcome(
+                {"type": "expect_table_columns_to_match_set", "kwargs": {}},
+                TABLE,
+                True,
+                True,
+                None,
+                f"repeated column names: {', '.join(repeated)}",
+                {"observed_value": names},
+            )
+        )
     for expectation in table:
         outcomes += HANDLERS[expectation["type"]](expectation, batch, settings.warn_fraction)
     if len(batch):
@@ -151,7 +153,9 @@ def _column_outcomes(s: pd.Series, expectations: list[dict], wf: float) -> list[
     except DataError as exc:
         return [_outcome(expectations[0], s.name, True, True, None, f"type: {exc}", {"observed_value": str(s.dtype)})]
     # The quantile check reads the training CDF that the same column's KL expectation keeps.
-    data.kl = next((e for e in expectations if e["type"] == KL and "bins" in e["kwargs"].get("partition_object", {})), None)
+    data.kl = next(
+        (e for e in expectations if e["type"] == KL and "bins" in e["kwargs"].get("partition_object", {})), None
+    )
     out = [HANDLERS[e["type"]](e, data, wf) for e in expectations if e["type"] in TYPE_CHECKS]
     if any(o.fail for o in out):  # the distribution of a wrongly typed column means nothing
         return out + [check_not_null(e, data, wf) for e in expectations if e["type"] == NOT_NULL]
@@ -181,8 +185,15 @@ def _report(
             verdict, reason = Verdict.WARN, f"{o.reason} (p={o.p:.1e})"
         else:
             verdict, reason = Verdict.PASS, ""
-        check = Check(o.expectation.get("type", "?"), o.column, verdict, reason if verdict != Verdict.PASS else "",
-                      o.p, o.expectation.get("kwargs", {}), o.result)
+        check = Check(
+            o.expectation.get("type", "?"),
+            o.column,
+            verdict,
+            reason if verdict != Verdict.PASS else "",
+            o.p,
+            o.expectation.get("kwargs", {}),
+            o.result,
+        )
         if o.column == TABLE:
             table.append(check)
             continue
@@ -190,12 +201,12 @@ def _report(
         report.checks.append(check)
         report.measures |= o.measures
     for report in by_column.values():
-        report.verdict = max((c.verdict for c in report.checks), key=RANK.get, default=Verdict.PASS)
-        ranked = sorted((c for c in report.checks if c.verdict != Verdict.PASS), key=lambda c: -RANK[c.verdict])
+        report.verdict = max((c.verdict for c in report.checks), key=lambda v: v.rank, default=Verdict.PASS)
+        ranked = sorted((c for c in report.checks if c.verdict != Verdict.PASS), key=lambda c: -c.verdict.rank)
         report.reason = "; ".join(c.reason for c in ranked) or "matches training"
-    ordered = sorted(by_column.values(), key=lambda r: (-RANK[r.verdict], r.name))
-    table_verdict = max((c.verdict for c in table), key=RANK.get, default=Verdict.PASS)
-    verdict = max([table_verdict, *(r.verdict for r in ordered)], key=RANK.get)
+    ordered = sorted(by_column.values(), key=lambda r: (-r.verdict.rank, r.name))
+    table_verdict = max((c.verdict for c in table), key=lambda v: v.rank, default=Verdict.PASS)
+    verdict = max([table_verdict, *(r.verdict for r in ordered)], key=lambda v: v.rank)
     return GateReport(
         verdict=verdict,
         reason=_summary(verdict, table, ordered),
@@ -204,8 +215,13 @@ def _report(
         reference=reference,
         columns=ordered,
         table=table,
-        thresholds={"alpha": settings.alpha, "warn_alpha": settings.warn_alpha, "tests": tests,
-                    "alpha_per_test": alpha, "warn_alpha_per_test": warn_alpha},
+        thresholds={
+            "alpha": settings.alpha,
+            "warn_alpha": settings.warn_alpha,
+            "tests": tests,
+            "alpha_per_test": alpha,
+            "warn_alpha_per_test": warn_alpha,
+        },
         seconds=round(time.perf_counter() - start, 4),
     )
 
@@ -274,18 +290,26 @@ class _Column:
 # --- the checks --------------------------------------------------------------------------------------
 
 
-def _outcome(e: dict, column: Any, fail: bool, warn: bool, p: float | None, reason: str,
-             result: dict, measures: dict | None = None) -> _Outcome:
+def _outcome(
+    e: dict,
+    column: Any,
+    fail: bool,
+    warn: bool,
+    p: float | None,
+    reason: str,
+    result: dict,
+    measures: dict | None = None,
+) -> _Outcome:
     return _Outcome(e, str(column), fail, warn, p, reason, result, measures or {})
 
 
-def _training(e: dict) -> dict[str, Any]:
-    return e.get("meta", {}).get("training", {})
+def _training(e: dict) -> TrainingStats:
+    return TrainingStats.of(e)
 
 
 def _rows(e: dict, data: _Column) -> int:
     """Training rows behind an expectation; unknown (a hand-written one): as many as the batch."""
-    return int(_training(e).get("rows") or data.present or 1)
+    return int(_training(e).rows or data.present or 1)
 
 
 def _binom_p(k: int, n: int, p0: float) -> float:
@@ -303,9 +327,19 @@ def check_columns(e: dict, batch: pd.DataFrame, wf: float) -> list[_Outcome]:
     missing = [c for c in expected if c not in present and c not in optional]
     extra = [c for c in present if c not in expected] if kwargs.get("exact_match", True) else []
     result = {"observed_value": present, "details": {"mismatched": {"missing": missing, "unexpected": extra}}}
-    out = [_outcome(e, TABLE, bool(missing or extra), False, None,
-                    f"columns missing: {', '.join(missing) or '-'}; not in the contract: {', '.join(extra) or '-'}"
-                    if missing or extra else "", result)]
+    out = [
+        _outcome(
+            e,
+            TABLE,
+            bool(missing or extra),
+            False,
+            None,
+            f"columns missing: {', '.join(missing) or '-'}; not in the contract: {', '.join(extra) or '-'}"
+            if missing or extra
+            else "",
+            result,
+        )
+    ]
     out += [_outcome(e, c, True, True, None, "missing: the column is not in the batch", result) for c in missing]
     out += [_outcome(e, c, True, True, None, "extra: the contract has no such column", result) for c in extra]
     return out
@@ -342,18 +376,27 @@ def _numeric_strings(data: _Column) -> bool:
 
 def check_not_null(e: dict, data: _Column, wf: float) -> _Outcome:
     mostly = float(e["kwargs"].get("mostly", 1.0))
-    trained = float(_training(e).get("null_fraction", 0.0))
+    trained = float(_training(e).null_fraction or 0.0)
     m = _rows(e, data)
     rate = data.nulls / data.total
     bound = 1 - mostly
     p = _binom_p(data.nulls, data.total, (trained * m + 1) / (m + 2))
     measures = {"null_rate": rate, "null_rate_train": trained, "null_rate_delta": rate - trained}
     if data.present == 0:  # all nulls: nothing else about this column can be checked
-        return _outcome(e, data.name, True, True, None, "nulls: every value is null",
-                        _map_result(data.total, data.nulls), measures)
+        return _outcome(
+            e, data.name, True, True, None, "nulls: every value is null", _map_result(data.total, data.nulls), measures
+        )
     reason = f"nulls: {rate:.1%} of values, training {trained:.1%}, the contract allows {bound:.1%}"
-    return _outcome(e, data.name, rate > bound, rate > trained + wf * (bound - trained), p, reason,
-                    _map_result(data.total, data.nulls), measures)
+    return _outcome(
+        e,
+        data.name,
+        rate > bound,
+        rate > trained + wf * (bound - trained),
+        p,
+        reason,
+        _map_result(data.total, data.nulls),
+        measures,
+    )
 
 
 def check_between(e: dict, data: _Column, wf: float) -> _Outcome:
@@ -363,17 +406,27 @@ def check_between(e: dict, data: _Column, wf: float) -> _Outcome:
     share = outside / data.present
     bound = 1 - float(kwargs.get("mostly", 1.0))
     p = _binom_p(outside, data.present, 2 / (_rows(e, data) + 1))  # a fresh draw passes m draws' extremes
-    reason = f"range: {share:.1%} of values outside training [{_fmt(low)}, {_fmt(high)}], the contract allows {bound:.1%}"
-    return _outcome(e, data.name, share > bound, share > wf * bound, p, reason,
-                    _map_result(data.present, outside), {"out_of_range": share})
+    reason = (
+        f"range: {share:.1%} of values outside training [{_fmt(low)}, {_fmt(high)}], the contract allows {bound:.1%}"
+    )
+    return _outcome(
+        e,
+        data.name,
+        share > bound,
+        share > wf * bound,
+        p,
+        reason,
+        _map_result(data.present, outside),
+        {"out_of_range": share},
+    )
 
 
 def check_mean(e: dict, data: _Column, wf: float) -> _Outcome:
     kwargs = e["kwargs"]
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     t = _training(e)
-    center = float(t.get("mean", _mid(low, high, data.mean)))
-    sd = float(t.get("std") or 0.0)
+    center = t.mean if t.mean is not None else _mid(low, high, data.mean)
+    sd = t.std or 0.0
     mean = data.mean
     half = _half(low, high, center)
     se = sd * math.sqrt(1 / data.present + 1 / _rows(e, data))
@@ -381,17 +434,25 @@ def check_mean(e: dict, data: _Column, wf: float) -> _Outcome:
     shift = (mean - center) / sd if sd > 0 else 0.0
     fail = (low is not None and mean < low) or (high is not None and mean > high)
     reason = f"mean: {_fmt(mean)} outside [{_fmt(low)}, {_fmt(high)}] (training {_fmt(center)}, shift {shift:+.2f} sd)"
-    return _outcome(e, data.name, fail, abs(mean - center) > wf * half, p, reason, {"observed_value": mean},
-                    {"mean": mean, "mean_train": center, "mean_shift_sd": shift})
+    return _outcome(
+        e,
+        data.name,
+        fail,
+        abs(mean - center) > wf * half,
+        p,
+        reason,
+        {"observed_value": mean},
+        {"mean": mean, "mean_train": center, "mean_shift_sd": shift},
+    )
 
 
 def check_stdev(e: dict, data: _Column, wf: float) -> _Outcome:
     kwargs = e["kwargs"]
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     t = _training(e)
-    trained = float(t.get("std", _mid(low, high, data.std)))
+    trained = t.std if t.std is not None else _mid(low, high, data.std)
     std = data.std
-    kurtosis = max(float(t.get("kurtosis", 3.0)), 1.0 + 1e-9)
+    kurtosis = max(t.kurtosis if t.kurtosis is not None else 3.0, 1.0 + 1e-9)
     if trained > 0 and std > 0:
         log_ratio = math.log(std / trained)
         se = math.sqrt((kurtosis - 1) / 4 * (1 / data.present + 1 / _rows(e, data)))
@@ -411,7 +472,7 @@ def check_stdev(e: dict, data: _Column, wf: float) -> _Outcome:
 def check_quantiles(e: dict, data: _Column, wf: float) -> _Outcome:
     ranges = e["kwargs"].get("quantile_ranges", {})
     levels, bounds = ranges.get("quantiles", []), ranges.get("value_ranges", [])
-    trained = _training(e).get("values") or [_mid(lo, hi, 0.0) for lo, hi in bounds]
+    trained = _training(e).values or [_mid(lo, hi, 0.0) for lo, hi in bounds]
     cdf = _cdf_of(data.kl) if data.kl else _Cdf(*(np.asarray(a, dtype="float64") for a in (trained, levels, levels)))
     x = data.sorted
     observed = _sorted_quantiles(x, levels)
@@ -429,11 +490,24 @@ def check_quantiles(e: dict, data: _Column, wf: float) -> _Outcome:
         fail = True
         bad.append(f"q{level:g} {_fmt(value)} outside [{_fmt(low)}, {_fmt(high)}]")
     p = min(1.0, min(pvals) * len(levels)) if pvals else 1.0
-    result = {"observed_value": {"quantiles": levels, "values": observed},
-              "details": {"success_details": [lo is None or hi is None or lo <= v <= hi
-                                              for v, (lo, hi) in zip(observed, bounds, strict=False)]}}
-    return _outcome(e, data.name, fail, warn or fail, p, "quantiles: " + ", ".join(bad), result,
-                    {"quantiles": dict(zip((f"{q:g}" for q in levels), observed, strict=False))})
+    result = {
+        "observed_value": {"quantiles": levels, "values": observed},
+        "details": {
+            "success_details": [
+                lo is None or hi is None or lo <= v <= hi for v, (lo, hi) in zip(observed, bounds, strict=False)
+            ]
+        },
+    }
+    return _outcome(
+        e,
+        data.name,
+        fail,
+        warn or fail,
+        p,
+        "quantiles: " + ", ".join(bad),
+        result,
+        {"quantiles": dict(zip((f"{q:g}" for q in levels), observed, strict=False))},
+    )
 
 
 def check_kl(e: dict, data: _Column, wf: float) -> _Outcome:
@@ -472,11 +546,21 @@ def check_kl(e: dict, data: _Column, wf: float) -> _Outcome:
     result = {
         "observed_value": measures["kl"],
         "details": {
-            "observed_partition": {"bins": edges.tolist(), "weights": observed.tolist(), "tail_weights": [below, above]},
-            "expected_partition": {"bins": edges.tolist(), "weights": expected.tolist(), "tail_weights": [tail / 2, tail / 2]},
+            "observed_partition": {
+                "bins": edges.tolist(),
+                "weights": observed.tolist(),
+                "tail_weights": [below, above],
+            },
+            "expected_partition": {
+                "bins": edges.tolist(),
+                "weights": expected.tolist(),
+                "tail_weights": [tail / 2, tail / 2],
+            },
         },
     }
-    reason = f"distribution: KL {_fmt(kl)} on training-quantile bins > {threshold} (KS {ks:.3f}, PSI {measures['psi']:.3f})"
+    reason = (
+        f"distribution: KL {_fmt(kl)} on training-quantile bins > {threshold} (KS {ks:.3f}, PSI {measures['psi']:.3f})"
+    )
     return _outcome(e, data.name, fail, warn, p, reason, result, measures)
 
 
@@ -489,21 +573,32 @@ def _check_kl_categorical(e: dict, data: _Column, wf: float) -> _Outcome:
     threshold = kwargs.get("threshold")
     counts = data.counts
     unseen = [v for v in counts if v not in set(values)]
-    observed = np.array([counts.get(v, 0) for v in values] + [counts[v] for v in unseen], dtype="float64") / data.present
+    observed = (
+        np.array([counts.get(v, 0) for v in values] + [counts[v] for v in unseen], dtype="float64") / data.present
+    )
     expected = np.concatenate((weights * (1 - tail), np.full(len(unseen), tail / len(unseen)))) if unseen else weights
     kl = float(stats.entropy(observed, expected))
     p = _chi_square_p(np.array([counts.get(v, 0) for v in values], dtype="float64"), weights)
     shift = observed[: len(values)] - weights
     i = int(np.argmax(np.abs(shift))) if len(values) else 0
-    measures = {"kl": kl if math.isfinite(kl) else None, "psi": _psi(observed, expected),
-                "js": _js(observed, expected), "chi2_p": p,
-                "largest_share_change": {"category": values[i], "train": float(weights[i]),
-                                         "batch": float(observed[i])} if len(values) else None}
+    measures = {
+        "kl": kl if math.isfinite(kl) else None,
+        "psi": _psi(observed, expected),
+        "js": _js(observed, expected),
+        "chi2_p": p,
+        "largest_share_change": {"category": values[i], "train": float(weights[i]), "batch": float(observed[i])}
+        if len(values)
+        else None,
+    }
     fail = threshold is not None and not kl <= threshold
     warn = threshold is not None and not kl <= wf * threshold
-    result = {"observed_value": measures["kl"],
-              "details": {"observed_partition": {"values": values + unseen, "weights": observed.tolist()},
-                          "expected_partition": {"values": values + unseen, "weights": expected.tolist()}}}
+    result = {
+        "observed_value": measures["kl"],
+        "details": {
+            "observed_partition": {"values": values + unseen, "weights": observed.tolist()},
+            "expected_partition": {"values": values + unseen, "weights": expected.tolist()},
+        },
+    }
     reason = f"category shares: KL {_fmt(kl)} > {threshold} (JS {measures['js']:.3f})"
     return _outcome(e, data.name, fail, warn, p, reason, result, measures)
 
@@ -515,14 +610,22 @@ def check_in_set(e: dict, data: _Column, wf: float) -> _Outcome:
     count = sum(unseen.values())
     share = count / data.present
     bound = 1 - float(kwargs.get("mostly", 1.0))
-    other = float(_training(e).get("other_share", 0.0))
+    other = _training(e).other_share or 0.0
     p = _binom_p(count, data.present, other + 1 / (_rows(e, data) + 1))
     top = sorted(unseen.items(), key=lambda kv: -kv[1])[:5]
     listed = ", ".join(f"{v!r} {c / data.present:.1%}" for v, c in top)
     reason = f"values: {share:.1%} not seen in training ({listed}), the contract allows {bound:.1%}"
     result = _map_result(data.present, count) | {"partial_unexpected_list": [v for v, _ in top]}
-    return _outcome(e, data.name, share > bound, share > other + wf * (bound - other), p, reason, result,
-                    {"unseen_share": share, "unseen_top": [v for v, _ in top]})
+    return _outcome(
+        e,
+        data.name,
+        share > bound,
+        share > other + wf * (bound - other),
+        p,
+        reason,
+        result,
+        {"unseen_share": share, "unseen_top": [v for v, _ in top]},
+    )
 
 
 def check_most_common(e: dict, data: _Column, wf: float) -> _Outcome:
@@ -530,15 +633,15 @@ def check_most_common(e: dict, data: _Column, wf: float) -> _Outcome:
     allowed = {_plain(v) for v in e["kwargs"].get("value_set") or []}
     meta = e.get("meta", {})
     t = _training(e)
-    shares = {_key(k): float(v) for k, v in t.get("shares", {}).items()}
+    shares = {_key(k): float(v) for k, v in (t.shares or {}).items()}
     share = count / data.present
     result = {"observed_value": [value]}
     measures = {"top_value": value, "top_value_share": share}
     if value in allowed and value not in shares:  # a value the user declared fine
         return _outcome(e, data.name, False, False, None, "", result, measures)
-    trained = shares.get(value, float(t.get("other_max_share", 0.0)))
+    trained = shares.get(value, t.other_max_share or 0.0)
     limit = float(meta.get("max_share_increase", 0.03))
-    candidates = min(int(t.get("distinct", data.present)), data.present)
+    candidates = min(t.distinct if t.distinct is not None else data.present, data.present)
     p = min(1.0, _binom_p(count, data.present, trained + 1 / (_rows(e, data) + 1)) * max(candidates, 1))
     measures["top_value_share_train"] = trained
     reason = f"stuck or clipped: {share:.1%} of values are {_fmt(value)} (training {trained:.1%})"
@@ -575,9 +678,9 @@ class _Cdf:
 
 
 def _cdf_of(e: dict) -> _Cdf:
-    cdf = _training(e).get("cdf")
+    cdf = _training(e).cdf
     if cdf:
-        return _Cdf(*(np.asarray(cdf[k], dtype="float64") for k in ("values", "at_or_below", "below")))
+        return _Cdf(*(np.asarray(a, dtype="float64") for a in (cdf.values, cdf.at_or_below, cdf.below)))
     partition = e.get("kwargs", {}).get("partition_object", {})
     edges = np.asarray(partition.get("bins", [0.0, 1.0]), dtype="float64")
     cum = np.concatenate(([0.0], np.cumsum(partition.get("weights", [1.0]))))
@@ -620,7 +723,7 @@ def _wasserstein(cdf: _Cdf, x: np.ndarray) -> float:
 
 
 def _training_std(e: dict) -> float:
-    return float(_training(e).get("std") or 0.0)
+    return float(_training(e).std or 0.0)
 
 
 def _psi(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
@@ -651,8 +754,12 @@ def _chi_square_p(counts: np.ndarray, weights: np.ndarray) -> float:
 
 
 def _map_result(count: int, unexpected: int) -> dict[str, Any]:
-    return {"element_count": count, "unexpected_count": unexpected,
-            "unexpected_percent": 100 * unexpected / count if count else 0.0, "partial_unexpected_list": []}
+    return {
+        "element_count": count,
+        "unexpected_count": unexpected,
+        "unexpected_percent": 100 * unexpected / count if count else 0.0,
+        "partial_unexpected_list": [],
+    }
 
 
 def _mid(low: Any, high: Any, default: float) -> float:
@@ -718,7 +825,11 @@ def _run_in_gx(batch: pd.DataFrame, expectations: list[dict]) -> list[_Outcome]:
         config = r.expectation_config
         e = {"type": config.type, "kwargs": dict(config.kwargs), "meta": dict(config.meta or {})}
         column = e["kwargs"].get("column", TABLE)
-        error = (r.exception_info or {}).get("exception_message") if (r.exception_info or {}).get("raised_exception") else None
+        error = (
+            (r.exception_info or {}).get("exception_message")
+            if (r.exception_info or {}).get("raised_exception")
+            else None
+        )
         result = _jsonable(dict(r.result or {}))
         observed = result.get("observed_value", result.get("unexpected_percent"))
         reason = f"{config.type}: could not run: {error}" if error else f"{config.type} failed (observed {observed})"

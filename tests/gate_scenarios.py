@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from configs.settings import GateSettings
+from core.vocabulary import Verdict
 from expectations.contract import build_contract
 from tasks.demo_data import CATEGORIES, NUMERIC, Drift, generate
 from tasks.snapshot import canonicalize
-from tasks.validation import GateReport, Verdict, validate
+from tasks.validation import GateReport, validate
 
 TRAINING_ROWS = 30_000
 TRAINING_SEED = 1
@@ -81,8 +82,12 @@ def _standardized(rows, seed, rep, ref):
 
 
 def _swapped(rows, seed, rep, ref):
-    a, b = [("age", "tenure_months"), ("monthly_charges", "total_charges"), ("plan", "region"),
-            ("support_calls", "contract")][rep % 4]
+    a, b = [
+        ("age", "tenure_months"),
+        ("monthly_charges", "total_charges"),
+        ("plan", "region"),
+        ("support_calls", "contract"),
+    ][rep % 4]
     batch = _clean(rows, seed)
     batch[a], batch[b] = batch[b].copy(), batch[a].copy()
     return batch, {a, b}
@@ -114,14 +119,19 @@ SCENARIOS: list[Scenario] = [
     Scenario("unit /100", _transformed(lambda b, c, r: b.__setitem__(c, b[c] / 100), NUMERIC)),
     Scenario("mean shift 0.5 sd", _drifted(lambda c: Drift(shift={c: 0.5}), NUMERIC)),
     Scenario("scale x1.5", _drifted(lambda c: Drift(scale={c: 1.5}), NUMERIC)),
-    Scenario("null burst 40%", _drifted(lambda c: Drift(null_rate={c: 0.4}), ["age", "data_usage_gb", "region", "monthly_charges"])),
+    Scenario(
+        "null burst 40%",
+        _drifted(lambda c: Drift(null_rate={c: 0.4}), ["age", "data_usage_gb", "region", "monthly_charges"]),
+    ),
     Scenario("unseen category 30%", _drifted(_unseen, CATEGORICAL)),
     Scenario("labels re-cased", _transformed(lambda b, c, r: b.__setitem__(c, b[c].str.upper()), CATEGORICAL)),
     Scenario("two columns swapped", _swapped),
     Scenario("clipped at training q95", _transformed(_clip, CONTINUOUS)),
     Scenario("stuck at one value", _transformed(_stuck, [*NUMERIC, "contract"])),
     Scenario("numbers as strings", _transformed(lambda b, c, r: b.__setitem__(c, b[c].astype("str")), NUMERIC)),
-    Scenario("missing column", _transformed(lambda b, c, r: b.drop(columns=[c], inplace=True), [*NUMERIC, *CATEGORICAL])),
+    Scenario(
+        "missing column", _transformed(lambda b, c, r: b.drop(columns=[c], inplace=True), [*NUMERIC, *CATEGORICAL])
+    ),
     Scenario("extra column", lambda rows, seed, rep, ref: (_clean(rows, seed).assign(promo="x"), {"promo"})),
     Scenario("mean shift 0.25 sd", _drifted(lambda c: Drift(shift={c: 0.25}), NUMERIC), separate=True),
     Scenario("clean", lambda rows, seed, rep, ref: (_clean(rows, seed), set()), drift=False),
@@ -142,7 +152,9 @@ class Score:
         self.right += failed and set(report.columns_with(Verdict.FAIL)) == expected
 
 
-def run(scenario: Scenario, rows: int, repetitions: int, ref: Reference, settings: GateSettings, seed: int = 0) -> Score:
+def run(
+    scenario: Scenario, rows: int, repetitions: int, ref: Reference, settings: GateSettings, seed: int = 0
+) -> Score:
     score = Score()
     for rep in range(repetitions):
         batch, expected = scenario.make(rows, 10_000 + seed + rep * 7919 + rows, rep, ref)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks import promotion, registry
-from tasks.errors import RegistryError
+from core.errors import RegistryError
+from core.vocabulary import Alias, Tag
+from tasks import registry
 from tasks.promotion import alias_at, history, move, recover, rollback
-from tasks.registry import Alias, model_state
+from tasks.registry import model_state
 from tests.conftest import register_versions
 
 
@@ -31,7 +32,10 @@ def test_moves_are_recorded_on_the_model_and_the_version_and_answer_who_held_an_
     assert aliases == {"Production": "2", "Previous": "1"}
     steps = history(small, name)
     assert [(t.alias, t.version, t.previous, t.actor) for t in steps] == [
-        ("Production", "1", None, "alice"), ("Production", "2", "1", "bob"), ("Previous", "1", None, "bob")]
+        ("Production", "1", None, "alice"),
+        ("Production", "2", "1", "bob"),
+        ("Previous", "1", None, "bob"),
+    ]
     assert alias_at(steps, Alias.PRODUCTION, before) is None
     assert alias_at(steps, Alias.PRODUCTION, middle) == "1"
     assert alias_at(steps, Alias.PRODUCTION, after) == "2"
@@ -47,10 +51,13 @@ def test_moving_an_alias_to_where_it_is_records_nothing(small, three):
     assert len(history(small, name)) == 1
 
 
-@pytest.mark.parametrize(("tag", "value", "message"), [
-    ("validation_status", "fail", "failed its data gate"),
-    ("latency_gate", "failed", "failed its latency budget"),
-])
+@pytest.mark.parametrize(
+    ("tag", "value", "message"),
+    [
+        ("validation_status", "fail", "failed its data gate"),
+        ("latency_gate", "failed", "failed its latency budget"),
+    ],
+)
 def test_a_version_that_failed_a_gate_never_gets_an_alias(small, three, tag, value, message):
     name = three[0].name
     registry.set_version_tags(small, name, "2", {tag: value})
@@ -81,29 +88,41 @@ def test_a_step_cut_short_is_undone_on_the_next_move(small, three, monkeypatch):
 
     monkeypatch.setattr(registry, "delete_alias", crash_on_delete)
     with pytest.raises(KeyboardInterrupt):
-        move(small, name, {Alias.PRODUCTION: "2", Alias.PREVIOUS: "1", Alias.CANARY: None}, actor="flow",
-             reason="promote 2", canary_share=0.0)
+        move(
+            small,
+            name,
+            {Alias.PRODUCTION: "2", Alias.PREVIOUS: "1", Alias.CANARY: None},
+            actor="flow",
+            reason="promote 2",
+            canary_share=0.0,
+        )
     aliases, tags = model_state(small, name)
-    assert aliases["Production"] == "2" and promotion.PENDING_TAG in tags  # half done, journaled
+    assert aliases["Production"] == "2" and Tag.PROMOTION_PENDING in tags  # half done, journaled
 
     monkeypatch.setattr(registry, "delete_alias", real_delete)
     restored = recover(small, name, actor="next run")
     aliases, tags = model_state(small, name)
     assert aliases == {"Production": "1", "Canary": "2"}
-    assert tags[promotion.CANARY_SHARE_TAG] == "0.25"
-    assert promotion.PENDING_TAG not in tags
+    assert tags[Tag.CANARY_SHARE] == "0.25"
+    assert Tag.PROMOTION_PENDING not in tags
     assert {t.alias for t in restored} == {"Production", "Previous", "Canary", "canary_share"}
     assert "did not finish" in history(small, name)[-1].reason
 
 
 def test_rollback_puts_previous_back_and_stops_the_canary(small, three):
     name = three[0].name
-    move(small, name, {Alias.PRODUCTION: "2", Alias.PREVIOUS: "1", Alias.CANARY: "3"}, actor="a", reason="r",
-         canary_share=0.05)
+    move(
+        small,
+        name,
+        {Alias.PRODUCTION: "2", Alias.PREVIOUS: "1", Alias.CANARY: "3"},
+        actor="a",
+        reason="r",
+        canary_share=0.05,
+    )
     rollback(small, name, actor="oncall", reason="errors up")
     aliases, tags = model_state(small, name)
     assert aliases == {"Production": "1"}
-    assert tags[promotion.CANARY_SHARE_TAG] == "0"
+    assert tags[Tag.CANARY_SHARE] == "0"
     assert history(small, name)[-1].reason == "errors up"
     with pytest.raises(RegistryError, match="'churn-classifier' has no Previous version to roll back to"):
         rollback(small, name, actor="oncall", reason="again")

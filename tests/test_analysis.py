@@ -13,19 +13,30 @@ SETTINGS = PromotionSettings()
 NO_FEEDBACK = pd.DataFrame({"request_id": [], "label": []})
 
 
-def rows(route: str, n: int, rng: np.random.Generator, *, positive: float = 0.3, latency: float = 0.5,
-         errors: float = 0.0, role: str | None = None, start: int = 0) -> pd.DataFrame:
+def rows(
+    route: str,
+    n: int,
+    rng: np.random.Generator,
+    *,
+    positive: float = 0.3,
+    latency: float = 0.5,
+    errors: float = 0.0,
+    role: str | None = None,
+    start: int = 0,
+) -> pd.DataFrame:
     """n logged requests of one route: predictions 0/1 with the given positive share."""
     failed = rng.random(n) < errors
-    return pd.DataFrame({
-        "request_id": [f"r{start + i}" for i in range(n)],
-        "route": route,
-        "role": np.where(failed, "fallback", role or route),
-        "model_version": "2" if route == "canary" else "1",
-        "prediction": [json.dumps([int(v)]) for v in rng.random(n) < positive],  # as the gateway logs them
-        "latency_ms": rng.gamma(4, latency / 4, n),
-        "error": [None] * n,
-    })
+    return pd.DataFrame(
+        {
+            "request_id": [f"r{start + i}" for i in range(n)],
+            "route": route,
+            "role": np.where(failed, "fallback", role or route),
+            "model_version": "2" if route == "canary" else "1",
+            "prediction": [json.dumps([int(v)]) for v in rng.random(n) < positive],  # as the gateway logs them
+            "latency_ms": rng.gamma(4, latency / 4, n),
+            "error": [None] * n,
+        }
+    )
 
 
 def canary(n_canary: int, n_prod: int, seed: int = 0, **canary_kw) -> pd.DataFrame:
@@ -46,8 +57,7 @@ def test_no_verdict_from_a_dozen_requests():
 
 @pytest.mark.parametrize("n", [300, 3_000, 100_000])
 def test_a_canary_like_production_passes_at_every_size(n):
-    false_alarms = sum(not canary_analysis(canary(n, n, seed=s), NO_FEEDBACK, SETTINGS, "c").passed
-                       for s in range(10))
+    false_alarms = sum(not canary_analysis(canary(n, n, seed=s), NO_FEEDBACK, SETTINGS, "c").passed for s in range(10))
     assert false_alarms == 0
 
 
@@ -57,11 +67,14 @@ def test_a_tiny_but_significant_shift_on_huge_traffic_is_not_a_breach():
     assert "p=" in shares.value and shares.ok
 
 
-@pytest.mark.parametrize(("kwargs", "check"), [
-    ({"positive": 1.0}, "predicted class shares"),  # a broken model answering one class
-    ({"errors": 0.06}, "error and fallback rate"),
-    ({"latency": 5.0}, "latency p99"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "check"),
+    [
+        ({"positive": 1.0}, "predicted class shares"),  # a broken model answering one class
+        ({"errors": 0.06}, "error and fallback rate"),
+        ({"latency": 5.0}, "latency p99"),
+    ],
+)
 def test_a_bad_canary_breaches_the_check_that_sees_it(kwargs, check):
     analysis = canary_analysis(canary(400, 2_000, **kwargs), NO_FEEDBACK, SETTINGS, "canary 25%")
     assert breached(analysis) == {check}
@@ -96,13 +109,16 @@ def test_shadow_passes_when_it_agrees_answers_and_is_fast():
     assert analysis.requests == {"production": 1_000, "shadow": 1_000, "paired": 1_000}
 
 
-@pytest.mark.parametrize(("log", "drift", "check"), [
-    (shadow_log(1_000, disagree=0.4), "pass", "agreement with production"),
-    (shadow_log(1_000, shadow_errors=0.05), "pass", "error rate"),
-    (shadow_log(1_000, latency=80.0), "pass", "latency p99"),
-    (shadow_log(1_000), "fail", "input drift vs contract"),
-    (shadow_log(50), "pass", "requests for a verdict"),
-])
+@pytest.mark.parametrize(
+    ("log", "drift", "check"),
+    [
+        (shadow_log(1_000, disagree=0.4), "pass", "agreement with production"),
+        (shadow_log(1_000, shadow_errors=0.05), "pass", "error rate"),
+        (shadow_log(1_000, latency=80.0), "pass", "latency p99"),
+        (shadow_log(1_000), "fail", "input drift vs contract"),
+        (shadow_log(50), "pass", "requests for a verdict"),
+    ],
+)
 def test_shadow_names_what_it_breached(log, drift, check):
     assert breached(shadow_analysis(log, SETTINGS, drift_verdict=drift)) == {check}
 

@@ -19,20 +19,45 @@ def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     ("args", "env", "stderr"),  # an unknown model name: tests/test_registry.py
     [
         (["train", "--data", "nowhere.csv"], {}, "shipway: error: cannot read nowhere.csv: no such file\n"),
-        (["train", "--data", "x.json"], {}, "shipway: error: cannot read x.json: unsupported file type '.json' (use .csv or .parquet)\n"),
+        (
+            ["train", "--data", "x.json"],
+            {},
+            "shipway: error: cannot read x.json: unsupported file type '.json' (use .csv or .parquet)\n",
+        ),
         (["train", "--config", "missing.yaml"], {}, "shipway: error: config file not found: missing.yaml\n"),
-        (["status", "m"], {"SHIPWAY_TRAINING__TEST_SIZE": "2"},
-         "shipway: error: environment variable SHIPWAY_TRAINING__TEST_SIZE: key 'training.test_size': "
-         "Input should be less than 1 (got '2')\n"),
-        (["status", "m"], {}, "shipway: error: no MLflow store at {cwd}/.shipway/mlflow.db: nothing has been trained here yet (run shipway train)\n"),
-        (["train", "--data", "demo:x"], {},
-         "shipway: error: cannot read demo:x: a demo source is 'demo' or 'demo:SEED' with SEED a whole number\n"),
+        (
+            ["status", "m"],
+            {"SHIPWAY_TRAINING__TEST_SIZE": "2"},
+            "shipway: error: environment variable SHIPWAY_TRAINING__TEST_SIZE: key 'training.test_size': "
+            "Input should be less than 1 (got '2')\n",
+        ),
+        (
+            ["status", "m"],
+            {},
+            "shipway: error: no MLflow store at {cwd}/.shipway/mlflow.db: nothing has been trained here yet (run shipway train)\n",
+        ),
+        (
+            ["train", "--data", "demo:x"],
+            {},
+            "shipway: error: cannot read demo:x: a demo source is 'demo' or 'demo:SEED' with SEED a whole number\n",
+        ),
         (["monitor", "--window", "5x"], {}, "shipway: error: window '5x' is not a duration like 30m, 1h or 2d\n"),
-        (["status", "m"], {"SHIPWAY_PROMOTION__CANARY_STEPS": "[0.5, 0.2]"},
-         "shipway: error: environment variable SHIPWAY_PROMOTION__CANARY_STEPS: key 'promotion.canary_steps': "
-         "Value error, must be growing shares in (0, 1], e.g. [0.05, 0.25, 0.5] (got [0.5, 0.2])\n"),
-        (["approve", "nope"], {}, "shipway: error: 'nope' is not a flow run id (shipway status NAME shows the one waiting)\n"),
-        (["rollback", "m"], {}, "shipway: error: no MLflow store at {cwd}/.shipway/mlflow.db: nothing has been trained here yet (run shipway train)\n"),
+        (
+            ["status", "m"],
+            {"SHIPWAY_PROMOTION__CANARY_STEPS": "[0.5, 0.2]"},
+            "shipway: error: environment variable SHIPWAY_PROMOTION__CANARY_STEPS: key 'promotion.canary_steps': "
+            "Value error, must be growing shares in (0, 1], e.g. [0.05, 0.25, 0.5] (got [0.5, 0.2])\n",
+        ),
+        (
+            ["approve", "nope"],
+            {},
+            "shipway: error: 'nope' is not a flow run id (shipway status NAME shows the one waiting)\n",
+        ),
+        (
+            ["rollback", "m"],
+            {},
+            "shipway: error: no MLflow store at {cwd}/.shipway/mlflow.db: nothing has been trained here yet (run shipway train)\n",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_on_stderr(tmp_path, args, env, stderr):

@@ -24,14 +24,18 @@ def test_same_seed_same_data():
 
 
 def test_serving_batches_drift_as_asked():
-    mean, sd = demo_data.reference_stats()["monthly_charges"]
+    _mean, sd = demo_data.reference_stats()["monthly_charges"]
     clean = generate(20_000, seed=5, with_label=False)
     drifted = generate(
         20_000,
         seed=5,
         with_label=False,
-        drift=Drift(shift={"monthly_charges": 0.5}, scale={"age": 1.5}, null_rate={"plan": 0.4},
-                    categories={"region": {"north": 0.5, "atlantis": 0.5}}),
+        drift=Drift(
+            shift={"monthly_charges": 0.5},
+            scale={"age": 1.5},
+            null_rate={"plan": 0.4},
+            categories={"region": {"north": 0.5, "atlantis": 0.5}},
+        ),
     )
     assert demo_data.TARGET not in clean
     assert drifted["monthly_charges"].mean() - clean["monthly_charges"].mean() == pytest.approx(0.5 * sd, rel=0.02)

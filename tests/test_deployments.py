@@ -41,12 +41,21 @@ def stop(process: subprocess.Popen) -> None:
 @pytest.fixture
 def prefect_server(tmp_path):
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+    }
     env.pop("PREFECT_PROFILES_PATH", None)
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+
         def healthy():
             try:
                 return httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200
@@ -76,17 +85,29 @@ def test_deploys_with_schedules_and_monitoring_triggers_a_retraining_a_worker_ru
         deployments = {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()}
         assert set(deployments) == {"training/retrain", "promotion/promote", "monitoring/monitor"}
         crons = {name: [s.schedule.cron for s in d.schedules] for name, d in deployments.items()}
-        assert crons == {"training/retrain": ["0 3 * * *"], "promotion/promote": [], "monitoring/monitor": ["5 * * * *"]}
+        assert crons == {
+            "training/retrain": ["0 3 * * *"],
+            "promotion/promote": [],
+            "monitoring/monitor": ["5 * * * *"],
+        }
         assert all(d.work_pool_name == "shipway-process" for d in deployments.values())
 
         state = tmp_path / "state"
-        worker_env = {**env, "SHIPWAY_DATA__DEMO_ROWS": "3000",
-                      "SHIPWAY_MLFLOW__TRACKING_URI": f"sqlite:///{state}/mlflow.db",
-                      "SHIPWAY_MLFLOW__ARTIFACT_LOCATION": str(state / "artifacts"),
-                      "SHIPWAY_SNAPSHOTS__STORE": str(state / "snapshots"),
-                      "SHIPWAY_PREDICTION_LOG__URL": f"sqlite:///{state}/predictions.db"}
-        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "shipway-process"],
-                                  env=worker_env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        worker_env = {
+            **env,
+            "SHIPWAY_DATA__DEMO_ROWS": "3000",
+            "SHIPWAY_MLFLOW__TRACKING_URI": f"sqlite:///{state}/mlflow.db",
+            "SHIPWAY_MLFLOW__ARTIFACT_LOCATION": str(state / "artifacts"),
+            "SHIPWAY_SNAPSHOTS__STORE": str(state / "snapshots"),
+            "SHIPWAY_PREDICTION_LOG__URL": f"sqlite:///{state}/predictions.db",
+        }
+        worker = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "shipway-process"],
+            env=worker_env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -97,8 +118,11 @@ def test_deploys_with_schedules_and_monitoring_triggers_a_retraining_a_worker_ru
                 run_id = trigger_retraining(load_settings())  # what a sustained monitoring breach does
             run = client.read_flow_run(UUID(run_id))
             assert run.deployment_id == deployments["training/retrain"].id
-            final = wait_for(lambda: (s := client.read_flow_run(run.id).state) and s.is_final() and s, 300,
-                             "the retraining run to finish")
+            final = wait_for(
+                lambda: (s := client.read_flow_run(run.id).state) and s.is_final() and s,
+                300,
+                "the retraining run to finish",
+            )
         finally:
             stop(worker)
     assert final.is_completed(), final.message

@@ -96,7 +96,7 @@ def _depends_on(service: dict) -> dict[str, dict]:
 
 
 def test_compose_is_valid_and_has_the_whole_stack(compose, resolved):
-    assert STACK <= set(compose["services"]), f"missing: {STACK - set(compose['services'])}"
+    assert set(compose["services"]) >= STACK, f"missing: {STACK - set(compose['services'])}"
     assert set(resolved["services"]) == set(compose["services"])
 
 
@@ -260,7 +260,10 @@ def _click_flags(command) -> set[str]:
 @cache
 def _help_flags(path: tuple[str, ...]) -> set[str]:
     done = subprocess.run(
-        [str(BIN / path[0]), *path[1:], "--help"], capture_output=True, text=True, timeout=120,
+        [str(BIN / path[0]), *path[1:], "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PATH": str(BIN), "HOME": os.environ["HOME"], "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
     )
     assert done.returncode == 0, f"`{' '.join(path)} --help` failed: {done.stderr[-500:]}"
@@ -393,7 +396,9 @@ def test_there_is_a_worker_and_a_gateway_image():
 def test_dockerfile_base_images_are_pinned(path):
     names = [args.split()[-1] for op, args in dockerfile(path) if op == "FROM" and " AS " in args.upper()]
     images = [args.split()[0] for op, args in dockerfile(path) if op == "FROM"]
-    images += [m.group(1) for op, args in dockerfile(path) if op == "COPY" for m in [re.search(r"--from=(\S+)", args)] if m]
+    images += [
+        m.group(1) for op, args in dockerfile(path) if op == "COPY" for m in [re.search(r"--from=(\S+)", args)] if m
+    ]
     for image in images:
         assert image in names or _pinned(image), f"{path.name}: {image} is not pinned to a version"
 
@@ -437,7 +442,12 @@ def dockerignore():
         if line.strip() and not line.startswith("#"):
             pattern = line.strip()
             keep = pattern.startswith("!")
-            glob = re.escape(pattern.lstrip("!")).replace(r"\*\*/", "(.*/)?").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+            glob = (
+                re.escape(pattern.lstrip("!"))
+                .replace(r"\*\*/", "(.*/)?")
+                .replace(r"\*", "[^/]*")
+                .replace(r"\?", "[^/]")
+            )
             rules.append((re.compile(glob), keep))
 
     def ignored(path: str) -> bool:

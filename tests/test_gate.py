@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 
 from configs.settings import GateSettings
+from core.errors import DataError
+from core.vocabulary import Verdict
 from expectations import contract
 from tasks.demo_data import Drift, generate
 from tasks.drift_report import table_rows, write_report
-from tasks.errors import DataError
 from tasks.gate import report_paths, user_suites
-from tasks.validation import Verdict, validate
+from tasks.validation import validate
 from tests.gate_scenarios import reference
 
 
@@ -34,10 +35,14 @@ def test_the_contract_is_a_gx_suite_that_round_trips_through_json(ref, tmp_path)
     assert ExpectationSuite(**loaded) == ExpectationSuite(**ref.suite)
     kinds = {e["type"] for e in loaded["expectations"] if e["kwargs"].get("column") == "monthly_charges"}
     assert kinds == {
-        "expect_column_values_to_be_in_type_list", "expect_column_values_to_not_be_null",
-        "expect_column_values_to_be_between", "expect_column_mean_to_be_between",
-        "expect_column_stdev_to_be_between", "expect_column_quantile_values_to_be_between",
-        "expect_column_kl_divergence_to_be_less_than", "expect_column_most_common_value_to_be_in_set",
+        "expect_column_values_to_be_in_type_list",
+        "expect_column_values_to_not_be_null",
+        "expect_column_values_to_be_between",
+        "expect_column_mean_to_be_between",
+        "expect_column_stdev_to_be_between",
+        "expect_column_quantile_values_to_be_between",
+        "expect_column_kl_divergence_to_be_less_than",
+        "expect_column_most_common_value_to_be_in_set",
     }
     categorical = {e["type"] for e in loaded["expectations"] if e["kwargs"].get("column") == "plan"}
     assert "expect_column_values_to_be_in_set" in categorical and "expect_column_values_to_be_of_type" in categorical
@@ -48,10 +53,13 @@ def test_the_contract_is_a_gx_suite_that_round_trips_through_json(ref, tmp_path)
 
 def test_thresholds_come_from_the_config(ref):
     frame = ref.frame
-    strict = contract.build_contract(frame, GateSettings(mean_shift_sd=0.05, null_tolerance=0.01),
-                                     name="s", target="churned", snapshot_id=None)
+    strict = contract.build_contract(
+        frame, GateSettings(mean_shift_sd=0.05, null_tolerance=0.01), name="s", target="churned", snapshot_id=None
+    )
     mean = expectation(strict, "expect_column_mean_to_be_between", "age")
-    assert mean["kwargs"]["max_value"] - mean["meta"]["training"]["mean"] == pytest.approx(0.05 * mean["meta"]["training"]["std"])
+    assert mean["kwargs"]["max_value"] - mean["meta"]["training"]["mean"] == pytest.approx(
+        0.05 * mean["meta"]["training"]["std"]
+    )
     assert expectation(strict, "expect_column_values_to_not_be_null", "age")["kwargs"]["mostly"] == pytest.approx(0.99)
 
 
@@ -88,10 +96,13 @@ def test_a_broken_suite_is_named(tmp_path):
 def test_user_expectations_in_the_expectations_folder_run_too(ref, settings, tmp_path):
     folder = tmp_path / "expectations"
     folder.mkdir()
-    rules = {"name": "business-rules", "expectations": [
-        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "monthly_charges", "max_value": 100}},
-        {"type": "expect_column_values_to_match_regex", "kwargs": {"column": "plan", "regex": "^[a-z]+$"}},
-    ]}
+    rules = {
+        "name": "business-rules",
+        "expectations": [
+            {"type": "expect_column_values_to_be_between", "kwargs": {"column": "monthly_charges", "max_value": 100}},
+            {"type": "expect_column_values_to_match_regex", "kwargs": {"column": "plan", "regex": "^[a-z]+$"}},
+        ],
+    }
     (folder / "rules.json").write_text(json.dumps(rules))
     settings = settings.model_copy(update={"gate": settings.gate.model_copy(update={"expectations_dir": str(folder)})})
     suites = user_suites(settings)
@@ -100,7 +111,9 @@ def test_user_expectations_in_the_expectations_folder_run_too(ref, settings, tmp
     assert report.columns_with(Verdict.FAIL) == ["monthly_charges"]
     assert "expect_column_values_to_be_between failed" in report.columns[0].reason
     plan = next(c for c in report.columns if c.name == "plan")
-    assert any(c.expectation == "expect_column_values_to_match_regex" and c.verdict == Verdict.PASS for c in plan.checks)
+    assert any(
+        c.expectation == "expect_column_values_to_match_regex" and c.verdict == Verdict.PASS for c in plan.checks
+    )
 
 
 def bad_batches() -> dict[str, tuple[pd.DataFrame, str, str]]:
@@ -110,7 +123,11 @@ def bad_batches() -> dict[str, tuple[pd.DataFrame, str, str]]:
         "all nulls": (clean.assign(age=np.nan), "age", "nulls: every value is null"),
         "dates for numbers": (clean.assign(age=pd.Timestamp("2024-01-01")), "age", "type: dtype 'datetime64[us]'"),
         "numbers for categories": (clean.assign(plan=1.5), "plan", "type: dtype 'float64', the contract expects 'str'"),
-        "mixed objects": (clean.assign(tenure_months=pd.Series(["a", 1] * 250, dtype=object)), "tenure_months", "type:"),
+        "mixed objects": (
+            clean.assign(tenure_months=pd.Series(["a", 1] * 250, dtype=object)),
+            "tenure_months",
+            "type:",
+        ),
         "missing columns": (clean[["age"]], "plan", "missing: the column is not in the batch"),
         "no columns": (pd.DataFrame(index=range(3)), "age", "missing: the column is not in the batch"),
         "repeated names": (pd.concat([clean, clean[["age"]]], axis=1), "(table)", "repeated column names: age"),
@@ -137,7 +154,9 @@ def test_the_report_holds_verdict_columns_measures_and_reasons(ref, tmp_path):
     assert data["verdict"] == "fail" and data["batch"] == "b.csv"
     first = data["columns"][0]
     assert first["name"] == "tenure_months" and first["verdict"] == "fail" and "spread" in first["reason"]
-    assert {"ks", "psi", "js", "kl", "wasserstein_sd", "null_rate_delta", "out_of_range", "mean_shift_sd"} <= set(first["measures"])
+    assert {"ks", "psi", "js", "kl", "wasserstein_sd", "null_rate_delta", "out_of_range", "mean_shift_sd"} <= set(
+        first["measures"]
+    )
     assert all(c["verdict"] == "pass" and c["reason"] == "matches training" for c in data["columns"][1:])
     plan = next(c for c in data["columns"] if c["name"] == "plan")
     assert {"js", "psi", "chi2_p", "unseen_share"} <= set(plan["measures"])
@@ -146,13 +165,18 @@ def test_the_report_holds_verdict_columns_measures_and_reasons(ref, tmp_path):
     assert files.png is not None and files.png.read_bytes()[:4] == b"\x89PNG"
     assert table_rows(report)[0]["column"] == "tenure_months"
 
-    clean = write_report(validate(generate(300, seed=8, with_label=False), ref.suite, GateSettings()), tmp_path / "c.json")
+    clean = write_report(
+        validate(generate(300, seed=8, with_label=False), ref.suite, GateSettings()), tmp_path / "c.json"
+    )
     assert clean.png is None and clean.html.is_file()
 
 
 def test_report_paths_one_file_or_a_folder(tmp_path):
     assert report_paths(["a.csv"], tmp_path / "r.json", tmp_path) == [tmp_path / "r.json"]
-    assert report_paths(["x/a.csv", "b.parquet"], tmp_path / "out", tmp_path) == [tmp_path / "out/a.json", tmp_path / "out/b.json"]
+    assert report_paths(["x/a.csv", "b.parquet"], tmp_path / "out", tmp_path) == [
+        tmp_path / "out/a.json",
+        tmp_path / "out/b.json",
+    ]
     with pytest.raises(DataError, match="names a folder"):
         report_paths(["a.csv", "b.csv"], tmp_path / "r.json", tmp_path)
     with pytest.raises(DataError, match="share a file name"):

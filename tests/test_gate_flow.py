@@ -8,10 +8,11 @@ import pytest
 from click.testing import CliRunner
 from prefect.artifacts import Artifact
 
+from core.vocabulary import Alias
 from flows.cli import cli
 from flows.training import training_flow
 from tasks.demo_data import Drift, generate
-from tasks.registry import Alias, set_alias, versions
+from tasks.registry import set_alias, versions
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -34,7 +35,12 @@ def test_production_contract_gates_new_data_and_an_override_is_recorded(settings
     assert stopped.stderr.count("\n") == 1
     report = Path(stopped.stderr.split("report: ")[1].split(" (override")[0])
     assert json.loads(report.read_text())["columns"][0] | {"checks": None, "measures": None} == {
-        "name": "age", "verdict": "fail", "reason": ANY, "checks": None, "measures": None}
+        "name": "age",
+        "verdict": "fail",
+        "reason": ANY,
+        "checks": None,
+        "measures": None,
+    }
     assert report.with_suffix(".png").is_file()
     assert [str(v.version) for v in versions(settings, first.model_name)[0]] == ["1"]  # nothing was trained
     assert "age" in str(Artifact.get("training-gate").data)

@@ -4,8 +4,9 @@ clean batches pass at every size. Rates over many repetitions: tests/benchmarks/
 import pytest
 
 from configs.settings import GateSettings
+from core.vocabulary import Verdict
 from tasks.demo_data import Drift, generate
-from tasks.validation import Verdict, validate
+from tasks.validation import validate
 from tests.gate_scenarios import CONTINUOUS, SCENARIOS, reference
 
 DRIFTS = [s for s in SCENARIOS if s.drift and not s.separate]

@@ -7,16 +7,22 @@ import pandas as pd
 import pytest
 
 from configs.settings import MonitoringSettings
-from tasks.errors import ShipwayError
+from core.errors import ShipwayError
 from tasks.monitoring import parse_window, served_inputs, summarize, sustained
 
 SETTINGS = MonitoringSettings(min_requests=10)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("1h", timedelta(hours=1)), ("30m", timedelta(minutes=30)), ("90s", timedelta(seconds=90)),
-    ("2d", timedelta(days=2)), ("1.5h", timedelta(minutes=90)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1h", timedelta(hours=1)),
+        ("30m", timedelta(minutes=30)),
+        ("90s", timedelta(seconds=90)),
+        ("2d", timedelta(days=2)),
+        ("1.5h", timedelta(minutes=90)),
+    ],
+)
 def test_windows_parse(text, expected):
     assert parse_window(text) == expected
 
@@ -27,16 +33,19 @@ def test_a_bad_window_names_itself(text):
         parse_window(text)
 
 
-def log_rows(n: int, *, role: str = "production", source=None, prediction=(1,), latency: float = 1.0,
-             start: int = 0) -> pd.DataFrame:
-    return pd.DataFrame({
-        "request_id": [f"r{start + i}" for i in range(n)],
-        "role": role,
-        "source": source,
-        "inputs": [orjson.dumps([{"age": 30 + i % 5, "plan": "basic"}]).decode() for i in range(n)],
-        "prediction": [None if prediction is None else orjson.dumps(list(prediction)).decode()] * n,
-        "latency_ms": latency,
-    })
+def log_rows(
+    n: int, *, role: str = "production", source=None, prediction=(1,), latency: float = 1.0, start: int = 0
+) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "request_id": [f"r{start + i}" for i in range(n)],
+            "role": role,
+            "source": source,
+            "inputs": [orjson.dumps([{"age": 30 + i % 5, "plan": "basic"}]).decode() for i in range(n)],
+            "prediction": [None if prediction is None else orjson.dumps(list(prediction)).decode()] * n,
+            "latency_ms": latency,
+        }
+    )
 
 
 NO_FEEDBACK = pd.DataFrame({"request_id": pd.Series(dtype=str), "label": pd.Series(dtype=object)})
@@ -52,14 +61,24 @@ def test_a_healthy_window_has_its_figures_and_no_breach():
 
 
 def test_fallbacks_errors_rejections_and_latency_breach_their_limits():
-    log = pd.concat([log_rows(80, latency=80.0), log_rows(5, role="fallback", source="baseline", start=100),
-                     log_rows(5, role="fallback", prediction=None, start=200),  # 503: every fallback failed
-                     log_rows(10, prediction=None, start=300)])  # 400: the client's input was refused
+    log = pd.concat(
+        [
+            log_rows(80, latency=80.0),
+            log_rows(5, role="fallback", source="baseline", start=100),
+            log_rows(5, role="fallback", prediction=None, start=200),  # 503: every fallback failed
+            log_rows(10, prediction=None, start=300),
+        ]
+    )  # 400: the client's input was refused
     summary = summarize(log, NO_FEEDBACK, SETTINGS)
     assert summary.metrics["fallback_rate"] == pytest.approx(0.10)
     assert summary.metrics["error_rate"] == pytest.approx(0.05)
     assert summary.metrics["rejected_rate"] == pytest.approx(0.10)
-    assert [b.split()[0] for b in summary.breaches] == ["fallback_rate", "error_rate", "rejected_rate", "latency_p99_ms"]
+    assert [b.split()[0] for b in summary.breaches] == [
+        "fallback_rate",
+        "error_rate",
+        "rejected_rate",
+        "latency_p99_ms",
+    ]
 
 
 def test_too_few_requests_breach_nothing():
@@ -82,12 +101,15 @@ def test_served_inputs_are_the_answered_requests_features():
     assert list(inputs.columns) == ["age", "plan"] and len(inputs) == 3
 
 
-@pytest.mark.parametrize(("before", "now", "windows", "expected"), [
-    ([True, True], True, 3, True),
-    ([True, False], True, 3, False),
-    ([True], True, 3, False),  # not enough history yet
-    ([True, True], False, 3, False),
-    ([], True, 1, True),
-])
+@pytest.mark.parametrize(
+    ("before", "now", "windows", "expected"),
+    [
+        ([True, True], True, 3, True),
+        ([True, False], True, 3, False),
+        ([True], True, 3, False),  # not enough history yet
+        ([True, True], False, 3, False),
+        ([], True, 1, True),
+    ],
+)
 def test_a_breach_is_sustained_only_after_enough_windows_in_a_row(before, now, windows, expected):
     assert sustained(before, now, windows) is expected

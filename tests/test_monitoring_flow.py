@@ -9,12 +9,13 @@ import mlflow
 import pytest
 
 from configs.settings import load_settings
+from core.vocabulary import Alias
 from flows.monitoring import monitoring_flow
 from serving.prediction_log import read_window
 from serving.server import running
 from tasks.demo_data import TARGET, Drift, generate
 from tasks.promotion import move
-from tasks.registry import Alias, connect
+from tasks.registry import connect
 from tasks.traffic import Replay
 from tests.conftest import register_versions
 
@@ -25,8 +26,12 @@ SHIPWAY = str(Path(sys.executable).with_name("shipway"))
 
 @pytest.fixture
 def production(small, monkeypatch):
-    for key, value in {"MONITORING__MIN_REQUESTS": "50", "MONITORING__BREACH_WINDOWS": "2",
-                       "SERVING__POLL_INTERVAL_S": "0.3", "DATA__DEMO_ROWS": "3000"}.items():
+    for key, value in {
+        "MONITORING__MIN_REQUESTS": "50",
+        "MONITORING__BREACH_WINDOWS": "2",
+        "SERVING__POLL_INTERVAL_S": "0.3",
+        "DATA__DEMO_ROWS": "3000",
+    }.items():
         monkeypatch.setenv(f"SHIPWAY_{key}", value)
     settings = load_settings()
     register_versions(settings, 1)

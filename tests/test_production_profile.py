@@ -69,15 +69,26 @@ def servers(databases, s3_endpoint, bucket, tmp_path_factory) -> Iterator[dict[s
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
-    mlflow_command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                      "--backend-store-uri", f"postgresql+psycopg://{PG_SERVER}/{databases['mlflow']}",
-                      "--artifacts-destination", f"s3://{bucket}/mlflow", "--serve-artifacts", "--workers", "1"]
+    mlflow_command = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(mlflow_port),
+        "--backend-store-uri",
+        f"postgresql+psycopg://{PG_SERVER}/{databases['mlflow']}",
+        "--artifacts-destination",
+        f"s3://{bucket}/mlflow",
+        "--serve-artifacts",
+        "--workers",
+        "1",
+    ]
     prefect_command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)]
     with ExitStack() as stack:
         mlflow_up = stack.enter_context(_server("mlflow", mlflow_command, mlflow_env, tmp))
         prefect_up = stack.enter_context(_server("prefect", prefect_command, prefect_env, tmp))
         urls = {"mlflow": f"http://127.0.0.1:{mlflow_port}", "prefect": f"http://127.0.0.1:{prefect_port}/api"}
-        import flows.monitoring, flows.promotion, flows.training, serving.server  # noqa: E401, F401  (~8 s, meanwhile)
         mlflow_up(f"{urls['mlflow']}/health")
         prefect_up(f"{urls['prefect']}/health")
         yield urls
@@ -100,7 +111,9 @@ def _server(name: str, command: list[str], env: dict[str, str], tmp: Path):
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        raise AssertionError(f"{name} server did not answer {url} in {STARTUP_TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}")
+        raise AssertionError(
+            f"{name} server did not answer {url} in {STARTUP_TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}"
+        )
 
     try:
         yield wait
@@ -118,10 +131,9 @@ def _prefect_api(url: str) -> Iterator[None]:
     """Point Prefect at the server in this process, for this thread and for threads it starts
     (the approver answers from its own thread), the way prefect_test_harness does for its server."""
     import prefect.context
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     async def drain() -> None:
@@ -147,7 +159,8 @@ def _upload_demo(s3_endpoint: str, bucket: str, key: str, seed: int) -> str:
     buffer = io.BytesIO()
     generate(3_000, seed=seed).to_parquet(buffer, index=False)
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").put_object(
-        Bucket=bucket, Key=key, Body=buffer.getvalue())
+        Bucket=bucket, Key=key, Body=buffer.getvalue()
+    )
     return f"s3://{bucket}/{key}"
 
 
@@ -196,10 +209,17 @@ def journey(servers, databases, s3_endpoint, bucket, tmp_path_factory) -> Journe
         "PREFECT__API_URL": servers["prefect"],
         "PREDICTION_LOG__URL": f"postgresql+psycopg://{PG_SERVER}/{databases['predictions']}",
         # scaled for a test: small windows, quick polls, a short benchmark with room for a busy machine
-        "PROMOTION__MIN_REQUESTS": "60", "PROMOTION__MIN_LABELED": "30", "PROMOTION__STEP_SECONDS": "40",
-        "PROMOTION__CANARY_STEPS": "[0.25, 0.5]", "PROMOTION__APPROVAL_TIMEOUT_SECONDS": "60",
-        "SERVING__POLL_INTERVAL_S": "0.3", "SERVING__BENCH_REQUESTS": "200", "SERVING__LATENCY_BUDGET_P99_MS": "500",
-        "MONITORING__MIN_REQUESTS": "60", "PROMOTION__LATENCY_P99_MS": "1000", "PROMOTION__LATENCY_SLACK_MS": "50",
+        "PROMOTION__MIN_REQUESTS": "60",
+        "PROMOTION__MIN_LABELED": "30",
+        "PROMOTION__STEP_SECONDS": "40",
+        "PROMOTION__CANARY_STEPS": "[0.25, 0.5]",
+        "PROMOTION__APPROVAL_TIMEOUT_SECONDS": "60",
+        "SERVING__POLL_INTERVAL_S": "0.3",
+        "SERVING__BENCH_REQUESTS": "200",
+        "SERVING__LATENCY_BUDGET_P99_MS": "500",
+        "MONITORING__MIN_REQUESTS": "60",
+        "PROMOTION__LATENCY_P99_MS": "1000",
+        "PROMOTION__LATENCY_SLACK_MS": "50",
     }
     with pytest.MonkeyPatch.context() as mp, _prefect_api(servers["prefect"]):
         for var in [v for v in os.environ if v.startswith("SHIPWAY_")]:
@@ -260,8 +280,11 @@ def test_the_cli_reads_the_same_profile(journey):
 
 def test_artifacts_and_snapshots_are_in_the_bucket(journey, s3_endpoint, bucket):
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for o in page.get("Contents", [])
+    ]
     for result in journey.trained:
         assert f"snapshots/{result.snapshot_id}/manifest.json" in keys
         run_files = [k for k in keys if k.startswith("mlflow/") and f"/{result.run_id}/artifacts/" in k]
@@ -303,7 +326,9 @@ def test_the_flow_runs_are_in_the_prefect_server(journey, servers):
     with SyncPrefectClient(servers["prefect"]) as client:
         runs = client.read_flow_runs()
         flows = {f.id: f.name for f in client.read_flows()}
-        report = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"monitoring-{NAME}"])))
+        report = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"monitoring-{NAME}"]))
+        )
     completed = sorted(flows[r.flow_id] for r in runs if r.state and r.state.is_completed())
     assert completed == ["monitoring", "promotion", "promotion", "training", "training"]
     assert len(report) == 1 and "input drift vs contract" in report[0].data

@@ -13,15 +13,16 @@ from sklearn.dummy import DummyClassifier
 from sklearn.pipeline import Pipeline
 
 from configs.settings import load_settings
+from core.errors import ShipwayError
+from core.vocabulary import Alias, Tag
 from flows.approval import AutoApprover, answer
 from flows.promotion import PromotionRejected, promotion_flow
 from serving.server import running
 from tasks import registry
 from tasks.demo_data import TARGET, generate
-from tasks.errors import ShipwayError
 from tasks.lineage import GitLineage
-from tasks.promotion import AWAITING_TAG, PENDING_TAG, history, move
-from tasks.registry import Alias, model_state, register
+from tasks.promotion import history, move
+from tasks.registry import model_state, register
 from tasks.snapshot import take_snapshot
 from tasks.traffic import Replay
 from tasks.training import preprocessor, split_features, train
@@ -34,9 +35,15 @@ SHIPWAY = str(Path(sys.executable).with_name("shipway"))
 @pytest.fixture
 def fast(small, monkeypatch):
     """Promotion and gateway settings scaled for a test: small windows, quick polls."""
-    for key, value in {"PROMOTION__MIN_REQUESTS": "60", "PROMOTION__MIN_LABELED": "30", "PROMOTION__STEP_SECONDS": "40",
-                       "PROMOTION__CANARY_STEPS": "[0.25, 0.5]", "PROMOTION__APPROVAL_TIMEOUT_SECONDS": "60",
-                       "SERVING__POLL_INTERVAL_S": "0.3", "DATA__DEMO_ROWS": "3000"}.items():
+    for key, value in {
+        "PROMOTION__MIN_REQUESTS": "60",
+        "PROMOTION__MIN_LABELED": "30",
+        "PROMOTION__STEP_SECONDS": "40",
+        "PROMOTION__CANARY_STEPS": "[0.25, 0.5]",
+        "PROMOTION__APPROVAL_TIMEOUT_SECONDS": "60",
+        "SERVING__POLL_INTERVAL_S": "0.3",
+        "DATA__DEMO_ROWS": "3000",
+    }.items():
         monkeypatch.setenv(f"SHIPWAY_{key}", value)
     return load_settings()
 
@@ -87,8 +94,7 @@ def test_shadow_canary_and_two_approvals_take_the_version_to_production(fast, ve
     assert approval["approved"] and approval["reviewer"] == "rita"
     assert [e["stage"] for e in approval["evidence"]] == stages  # what the reviewer saw is recorded
 
-    done = subprocess.run([SHIPWAY, "rollback", NAME, "--reason", "bad news"],
-                          capture_output=True, text=True)
+    done = subprocess.run([SHIPWAY, "rollback", NAME, "--reason", "bad news"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "Production 2 -> 1 (bad news)" in done.stdout
     assert model_state(fast, NAME)[0] == {"Production": "1"}
@@ -108,8 +114,9 @@ def test_a_broken_canary_is_rolled_back_automatically(fast, versions_1_and_2, tr
     trained, snapshot = versions_1_and_2
     X, y = split_features(snapshot.frame, TARGET)
     broken = Pipeline([("prep", preprocessor(X)), ("model", DummyClassifier(strategy="constant", constant=1))])
-    bad = register(dataclasses.replace(trained, model=broken.fit(X, y)), snapshot, GitLineage("b" * 40, "main", False),
-                   fast)
+    bad = register(
+        dataclasses.replace(trained, model=broken.fit(X, y)), snapshot, GitLineage("b" * 40, "main", False), fast
+    )
     monkeypatch.setenv("SHIPWAY_PROMOTION__MIN_AGREEMENT", "0")  # let it past Shadow: the canary must catch it
     approver = Approver(fast, [True])
     approver.start()
@@ -129,7 +136,7 @@ def test_an_unanswered_approval_times_out_as_a_rejection(fast, monkeypatch):
     with pytest.raises(PromotionRejected, match="approval rejected by timeout: no answer in 2 s"):
         promotion_flow(NAME)  # nothing in Production: straight to the approval
     assert model_state(fast, NAME)[0] == {}
-    assert AWAITING_TAG not in model_state(fast, NAME)[1]
+    assert Tag.AWAITING_APPROVAL not in model_state(fast, NAME)[1]
 
 
 def test_two_promotions_of_one_model_never_interleave(fast):
@@ -140,12 +147,13 @@ def test_two_promotions_of_one_model_never_interleave(fast):
     first = threading.Thread(target=lambda: promotion_flow(NAME), daemon=True)
     first.start()
     deadline = time.monotonic() + 60
-    while AWAITING_TAG not in model_state(fast, NAME)[1]:
+    while Tag.AWAITING_APPROVAL not in model_state(fast, NAME)[1]:
         assert time.monotonic() < deadline, "the first promotion never paused"
         time.sleep(0.2)
-    waiting = json.loads(model_state(fast, NAME)[1][AWAITING_TAG])
-    with pytest.raises(PromotionRejected, match=f"another promotion of '{NAME}' is in progress \\(flow run "
-                                                f"{waiting['run_id']}\\)"):
+    waiting = json.loads(model_state(fast, NAME)[1][Tag.AWAITING_APPROVAL])
+    with pytest.raises(
+        PromotionRejected, match=f"another promotion of '{NAME}' is in progress \\(flow run {waiting['run_id']}\\)"
+    ):
         promotion_flow(NAME)
     time.sleep(1.5)
     answer(waiting["run_id"], approve=True, reviewer="rita", comment="")
@@ -169,7 +177,7 @@ def test_a_promotion_cut_short_is_undone_and_the_next_one_starts_cleanly(fast, m
     with pytest.raises(ConnectionError):
         promotion_flow(NAME)
     aliases, tags = model_state(fast, NAME)
-    assert PENDING_TAG in tags and aliases["Production"] == "1"  # half applied
+    assert Tag.PROMOTION_PENDING in tags and aliases["Production"] == "1"  # half applied
 
     monkeypatch.setattr(registry, "delete_alias", real_delete)
     approver = Approver(fast, [True])
@@ -191,10 +199,13 @@ def test_status_lists_the_waiting_approval_and_the_history(fast):
 
     register_versions(fast, 1)
     move(fast, NAME, {Alias.SHADOW: "1"}, actor="alice", reason="trained")
-    registry.set_model_tag(fast, NAME, AWAITING_TAG, json.dumps(
-        {"run_id": "1234", "stage": "shadow", "version": "1", "since": "2026-11-25T20:00:00+00:00"}))
-    done = subprocess.run([SHIPWAY, "status", NAME], capture_output=True, text=True,
-                          cwd=Path.cwd())
+    registry.set_model_tag(
+        fast,
+        NAME,
+        Tag.AWAITING_APPROVAL,
+        json.dumps({"run_id": "1234", "stage": "shadow", "version": "1", "since": "2026-11-25T20:00:00+00:00"}),
+    )
+    done = subprocess.run([SHIPWAY, "status", NAME], capture_output=True, text=True, cwd=Path.cwd())
     assert done.returncode == 0, done.stderr
     assert "waiting for approval: version 1 (shadow)" in done.stdout and "shipway approve 1234" in done.stdout
     assert "Shadow" in done.stdout and "by alice: trained" in done.stdout

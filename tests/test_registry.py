@@ -4,10 +4,11 @@ import mlflow
 import numpy as np
 import pytest
 
+from core.errors import RegistryError
+from core.vocabulary import Alias
 from tasks import registry
-from tasks.errors import RegistryError
 from tasks.lineage import GitLineage, git_lineage
-from tasks.registry import Alias, register, set_alias, versions
+from tasks.registry import register, set_alias, versions
 from tests.conftest import REPO, register_versions
 
 

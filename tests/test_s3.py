@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from configs.settings import Settings
+from core.errors import DataError, SnapshotError
 from tasks.demo_data import TARGET, generate
-from tasks.errors import DataError, SnapshotError
 from tasks.lineage import GitLineage
 from tasks.registry import register
 from tasks.snapshot import read_snapshot, take_snapshot, write_snapshot

@@ -26,12 +26,13 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
 from configs.settings import Settings, load_settings
+from core.vocabulary import Alias
 from serving import shadow as shadow_module
 from serving.prediction_log import read_feedback, read_window
 from serving.server import running
 from tasks.demo_data import TARGET
 from tasks.lineage import GitLineage
-from tasks.registry import Alias, connect, register, set_alias, set_canary_share
+from tasks.registry import connect, register, set_alias, set_canary_share
 from tasks.snapshot import take_snapshot
 from tasks.training import TrainedModel, train
 
@@ -70,7 +71,9 @@ class Registry:
         return self.settings.training.model_name
 
 
-def register_misbehaving(settings: Settings, trained: TrainedModel, model: Misbehaving, baseline_uri: str | None) -> str:
+def register_misbehaving(
+    settings: Settings, trained: TrainedModel, model: Misbehaving, baseline_uri: str | None
+) -> str:
     client, experiment_id = connect(settings)
     sample = trained.X_holdout.head(20)
     with mlflow.start_run(experiment_id=experiment_id) as run, warnings.catch_warnings():
@@ -280,7 +283,11 @@ def test_canary_gets_its_share_sticky_by_request_key_and_changes_apply_without_r
         assert {invoke(client, row).headers["x-model-role"] for _ in range(10)} == {"canary"}
 
         point(reg, Production=reg.other_good)  # Canary removed, Production moved
-        wait_for(lambda: client.get("/health").json()["serving"] == {"Production": {"version": reg.other_good, "format": "onnx"}})
+        wait_for(
+            lambda: (
+                client.get("/health").json()["serving"] == {"Production": {"version": reg.other_good, "format": "onnx"}}
+            )
+        )
         answer = invoke(client, row)
         assert (answer.headers["x-model-version"], answer.headers["x-model-role"]) == (reg.other_good, "production")
 
@@ -566,7 +573,9 @@ def test_read_window_reads_only_the_window_through_the_ts_index(reg, tmp_path):
     window = read_window(url, base + timedelta(hours=1), base + timedelta(hours=3), model_name="churn-classifier")
     assert list(window.request_id) == ["churn-classifier-1", "churn-classifier-2"]
     assert str(window.ts.dt.tz) == "UTC"
-    plan = sqlite3.connect(url.removeprefix("sqlite:///")).execute(
-        "EXPLAIN QUERY PLAN SELECT * FROM predictions WHERE ts >= ? AND ts < ?", ("2026-01-01", "2026-01-02")
-    ).fetchall()
+    plan = (
+        sqlite3.connect(url.removeprefix("sqlite:///"))
+        .execute("EXPLAIN QUERY PLAN SELECT * FROM predictions WHERE ts >= ? AND ts < ?", ("2026-01-01", "2026-01-02"))
+        .fetchall()
+    )
     assert "ix_predictions_ts" in str(plan)

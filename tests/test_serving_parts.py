@@ -12,17 +12,17 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from configs.settings import TrainingSettings
+from core.errors import GateError
+from core.vocabulary import Alias
 from flows.cli import cli
 from serving.prediction_log import Label, Prediction, PredictionLog, Redactor, read_feedback, read_window
 from tasks.compile import compile_pipeline
 from tasks.demo_data import TARGET, generate
-from tasks.errors import GateError
 from tasks.lineage import GitLineage
-from tasks.registry import Alias, register, set_alias
+from tasks.registry import register, set_alias
 from tasks.snapshot import take_snapshot
 from tasks.training import train
 from tests.conftest import PG_SERVER, postgres_databases
-
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_logistic_pipeline_compiles_with_exact_parity(frame):
     assert compiled.ok and compiled.status.startswith("passed: 600 holdout rows")
     import onnxruntime as ort
 
-    from tasks.compile import frame_feeds
+    from serving import frame_feeds
 
     labels, proba = ort.InferenceSession(compiled.onnx).run(None, frame_feeds(trained.X_holdout))
     assert labels.tolist() == trained.model.predict(trained.X_holdout).tolist()
@@ -74,7 +74,12 @@ def test_app_factory_serves_the_sklearn_form_like_pyfunc(hgb_registered):
     assert tags["serving_format"] == "sklearn" and "onnx_model_uri" not in tags
     rows = trained.X_holdout.head(30)
     expected = mlflow.pyfunc.load_model(f"models:/{reg.name}@Production").predict(rows).tolist()
-    body = {"dataframe_split": {"columns": list(rows.columns), "data": rows.astype(object).where(rows.notna(), None).values.tolist()}}
+    body = {
+        "dataframe_split": {
+            "columns": list(rows.columns),
+            "data": rows.astype(object).where(rows.notna(), None).values.tolist(),
+        }
+    }
     with TestClient(create_app(settings)) as client:
         answer = client.post("/invocations", json=body)
         assert answer.json() == {"predictions": expected}
@@ -125,14 +130,38 @@ def check_prediction_log(url: str) -> None:
     base = datetime.now(UTC).replace(microsecond=0)
     for i in range(6):
         ts = base + timedelta(minutes=i)
-        plog.add(Prediction(f"r{i}", ts, "churn-classifier", "3", "production", None, [{"age": i, "email": "a@b"}], [i % 2], 0.4, None))
-        plog.add(Prediction(f"r{i}", ts, "churn-classifier", "4", "shadow", None, [{"age": i, "email": "a@b"}], [1], 0.9, None))
-    plog.add(Prediction("r0", base, "churn-classifier", "3", "production", None, None, [9], 0.1, None))  # a repeat: ignored
+        plog.add(
+            Prediction(
+                f"r{i}",
+                ts,
+                "churn-classifier",
+                "3",
+                "production",
+                None,
+                [{"age": i, "email": "a@b"}],
+                [i % 2],
+                0.4,
+                None,
+            )
+        )
+        plog.add(
+            Prediction(
+                f"r{i}", ts, "churn-classifier", "4", "shadow", None, [{"age": i, "email": "a@b"}], [1], 0.9, None
+            )
+        )
+    plog.add(
+        Prediction("r0", base, "churn-classifier", "3", "production", None, None, [9], 0.1, None)
+    )  # a repeat: ignored
     plog.add(Label("r1", True, base))
     plog.add(Label("r2", "churned", base))
     plog.close()
     window = read_window(url, base + timedelta(minutes=1), base + timedelta(minutes=3))
-    assert sorted(zip(window.request_id, window.role)) == [("r1", "production"), ("r1", "shadow"), ("r2", "production"), ("r2", "shadow")]
+    assert sorted(zip(window.request_id, window.role, strict=False)) == [
+        ("r1", "production"),
+        ("r1", "shadow"),
+        ("r2", "production"),
+        ("r2", "shadow"),
+    ]
     assert "email" not in window.inputs.iloc[0]
     assert read_window(url, base, base + timedelta(minutes=1)).prediction.tolist() == ["[0]", "[1]"]
     labels = read_feedback(url, ["r1", "r2", "r5"]).set_index("request_id").label.to_dict()

@@ -17,12 +17,12 @@ import orjson
 import pytest
 
 from configs.settings import TrainingSettings
+from serving import Column, is_numeric, session
 from serving.models import Inputs, Servable
 from serving.prediction_log import Prediction, PredictionLog, Redactor, read_window
 from serving.schema import Batch, Schema, parse
-from tasks.compile import compile_pipeline, is_numeric, session
+from tasks.compile import compile_pipeline
 from tasks.demo_data import TARGET, generate
-from tasks.registry import Column
 from tasks.training import train
 
 
@@ -140,7 +140,9 @@ def test_the_shadow_clock_leaves_out_the_time_its_idle_priority_spent_waiting_fo
     cpu = sorted(os.sched_getaffinity(0))[0]
     measured = subprocess.Popen([sys.executable, "-c", CLOCK_SCRIPT.replace("CPU", str(cpu))],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
-    competitor = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    competitor = subprocess.Popen(
+        [sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"]
+    )
     try:
         assert measured.stdout.readline().strip() == "ready"
         time.sleep(0.2)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from configs.settings import PROFILES, load_settings
-from tasks.errors import ConfigError
+from core.errors import ConfigError
 
 
 def test_default_profile_keeps_all_state_under_dot_shipway(settings, tmp_path):

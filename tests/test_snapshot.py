@@ -5,9 +5,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from core.errors import DataError, SnapshotError
 from tasks import snapshot as snap
 from tasks.demo_data import generate
-from tasks.errors import DataError, SnapshotError
 from tasks.snapshot import canonicalize, content_hash, read_snapshot, take_snapshot, write_snapshot
 from tasks.storage import LocalStore
 
@@ -187,7 +187,9 @@ def test_take_snapshot_of_a_file_and_of_the_demo(settings, tmp_path, frame):
     from_file = take_snapshot(str(tmp_path / "d.csv"), settings, target="churned")
     assert from_file.manifest.source == str(tmp_path / "d.csv")
     assert from_file.uri.startswith(str(tmp_path / ".shipway" / "snapshots"))
-    demo = take_snapshot("demo", settings.model_copy(update={"data": settings.data.model_copy(update={"demo_rows": 300})}))
+    demo = take_snapshot(
+        "demo", settings.model_copy(update={"data": settings.data.model_copy(update={"demo_rows": 300})})
+    )
     assert demo.manifest.rows == 300
 
 

@@ -4,8 +4,8 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from configs.settings import TrainingSettings
+from core.errors import DataError
 from tasks.demo_data import TARGET, generate
-from tasks.errors import DataError
 from tasks.training import train
 
 
@@ -25,7 +25,9 @@ def test_preprocessing_statistics_are_fitted_on_the_training_split_and_ship_insi
     numeric = trained.model.named_steps["preprocess"].named_transformers_["numeric"]
     columns = numeric.feature_names_in_
     np.testing.assert_allclose(numeric.named_steps["impute"].statistics_, X_train[columns].median())
-    np.testing.assert_allclose(numeric.named_steps["scale"].mean_, X_train[columns].fillna(X_train[columns].median()).mean())
+    np.testing.assert_allclose(
+        numeric.named_steps["scale"].mean_, X_train[columns].fillna(X_train[columns].median()).mean()
+    )
     assert not np.allclose(numeric.named_steps["scale"].mean_, X_test[columns].fillna(X_test[columns].median()).mean())
     columns = {name: cols for name, _, cols in trained.model.named_steps["preprocess"].transformers_}
     assert set(columns["categorical"]) == {"contract", "payment_method", "plan", "region"}

@@ -3,7 +3,6 @@
 import json
 import subprocess
 
-import pandas as pd
 import pytest
 from click.testing import CliRunner
 

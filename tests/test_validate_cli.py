@@ -7,11 +7,12 @@ import pytest
 from click.testing import CliRunner
 
 from configs.settings import load_settings
+from core.vocabulary import Alias
 from flows.cli import cli
 from tasks.demo_data import Drift, generate
 from tasks.gate import contract_for_snapshot
 from tasks.lineage import git_lineage
-from tasks.registry import Alias, log_contract, register, set_alias, versions
+from tasks.registry import log_contract, register, set_alias, versions
 from tasks.snapshot import write_snapshot
 from tasks.storage import open_store
 from tasks.training import train
@@ -40,7 +41,9 @@ def batches(home, tmp_path, monkeypatch):
     """This test's batch files (absolute paths); commands run in the module's working dir."""
     monkeypatch.chdir(home[0])
     generate(400, seed=2, with_label=False).to_csv(tmp_path / "clean.csv", index=False)
-    generate(400, seed=3, drift=Drift(shift={"tenure_months": 0.8}), with_label=False).to_parquet(tmp_path / "drift.parquet")
+    generate(400, seed=3, drift=Drift(shift={"tenure_months": 0.8}), with_label=False).to_parquet(
+        tmp_path / "drift.parquet"
+    )
     return tmp_path
 
 
@@ -49,14 +52,26 @@ def shipway(home, *args):
 
 
 def test_a_clean_batch_exits_0_and_writes_the_report(home, batches):
-    done = shipway(home, "validate", "--model", "churn-classifier@Production", "--batch", batches / "clean.csv",
-                   "--report", batches / "r.json")
+    done = shipway(
+        home,
+        "validate",
+        "--model",
+        "churn-classifier@Production",
+        "--batch",
+        batches / "clean.csv",
+        "--report",
+        batches / "r.json",
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads((batches / "r.json").read_text())
     assert report["verdict"] in ("pass", "warn")
     snapshot = home[2]
-    assert report["reference"] == {"suite": f"churn-classifier-{snapshot.id[:12]}", "model": "churn-classifier",
-                                   "version": "1", "snapshot_id": snapshot.id}
+    assert report["reference"] == {
+        "suite": f"churn-classifier-{snapshot.id[:12]}",
+        "model": "churn-classifier",
+        "version": "1",
+        "snapshot_id": snapshot.id,
+    }
     assert (batches / "r.html").is_file()
     tags = versions(home[1], "churn-classifier")[0][0].tags
     assert tags["validation_status"] == report["verdict"]
@@ -64,7 +79,9 @@ def test_a_clean_batch_exits_0_and_writes_the_report(home, batches):
 
 
 def test_a_drifted_batch_exits_1_naming_the_column(home, batches):
-    done = shipway(home, "validate", "--model", "churn-classifier@Production", "--batch", batches / "drift.parquet", "--json")
+    done = shipway(
+        home, "validate", "--model", "churn-classifier@Production", "--batch", batches / "drift.parquet", "--json"
+    )
     assert done.returncode == 1
     assert done.stderr == f"shipway: error: gate: 1 of 1 batch(es) failed: {batches / 'drift.parquet'}\n"
     [report] = json.loads(done.stdout)
@@ -91,16 +108,36 @@ def test_a_folder_of_batches_gets_one_report_each_and_a_snapshot_can_be_the_refe
     ("args", "stderr"),
     [
         (["--batch", "clean.csv"], "give exactly one of --model NAME@ALIAS and --reference SNAPSHOT_ID"),
-        (["--model", "churn-classifier@Canary", "--batch", "clean.csv"],
-         "shipway: error: model 'churn-classifier' has no alias 'Canary' (aliases: Production -> 1)\n"),
-        (["--model", "churn-classifier", "--batch", "clean.csv"],
-         "shipway: error: model reference 'churn-classifier' must read NAME@ALIAS or NAME/VERSION\n"),
-        (["--model", "churn-classifier@Production", "--batch", "nowhere.csv"],
-         "shipway: error: cannot read nowhere.csv: no such file\n"),
-        (["--model", "churn-classifier@Production", "--batch", "empty.csv"],
-         "shipway: error: cannot read empty.csv: the file is empty\n"),
-        (["--model", "churn-classifier@Production", "--batch", "clean.csv", "--batch", "drift.parquet", "--report", "r.json"],
-         "shipway: error: --report r.json: with 2 batches, --report names a folder, not a .json file\n"),
+        (
+            ["--model", "churn-classifier@Canary", "--batch", "clean.csv"],
+            "shipway: error: model 'churn-classifier' has no alias 'Canary' (aliases: Production -> 1)\n",
+        ),
+        (
+            ["--model", "churn-classifier", "--batch", "clean.csv"],
+            "shipway: error: model reference must be NAME@ALIAS or NAME/VERSION (e.g. churn@Production), "
+            "got 'churn-classifier'\n",
+        ),
+        (
+            ["--model", "churn-classifier@Production", "--batch", "nowhere.csv"],
+            "shipway: error: cannot read nowhere.csv: no such file\n",
+        ),
+        (
+            ["--model", "churn-classifier@Production", "--batch", "empty.csv"],
+            "shipway: error: cannot read empty.csv: the file is empty\n",
+        ),
+        (
+            [
+                "--model",
+                "churn-classifier@Production",
+                "--batch",
+                "clean.csv",
+                "--batch",
+                "drift.parquet",
+                "--report",
+                "r.json",
+            ],
+            "shipway: error: --report r.json: with 2 batches, --report names a folder, not a .json file\n",
+        ),
         (["--reference", "0" * 64, "--batch", "clean.csv"], "shipway: error: snapshot 000000000000 not found in"),
     ],
 )
@@ -118,16 +155,28 @@ def profile(home):
     """A profile whose paths point at the module's working dir, for commands run elsewhere."""
     root, settings, _ = home
     path = root / "profile.yaml"
-    path.write_text(f"mlflow:\n  tracking_uri: {settings.mlflow.tracking_uri}\n  artifact_location: {settings.mlflow.artifact_location}\n"
-                    f"snapshots:\n  store: {settings.snapshots.store}\n")
+    path.write_text(
+        f"mlflow:\n  tracking_uri: {settings.mlflow.tracking_uri}\n  artifact_location: {settings.mlflow.artifact_location}\n"
+        f"snapshots:\n  store: {settings.snapshots.store}\n"
+    )
     return path
 
 
 def test_a_batch_with_no_rows_is_a_failed_report_not_an_error(home, batches, monkeypatch):
     monkeypatch.setenv("SHIPWAY_CONFIG", str(profile(home)))
     (batches / "header.csv").write_text("age,plan\n")
-    done = CliRunner().invoke(cli, ["validate", "--reference", home[2].id, "--batch", str(batches / "header.csv"),
-                                    "--report", str(batches / "h.json")])
+    done = CliRunner().invoke(
+        cli,
+        [
+            "validate",
+            "--reference",
+            home[2].id,
+            "--batch",
+            str(batches / "header.csv"),
+            "--report",
+            str(batches / "h.json"),
+        ],
+    )
     assert done.exit_code == 1
     assert done.stderr == f"shipway: error: gate: 1 of 1 batch(es) failed: {batches / 'header.csv'}\n"
     assert "the batch has no rows" in json.loads((batches / "h.json").read_text())["reason"]

@@ -36,39 +36,43 @@ def main(repeat: int) -> None:
         server = TemporaryPrefectServer()
         server.start()
         from configs.settings import load_settings
+        from core.vocabulary import Alias, Tag
         from flows.approval import answer
         from flows.promotion import promotion_flow
-        from tasks.promotion import AWAITING_TAG, move
-        from tasks.registry import Alias, delete_alias, model_state
+        from tasks.promotion import move
+        from tasks.registry import delete_alias, model_state
         from tests.conftest import register_versions
 
         server.wait()
         settings = load_settings()
         name = settings.training.model_name
         register_versions(settings, 1)
-        print(f"bench_approval: {repeat} promotions paused for approval, poll_seconds="
-              f"{settings.promotion.poll_seconds:g}; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+        print(
+            f"bench_approval: {repeat} promotions paused for approval, poll_seconds="
+            f"{settings.promotion.poll_seconds:g}; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
+        )
         delays = []
         for _ in range(repeat):
             delete_alias(settings, name, Alias.PRODUCTION)
             move(settings, name, {Alias.SHADOW: "1"}, actor="bench", reason="bench")
             flow = threading.Thread(target=promotion_flow, kwargs={"name": name}, daemon=True)
             flow.start()
-            while AWAITING_TAG not in model_state(settings, name)[1]:
+            while Tag.AWAITING_APPROVAL not in model_state(settings, name)[1]:
                 time.sleep(0.05)
-            run_id = json.loads(model_state(settings, name)[1][AWAITING_TAG])["run_id"]
+            run_id = json.loads(model_state(settings, name)[1][Tag.AWAITING_APPROVAL])["run_id"]
             time.sleep(1.0)  # paused for a while, as a reviewer would take
             start = time.perf_counter()
             answer(run_id, approve=True, reviewer="bench", comment="")
             answered = time.perf_counter() - start
-            while AWAITING_TAG in model_state(settings, name)[1]:
+            while Tag.AWAITING_APPROVAL in model_state(settings, name)[1]:
                 time.sleep(0.005)
             delays.append(time.perf_counter() - start)
             print(f"  approval -> flow moving on: {delays[-1]:.2f} s (the answer call itself {answered:.2f} s)")
             flow.join(60)
         median = statistics.median(delays)
-        print(f"median {median:.2f} s, max {max(delays):.2f} s (target <= 2 s: "
-              f"{'ok' if max(delays) <= 2 else 'MISSED'})")
+        print(
+            f"median {median:.2f} s, max {max(delays):.2f} s (target <= 2 s: {'ok' if max(delays) <= 2 else 'MISSED'})"
+        )
         os.chdir(ROOT)
 
 

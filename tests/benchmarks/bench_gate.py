@@ -72,18 +72,32 @@ def worker(rows: int, repeat: int) -> dict:
         start = time.perf_counter()
         write_report(report, Path(tmp) / "report.json")
         files = time.perf_counter() - start
-    return {"rows": rows, "frame_bytes": frame_bytes, "rss0": rss0, "seconds": seconds, "peak": max(peaks), "rss_before": before,
-            "files": files, "verdict": report.verdict.value, "checks": sum(len(c.checks) for c in report.columns)}
+    return {
+        "rows": rows,
+        "frame_bytes": frame_bytes,
+        "rss0": rss0,
+        "seconds": seconds,
+        "peak": max(peaks),
+        "rss_before": before,
+        "files": files,
+        "verdict": report.verdict.value,
+        "checks": sum(len(c.checks) for c in report.columns),
+    }
 
 
 def main(sizes: list[int], repeat: int) -> None:
-    print(f"bench_gate: 20 columns, median of {repeat} gate runs per size; python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} cores, load before {os.getloadavg()[0]:.2f}")
-    print(f"{'rows':>9}  {'gate s':>7}  {'s/1M rows':>9}  {'target':>8}  {'peak/batch':>10}  {'extra/batch':>11}  {'batch MB':>8}  "
-          f"{'checks':>6}  {'verdict':>7}  {'files s':>7}")
+    print(
+        f"bench_gate: 20 columns, median of {repeat} gate runs per size; python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} cores, load before {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{'rows':>9}  {'gate s':>7}  {'s/1M rows':>9}  {'target':>8}  {'peak/batch':>10}  {'extra/batch':>11}  {'batch MB':>8}  "
+        f"{'checks':>6}  {'verdict':>7}  {'files s':>7}"
+    )
     for rows in sizes:
-        done = subprocess.run([sys.executable, __file__, "--worker", str(rows), str(repeat)],
-                              capture_output=True, text=True, cwd=ROOT)
+        done = subprocess.run(
+            [sys.executable, __file__, "--worker", str(rows), str(repeat)], capture_output=True, text=True, cwd=ROOT
+        )
         if done.returncode != 0:
             sys.exit(f"worker for {rows} rows failed:\n{done.stderr}")
         r = json.loads(done.stdout.strip().splitlines()[-1])
@@ -92,9 +106,11 @@ def main(sizes: list[int], repeat: int) -> None:
         verdict = "-" if target is None else ("ok" if seconds <= target else "MISSED")
         memory = (r["peak"] - r["rss0"]) / r["frame_bytes"]  # the batch included
         extra = (r["peak"] - r["rss_before"]) / r["frame_bytes"]  # what the gate adds over the batch
-        print(f"{rows:>9,}  {seconds:>7.3f}  {seconds / rows * 1e6:>9.2f}  {verdict:>8}  "
-              f"{memory:>9.2f}x{'' if memory <= TARGET_MEMORY else '!'}  {extra:>10.2f}x  {r['frame_bytes'] / MB:>8.1f}  "
-              f"{r['checks']:>6}  {r['verdict']:>7}  {r['files']:>7.2f}")
+        print(
+            f"{rows:>9,}  {seconds:>7.3f}  {seconds / rows * 1e6:>9.2f}  {verdict:>8}  "
+            f"{memory:>9.2f}x{'' if memory <= TARGET_MEMORY else '!'}  {extra:>10.2f}x  {r['frame_bytes'] / MB:>8.1f}  "
+            f"{r['checks']:>6}  {r['verdict']:>7}  {r['files']:>7.2f}"
+        )
     print(f"load after {os.getloadavg()[0]:.2f}")
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from configs.settings import GateSettings  # noqa: E402
-from tests.gate_scenarios import SCENARIOS, reference, run  # noqa: E402
+from configs.settings import GateSettings
+from tests.gate_scenarios import SCENARIOS, reference, run
 
 
 def main() -> None:
@@ -50,11 +50,15 @@ def main() -> None:
             for key in target:
                 target[key] += getattr(score, key)
             if args.detail:
-                print(f"    {scenario.name:<28} failed {score.failed}/{score.runs}  right column {score.right}/{score.runs}")
-        rate = lambda d, k: d[k] / d["runs"] if d["runs"] else float("nan")  # noqa: E731
+                print(
+                    f"    {scenario.name:<28} failed {score.failed}/{score.runs}  right column {score.right}/{score.runs}"
+                )
+        rate = lambda d, k: d[k] / d["runs"] if d["runs"] else float("nan")
         right = drift["right"] / drift["failed"] if drift["failed"] else float("nan")
-        print(f"{rows:>7}  {rate(drift, 'failed'):>10.1%}  {right:>10.1%}  {rate(clean, 'failed'):>7.1%} of {clean['runs']:<3}"
-              f"  {rate(separate, 'failed'):>8.1%}  {time.perf_counter() - start:>6.1f}")
+        print(
+            f"{rows:>7}  {rate(drift, 'failed'):>10.1%}  {right:>10.1%}  {rate(clean, 'failed'):>7.1%} of {clean['runs']:<3}"
+            f"  {rate(separate, 'failed'):>8.1%}  {time.perf_counter() - start:>6.1f}"
+        )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from configs.settings import load_settings  # noqa: E402
 from expectations.contract import build_contract  # noqa: E402
@@ -56,13 +55,30 @@ def build_log(path: Path, rows: int, per_hour: int) -> float:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=OFF")
         for first in range(0, rows, CHUNK):
-            batch = [(f"r{i}", "production", (START + timedelta(seconds=i * step)).strftime("%Y-%m-%d %H:%M:%S.%f"),
-                      "churn-classifier", "1", None, inputs[i % len(inputs)], "[1]" if i % 4 == 0 else "[0]",
-                      0.3 + (i % 7) * 0.05, None, "production")
-                     for i in range(first, min(first + CHUNK, rows))]
-            db.executemany("INSERT INTO predictions (request_id, role, ts, model_name, model_version, source, inputs, "
-                           "prediction, latency_ms, error, route) VALUES (?,?,?,?,?,?,?,?,?,?,?)", batch)
-            labels = [(row[0], "1" if int(row[0][1:]) % 8 == 0 else "0", row[2]) for row in batch[::3]]  # a third labelled
+            batch = [
+                (
+                    f"r{i}",
+                    "production",
+                    (START + timedelta(seconds=i * step)).strftime("%Y-%m-%d %H:%M:%S.%f"),
+                    "churn-classifier",
+                    "1",
+                    None,
+                    inputs[i % len(inputs)],
+                    "[1]" if i % 4 == 0 else "[0]",
+                    0.3 + (i % 7) * 0.05,
+                    None,
+                    "production",
+                )
+                for i in range(first, min(first + CHUNK, rows))
+            ]
+            db.executemany(
+                "INSERT INTO predictions (request_id, role, ts, model_name, model_version, source, inputs, "
+                "prediction, latency_ms, error, route) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                batch,
+            )
+            labels = [
+                (row[0], "1" if int(row[0][1:]) % 8 == 0 else "0", row[2]) for row in batch[::3]
+            ]  # a third labelled
             db.executemany("INSERT INTO feedback (request_id, label, ts) VALUES (?,?,?)", labels)
             db.commit()
     return time.perf_counter() - begun
@@ -93,8 +109,10 @@ def one_window(url: str, hour: int, suite: dict, settings) -> dict[str, float]:
 
 
 def main(rows: int, per_hour: int) -> None:
-    print(f"bench_monitoring: {rows:,}-row log, {per_hour:,} rows per hour; {os.cpu_count()} cores, "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(
+        f"bench_monitoring: {rows:,}-row log, {per_hour:,} rows per hour; {os.cpu_count()} cores, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     settings = load_settings()
     training = canonicalize(generate(30_000, seed=1))
     suite = build_contract(training, settings.gate, name="bench", target=TARGET, snapshot_id=None)
@@ -105,10 +123,13 @@ def main(rows: int, per_hour: int) -> None:
             seconds = build_log(path, size, per_hour)
             url = f"sqlite:///{path}"
             with sqlite3.connect(path) as db:
-                plan = db.execute("EXPLAIN QUERY PLAN SELECT * FROM predictions WHERE ts >= ? AND ts < ?",
-                                  ("2026", "2027")).fetchall()
-            print(f"\nlog of {size:,} rows ({path.stat().st_size / 1e9:.2f} GB, built in {seconds:.0f} s); "
-                  f"query plan: {plan[0][-1]}")
+                plan = db.execute(
+                    "EXPLAIN QUERY PLAN SELECT * FROM predictions WHERE ts >= ? AND ts < ?", ("2026", "2027")
+                ).fetchall()
+            print(
+                f"\nlog of {size:,} rows ({path.stat().st_size / 1e9:.2f} GB, built in {seconds:.0f} s); "
+                f"query plan: {plan[0][-1]}"
+            )
             one_window(url, min(hour, size // per_hour // 2), suite, settings)  # warm the page cache once
             figures = one_window(url, min(hour, size // per_hour // 2), suite, settings)
             for key, value in figures.items():
@@ -116,8 +137,10 @@ def main(rows: int, per_hour: int) -> None:
                 print(f"  {key:<14}{shown}")
             if size == rows:
                 ok = figures["total"] <= 2.0
-                print(f"one-hour window of {figures['rows']:,} rows in a {rows:,}-row log: {figures['total']:.2f} s "
-                      f"(target <= 2 s: {'ok' if ok else 'MISSED'})")
+                print(
+                    f"one-hour window of {figures['rows']:,} rows in a {rows:,}-row log: {figures['total']:.2f} s "
+                    f"(target <= 2 s: {'ok' if ok else 'MISSED'})"
+                )
 
 
 if __name__ == "__main__":

@@ -60,9 +60,10 @@ def main() -> None:
 
 def prepare(tmp: Path):
     from configs.settings import load_settings
+    from core.vocabulary import Alias
     from tasks.demo_data import TARGET
     from tasks.lineage import git_lineage
-    from tasks.registry import Alias, register, set_alias
+    from tasks.registry import register, set_alias
     from tasks.snapshot import take_snapshot
     from tasks.training import train
 
@@ -79,7 +80,9 @@ def prepare(tmp: Path):
     return settings, production.name, (production.version, shadow.version), trained.X_holdout
 
 
-def compare(settings, name: str, versions: tuple[str, str], holdout, rounds: int, total: int, shadow_only: bool) -> None:
+def compare(
+    settings, name: str, versions: tuple[str, str], holdout, rounds: int, total: int, shadow_only: bool
+) -> None:
     from mlflow import MlflowClient
 
     from serving.server import running
@@ -152,7 +155,9 @@ def check_predictions(servers: dict[str, str], name: str, holdout, settings) -> 
                                 "data": rows.astype(object).where(rows.notna(), None).values.tolist()}}  # fmt: skip
     for server, url in servers.items():
         got = httpx.post(f"{url}/invocations", json=body, timeout=60).json()["predictions"]
-        verdict = "equal" if got == expected else f"DIFFER in {sum(a != b for a, b in zip(got, expected))} rows"
+        verdict = (
+            "equal" if got == expected else f"DIFFER in {sum(a != b for a, b in zip(got, expected, strict=False))} rows"
+        )
         print(f"predictions of {server} vs mlflow.pyfunc on {len(rows)} holdout rows: {verdict}")
 
 
@@ -168,7 +173,9 @@ def report(figures: dict[tuple[str, int], list[dict]]) -> None:
             print(f"c={level:<2} {key:16} {g:10.3f}  {m:10.3f}   {ratio:8.1f}x")
     g1 = {k: median("gateway", 1, k) for k in ("p50_ms", "p99_ms")}
     ok = g1["p50_ms"] <= TARGETS["p50_ms"] and g1["p99_ms"] <= TARGETS["p99_ms"]
-    print(f"target gateway p50 <= {TARGETS['p50_ms']} ms, p99 <= {TARGETS['p99_ms']} ms (c=1): {'met' if ok else 'NOT met'}")
+    print(
+        f"target gateway p50 <= {TARGETS['p50_ms']} ms, p99 <= {TARGETS['p99_ms']} ms (c=1): {'met' if ok else 'NOT met'}"
+    )
     ratios = [median("mlflow", 1, "p50_ms") / g1["p50_ms"], median("mlflow", 1, "p99_ms") / g1["p99_ms"],
               median("gateway", 16, "throughput_rps") / median("mlflow", 16, "throughput_rps")]  # fmt: skip
     print(f"target >= {TARGETS['ratio']:g}x (p50, p99, throughput c=16): "
@@ -181,7 +188,8 @@ def shadow_overhead(settings, client, name, shadow, url, requests, rounds, total
     starts with its backlog empty, so that no run pays for another's mirrored requests. A 10%
     difference of p99s needs long runs: at least SHADOW_ROUNDS of SHADOW_REQUESTS each."""
     rounds, total = max(rounds, SHADOW_ROUNDS), max(total, SHADOW_REQUESTS)
-    from tasks.registry import Alias, set_alias
+    from core.vocabulary import Alias
+    from tasks.registry import set_alias
 
     def health() -> dict:
         return httpx.get(f"{url}/health").json()
@@ -222,7 +230,9 @@ def shadow_overhead(settings, client, name, shadow, url, requests, rounds, total
     overhead = with_ / without - 1
     print(f"\nshadow (version {shadow}, ONNX) attached: gateway p99 {with_:.3f} ms vs {without:.3f} ms without "
           f"({overhead:+.1%}); rounds {[round(x, 3) for x in p99[True]]} vs {[round(x, 3) for x in p99[False]]}")  # fmt: skip
-    print(f"gateway p50 {statistics.median(p50[True]):.3f} ms with Shadow, {statistics.median(p50[False]):.3f} ms without")
+    print(
+        f"gateway p50 {statistics.median(p50[True]):.3f} ms with Shadow, {statistics.median(p50[False]):.3f} ms without"
+    )
     print(f"gateway CPU per request: {statistics.median(cpu_us[True]):.0f} us with Shadow, "
           f"{statistics.median(cpu_us[False]):.0f} us without (log writes included); "
           f"event-loop thread {statistics.median(main_us[True]):.0f} vs {statistics.median(main_us[False]):.0f} us")  # fmt: skip

@@ -56,9 +56,13 @@ def build_frame(rows: int):
         columns[f"f{i:02d}"] = values
     for i in range(3):
         columns[f"i{i}"] = rng.integers(0, 10 ** (i + 2), size=rows, dtype=np.int64)
-    for i, levels in enumerate((["basic", "standard", "premium"],
-                                ["north", "south", "east", "west"],
-                                ["web", "mobile", "store", "phone", "partner", "other"])):
+    for i, levels in enumerate(
+        (
+            ["basic", "standard", "premium"],
+            ["north", "south", "east", "west"],
+            ["web", "mobile", "store", "phone", "partner", "other"],
+        )
+    ):
         values = np.array(levels, dtype=object)[rng.integers(0, len(levels), size=rows)]
         if i == 1:
             values[rng.random(rows) < 0.03] = None
@@ -107,17 +111,28 @@ def worker(mode: str, store_dir: str, rows: int) -> dict:
     if mode == "read":  # no frame to build: the read makes it
         snapshot_id = next(p.name for p in Path(store_dir).iterdir() if p.is_dir())
         result, seconds, peak, before = measured(snap.read_snapshot, store, snapshot_id)
-        return {"frame_bytes": int(result.frame.memory_usage(deep=True).sum()), "rss_before_frame": rss0,
-                "seconds": seconds, "peak": peak, "rss_before": before, "rows": len(result.frame)}
+        return {
+            "frame_bytes": int(result.frame.memory_usage(deep=True).sum()),
+            "rss_before_frame": rss0,
+            "seconds": seconds,
+            "peak": peak,
+            "rss_before": before,
+            "rows": len(result.frame),
+        }
     df = build_frame(rows)
     gc.collect()
-    out = {"frame_bytes": int(df.memory_usage(deep=True).sum()), "rss_before_frame": rss0,
-           "peak_reset": reset_peak()}
+    out = {"frame_bytes": int(df.memory_usage(deep=True).sum()), "rss_before_frame": rss0, "peak_reset": reset_peak()}
 
     if mode in ("snapshot", "again"):
         result, seconds, peak, before = measured(snap.write_snapshot, df, "bench", store)
-        out |= {"seconds": seconds, "peak": peak, "rss_before": before, "id": result.id,
-                "created": result.created, "data_bytes": result.manifest.data_bytes}
+        out |= {
+            "seconds": seconds,
+            "peak": peak,
+            "rss_before": before,
+            "id": result.id,
+            "created": result.created,
+            "data_bytes": result.manifest.data_bytes,
+        }
     elif mode == "parts":
         frame, out["canonicalize"], peak, before = measured(snap.canonicalize, df)
         out["peaks"] = {"canonicalize": (peak, before)}
@@ -140,8 +155,9 @@ def worker(mode: str, store_dir: str, rows: int) -> dict:
 
 
 def run_worker(mode: str, store_dir: str, rows: int) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--worker", mode, store_dir, str(rows)],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", mode, store_dir, str(rows)], capture_output=True, text=True, cwd=ROOT
+    )
     if done.returncode != 0:
         sys.exit(f"worker '{mode}' failed (exit {done.returncode}):\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -149,21 +165,26 @@ def run_worker(mode: str, store_dir: str, rows: int) -> dict:
 
 def listing(root: str) -> dict[str, tuple[int, int]]:
     """Every file under root (hidden ones too) -> (size, mtime in ns)."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in Path(root).rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in Path(root).rglob("*") if p.is_file()
+    }
 
 
 def memory(r: dict, peak: int, before: int, target: bool = False) -> str:
     frame = r["frame_bytes"]
     whole, extra = (peak - r["rss_before_frame"]) / frame, (peak - before) / frame
     verdict = f" (target <= {TARGET_MEMORY:.0f}x: {'ok' if whole <= TARGET_MEMORY else 'MISSED'})" if target else ""
-    return (f"peak RSS {peak / MB:5.0f} MB: {whole:4.2f}x the frame incl. the frame{verdict}, "
-            f"+{extra:4.2f}x over the RSS before the call")
+    return (
+        f"peak RSS {peak / MB:5.0f} MB: {whole:4.2f}x the frame incl. the frame{verdict}, "
+        f"+{extra:4.2f}x over the RSS before the call"
+    )
 
 
 def main(rows: int, repeat: int) -> None:
-    print(f"bench_snapshot: {rows:,} rows x 20 columns, {repeat} run(s) per figure, median shown; "
-          f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"bench_snapshot: {rows:,} rows x 20 columns, {repeat} run(s) per figure, median shown; "
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-snapshot-") as tmp:
         runs = []
         for _ in range(repeat):  # each run into an empty store
@@ -174,8 +195,10 @@ def main(rows: int, repeat: int) -> None:
 
         frame_mb = first["frame_bytes"] / MB
         total = statistics.median(r["seconds"] for r in runs)
-        step = {k: statistics.median(p[k] for p in parts)
-                for k in ("canonicalize", "content_hash", "profile", "parquet_write", "fsync")}
+        step = {
+            k: statistics.median(p[k] for p in parts)
+            for k in ("canonicalize", "content_hash", "profile", "parquet_write", "fsync")
+        }
         parquet_mb = first["data_bytes"] / MB
         mbps = parquet_mb / step["parquet_write"]
         print(f"\nframe in memory        {frame_mb:8.1f} MB (memory_usage(deep=True))")
@@ -184,13 +207,19 @@ def main(rows: int, repeat: int) -> None:
         for name, seconds in step.items():
             print(f"  {name:<20} {seconds:8.2f} s   {100 * seconds / sum(step.values()):3.0f} % of the parts")
         print(f"  {'sum of the parts':<20} {sum(step.values()):8.2f} s")
-        print(f"Parquet written        {parquet_mb:8.1f} MB ({first['data_bytes']:,} bytes), "
-              f"{first['data_bytes'] / first['frame_bytes']:.2f}x the frame")
-        print(f"Parquet write speed    {mbps:8.1f} MB/s of Parquet (file / _write_parquet time; "
-              f"target >= {TARGET_MBPS:.0f}: {'ok' if mbps >= TARGET_MBPS else 'MISSED'})")
-        print(f"snapshot throughput    {frame_mb / total:8.1f} MB/s of frame (frame / write_snapshot time; "
-              f"{'ok' if frame_mb / total >= TARGET_MBPS else 'below'} 100), "
-              f"{parquet_mb / total:.1f} MB/s of Parquet over the whole snapshot")
+        print(
+            f"Parquet written        {parquet_mb:8.1f} MB ({first['data_bytes']:,} bytes), "
+            f"{first['data_bytes'] / first['frame_bytes']:.2f}x the frame"
+        )
+        print(
+            f"Parquet write speed    {mbps:8.1f} MB/s of Parquet (file / _write_parquet time; "
+            f"target >= {TARGET_MBPS:.0f}: {'ok' if mbps >= TARGET_MBPS else 'MISSED'})"
+        )
+        print(
+            f"snapshot throughput    {frame_mb / total:8.1f} MB/s of frame (frame / write_snapshot time; "
+            f"{'ok' if frame_mb / total >= TARGET_MBPS else 'below'} 100), "
+            f"{parquet_mb / total:.1f} MB/s of Parquet over the whole snapshot"
+        )
         print(f"memory, write_snapshot {memory(first, first['peak'], first['rss_before'], target=True)}")
         if not first["peak_reset"]:
             print("  (peak RSS could not be reset: it may include building the frame)")
@@ -204,13 +233,17 @@ def main(rows: int, repeat: int) -> None:
         again = run_worker("again", store, rows)
         after = listing(store)
         same = before == after
-        print(f"\nwrite_snapshot (again) {again['seconds']:8.2f} s   created={again['created']}, same id: "
-              f"{again['id'] == first['id']}, files unchanged ({len(after)} files, sizes + mtimes): {same}"
-              f"  -> {'wrote nothing' if same and not again['created'] else 'WROTE SOMETHING'}")
+        print(
+            f"\nwrite_snapshot (again) {again['seconds']:8.2f} s   created={again['created']}, same id: "
+            f"{again['id'] == first['id']}, files unchanged ({len(after)} files, sizes + mtimes): {same}"
+            f"  -> {'wrote nothing' if same and not again['created'] else 'WROTE SOMETHING'}"
+        )
         print(f"  {memory(again, again['peak'], again['rss_before'])}")
 
         read = run_worker("read", store, rows)
-        print(f"read_snapshot          {read['seconds']:8.2f} s   (read + canonicalize + re-hash, {read['rows']:,} rows)")
+        print(
+            f"read_snapshot          {read['seconds']:8.2f} s   (read + canonicalize + re-hash, {read['rows']:,} rows)"
+        )
         print(f"  {memory(read, read['peak'], read['rss_before'])}")
 
 

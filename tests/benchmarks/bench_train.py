@@ -19,6 +19,7 @@ interpreter (best of 3). Target: warm run <= 15 s on a 2-core machine.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -40,8 +41,14 @@ def train_once(workdir: Path, env: dict[str, str]) -> dict:
     seen: dict[str, float] = {}
     with tempfile.TemporaryFile("w+") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen([str(BIN / "shipway"), "train", "--json"], cwd=workdir, env=env,
-                                stdout=out, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [str(BIN / "shipway"), "train", "--json"],
+            cwd=workdir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         err = []
         for line in proc.stderr:
             err.append(line)
@@ -54,9 +61,14 @@ def train_once(workdir: Path, env: dict[str, str]) -> dict:
         stdout = out.read()
     if proc.returncode != 0:
         sys.exit(f"shipway train failed (exit {proc.returncode}):\n{''.join(err)[-3000:]}")
-    result = json.loads(stdout[stdout.index("{"):])
-    return {"wall": wall, "timings": result["timings"], "reused": result["snapshot_reused"],
-            "version": result["version"], "seen": seen}
+    result = json.loads(stdout[stdout.index("{") :])
+    return {
+        "wall": wall,
+        "timings": result["timings"],
+        "reused": result["snapshot_reused"],
+        "version": result["version"],
+        "seen": seen,
+    }
 
 
 def import_cost(statement: str, repeat: int = 3) -> float:
@@ -72,10 +84,14 @@ def import_cost(statement: str, repeat: int = 3) -> float:
 def main() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     shipway_vars = sorted(k for k in env if k.startswith("SHIPWAY_"))
-    print(f"bench_train: `shipway train --json`, default profile (demo data), ephemeral Prefect; "
-          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
-    print(f"  PREFECT_HOME={env.get('PREFECT_HOME', '~/.prefect')}"
-          + (f"; inherited {', '.join(shipway_vars)}" if shipway_vars else ""))
+    print(
+        f"bench_train: `shipway train --json`, default profile (demo data), ephemeral Prefect; "
+        f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"  PREFECT_HOME={env.get('PREFECT_HOME', '~/.prefect')}"
+        + (f"; inherited {', '.join(shipway_vars)}" if shipway_vars else "")
+    )
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         runs = [(label, train_once(Path(tmp), env)) for label in ("cold", "warm 1", "warm 2")]
@@ -96,18 +112,28 @@ def main() -> None:
             print(f"{label:<8} milestones missing from the log: {sorted(set(MILESTONES) - set(r['seen']))}")
             continue
         marks = [0.0, *(r["seen"][m] for m in MILESTONES), r["wall"]]
-        print(f"{label:<8}" + "".join(f"{b - a:14.2f}" for a, b in zip(marks, marks[1:])))
-    print("  start: process start until the flow run begins (interpreter, imports, and meanwhile Prefect's\n"
-          "  temporary server starting in its own process); flow run: the four steps; exit: flush, server stop")
+        print(f"{label:<8}" + "".join(f"{b - a:14.2f}" for a, b in itertools.pairwise(marks)))
+    print(
+        "  start: process start until the flow run begins (interpreter, imports, and meanwhile Prefect's\n"
+        "  temporary server starting in its own process); flow run: the four steps; exit: flush, server stop"
+    )
 
     print("\nimport cost, fresh interpreter, best of 3 (includes ~interpreter start):")
-    for statement in ("pass", "import prefect", "import mlflow", "import sklearn.pipeline",
-                      "import skops.io", "import flows.training"):
+    for statement in (
+        "pass",
+        "import prefect",
+        "import mlflow",
+        "import sklearn.pipeline",
+        "import skops.io",
+        "import flows.training",
+    ):
         print(f"  python -c {statement!r:<26} {import_cost(statement):6.2f} s")
 
     warm = max(r["wall"] for label, r in runs if label.startswith("warm"))
-    print(f"\nwarm wall (slower of the two) {warm:.2f} s: target <= {TARGET_WARM:.0f} s "
-          f"{'ok' if warm <= TARGET_WARM else 'MISSED'}")
+    print(
+        f"\nwarm wall (slower of the two) {warm:.2f} s: target <= {TARGET_WARM:.0f} s "
+        f"{'ok' if warm <= TARGET_WARM else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,60 @@
+"""The training statistics a data contract carries for the gate (an expectation's `meta.training`).
+
+The contract builder writes them and the gate reads them through this one schema, so a renamed or
+misspelt key fails when the suite is read instead of silently falling back to a default. Every
+field is optional: a hand-written expectation has no training statistics, and the gate then
+judges it by its bounds alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from core.errors import DataError
+
+
+class Cdf(BaseModel):
+    """Training CDF on a quantile grid: F(v) and F(v-) at each grid value (for the KS distance)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    values: list[float]
+    at_or_below: list[float]
+    below: list[float]
+
+
+class TrainingStats(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rows: int | None = None  # training rows behind the expectation
+    null_fraction: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    kurtosis: float | None = None
+    values: list[float] | None = None  # the training quantiles at the expectation's levels
+    cdf: Cdf | None = None
+    distinct: int | None = None  # distinct training values
+    shares: dict[str, float] | None = None  # share of the most frequent values (keys as JSON strings)
+    other_max_share: float | None = None  # largest share a value outside `shares` can have
+    other_share: float | None = None  # share of categories the contract does not list
+
+    def meta(self, **extra: Any) -> dict[str, Any]:
+        """The expectation's `meta`: these statistics under `training`, beside `extra` keys."""
+        return {**extra, "training": self.model_dump(exclude_none=True)}
+
+    @classmethod
+    def of(cls, expectation: dict[str, Any]) -> TrainingStats:
+        """The statistics stored with an expectation (all None for a hand-written one)."""
+        raw = (expectation.get("meta") or {}).get("training") or {}
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            key = ".".join(str(p) for p in error["loc"])
+            column = (expectation.get("kwargs") or {}).get("column", "(table)")
+            raise DataError(
+                f"contract expectation {expectation.get('type')} on column '{column}': "
+                f"meta.training.{key}: {error['msg']}"
+            ) from None

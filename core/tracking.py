@@ -1,0 +1,104 @@
+"""One MLflow client per tracking store, reused: connecting resolves the store and the experiment
+once per process, not at every call site."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.errors import RegistryError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where MLflow keeps runs and models (the profile's `mlflow` and `s3` sections)."""
+
+    tracking_uri: str
+    artifact_location: str = ""
+    s3_endpoint_url: str | None = None
+
+    @classmethod
+    def of(cls, settings) -> Store:
+        """The store of a `configs.Settings` (duck-typed: core imports no other shipway package)."""
+        return cls(settings.mlflow.tracking_uri, settings.mlflow.artifact_location, settings.s3.endpoint_url)
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        uri = self.tracking_uri
+        return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+_lock = threading.Lock()
+_clients: dict[Store, MlflowClient] = {}
+_experiments: dict[tuple[Store, str], str] = {}
+
+
+def client(store: Store, create: bool = True) -> MlflowClient:
+    """The store's client. Readers pass create=False: looking at an embedded store that does not
+    exist yet must not create one."""
+    db = store.sqlite_file
+    if db is not None and not db.is_file():
+        if not create:
+            raise RegistryError(f"no MLflow store at {db}: nothing has been trained here yet (run shipway train)")
+        db.parent.mkdir(parents=True, exist_ok=True)
+    with _lock:
+        found = _clients.get(store)
+        if found is None:
+            import mlflow
+            from mlflow import MlflowClient
+
+            if store.s3_endpoint_url:  # MLflow's own boto3 client reads the endpoint from here
+                os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", store.s3_endpoint_url)
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in logs
+            found = _clients[store] = MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
+        # mlflow.start_run and the models:/ URIs read the process-wide URIs: keep them on this store.
+        import mlflow
+
+        mlflow.set_tracking_uri(store.tracking_uri)
+        mlflow.set_registry_uri(store.tracking_uri)
+    return found
+
+
+def experiment_id(store: Store, name: str, subfolder: str | None = None) -> str:
+    """The id of experiment `name`, created once (marked as model development, not GenAI) with its
+    artifacts under the store's artifact location (`subfolder` of it, when given)."""
+    key = (store, name)
+    if key in _experiments:
+        return _experiments[key]
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(store)
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is None:
+        location = store.artifact_location or None
+        if location and "://" not in location:
+            location = Path(location).as_uri()
+        if location and subfolder:
+            location = f"{location.rstrip('/')}/{subfolder}"
+        try:
+            found_id = mlflow_client.create_experiment(name, artifact_location=location)
+            mlflow_client.set_experiment_tag(found_id, "mlflow.experimentKind", "custom_model_development")
+        except MlflowException:  # created meanwhile by another process
+            found_id = mlflow_client.get_experiment_by_name(name).experiment_id
+    else:
+        found_id = found.experiment_id
+    _experiments[key] = found_id
+    return found_id
+
+
+def registered_model(mlflow_client: MlflowClient, store: Store, name: str):
+    """The registered model `name`, or an error that lists what is registered."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_registered_model(name)
+    except MlflowException:
+        known = sorted(m.name for m in mlflow_client.search_registered_models())
+        hint = f"; registered models: {', '.join(known)}" if known else "; nothing is registered yet"
+        raise RegistryError(f"registered model '{name}' not found in {store.tracking_uri}{hint}") from None

@@ -1,0 +1,84 @@
+"""The words of a release, defined once: registry aliases, serving roles, gate verdicts, tasks and
+the tag names a person reads on an MLflow version page."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Alias(StrEnum):
+    """Registry aliases: the only way shipway marks a version's role (stages are never used)."""
+
+    SHADOW = "Shadow"
+    CANARY = "Canary"
+    PRODUCTION = "Production"
+    PREVIOUS = "Previous"
+
+
+class Role(StrEnum):
+    """Who answered a request, as the prediction log and the X-Model-Role header say."""
+
+    PRODUCTION = "production"
+    CANARY = "canary"
+    SHADOW = "shadow"
+    FALLBACK = "fallback"
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+_RANK = {Verdict.PASS: 0, Verdict.WARN: 1, Verdict.FAIL: 2}
+
+
+class Task(StrEnum):
+    """What a model predicts (`training.task`); AUTO is resolved from the target before training."""
+
+    AUTO = "auto"
+    BINARY = "binary"
+    MULTICLASS = "multiclass"
+    REGRESSION = "regression"
+
+    @property
+    def is_classification(self) -> bool:
+        return self in (Task.BINARY, Task.MULTICLASS)
+
+
+class Tag(StrEnum):
+    """Model version tags (and the registered-model tags the gateway and promotions read)."""
+
+    GIT_COMMIT = "git_commit"
+    GIT_BRANCH = "git_branch"
+    GIT_DIRTY = "git_dirty"
+    SHIPWAY_VERSION = "shipway_version"
+    CONFIG_HASH = "config_hash"
+    DATA_SNAPSHOT_ID = "data_snapshot_id"
+    DATA_SNAPSHOT_URI = "data_snapshot_uri"
+    DATA_ROWS = "data_rows"
+    TARGET = "target"
+    TASK = "task"
+    ESTIMATOR = "estimator"
+    EXPECTATION_SUITE = "expectation_suite"
+    VALIDATION_STATUS = "validation_status"
+    QUALITY_GATE = "quality_gate"
+    LATENCY_P50_MS = "latency_p50_ms"
+    LATENCY_P95_MS = "latency_p95_ms"
+    LATENCY_P99_MS = "latency_p99_ms"
+    LATENCY_BUDGET_P99_MS = "latency_budget_p99_ms"
+    LATENCY_GATE = "latency_gate"
+    BASELINE_MODEL_URI = "baseline_model_uri"
+    BASELINE_RULE = "baseline_rule"
+    SERVING_FORMAT = "serving_format"
+    ONNX_PARITY = "onnx_parity"
+    ONNX_MODEL_URI = "onnx_model_uri"
+    # registered-model tags
+    CANARY_SHARE = "canary_share"
+    PROMOTION_PENDING = "promotion_pending"
+    AWAITING_APPROVAL = "awaiting_approval"
+    PROMOTION_RUN = "promotion_run"

@@ -1,0 +1,39 @@
+"""The ONNX side of serving: feeding a frame's columns as tensors and a session tuned for one-row
+requests. tasks/compile.py builds the graphs and checks their parity through the same functions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+NULL_TOKEN = "\u2400"  # SYMBOL FOR NULL: ONNX strings cannot be None, and "\x00" ends a C string
+
+
+def is_numeric(dtype) -> bool:
+    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+
+
+def frame_feeds(X: pd.DataFrame) -> dict[str, np.ndarray]:
+    """ONNX inputs for a DataFrame: one (n, 1) tensor per column, float64 or string."""
+    feeds = {}
+    for col in X.columns:
+        s = X[col]
+        if is_numeric(s.dtype):
+            feeds[col] = s.to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, 1)
+        else:
+            feeds[col] = np.array([NULL_TOKEN if v is None or v != v else v for v in s.tolist()], dtype=object).reshape(
+                -1, 1
+            )
+    return feeds
+
+
+def session(onx: bytes):
+    """An onnxruntime session tuned for one-row requests: one thread, no spinning."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(onx, options, providers=["CPUExecutionProvider"])

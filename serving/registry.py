@@ -1,0 +1,111 @@
+"""The gateway's read-only view of the MLflow registry: aliases, the canary share, and versions
+loaded ready to serve (the ONNX form when its parity was checked at registration)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from configs.settings import Settings
+from core.errors import RegistryError
+from core.refs import ModelRef
+from core.tracking import Store, client, registered_model
+from core.vocabulary import Tag
+
+
+def parse_canary_share(tags: dict[str, str]) -> float:
+    """The `canary_share` tag as a float in [0, 1]; absent means 0."""
+    raw = tags.get(Tag.CANARY_SHARE)
+    if raw is None:
+        return 0.0
+    try:
+        share = float(raw)
+    except ValueError:
+        share = float("nan")
+    if not 0.0 <= share <= 1.0:
+        raise RegistryError(f"registered-model tag {Tag.CANARY_SHARE}={raw!r} is not a number between 0 and 1")
+    return share
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What one poll of the registry sees: aliases ({alias: version}) and registered-model tags."""
+
+    aliases: dict[str, str]
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # MLflow DataType name: long, integer, double, float, string, boolean, ...
+    required: bool
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """A version ready to serve: its input columns and either ONNX bytes or a loaded model."""
+
+    name: str
+    version: str
+    tags: dict[str, str]
+    columns: list[Column]
+    onnx: bytes | None
+    model: Any  # sklearn estimator (flavor "sklearn") or a pyfunc model; None when served as ONNX
+    flavor: str  # "onnx", "sklearn" or "pyfunc"
+
+
+class RegistryReader:
+    """Read-only registry access for the gateway, the shadow process and the benchmark."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = Store.of(settings)
+        self.client = client(self.store, create=False)
+
+    def state(self, name: str) -> ModelState:
+        model = registered_model(self.client, self.store, name)
+        return ModelState({a: str(v) for a, v in model.aliases.items()}, dict(model.tags))
+
+    def resolve(self, ref: ModelRef) -> str:
+        """The version a reference names (NAME@ALIAS or NAME/VERSION)."""
+        state = self.state(ref.name)
+        if ref.version is not None:
+            return ref.version
+        if ref.alias not in state.aliases:
+            held = ", ".join(f"{a} -> {v}" for a, v in sorted(state.aliases.items())) or "none"
+            raise RegistryError(f"model '{ref.name}' has no alias '{ref.alias}' (aliases: {held})")
+        return state.aliases[ref.alias]
+
+    def load(self, name: str, version: str) -> LoadedVersion:
+        """The compiled ONNX form when its parity was checked at registration, else the model itself."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version(name, version)
+        except MlflowException:
+            raise RegistryError(f"model '{name}' has no version {version}") from None
+        uri = f"models:/{name}/{version}"
+        info = mlflow.models.get_model_info(uri)
+        schema = info.signature.inputs if info.signature else None
+        if schema is None or not schema.has_input_names():
+            raise RegistryError(f"{uri} has no column signature: the gateway needs column names and types")
+        columns = [Column(c.name, getattr(c.type, "name", str(c.type)), c.required) for c in schema.inputs]
+        tags = dict(mv.tags)
+        if tags.get(Tag.SERVING_FORMAT) == "onnx" and tags.get(Tag.ONNX_MODEL_URI):
+            onnx = Path(mlflow.artifacts.download_artifacts(artifact_uri=tags[Tag.ONNX_MODEL_URI])).read_bytes()
+            return LoadedVersion(name, version, tags, columns, onnx, None, "onnx")
+        if "sklearn" in info.flavors:
+            import mlflow.sklearn
+
+            return LoadedVersion(name, version, tags, columns, None, mlflow.sklearn.load_model(uri), "sklearn")
+        return LoadedVersion(name, version, tags, columns, None, mlflow.pyfunc.load_model(uri), "pyfunc")
+
+    def baseline(self, loaded: LoadedVersion) -> Any:
+        """The heuristic baseline registered with a version (tag baseline_model_uri), or None."""
+        import mlflow.sklearn
+
+        uri = loaded.tags.get(Tag.BASELINE_MODEL_URI)
+        return mlflow.sklearn.load_model(uri) if uri else None
