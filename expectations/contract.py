@@ -5,7 +5,7 @@ the distribution seen in training (mean and standard deviation bands, quantile b
 divergence on training-quantile bins or on category shares, and the largest share one value may
 take). The kwargs are the practical bounds a user reads and edits; each expectation's
 `meta.training` keeps the training statistics the gate needs to tell drift from sampling noise
-(see tasks/validation.py). The suite is plain GX JSON: any GX 1.x context can load it.
+(see tasks/contract_checks.py). The suite is plain GX JSON: any GX 1.x context can load it.
 """
 
 from __future__ import annotations

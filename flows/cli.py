@@ -116,9 +116,7 @@ def train(
     from flows.training import training_flow
 
     prefect_ready()
-    result = training_flow(
-        data=data, target=target, config=str(config_path) if config_path else None, force_gate=force_gate, reason=reason
-    )
+    result = training_flow(data=data, target=target, force_gate=force_gate, reason=reason, settings=settings)
     if as_json:
         click.echo(json.dumps(asdict(result), indent=2))
         return
@@ -145,7 +143,7 @@ def status(config_path: Path | None, name: str, as_json: bool) -> None:
     """Versions, aliases and lineage of registered model NAME."""
     settings = _settings(config_path)
     from core.vocabulary import Tag
-    from tasks.promotion import history
+    from tasks.aliases import history
     from tasks.registry import model_state, versions
 
     found, aliases = versions(settings, name)
@@ -304,7 +302,7 @@ def promote(config_path: Path | None, name: str | None, version: str | None) -> 
     from flows.promotion import promotion_flow
 
     prefect_ready()
-    result = promotion_flow(name=name, version=version, config=str(config_path) if config_path else None, actor=_user())
+    result = promotion_flow(name=name, version=version, actor=_user(), settings=settings)
     console.print(
         f"[bold]{result.model_name}[/] version [bold]{result.version}[/] is Production"
         + (f"; version {result.previous} is Previous" if result.previous else "")
@@ -335,7 +333,7 @@ def approve(config_path: Path | None, run_id: str, reject: bool, comment: str, r
 def rollback(config_path: Path | None, name: str, reason: str) -> None:
     """Production <- Previous for model NAME, in one recorded step."""
     settings = _settings(config_path)
-    from tasks.promotion import rollback as roll_back
+    from tasks.aliases import rollback as roll_back
 
     moved = roll_back(settings, name, actor=_user(), reason=reason)
     production = next(t for t in moved if t.alias == "Production")
@@ -367,7 +365,7 @@ def monitor(config_path: Path | None, name: str | None, window: str | None, as_j
     from flows.monitoring import monitoring_flow
 
     prefect_ready()
-    result = monitoring_flow(name=name, window=window, config=str(config_path) if config_path else None)
+    result = monitoring_flow(name=name, window=window, settings=settings)
     if as_json:
         click.echo(json.dumps(asdict(result), indent=2))
     else:
@@ -402,7 +400,6 @@ def demo(config_path: Path | None, manual: bool) -> None:
     )
     result = run_demo(
         settings,
-        str(config_path) if config_path else None,
         manual,
         say=lambda text: console.print(f"[bold cyan]demo[/] {text}"),
     )

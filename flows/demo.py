@@ -36,19 +36,19 @@ class DemoResult:
     seconds: float
 
 
-def run_demo(settings: Settings, config: str | None, manual: bool, say: Callable[[str], None]) -> DemoResult:
+def run_demo(settings: Settings, manual: bool, say: Callable[[str], None]) -> DemoResult:
     start = time.perf_counter()
     name = settings.training.model_name
-    first = training_flow(data="demo", config=config)
+    first = training_flow(data="demo", settings=settings)
     say(f"trained {name} version {first.version} (gate: {first.gate}); it is Shadow")
     trained, promoted = [first], []
     aliases, _ = registry.model_state(settings, name)
     if Alias.PRODUCTION.value not in aliases:
         say("nothing is in Production yet: promoting it directly (no live traffic to compare with)")
-        promoted.append(_promote(settings, name, first.version, config, manual, decisions=1))
+        promoted.append(_promote(settings, name, first.version, manual, decisions=1))
 
     seed = settings.training.seed + 1 + int(first.version)  # a fresh draw each time the demo runs
-    second = training_flow(data=f"demo:{seed}", config=config)
+    second = training_flow(data=f"demo:{seed}", settings=settings)
     trained.append(second)
     say(f"trained version {second.version} on fresh data (demo:{seed}; gate against Production: {second.gate})")
     with running(settings) as url:
@@ -56,15 +56,13 @@ def run_demo(settings: Settings, config: str | None, manual: bool, say: Callable
         replay.start()
         say(f"gateway on {url}, replaying demo traffic with feedback labels; promoting version {second.version}")
         try:
-            promoted.append(_promote(settings, name, second.version, config, manual, decisions=2))
+            promoted.append(_promote(settings, name, second.version, manual, decisions=2))
         finally:
             replay.stop()
     return DemoResult(trained, promoted, replay.sent, time.perf_counter() - start)
 
 
-def _promote(
-    settings: Settings, name: str, version: str, config: str | None, manual: bool, decisions: int
-) -> PromotionResult:
+def _promote(settings: Settings, name: str, version: str, manual: bool, decisions: int) -> PromotionResult:
     approver = None
     if not manual:
         approver = AutoApprover(
@@ -76,7 +74,7 @@ def _promote(
         )
         approver.start()
     try:
-        return promotion_flow(name=name, version=version, config=config, actor="shipway demo")
+        return promotion_flow(name=name, version=version, actor="shipway demo", settings=settings)
     finally:
         if approver is not None:
             approver.join(timeout=5)

@@ -41,9 +41,12 @@ class MonitoringResult:
 
 
 @flow(name="monitoring", log_prints=True)
-def monitoring_flow(name: str | None = None, window: str | None = None, config: str | None = None) -> MonitoringResult:
-    """Read one window of the prediction log, gate its inputs, check the limits, log the window."""
-    settings = load_settings(config)
+def monitoring_flow(
+    name: str | None = None, window: str | None = None, config: str | None = None, settings: Settings | None = None
+) -> MonitoringResult:
+    """Read one window of the prediction log, gate its inputs, check the limits, log the window.
+    The CLI and tests pass `settings`; a deployment names its profile by `config` (or SHIPWAY_CONFIG)."""
+    settings = settings or load_settings(config)
     name = name or settings.training.model_name
     span = parse_window(window or settings.monitoring.window)
     end = datetime.now(UTC)

@@ -1,6 +1,6 @@
 """The promotion flow: Shadow analysis -> approval -> Canary steps -> approval -> Production.
 
-Every alias move is a journaled, recorded step (tasks/promotion.py); a breach rolls the canary
+Every alias move is a journaled, recorded step (tasks/aliases.py); a breach rolls the canary
 back automatically; a rejection or an approval timeout ends the promotion with the aliases as
 they were. Two promotions of one model never interleave: a Prefect global concurrency limit
 of one slot per model is held for the whole flow.
@@ -30,10 +30,10 @@ from flows.approval import Approval
 from flows.artifacts import artifact_key
 from serving.prediction_log import read_feedback, read_window
 from tasks import registry
+from tasks.aliases import move, recover
 from tasks.analysis import Analysis, canary_analysis, shadow_analysis
 from tasks.gate import gate, reference_for_model
 from tasks.monitoring import served_inputs
-from tasks.promotion import move, recover
 
 
 class PromotionRejected(GateError):
@@ -50,10 +50,15 @@ class PromotionResult:
 
 @flow(name="promotion", log_prints=True)
 def promotion_flow(
-    name: str | None = None, version: str | None = None, config: str | None = None, actor: str = "promotion flow"
+    name: str | None = None,
+    version: str | None = None,
+    config: str | None = None,
+    actor: str = "promotion flow",
+    settings: Settings | None = None,
 ) -> PromotionResult:
-    """Take the Shadow version (or `version`) through shadow analysis, canary steps and two approvals."""
-    settings = load_settings(config)
+    """Take the Shadow version (or `version`) through shadow analysis, canary steps and two approvals.
+    The CLI and tests pass `settings`; a deployment names its profile by `config` (or SHIPWAY_CONFIG)."""
+    settings = settings or load_settings(config)
     name = name or settings.training.model_name
     run_id = str(get_run_context().flow_run.id)
     with _exclusive(settings, name, run_id):
@@ -72,7 +77,7 @@ def promotion_flow(
             evidence.append(_publish(shadow, name, version))
             if not shadow.passed:
                 _end(settings, name, version, actor, "shadow analysis breached: " + "; ".join(shadow.breaches))
-        _approved(settings, name, version, "shadow", evidence, actor)
+        _require_approval(settings, name, version, "shadow", evidence, actor)
 
         if production is not None:
             for share in settings.promotion.canary_steps:
@@ -88,7 +93,7 @@ def promotion_flow(
                 evidence.append(_publish(step, name, version))
                 if not step.passed:
                     _end(settings, name, version, actor, f"canary {share:.0%} breached: " + "; ".join(step.breaches))
-            _approved(settings, name, version, "production", evidence, actor)
+            _require_approval(settings, name, version, "production", evidence, actor)
 
         now, _ = registry.model_state(settings, name)
         if now.get(Alias.PRODUCTION.value) != production:  # compare-and-set: a rollback happened meanwhile
@@ -169,7 +174,7 @@ def _publish(analysis: Analysis, name: str, version: str) -> str:
     return analysis.evidence()
 
 
-def _approved(settings: Settings, name: str, version: str, stage: str, evidence: list[str], actor: str) -> None:
+def _require_approval(settings: Settings, name: str, version: str, stage: str, evidence: list[str], actor: str) -> None:
     """Pause for a reviewer; a rejection or a timeout ends the promotion as rejected."""
     run_id = str(get_run_context().flow_run.id)
     waiting = {"run_id": run_id, "stage": stage, "version": version, "since": datetime.now(UTC).isoformat()}

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 from prefect import flow
 
-from configs.settings import load_settings
+from configs.settings import Settings, load_settings
 from core.vocabulary import Alias
+from tasks.aliases import alias_task
 from tasks.benchmark import bench_task
 from tasks.gate import contract_task, gate_task
 from tasks.lineage import git_lineage
-from tasks.promotion import alias_task
-from tasks.registry import register_task
+from tasks.registration import register_task
 from tasks.snapshot import snapshot_task
 from tasks.training import train_task
 
@@ -41,11 +41,13 @@ def training_flow(
     config: str | None = None,
     force_gate: bool = False,
     reason: str | None = None,
+    settings: Settings | None = None,
 ) -> TrainingResult:
     """Snapshot the data, gate it against Production's contract, train the pipeline and its baseline,
     register the version with its own contract, benchmark it, make it Shadow. `force_gate` trains
-    despite a failed gate; `reason` is recorded on the version."""
-    settings = load_settings(config)
+    despite a failed gate; `reason` is recorded on the version. The CLI and tests pass `settings`;
+    a deployment names its profile by `config` (or SHIPWAY_CONFIG)."""
+    settings = settings or load_settings(config)
     source = data or settings.data.source
     target = target or settings.data.target
     timings: dict[str, float] = {}

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from core.vocabulary import Verdict
-from tasks.validation import TABLE, Check, ColumnReport, GateReport
+from tasks.verdict import TABLE, Check, ColumnReport, GateReport
 
 MAX_PANELS = 12
 KEY_MEASURES = ("null_rate_delta", "mean_shift_sd", "std_ratio", "ks", "psi", "js", "out_of_range", "unseen_share")

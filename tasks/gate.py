@@ -23,11 +23,13 @@ from core.errors import DataError, GateError
 from core.vocabulary import Verdict
 from expectations import contract
 from tasks import registry
+from tasks.contract_checks import validate
 from tasks.drift_report import ReportFiles, table_rows, write_report
+from tasks.registration import Registered
 from tasks.retries import retry_on_io
 from tasks.snapshot import Snapshot, check_source, read_snapshot, read_source
 from tasks.storage import open_store
-from tasks.validation import GateReport, validate
+from tasks.verdict import GateReport
 
 BATCH_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -213,7 +215,7 @@ def gate_new_data(
 
 
 def publish_contract(
-    settings: Settings, snapshot: Snapshot, target: str, registered: registry.Registered, outcome: GateOutcome
+    settings: Settings, snapshot: Snapshot, target: str, registered: Registered, outcome: GateOutcome
 ) -> str:
     """The new version's own contract, and the gate's report and verdict, logged with the version."""
     uri = registry.log_contract(
@@ -251,7 +253,7 @@ def gate_task(settings: Settings, snapshot: Snapshot, force: bool = False, reaso
 
 @task(name="contract", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
 def contract_task(
-    settings: Settings, snapshot: Snapshot, target: str, registered: registry.Registered, outcome: GateOutcome
+    settings: Settings, snapshot: Snapshot, target: str, registered: Registered, outcome: GateOutcome
 ) -> str:
     uri = publish_contract(settings, snapshot, target, registered, outcome)
     get_run_logger().info("contract of %s version %s: %s", registered.name, registered.version, uri)

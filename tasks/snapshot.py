@@ -69,26 +69,33 @@ class Snapshot:
 
 def read_source(source: str, settings: Settings) -> pd.DataFrame:
     """Read `source`: 'demo' (or 'demo:SEED', another draw), a .csv/.parquet file, or s3://bucket/key."""
-    seed = check_source(source)
-    if seed is not None:
-        return demo_data.generate(settings.data.demo_rows, seed=seed if seed >= 0 else settings.training.seed)
+    demo = check_source(source)
+    if demo is not None:
+        return demo_data.generate(
+            settings.data.demo_rows, seed=demo.seed if demo.seed is not None else settings.training.seed
+        )
     if source.startswith("s3://"):
         return _read_s3_object(source, settings)
     return _read_file(Path(source), source)
 
 
-def check_source(source: str) -> int | None:
+@dataclass(frozen=True)
+class DemoSource:
+    seed: int | None  # None: the profile's training seed
+
+
+def check_source(source: str) -> DemoSource | None:
     """Fail fast, before any flow starts, on a source that names no readable kind of thing.
 
-    For the demo dataset, returns its seed (-1: the profile's training seed); else None.
+    Returns the demo dataset's draw for 'demo' and 'demo:SEED'; None for a file or S3 object.
     """
     if source == "demo":
-        return -1
+        return DemoSource(None)
     if source.startswith("demo:"):
         seed = source.removeprefix("demo:")
         if not seed.isdigit():
             raise DataError(f"cannot read {source}: a demo source is 'demo' or 'demo:SEED' with SEED a whole number")
-        return int(seed)
+        return DemoSource(int(seed))
     suffix = Path(source).suffix.lower()
     if suffix not in (".csv", ".parquet", ".pq"):
         raise DataError(f"cannot read {source}: unsupported file type '{suffix}' (use .csv or .parquet)")

@@ -73,7 +73,7 @@ def register_versions(settings: Settings, count: int) -> list:
     """Train once on the demo data and register `count` versions of it, lineage fixed."""
     from tasks.demo_data import TARGET
     from tasks.lineage import GitLineage
-    from tasks.registry import register
+    from tasks.registration import register
     from tasks.snapshot import take_snapshot
     from tasks.training import train
 

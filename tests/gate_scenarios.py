@@ -15,9 +15,10 @@ import pandas as pd
 from configs.settings import GateSettings
 from core.vocabulary import Verdict
 from expectations.contract import build_contract
+from tasks.contract_checks import validate
 from tasks.demo_data import CATEGORIES, NUMERIC, Drift, generate
 from tasks.snapshot import canonicalize
-from tasks.validation import GateReport, validate
+from tasks.verdict import GateReport
 
 TRAINING_ROWS = 30_000
 TRAINING_SEED = 1

@@ -9,7 +9,7 @@ import pytest
 from core.errors import RegistryError
 from core.vocabulary import Alias, Tag
 from tasks import registry
-from tasks.promotion import alias_at, history, move, recover, rollback
+from tasks.aliases import alias_at, history, move, recover, rollback
 from tasks.registry import model_state
 from tests.conftest import register_versions
 

@@ -11,10 +11,10 @@ from configs.settings import GateSettings
 from core.errors import DataError
 from core.vocabulary import Verdict
 from expectations import contract
+from tasks.contract_checks import validate
 from tasks.demo_data import Drift, generate
 from tasks.drift_report import table_rows, write_report
 from tasks.gate import report_paths, user_suites
-from tasks.validation import validate
 from tests.gate_scenarios import reference
 
 

@@ -5,8 +5,8 @@ import pytest
 
 from configs.settings import GateSettings
 from core.vocabulary import Verdict
+from tasks.contract_checks import validate
 from tasks.demo_data import Drift, generate
-from tasks.validation import validate
 from tests.gate_scenarios import CONTINUOUS, SCENARIOS, reference
 
 DRIFTS = [s for s in SCENARIOS if s.drift and not s.separate]

@@ -13,8 +13,8 @@ from core.vocabulary import Alias
 from flows.monitoring import monitoring_flow
 from serving.prediction_log import read_window
 from serving.server import running
+from tasks.aliases import move
 from tasks.demo_data import TARGET, Drift, generate
-from tasks.promotion import move
 from tasks.registry import connect
 from tasks.traffic import Replay
 from tests.conftest import register_versions

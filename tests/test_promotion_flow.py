@@ -19,10 +19,11 @@ from flows.approval import AutoApprover, answer
 from flows.promotion import PromotionRejected, promotion_flow
 from serving.server import running
 from tasks import registry
+from tasks.aliases import history, move
 from tasks.demo_data import TARGET, generate
 from tasks.lineage import GitLineage
-from tasks.promotion import history, move
-from tasks.registry import model_state, register
+from tasks.registration import register
+from tasks.registry import model_state
 from tasks.snapshot import take_snapshot
 from tasks.traffic import Replay
 from tasks.training import preprocessor, split_features, train

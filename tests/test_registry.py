@@ -6,9 +6,10 @@ import pytest
 
 from core.errors import RegistryError
 from core.vocabulary import Alias
-from tasks import registry
+from tasks import registration
 from tasks.lineage import GitLineage, git_lineage
-from tasks.registry import register, set_alias, versions
+from tasks.registration import register
+from tasks.registry import set_alias, versions
 from tests.conftest import REPO, register_versions
 
 
@@ -66,7 +67,7 @@ def test_unknown_model_names_the_known_ones(small, registered):
 
 
 def test_requirements_are_pinned_to_what_is_installed():
-    requirements = registry.pip_requirements()
+    requirements = registration.pip_requirements()
     assert any(r.startswith("scikit-learn==") for r in requirements)
     assert all("==" in r for r in requirements)
 

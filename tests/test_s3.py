@@ -12,7 +12,7 @@ from configs.settings import Settings
 from core.errors import DataError, SnapshotError
 from tasks.demo_data import TARGET, generate
 from tasks.lineage import GitLineage
-from tasks.registry import register
+from tasks.registration import register
 from tasks.snapshot import read_snapshot, take_snapshot, write_snapshot
 from tasks.storage import open_store
 from tasks.training import train

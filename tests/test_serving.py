@@ -32,7 +32,8 @@ from serving.prediction_log import read_feedback, read_window
 from serving.server import running
 from tasks.demo_data import TARGET
 from tasks.lineage import GitLineage
-from tasks.registry import connect, register, set_alias, set_canary_share
+from tasks.registration import register
+from tasks.registry import connect, set_alias, set_canary_share
 from tasks.snapshot import take_snapshot
 from tasks.training import TrainedModel, train
 

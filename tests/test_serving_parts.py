@@ -19,7 +19,8 @@ from serving.prediction_log import Label, Prediction, PredictionLog, Redactor, r
 from tasks.compile import compile_pipeline
 from tasks.demo_data import TARGET, generate
 from tasks.lineage import GitLineage
-from tasks.registry import register, set_alias
+from tasks.registration import register
+from tasks.registry import set_alias
 from tasks.snapshot import take_snapshot
 from tasks.training import train
 from tests.conftest import PG_SERVER, postgres_databases

@@ -8,9 +8,10 @@ from click.testing import CliRunner
 
 from flows.cli import cli
 from flows.training import training_flow
+from tasks.aliases import alias_task
 from tasks.demo_data import generate
-from tasks.promotion import alias_task
-from tasks.registry import register_task, versions
+from tasks.registration import register_task
+from tasks.registry import versions
 from tasks.snapshot import snapshot_task
 from tasks.training import train_task
 from tests.conftest import REPO

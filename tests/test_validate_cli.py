@@ -12,7 +12,8 @@ from flows.cli import cli
 from tasks.demo_data import Drift, generate
 from tasks.gate import contract_for_snapshot
 from tasks.lineage import git_lineage
-from tasks.registry import log_contract, register, set_alias, versions
+from tasks.registration import register
+from tasks.registry import log_contract, set_alias, versions
 from tasks.snapshot import write_snapshot
 from tasks.storage import open_store
 from tasks.training import train

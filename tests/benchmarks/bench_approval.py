@@ -39,7 +39,7 @@ def main(repeat: int) -> None:
         from core.vocabulary import Alias, Tag
         from flows.approval import answer
         from flows.promotion import promotion_flow
-        from tasks.promotion import move
+        from tasks.aliases import move
         from tasks.registry import delete_alias, model_state
         from tests.conftest import register_versions
 

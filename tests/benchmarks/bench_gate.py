@@ -8,7 +8,7 @@ The frames are bench_snapshot.py's (14 float64 columns, 4 with nulls; 3 int64; 3
 contract is built from a 200,000-row frame; the batch of each size is a different draw. Each size
 runs in a fresh subprocess (clean peak RSS, /proc/self/clear_refs before the measured call):
 
-- gate:    tasks.validation.validate(batch, suite, settings): every check, every column, the report
+- gate:    tasks.contract_checks.validate(batch, suite, settings): every check, every column, the report
            object; the figure the targets are about (median of --repeat runs in the process, after
            one warm-up call on 1,000 rows so that imports and first-call costs are not counted);
 - files:   tasks.drift_report.write_report (JSON, GX Data Docs HTML, PNG), outside the gate's path.
@@ -46,9 +46,9 @@ def worker(rows: int, repeat: int) -> dict:
 
     from configs.settings import GateSettings
     from expectations.contract import build_contract
+    from tasks.contract_checks import validate
     from tasks.drift_report import write_report
     from tasks.snapshot import canonicalize
-    from tasks.validation import validate
 
     settings = GateSettings()
     training = canonicalize(build_frame(200_000))

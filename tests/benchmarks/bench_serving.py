@@ -63,7 +63,8 @@ def prepare(tmp: Path):
     from core.vocabulary import Alias
     from tasks.demo_data import TARGET
     from tasks.lineage import git_lineage
-    from tasks.registry import register, set_alias
+    from tasks.registration import register
+    from tasks.registry import set_alias
     from tasks.snapshot import take_snapshot
     from tasks.training import train
 

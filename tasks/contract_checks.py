@@ -1,13 +1,12 @@
-"""The skew gate: a batch against a model version's data contract (a GX suite, expectations/contract.py).
+"""The contract's checks: a batch against a model version's data contract (a GX suite built by
+expectations/contract.py), one Outcome per expectation, judged by tasks/verdict.py.
 
-Each built-in expectation type of the contract is evaluated here with numpy, one pass per column
-(a single sort serves quantiles, ranges, bins, the CDF and the most common value), reading its
-bounds from the suite's kwargs, so that editing the suite changes the gate. A check FAILS only when
-two things hold: its effect passes the bound in the kwargs (so a 100k-row batch does not fail on
-trivia) and a test says sampling noise cannot explain it (so a 200-row batch does not fail on
-noise). The tests' significance is `gate.alpha` split over all tests of the batch (Bonferroni);
-a check WARNS past `warn_fraction` of its bound at `gate.warn_alpha`. Expectation types the gate
-does not know (the user's own, in their suites) run in Great Expectations itself.
+Each built-in expectation type is evaluated here with numpy, one pass per column (a single sort
+serves quantiles, ranges, bins, the CDF and the most common value), reading its bounds from the
+suite's kwargs, so that editing the suite changes the gate; each check also returns the p-value
+of its effect under "nothing changed", from the training statistics the contract keeps
+(core/contract_stats.py). Expectation types the gate does not know (the user's own, in their
+suites) run in Great Expectations itself.
 """
 
 from __future__ import annotations
@@ -15,9 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -28,68 +25,9 @@ from scipy import stats
 from configs.settings import GateSettings
 from core.contract_stats import TrainingStats
 from core.errors import DataError
-from core.vocabulary import Verdict
 from expectations.contract import histogram
 from tasks.snapshot import canonical_column
-
-TABLE = "(table)"
-
-
-@dataclass
-class Check:
-    """One expectation's outcome on one batch."""
-
-    expectation: str
-    column: str
-    verdict: Verdict
-    reason: str
-    p_value: float | None  # None: a deterministic check (type, presence, a user's expectation)
-    kwargs: dict[str, Any]
-    result: dict[str, Any]  # GX-shaped result (observed_value, details): Data Docs render it
-
-
-@dataclass
-class ColumnReport:
-    name: str
-    verdict: Verdict
-    reason: str
-    measures: dict[str, Any] = field(default_factory=dict)
-    checks: list[Check] = field(default_factory=list)
-
-
-@dataclass
-class GateReport:
-    verdict: Verdict
-    reason: str
-    batch: str
-    rows: int
-    reference: dict[str, Any]
-    columns: list[ColumnReport]  # failing first, then warning, then passing
-    table: list[Check]
-    thresholds: dict[str, Any]
-    seconds: float
-    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-
-    def columns_with(self, verdict: Verdict) -> list[str]:
-        return [c.name for c in self.columns if c.verdict == verdict]
-
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
-
-@dataclass
-class _Outcome:
-    """A check before its verdict: whether its effect passed the fail and warn bounds, and its p-value."""
-
-    expectation: dict[str, Any]
-    column: str
-    fail: bool
-    warn: bool
-    p: float | None
-    reason: str
-    result: dict[str, Any]
-    measures: dict[str, Any] = field(default_factory=dict)
-
+from tasks.verdict import TABLE, GateReport, Outcome, decide, jsonable
 
 # --- the gate --------------------------------------------------------------------------------------
 
@@ -121,7 +59,7 @@ def validate(
 
     names = [str(c) for c in batch.columns]
     batch = batch.set_axis(names, axis=1)
-    outcomes: list[_Outcome] = []
+    outcomes: list[Outcome] = []
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:  # the first of each name is checked; the repeat itself fails the batch
         batch = batch.loc[:, ~batch.columns.duplicated()]
@@ -144,10 +82,10 @@ def validate(
                 outcomes += _column_outcomes(batch[name], expectations, settings.warn_fraction)
     if foreign:
         outcomes += _run_in_gx(batch, foreign)
-    return _report(outcomes, settings, batch_name, len(batch), reference or {}, start)
+    return decide(outcomes, settings, batch_name, len(batch), reference or {}, start)
 
 
-def _column_outcomes(s: pd.Series, expectations: list[dict], wf: float) -> list[_Outcome]:
+def _column_outcomes(s: pd.Series, expectations: list[dict], wf: float) -> list[Outcome]:
     try:
         data = _Column(canonical_column(s))
     except DataError as exc:
@@ -166,75 +104,6 @@ def _column_outcomes(s: pd.Series, expectations: list[dict], wf: float) -> list[
             continue  # nothing to measure; the null check says why
         out.append(HANDLERS[expectation["type"]](expectation, data, wf))
     return out
-
-
-def _report(
-    outcomes: list[_Outcome], settings: GateSettings, batch_name: str, rows: int, reference: dict, start: float
-) -> GateReport:
-    tests = sum(o.p is not None for o in outcomes)
-    alpha, warn_alpha = settings.alpha / max(tests, 1), settings.warn_alpha / max(tests, 1)
-    by_column: dict[str, ColumnReport] = {}
-    table: list[Check] = []
-    for o in outcomes:
-        if o.p is None:
-            verdict = Verdict.FAIL if o.fail else Verdict.WARN if o.warn else Verdict.PASS
-            reason = o.reason
-        elif o.fail and o.p <= alpha:
-            verdict, reason = Verdict.FAIL, f"{o.reason} (p={o.p:.1e})"
-        elif (o.fail or o.warn) and o.p <= warn_alpha:
-            verdict, reason = Verdict.WARN, f"{o.reason} (p={o.p:.1e})"
-        else:
-            verdict, reason = Verdict.PASS, ""
-        check = Check(
-            o.expectation.get("type", "?"),
-            o.column,
-            verdict,
-            reason if verdict != Verdict.PASS else "",
-            o.p,
-            o.expectation.get("kwargs", {}),
-            o.result,
-        )
-        if o.column == TABLE:
-            table.append(check)
-            continue
-        report = by_column.setdefault(o.column, ColumnReport(o.column, Verdict.PASS, ""))
-        report.checks.append(check)
-        report.measures |= o.measures
-    for report in by_column.values():
-        report.verdict = max((c.verdict for c in report.checks), key=lambda v: v.rank, default=Verdict.PASS)
-        ranked = sorted((c for c in report.checks if c.verdict != Verdict.PASS), key=lambda c: -c.verdict.rank)
-        report.reason = "; ".join(c.reason for c in ranked) or "matches training"
-    ordered = sorted(by_column.values(), key=lambda r: (-r.verdict.rank, r.name))
-    table_verdict = max((c.verdict for c in table), key=lambda v: v.rank, default=Verdict.PASS)
-    verdict = max([table_verdict, *(r.verdict for r in ordered)], key=lambda v: v.rank)
-    return GateReport(
-        verdict=verdict,
-        reason=_summary(verdict, table, ordered),
-        batch=batch_name,
-        rows=rows,
-        reference=reference,
-        columns=ordered,
-        table=table,
-        thresholds={
-            "alpha": settings.alpha,
-            "warn_alpha": settings.warn_alpha,
-            "tests": tests,
-            "alpha_per_test": alpha,
-            "warn_alpha_per_test": warn_alpha,
-        },
-        seconds=round(time.perf_counter() - start, 4),
-    )
-
-
-def _summary(verdict: Verdict, table: list[Check], columns: list[ColumnReport]) -> str:
-    if verdict == Verdict.PASS:
-        return "the batch matches the contract"
-    parts = [c.reason for c in table if c.verdict == verdict and c.column == TABLE and c.reason]
-    named = [c.name for c in columns if c.verdict == verdict]
-    if named:
-        noun = "column" if len(named) == 1 else "columns"
-        parts.append(f"{len(named)} {noun} {'failed' if verdict == Verdict.FAIL else 'warned'}: {', '.join(named)}")
-    return "; ".join(parts)
 
 
 # --- one column's data, computed once ------------------------------------------------------------
@@ -299,8 +168,8 @@ def _outcome(
     reason: str,
     result: dict,
     measures: dict | None = None,
-) -> _Outcome:
-    return _Outcome(e, str(column), fail, warn, p, reason, result, measures or {})
+) -> Outcome:
+    return Outcome(e, str(column), fail, warn, p, reason, result, measures or {})
 
 
 def _training(e: dict) -> TrainingStats:
@@ -319,7 +188,7 @@ def _binom_p(k: int, n: int, p0: float) -> float:
     return float(stats.binom.sf(k - 1, n, min(max(p0, 0.0), 1.0)))
 
 
-def check_columns(e: dict, batch: pd.DataFrame, wf: float) -> list[_Outcome]:
+def check_columns(e: dict, batch: pd.DataFrame, wf: float) -> list[Outcome]:
     kwargs = e.get("kwargs", {})
     expected = [str(c) for c in kwargs.get("column_set", [])]
     optional = set(e.get("meta", {}).get("optional", []))
@@ -345,7 +214,7 @@ def check_columns(e: dict, batch: pd.DataFrame, wf: float) -> list[_Outcome]:
     return out
 
 
-def check_row_count(e: dict, batch: pd.DataFrame, wf: float) -> list[_Outcome]:
+def check_row_count(e: dict, batch: pd.DataFrame, wf: float) -> list[Outcome]:
     kwargs = e.get("kwargs", {})
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     rows = len(batch)
@@ -354,7 +223,7 @@ def check_row_count(e: dict, batch: pd.DataFrame, wf: float) -> list[_Outcome]:
     return [_outcome(e, TABLE, bad, bad, None, reason if bad else "", {"observed_value": rows})]
 
 
-def check_type_list(e: dict, data: _Column, wf: float) -> _Outcome:
+def check_type_list(e: dict, data: _Column, wf: float) -> Outcome:
     allowed = [str(t) for t in e["kwargs"].get("type_list") or []]
     bad = data.dtype not in allowed
     hint = " (numbers arriving as strings?)" if bad and data.dtype == "str" and _numeric_strings(data) else ""
@@ -362,7 +231,7 @@ def check_type_list(e: dict, data: _Column, wf: float) -> _Outcome:
     return _outcome(e, data.name, bad, bad, None, reason if bad else "", {"observed_value": data.dtype})
 
 
-def check_type(e: dict, data: _Column, wf: float) -> _Outcome:
+def check_type(e: dict, data: _Column, wf: float) -> Outcome:
     expected = str(e["kwargs"].get("type_"))
     bad = data.dtype != expected
     reason = f"type: dtype '{data.dtype}', the contract expects '{expected}'"
@@ -374,7 +243,7 @@ def _numeric_strings(data: _Column) -> bool:
     return len(sample) > 0 and pd.to_numeric(sample, errors="coerce").notna().all()
 
 
-def check_not_null(e: dict, data: _Column, wf: float) -> _Outcome:
+def check_not_null(e: dict, data: _Column, wf: float) -> Outcome:
     mostly = float(e["kwargs"].get("mostly", 1.0))
     trained = float(_training(e).null_fraction or 0.0)
     m = _rows(e, data)
@@ -399,7 +268,7 @@ def check_not_null(e: dict, data: _Column, wf: float) -> _Outcome:
     )
 
 
-def check_between(e: dict, data: _Column, wf: float) -> _Outcome:
+def check_between(e: dict, data: _Column, wf: float) -> Outcome:
     kwargs = e["kwargs"]
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     outside = (data.below(low) if low is not None else 0) + (data.above(high) if high is not None else 0)
@@ -421,7 +290,7 @@ def check_between(e: dict, data: _Column, wf: float) -> _Outcome:
     )
 
 
-def check_mean(e: dict, data: _Column, wf: float) -> _Outcome:
+def check_mean(e: dict, data: _Column, wf: float) -> Outcome:
     kwargs = e["kwargs"]
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     t = _training(e)
@@ -446,7 +315,7 @@ def check_mean(e: dict, data: _Column, wf: float) -> _Outcome:
     )
 
 
-def check_stdev(e: dict, data: _Column, wf: float) -> _Outcome:
+def check_stdev(e: dict, data: _Column, wf: float) -> Outcome:
     kwargs = e["kwargs"]
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     t = _training(e)
@@ -469,7 +338,7 @@ def check_stdev(e: dict, data: _Column, wf: float) -> _Outcome:
     return _outcome(e, data.name, fail, warn or fail, p, reason, {"observed_value": std}, {"std_ratio": ratio})
 
 
-def check_quantiles(e: dict, data: _Column, wf: float) -> _Outcome:
+def check_quantiles(e: dict, data: _Column, wf: float) -> Outcome:
     ranges = e["kwargs"].get("quantile_ranges", {})
     levels, bounds = ranges.get("quantiles", []), ranges.get("value_ranges", [])
     trained = _training(e).values or [_mid(lo, hi, 0.0) for lo, hi in bounds]
@@ -510,7 +379,7 @@ def check_quantiles(e: dict, data: _Column, wf: float) -> _Outcome:
     )
 
 
-def check_kl(e: dict, data: _Column, wf: float) -> _Outcome:
+def check_kl(e: dict, data: _Column, wf: float) -> Outcome:
     if "values" in e["kwargs"].get("partition_object", {}):
         return _check_kl_categorical(e, data, wf)
     kwargs = e["kwargs"]
@@ -564,7 +433,7 @@ def check_kl(e: dict, data: _Column, wf: float) -> _Outcome:
     return _outcome(e, data.name, fail, warn, p, reason, result, measures)
 
 
-def _check_kl_categorical(e: dict, data: _Column, wf: float) -> _Outcome:
+def _check_kl_categorical(e: dict, data: _Column, wf: float) -> Outcome:
     kwargs = e["kwargs"]
     partition = kwargs["partition_object"]
     values = [_plain(v) for v in partition["values"]]
@@ -603,7 +472,7 @@ def _check_kl_categorical(e: dict, data: _Column, wf: float) -> _Outcome:
     return _outcome(e, data.name, fail, warn, p, reason, result, measures)
 
 
-def check_in_set(e: dict, data: _Column, wf: float) -> _Outcome:
+def check_in_set(e: dict, data: _Column, wf: float) -> Outcome:
     kwargs = e["kwargs"]
     allowed = {_plain(v) for v in kwargs.get("value_set") or []}
     unseen = {v: c for v, c in data.counts.items() if v not in allowed}
@@ -628,7 +497,7 @@ def check_in_set(e: dict, data: _Column, wf: float) -> _Outcome:
     )
 
 
-def check_most_common(e: dict, data: _Column, wf: float) -> _Outcome:
+def check_most_common(e: dict, data: _Column, wf: float) -> Outcome:
     value, count = data.mode
     allowed = {_plain(v) for v in e["kwargs"].get("value_set") or []}
     meta = e.get("meta", {})
@@ -788,24 +657,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, StrEnum):
-        return value.value
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 # --- expectations the gate does not implement: Great Expectations runs them ------------------------
 
 
-def _run_in_gx(batch: pd.DataFrame, expectations: list[dict]) -> list[_Outcome]:
+def _run_in_gx(batch: pd.DataFrame, expectations: list[dict]) -> list[Outcome]:
     import uuid
 
     from great_expectations.core.expectation_suite import ExpectationSuite
@@ -830,7 +685,7 @@ def _run_in_gx(batch: pd.DataFrame, expectations: list[dict]) -> list[_Outcome]:
             if (r.exception_info or {}).get("raised_exception")
             else None
         )
-        result = _jsonable(dict(r.result or {}))
+        result = jsonable(dict(r.result or {}))
         observed = result.get("observed_value", result.get("unexpected_percent"))
         reason = f"{config.type}: could not run: {error}" if error else f"{config.type} failed (observed {observed})"
         out.append(_outcome(e, column, not r.success, not r.success, None, reason if not r.success else "", result))

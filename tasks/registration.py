@@ -1,0 +1,168 @@
+"""Registering a trained model: an MLflow run (params, metrics, dataset, model, baseline, ONNX form)
+and a registered model version created in one call with all of its lineage tags and its
+description, so that no version is ever visible without them."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import version as dist_version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.sklearn
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from configs.settings import Settings
+from tasks.compile import compile_pipeline
+from tasks.lineage import GitLineage
+from tasks.registry import connect
+from tasks.retries import retry_on_io
+from tasks.snapshot import Snapshot
+from tasks.training import TrainedModel
+
+MODEL_ARTIFACT = "model"
+BASELINE_ARTIFACT = "baseline"
+ONNX_ARTIFACT = "onnx/model.onnx"
+SERVING_REQUIREMENTS = ("scikit-learn", "pandas", "numpy", "scipy", "skops")
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+
+
+def pip_requirements() -> list[str]:
+    """Pinned serving requirements, stated so that MLflow need not infer them (4-5 s per model)."""
+    return [f"{dist}=={dist_version(dist)}" for dist in SERVING_REQUIREMENTS]
+
+
+def trusted_types(model: Any) -> list[str]:
+    """The types skops must be told to trust to load `model` again (numpy dtypes, tree nodes).
+
+    Safe to trust here: the model was fitted in this process, not read from an outside file;
+    the file stays protected by the registry, and snapshots by their content hash.
+    """
+    import skops.io  # ~1 s to import: only registration needs it, not the gateway or the readers
+
+    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+
+
+def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings) -> Registered:
+    """Log a training run (params, metrics, dataset, model, baseline) and register its version."""
+    client, experiment_id = connect(settings)
+    training = settings.training
+    name = training.model_name
+    sample = trained.X_holdout.head(50)
+    requirements = pip_requirements()
+    with (
+        mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{snapshot.id[:12]}") as run,
+        warnings.catch_warnings(),
+    ):
+        # MLflow hints that int columns cannot hold nulls at serving time; the data contract checks
+        # nulls, so the hint is noise here, as is its note on how it reads a local dataset path.
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.set_tags(lineage.tags() | {"data_snapshot_id": snapshot.id})
+        mlflow.log_params(
+            {
+                "estimator": training.estimator,
+                **{f"param_{k}": v for k, v in training.params.items()},
+                "seed": training.seed,
+                "test_size": training.test_size,
+                "target": trained.target,
+                "features": ",".join(trained.features),
+                "baseline_rule": trained.baseline_rule,
+            }
+        )
+        mlflow.log_metrics(trained.metrics | {f"baseline_{k}": v for k, v in trained.baseline_metrics.items()})
+        dataset = mlflow.data.from_pandas(
+            snapshot.frame, source=snapshot.uri, name=f"snapshot-{snapshot.id[:12]}", targets=trained.target
+        )
+        mlflow.log_input(dataset, context="training")
+        mlflow.log_dict(snapshot.manifest.model_dump(mode="json"), "snapshot/manifest.json")
+        model_info = mlflow.sklearn.log_model(
+            trained.model,
+            name=MODEL_ARTIFACT,
+            signature=infer_signature(sample, trained.model.predict(sample)),
+            input_example=trained.X_holdout.head(3),
+            pip_requirements=requirements,
+            skops_trusted_types=trusted_types(trained.model),
+        )
+        baseline_info = mlflow.sklearn.log_model(
+            trained.baseline,
+            name=BASELINE_ARTIFACT,
+            signature=infer_signature(sample, trained.baseline.predict(sample)),
+            pip_requirements=requirements,
+            skops_trusted_types=trusted_types(trained.baseline),
+        )
+        # The compiled form is what the gateway serves: parity-checked here, stored with the run.
+        compiled = compile_pipeline(trained.model, trained.X_holdout)
+        if compiled.ok:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / Path(ONNX_ARTIFACT).name
+                path.write_bytes(compiled.onnx)
+                mlflow.log_artifact(str(path), str(Path(ONNX_ARTIFACT).parent))
+    tags = {
+        **lineage.tags(),
+        "data_snapshot_id": snapshot.id,
+        "data_snapshot_uri": snapshot.uri,
+        "data_rows": str(snapshot.manifest.rows),
+        "target": trained.target,
+        "estimator": training.estimator,
+        "baseline_model_uri": baseline_info.model_uri,
+        "baseline_rule": trained.baseline_rule,
+        "serving_format": "onnx" if compiled.ok else "sklearn",
+        "onnx_parity": compiled.status,
+        **({"onnx_model_uri": f"runs:/{run.info.run_id}/{ONNX_ARTIFACT}"} if compiled.ok else {}),
+        **{f"metric_{k}": f"{v:.6g}" for k, v in trained.metrics.items()},
+    }
+    _ensure_registered_model(client, name)
+    created = client.create_model_version(
+        name,
+        source=model_info.model_uri,
+        run_id=run.info.run_id,
+        tags=tags,
+        description=describe_release(name, trained, snapshot, lineage),
+        model_id=model_info.model_id,
+    )
+    return Registered(name, str(created.version), run.info.run_id, f"models:/{name}/{created.version}")
+
+
+def describe_release(name: str, trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage) -> str:
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in trained.metrics.items())
+    baseline = ", ".join(f"{k} {v:.3f}" for k, v in trained.baseline_metrics.items() if k in ("roc_auc", "accuracy"))
+    state = {True: "with uncommitted changes", False: "clean", None: "state unknown"}[lineage.dirty]
+    return (
+        f"{name}: {type(trained.model.named_steps['model']).__name__} predicting '{trained.target}' from "
+        f"{len(trained.features)} features.\n\n"
+        f"Data: snapshot {snapshot.id[:12]} ({snapshot.manifest.rows:,} rows, source {snapshot.manifest.source}).\n"
+        f"Code: commit {lineage.commit[:12]} on {lineage.branch} ({state}).\n"
+        f"Holdout: {metrics}.\n"
+        f"Baseline rule '{trained.baseline_rule}': {baseline}."
+    )
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(name)
+        except MlflowException:  # created meanwhile by another process
+            client.get_registered_model(name)
+
+
+@task(name="register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
+def register_task(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings) -> Registered:
+    registered = register(trained, snapshot, lineage, settings)
+    get_run_logger().info("registered %s version %s (run %s)", registered.name, registered.version, registered.run_id)
+    return registered

@@ -1,0 +1,167 @@
+"""The gate's verdict engine: checks' outcomes on one batch -> one verdict with its reasons.
+
+A check's outcome says whether its effect passed the contract's fail (or warn) bound and, for a
+statistical check, the p-value of that effect under "nothing changed". `decide` fails a check only
+when both hold: the effect passes its bound AND its p-value is below `gate.alpha` split over all
+tests of the batch (Bonferroni), so a 200-row batch does not fail on noise and a 100k-row batch
+does not fail on trivia. Past `warn_fraction` of its bound at `gate.warn_alpha`, a check warns.
+Deterministic checks (types, presence, a user's own expectations) carry no p-value and count as
+they are. Columns are ordered failing first; the report is what the JSON, HTML and picture show.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from configs.settings import GateSettings
+from core.vocabulary import Verdict
+
+TABLE = "(table)"
+
+
+@dataclass
+class Check:
+    """One expectation's outcome on one batch."""
+
+    expectation: str
+    column: str
+    verdict: Verdict
+    reason: str
+    p_value: float | None  # None: a deterministic check (type, presence, a user's expectation)
+    kwargs: dict[str, Any]
+    result: dict[str, Any]  # GX-shaped result (observed_value, details): Data Docs render it
+
+
+@dataclass
+class ColumnReport:
+    name: str
+    verdict: Verdict
+    reason: str
+    measures: dict[str, Any] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+
+
+@dataclass
+class GateReport:
+    verdict: Verdict
+    reason: str
+    batch: str
+    rows: int
+    reference: dict[str, Any]
+    columns: list[ColumnReport]  # failing first, then warning, then passing
+    table: list[Check]
+    thresholds: dict[str, Any]
+    seconds: float
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def columns_with(self, verdict: Verdict) -> list[str]:
+        return [c.name for c in self.columns if c.verdict == verdict]
+
+    def to_dict(self) -> dict[str, Any]:
+        return jsonable(asdict(self))
+
+
+@dataclass
+class Outcome:
+    """A check before its verdict: whether its effect passed the fail and warn bounds, and its p-value."""
+
+    expectation: dict[str, Any]
+    column: str
+    fail: bool
+    warn: bool
+    p: float | None
+    reason: str
+    result: dict[str, Any]
+    measures: dict[str, Any] = field(default_factory=dict)
+
+
+def decide(
+    outcomes: list[Outcome], settings: GateSettings, batch_name: str, rows: int, reference: dict, start: float
+) -> GateReport:
+    """The batch's report: each outcome judged at the Bonferroni-split levels, grouped by column,
+    the worst verdict overall. `start` (perf_counter) times the whole check for the report."""
+    tests = sum(o.p is not None for o in outcomes)
+    alpha, warn_alpha = settings.alpha / max(tests, 1), settings.warn_alpha / max(tests, 1)
+    by_column: dict[str, ColumnReport] = {}
+    table: list[Check] = []
+    for o in outcomes:
+        if o.p is None:
+            verdict = Verdict.FAIL if o.fail else Verdict.WARN if o.warn else Verdict.PASS
+            reason = o.reason
+        elif o.fail and o.p <= alpha:
+            verdict, reason = Verdict.FAIL, f"{o.reason} (p={o.p:.1e})"
+        elif (o.fail or o.warn) and o.p <= warn_alpha:
+            verdict, reason = Verdict.WARN, f"{o.reason} (p={o.p:.1e})"
+        else:
+            verdict, reason = Verdict.PASS, ""
+        check = Check(
+            o.expectation.get("type", "?"),
+            o.column,
+            verdict,
+            reason if verdict != Verdict.PASS else "",
+            o.p,
+            o.expectation.get("kwargs", {}),
+            o.result,
+        )
+        if o.column == TABLE:
+            table.append(check)
+            continue
+        report = by_column.setdefault(o.column, ColumnReport(o.column, Verdict.PASS, ""))
+        report.checks.append(check)
+        report.measures |= o.measures
+    for report in by_column.values():
+        report.verdict = max((c.verdict for c in report.checks), key=lambda v: v.rank, default=Verdict.PASS)
+        ranked = sorted((c for c in report.checks if c.verdict != Verdict.PASS), key=lambda c: -c.verdict.rank)
+        report.reason = "; ".join(c.reason for c in ranked) or "matches training"
+    ordered = sorted(by_column.values(), key=lambda r: (-r.verdict.rank, r.name))
+    table_verdict = max((c.verdict for c in table), key=lambda v: v.rank, default=Verdict.PASS)
+    verdict = max([table_verdict, *(r.verdict for r in ordered)], key=lambda v: v.rank)
+    return GateReport(
+        verdict=verdict,
+        reason=_summary(verdict, table, ordered),
+        batch=batch_name,
+        rows=rows,
+        reference=reference,
+        columns=ordered,
+        table=table,
+        thresholds={
+            "alpha": settings.alpha,
+            "warn_alpha": settings.warn_alpha,
+            "tests": tests,
+            "alpha_per_test": alpha,
+            "warn_alpha_per_test": warn_alpha,
+        },
+        seconds=round(time.perf_counter() - start, 4),
+    )
+
+
+def _summary(verdict: Verdict, table: list[Check], columns: list[ColumnReport]) -> str:
+    if verdict == Verdict.PASS:
+        return "the batch matches the contract"
+    parts = [c.reason for c in table if c.verdict == verdict and c.column == TABLE and c.reason]
+    named = [c.name for c in columns if c.verdict == verdict]
+    if named:
+        noun = "column" if len(named) == 1 else "columns"
+        parts.append(f"{len(named)} {noun} {'failed' if verdict == Verdict.FAIL else 'warned'}: {', '.join(named)}")
+    return "; ".join(parts)
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
