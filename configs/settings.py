@@ -90,6 +90,11 @@ class ServingSettings(_Section):
         None,
         description="CPUs the Shadow's process may use; default: the last CPU, when there are more ([]: any).",
     )
+    state_dir: str = Field(
+        ".shipway/serving-state",
+        description="Where the gateway keeps the last good version of each alias, to serve at once after a "
+        "restart while it reads the registry; empty: always start from the registry.",
+    )
     latency_budget_p99_ms: float = Field(
         50.0, gt=0, description="The training flow's latency gate: HTTP p99 of one-row requests through the gateway."
     )
@@ -252,6 +257,7 @@ class Settings(BaseSettings):
                 update={"url": _absolute_sqlite(self.prediction_log.url, cwd)}
             ),
             "snapshots": self.snapshots.model_copy(update={"store": _absolute_path(self.snapshots.store, cwd)}),
+            "serving": self.serving.model_copy(update={"state_dir": _absolute_path(self.serving.state_dir, cwd)}),
             "gate": self.gate.model_copy(
                 update={
                     "report_dir": _absolute_path(self.gate.report_dir, cwd),

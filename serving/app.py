@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from configs.settings import Settings
+from serving.local_state import LocalState
 from serving.metrics import Metrics
 from serving.models import Inputs, Servable, freeze_heap
 from serving.prediction_log import (
@@ -430,6 +431,7 @@ def create_app(settings: Settings, *, pinned_version: str | None = None) -> Gate
         metrics=metrics,
         poll_interval_s=settings.serving.poll_interval_s,
         pinned=pinned_version,
+        local_state=LocalState.of(settings),
     )
     prediction_log = open_log(settings, on_drop=metrics.log_dropped.inc, on_write=metrics.log_written.inc)
     return Gateway(settings, router, prediction_log, metrics)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.vocabulary import Alias
+from serving.local_state import LocalState
 from serving.metrics import Metrics
 from serving.models import Servable, baseline_servable, servable
 from serving.registry import LoadedVersion, ModelState, parse_canary_share
@@ -73,6 +74,7 @@ class Router:
         metrics: Metrics,
         poll_interval_s: float,
         pinned: str | None = None,
+        local_state: LocalState | None = None,
     ):
         self.name = name
         self.read_state = read_state
@@ -81,6 +83,7 @@ class Router:
         self.metrics = metrics
         self.poll_interval_s = poll_interval_s
         self.pinned = pinned  # serve this one version as Production, never poll
+        self.local_state = local_state  # what to serve at the next start, before the registry answers
         self.routes = Routes()
         self.last_poll: float | None = None
         self.last_poll_error: str | None = None
@@ -90,6 +93,12 @@ class Router:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Serve the local state at once when there is one, and read the registry in the background;
+        else read the registry first (a first start, or a pinned version)."""
+        if self.pinned is None and self._start_from_local_state():
+            self._thread = threading.Thread(target=self._poll, args=(True,), name="registry-poll", daemon=True)
+            self._thread.start()
+            return
         self.refresh()
         if self.pinned is None:
             self._thread = threading.Thread(target=self._poll, name="registry-poll", daemon=True)
@@ -100,9 +109,45 @@ class Router:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def _poll(self) -> None:
+    def _poll(self, at_once: bool = False) -> None:
+        if at_once:
+            self._load_kept_baselines()
+            self.refresh()
         while not self._stop.wait(self.poll_interval_s):
             self.refresh()
+
+    def _start_from_local_state(self) -> bool:
+        kept = self.local_state.aliases() if self.local_state is not None else None
+        if kept is None:
+            return False
+        aliases, share = kept
+        by_alias: dict[str, Servable] = {}
+        try:
+            for alias, version in aliases.items():
+                if version not in self._loaded:  # the baselines follow in the background: sklearn is slow to import
+                    self._loaded[version] = (servable(self.local_state.load(version)), None)
+                by_alias[alias] = self._loaded[version][0]
+        except Exception as exc:  # damaged or from an older shipway: the registry decides, as on a first start
+            log.warning("local state %s not usable (%s: %s); reading the registry", self.local_state.dir,
+                        type(exc).__name__, exc)  # fmt: skip
+            self._loaded.clear()
+            return False
+        problems = {"registry": "not read yet since the start: serving the local state (last good versions)"}
+        self.routes = Routes(by_alias, None, share, {}, problems)
+        self._publish(self.routes, Routes())
+        log.info("%s serving its local state %s until the registry answers", self.name, self.local_state.dir)
+        return True
+
+    def _load_kept_baselines(self) -> None:
+        for version, (model, baseline) in list(self._loaded.items()):
+            if baseline is None:
+                try:
+                    kept = self.local_state.baseline(version) if self.local_state is not None else None
+                except Exception as exc:
+                    log.warning("baseline of version %s not usable from the local state: %s", version, exc)
+                    kept = None
+                if kept is not None:
+                    self._loaded[version] = (model, Servable(version, "sklearn", model.schema, kept))
 
     def refresh(self) -> None:
         """One poll: read aliases and tags, load what is new, swap the routes if anything changed."""
@@ -144,6 +189,8 @@ class Router:
         self.routes = routes  # the atomic swap
         self._forget_unused(routes)
         self._publish(routes, current)
+        if self.local_state is not None and self.pinned is None:
+            self.local_state.save_aliases({a: m.version for a, m in by_alias.items()}, share)
 
     def _get(self, version: str) -> tuple[Servable, Servable | None] | None:
         if version in self._loaded:
@@ -167,6 +214,8 @@ class Router:
             return None
         self._failed.pop(version, None)
         self._loaded[version] = (model, baseline)
+        if self.local_state is not None and self.pinned is None:
+            self.local_state.save_version(loaded, baseline_model)
         log.info("%s version %s loaded as %s in %.2fs", self.name, version, model.flavor, time.perf_counter() - started)
         return self._loaded[version]
 

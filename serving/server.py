@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import uvicorn
 import yaml
 
@@ -121,6 +120,8 @@ def _subprocess(settings: Settings, host: str, port: int, pinned_version: str | 
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen, log_file: Path) -> None:
+    import httpx  # the client side only: the gateway itself never needs it
+
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:

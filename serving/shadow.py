@@ -35,10 +35,11 @@ from typing import Any
 import orjson
 
 from configs.settings import ENV_PREFIX, Settings
+from serving.local_state import LocalState
 from serving.metrics import Metrics
 from serving.models import Inputs, freeze_heap, servable
 from serving.prediction_log import ROLE_SHADOW, Prediction, open_log
-from serving.registry import RegistryReader
+from serving.registry import LoadedVersion, RegistryReader
 from serving.schema import BadInput, Raw
 
 log = logging.getLogger("shipway.serving")
@@ -203,7 +204,9 @@ class _Models:
 
     def __init__(self, settings: Settings):
         self.name = settings.training.model_name  # the registered model
-        self.reader = RegistryReader(settings)
+        self.settings = settings
+        self.local_state = LocalState.of(settings)  # the gateway keeps what it loaded: no registry trip
+        self.reader: RegistryReader | None = None
         self.loaded: dict[str, Any] = {}
         self.failed: dict[str, tuple[str, float]] = {}
 
@@ -215,7 +218,7 @@ class _Models:
         if error is not None and time.monotonic() - since < RELOAD_FAILED_AFTER_S:
             return error
         try:
-            model = servable(self.reader.load(self.name, version))
+            model = servable(self._load(version))
             freeze_heap()  # before the first timed prediction: no collection of the load's heap in it
         except Exception as exc:
             error = f"version {version} failed to load in the shadow process: {type(exc).__name__}: {exc}"
@@ -225,6 +228,16 @@ class _Models:
         self.loaded = {version: model}
         self.failed.pop(version, None)
         return model
+
+    def _load(self, version: str) -> LoadedVersion:
+        if self.local_state is not None and self.local_state.has(version):
+            try:
+                return self.local_state.load(version)
+            except Exception as exc:  # damaged: the registry has the original
+                log.warning("version %s not usable from the local state: %s", version, exc)
+        if self.reader is None:
+            self.reader = RegistryReader(self.settings)
+        return self.reader.load(self.name, version)
 
 
 def run(sock: socket.socket) -> None:

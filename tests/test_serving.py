@@ -97,7 +97,15 @@ def reg(tmp_path_factory) -> Registry:
             mp.delenv(var)
         settings = load_settings(cwd=root)
     serving = settings.serving.model_copy(
-        update={"poll_interval_s": 0.1, "timeout_ms": 300, "log_flush_interval_s": 0.05, "bench_requests": 200}
+        # state_dir "": every gateway of this module starts from the registry (tests/test_local_state.py
+        # covers restarts from the local state)
+        update={
+            "poll_interval_s": 0.1,
+            "timeout_ms": 300,
+            "log_flush_interval_s": 0.05,
+            "bench_requests": 200,
+            "state_dir": "",
+        }
     )
     settings = settings.model_copy(
         update={"data": settings.data.model_copy(update={"demo_rows": 3000}), "serving": serving}

@@ -1,0 +1,143 @@
+"""The gateway's memory across restarts: the last good version of each alias, ready to serve.
+
+After each poll that changed what it serves, the gateway writes what it loaded here (the ONNX
+bytes, or the fitted model as skops, its columns and tags, the baseline) and which version
+answered for which alias. A gateway that restarts serves from this at once (no MLflow import,
+no registry round trip) and reads the registry in the background: its first poll swaps in
+whatever the aliases say now. So a replica restarted while the registry is slow or down still
+answers, and a restart takes the time of the imports, not of the registry.
+
+The folder is keyed by the tracking store and the model, so projects sharing a machine never
+read each other's state. Every file is written to a temporary name and renamed, and a version
+folder is complete before state.json names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from configs.settings import Settings
+from serving.registry import Column, LoadedVersion
+
+log = logging.getLogger("shipway.serving")
+
+STATE = "state.json"
+META = "meta.json"
+ONNX = "model.onnx"
+MODEL = "model.skops"
+BASELINE = "baseline.skops"
+
+
+class LocalState:
+    @classmethod
+    def of(cls, settings: Settings) -> LocalState | None:
+        """The profile's local state; None when `serving.state_dir` is empty (always start from the registry)."""
+        if not settings.serving.state_dir:
+            return None
+        return cls(settings.serving.state_dir, settings.mlflow.tracking_uri, settings.training.model_name)
+
+    def __init__(self, root: Path | str, tracking_uri: str, name: str):
+        store = hashlib.sha256(tracking_uri.encode()).hexdigest()[:12]
+        self.dir = Path(root) / store / name.replace("/", "_")
+
+    # ---- write ------------------------------------------------------------------------------
+
+    def save_version(self, loaded: LoadedVersion, baseline: Any) -> None:
+        """Keep a loaded version (and its baseline) for the next start; pyfunc models are not kept."""
+        if loaded.flavor == "pyfunc":
+            return
+        folder = self.dir / "versions" / loaded.version
+        if (folder / META).is_file():
+            return  # versions are immutable: written once
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self._mkdir(self.dir / "versions")))
+        try:
+            if loaded.onnx is not None:
+                (tmp / ONNX).write_bytes(loaded.onnx)
+            else:
+                _write_skops(tmp / MODEL, loaded.model)
+            if baseline is not None:
+                _write_skops(tmp / BASELINE, baseline)
+            meta = {"name": loaded.name, "version": loaded.version, "tags": loaded.tags, "flavor": loaded.flavor,
+                    "columns": [asdict(c) for c in loaded.columns]}  # fmt: skip
+            (tmp / META).write_bytes(orjson.dumps(meta))
+            os.replace(tmp, folder)
+        except OSError as exc:  # a full disk costs the next restart its head start, not an answer
+            log.warning("could not keep version %s in the local state %s: %s", loaded.version, self.dir, exc)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def save_aliases(self, aliases: dict[str, str], canary_share: float) -> None:
+        """Which version answered for which alias; versions no alias names are removed."""
+        try:
+            _atomic_write(self.dir / STATE, orjson.dumps({"aliases": aliases, "canary_share": canary_share}))
+            versions = self.dir / "versions"
+            for folder in versions.iterdir() if versions.is_dir() else []:
+                if folder.name not in aliases.values() and not folder.name.startswith(".tmp-"):
+                    shutil.rmtree(folder, ignore_errors=True)
+        except OSError as exc:
+            log.warning("could not write the local state %s: %s", self.dir, exc)
+
+    # ---- read -------------------------------------------------------------------------------
+
+    def aliases(self) -> tuple[dict[str, str], float] | None:
+        """The aliases and canary share last served, or None when nothing (usable) was kept."""
+        try:
+            state = orjson.loads((self.dir / STATE).read_bytes())
+            return {str(a): str(v) for a, v in state["aliases"].items()}, float(state["canary_share"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def load(self, version: str) -> LoadedVersion:
+        folder = self.dir / "versions" / version
+        meta = orjson.loads((folder / META).read_bytes())
+        columns = [Column(**c) for c in meta["columns"]]
+        if meta["flavor"] == "onnx":
+            return LoadedVersion(
+                meta["name"], version, meta["tags"], columns, (folder / ONNX).read_bytes(), None, "onnx"
+            )
+        return LoadedVersion(meta["name"], version, meta["tags"], columns, None, _read_skops(folder / MODEL), "sklearn")
+
+    def has(self, version: str) -> bool:
+        return (self.dir / "versions" / version / META).is_file()
+
+    def baseline(self, version: str) -> Any:
+        path = self.dir / "versions" / version / BASELINE
+        return _read_skops(path) if path.is_file() else None
+
+    def _mkdir(self, path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _write_skops(path: Path, model: Any) -> None:
+    """The model as skops, with the types it needs trusted: it was loaded from the registry, whose
+    own copy is the trusted one; this copy lives in the gateway's private folder."""
+    import skops.io
+
+    data = skops.io.dumps(model)
+    path.write_bytes(data)
+    path.with_suffix(".trusted.json").write_bytes(orjson.dumps(skops.io.get_untrusted_types(data=data)))
+
+
+def _read_skops(path: Path) -> Any:
+    import skops.io
+
+    trusted = orjson.loads(path.with_suffix(".trusted.json").read_bytes())
+    return skops.io.load(path, trusted=trusted)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
