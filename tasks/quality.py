@@ -94,8 +94,11 @@ class QualityReport:
     def reason(self) -> str:
         """One line naming each failed metric and where it failed (first three, then a count)."""
         if self.passed:
-            against = f"Production (version {self.production})" if self.production else "its baseline and floors"
-            return f"{self.metric} {self.rows[0].candidate:.4g}: not worse than {against}"
+            overall = self.rows[0]
+            said = f"{self.metric} {overall.candidate:.4g} beats the baseline's {overall.baseline:.4g}"
+            if self.production:
+                return f"{said}, is not worse than Production (version {self.production}): {overall.production:.4g}"
+            return f"{said}; {self.note}"
         lines = [f"{r.scope}: {r.reason}" for r in self.failures]
         more = f"; and {len(lines) - 3} more" if len(lines) > 3 else ""
         return "; ".join(lines[:3]) + more
