@@ -33,7 +33,9 @@ def _poisson_table() -> np.ndarray:
 
 def poisson_weights(rng: np.random.Generator, resamples: int, rows: int) -> np.ndarray:
     """A (resamples x rows) float32 matrix of independent Poisson(1) row weights."""
-    return _poisson_table()[rng.integers(0, 65536, size=(resamples, rows), dtype=np.uint16)]
+    size = resamples * rows
+    uniforms = rng.bit_generator.random_raw(-(-size // 4)).view(np.uint16)[:size]  # 4 per raw draw: 2x faster
+    return _poisson_table()[uniforms.reshape(resamples, rows)]
 
 
 def resample_means(groups: Sequence[Sequence[np.ndarray]], resamples: int, seed: int) -> list[list[np.ndarray]]:

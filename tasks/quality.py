@@ -187,6 +187,15 @@ def slices(X: pd.DataFrame, settings: QualitySettings) -> list[list[tuple[str, n
     return groups
 
 
+@dataclass
+class _Scope:
+    group: int  # scopes of one group share no rows: overall, or one slice column's segments
+    label: str
+    rows: np.ndarray
+    points: list[float]  # the metric of the candidate, Production, the baseline
+    columns: tuple[np.ndarray, ...] = ()  # shared, candidate's and Production's columns, while judged
+
+
 def judge(
     candidate: Any,
     baseline: Any,
@@ -200,60 +209,58 @@ def judge(
     metric = primary_metric(settings, task, candidate)
     bounds = limits(settings, task)
     groups = [[("overall", np.arange(len(X)))], *slices(X, settings)]
-    needed = {metric.name} | {m.name for m, _, _ in bounds}
-    proba = any(METRICS[n].needs_proba for n in needed)
+    read = [metric, *(m for m, _, _ in bounds)]
     models = [candidate, baseline] + ([production.model] if production and production.model is not None else [])
     truth = encode(y, task, models)
-    mine, base = answers(candidate, X, truth, task, proba), answers(baseline, X, truth, task, proba)
-    theirs, note = _production_answers(production, X, truth, task, proba)
+    mine, base = answers(candidate, X, truth, task, read), answers(baseline, X, truth, task, read)
+    theirs, note = _production_answers(production, X, truth, task, read)
     compared = production.version if theirs is not None and production else None
     report = QualityReport(metric.name, task, compared, note, settings.alpha)
 
-    # point values of every scope, then the bootstrap of the judged ones only
-    scopes = [(g, label, rows) for g, group in enumerate(groups) for label, rows in group]
-    points = {
-        label: [
-            metric.point(truth.take(rows), a.take(rows)) if a is not None else float("nan")
-            for a in (mine, theirs, base)
-        ]
-        for _, label, rows in scopes
-    }
-    judged = [
-        (g, label, rows)
-        for g, label, rows in scopes
-        if theirs is not None
-        and (label == "overall" or len(rows) >= settings.min_slice_rows)
-        and np.isfinite(points[label][:2]).all()
-    ]
+    scopes = []
+    for g, group in enumerate(groups):
+        for label, rows in group:
+            t = truth.take(rows)
+            shared = metric.shared(t)
+            columns = [metric.model(t, a.take(rows)) if a is not None else None for a in (mine, theirs, base)]
+            points = [metric.of_columns(shared, c) if c is not None else float("nan") for c in columns]
+            scope = _Scope(g, label, rows, points)
+            judged = (label == "overall" or len(rows) >= settings.min_slice_rows) and np.isfinite(points[:2]).all()
+            if judged:  # only judged scopes are resampled: keep their columns for the bootstrap
+                scope.columns = (shared, columns[0], columns[1])
+            scopes.append(scope)
+    judged = [s for s in scopes if len(s.columns)]
     report.alpha_each = settings.alpha / max(1, len(judged))
-    intervals = _paired_bootstrap(metric, truth, mine, theirs, judged, len(groups), settings, report.alpha_each)
+    intervals = _paired_bootstrap(metric, judged, len(groups), settings, report.alpha_each)
 
-    for g, label, rows in scopes:
-        cand, prod, base_value = points[label]
-        verdict, reason = _judge_scope(metric, label, len(rows), points[label], intervals.get(label), settings, report)
-        interval = intervals.get(label, (None, None, None))
+    for scope in scopes:
+        cand, prod, base_value = scope.points
+        n = len(scope.rows)
+        verdict, reason = _judge_scope(metric, scope, intervals.get(scope.label), settings, report)
+        low, high, _ = intervals.get(scope.label, (None, None, None))
+        compared_to = theirs is not None
         report.rows.append(
             Row(
-                label,
-                len(rows),
+                scope.label,
+                n,
                 metric.name,
                 cand,
-                prod if theirs is not None else None,
+                prod if compared_to else None,
                 base_value,
-                cand - prod if theirs is not None else None,
-                interval[0],
-                interval[1],
+                cand - prod if compared_to else None,
+                low,
+                high,
                 verdict,
                 reason,
             )
         )
-        if g == 0:  # the floors and ceilings follow the overall row
+        if scope.group == 0:  # the floors and ceilings follow the overall row
             report.rows += [_limit_row(m, kind, limit, truth, mine, theirs, base) for m, kind, limit in bounds]
     return report
 
 
 def _production_answers(
-    production: Incumbent | None, X: pd.DataFrame, truth: Truth, task: Task, proba: bool
+    production: Incumbent | None, X: pd.DataFrame, truth: Truth, task: Task, read: list[Metric]
 ) -> tuple[Answers | None, str]:
     if production is None:
         return None, "no Production version yet: judged against the baseline and the floors only"
@@ -261,62 +268,52 @@ def _production_answers(
         return None, f"Production (version {production.version}) cannot be loaded ({production.error}): not compared"
     if production.task != task:
         return None, f"Production (version {production.version}) predicts a {production.task} target: not compared"
-    if proba and not hasattr(production.model, "predict_proba"):
+    if any(m.needs_proba for m in read) and not hasattr(production.model, "predict_proba"):
         return None, f"Production (version {production.version}) has no predict_proba: not compared"
     try:
-        return answers(production.model, X, truth, task, proba), ""
+        return answers(production.model, X, truth, task, read), ""
     except Exception as exc:  # e.g. a feature it needs is gone: what it cannot score it cannot be compared on
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         return None, f"Production (version {production.version}) cannot score this holdout ({reason}): not compared"
 
 
 def _paired_bootstrap(
-    metric: Metric,
-    truth: Truth,
-    mine: Answers,
-    theirs: Answers | None,
-    judged: list[tuple[int, str, np.ndarray]],
-    n_groups: int,
-    settings: QualitySettings,
-    alpha: float,
+    metric: Metric, judged: list[_Scope], n_groups: int, settings: QualitySettings, alpha: float
 ) -> dict[str, tuple[float, float, np.ndarray]]:
     """Per judged scope: the (alpha, 1 - alpha) quantiles of candidate minus Production over
     resamples that weight both models' rows alike, and the resampled differences."""
-    if not judged or theirs is None:
-        return {}
-    parts = []
     groups: list[list[np.ndarray]] = [[] for _ in range(n_groups)]
-    for g, _, rows in judged:
-        t = truth.take(rows)
-        shared, a, b = metric.shared(t), metric.model(t, mine.take(rows)), metric.model(t, theirs.take(rows))
-        parts.append((g, len(groups[g]), shared.shape[1], a.shape[1]))
-        groups[g].append(np.hstack([shared, a, b]))
+    widths = []
+    for scope in judged:
+        groups[scope.group].append(np.hstack(scope.columns))
+        widths.append((scope.columns[0].shape[1], scope.columns[1].shape[1]))
+        scope.columns = ()  # memory: the stacked copy is all the bootstrap needs
     means = resample_means(groups, settings.resamples, settings.seed)
-    out = {}
-    for (g, i, ks, km), (_, label, _) in zip(parts, judged, strict=True):
-        m = means[g][i]
+    out, taken = {}, [0] * n_groups
+    for scope, (ks, km) in zip(judged, widths, strict=True):
+        m = means[scope.group][taken[scope.group]]
+        taken[scope.group] += 1
         shared, a, b = m[:, :ks], m[:, ks : ks + km], m[:, ks + km :]
         difference = metric.resampled(shared, a) - metric.resampled(shared, b)
         low, high = np.nanquantile(difference, [alpha, 1 - alpha])
-        out[label] = (float(low), float(high), difference)
+        out[scope.label] = (float(low), float(high), difference)
     return out
 
 
 def _judge_scope(
     metric: Metric,
-    label: str,
-    n: int,
-    point: list[float],
+    scope: _Scope,
     interval: tuple[float, float, np.ndarray] | None,
     settings: QualitySettings,
     report: QualityReport,
 ) -> tuple[str, str]:
     """A scope's verdict and why: the overall scope must beat the baseline; every judged scope
     must not be worse than Production."""
-    cand, _, base = point
+    cand, _, base = scope.points
+    label = scope.label
     if not np.isfinite(cand):
         return NOT_JUDGED, f"{metric.name} is undefined on these rows (e.g. one class only)"
-    verdict, why = _against_production(metric, n, point, interval, settings, report)
+    verdict, why = _against_production(metric, len(scope.rows), scope.points, interval, settings, report)
     beaten = cand < base if metric.error else cand > base
     if label == "overall" and not beaten:
         lost = f"{metric.name} {cand:.4g} does not beat the baseline's {base:.4g}"

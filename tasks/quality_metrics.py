@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from configs.settings import ERROR_METRICS
 from core.vocabulary import Task
@@ -60,7 +59,7 @@ class Metric:
     model: Columns
     value: Value
     shared: Callable[[Truth], np.ndarray] = lambda truth: np.empty((len(truth.values), 0))
-    needs_proba: bool = False
+    needs_proba: bool = False  # reads probabilities (roc_auc, log_loss), not predicted labels
 
     @property
     def error(self) -> bool:
@@ -69,12 +68,14 @@ class Metric:
 
     def point(self, truth: Truth, answers: Answers) -> float:
         """The metric on the rows as they are (every weight 1)."""
-        if len(truth.values) == 0:
+        return self.of_columns(self.shared(truth), self.model(truth, answers))
+
+    def of_columns(self, shared: np.ndarray, model: np.ndarray) -> float:
+        """The metric from its per-row columns, every row weighing 1."""
+        if len(model) == 0:
             return float("nan")
-        shared = self.shared(truth).mean(axis=0)[None, :]
-        model = self.model(truth, answers).mean(axis=0)[None, :]
         with np.errstate(divide="ignore", invalid="ignore"):
-            return float(self.value(shared, model)[0])
+            return float(self.value(shared.mean(axis=0)[None, :], model.mean(axis=0)[None, :])[0])
 
     def resampled(self, shared: np.ndarray, model: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -101,10 +102,12 @@ def _auc_pseudo_values(truth: Truth, answers: Answers) -> np.ndarray:
     if n_pos == 0 or n_neg == 0:
         return np.full((len(positive), 1), np.nan)  # AUC is undefined on one class
     score = answers.score
-    rank = rankdata(score)
-    placement = np.empty(len(score))
-    placement[positive] = (rank[positive] - rankdata(score[positive])) / n_neg
-    placement[~positive] = (n_pos - (rank[~positive] - rankdata(score[~positive]))) / n_pos
+    values, at = np.unique(score, return_inverse=True)  # one sort; tied scores share a value
+    pos = np.bincount(at, weights=positive, minlength=len(values))
+    neg = np.bincount(at, weights=~positive, minlength=len(values))
+    negatives_below = np.cumsum(neg) - neg + neg / 2
+    positives_above = n_pos - np.cumsum(pos) + pos / 2
+    placement = np.where(positive, negatives_below[at] / n_neg, positives_above[at] / n_pos)
     auc = placement[positive].mean()
     spread = np.where(positive, len(score) / n_pos, len(score) / n_neg)
     return _column(auc + spread * (placement - auc))
@@ -205,13 +208,15 @@ def encode(y: pd.Series, task: Task, models: list[Any]) -> Truth:
     return Truth(classes.get_indexer(np.asarray(y, dtype=object)), classes, positive)
 
 
-def answers(model: Any, X: pd.DataFrame, truth: Truth, task: Task, needs_proba: bool) -> Answers:
-    """What `model` answers on X: predictions, and the probabilities when a metric needs them."""
-    predicted = model.predict(X)
+def answers(model: Any, X: pd.DataFrame, truth: Truth, task: Task, metrics: list[Metric]) -> Answers:
+    """What `model` answers on X, in the forms `metrics` read: each prediction made once, and
+    only if some metric reads it (roc_auc alone needs no labels, accuracy no probabilities)."""
     if task is Task.REGRESSION:
-        return Answers(np.asarray(predicted, dtype=np.float64))
-    codes = truth.classes.get_indexer(np.asarray(predicted, dtype=object))
-    if not needs_proba:
+        return Answers(np.asarray(model.predict(X), dtype=np.float64))
+    codes = np.full(len(X), -1)
+    if not all(m.needs_proba for m in metrics):
+        codes = truth.classes.get_indexer(np.asarray(model.predict(X), dtype=object))
+    if not any(m.needs_proba for m in metrics):
         return Answers(codes)
     proba = np.asarray(model.predict_proba(X), dtype=np.float64)
     column = pd.Index(list(model.classes_)).get_indexer(truth.classes)  # each class's column, -1 if unknown

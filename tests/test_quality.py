@@ -107,7 +107,7 @@ def _scored(task: Task, seed: int = 3):
     estimator = LinearRegression() if task is Task.REGRESSION else LogisticRegression()
     model = fitted(["a", "b"], X, y, estimator)
     truth = encode(yh, task, [model])
-    return model, truth, answers(model, Xh, truth, task, task is not Task.REGRESSION), Xh, yh
+    return model, truth, answers(model, Xh, truth, task, list(METRICS.values())), Xh, yh
 
 
 @pytest.mark.parametrize(
@@ -151,8 +151,8 @@ def test_the_vectorized_paired_bootstrap_agrees_with_resampling_rows(binary):
         rows = rng.integers(0, len(labels), len(labels))
         loop.append(skm.roc_auc_score(labels[rows], a[rows]) - skm.roc_auc_score(labels[rows], b[rows]))
     truth = encode(yh, Task.BINARY, [binary["full"]])
-    said = [answers(m, Xh, truth, Task.BINARY, True) for m in (binary["full"], binary["weaker"])]
     auc = METRICS["roc_auc"]
+    said = [answers(m, Xh, truth, Task.BINARY, [auc]) for m in (binary["full"], binary["weaker"])]
     means = resample_means([[np.hstack([auc.model(truth, s) for s in said])]], 2_000, seed=0)[0][0]
     vectorized = means[:, 0] - means[:, 1]
     assert np.mean(vectorized) == pytest.approx(np.mean(loop), abs=0.004)
