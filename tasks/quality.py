@@ -61,7 +61,7 @@ class Incumbent:
 class Row:
     """One line of the evaluation table."""
 
-    scope: str  # "overall", or a slice: "region=north", "age in (31, 45]"
+    scope: str  # "overall", a slice ("region=north", "age in (31, 45]"), or "floor" / "ceiling"
     rows: int
     metric: str
     candidate: float
@@ -359,11 +359,10 @@ def _limit_row(
     value = metric.point(truth, mine)
     prod = metric.point(truth, theirs) if theirs is not None else None
     ok = value <= limit if kind == "ceiling" else value >= limit
-    side = "quality.max" if kind == "ceiling" else "quality.min"
-    word = "above the ceiling" if kind == "ceiling" else "below the floor"
-    reason = f"{kind} {limit:g}" if ok else f"{metric.name} {value:.4g} {word} {limit:g} ({side}.{metric.name})"
+    key = f"quality.{'max' if kind == 'ceiling' else 'min'}.{metric.name}"
+    relation = ("<=" if ok else "above") if kind == "ceiling" else (">=" if ok else "below")
     return Row(
-        "overall",
+        kind,  # the scope column says "floor" or "ceiling": the whole holdout, against a fixed limit
         len(truth.values),
         metric.name,
         value,
@@ -373,7 +372,7 @@ def _limit_row(
         None,
         None,
         PASS if ok and np.isfinite(value) else FAIL,
-        reason,
+        f"{metric.name} {value:.4g} {relation} {limit:g} ({key})",
     )
 
 
@@ -430,7 +429,7 @@ def check_quality(
             "quality_override": reason or "",
             "quality_override_by": getpass.getuser(),
             "quality_override_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "quality_override_failures": ", ".join(f"{r.metric} {r.scope}" for r in report.failures)[:500],
+            "quality_override_failures": ", ".join(f"{r.scope}: {r.metric}" for r in report.failures)[:500],
         }
     uri = record(settings, registered, report, out)
     create_table_artifact(

@@ -249,18 +249,19 @@ def test_floors_and_ceilings(binary):
     X, y = binary["holdout"]
     settings = QualitySettings(min={"roc_auc": 0.99, "accuracy": 0.5})
     report = judge(binary["full"], binary["baseline"], None, X, y, Task.BINARY, settings)
-    floors = {r.metric: r for r in report.rows if r.reason.startswith(("floor", "roc_auc 0", "accuracy"))}
-    assert floors["accuracy"].verdict == PASS
+    floors = {r.metric: r for r in report.rows if r.scope == "floor"}
+    assert floors["accuracy"].verdict == PASS and floors["accuracy"].reason.endswith(">= 0.5 (quality.min.accuracy)")
     assert floors["roc_auc"].verdict == FAIL
-    assert report.reason().startswith("overall: roc_auc 0.")
-    assert report.reason().endswith("below the floor 0.99 (quality.min.roc_auc)")
+    assert [r.scope for r in report.failures] == ["floor"]
+    assert report.reason().startswith("floor: roc_auc 0.")
+    assert report.reason().endswith("below 0.99 (quality.min.roc_auc)")
 
     Xr, yr = table(3_000, 5, Task.REGRESSION)
     model = fitted(["a", "b", "c"], *table(3_000, 6, Task.REGRESSION), LinearRegression())
     median = fitted(["a"], *table(3_000, 6, Task.REGRESSION), DummyRegressor(strategy="median"))
     ceiling = QualitySettings(max={"rmse": 5.0})
     failed = judge(model, median, None, Xr, yr, Task.REGRESSION, ceiling)
-    assert failed.reason().endswith("above the ceiling 5 (quality.max.rmse)")
+    assert failed.reason().startswith("ceiling: rmse ") and failed.reason().endswith("above 5 (quality.max.rmse)")
     assert judge(model, median, None, Xr, yr, Task.REGRESSION, QualitySettings(max={"rmse": 50.0})).passed
 
 

@@ -64,9 +64,9 @@ def test_the_gate_judges_each_version_logs_its_table_and_a_failure_takes_no_alia
     stopped = CliRunner().invoke(cli, ["train", "--data", "demo"])
     assert stopped.exit_code == 1
     assert stopped.stderr.startswith(
-        "shipway: error: quality gate: churn-classifier version 3 is registered without an alias: overall: roc_auc 0."
+        "shipway: error: quality gate: churn-classifier version 3 is registered without an alias: floor: roc_auc 0."
     )
-    assert "below the floor 0.99 (quality.min.roc_auc); table: " in stopped.stderr
+    assert "below 0.99 (quality.min.roc_auc); table: " in stopped.stderr
     assert stopped.stderr.endswith("(override with --force-quality --reason TEXT)\n")
     assert stopped.stderr.count("\n") == 1
     found, aliases = versions(small, first.model_name)
@@ -80,6 +80,6 @@ def test_the_gate_judges_each_version_logs_its_table_and_a_failure_takes_no_alia
     tags = versions(small, first.model_name)[0][0].tags
     assert tags["quality_gate"] == "overridden"
     assert tags["quality_override"] == "a floor for next quarter's data"
-    assert tags["quality_override_failures"] == "roc_auc overall"
+    assert tags["quality_override_failures"] == "floor: roc_auc"
     assert {"quality_override_by", "quality_override_at"} <= set(tags)
     assert versions(small, first.model_name)[1]["Shadow"] == "4"
