@@ -23,6 +23,8 @@ ENV_PREFIX = "SHIPWAY_"
 ENV_DELIMITER = "__"
 
 Estimator = Literal["logistic_regression", "random_forest", "hist_gradient_boosting", "gradient_boosting"]
+QualityMetric = Literal["roc_auc", "log_loss", "accuracy", "balanced_accuracy", "f1", "macro_f1", "rmse", "mae", "r2"]
+ERROR_METRICS = ("log_loss", "rmse", "mae")  # lower is better; every other quality metric is a score
 
 
 class _Section(BaseModel):
@@ -147,9 +149,30 @@ class PromotionSettings(_Section):
     max_latency_ratio: float = Field(1.5, ge=1, description="Canary: p99 at most this times Production's ...")
     latency_slack_ms: float = Field(2.0, ge=0, description="... or Production's plus this, whichever is larger.")
     max_prediction_shift: float = Field(
-        0.1, ge=0, le=1, description="Canary: largest allowed change in any predicted class's share."
+        0.1,
+        ge=0,
+        le=1,
+        description="Canary: largest allowed change in any predicted class's share (regression: the "
+        "two-sample KS distance between the prediction distributions).",
     )
     max_accuracy_drop: float = Field(0.02, ge=0, le=1, description="Canary: largest allowed drop in accuracy.")
+    regression_tolerance: float = Field(
+        0.05,
+        ge=0,
+        description="Shadow, regression: two predictions agree when they differ by at most this "
+        "(a share of Production's prediction, or an absolute amount: regression_tolerance_mode).",
+    )
+    regression_tolerance_mode: Literal["relative", "absolute"] = Field(
+        "relative",
+        description="relative: |shadow - production| <= tolerance x |production|; absolute: <= tolerance "
+        "in the target's units (use it for targets near zero).",
+    )
+    max_mae_increase: float = Field(
+        0.05,
+        ge=0,
+        description="Canary, regression: largest allowed growth of the mean absolute error on feedback "
+        "labels, as a share of Production's (0.05: 5 %).",
+    )
 
     @field_validator("canary_steps")
     @classmethod
@@ -175,6 +198,9 @@ class MonitoringSettings(_Section):
     latency_p99_ms: float = Field(50.0, gt=0, description="Latency budget of the window's p99, in the gateway.")
     min_accuracy: float | None = Field(
         None, ge=0, le=1, description="Lowest accuracy on feedback labels; empty: not checked."
+    )
+    max_mae: float | None = Field(
+        None, ge=0, description="Highest mean absolute error on feedback labels (regression); empty: not checked."
     )
     breach_windows: int = Field(3, gt=0, description="Windows in a row that must breach before retraining starts.")
     experiment: str = Field("shipway-monitoring", description="MLflow experiment holding one run per window.")
@@ -217,6 +243,69 @@ class GateSettings(_Section):
     )
 
 
+class QualitySettings(_Section):
+    """The quality gate: before a version may become Shadow it must beat its own baseline on the
+    holdout, meet the floors, and not be worse than Production on the same holdout rows, overall
+    and in each slice. "Worse" needs both a paired bootstrap that excludes no difference (at
+    `alpha`, Bonferroni-split over the overall test and the judged slices) and a loss larger than
+    `min_effect`: a 100k-row holdout does not fail on trivia, a 300-row one not on noise."""
+
+    metric: QualityMetric | None = Field(
+        None,
+        description="Primary metric compared with Production; empty: roc_auc (binary), macro_f1 (multiclass), "
+        "rmse (regression). It must be a metric of the model's task.",
+    )
+    min: dict[QualityMetric, float] = Field(
+        default_factory=dict,
+        description="Floors of the candidate's holdout scores, e.g. {roc_auc: 0.7}: scores only "
+        "(roc_auc, accuracy, balanced_accuracy, f1, macro_f1, r2).",
+    )
+    max: dict[QualityMetric, float] = Field(
+        default_factory=dict,
+        description="Ceilings of the candidate's holdout errors, e.g. {rmse: 50}: errors only (rmse, mae, log_loss).",
+    )
+    min_effect: float = Field(
+        0.01,
+        ge=0,
+        description="Smallest loss against Production that counts: points of a score (0.01 = one point of "
+        "roc_auc), or a share of Production's error for rmse, mae, log_loss (0.01 = 1 % higher).",
+    )
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Chance that a candidate no worse than Production fails, split over the overall test "
+        "and each judged slice (Bonferroni).",
+    )
+    resamples: int = Field(1_000, ge=100, le=100_000, description="Paired bootstrap resamples of the holdout.")
+    seed: int = Field(0, description="Seed of the bootstrap: same holdout, same seed, same verdict.")
+    slices: list[str] = Field(
+        default_factory=list,
+        description="Feature columns whose values define segments judged on their own (numeric columns with "
+        "more than slice_bins values are cut into slice_bins quantile bins).",
+    )
+    slice_bins: int = Field(4, ge=2, le=20, description="Quantile bins of a numeric slice column.")
+    min_slice_rows: int = Field(
+        200, ge=1, description="Slices with fewer holdout rows are reported but not judged: too few to tell."
+    )
+
+    @field_validator("min")
+    @classmethod
+    def _scores_only(cls, floors: dict[str, float]) -> dict[str, float]:
+        errors = sorted(set(floors) & set(ERROR_METRICS))
+        if errors:
+            raise ValueError(f"{', '.join(errors)}: an error metric takes a ceiling (quality.max), not a floor")
+        return floors
+
+    @field_validator("max")
+    @classmethod
+    def _errors_only(cls, ceilings: dict[str, float]) -> dict[str, float]:
+        scores = sorted(set(ceilings) - set(ERROR_METRICS))
+        if scores:
+            raise ValueError(f"{', '.join(scores)}: a score takes a floor (quality.min), not a ceiling")
+        return ceilings
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_DELIMITER, extra="forbid")
 
@@ -230,6 +319,7 @@ class Settings(BaseSettings):
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @classmethod

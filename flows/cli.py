@@ -100,14 +100,26 @@ def cli() -> None:
 @click.option("--target", help="The label column (default: data.target of the profile).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--force-gate", is_flag=True, help="Train even if the data fails the gate (needs --reason).")
-@click.option("--reason", help="Why the gate is overridden; recorded on the version (tag gate_override).")
+@click.option(
+    "--force-quality", is_flag=True, help="Make the version Shadow even if it fails the quality gate (needs --reason)."
+)
+@click.option(
+    "--reason", help="Why a gate is overridden; recorded on the version (tags gate_override, quality_override)."
+)
 @config_option
 def train(
-    config_path: Path | None, data: str | None, target: str | None, as_json: bool, force_gate: bool, reason: str | None
+    config_path: Path | None,
+    data: str | None,
+    target: str | None,
+    as_json: bool,
+    force_gate: bool,
+    force_quality: bool,
+    reason: str | None,
 ) -> None:
-    """Snapshot -> gate -> train -> register -> contract -> Shadow."""
-    if force_gate and not (reason or "").strip():
-        raise click.UsageError("--force-gate needs --reason TEXT: the override is recorded on the version")
+    """Snapshot -> gate -> train -> register -> quality -> contract -> bench -> Shadow."""
+    for flag, given in (("--force-gate", force_gate), ("--force-quality", force_quality)):
+        if given and not (reason or "").strip():
+            raise click.UsageError(f"{flag} needs --reason TEXT: the override is recorded on the version")
     settings = _settings(config_path)
     prefect_ready = _start_prefect_early(settings)
     from tasks.snapshot import check_source
@@ -116,7 +128,14 @@ def train(
     from flows.training import training_flow
 
     prefect_ready()
-    result = training_flow(data=data, target=target, force_gate=force_gate, reason=reason, settings=settings)
+    result = training_flow(
+        data=data,
+        target=target,
+        force_gate=force_gate,
+        reason=reason,
+        settings=settings,
+        force_quality=force_quality,
+    )
     if as_json:
         click.echo(json.dumps(asdict(result), indent=2))
         return
@@ -132,6 +151,7 @@ def _print_training(result) -> None:
     console.print(f"            {result.snapshot_uri}")
     console.print(f"  holdout   {metrics}")
     console.print(f"  gate      {result.gate}")
+    console.print(f"  quality   {result.quality}")
     console.print(f"  steps     {steps}")
 
 
@@ -197,6 +217,7 @@ def _print_status(name: str, found, aliases: dict[str, str]) -> None:
         "rows": ("data_rows", True),
         "roc_auc": ("metric_roc_auc", True),
         "validation": ("validation_status", False),
+        "quality": ("quality_gate", False),
         "p99 ms": ("latency_p99_ms", True),
     }
     for header, (_, right) in columns.items():

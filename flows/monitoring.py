@@ -26,6 +26,7 @@ from tasks import registry
 from tasks.drift_report import write_report
 from tasks.gate import gate, reference_for_model
 from tasks.monitoring import parse_window, served_inputs, summarize, sustained
+from tasks.quality import version_task
 from tasks.trend import plot_trend
 
 
@@ -57,7 +58,8 @@ def monitoring_flow(
         raise RegistryError(f"'{name}' has no Production version to monitor")
 
     log, feedback = read_log_task(settings, name, start, end)
-    summary = summarize(log, feedback, settings.monitoring)
+    task = version_task(registry.get_version(settings, name, version).tags)
+    summary = summarize(log, feedback, settings.monitoring, task)
     with tempfile.TemporaryDirectory(prefix="shipway-monitor-") as tmp:
         files, drift = [], "none"
         inputs = served_inputs(log)

@@ -34,6 +34,7 @@ from tasks.aliases import move, recover
 from tasks.analysis import Analysis, canary_analysis, shadow_analysis
 from tasks.gate import gate, reference_for_model
 from tasks.monitoring import served_inputs
+from tasks.quality import version_task
 
 
 class PromotionRejected(GateError):
@@ -133,7 +134,8 @@ def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
         drift = gate(
             inputs, reference_for_model(settings, f"{name}/{version}"), settings, "shadow traffic"
         ).verdict.value
-    return shadow_analysis(log, settings.promotion, drift_verdict=drift)
+    task = version_task(registry.get_version(settings, name, version).tags)
+    return shadow_analysis(log, settings.promotion, drift_verdict=drift, task=task)
 
 
 @task(name="canary-step", cache_policy=NO_CACHE)
@@ -145,7 +147,8 @@ def canary_task(settings: Settings, name: str, version: str, share: float) -> An
     log = _traffic(settings, name, since, enough)
     log = log[log["role"] != "shadow"]
     feedback = read_feedback(settings.prediction_log.url, log["request_id"])
-    return canary_analysis(log, feedback, settings.promotion, f"canary {share:.0%}")
+    task = version_task(registry.get_version(settings, name, version).tags)
+    return canary_analysis(log, feedback, settings.promotion, f"canary {share:.0%}", task)
 
 
 def _traffic(settings: Settings, name: str, since: datetime, enough: Callable[[pd.DataFrame], bool]) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""The training flow: snapshot -> gate -> train -> register -> contract -> bench -> alias Shadow."""
+"""The training flow: snapshot -> gate -> train -> register -> quality -> contract -> bench -> alias Shadow."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tasks.aliases import alias_task
 from tasks.benchmark import bench_task
 from tasks.gate import contract_task, gate_task
 from tasks.lineage import git_lineage
+from tasks.quality import quality_task
 from tasks.registration import register_task
 from tasks.snapshot import snapshot_task
 from tasks.training import train_task
@@ -30,6 +31,7 @@ class TrainingResult:
     snapshot_reused: bool
     metrics: dict[str, float]
     gate: str = "not_gated"  # pass, warn, overridden, or not_gated (no Production version yet)
+    quality: str = ""  # the quality gate: passed or overridden (a failure ends the flow)
     contract_uri: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step, orchestration included
 
@@ -42,10 +44,12 @@ def training_flow(
     force_gate: bool = False,
     reason: str | None = None,
     settings: Settings | None = None,
+    force_quality: bool = False,
 ) -> TrainingResult:
     """Snapshot the data, gate it against Production's contract, train the pipeline and its baseline,
-    register the version with its own contract, benchmark it, make it Shadow. `force_gate` trains
-    despite a failed gate; `reason` is recorded on the version. The CLI and tests pass `settings`;
+    register the version, judge its quality, log its contract, benchmark it, make it Shadow.
+    `force_gate` trains despite a failed data gate, `force_quality` goes on despite a failed quality
+    gate; `reason` is recorded on the version. The CLI and tests pass `settings`;
     a deployment names its profile by `config` (or SHIPWAY_CONFIG)."""
     settings = settings or load_settings(config)
     source = data or settings.data.source
@@ -60,6 +64,11 @@ def training_flow(
         trained = train_task(snapshot.frame, target, settings.training)
     with _timed(timings, "register"):
         registered = register_task(trained, snapshot, git_lineage(), settings)
+    with _timed(timings, "quality"):  # a failure ends the flow here: registered, without an alias
+        quality = quality_task(
+            settings, registered, trained.model, trained.baseline, trained.X_holdout, trained.y_holdout,
+            force_quality, reason,
+        )  # fmt: skip
     with _timed(timings, "contract"):
         contract_uri = contract_task(settings, snapshot, target, registered, gate)
     with _timed(timings, "bench"):
@@ -83,6 +92,7 @@ def training_flow(
         snapshot_reused=not snapshot.created,
         metrics=trained.metrics,
         gate=gate.verdict,
+        quality=quality.verdict,
         contract_uri=contract_uri,
         timings=timings,
     )

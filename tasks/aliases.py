@@ -147,6 +147,8 @@ def check_servable(settings: Settings, name: str, version: str) -> None:
     found = registry.get_version(settings, name, version)
     if found.tags.get("validation_status") == "fail":
         raise RegistryError(f"version {version} of '{name}' failed its data gate (validation_status=fail)")
+    if found.tags.get(Tag.QUALITY_GATE) == "failed":
+        raise RegistryError(f"version {version} of '{name}' failed its quality gate (quality_gate=failed)")
     if found.tags.get("latency_gate") == "failed":
         raise RegistryError(f"version {version} of '{name}' failed its latency budget (latency_gate=failed)")
     try:

@@ -5,6 +5,10 @@ model_version, role, prediction, latency_ms, error). No verdict is drawn from to
 and differences must be both statistically significant (sample size accounted for) and larger
 than a minimum effect before they count as a breach, so a 100k-request canary does not fail on
 noise-level differences and a 12-request one proves nothing.
+
+Classifiers are compared on predicted classes (agreement, class shares, error rate on labels);
+regression models on values: agreement within `promotion.regression_tolerance`, the distance
+between prediction distributions (two-sample KS), the mean absolute error on labels (Welch).
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import pandas as pd
 from scipy import stats
 
 from configs.settings import PromotionSettings
+from core.vocabulary import Task
 
-CANARY_TESTS = 3  # a step's statistical tests: failures, predicted classes, accuracy on labels
+CANARY_TESTS = 3  # a step's statistical tests: failures, predictions, errors on labels
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,9 @@ class Analysis:
         )
 
 
-def shadow_analysis(log: pd.DataFrame, settings: PromotionSettings, drift_verdict: str | None = None) -> Analysis:
+def shadow_analysis(
+    log: pd.DataFrame, settings: PromotionSettings, drift_verdict: str | None = None, task: Task = Task.BINARY
+) -> Analysis:
     """Shadow against Production on the same requests: agreement, errors, latency, input drift."""
     production = log[(log["role"] == "production") & log["error"].isna()].set_index("request_id")
     shadow = log[log["role"] == "shadow"].set_index("request_id")
@@ -75,14 +82,18 @@ def shadow_analysis(log: pd.DataFrame, settings: PromotionSettings, drift_verdic
     if n < settings.min_requests:
         return analysis
     answered = paired["error_shadow"].isna()
-    agreement = float((paired.loc[answered, "prediction_prod"] == paired.loc[answered, "prediction_shadow"]).mean())
+    production_said, shadow_said = paired.loc[answered, "prediction_prod"], paired.loc[answered, "prediction_shadow"]
+    if task is Task.REGRESSION:
+        agreement, within = agreement_within(production_said, shadow_said, settings), tolerance_text(settings)
+    else:
+        agreement, within = float((production_said == shadow_said).mean()), ""
     errors = 1 - float(answered.mean())
     p99 = float(np.percentile(shadow["latency_ms"], 99))
     analysis.checks += [
         Check(
             "agreement with production",
             agreement >= settings.min_agreement,
-            f"{agreement:.1%}",
+            f"{agreement:.1%}{within}",
             f">= {settings.min_agreement:.0%}",
         ),
         Check("error rate", errors <= settings.max_error_rate, f"{errors:.2%}", f"<= {settings.max_error_rate:.1%}"),
@@ -93,8 +104,10 @@ def shadow_analysis(log: pd.DataFrame, settings: PromotionSettings, drift_verdic
     return analysis
 
 
-def canary_analysis(log: pd.DataFrame, feedback: pd.DataFrame, settings: PromotionSettings, stage: str) -> Analysis:
-    """Canary against Production over the same period: failures, latency, predictions, accuracy."""
+def canary_analysis(
+    log: pd.DataFrame, feedback: pd.DataFrame, settings: PromotionSettings, stage: str, task: Task = Task.BINARY
+) -> Analysis:
+    """Canary against Production over the same period: failures, latency, predictions, errors on labels."""
     canary, production = log[log["route"] == "canary"], log[log["route"] == "production"]
     analysis = Analysis(stage, {"canary": len(canary), "production": len(production)})
     analysis.checks.append(_enough(min(len(canary), len(production)), settings.min_requests))
@@ -119,11 +132,15 @@ def canary_analysis(log: pd.DataFrame, feedback: pd.DataFrame, settings: Promoti
     analysis.checks.append(
         Check("latency p99", p99_canary <= limit, f"{p99_canary:.2f} ms vs {p99_prod:.2f} ms", f"<= {limit:.2f} ms")
     )
-    analysis.checks.append(_same_predictions(canary, production, settings.max_prediction_shift, alpha))
+    regression = task is Task.REGRESSION
+    same = _same_distribution if regression else _same_predictions
+    analysis.checks.append(same(canary, production, settings.max_prediction_shift, alpha))
     labeled = feedback.drop_duplicates("request_id").set_index("request_id")["label"]
     right = lambda rows: rows.join(labeled, on="request_id", how="inner")
     canary_l, production_l = right(canary), right(production)
-    if min(len(canary_l), len(production_l)) >= settings.min_labeled:
+    if min(len(canary_l), len(production_l)) >= settings.min_labeled and regression:
+        analysis.checks.append(_error_not_worse(canary_l, production_l, settings.max_mae_increase, alpha))
+    elif min(len(canary_l), len(production_l)) >= settings.min_labeled:
         hits = lambda rows: int((rows["prediction"].map(comparable) == rows["label"].map(comparable)).sum())
         analysis.checks.append(
             _not_worse(
@@ -181,6 +198,68 @@ def _same_predictions(canary: pd.DataFrame, production: pd.DataFrame, max_shift:
         f"largest shift {shift:.1%} (chi-square p={p:.3g})",
         f"not shifted by > {max_shift:.0%} at p < {alpha:.2g}",
     )
+
+
+def _same_distribution(canary: pd.DataFrame, production: pd.DataFrame, max_shift: float, alpha: float) -> Check:
+    """Regression: two-sample KS on the predicted values; its distance is the largest change in the
+    share of predictions below any value, the counterpart of a class share's shift."""
+    ks = stats.ks_2samp(numbers(canary["prediction"]), numbers(production["prediction"]), nan_policy="omit")
+    distance, p = float(ks.statistic), float(ks.pvalue)
+    breach = p < alpha and distance > max_shift
+    return Check(
+        "prediction distribution",
+        not breach,
+        f"KS distance {distance:.3f} (p={p:.3g})",
+        f"not shifted by > {max_shift:.0%} at p < {alpha:.2g}",
+    )
+
+
+def _error_not_worse(canary: pd.DataFrame, production: pd.DataFrame, max_increase: float, alpha: float) -> Check:
+    """Regression: the canary's absolute errors on labels against Production's, one-sided Welch test on
+    their means, a breach only when the mean grew by more than `max_increase` of Production's."""
+    error = lambda rows: np.abs(numbers(rows["prediction"]) - numbers(rows["label"]))
+    mine, theirs = error(canary), error(production)
+    mine, theirs = mine[np.isfinite(mine)], theirs[np.isfinite(theirs)]
+    mae, mae_prod = float(mine.mean()), float(theirs.mean())
+    test = stats.ttest_ind(mine, theirs, equal_var=False, alternative="greater")
+    p = float(test.pvalue) if np.isfinite(test.pvalue) else (0.0 if mae > mae_prod else 1.0)
+    growth = mae / mae_prod - 1 if mae_prod > 0 else (np.inf if mae > 0 else 0.0)
+    breach = p < alpha and growth > max_increase
+    return Check(
+        "absolute error on feedback labels",
+        not breach,
+        f"MAE {mae:.4g} vs {mae_prod:.4g} ({growth:+.1%}, one-sided Welch p={p:.3g})",
+        f"not higher by > {max_increase:.0%} at p < {alpha:.2g}",
+    )
+
+
+def agreement_within(production: pd.Series, shadow: pd.Series, settings: PromotionSettings) -> float:
+    """Share of paired predictions within the tolerance: relative to Production's, or absolute."""
+    a, b = numbers(production), numbers(shadow)
+    scale = np.abs(a) if settings.regression_tolerance_mode == "relative" else 1.0
+    return float(np.mean(np.abs(b - a) <= settings.regression_tolerance * scale)) if len(a) else float("nan")
+
+
+def tolerance_text(settings: PromotionSettings) -> str:
+    if settings.regression_tolerance_mode == "relative":
+        return f" within ±{settings.regression_tolerance:.1%}"
+    return f" within ±{settings.regression_tolerance:g}"
+
+
+def numbers(values: pd.Series) -> np.ndarray:
+    """Logged predictions (JSON text of a one-value list) or labels, as floats (NaN where none)."""
+    return np.array([_number(v) for v in values], dtype=np.float64)
+
+
+def _number(value) -> float:
+    try:
+        if isinstance(value, str):
+            value = json.loads(value)
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        return float(value)
+    except (TypeError, ValueError):  # no answer, or not one number
+        return float("nan")
 
 
 def comparable(value) -> str:

@@ -2,7 +2,7 @@
 
 Plain functions over the rows `serving.prediction_log.read_window` returns: the inputs the
 answering model received (for the skew gate), failure and fallback shares, latency p99, and
-accuracy where feedback labels came back.
+where feedback labels came back accuracy (classifiers) or mean absolute error (regression).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pandas as pd
 
 from configs.settings import MonitoringSettings
 from core.errors import ShipwayError
-from tasks.analysis import comparable
+from core.vocabulary import Task
+from tasks.analysis import comparable, numbers
 
 ANSWERING = ("production", "canary", "fallback")  # shadow rows repeat inputs and never answer
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -49,8 +50,10 @@ class WindowSummary:
         return bool(self.breaches)
 
 
-def summarize(log: pd.DataFrame, feedback: pd.DataFrame, settings: MonitoringSettings) -> WindowSummary:
-    """Failure, fallback, latency and accuracy figures of a window, and which limits they broke."""
+def summarize(
+    log: pd.DataFrame, feedback: pd.DataFrame, settings: MonitoringSettings, task: Task = Task.BINARY
+) -> WindowSummary:
+    """Failure, fallback, latency and label figures of a window, and which limits they broke."""
     answered = log[log["role"].isin(ANSWERING)]
     n = len(answered)
     summary = WindowSummary(n, {"requests": float(n)})
@@ -83,7 +86,13 @@ def summarize(log: pd.DataFrame, feedback: pd.DataFrame, settings: MonitoringSet
         if n >= settings.min_requests and value > limit
     ]
     labeled = answered.merge(feedback[["request_id", "label"]], on="request_id", how="inner")
-    if len(labeled):
+    if len(labeled) and task is Task.REGRESSION:
+        absolute = np.abs(numbers(labeled["prediction"]) - numbers(labeled["label"]))
+        mae = float(np.nanmean(absolute)) if np.isfinite(absolute).any() else float("nan")
+        summary.metrics |= {"mae": mae, "labeled": float(len(labeled))}
+        if settings.max_mae is not None and len(labeled) >= settings.min_requests and mae > settings.max_mae:
+            summary.breaches.append(f"mae {mae:.4g} > {settings.max_mae:g}")
+    elif len(labeled):
         hits = [
             comparable(p) == comparable(label)
             for p, label in zip(labeled["prediction"], labeled["label"], strict=False)

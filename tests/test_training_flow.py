@@ -33,7 +33,7 @@ def git(*args: str) -> str:
 def test_flow_registers_a_version_with_every_lineage_tag_and_makes_it_shadow(small):
     result = training_flow(data="demo")
     assert (result.model_name, result.version) == ("churn-classifier", "1")
-    assert set(result.timings) == {"snapshot", "gate", "train", "register", "contract", "bench", "alias"}
+    assert set(result.timings) == {"snapshot", "gate", "train", "register", "quality", "contract", "bench", "alias"}
     found, aliases = versions(small, result.model_name)
     assert aliases == {"Shadow": "1"}
     tags = found[0].tags
