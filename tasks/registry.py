@@ -24,6 +24,9 @@ from core.errors import RegistryError
 from core.refs import ModelRef
 from core.tracking import Store, client, experiment_id, registered_model
 from core.vocabulary import Alias, Tag
+from tasks import release_card
+
+RELEASES_EXPERIMENT = "shipway-releases"  # one release-record run per registered model (tasks/record.py)
 
 
 def connect(settings: Settings, create: bool = True, experiment: str | None = None) -> tuple[MlflowClient, str]:
@@ -150,8 +153,7 @@ def record_benchmark(
     client.log_batch(run_id, metrics=[Metric(k, float(v), timestamp, 0) for k, v in metrics.items()])
     for path in files:
         client.log_artifact(run_id, str(path), "benchmark")
-    for key, value in tags.items():
-        client.set_model_version_tag(name, str(version), key, value)
+    set_version_tags(settings, name, version, tags)
     return run_id
 
 
@@ -179,8 +181,8 @@ def log_contract(settings: Settings, name: str, version: str, suite: dict[str, A
     client, _ = connect(settings)
     run_id = client.get_model_version(name, version).run_id
     client.log_dict(run_id, suite, CONTRACT_ARTIFACT)
-    uri = f"{client.get_run(run_id).info.artifact_uri}/{CONTRACT_ARTIFACT}"
-    client.set_model_version_tag(name, version, "expectation_suite", uri)
+    uri = f"runs:/{run_id}/{CONTRACT_ARTIFACT}"  # short, and valid wherever the artifacts move
+    set_version_tags(settings, name, version, {"expectation_suite": uri})
     return uri
 
 
@@ -233,9 +235,27 @@ def log_gate_report(
 
 
 def set_version_tags(settings: Settings, name: str, version: str, tags: dict[str, str]) -> None:
+    """Tags are short facts: a value over 250 characters is cut (the whole text belongs in the release
+    record). A change to a fact of the release card rewrites the card atop the version's description."""
     client, _ = connect(settings)
     for key, value in tags.items():
-        client.set_model_version_tag(name, str(version), key, value)
+        client.set_model_version_tag(name, str(version), key, release_card.short(str(value)))
+    if release_card.CARD_TAGS & tags.keys():
+        refresh_card(settings, name, version)
+
+
+def refresh_card(settings: Settings, name: str, version: str) -> None:
+    """The version's description: its release card (tasks/release_card.py), then its registration text."""
+    client, _ = connect(settings)
+    found = client.get_model_version(name, str(version))
+    run_id = found.tags.get(Tag.RELEASE_RECORD)
+    link = None
+    if run_id:
+        experiment = connect(settings, experiment=RELEASES_EXPERIMENT)[1]
+        link = f"[release record](#/experiments/{experiment}/runs/{run_id}): every alias move and approval"
+    text = release_card.render(found.tags, release_card.about_of(found.description), link)
+    if text != found.description:
+        client.update_model_version(name, str(version), description=text)
 
 
 def alias_version(settings: Settings, name: str, alias: Alias) -> str | None:
