@@ -13,7 +13,7 @@ from pydantic import Field
 from configs.settings import Settings
 from core.errors import ShipwayError
 from core.vocabulary import Tag
-from flows.resume import parse_run_id, resume
+from flows.resume import parse_run_id, resume, run_input
 from tasks.registry import model_state
 
 
@@ -36,15 +36,13 @@ def answer(run_id: str, *, approve: bool, reviewer: str, comment: str, api_url: 
     """Resume the paused promotion `run_id` with a decision; a clear error if it is not waiting.
     `api_url`: the Prefect API to use (default: the one this process's Prefect settings name)."""
     flow_run_id = parse_run_id(run_id)
-    if not reviewer.strip():
-        raise ShipwayError("a decision needs a reviewer's name (--reviewer NAME)")
-    run_input = {"decision": "approve" if approve else "reject", "reviewer": reviewer, "comment": comment}
+    answer_input = run_input(approve=approve, reviewer=reviewer, comment=comment)
     if api_url is None:
         from prefect.settings import PREFECT_API_URL
 
         api_url = PREFECT_API_URL.value()
     if api_url:
-        return resume(api_url, flow_run_id, run_input)
+        return resume(api_url, flow_run_id, answer_input)
     from prefect import get_client  # in-process ephemeral API: no address to call, Prefect's client it is
     from prefect.exceptions import ObjectNotFound
     from prefect.flow_runs import resume_flow_run
@@ -57,7 +55,7 @@ def answer(run_id: str, *, approve: bool, reviewer: str, comment: str, api_url: 
     if run.state is None or not run.state.is_paused():
         state = run.state.name if run.state else "no state"
         raise ShipwayError(f"flow run {run_id} is not waiting for approval (state: {state})")
-    resume_flow_run(flow_run_id, run_input=run_input)
+    resume_flow_run(flow_run_id, run_input=answer_input)
 
 
 class AutoApprover(threading.Thread):

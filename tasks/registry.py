@@ -122,7 +122,13 @@ def monitoring_history(settings: Settings, name: str, limit: int) -> list[dict[s
         max_results=limit,
     )
     return [
-        {"run_id": r.info.run_id, "time": r.info.start_time, "tags": dict(r.data.tags), "metrics": dict(r.data.metrics)}
+        {
+            "run_id": r.info.run_id,
+            "time": r.info.start_time,
+            "tags": dict(r.data.tags),
+            "metrics": dict(r.data.metrics),
+            "params": dict(r.data.params),
+        }
         for r in runs
     ]
 

@@ -37,7 +37,10 @@ def test_the_loser_of_a_race_is_told_who_moved_the_alias(small, three):
     move(small, name, {Alias.SHADOW: "1"}, actor="setup", reason="v1 trained")
     # two trainings both saw Shadow at version 1; the one that moves second learns the truth
     move(small, name, {Alias.SHADOW: "3"}, actor="training flow", reason="trained v3", expect={Alias.SHADOW: "1"})
-    with pytest.raises(AliasMoved, match=r"Shadow of 'churn-classifier' moved from 1 to 3 by training flow at .* \(trained v3\); not moving it to version 2"):
+    with pytest.raises(
+        AliasMoved,
+        match=r"Shadow of 'churn-classifier' moved from 1 to 3 by training flow at .* \(trained v3\); not moving it to version 2",
+    ):
         move(small, name, {Alias.SHADOW: "2"}, actor="training flow", reason="trained v2", expect={Alias.SHADOW: "1"})
     assert model_state(small, name)[0] == {"Shadow": "3"}
     assert isinstance(AliasMoved("x"), RegistryError)  # exit 2 with one line, like every registry refusal
@@ -60,7 +63,7 @@ def test_two_processes_moving_aliases_at_once_never_undo_each_other(small, three
         for actor, versions in (("mover-a", "1,2"), ("mover-b", "2,3"))
     ]
     results = [p.communicate(timeout=600) for p in movers]
-    for process, (out, err) in zip(movers, results, strict=True):
+    for process, (_out, err) in zip(movers, results, strict=True):
         assert process.returncode == 0, err[-2000:]
         assert "UNIQUE constraint" not in err and "Traceback" not in err
     steps = history(small, name)
