@@ -491,7 +491,7 @@ def demo(config_path: Path | None, manual: bool) -> None:
         f"{result.seconds:.0f} s in all.\n"
         "\n[bold]Where to look[/]\n"
         f"  shipway status {name}     versions, aliases, the alias history and any approval waiting\n"
-        "  shipway ui                            then open http://127.0.0.1:5000 and click\n"
+        "  shipway ui                            then open the link it prints and click\n"
         f"    Models -> {name} -> Version {final.version}: the aliases, the lineage tags (git_commit,\n"
         "      data_snapshot_id), expectation_suite, validation_status, latency_p99_ms, the approvals and\n"
         "      transitions; its Source run: the dataset, the model, its ONNX form, the benchmark, the contract.\n"
@@ -515,7 +515,8 @@ def ui(config_path: Path | None, host: str, port: int) -> None:
     if uri.startswith(("http://", "https://")):
         click.echo(f"The MLflow UI is served by the tracking server itself: open {uri}")
         return
-    click.echo(f"MLflow UI on {uri}: http://{host}:{port}  (Ctrl-C stops it)")
+    # MLflow's UI opens in its GenAI view unless told otherwise: the link asks for model training.
+    click.echo(f"MLflow UI on {uri}: http://{host}:{port}/#/models?workflowType=machine_learning  (Ctrl-C stops it)")
     # One worker and no job runner: ~0.5 GB instead of ~1.75 GB, and a 5 s start instead of 12 s.
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     args = [

@@ -68,7 +68,7 @@ def link(settings: Settings, name: str) -> str:
     """The record's address in the MLflow UI, as a markdown link (for descriptions)."""
     run_id = record_run(settings, name)
     experiment = registry.connect(settings, experiment=EXPERIMENT)[1]
-    return f"[release record](#/experiments/{experiment}/runs/{run_id})"
+    return f"[release record]({registry.ui_path(experiment, run_id)})"
 
 
 def append(settings: Settings, name: str, table: str, rows: list[Mapping[str, object]]) -> None:

@@ -250,6 +250,12 @@ def set_version_tags(settings: Settings, name: str, version: str, tags: dict[str
         refresh_card(settings, name, version)
 
 
+def ui_path(experiment: str, run_id: str) -> str:
+    """A run's page in the MLflow UI, in its model-training view: MLflow 3.17's UI picks GenAI or
+    model training from this parameter (or the last choice in the browser), not from the experiment."""
+    return f"#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
+
+
 def refresh_card(settings: Settings, name: str, version: str) -> None:
     """The version's description: its release card (tasks/release_card.py), then its registration text."""
     client, _ = connect(settings)
@@ -258,7 +264,7 @@ def refresh_card(settings: Settings, name: str, version: str) -> None:
     link = None
     if run_id:
         experiment = connect(settings, experiment=RELEASES_EXPERIMENT)[1]
-        link = f"[release record](#/experiments/{experiment}/runs/{run_id}): every alias move and approval"
+        link = f"[release record]({ui_path(experiment, run_id)}): every alias move and approval"
     text = release_card.render(found.tags, release_card.about_of(found.description), link)
     if text != found.description:
         client.update_model_version(name, str(version), description=text)
