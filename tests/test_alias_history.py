@@ -154,3 +154,12 @@ def test_rollback_puts_previous_back_and_stops_the_canary(small, three):
     assert history(small, name)[-1].reason == "errors up"
     with pytest.raises(RegistryError, match="'churn-classifier' has no Previous version to roll back to"):
         rollback(small, name, actor="oncall", reason="again")
+
+
+def test_every_experiment_shipway_creates_is_marked_for_model_development(small, three):
+    client, _ = registry.connect(small, experiment=small.monitoring.experiment)  # training, releases, monitoring
+    created = [e for e in client.search_experiments() if e.name != "Default"]  # Default is MLflow's own
+    assert {e.name for e in created} == {small.mlflow.experiment, record.EXPERIMENT, small.monitoring.experiment}
+    assert all(e.tags.get("mlflow.experimentKind") == "custom_model_development" for e in created)
+    description = client.get_registered_model(three[0].name).description
+    assert "predicts `churned`" in description and "How a version ships" in description
