@@ -367,9 +367,15 @@ def promote(config_path: Path | None, name: str | None, version: str | None) -> 
         model_state(settings, model)
     else:
         get_version(settings, model, version)
-    from flows.promotion import promotion_flow
+    from tasks.lease import reclaim
+
+    # A promotion whose process died is undone now, while Prefect starts: its canary loses its share at once.
+    dead = reclaim(settings, model, actor=_user(), say=lambda text: console.print(f"[yellow]{text}[/]"))
+    from flows.promotion import mark_crashed, promotion_flow
 
     prefect_ready()
+    if dead is not None:
+        mark_crashed(*dead)
     result = promotion_flow(name=name, version=version, actor=_user(), settings=settings)
     console.print(
         f"[bold]{result.model_name}[/] version [bold]{result.version}[/] is Production"

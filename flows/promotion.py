@@ -76,7 +76,7 @@ def promotion_flow(
     name = name or settings.training.model_name
     run = get_run_context().flow_run
     run_id = str(run.id)
-    with held(settings, name, run_id, run.name, actor=actor, crashed=_mark_crashed) as lease:
+    with held(settings, name, run_id, run.name, actor=actor, crashed=mark_crashed) as lease:
         recover(settings, name, actor=actor)
         aliases, _ = registry.model_state(settings, name)
         version = version or aliases.get(Alias.SHADOW.value)
@@ -280,7 +280,7 @@ def _evidence_markdown(evidence: list[str]) -> str:
     return "\n".join(rows)
 
 
-def _mark_crashed(dead: Lease, why: str) -> None:
+def mark_crashed(dead: Lease, why: str) -> None:
     """The dead promotion's flow run, marked Crashed in Prefect (when it is a run of this Prefect database)."""
     from uuid import UUID
 

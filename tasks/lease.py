@@ -155,38 +155,22 @@ def _acquire(
     seconds: float,
     renew_s: float,
 ) -> Lease:
-    deadline = time.monotonic() + seconds + renew_s
-    told = False
     while True:
         found = read(settings, name)
-        now = datetime.now(UTC)
-        verdict = found.judge(now, renew_s) if found and found.run_id != run_id else "free"
-        if verdict == "live":
-            raise PromotionBusy(
-                f"another promotion of '{name}' is in progress: {found.describe()}; wait for it to end "
-                f"or answer it (shipway approve {found.run_id} [--reject])"
-            )
-        if verdict == "silent" and time.monotonic() < deadline:
-            if not told:
-                say(
-                    f"the promotion lease of '{name}' is not being renewed ({found.describe()}): waiting until it "
-                    f"expires at {found.expires:%H:%M:%S} UTC"
+        if found is not None and found.run_id != run_id:
+            if found.judge(datetime.now(UTC), renew_s) == "live":
+                raise PromotionBusy(
+                    f"another promotion of '{name}' is in progress: {found.describe()}; wait for it to end "
+                    f"or answer it (shipway approve {found.run_id} [--reject])"
                 )
-                told = True
-            time.sleep(min(1.0, renew_s))
+            dead = reclaim(settings, name, actor=actor, say=say)
+            if dead is not None:
+                crashed(*dead)
             continue
         with serialized(settings, name, f"{actor}: promotion {run_id} takes the lease"):
             if read(settings, name) != found:
-                continue  # renewed, released or taken meanwhile: judge again
-            if found is not None and verdict != "free":
-                why = (
-                    f"its process ({found.owner}) is gone"
-                    if found.owner.alive() is False
-                    else f"its lease expired at {found.expires:%H:%M:%S} UTC"
-                )
-                say(f"the promotion {found.describe()} ended without finishing: {why}; undoing what it moved")
-                crashed(found, f"shipway: {why}; taken over by promotion {run_id}")
-                _undo(settings, name, found, actor, why)
+                continue  # taken meanwhile: judge again
+            now = datetime.now(UTC)
             aliases, tags = registry.model_state(settings, name)
             before = {alias.value: aliases.get(alias.value) for alias in (*RESTORED, Alias.PRODUCTION)}
             mine = Lease(
@@ -200,6 +184,45 @@ def _acquire(
             )
             registry.set_model_tag(settings, name, Tag.PROMOTION_LEASE, mine.to_json())
             return mine
+
+
+def reclaim(
+    settings: Settings, name: str, *, actor: str, say: Callable[[str], None] = print
+) -> tuple[Lease, str] | None:
+    """Free the lease of a promotion that is gone, after putting back what it had moved: returns the
+    dead lease and why it is deemed dead (its flow run is then to be marked crashed), or None when the
+    lease is free or held by a live promotion. A lease that stopped being renewed is waited for until
+    it expires. `shipway promote` calls it before Prefect is up, so a dead canary loses its share at once."""
+    renew_s = settings.promotion.lease_seconds / 3
+    told = False
+    while True:
+        found = read(settings, name)
+        if found is None:
+            return None
+        verdict = found.judge(datetime.now(UTC), renew_s)
+        if verdict == "live":
+            return None
+        if verdict == "silent":  # until it is renewed again (live) or expires (dead)
+            if not told:
+                say(
+                    f"the promotion lease of '{name}' is not being renewed ({found.describe()}): waiting until it "
+                    f"expires at {found.expires:%H:%M:%S} UTC"
+                )
+                told = True
+            time.sleep(min(1.0, renew_s))
+            continue
+        with serialized(settings, name, f"{actor}: reclaim the lease of promotion {found.run_id}"):
+            if read(settings, name) != found:
+                continue  # renewed, released or taken meanwhile: judge again
+            why = (
+                f"its process ({found.owner}) is gone"
+                if found.owner.alive() is False
+                else f"its lease expired at {found.expires:%H:%M:%S} UTC"
+            )
+            say(f"the promotion {found.describe()} ended without finishing: {why}; undoing what it moved")
+            _undo(settings, name, found, actor, why)
+            registry.delete_model_tag(settings, name, Tag.PROMOTION_LEASE)
+            return found, f"shipway: {why}; its moves were undone by {actor}"
 
 
 def _renew(handle: Held, stop: threading.Event, seconds: float, renew_s: float) -> None:

@@ -12,12 +12,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
 from configs.settings import load_settings
+from core.errors import ShipwayError
 from core.vocabulary import Alias, Tag
 from flows.resume import resume, running_api
 from serving.server import running
@@ -57,9 +59,11 @@ def fast(small, monkeypatch, prefect_home):
 
 
 def promote(settings) -> subprocess.Popen:
-    return subprocess.Popen(
-        [SHIPWAY, "promote", NAME], cwd=Path.cwd(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    """`shipway promote` in its own process, its output in a file (a pipe nobody reads would block it)."""
+    log = Path.cwd() / f"promote-{time.monotonic_ns()}.log"
+    print(f"shipway promote: output in {log}")
+    with log.open("w") as out:
+        return subprocess.Popen([SHIPWAY, "promote", NAME], cwd=Path.cwd(), stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_for(what: str, check, timeout: float = 180.0):
@@ -81,7 +85,8 @@ def state(settings) -> tuple[dict, str | None]:
 
 
 def kill_and_take_over(settings, victim: subprocess.Popen, prefect_home: Path) -> tuple[float, subprocess.Popen]:
-    """SIGKILL the promotion, start the next one; returns seconds from the kill to the takeover."""
+    """SIGKILL the promotion, start the next one; returns seconds from the kill until the dead promotion's
+    moves are undone (its lease freed); then the next one runs under its own lease, the dead run Crashed."""
     dead = lease(settings)
     children = psutil.Process(victim.pid).children(recursive=True)  # its temporary Prefect server
     os.kill(victim.pid, signal.SIGKILL)
@@ -100,6 +105,15 @@ def kill_and_take_over(settings, victim: subprocess.Popen, prefect_home: Path) -
     assert crashed == "CRASHED"
     print(f"kill -9 -> next promotion took over in {seconds:.1f} s")
     return seconds, successor
+
+
+def approve(api: str, run_id: str) -> bool:
+    """The request is announced just before the flow pauses: False until the pause is there to answer."""
+    try:
+        resume(api, uuid.UUID(run_id), {"decision": "approve", "reviewer": "rita", "comment": ""})
+    except ShipwayError:
+        return False
+    return True
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -159,7 +173,7 @@ def test_killed_mid_canary(in_production, prefect_home):
     waiting = wait_for("the shadow approval", lambda: model_state(settings, NAME)[1].get(Tag.AWAITING_APPROVAL))
     run_id = json.loads(waiting)["run_id"]
     api = wait_for("the paused promotion's Prefect API", lambda: running_api(run_id))
-    resume(api, __import__("uuid").UUID(run_id), {"decision": "approve", "reviewer": "rita", "comment": ""})
+    wait_for("the approval taken", lambda: approve(api, run_id))
     wait_for(
         "the first canary step", lambda: state(settings) == ({"Production": "1", "Shadow": "2", "Canary": "2"}, "0.25")
     )
