@@ -132,6 +132,15 @@ class PromotionSettings(_Section):
         86_400, gt=0, description="A manual approval not given in this time counts as a rejection."
     )
     poll_seconds: float = Field(1.0, gt=0, description="How often a paused promotion checks for an answer.")
+    lease_seconds: float = Field(
+        30.0,
+        ge=3,
+        description="A promotion renews its lease on the model every third of this; a promotion whose process "
+        "died is taken over by the next one at the latest this long after its last renewal.",
+    )
+    progress_seconds: float = Field(
+        15.0, gt=0, description="How often a promotion step waiting for traffic prints how far it is."
+    )
     alpha: float = Field(
         0.01,
         gt=0,

@@ -3,6 +3,7 @@ once per process, not at every call site."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -29,10 +30,17 @@ class Store:
         return cls(settings.mlflow.tracking_uri, settings.mlflow.artifact_location, settings.s3.endpoint_url)
 
     @property
+    def key(self) -> str:
+        """A short, stable name of the store (8 hex of its URI's sha256): run names say which store."""
+        return hashlib.sha256(self.tracking_uri.encode()).hexdigest()[:8]
+
+    @property
     def sqlite_file(self) -> Path | None:
         uri = self.tracking_uri
         return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
+
+MODEL_DEVELOPMENT = {"mlflow.experimentKind": "custom_model_development"}  # MLflow's training view, not GenAI's
 
 _lock = threading.Lock()
 _clients: dict[Store, MlflowClient] = {}
@@ -81,9 +89,8 @@ def experiment_id(store: Store, name: str, subfolder: str | None = None) -> str:
             location = Path(location).as_uri()
         if location and subfolder:
             location = f"{location.rstrip('/')}/{subfolder}"
-        try:
-            found_id = mlflow_client.create_experiment(name, artifact_location=location)
-            mlflow_client.set_experiment_tag(found_id, "mlflow.experimentKind", "custom_model_development")
+        try:  # the kind is set in the same call: an experiment is never seen without it
+            found_id = mlflow_client.create_experiment(name, artifact_location=location, tags=MODEL_DEVELOPMENT)
         except MlflowException:  # created meanwhile by another process
             found_id = mlflow_client.get_experiment_by_name(name).experiment_id
     else:

@@ -77,8 +77,9 @@ class Tag(StrEnum):
     SERVING_FORMAT = "serving_format"
     ONNX_PARITY = "onnx_parity"
     ONNX_MODEL_URI = "onnx_model_uri"
+    RELEASE_RECORD = "release_record"  # the run id of the model's release record (also a model tag)
     # registered-model tags
     CANARY_SHARE = "canary_share"
     PROMOTION_PENDING = "promotion_pending"
     AWAITING_APPROVAL = "awaiting_approval"
-    PROMOTION_RUN = "promotion_run"
+    PROMOTION_LEASE = "promotion_lease"

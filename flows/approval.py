@@ -5,34 +5,48 @@ from __future__ import annotations
 import json
 import threading
 import time
-from uuid import UUID
+from typing import Literal
 
-from prefect import get_client
-from prefect.exceptions import ObjectNotFound
-from prefect.flow_runs import resume_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
 from configs.settings import Settings
 from core.errors import ShipwayError
 from core.vocabulary import Tag
+from flows.resume import parse_run_id, resume, run_input
 from tasks.registry import model_state
 
 
 class Approval(RunInput):
-    """The form on a paused promotion in the Prefect UI; `shipway approve` fills in the same fields."""
+    """The form on a paused promotion in the Prefect UI; `shipway approve` fills in the same fields.
 
-    approve: bool = Field(description="Approve (true) or reject (false) this step.")
-    reviewer: str = Field(description="Who decides.")
-    comment: str = Field("", description="Why: recorded with the decision.")
+    No field decides for the reviewer: the decision has no default and the reviewer must be named,
+    so submitting the form untouched is refused instead of rejecting anonymously."""
+
+    decision: Literal["approve", "reject"] = Field(description="Approve this step, or reject it: choose one.")
+    reviewer: str = Field(min_length=1, max_length=200, pattern=r"\S", description="Who decides (required).")
+    comment: str = Field("", max_length=2000, description="Why: recorded with the decision.")
+
+    @property
+    def approved(self) -> bool:
+        return self.decision == "approve"
 
 
-def answer(run_id: str, *, approve: bool, reviewer: str, comment: str) -> None:
-    """Resume the paused promotion `run_id` with a decision; a clear error if it is not waiting."""
-    try:
-        flow_run_id = UUID(run_id)
-    except ValueError:
-        raise ShipwayError(f"'{run_id}' is not a flow run id (shipway status NAME shows the one waiting)") from None
+def answer(run_id: str, *, approve: bool, reviewer: str, comment: str, api_url: str | None = None) -> None:
+    """Resume the paused promotion `run_id` with a decision; a clear error if it is not waiting.
+    `api_url`: the Prefect API to use (default: the one this process's Prefect settings name)."""
+    flow_run_id = parse_run_id(run_id)
+    answer_input = run_input(approve=approve, reviewer=reviewer, comment=comment)
+    if api_url is None:
+        from prefect.settings import PREFECT_API_URL
+
+        api_url = PREFECT_API_URL.value()
+    if api_url:
+        return resume(api_url, flow_run_id, answer_input)
+    from prefect import get_client  # in-process ephemeral API: no address to call, Prefect's client it is
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
     with get_client(sync_client=True) as client:
         try:
             run = client.read_flow_run(flow_run_id)
@@ -41,7 +55,7 @@ def answer(run_id: str, *, approve: bool, reviewer: str, comment: str) -> None:
     if run.state is None or not run.state.is_paused():
         state = run.state.name if run.state else "no state"
         raise ShipwayError(f"flow run {run_id} is not waiting for approval (state: {state})")
-    resume_flow_run(flow_run_id, run_input={"approve": approve, "reviewer": reviewer, "comment": comment})
+    resume_flow_run(flow_run_id, run_input=answer_input)
 
 
 class AutoApprover(threading.Thread):

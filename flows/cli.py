@@ -14,13 +14,16 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from configs.settings import Settings, load_settings
 from core.errors import ShipwayError
+
+if TYPE_CHECKING:  # the profile's schema takes a second to build: only commands that read a profile pay it
+    from configs.settings import Settings
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
@@ -48,6 +51,8 @@ def config_option(command):
 
 def _settings(config_path: Path | None) -> Settings:
     """Load the profile and export what Prefect and MLflow read from the environment."""
+    from configs.settings import load_settings
+
     settings = load_settings(config_path)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -120,11 +125,13 @@ def train(
     for flag, given in (("--force-gate", force_gate), ("--force-quality", force_quality)):
         if given and not (reason or "").strip():
             raise click.UsageError(f"{flag} needs --reason TEXT: the override is recorded on the version")
-    settings = _settings(config_path)
-    prefect_ready = _start_prefect_early(settings)
-    from tasks.snapshot import check_source
+    from core.sources import check_source
 
+    if data:
+        check_source(data)  # a missing file is answered at once, before the profile and Prefect load
+    settings = _settings(config_path)
     check_source(data or settings.data.source)
+    prefect_ready = _start_prefect_early(settings)
     from flows.training import training_flow
 
     prefect_ready()
@@ -167,13 +174,17 @@ def status(config_path: Path | None, name: str, as_json: bool) -> None:
     from tasks.registry import model_state, versions
 
     found, aliases = versions(settings, name)
-    waiting = model_state(settings, name)[1].get(Tag.AWAITING_APPROVAL)
+    tags = model_state(settings, name)[1]
+    waiting = tags.get(Tag.AWAITING_APPROVAL)
+    lease = json.loads(tags[Tag.PROMOTION_LEASE]) if Tag.PROMOTION_LEASE in tags else None
     transitions = history(settings, name)
     if as_json:
         payload = {
             "name": name,
             "aliases": aliases,
             "awaiting_approval": json.loads(waiting) if waiting else None,
+            "promotion": lease,
+            "release_record": tags.get(Tag.RELEASE_RECORD),
             "history": [asdict(t) for t in transitions],
             "versions": [
                 {
@@ -194,6 +205,12 @@ def status(config_path: Path | None, name: str, as_json: bool) -> None:
         for t in transitions[-12:]:
             change = f"{t.previous or '-'} -> {t.version or '-'}"
             console.print(f"  {t.at[:19]}  {t.alias:<12} {change:<10} by {t.actor}: {t.reason}")
+    if lease:
+        console.print(
+            f"\n[bold]promotion in progress[/]: flow run {lease['run_id']} ({lease['run_name']}), pid "
+            f"{lease['owner']['pid']} on {lease['owner']['host']}, since {lease['since'][:19]}; lease until "
+            f"{lease['expires'][11:19]} UTC"
+        )
     if waiting:
         w = json.loads(waiting)
         console.print(
@@ -290,26 +307,70 @@ def validate(
     reference = (
         gate.reference_for_model(settings, model) if model else gate.reference_for_snapshot(settings, snapshot_id)
     )
-    done = gate.validate_batches(settings, sources, reference, report)
+    if len(sources) > 1:
+        done = _with_progress(
+            len(sources), lambda advance: gate.validate_batches(settings, sources, reference, report, on_batch=advance)
+        )
+    else:
+        done = gate.validate_batches(settings, sources, reference, report)
     if as_json:
         click.echo(json.dumps([r.to_dict() | {"files": [str(p) for p in f.paths()]} for r, f in done], indent=2))
-    else:
+    elif len(done) == 1:
         _print_gate(done)
+    else:
+        _print_gate_summary(done)
     failed = [r.batch for r, _ in done if r.verdict == "fail"]
     if failed:
-        raise GateError(f"gate: {len(failed)} of {len(done)} batch(es) failed: {', '.join(failed)}")
+        named = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        raise GateError(f"gate: {len(failed)} of {len(done)} batch(es) failed: {named}")
+
+
+def _with_progress(total: int, work):
+    """Run `work(advance)` under a progress bar of `total` batches (on stderr: stdout stays the result)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("validating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"))
+    with Progress(*columns, TimeRemainingColumn(), console=Console(stderr=True), transient=True) as progress:
+        bar = progress.add_task("", total=total)
+        counts: dict[str, int] = {}
+
+        def advance(result) -> None:
+            counts[result.verdict.value] = counts.get(result.verdict.value, 0) + 1
+            progress.update(bar, advance=1, description=" ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+        return work(advance)
 
 
 def _print_gate(done) -> None:
     from tasks.drift_report import table_rows
 
-    colors = {"pass": "green", "warn": "yellow", "fail": "red"}
     for result, files in done:
-        console.print(f"[bold]{result.batch}[/]: [{colors[result.verdict]}]{result.verdict}[/] {result.reason}")
+        console.print(f"[bold]{result.batch}[/]: [{_COLORS[result.verdict]}]{result.verdict}[/] {result.reason}")
         for row in table_rows(result):
             if row["verdict"] != "pass":
-                console.print(f"  [{colors[row['verdict']]}]{row['verdict']:<4}[/] {row['column']:<20} {row['reason']}")
+                console.print(
+                    f"  [{_COLORS[row['verdict']]}]{row['verdict']:<4}[/] {row['column']:<20} {row['reason']}"
+                )
         console.print(f"  report    {files.json}" + (f"  picture {files.png}" if files.png else ""))
+
+
+def _print_gate_summary(done, shown: int = 10) -> None:
+    """Many batches: the ones that did not pass (the first `shown`), then counts and where the reports are."""
+    noted = [(r, f) for r, f in done if r.verdict != "pass"]
+    for result, _ in noted[:shown]:
+        console.print(f"{result.batch}: [{_COLORS[result.verdict]}]{result.verdict}[/] {result.reason}")
+    if len(noted) > shown:
+        console.print(f"... and {len(noted) - shown} more that did not pass (their reports say why)")
+    counts = {v: sum(r.verdict == v for r, _ in done) for v in ("pass", "warn", "fail")}
+    folder = Path(os.path.commonpath([str(f.json.parent) for _, f in done]))
+    console.print(
+        f"[bold]{len(done)} batches[/]: "
+        + ", ".join(f"[{_COLORS[v]}]{n} {v}[/]" for v, n in counts.items())
+        + f"\n  reports in {folder}"
+    )
+
+
+_COLORS = {"pass": "green", "warn": "yellow", "fail": "red"}
 
 
 @cli.command()
@@ -320,9 +381,22 @@ def promote(config_path: Path | None, name: str | None, version: str | None) -> 
     """Shadow analysis -> approval -> canary steps -> approval -> Production, for model NAME."""
     settings = _settings(config_path)
     prefect_ready = _start_prefect_early(settings)
-    from flows.promotion import promotion_flow
+    from tasks.registry import get_version, model_state
+
+    model = name or settings.training.model_name  # an unknown model or version is answered before Prefect is up
+    if version is None:
+        model_state(settings, model)
+    else:
+        get_version(settings, model, version)
+    from tasks.lease import reclaim
+
+    # A promotion whose process died is undone now, while Prefect starts: its canary loses its share at once.
+    dead = reclaim(settings, model, actor=_user(), say=lambda text: console.print(f"[yellow]{text}[/]"))
+    from flows.promotion import mark_crashed, promotion_flow
 
     prefect_ready()
+    if dead is not None:
+        mark_crashed(*dead)
     result = promotion_flow(name=name, version=version, actor=_user(), settings=settings)
     console.print(
         f"[bold]{result.model_name}[/] version [bold]{result.version}[/] is Production"
@@ -338,12 +412,22 @@ def promote(config_path: Path | None, name: str | None, version: str | None) -> 
 @config_option
 def approve(config_path: Path | None, run_id: str, reject: bool, comment: str, reviewer: str | None) -> None:
     """Answer the promotion RUN_ID that waits for approval (shipway status NAME lists them)."""
-    settings = _settings(config_path)
-    prefect_ready = _start_prefect_early(settings)
-    from flows.approval import answer
+    from flows.resume import parse_run_id, resume, run_input, running_api
 
-    prefect_ready()
-    answer(run_id, approve=not reject, reviewer=reviewer or _user(), comment=comment)
+    flow_run_id = parse_run_id(run_id)  # bad input is answered at once, before anything starts
+    decision = run_input(approve=not reject, reviewer=_user() if reviewer is None else reviewer, comment=comment)
+    settings = _settings(config_path)
+    # A Prefect API already up for this run: the profile's server, or the paused promotion's own
+    # temporary one (ephemeral mode). Only without either is a temporary server started (~10 s).
+    api_url = settings.prefect.api_url or os.environ.get("PREFECT_API_URL") or running_api(run_id)
+    if not api_url:
+        from flows.prefect_server import TemporaryPrefectServer
+
+        server = TemporaryPrefectServer()
+        server.start()
+        server.wait()
+        api_url = server.api_url
+    resume(api_url, flow_run_id, decision)
     click.echo(f"{'rejected' if reject else 'approved'}: promotion {run_id} moves on")
 
 
@@ -434,10 +518,10 @@ def demo(config_path: Path | None, manual: bool) -> None:
         f"{result.seconds:.0f} s in all.\n"
         "\n[bold]Where to look[/]\n"
         f"  shipway status {name}     versions, aliases, the alias history and any approval waiting\n"
-        "  shipway ui                            then open http://127.0.0.1:5000 and click\n"
-        f"    Models -> {name} -> Version {final.version}: the aliases, the lineage tags (git_commit,\n"
-        "      data_snapshot_id), expectation_suite, validation_status, latency_p99_ms, the approvals and\n"
-        "      transitions; its Source run: the dataset, the model, its ONNX form, the benchmark, the contract.\n"
+        "  shipway ui                            then open the link it prints and click\n"
+        f"    Model registry -> {name} -> Version {final.version}: the aliases and the release card (commit,\n"
+        "      snapshot, gates, latency p99, who approved); its Source run: the dataset, the model, its ONNX\n"
+        "      form, the benchmark, the contract; its release record: every alias move and approval, as tables.\n"
         "    Experiments -> shipway: the training runs side by side.\n"
         "  prefect server start                  then open http://127.0.0.1:4200\n"
         "                                        (the runs above are in its database)\n"
@@ -458,7 +542,8 @@ def ui(config_path: Path | None, host: str, port: int) -> None:
     if uri.startswith(("http://", "https://")):
         click.echo(f"The MLflow UI is served by the tracking server itself: open {uri}")
         return
-    click.echo(f"MLflow UI on {uri}: http://{host}:{port}  (Ctrl-C stops it)")
+    # MLflow's UI opens in its GenAI view unless told otherwise: the link asks for model training.
+    click.echo(f"MLflow UI on {uri}: http://{host}:{port}/#/models?workflowType=machine_learning  (Ctrl-C stops it)")
     # One worker and no job runner: ~0.5 GB instead of ~1.75 GB, and a 5 s start instead of 12 s.
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     args = [

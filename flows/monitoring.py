@@ -77,7 +77,7 @@ def monitoring_flow(
             summary.metrics["drifted_columns"] = float(len(report.columns_with(Verdict.FAIL)))
         history = registry.monitoring_history(settings, name, limit=max(settings.monitoring.breach_windows, 48))
         picture = Path(tmp) / "trend.png"
-        if plot_trend(history, summary.metrics, end, picture):
+        if plot_trend(history, summary.metrics, start, end, settings.monitoring, picture):
             files.append(picture)
         run_id = registry.log_window(
             settings,

@@ -2,16 +2,15 @@
 
 Every alias move is a journaled, recorded step (tasks/aliases.py); a breach rolls the canary
 back automatically; a rejection or an approval timeout ends the promotion with the aliases as
-they were. Two promotions of one model never interleave: a Prefect global concurrency limit
-of one slot per model is held for the whole flow.
+they were. Two promotions of one model never interleave: the promotion holds the model's lease
+(tasks/lease.py) for the whole flow; a promotion whose process died is taken over by the next.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,14 +24,18 @@ from prefect.flow_runs import pause_flow_run
 
 from configs.settings import Settings, load_settings
 from core.errors import GateError, RegistryError
+from core.tracking import Store
 from core.vocabulary import Alias, Tag
 from flows.approval import Approval
 from flows.artifacts import artifact_key
+from flows.resume import note_paused, paused_note
 from serving.prediction_log import read_feedback, read_window
 from tasks import registry
-from tasks.aliases import move, recover
+from tasks.aliases import AliasMoved, move, recover
 from tasks.analysis import Analysis, canary_analysis, shadow_analysis
+from tasks.decisions import record_approval
 from tasks.gate import gate, reference_for_model
+from tasks.lease import Lease, held
 from tasks.monitoring import served_inputs
 from tasks.quality import version_task
 
@@ -49,7 +52,18 @@ class PromotionResult:
     evidence: list[str]
 
 
-@flow(name="promotion", log_prints=True)
+def run_name() -> str:
+    """promote-MODEL-STORE: which model of which tracking store (a short hash of its URI) a run promotes."""
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    settings = parameters.get("settings")
+    if not isinstance(settings, Settings):
+        settings = load_settings(parameters.get("config"))
+    return f"promote-{parameters.get('name') or settings.training.model_name}-{Store.of(settings).key}"
+
+
+@flow(name="promotion", log_prints=True, flow_run_name=run_name)
 def promotion_flow(
     name: str | None = None,
     version: str | None = None,
@@ -61,13 +75,15 @@ def promotion_flow(
     The CLI and tests pass `settings`; a deployment names its profile by `config` (or SHIPWAY_CONFIG)."""
     settings = settings or load_settings(config)
     name = name or settings.training.model_name
-    run_id = str(get_run_context().flow_run.id)
-    with _exclusive(settings, name, run_id):
+    run = get_run_context().flow_run
+    run_id = str(run.id)
+    with held(settings, name, run_id, run.name, actor=actor, crashed=mark_crashed) as lease:
         recover(settings, name, actor=actor)
         aliases, _ = registry.model_state(settings, name)
         version = version or aliases.get(Alias.SHADOW.value)
         if version is None:
             raise RegistryError(f"'{name}' has no Shadow version to promote; pass --version")
+        lease.promoting(version)
         production = aliases.get(Alias.PRODUCTION.value)
         move(settings, name, {Alias.SHADOW: version}, actor=actor, reason=f"promotion {run_id} started")
         print(f"promoting {name} version {version} (Production: {production or 'none yet'})")
@@ -97,26 +113,24 @@ def promotion_flow(
             _require_approval(settings, name, version, "production", evidence, actor)
 
         now, _ = registry.model_state(settings, name)
-        if now.get(Alias.PRODUCTION.value) != production:  # compare-and-set: a rollback happened meanwhile
-            _end(
-                settings,
-                name,
-                version,
-                actor,
-                f"Production moved from {production} to {now.get(Alias.PRODUCTION.value)} during the promotion",
-            )
-        changes = {Alias.PRODUCTION: version, Alias.SHADOW: None, Alias.CANARY: None}
+        changes = {Alias.PRODUCTION: version, Alias.CANARY: None}
+        if now.get(Alias.SHADOW.value) == version:  # a newer Shadow trained meanwhile keeps its alias
+            changes[Alias.SHADOW] = None
         if production is not None:
             changes[Alias.PREVIOUS] = production
-        move(
-            settings,
-            name,
-            changes,
-            actor=actor,
-            reason=f"promotion {run_id} approved",
-            evidence=run_id,
-            canary_share=0.0,
-        )
+        try:  # compare-and-set: a rollback may have moved Production during the promotion
+            move(
+                settings,
+                name,
+                changes,
+                actor=actor,
+                reason=f"promotion {run_id} approved",
+                evidence=run_id,
+                canary_share=0.0,
+                expect={Alias.PRODUCTION: production},
+            )
+        except AliasMoved as moved:
+            _end(settings, name, version, actor, str(moved))
         print(f"{name} version {version} is Production" + (f"; version {production} is Previous" if production else ""))
         return PromotionResult(name, version, production, evidence)
 
@@ -126,8 +140,10 @@ def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
     """Shadow's predictions against Production's on the same live requests of the last
     `promotion.step_seconds` (waiting, up to that long again, until there are enough)."""
     since = datetime.now(UTC) - pd.Timedelta(seconds=settings.promotion.step_seconds)
-    enough = lambda log: _paired(log, version) >= settings.promotion.min_requests
-    log = _traffic(settings, name, since, enough)
+    minimum = settings.promotion.min_requests
+    enough = lambda log: _paired(log, version) >= minimum
+    progress = lambda log: f"{_paired(log, version)}/{minimum} paired requests ({_routes(log)})"
+    log = _traffic(settings, name, since, enough, "shadow analysis", progress)
     inputs = served_inputs(log)
     drift = None
     if len(inputs):  # what Production was asked, against the candidate's own data contract
@@ -143,22 +159,43 @@ def canary_task(settings: Settings, name: str, version: str, share: float) -> An
     """Canary against Production on the traffic of this step only."""
     since = datetime.now(UTC)
     minimum = settings.promotion.min_requests
-    enough = lambda log: (log["route"] == "canary").sum() >= minimum and (log["route"] == "production").sum() >= minimum
-    log = _traffic(settings, name, since, enough)
+    counts = lambda log: {route: int((log["route"] == route).sum()) for route in ("canary", "production")}
+    enough = lambda log: min(counts(log).values()) >= minimum
+    progress = lambda log: ", ".join(f"{route} {n}/{minimum}" for route, n in counts(log).items())
+    log = _traffic(settings, name, since, enough, f"canary {share:.0%}", progress)
     log = log[log["role"] != "shadow"]
     feedback = read_feedback(settings.prediction_log.url, log["request_id"])
     task = version_task(registry.get_version(settings, name, version).tags)
     return canary_analysis(log, feedback, settings.promotion, f"canary {share:.0%}", task)
 
 
-def _traffic(settings: Settings, name: str, since: datetime, enough: Callable[[pd.DataFrame], bool]) -> pd.DataFrame:
-    """Wait until the log since `since` holds enough requests, or the step's time is up."""
-    deadline = time.monotonic() + settings.promotion.step_seconds
+def _traffic(
+    settings: Settings,
+    name: str,
+    since: datetime,
+    enough: Callable[[pd.DataFrame], bool],
+    step: str,
+    progress: Callable[[pd.DataFrame], str],
+) -> pd.DataFrame:
+    """Wait until the log since `since` holds enough requests, or the step's time is up; say how far
+    it is every `promotion.progress_seconds`."""
+    start = time.monotonic()
+    deadline = start + settings.promotion.step_seconds
+    told = start
     while True:
         log = read_window(settings.prediction_log.url, since, datetime.now(UTC), model_name=name)
-        if enough(log) or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if enough(log) or now >= deadline:
             return log
+        if now - told >= settings.promotion.progress_seconds:
+            print(f"{step}: waiting for traffic: {progress(log)}; {deadline - now:.0f} s left")
+            told = now
         time.sleep(settings.promotion.poll_seconds)
+
+
+def _routes(log: pd.DataFrame) -> str:
+    counts = log["route"].value_counts() if len(log) else {}
+    return ", ".join(f"{route} {int(n)}" for route, n in sorted(dict(counts).items())) or "no requests yet"
 
 
 def _paired(log: pd.DataFrame, version: str) -> int:
@@ -179,14 +216,19 @@ def _publish(analysis: Analysis, name: str, version: str) -> str:
 
 def _require_approval(settings: Settings, name: str, version: str, stage: str, evidence: list[str], actor: str) -> None:
     """Pause for a reviewer; a rejection or a timeout ends the promotion as rejected."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings
+
     run_id = str(get_run_context().flow_run.id)
     waiting = {"run_id": run_id, "stage": stage, "version": version, "since": datetime.now(UTC).isoformat()}
     registry.set_model_tag(settings, name, Tag.AWAITING_APPROVAL, json.dumps(waiting))
+    api_url, home = PREFECT_API_URL.value(), get_current_settings().home
+    if api_url:  # where `shipway approve` can resume this run without starting Prefect itself
+        note_paused(run_id, api_url, home)
     print(f"waiting for approval of {name} version {version} ({stage}): shipway approve {run_id} [--reject]")
     form = Approval.with_initial_data(
-        description=f"Promote **{name}** version **{version}** ({stage})?\n\n" + _evidence_markdown(evidence),
-        reviewer="",
-        comment="",
+        description=f"### Promote **{name}** version **{version}** ({stage})?\n\n"
+        + _evidence_markdown(evidence)
+        + "\n\nChoose **approve** or **reject** and give your name: nothing is decided for you."
     )
     try:
         decision = pause_flow_run(
@@ -194,25 +236,30 @@ def _require_approval(settings: Settings, name: str, version: str, stage: str, e
             timeout=settings.promotion.approval_timeout_seconds,
             poll_interval=max(1, round(settings.promotion.poll_seconds)),
         )
+        verdict = "approved" if decision.approved else "rejected"
     except FlowPauseTimeout:
         decision = Approval(
-            approve=False, reviewer="timeout", comment=f"no answer in {settings.promotion.approval_timeout_seconds} s"
+            decision="reject",
+            reviewer="timeout",
+            comment=f"no answer in {settings.promotion.approval_timeout_seconds} s",
         )
+        verdict = "timeout"
     finally:
         registry.delete_model_tag(settings, name, Tag.AWAITING_APPROVAL)
-    record = {
-        "approved": decision.approve,
-        "reviewer": decision.reviewer,
-        "comment": decision.comment,
-        "at": datetime.now(UTC).isoformat(),
-        "run_id": run_id,
-        "evidence": [json.loads(e) for e in evidence],
-    }
-    registry.set_version_tags(settings, name, version, {f"approval.{stage}": json.dumps(record)})
-    get_run_logger().info(
-        "%s: %s by %s (%s)", stage, "approved" if decision.approve else "rejected", decision.reviewer, decision.comment
+        paused_note(run_id, home).unlink(missing_ok=True)
+    record_approval(
+        settings,
+        name,
+        version,
+        stage=stage,
+        decision=verdict,
+        reviewer=decision.reviewer,
+        comment=decision.comment,
+        flow_run=run_id,
+        evidence=[json.loads(e) for e in evidence],
     )
-    if not decision.approve:
+    get_run_logger().info("%s: %s by %s (%s)", stage, verdict, decision.reviewer, decision.comment)
+    if not decision.approved:
         _end(settings, name, version, actor, f"{stage} approval rejected by {decision.reviewer}: {decision.comment}")
 
 
@@ -225,40 +272,27 @@ def _end(settings: Settings, name: str, version: str, actor: str, reason: str) -
 
 
 def _evidence_markdown(evidence: list[str]) -> str:
+    """The analyses as one table: each check, what was measured, the limit it had to meet."""
     if not evidence:
         return "No live traffic to compare with: nothing is in Production yet."
-    lines = []
+    rows = ["| step | check | measured | limit | verdict |", "| --- | --- | --- | --- | --- |"]
     for item in map(json.loads, evidence):
-        checks = ", ".join(f"{c['name']} {c['value']}" for c in item["checks"])
-        lines.append(f"- {item['stage']}: {'passed' if item['passed'] else 'BREACHED'}: {checks}")
-    return "\n".join(lines)
+        for check in item["checks"]:
+            verdict = "ok" if check["ok"] else "**BREACH**"
+            rows.append(f"| {item['stage']} | {check['name']} | {check['value']} | {check['limit']} | {verdict} |")
+    return "\n".join(rows)
 
 
-@contextmanager
-def _exclusive(settings: Settings, name: str, run_id: str) -> Iterator[None]:
-    """Hold the model's promotion slot (a Prefect global concurrency limit of 1) or say who does."""
+def mark_crashed(dead: Lease, why: str) -> None:
+    """The dead promotion's flow run, marked Crashed in Prefect (when it is a run of this Prefect database)."""
+    from uuid import UUID
+
     from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
 
-    limit = f"shipway-promotion-{name}"
     with get_client(sync_client=True) as client:
         try:
-            client.read_global_concurrency_limit_by_name(limit)
+            client.set_flow_run_state(UUID(dead.run_id), Crashed(message=why), force=True)
         except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
-            except ObjectAlreadyExists:  # created meanwhile by another promotion
-                pass
-    with ExitStack() as held:
-        try:
-            held.enter_context(concurrency(limit, occupy=1, timeout_seconds=2, strict=True))
-        except TimeoutError:
-            _, tags = registry.model_state(settings, name)
-            raise PromotionRejected(
-                f"another promotion of '{name}' is in progress (flow run "
-                f"{tags.get(Tag.PROMOTION_RUN, 'unknown')}): wait for it to end or answer it"
-            ) from None
-        registry.set_model_tag(settings, name, Tag.PROMOTION_RUN, run_id)
-        yield
+            pass

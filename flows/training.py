@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from prefect import flow
 
 from configs.settings import Settings, load_settings
+from core.tracking import Store
 from core.vocabulary import Alias
+from tasks import registry
 from tasks.aliases import alias_task
 from tasks.benchmark import bench_task
 from tasks.gate import contract_task, gate_task
@@ -36,7 +38,17 @@ class TrainingResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step, orchestration included
 
 
-@flow(name="training", log_prints=True)
+def run_name() -> str:
+    """train-MODEL-STORE: which model of which tracking store (a short hash of its URI) a run trains."""
+    from prefect.runtime import flow_run
+
+    settings = flow_run.parameters.get("settings")
+    if not isinstance(settings, Settings):
+        settings = load_settings(flow_run.parameters.get("config"))
+    return f"train-{settings.training.model_name}-{Store.of(settings).key}"
+
+
+@flow(name="training", log_prints=True, flow_run_name=run_name)
 def training_flow(
     data: str | None = None,
     target: str | None = None,
@@ -64,6 +76,7 @@ def training_flow(
         trained = train_task(snapshot.frame, target, settings.training)
     with _timed(timings, "register"):
         registered = register_task(trained, snapshot, git_lineage(), settings)
+        shadow = registry.alias_version(settings, registered.name, Alias.SHADOW)  # the state this version follows
     with _timed(timings, "quality"):  # a failure ends the flow here: registered, without an alias
         quality = quality_task(
             settings, registered, trained.model, trained.baseline, trained.X_holdout, trained.y_holdout,
@@ -81,6 +94,7 @@ def training_flow(
             registered.version,
             actor="training flow",
             reason=f"trained on snapshot {snapshot.id[:12]}",
+            expect=shadow,  # a concurrent training that moved Shadow first wins; this one is told
         )
 
     return TrainingResult(

@@ -1,10 +1,13 @@
 """Alias moves as recorded, recoverable steps: the history MLflow does not keep.
 
-Every step that moves aliases (and the canary share) is journaled first in a registered-model
-tag, applied, recorded, and only then un-journaled. A step cut short by a crash is found by the
-next promotion, rollback or `recover()` call and undone, so the aliases are as they were before
-it. Each transition is recorded twice: as a tag on the registered model (the model's history,
-which answers "which version was Production at time T") and as a tag on the version it concerns.
+Alias moves of one model are serialized (tasks/steps.py: a compare-and-set in the store, so two
+processes never interleave their writes). Every step that moves aliases (and the canary share)
+is journaled first in a registered-model tag with its owner, applied, recorded in the model's
+release record (tasks/record.py: the table transitions.json, which answers "which version was
+Production at time T"), and only then un-journaled. A step cut short by a crash is found by the
+next step of that model and undone, so the aliases are as they were before it; a journal whose
+owner still lives is never touched. A caller that decided on an earlier read passes `expect`:
+if an alias moved since, it is told who moved it, and nothing moves.
 """
 
 from __future__ import annotations
@@ -19,13 +22,18 @@ from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings
 from core.errors import RegistryError
+from core.owner import Owner
 from core.vocabulary import Alias, Tag
 from serving import RegistryReader, servable
-from tasks import registry
+from tasks import record, registry
 from tasks.retries import retry_on_io
+from tasks.steps import serialized
 
-TRANSITION_PREFIX = "transition."
 SHARE = Tag.CANARY_SHARE.value  # pseudo-alias under which share changes are journaled and recorded
+
+
+class AliasMoved(RegistryError):
+    """An alias the caller expected in one place was moved by someone else meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -38,11 +46,6 @@ class Transition:
     reason: str
     evidence: str = ""
 
-    @property
-    def key(self) -> str:
-        stamp = datetime.fromisoformat(self.at).strftime("%Y%m%dT%H%M%S%fZ")
-        return f"{TRANSITION_PREFIX}{stamp}.{self.alias}"
-
 
 def move(
     settings: Settings,
@@ -53,60 +56,85 @@ def move(
     reason: str,
     evidence: str = "",
     canary_share: float | None = None,
+    expect: Mapping[Alias, str | None] | None = None,
 ) -> list[Transition]:
     """Move aliases (version None removes one) and optionally set the canary share, as one step.
 
-    A version gains an alias only if it passed its gates and its model loads.
+    A version gains an alias only if it passed its gates and its model loads. With `expect`
+    ({alias: version the caller saw}), nothing moves if one of them moved since: AliasMoved
+    names the alias, where it went, who moved it and when.
     """
-    recover(settings, name, actor=actor)
-    aliases, tags = registry.model_state(settings, name)
-    for alias, version in changes.items():
-        if version is not None and aliases.get(alias.value) != version:
+    checked: set[str] = set()
+    aliases, _ = registry.model_state(settings, name)
+    for alias, version in changes.items():  # loading a model takes seconds: not while holding the lock
+        if version is not None and aliases.get(alias.value) != version and version not in checked:
             check_servable(settings, name, version)
-    wanted: dict[str, str | None] = {alias.value: version for alias, version in changes.items()}
-    before: dict[str, str | None] = {alias: aliases.get(alias) for alias in wanted}
-    if canary_share is not None:
-        wanted[SHARE] = f"{canary_share:g}"
-        before[SHARE] = tags.get(Tag.CANARY_SHARE)
-    wanted = {k: v for k, v in wanted.items() if before[k] != v}
-    if not wanted:
-        return []
-    at = datetime.now(UTC)
-    journal = {
-        "before": {k: before[k] for k in wanted},
-        "after": wanted,
-        "actor": actor,
-        "reason": reason,
-        "at": at.isoformat(),
-    }
-    registry.set_model_tag(settings, name, Tag.PROMOTION_PENDING, json.dumps(journal))
-    _apply(settings, name, wanted)
-    done = [Transition(k, v, before[k], at.isoformat(), actor, reason, evidence) for k, v in wanted.items()]
-    _record(settings, name, done)
-    registry.delete_model_tag(settings, name, Tag.PROMOTION_PENDING)
-    return done
+            checked.add(version)
+    with serialized(settings, name, f"{actor}: {reason}"):
+        recover(settings, name, actor=actor)
+        aliases, tags = registry.model_state(settings, name)
+        for alias, seen in (expect or {}).items():
+            if aliases.get(alias.value) != seen:
+                raise _moved(settings, name, alias, seen, aliases.get(alias.value), changes.get(alias))
+        for alias, version in changes.items():
+            if version is not None and aliases.get(alias.value) != version and version not in checked:
+                check_servable(settings, name, version)
+        wanted: dict[str, str | None] = {alias.value: version for alias, version in changes.items()}
+        before: dict[str, str | None] = {alias: aliases.get(alias) for alias in wanted}
+        if canary_share is not None:
+            wanted[SHARE] = f"{canary_share:g}"
+            before[SHARE] = tags.get(Tag.CANARY_SHARE)
+        wanted = {k: v for k, v in wanted.items() if before[k] != v}
+        if not wanted:
+            return []
+        at = datetime.now(UTC)
+        journal = {
+            "before": {k: before[k] for k in wanted},
+            "after": wanted,
+            "actor": actor,
+            "reason": reason,
+            "at": at.isoformat(),
+            "owner": Owner.current().to_dict(),
+        }
+        registry.set_model_tag(settings, name, Tag.PROMOTION_PENDING, json.dumps(journal))
+        _apply(settings, name, wanted)
+        done = [Transition(k, v, before[k], at.isoformat(), actor, reason, evidence) for k, v in wanted.items()]
+        _record(settings, name, done)
+        registry.delete_model_tag(settings, name, Tag.PROMOTION_PENDING)
+        return done
 
 
 @task(name="set-alias", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
-def alias_task(settings: Settings, name: str, alias: Alias, version: str, *, actor: str, reason: str) -> None:
-    """One alias move of a flow, recorded and checked like every other (the gateway can load it)."""
-    move(settings, name, {alias: version}, actor=actor, reason=reason)
+def alias_task(
+    settings: Settings, name: str, alias: Alias, version: str, *, actor: str, reason: str, expect: str | None = None
+) -> None:
+    """One alias move of a flow, recorded and checked like every other (the gateway can load it);
+    refused (AliasMoved) if `alias` no longer points where it did (`expect`) when the flow decided."""
+    move(settings, name, {alias: version}, actor=actor, reason=reason, expect={alias: expect})
     get_run_logger().info("%s@%s -> version %s", name, alias.value, version)
 
 
 def recover(settings: Settings, name: str, *, actor: str) -> list[Transition]:
-    """Undo a step that was journaled but not finished (a crash, a kill): aliases as before it."""
-    _, tags = registry.model_state(settings, name)
-    if Tag.PROMOTION_PENDING not in tags:
-        return []
-    journal = json.loads(tags[Tag.PROMOTION_PENDING])
-    _apply(settings, name, journal["before"])
-    at = datetime.now(UTC).isoformat()
-    reason = f"restored: the step '{journal['reason']}' by {journal['actor']} at {journal['at']} did not finish"
-    done = [Transition(k, v, journal["after"].get(k), at, actor, reason) for k, v in journal["before"].items()]
-    _record(settings, name, done)
-    registry.delete_model_tag(settings, name, Tag.PROMOTION_PENDING)
-    return done
+    """Undo a step that was journaled but not finished (a crash, a kill): aliases as before it.
+
+    Only the holder of the model's step lock looks, so a journal it finds belongs to a step that
+    is over: its owner died in it, or failed in it and let the lock go. A step in progress holds
+    the lock, so its journal is never touched."""
+    with serialized(settings, name, f"{actor}: recover"):
+        _, tags = registry.model_state(settings, name)
+        if Tag.PROMOTION_PENDING not in tags:
+            return []
+        journal = json.loads(tags[Tag.PROMOTION_PENDING])
+        owner = f" ({Owner.from_dict(journal['owner'])})" if "owner" in journal else ""
+        _apply(settings, name, journal["before"])
+        at = datetime.now(UTC).isoformat()
+        reason = (
+            f"restored: the step '{journal['reason']}' by {journal['actor']}{owner} at {journal['at']} did not finish"
+        )
+        done = [Transition(k, v, journal["after"].get(k), at, actor, reason) for k, v in journal["before"].items()]
+        _record(settings, name, done)
+        registry.delete_model_tag(settings, name, Tag.PROMOTION_PENDING)
+        return done
 
 
 def rollback(settings: Settings, name: str, *, actor: str, reason: str) -> list[Transition]:
@@ -126,9 +154,9 @@ def rollback(settings: Settings, name: str, *, actor: str, reason: str) -> list[
 
 
 def history(settings: Settings, name: str) -> list[Transition]:
-    """Every recorded transition of `name`, oldest first."""
-    _, tags = registry.model_state(settings, name)
-    found = [Transition(**json.loads(v)) for k, v in tags.items() if k.startswith(TRANSITION_PREFIX)]
+    """Every recorded transition of `name`, oldest first (from its release record)."""
+    rows = record.read(settings, name, record.TRANSITIONS)
+    found = [Transition(**{**row, "evidence": row.get("evidence") or ""}) for row in rows]
     return sorted(found, key=lambda t: t.at)
 
 
@@ -170,8 +198,15 @@ def _apply(settings: Settings, name: str, values: Mapping[str, str | None]) -> N
 
 
 def _record(settings: Settings, name: str, transitions: list[Transition]) -> None:
-    for t in transitions:
-        value = json.dumps(asdict(t))
-        registry.set_model_tag(settings, name, t.key, value)
-        for version in {t.version, t.previous} - {None} if t.alias != SHARE else ():
-            registry.set_version_tags(settings, name, version, {t.key: value})
+    record.append(settings, name, record.TRANSITIONS, [asdict(t) for t in transitions])
+
+
+def _moved(
+    settings: Settings, name: str, alias: Alias, seen: str | None, now: str | None, wanted: str | None
+) -> AliasMoved:
+    last = next((t for t in reversed(history(settings, name)) if t.alias == alias.value), None)
+    who = f" by {last.actor} at {last.at[:19]} UTC ({last.reason})" if last else ""
+    target = f"to version {wanted}" if wanted else "away"
+    return AliasMoved(
+        f"{alias.value} of '{name}' moved from {seen or 'nowhere'} to {now or 'nowhere'}{who}; not moving it {target}"
+    )

@@ -1,4 +1,4 @@
-"""A gate report as files: JSON to read by program, GX Data Docs HTML to browse, a PNG to look at.
+"""A gate report as files: JSON to read by program, a self-contained HTML page to browse, a PNG to look at.
 
 All three are rendered from the GateReport alone (its checks carry GX-shaped results, with the
 training and batch partitions of each distribution check), after the gate has decided.
@@ -6,6 +6,7 @@ training and batch partitions of each distribution check), after the gate has de
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from dataclasses import dataclass
@@ -32,58 +33,85 @@ class ReportFiles:
 
 
 def write_report(report: GateReport, json_path: Path) -> ReportFiles:
-    """`json_path`, and beside it the same name with .html (Data Docs) and .png (drifted columns)."""
+    """`json_path`, and beside it the same name with .html (the report page) and .png (drifted columns)."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report.to_dict(), indent=2))
-    html = json_path.with_suffix(".html")
-    html.write_text(render_data_docs(report))
     png = json_path.with_suffix(".png")
-    return ReportFiles(json_path, html, png if render_picture(report, png) else None)
+    picture = png if render_picture(report, png) else None
+    html = json_path.with_suffix(".html")
+    html.write_text(render_data_docs(report, picture))
+    return ReportFiles(json_path, html, picture)
 
 
-def render_data_docs(report: GateReport) -> str:
-    """The report as a GX Data Docs validation page, rendered by GX's own renderer."""
-    from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
-    from great_expectations.render.renderer import ValidationResultsPageRenderer
-    from great_expectations.render.view import DefaultJinjaPageView
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1f2328;max-width:1200px}
+h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:28px 0 8px} .muted{color:#656d76;font-size:13px}
+table{border-collapse:collapse;width:100%;font-size:13px;margin-top:6px}
+th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top} th{background:#f6f8fa}
+.pass{color:#1a7f37;font-weight:600} .warn{color:#9a6700;font-weight:600} .fail{color:#cf222e;font-weight:600}
+code{font-size:12px;background:#f6f8fa;padding:1px 4px;border-radius:4px;word-break:break-all}
+details{margin:6px 0} summary{cursor:pointer} img{max-width:100%;border:1px solid #d0d7de}
+"""
 
-    checks = [c for c in report.table] + [
-        c
-        for col in report.columns
-        for c in col.checks
-        if c.column != TABLE and c.expectation != "expect_table_columns_to_match_set"
-    ]
-    results = [
-        ExpectationValidationResult(
-            success=c.verdict != Verdict.FAIL,
-            expectation_config=ExpectationConfiguration(
-                type=c.expectation, kwargs=c.kwargs, meta={"shipway": {"verdict": c.verdict.value, "reason": c.reason}}
-            ),
-            result=_finite(c.result),
-        )
-        for c in checks
-    ]
-    passed = sum(r.success for r in results)
-    validation = ExpectationSuiteValidationResult(
-        success=report.verdict != Verdict.FAIL,
-        results=results,
-        suite_name=str(report.reference.get("suite") or "contract"),
-        statistics={
-            "evaluated_expectations": len(results),
-            "successful_expectations": passed,
-            "unsuccessful_expectations": len(results) - passed,
-            "success_percent": 100 * passed / len(results) if results else 100.0,
-        },
-        meta={
-            "batch": report.batch,
-            "verdict": report.verdict.value,
-            "reason": report.reason,
-            "reference": report.reference,
-            "run_id": None,
-        },
+
+def render_data_docs(report: GateReport, picture: Path | None = None) -> str:
+    """The report as one self-contained HTML page (inline style, the picture inlined, no script, no
+    CDN): it reads the same offline, in MLflow's artifact viewer or opened from disk. It shows what
+    GX's Data Docs validation page shows: each expectation, its arguments, the observed value, the verdict."""
+    from html import escape
+
+    def verdict(v: Verdict) -> str:
+        return f'<span class="{v.value}">{v.value}</span>'
+
+    reference = ", ".join(f"{k} {escape(str(v))}" for k, v in report.reference.items() if v) or "the contract"
+    summary_rows = "".join(
+        f"<tr><td>{escape(c.name)}</td><td>{verdict(c.verdict)}</td><td>{escape(c.reason)}</td>"
+        f"<td>{escape(', '.join(f'{k} {v}' for k, v in table_rows_measures(c).items()))}</td></tr>"
+        for c in report.columns
     )
-    return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(validation))
+    sections = []
+    checks_by_column = [(TABLE, report.table)] + [
+        (c.name, [k for k in c.checks if k.column != TABLE]) for c in report.columns
+    ]
+    for column, checks in checks_by_column:
+        if not checks:
+            continue
+        rows = "".join(
+            f"<tr><td><code>{escape(k.expectation)}</code></td><td><code>{escape(_brief(k.kwargs))}</code></td>"
+            f"<td><code>{escape(_brief(k.result.get('observed_value')))}</code></td><td>{verdict(k.verdict)}</td>"
+            f"<td>{escape(k.reason)}</td></tr>"
+            for k in checks
+        )
+        worst = max((k.verdict for k in checks), key=lambda v: v.rank)
+        sections.append(
+            f"<details{' open' if worst != Verdict.PASS else ''}><summary><b>{escape(column)}</b> "
+            f"{verdict(worst)} ({len(checks)} expectations)</summary><table><tr><th>expectation</th>"
+            f"<th>arguments</th><th>observed</th><th>verdict</th><th>why</th></tr>{rows}</table></details>"
+        )
+    image = ""
+    if picture is not None and picture.is_file():
+        data = base64.b64encode(picture.read_bytes()).decode()
+        image = (
+            f'<h2>Drifted columns: training vs batch</h2><img alt="distributions" src="data:image/png;base64,{data}">'
+        )
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>gate: {escape(report.batch)}</title>'
+        f"<style>{_STYLE}</style></head><body>"
+        f"<h1>Gate report: {escape(report.batch)}: {verdict(report.verdict)}</h1>"
+        f'<p>{escape(report.reason)}</p><p class="muted">{report.rows:,} rows checked against {reference} '
+        f"at {escape(report.created_at)} UTC in {report.seconds:.2f} s</p>"
+        f"<h2>Columns</h2><table><tr><th>column</th><th>verdict</th><th>why</th><th>key measures</th></tr>"
+        f"{summary_rows}</table>{image}<h2>Expectations</h2>{''.join(sections)}</body></html>"
+    )
+
+
+def table_rows_measures(col: ColumnReport) -> dict[str, Any]:
+    return {k: _short(col.measures[k]) for k in KEY_MEASURES if col.measures.get(k) is not None}
+
+
+def _brief(value: Any, limit: int = 300) -> str:
+    text = json.dumps(_finite(value), default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def render_picture(report: GateReport, path: Path) -> bool:
@@ -147,8 +175,9 @@ def table_rows(report: GateReport) -> list[dict[str, Any]]:
     """One row per column, failing first: the Prefect table artifact and the CLI summary."""
     rows = []
     for col in report.columns:
-        measures = {k: _short(col.measures[k]) for k in KEY_MEASURES if col.measures.get(k) is not None}
-        rows.append({"column": col.name, "verdict": col.verdict.value, "reason": col.reason, **measures})
+        rows.append(
+            {"column": col.name, "verdict": col.verdict.value, "reason": col.reason, **table_rows_measures(col)}
+        )
     return rows
 
 

@@ -8,6 +8,7 @@ logs the new version's own contract after registering it.
 from __future__ import annotations
 
 import getpass
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from core.vocabulary import Verdict
 from expectations import contract
 from tasks import registry
 from tasks.contract_checks import validate
+from tasks.decisions import record_override
 from tasks.drift_report import ReportFiles, table_rows, write_report
 from tasks.registration import Registered
 from tasks.retries import retry_on_io
@@ -145,9 +147,14 @@ def report_paths(sources: list[str], report: Path | None, default_dir: Path) -> 
 
 
 def validate_batches(
-    settings: Settings, sources: list[str], reference: Reference, report: Path | None
+    settings: Settings,
+    sources: list[str],
+    reference: Reference,
+    report: Path | None,
+    on_batch: Callable[[GateReport], None] | None = None,
 ) -> list[tuple[GateReport, ReportFiles]]:
-    """Gate each batch, write its report files, and log them with the model version (if there is one)."""
+    """Gate each batch, write its report files, and log them with the model version (if there is one).
+    `on_batch` is told of each batch's report as it is written (the CLI's progress bar)."""
     label = (
         f"{reference.model}-v{reference.version}"
         if reference.model
@@ -160,6 +167,8 @@ def validate_batches(
         frame = read_source(source, settings)
         result = gate(frame, reference, settings, batch_name=source)
         done.append((result, write_report(result, path)))
+        if on_batch is not None:
+            on_batch(result)
     if reference.model and reference.version:
         worst = max((r.verdict for r, _ in done), key=lambda v: v.rank)
         for _, files in done:
@@ -233,6 +242,16 @@ def publish_contract(
         )
     else:
         registry.set_version_tags(settings, registered.name, registered.version, {"validation_status": outcome.verdict})
+    if outcome.verdict == "overridden":  # the tag holds 250 characters of the reason; the record all of it
+        record_override(
+            settings,
+            registered.name,
+            registered.version,
+            kind="data gate",
+            by=outcome.tags["gate_override_by"],
+            reason=outcome.tags["gate_override"],
+            detail=f"failed columns: {outcome.tags['gate_override_columns']}",
+        )
     return uri
 
 

@@ -20,6 +20,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings
+from core.vocabulary import Tag
+from tasks import record, registry
 from tasks.compile import compile_pipeline
 from tasks.lineage import GitLineage
 from tasks.registry import connect
@@ -125,7 +127,7 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
         **({"onnx_model_uri": f"runs:/{run.info.run_id}/{ONNX_ARTIFACT}"} if compiled.ok else {}),
         **{f"metric_{k}": f"{v:.6g}" for k, v in trained.metrics.items()},
     }
-    _ensure_registered_model(client, name)
+    first = _ensure_registered_model(client, name)
     created = client.create_model_version(
         name,
         source=model_info.model_uri,
@@ -134,7 +136,29 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
         description=describe_release(name, trained, snapshot, lineage),
         model_id=model_info.model_id,
     )
+    # the process that created the registered model creates its record: only one can have done so
+    record_id = record.create_record(settings, name) if first else record.record_run(settings, name)
+    registry.set_version_tags(settings, name, str(created.version), {Tag.RELEASE_RECORD: record_id})
+    client.update_registered_model(name, description=describe_model(settings, trained, snapshot))
     return Registered(name, str(created.version), run.info.run_id, f"models:/{name}/{created.version}")
+
+
+def describe_model(settings: Settings, trained: TrainedModel, snapshot: Snapshot) -> str:
+    """The registered model's description: what it predicts, from which data, how a version ships."""
+    name = settings.training.model_name
+    features = ", ".join(f"`{f}`" for f in trained.features[:20]) + (" …" if len(trained.features) > 20 else "")
+    steps = " → ".join(f"{s:.0%}" for s in settings.promotion.canary_steps)
+    return (
+        f"**{name}** predicts `{trained.target}` from {len(trained.features)} features ({features}).\n\n"
+        f"Trained by shipway with `{settings.training.estimator}` on snapshots of `{snapshot.manifest.source}` "
+        f"(latest: `{snapshot.id[:12]}`, {snapshot.manifest.rows:,} rows); every version carries its git "
+        "commit, data snapshot, data contract and latency benchmark as tags.\n\n"
+        "**How a version ships**: data gate, quality gate against a baseline and Production, latency budget, "
+        "then alias `Shadow` (shadow analysis on live traffic) → a reviewer's approval → `Canary` at "
+        f"{steps} of traffic (analysed at each step, rolled back automatically on a breach) → a second approval "
+        "→ `Production`; the version it replaces keeps `Previous` for rollback (`shipway rollback`).\n\n"
+        f"Audit trail (every alias move, every approval with its evidence): {record.link(settings, name)}."
+    )
 
 
 def describe_release(name: str, trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage) -> str:
@@ -151,14 +175,18 @@ def describe_release(name: str, trained: TrainedModel, snapshot: Snapshot, linea
     )
 
 
-def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+def _ensure_registered_model(client: MlflowClient, name: str) -> bool:
+    """True if this call created the registered model (MLflow lets exactly one caller do that)."""
     try:
         client.get_registered_model(name)
+        return False
     except MlflowException:
         try:
             client.create_registered_model(name)
+            return True
         except MlflowException:  # created meanwhile by another process
             client.get_registered_model(name)
+            return False
 
 
 @task(name="register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)

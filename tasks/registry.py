@@ -24,6 +24,9 @@ from core.errors import RegistryError
 from core.refs import ModelRef
 from core.tracking import Store, client, experiment_id, registered_model
 from core.vocabulary import Alias, Tag
+from tasks import release_card
+
+RELEASES_EXPERIMENT = "shipway-releases"  # one release-record run per registered model (tasks/record.py)
 
 
 def connect(settings: Settings, create: bool = True, experiment: str | None = None) -> tuple[MlflowClient, str]:
@@ -119,7 +122,13 @@ def monitoring_history(settings: Settings, name: str, limit: int) -> list[dict[s
         max_results=limit,
     )
     return [
-        {"run_id": r.info.run_id, "time": r.info.start_time, "tags": dict(r.data.tags), "metrics": dict(r.data.metrics)}
+        {
+            "run_id": r.info.run_id,
+            "time": r.info.start_time,
+            "tags": dict(r.data.tags),
+            "metrics": dict(r.data.metrics),
+            "params": dict(r.data.params),
+        }
         for r in runs
     ]
 
@@ -150,8 +159,7 @@ def record_benchmark(
     client.log_batch(run_id, metrics=[Metric(k, float(v), timestamp, 0) for k, v in metrics.items()])
     for path in files:
         client.log_artifact(run_id, str(path), "benchmark")
-    for key, value in tags.items():
-        client.set_model_version_tag(name, str(version), key, value)
+    set_version_tags(settings, name, version, tags)
     return run_id
 
 
@@ -179,8 +187,8 @@ def log_contract(settings: Settings, name: str, version: str, suite: dict[str, A
     client, _ = connect(settings)
     run_id = client.get_model_version(name, version).run_id
     client.log_dict(run_id, suite, CONTRACT_ARTIFACT)
-    uri = f"{client.get_run(run_id).info.artifact_uri}/{CONTRACT_ARTIFACT}"
-    client.set_model_version_tag(name, version, "expectation_suite", uri)
+    uri = f"runs:/{run_id}/{CONTRACT_ARTIFACT}"  # short, and valid wherever the artifacts move
+    set_version_tags(settings, name, version, {"expectation_suite": uri})
     return uri
 
 
@@ -233,9 +241,33 @@ def log_gate_report(
 
 
 def set_version_tags(settings: Settings, name: str, version: str, tags: dict[str, str]) -> None:
+    """Tags are short facts: a value over 250 characters is cut (the whole text belongs in the release
+    record). A change to a fact of the release card rewrites the card atop the version's description."""
     client, _ = connect(settings)
     for key, value in tags.items():
-        client.set_model_version_tag(name, str(version), key, value)
+        client.set_model_version_tag(name, str(version), key, release_card.short(str(value)))
+    if release_card.CARD_TAGS & tags.keys():
+        refresh_card(settings, name, version)
+
+
+def ui_path(experiment: str, run_id: str) -> str:
+    """A run's page in the MLflow UI, in its model-training view: MLflow 3.17's UI picks GenAI or
+    model training from this parameter (or the last choice in the browser), not from the experiment."""
+    return f"#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
+
+
+def refresh_card(settings: Settings, name: str, version: str) -> None:
+    """The version's description: its release card (tasks/release_card.py), then its registration text."""
+    client, _ = connect(settings)
+    found = client.get_model_version(name, str(version))
+    run_id = found.tags.get(Tag.RELEASE_RECORD)
+    link = None
+    if run_id:
+        experiment = connect(settings, experiment=RELEASES_EXPERIMENT)[1]
+        link = f"[release record]({ui_path(experiment, run_id)}): every alias move and approval"
+    text = release_card.render(found.tags, release_card.about_of(found.description), link)
+    if text != found.description:
+        client.update_model_version(name, str(version), description=text)
 
 
 def alias_version(settings: Settings, name: str, alias: Alias) -> str | None:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from configs.settings import Settings
 from core.errors import DataError, SnapshotError
+from core.sources import DemoSource, check_source  # noqa: F401 (part of this module's interface)
 from tasks import demo_data
 from tasks.retries import retry_on_io
 from tasks.storage import Store, open_store, progress, s3_client, split_s3_uri
@@ -77,31 +78,6 @@ def read_source(source: str, settings: Settings) -> pd.DataFrame:
     if source.startswith("s3://"):
         return _read_s3_object(source, settings)
     return _read_file(Path(source), source)
-
-
-@dataclass(frozen=True)
-class DemoSource:
-    seed: int | None  # None: the profile's training seed
-
-
-def check_source(source: str) -> DemoSource | None:
-    """Fail fast, before any flow starts, on a source that names no readable kind of thing.
-
-    Returns the demo dataset's draw for 'demo' and 'demo:SEED'; None for a file or S3 object.
-    """
-    if source == "demo":
-        return DemoSource(None)
-    if source.startswith("demo:"):
-        seed = source.removeprefix("demo:")
-        if not seed.isdigit():
-            raise DataError(f"cannot read {source}: a demo source is 'demo' or 'demo:SEED' with SEED a whole number")
-        return DemoSource(int(seed))
-    suffix = Path(source).suffix.lower()
-    if suffix not in (".csv", ".parquet", ".pq"):
-        raise DataError(f"cannot read {source}: unsupported file type '{suffix}' (use .csv or .parquet)")
-    if not source.startswith("s3://") and not Path(source).is_file():
-        raise DataError(f"cannot read {source}: no such file")
-    return None
 
 
 def _read_file(path: Path, name: str) -> pd.DataFrame:

@@ -1,32 +1,101 @@
-"""The picture of monitoring over time: drift, fallbacks and latency per window."""
+"""The picture of monitoring over time: drift, fallbacks and latency per window, against their limits.
+
+Each window is drawn over its own time range (a line from its start to its end, a dot at its
+end), so one window alone fills the picture instead of sitting in a five-year axis; y axes start
+at 0 and reach past the limit, drawn as a dashed red line, so a reader sees at once how close
+each figure is to breaching.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-PANELS = (("drifted_columns", "drifted columns"), ("fallback_rate", "fallback rate"), ("latency_p99_ms", "p99 ms"))
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from configs.settings import MonitoringSettings
+
+PANELS = (  # metric, label, the MonitoringSettings field that limits it (None: any value is a breach)
+    ("drifted_columns", "drifted columns", None),
+    ("fallback_rate", "fallback rate", "max_fallback_rate"),
+    ("latency_p99_ms", "latency p99 (ms)", "latency_p99_ms"),
+)
 
 
-def plot_trend(history: list[dict[str, Any]], current: dict[str, float], now: datetime, path: Path) -> bool:
-    """Windows from `history` (newest first, as registry.monitoring_history gives) plus the current one."""
+def trend_figure(
+    history: list[dict[str, Any]],
+    current: dict[str, float],
+    start: datetime,
+    end: datetime,
+    limits: MonitoringSettings,
+) -> Figure:
+    """Windows from `history` (newest first, as registry.monitoring_history gives) plus the current one
+    (`start`..`end`), one panel per figure."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: workers and CI have no display
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    points = [(datetime.fromtimestamp(h["time"] / 1000, UTC), h["metrics"]) for h in reversed(history)]
-    points.append((now, current))
-    fig, axes = plt.subplots(len(PANELS), 1, figsize=(8, 6), sharex=True)
-    for ax, (key, label) in zip(axes, PANELS, strict=False):
-        xs = [t for t, m in points if key in m]
-        ax.plot(xs, [m[key] for _, m in points if key in m], marker="o")
+    span = end - start
+    windows = [_window(h, span) for h in reversed(history)] + [(start, end, current)]
+    fig, axes = plt.subplots(len(PANELS), 1, figsize=(9, 7), sharex=True)
+    for ax, (key, label, limit_field) in zip(axes, PANELS, strict=True):
+        shown = [(s, e, m[key]) for s, e, m in windows if key in m and m[key] == m[key]]  # NaN: not measured
+        for s, e, value in shown:
+            ax.plot([s, e], [value, value], color="tab:blue", linewidth=2.5, solid_capstyle="butt")
+            ax.plot([e], [value], "o", color="tab:blue")
+        if len(shown) <= 3:  # few windows: say the figure itself
+            for _, e, value in shown:
+                ax.annotate(f"{value:.3g}", (mdates.date2num(e), value), textcoords="offset points", xytext=(6, 4))
+        top = max([v for _, _, v in shown], default=0.0)
+        if limit_field is not None:
+            limit = float(getattr(limits, limit_field))
+            ax.axhline(limit, color="tab:red", linestyle="--", linewidth=1.2, label=f"limit {limit:g}")
+            ax.legend(loc="upper left", fontsize=8)
+            top = max(top, limit)
+        else:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, top * 1.25 if top > 0 else 1.0)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].set_title("monitoring windows over time")
-    fig.autofmt_xdate()
+    first = min(s for s, _, _ in windows)
+    margin = max((end - first) * 0.04, timedelta(minutes=1))
+    axes[-1].set_xlim(first - margin, end + margin)
+    locator = mdates.AutoDateLocator()
+    axes[-1].xaxis.set_major_locator(locator)
+    axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    axes[0].set_title(
+        f"monitoring: {len(windows)} window(s), {first:%Y-%m-%d %H:%M}..{end:%Y-%m-%d %H:%M} UTC", fontsize=11
+    )
     fig.tight_layout()
+    return fig
+
+
+def plot_trend(
+    history: list[dict[str, Any]],
+    current: dict[str, float],
+    start: datetime,
+    end: datetime,
+    limits: MonitoringSettings,
+    path: Path,
+) -> bool:
+    """The picture as a PNG (MLflow's artifact viewer shows it)."""
+    import matplotlib.pyplot as plt
+
+    fig = trend_figure(history, current, start, end, limits)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path.is_file()
+
+
+def _window(run: dict[str, Any], span: timedelta) -> tuple[datetime, datetime, dict[str, float]]:
+    """A logged window's own range: its `start`/`end` params when recorded, else its run time."""
+    params = run.get("params", {})
+    if "start" in params and "end" in params:
+        return datetime.fromisoformat(params["start"]), datetime.fromisoformat(params["end"]), run["metrics"]
+    end = datetime.fromtimestamp(run["time"] / 1000, UTC)
+    return end - span, end, run["metrics"]

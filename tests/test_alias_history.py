@@ -8,7 +8,7 @@ import pytest
 
 from core.errors import RegistryError
 from core.vocabulary import Alias, Tag
-from tasks import registry
+from tasks import record, registry
 from tasks.aliases import alias_at, history, move, recover, rollback
 from tasks.registry import model_state
 from tests.conftest import register_versions
@@ -39,9 +39,37 @@ def test_moves_are_recorded_on_the_model_and_the_version_and_answer_who_held_an_
     assert alias_at(steps, Alias.PRODUCTION, before) is None
     assert alias_at(steps, Alias.PRODUCTION, middle) == "1"
     assert alias_at(steps, Alias.PRODUCTION, after) == "2"
-    second = registry.get_version(small, name, "2").tags
-    recorded = [json.loads(v) for k, v in second.items() if k.startswith("transition.")]
-    assert [(r["alias"], r["reason"], r["evidence"]) for r in recorded] == [("Production", "better", "run 42")]
+    # the trail is a table of the model's release record, which MLflow itself reads back
+    run_id = model_state(small, name)[1][Tag.RELEASE_RECORD]
+    table = registry.connect(small)[0].load_table(_releases(small), record.TRANSITIONS, run_ids=[run_id])
+    assert list(table["reason"]) == ["first release", "better", "better"]
+    assert list(table["evidence"])[1] == "run 42"
+    assert registry.get_version(small, name, "2").tags[Tag.RELEASE_RECORD] == run_id  # linked from the version
+
+
+def test_the_model_tags_stay_bounded_however_many_moves_happen(small, three):
+    name = three[0].name
+    for i in range(6):
+        move(small, name, {Alias.CANARY: str(1 + i % 3)}, actor="a", reason=f"step {i}", canary_share=0.1 * i)
+    _, tags = model_state(small, name)
+    assert set(tags) <= {"canary_share", "release_record"}
+    assert len(history(small, name)) == 12
+    for version in ("1", "2", "3"):
+        found = registry.get_version(small, name, version)
+        assert max(len(v) for v in found.tags.values()) <= 250
+        assert found.description.startswith("#### Release at a glance")
+        assert "[release record](#/experiments/" in found.description
+
+
+def test_history_ignores_the_transition_tags_of_older_stores(small, three):
+    name = three[0].name
+    registry.set_model_tag(small, name, "transition.20250101T000000000000Z.Production", json.dumps({"alias": "x"}))
+    move(small, name, {Alias.PRODUCTION: "1"}, actor="a", reason="r")
+    assert [(t.alias, t.version) for t in history(small, name)] == [("Production", "1")]
+
+
+def _releases(settings) -> str:
+    return registry.connect(settings, experiment=record.EXPERIMENT)[1]
 
 
 def test_moving_an_alias_to_where_it_is_records_nothing(small, three):
@@ -126,3 +154,12 @@ def test_rollback_puts_previous_back_and_stops_the_canary(small, three):
     assert history(small, name)[-1].reason == "errors up"
     with pytest.raises(RegistryError, match="'churn-classifier' has no Previous version to roll back to"):
         rollback(small, name, actor="oncall", reason="again")
+
+
+def test_every_experiment_shipway_creates_is_marked_for_model_development(small, three):
+    client, _ = registry.connect(small, experiment=small.monitoring.experiment)  # training, releases, monitoring
+    created = [e for e in client.search_experiments() if e.name != "Default"]  # Default is MLflow's own
+    assert {e.name for e in created} == {small.mlflow.experiment, record.EXPERIMENT, small.monitoring.experiment}
+    assert all(e.tags.get("mlflow.experimentKind") == "custom_model_development" for e in created)
+    description = client.get_registered_model(three[0].name).description
+    assert "predicts `churned`" in description and "How a version ships" in description

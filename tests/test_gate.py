@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -162,6 +163,9 @@ def test_the_report_holds_verdict_columns_measures_and_reasons(ref, tmp_path):
     assert {"js", "psi", "chi2_p", "unseen_share"} <= set(plan["measures"])
     html = files.html.read_text()
     assert "<html" in html and "tenure_months" in html
+    # self-contained: reads the same offline (MLflow's artifact viewer, a file opened from disk)
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html) and "<script" not in html
+    assert "data:image/png;base64," in html  # the picture travels inside the page
     assert files.png is not None and files.png.read_bytes()[:4] == b"\x89PNG"
     assert table_rows(report)[0]["column"] == "tenure_months"
 

@@ -1,6 +1,6 @@
 """Monitoring windows: parsing, the figures of a window, and when a breach counts as sustained."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pandas as pd
@@ -113,3 +113,50 @@ def test_served_inputs_are_the_answered_requests_features():
 )
 def test_a_breach_is_sustained_only_after_enough_windows_in_a_row(before, now, windows, expected):
     assert sustained(before, now, windows) is expected
+
+
+def test_one_window_fills_the_trend_picture_with_its_own_time_range_and_the_limits(tmp_path):
+    import matplotlib.dates as mdates
+
+    from tasks.trend import plot_trend, trend_figure
+
+    limits = MonitoringSettings(max_fallback_rate=0.02, latency_p99_ms=50)
+    end = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    start = end - timedelta(hours=1)
+    figure = trend_figure(
+        [], {"drifted_columns": 0.0, "fallback_rate": 0.004, "latency_p99_ms": 7.5}, start, end, limits
+    )
+    drift, fallback, latency = figure.axes
+    low, high = (mdates.num2date(x) for x in latency.get_xlim())
+    assert start - timedelta(minutes=10) <= low <= start and end <= high <= end + timedelta(minutes=10)
+    for ax in figure.axes:
+        assert ax.get_ylim()[0] == 0  # no negative range for counts, rates and latencies
+    assert fallback.get_ylim()[1] >= 0.02 and latency.get_ylim()[1] >= 50  # the limits are in the picture
+    limit_lines = {ax: [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "--"] for ax in figure.axes}
+    assert limit_lines == {drift: [], fallback: [0.02], latency: [50.0]}
+    assert plot_trend([], {"fallback_rate": 0.0}, start, end, limits, tmp_path / "trend.png")
+    assert (tmp_path / "trend.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_trend_spans_the_logged_windows_from_the_first_start(tmp_path):
+    import matplotlib.dates as mdates
+
+    from tasks.trend import trend_figure
+
+    end = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    history = [  # newest first, as registry.monitoring_history gives them
+        {
+            "time": 0,
+            "metrics": {"fallback_rate": 0.01},
+            "params": {
+                "start": (end - timedelta(hours=h + 1)).isoformat(),
+                "end": (end - timedelta(hours=h)).isoformat(),
+            },
+        }
+        for h in range(1, 4)
+    ]
+    figure = trend_figure(history, {"fallback_rate": 0.03}, end - timedelta(hours=1), end, MonitoringSettings())
+    low, high = (mdates.num2date(x) for x in figure.axes[1].get_xlim())
+    assert end - timedelta(hours=4, minutes=15) <= low <= end - timedelta(hours=4)
+    assert end <= high <= end + timedelta(minutes=15)
+    assert figure.axes[1].get_ylim()[1] >= 0.03

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -14,13 +15,15 @@ from sklearn.pipeline import Pipeline
 
 from configs.settings import load_settings
 from core.errors import ShipwayError
+from core.tracking import Store
 from core.vocabulary import Alias, Tag
 from flows.approval import AutoApprover, answer
 from flows.promotion import PromotionRejected, promotion_flow
 from serving.server import running
-from tasks import registry
+from tasks import record, registry
 from tasks.aliases import history, move
 from tasks.demo_data import TARGET, generate
+from tasks.lease import PromotionBusy
 from tasks.lineage import GitLineage
 from tasks.registration import register
 from tasks.registry import model_state
@@ -91,9 +94,12 @@ def test_shadow_canary_and_two_approvals_take_the_version_to_production(fast, ve
     assert stages == ["shadow", "canary 25%", "canary 50%"]
     shares = [t.version for t in history(fast, NAME) if t.alias == "canary_share"]
     assert shares == ["0.25", "0.5", "0"]
-    approval = json.loads(registry.get_version(fast, NAME, "2").tags["approval.production"])
-    assert approval["approved"] and approval["reviewer"] == "rita"
-    assert [e["stage"] for e in approval["evidence"]] == stages  # what the reviewer saw is recorded
+    tags = registry.get_version(fast, NAME, "2").tags
+    assert (tags["approval_production"], tags["approval_production_by"]) == ("approved", "rita")
+    assert max(len(v) for v in tags.values()) <= 250  # short facts; the evidence is in the release record
+    approval = record.read(fast, NAME, record.APPROVALS)[-1]
+    assert (approval["stage"], approval["decision"], approval["reviewer"]) == ("production", "approved", "rita")
+    assert [e["stage"] for e in json.loads(approval["evidence"])] == stages  # what the reviewer saw is recorded
 
     done = subprocess.run([SHIPWAY, "rollback", NAME, "--reason", "bad news"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -107,8 +113,9 @@ def test_a_rejection_stops_the_promotion_and_production_stays(fast, versions_1_a
     with pytest.raises(PromotionRejected, match="shadow approval rejected by rita: looked at it"):
         promotion_flow(NAME)
     assert model_state(fast, NAME)[0] == {"Production": "1"}  # the candidate left Shadow
-    recorded = json.loads(registry.get_version(fast, NAME, "2").tags["approval.shadow"])
-    assert recorded["approved"] is False and recorded["evidence"][0]["stage"] == "shadow"
+    assert registry.get_version(fast, NAME, "2").tags["approval_shadow"] == "rejected"
+    recorded = record.read(fast, NAME, record.APPROVALS)[-1]
+    assert recorded["decision"] == "rejected" and json.loads(recorded["evidence"])[0]["stage"] == "shadow"
 
 
 def test_a_broken_canary_is_rolled_back_automatically(fast, versions_1_and_2, traffic, monkeypatch):
@@ -152,8 +159,9 @@ def test_two_promotions_of_one_model_never_interleave(fast):
         assert time.monotonic() < deadline, "the first promotion never paused"
         time.sleep(0.2)
     waiting = json.loads(model_state(fast, NAME)[1][Tag.AWAITING_APPROVAL])
+    holder = f"flow run {waiting['run_id']} \\(promote-{NAME}-{Store.of(fast).key}\\)"  # names the store too
     with pytest.raises(
-        PromotionRejected, match=f"another promotion of '{NAME}' is in progress \\(flow run {waiting['run_id']}\\)"
+        PromotionBusy, match=f"another promotion of '{NAME}' is in progress: {holder}, pid {os.getpid()}"
     ):
         promotion_flow(NAME)
     time.sleep(1.5)

@@ -1,0 +1,94 @@
+"""How fast the CLI answers: bad input refused before Prefect starts, and `shipway approve`.
+
+Run from the repository root:
+
+    .venv/bin/python tests/benchmarks/bench_cli.py [--repeat 3]
+
+In a temporary working directory (embedded profile, each command a fresh `shipway` process as a
+user runs it), wall time of:
+- `shipway approve nope` (not a flow run id) and `shipway train --data missing.csv`: target < 1 s;
+- `shipway approve RUN_ID` answering a real `shipway promote` paused for approval in another
+  process: target <= 3 s on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+SHIPWAY = str(Path(sys.executable).with_name("shipway"))
+
+
+def timed(args: list[str], cwd: str) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    done = subprocess.run([SHIPWAY, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return time.perf_counter() - start, done
+
+
+def report(label: str, times: list[float], target: float) -> None:
+    worst = max(times)
+    print(
+        f"  {label:<42} median {statistics.median(times):5.2f} s  max {worst:5.2f} s  "
+        f"(target {'<' if target < 2 else '<='} {target:g} s: {'ok' if worst <= target else 'MISSED'})"
+    )
+
+
+def main(repeat: int) -> None:
+    print(f"bench_cli: {repeat} runs each; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
+        os.chdir(tmp)
+        os.environ["SHIPWAY_DATA__DEMO_ROWS"] = "3000"
+        bad_id, missing = [], []
+        for _ in range(repeat):
+            seconds, done = timed(["approve", "nope"], tmp)
+            assert done.returncode == 2, done.stderr
+            bad_id.append(seconds)
+            seconds, done = timed(["train", "--data", "missing.csv"], tmp)
+            assert done.returncode == 2, done.stderr
+            missing.append(seconds)
+        print(f"  ({done.stderr.strip()})")
+        report("shipway approve nope", bad_id, 1.0)
+        report("shipway train --data missing.csv", missing, 1.0)
+
+        from configs.settings import load_settings
+        from core.vocabulary import Alias, Tag
+        from tasks.aliases import move
+        from tasks.registry import delete_alias, model_state
+        from tests.conftest import register_versions
+
+        settings = load_settings()
+        name = settings.training.model_name
+        register_versions(settings, 1)
+        approvals = []
+        for _ in range(repeat):
+            delete_alias(settings, name, Alias.PRODUCTION)
+            move(settings, name, {Alias.SHADOW: "1"}, actor="bench", reason="bench")
+            promote = subprocess.Popen([SHIPWAY, "promote", name], cwd=tmp, stdout=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 120
+            while Tag.AWAITING_APPROVAL not in model_state(settings, name)[1]:
+                assert time.monotonic() < deadline and promote.poll() is None, "the promotion never paused"
+                time.sleep(0.1)
+            run_id = json.loads(model_state(settings, name)[1][Tag.AWAITING_APPROVAL])["run_id"]
+            time.sleep(1.0)  # paused for a while, as a reviewer would take
+            seconds, done = timed(["approve", run_id, "--comment", "bench"], tmp)
+            assert done.returncode == 0, done.stderr
+            approvals.append(seconds)
+            promote.communicate(timeout=120)
+            print(f"  shipway approve RUN_ID: {seconds:.2f} s (promote exit {promote.returncode})")
+        report("shipway approve RUN_ID (a paused promote)", approvals, 3.0)
+        os.chdir(ROOT)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    main(parser.parse_args().repeat)

@@ -1,0 +1,186 @@
+"""kill -9 of `shipway promote` at each stage: the next `shipway promote` takes over within 60 s, with the
+aliases and the canary share as they were before the killed promotion (issue 12, item 2).
+
+Real processes: each promotion is the `shipway` command in its own process (Prefect's ephemeral mode
+on this test's own PREFECT_HOME), killed with SIGKILL; a real gateway carries replayed traffic.
+"""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from configs.settings import load_settings
+from core.errors import ShipwayError
+from core.vocabulary import Alias, Tag
+from flows.resume import resume, running_api
+from serving.server import running
+from tasks.aliases import history, move
+from tasks.demo_data import TARGET, generate
+from tasks.registry import model_state
+from tasks.traffic import Replay
+from tests.conftest import register_versions
+
+pytestmark = [pytest.mark.slow, pytest.mark.chaos]
+NAME = "churn-classifier"
+SHIPWAY = str(Path(sys.executable).with_name("shipway"))
+TAKEOVER_S = 60
+
+
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("prefect-home")  # one database for the module: migrated once
+
+
+@pytest.fixture
+def fast(small, monkeypatch, prefect_home):
+    for key, value in {
+        "PROMOTION__MIN_REQUESTS": "60",
+        "PROMOTION__MIN_LABELED": "30",
+        "PROMOTION__STEP_SECONDS": "120",
+        "PROMOTION__CANARY_STEPS": "[0.25, 0.5]",
+        "PROMOTION__LEASE_SECONDS": "9",
+        "PROMOTION__PROGRESS_SECONDS": "2",
+        "SERVING__POLL_INTERVAL_S": "0.3",
+        "DATA__DEMO_ROWS": "3000",
+    }.items():
+        monkeypatch.setenv(f"SHIPWAY_{key}", value)
+    monkeypatch.setenv("PREFECT_HOME", str(prefect_home))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    return load_settings()
+
+
+def promote(settings) -> subprocess.Popen:
+    """`shipway promote` in its own process, its output in a file (a pipe nobody reads would block it)."""
+    log = Path.cwd() / f"promote-{time.monotonic_ns()}.log"
+    print(f"shipway promote: output in {log}")
+    with log.open("w") as out:
+        return subprocess.Popen([SHIPWAY, "promote", NAME], cwd=Path.cwd(), stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_for(what: str, check, timeout: float = 180.0):
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"never saw: {what}"
+        time.sleep(0.2)
+    return found
+
+
+def lease(settings) -> dict | None:
+    text = model_state(settings, NAME)[1].get(Tag.PROMOTION_LEASE)
+    return json.loads(text) if text else None
+
+
+def state(settings) -> tuple[dict, str | None]:
+    aliases, tags = model_state(settings, NAME)
+    return aliases, tags.get(Tag.CANARY_SHARE)
+
+
+def kill_and_take_over(settings, victim: subprocess.Popen, prefect_home: Path) -> tuple[float, subprocess.Popen]:
+    """SIGKILL the promotion, start the next one; returns seconds from the kill until the dead promotion's
+    moves are undone (its lease freed); then the next one runs under its own lease, the dead run Crashed."""
+    dead = lease(settings)
+    children = psutil.Process(victim.pid).children(recursive=True)  # its temporary Prefect server
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    killed = time.monotonic()
+    for child in children:  # an orphan server would only slow this machine down (issue 12 item 8 is theirs)
+        child.kill()
+    successor = promote(settings)
+    wait_for(
+        "the next promotion taking the lease",
+        lambda: (lease(settings) or {}).get("run_id") not in (None, dead["run_id"]),
+    )
+    seconds = time.monotonic() - killed
+    with sqlite3.connect(prefect_home / "prefect.db") as db:
+        (crashed,) = db.execute("SELECT state_type FROM flow_run WHERE id = ?", (dead["run_id"],)).fetchone()
+    assert crashed == "CRASHED"
+    print(f"kill -9 -> next promotion took over in {seconds:.1f} s")
+    return seconds, successor
+
+
+def approve(api: str, run_id: str) -> bool:
+    """The request is announced just before the flow pauses: False until the pause is there to answer."""
+    try:
+        resume(api, uuid.UUID(run_id), {"decision": "approve", "reviewer": "rita", "comment": ""})
+    except ShipwayError:
+        return False
+    return True
+
+
+def stop(process: subprocess.Popen) -> None:
+    for child in psutil.Process(process.pid).children(recursive=True):
+        child.kill()
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture
+def in_production(fast):
+    """Version 1 Production, version 2 Shadow, canary share 0, and live traffic through a real gateway."""
+    register_versions(fast, 2)
+    move(fast, NAME, {Alias.PRODUCTION: "1", Alias.SHADOW: "2"}, actor="test", reason="setup", canary_share=0.0)
+    with running(fast) as url:
+        replay = Replay(url, generate(2_000, seed=7), TARGET, max_rate=150)
+        replay.start()
+        yield fast
+        replay.stop()
+
+
+def test_killed_while_waiting_for_traffic(fast, prefect_home):
+    register_versions(fast, 2)
+    move(fast, NAME, {Alias.PRODUCTION: "1", Alias.SHADOW: "2"}, actor="test", reason="setup", canary_share=0.0)
+    before = state(fast)
+    victim = promote(fast)  # no traffic at all: the shadow analysis waits
+    wait_for("the promotion waiting for traffic", lambda: (lease(fast) or {}).get("version") == "2")
+    time.sleep(3)
+    seconds, successor = kill_and_take_over(fast, victim, prefect_home)
+    try:
+        assert seconds <= TAKEOVER_S
+        assert state(fast) == before
+    finally:
+        stop(successor)
+
+
+def test_killed_while_paused_for_approval(fast, prefect_home):
+    register_versions(fast, 1)
+    move(fast, NAME, {Alias.SHADOW: "1"}, actor="test", reason="setup", canary_share=0.0)
+    before = state(fast)
+    victim = promote(fast)  # nothing in Production: straight to the approval
+    wait_for("the approval request", lambda: Tag.AWAITING_APPROVAL in model_state(fast, NAME)[1])
+    seconds, successor = kill_and_take_over(fast, victim, prefect_home)
+    try:
+        assert seconds <= TAKEOVER_S
+        assert state(fast) == before
+        waiting = wait_for("the new approval request", lambda: model_state(fast, NAME)[1].get(Tag.AWAITING_APPROVAL))
+        assert json.loads(waiting)["run_id"] == lease(fast)["run_id"]  # the request of the dead run is gone
+    finally:
+        stop(successor)
+
+
+def test_killed_mid_canary(in_production, prefect_home):
+    settings = in_production
+    before = state(settings)
+    victim = promote(settings)
+    waiting = wait_for("the shadow approval", lambda: model_state(settings, NAME)[1].get(Tag.AWAITING_APPROVAL))
+    run_id = json.loads(waiting)["run_id"]
+    api = wait_for("the paused promotion's Prefect API", lambda: running_api(run_id))
+    wait_for("the approval taken", lambda: approve(api, run_id))
+    wait_for(
+        "the first canary step", lambda: state(settings) == ({"Production": "1", "Shadow": "2", "Canary": "2"}, "0.25")
+    )
+    seconds, successor = kill_and_take_over(settings, victim, prefect_home)
+    try:
+        assert seconds <= TAKEOVER_S
+        assert state(settings) == before  # the canary lost its share and its alias
+        assert "ended without finishing" in history(settings, NAME)[-1].reason
+    finally:
+        stop(successor)
