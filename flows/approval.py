@@ -61,7 +61,8 @@ def answer(run_id: str, *, approve: bool, reviewer: str, comment: str, api_url: 
 class AutoApprover(threading.Thread):
     """Answers each approval request of model `name` as it appears (the demo's reviewer, and tests').
 
-    `decisions` are given in order, one per request; the requests seen are kept in `seen`.
+    `decisions` are given in order, one per request; the requests seen are kept in `seen`. `stop()`
+    ends it with decisions left (the promotion stopped before asking): it reads the registry until then.
     """
 
     def __init__(self, settings: Settings, name: str, decisions: list[bool], reviewer: str, comment: str):
@@ -69,15 +70,21 @@ class AutoApprover(threading.Thread):
         self.settings, self.name, self.decisions = settings, name, list(decisions)
         self.reviewer, self.comment = reviewer, comment
         self.seen: list[dict] = []
+        self._stopped = threading.Event()
 
     def run(self) -> None:
-        while self.decisions:
+        while self.decisions and not self._stopped.is_set():
             waiting = model_state(self.settings, self.name)[1].get(Tag.AWAITING_APPROVAL)
             request = json.loads(waiting) if waiting else None
             if request and request not in self.seen:
                 self.seen.append(request)
                 self._answer(request["run_id"], self.decisions.pop(0))
-            time.sleep(0.2)
+            self._stopped.wait(0.2)
+
+    def stop(self, timeout: float = 5) -> None:
+        """No more answers: the decisions left are dropped once the current one is given."""
+        self._stopped.set()
+        self.join(timeout)
 
     def _answer(self, run_id: str, approve: bool) -> None:
         """The tag is set just before the flow pauses: retry until the pause is there to answer."""

@@ -77,4 +77,4 @@ def _promote(settings: Settings, name: str, version: str, manual: bool, decision
         return promotion_flow(name=name, version=version, actor="shipway demo", settings=settings)
     finally:
         if approver is not None:
-            approver.join(timeout=5)
+            approver.stop()

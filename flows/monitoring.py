@@ -124,7 +124,7 @@ def trigger_retraining(settings: Settings) -> str:
     except ObjectNotFound:
         message = (
             f"sustained breach, but the deployment '{deployment}' does not exist: deploy prefect.yaml "
-            "on a Prefect server (see the README), or run shipway train"
+            "on a Prefect server (see docs/operations.md), or run shipway train"
         )
         get_run_logger().warning(message)
         return message

@@ -5,17 +5,56 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+import yaml
 
-from configs.settings import Settings, load_settings
+from configs.settings import DEFAULT_PROFILE, ENV_PREFIX, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SHIPWAY = str(BIN / "shipway")  # the installed command, run as a user runs it
 PG_SERVER = "postgres@127.0.0.1:5432"  # trust auth, here and in CI
+# Promotion and gateway settings scaled for a test: small windows, quick polls (see `tuned`).
+QUICK_PROMOTION: dict[str, dict[str, Any]] = {
+    "promotion": {
+        "min_requests": 60,
+        "min_labeled": 30,
+        "step_seconds": 120,  # the longest a step waits: it moves on once min_requests are in
+        "canary_steps": [0.25, 0.5],
+        "approval_timeout_seconds": 60,
+    },
+    "serving": {"poll_interval_s": 0.3},
+}
+T = TypeVar("T")
+
+
+def tuned(settings: Settings, **sections: dict[str, Any]) -> Settings:
+    """`settings` with some keys changed, validated as a profile's would be (a misspelt key fails):
+    `tuned(settings, promotion={"min_requests": 60}, serving={"poll_interval_s": 0.3})`."""
+    update = {}
+    for section, values in sections.items():
+        current = getattr(settings, section)
+        update[section] = type(current).model_validate(current.model_dump() | values)
+    return settings.model_copy(update=update)
+
+
+def wait_for(check: Callable[[], T], timeout: float = 15.0, what: str = "the condition", every: float = 0.05) -> T:
+    """Poll until `check()` is truthy and return it (gateways, registries and flows move on their own time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @contextmanager
@@ -44,13 +83,36 @@ def postgres_databases(*roles: str) -> Iterator[dict[str, str]]:
                 admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # servers may still hold a connection
 
 
+def embedded(root: Path, profile: Path = DEFAULT_PROFILE) -> Settings:
+    """A profile (the embedded default unless named) with its local state under `root`, whatever
+    SHIPWAY_* variables say."""
+    with pytest.MonkeyPatch.context() as mp:
+        for var in [v for v in os.environ if v.startswith(ENV_PREFIX)]:
+            mp.delenv(var)
+        return load_settings(profile, cwd=root)
+
+
+def write_profile(settings: Settings, path: Path) -> Path:
+    """`settings` as a whole profile, for a command run with --config or SHIPWAY_CONFIG."""
+    path.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    return path
+
+
+def run_shipway(*args: str, cwd: Path, timeout: float = 120, **env: str | None) -> subprocess.CompletedProcess:
+    """The installed command in `cwd`, with no SHIPWAY_* variables but those given (None: unset)."""
+    merged = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)} | env
+    clean = {k: v for k, v in merged.items() if v is not None}
+    return subprocess.run([SHIPWAY, *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The embedded default profile, with its state under a fresh temp dir (the working dir)."""
+    """The embedded default profile, with its state under a fresh temp dir (also the working dir,
+    with no SHIPWAY_* variables, for commands a test runs in-process)."""
     monkeypatch.chdir(tmp_path)
-    for var in [v for v in os.environ if v.startswith("SHIPWAY_")]:
+    for var in [v for v in os.environ if v.startswith(ENV_PREFIX)]:
         monkeypatch.delenv(var)
-    return load_settings(cwd=tmp_path)
+    return embedded(tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +128,7 @@ def prefect_harness():
 @pytest.fixture
 def small(settings: Settings) -> Settings:
     """The embedded default with a 3,000-row demo dataset: quick to snapshot, train and register."""
-    return settings.model_copy(update={"data": settings.data.model_copy(update={"demo_rows": 3_000})})
+    return tuned(settings, data={"demo_rows": 3_000})
 
 
 def register_versions(settings: Settings, count: int) -> list:

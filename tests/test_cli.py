@@ -1,18 +1,12 @@
-"""The installed `shipway` script as a user runs it: exit codes and one-line errors on stderr."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""`shipway` errors: exit codes and one line on stderr, never a traceback. Each case runs in-process
+(click's runner, the same command group and error handling as the installed script); a few run the
+installed script itself, which pays its start-up each time."""
 
 import pytest
+from click.testing import CliRunner
 
-SHIPWAY = str(Path(sys.executable).with_name("shipway"))
-
-
-def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SHIPWAY_")}
-    return subprocess.run([SHIPWAY, *args], cwd=cwd, env=clean | env, capture_output=True, text=True, timeout=120)
+from flows.cli import cli
+from tests.conftest import run_shipway
 
 
 @pytest.mark.parametrize(
@@ -60,21 +54,31 @@ def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
         ),
     ],
 )
-def test_bad_input_exits_2_with_one_line_on_stderr(tmp_path, args, env, stderr):
-    done = run(*args, cwd=tmp_path, **env)
-    assert done.returncode == 2
+def test_bad_input_exits_2_with_one_line_on_stderr(settings, tmp_path, monkeypatch, args, env, stderr):
+    # A Prefect API nobody answers: every case must fail before it needs one (and none starts a server).
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    done = CliRunner().invoke(cli, args)
+    assert done.exit_code == 2
     assert done.stderr == stderr.format(cwd=tmp_path)
-    assert "Traceback" not in done.stderr + done.stdout
+    assert done.exception is None or isinstance(done.exception, SystemExit)
+
+
+def test_the_installed_script_says_one_line_and_no_traceback(tmp_path):
+    done = run_shipway("train", "--data", "nowhere.csv", cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (2, "shipway: error: cannot read nowhere.csv: no such file\n")
+    assert "Traceback" not in done.stdout
 
 
 def test_unknown_config_key_is_named(tmp_path):
     (tmp_path / "p.yaml").write_text("snapshots:\n  stor: /tmp/x\n")
-    done = run("demo", "--config", "p.yaml", cwd=tmp_path)
+    done = run_shipway("demo", "--config", "p.yaml", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr == "shipway: error: config file p.yaml: unknown key 'snapshots.stor'\n"
 
 
 def test_bad_usage_exits_2(tmp_path):
-    done = run("train", "--bogus", cwd=tmp_path)
+    done = run_shipway("train", "--bogus", cwd=tmp_path)
     assert done.returncode == 2
     assert "No such option '--bogus'" in done.stderr

@@ -3,27 +3,14 @@
 import os
 import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 from uuid import UUID
 
 import httpx
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import BIN, REPO, embedded, free_port, wait_for
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -62,7 +49,7 @@ def prefect_server(tmp_path):
             except httpx.HTTPError:
                 return False
 
-        wait_for(healthy, 120, "prefect server start")
+        wait_for(healthy, 120, "prefect server start", every=0.5)
         yield env
     finally:
         stop(server)
@@ -111,17 +98,17 @@ def test_deploys_with_schedules_and_monitoring_triggers_a_retraining_a_worker_ru
         try:
             from prefect.settings import PREFECT_API_URL, temporary_settings
 
-            from configs.settings import load_settings
             from flows.monitoring import trigger_retraining
 
             with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
-                run_id = trigger_retraining(load_settings())  # what a sustained monitoring breach does
+                run_id = trigger_retraining(embedded(tmp_path))  # what a sustained monitoring breach does
             run = client.read_flow_run(UUID(run_id))
             assert run.deployment_id == deployments["training/retrain"].id
             final = wait_for(
                 lambda: (s := client.read_flow_run(run.id).state) and s.is_final() and s,
                 300,
                 "the retraining run to finish",
+                every=0.5,
             )
         finally:
             stop(worker)

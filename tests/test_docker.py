@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,12 +21,11 @@ import pytest
 import yaml
 
 from configs.settings import load_settings
+from tests.conftest import BIN, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 COMPOSE_FILE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
-BIN = Path(sys.executable).parent
 APP_DIR = "/app"  # WORKDIR of both images: the repository root is copied there
 
 STACK = {"postgres", "minio", "minio-init", "mlflow", "prefect", "deploy", "worker", "gateway"}

@@ -16,6 +16,7 @@ from tasks.contract_checks import validate
 from tasks.demo_data import Drift, generate
 from tasks.drift_report import table_rows, write_report
 from tasks.gate import report_paths, user_suites
+from tests.conftest import tuned
 from tests.gate_scenarios import reference
 
 
@@ -105,7 +106,7 @@ def test_user_expectations_in_the_expectations_folder_run_too(ref, settings, tmp
         ],
     }
     (folder / "rules.json").write_text(json.dumps(rules))
-    settings = settings.model_copy(update={"gate": settings.gate.model_copy(update={"expectations_dir": str(folder)})})
+    settings = tuned(settings, gate={"expectations_dir": str(folder)})
     suites = user_suites(settings)
     assert [s["name"] for s in suites] == ["business-rules"]
     report = validate(generate(2_000, seed=5, with_label=False), ref.suite, GateSettings(), user_suites=suites)

@@ -13,13 +13,15 @@ from flows.cli import cli
 from flows.training import training_flow
 from tasks.demo_data import Drift, generate
 from tasks.registry import set_alias, versions
+from tests.conftest import tuned, write_profile
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
-def test_production_contract_gates_new_data_and_an_override_is_recorded(settings, monkeypatch, tmp_path):
-    monkeypatch.setenv("SHIPWAY_DATA__DEMO_ROWS", "3000")
-    first = training_flow(data="demo")
+def test_production_contract_gates_new_data_and_an_override_is_recorded(small, tmp_path):
+    settings = tuned(small, serving={"bench_requests": 100})
+    config = ["--config", str(write_profile(settings, tmp_path / "profile.yaml"))]
+    first = training_flow(data="demo", settings=settings)
     assert first.gate == "not_gated"
     found, _ = versions(settings, first.model_name)
     assert found[0].tags["validation_status"] == "not_gated"
@@ -27,7 +29,7 @@ def test_production_contract_gates_new_data_and_an_override_is_recorded(settings
     set_alias(settings, first.model_name, Alias.PRODUCTION, first.version)
 
     generate(3_000, seed=9, drift=Drift(shift={"age": 1.0})).to_csv(tmp_path / "drifted.csv", index=False)
-    stopped = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "drifted.csv")])
+    stopped = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "drifted.csv"), *config])
     assert stopped.exit_code == 1
     assert stopped.stderr.startswith(
         "shipway: error: gate: the new data drifted from churn-classifier version 1 (Production): 1 column failed: age; report: "
@@ -45,10 +47,12 @@ def test_production_contract_gates_new_data_and_an_override_is_recorded(settings
     assert [str(v.version) for v in versions(settings, first.model_name)[0]] == ["1"]  # nothing was trained
     assert "age" in str(Artifact.get("training-gate").data)
 
-    no_reason = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "drifted.csv"), "--force-gate"])
+    no_reason = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "drifted.csv"), "--force-gate", *config])
     assert no_reason.exit_code == 2 and "--force-gate needs --reason TEXT" in no_reason.stderr
 
-    forced = training_flow(data=str(tmp_path / "drifted.csv"), force_gate=True, reason="new market: older customers")
+    forced = training_flow(
+        data=str(tmp_path / "drifted.csv"), force_gate=True, reason="new market: older customers", settings=settings
+    )
     assert (forced.version, forced.gate) == ("2", "overridden")
     tags = versions(settings, first.model_name)[0][0].tags
     assert tags["validation_status"] == "overridden"

@@ -1,9 +1,11 @@
 """The production profile for real: an MLflow tracking server on PostgreSQL with its artifacts
 proxied to S3 (moto on loopback), a Prefect server on PostgreSQL, the prediction log on PostgreSQL.
 
-One journey per module, on configs/production.yaml (its model section aside, see `_profile`) with
-its servers overridden by SHIPWAY_* variables: train v1 -> promote v1 -> train v2 on another draw -> serve with live traffic ->
-promote v2 -> monitor a window. The tests then read each store directly to show where things went.
+One journey per module, on configs/production.yaml (its model section aside, see `_profile`)
+pointed at this module's servers: train v1 -> promote v1 -> train v2 on another draw -> serve with
+live traffic -> promote v2 -> monitor a window. The flows get the settings built here; the CLI reads
+the same profile through SHIPWAY_* variables, as a deployment's environment gives them. The tests
+then read each store directly to show where things went.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import inspect
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import PG_SERVER, REPO, free_port, postgres_databases
+from tests.conftest import BIN, PG_SERVER, QUICK_PROMOTION, REPO, embedded, free_port, postgres_databases, tuned
 
 if TYPE_CHECKING:
     from configs.settings import Settings
@@ -39,7 +40,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 NAME = "churn-classifier"
 STARTUP_TIMEOUT_S = 120.0
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def _profile(folder: Path) -> Path:
 
 @dataclass
 class Journey:
-    env: dict[str, str]  # the SHIPWAY_* variables that point the profile at this module's servers
+    env: dict[str, str]  # the SHIPWAY_* variables that point the profile at this module's servers, for the CLI
     settings: Settings
     trained: list[TrainingResult]
     promoted: list[PromotionResult]
@@ -189,7 +189,6 @@ class Journey:
 @pytest.fixture(scope="module")
 def journey(servers, databases, s3_endpoint, bucket, tmp_path_factory) -> Journey:
     """The whole journey on the production profile, once for the module's tests."""
-    from configs.settings import load_settings
     from flows.approval import AutoApprover
     from flows.monitoring import monitoring_flow
     from flows.promotion import promotion_flow
@@ -200,56 +199,54 @@ def journey(servers, databases, s3_endpoint, bucket, tmp_path_factory) -> Journe
 
     first = _upload_demo(s3_endpoint, bucket, "raw/churn.parquet", seed=11)
     second = _upload_demo(s3_endpoint, bucket, "raw/churn-2.parquet", seed=12)
-    overrides = {
-        "CONFIG": str(_profile(tmp_path_factory.mktemp("profile"))),
-        "MLFLOW__TRACKING_URI": servers["mlflow"],
-        "S3__ENDPOINT_URL": s3_endpoint,
-        "SNAPSHOTS__STORE": f"s3://{bucket}/snapshots",
-        "DATA__SOURCE": first,
-        "PREFECT__API_URL": servers["prefect"],
-        "PREDICTION_LOG__URL": f"postgresql+psycopg://{PG_SERVER}/{databases['predictions']}",
-        # scaled for a test: small windows, quick polls, a short benchmark with room for a busy machine
-        "PROMOTION__MIN_REQUESTS": "60",
-        "PROMOTION__MIN_LABELED": "30",
-        "PROMOTION__STEP_SECONDS": "40",
-        "PROMOTION__CANARY_STEPS": "[0.25, 0.5]",
-        "PROMOTION__APPROVAL_TIMEOUT_SECONDS": "60",
-        "SERVING__POLL_INTERVAL_S": "0.3",
-        "SERVING__BENCH_REQUESTS": "200",
-        "SERVING__LATENCY_BUDGET_P99_MS": "500",
-        "MONITORING__MIN_REQUESTS": "60",
-        "PROMOTION__LATENCY_P99_MS": "1000",
-        "PROMOTION__LATENCY_SLACK_MS": "50",
+    profile = _profile(tmp_path_factory.mktemp("profile"))
+    servers_of_the_module = {
+        "mlflow": {"tracking_uri": servers["mlflow"]},
+        "s3": {"endpoint_url": s3_endpoint},
+        "snapshots": {"store": f"s3://{bucket}/snapshots"},
+        "data": {"source": first},
+        "prefect": {"api_url": servers["prefect"]},
+        "prediction_log": {"url": f"postgresql+psycopg://{PG_SERVER}/{databases['predictions']}"},
     }
+    env = {"SHIPWAY_CONFIG": str(profile)} | {
+        f"SHIPWAY_{section.upper()}__{key.upper()}": value
+        for section, values in servers_of_the_module.items()
+        for key, value in values.items()
+    }
+    work = tmp_path_factory.mktemp("work")
+    # scaled for a test: small windows, quick polls, a short benchmark with room for a busy machine
+    settings = tuned(
+        embedded(work, profile),
+        **servers_of_the_module,
+        promotion=QUICK_PROMOTION["promotion"] | {"latency_p99_ms": 1000, "latency_slack_ms": 50},
+        serving=QUICK_PROMOTION["serving"] | {"bench_requests": 200, "latency_budget_p99_ms": 500},
+        monitoring={"min_requests": 60},
+    )
     with pytest.MonkeyPatch.context() as mp, _prefect_api(servers["prefect"]):
-        for var in [v for v in os.environ if v.startswith("SHIPWAY_")]:
-            mp.delenv(var)
-        for key, value in overrides.items():
-            mp.setenv(f"SHIPWAY_{key}", value)
-        mp.chdir(tmp_path_factory.mktemp("work"))
-        settings = load_settings()
-
-        trained = [training_flow()]
+        mp.chdir(work)  # subprocesses (the gateways) start here: nothing lands in the checkout
+        trained = [training_flow(settings=settings)]
         approver = AutoApprover(settings, NAME, [True], reviewer="rita", comment="first release")
         approver.start()
-        promoted = [promotion_flow(NAME)]
-        approver.join(5)
+        try:
+            promoted = [promotion_flow(NAME, settings=settings)]
+        finally:
+            approver.stop()
         seen = list(approver.seen)
-        trained.append(training_flow(data=second))
+        trained.append(training_flow(data=second, settings=settings))
         with running(settings) as url:
             replay = Replay(url, generate(2_000, seed=13), TARGET, max_rate=400)
             replay.start()
             approver = AutoApprover(settings, NAME, [True, True], reviewer="rita", comment="looked at it")
             approver.start()
             try:
-                promoted.append(promotion_flow(NAME))
-                approver.join(5)
+                promoted.append(promotion_flow(NAME, settings=settings))
+                approver.stop()
                 seen += approver.seen
-                monitored = monitoring_flow(NAME, window="1h")
+                monitored = monitoring_flow(NAME, window="1h", settings=settings)
             finally:
+                approver.stop()
                 replay.stop()
                 replay.join(10)
-    env = {f"SHIPWAY_{key}": value for key, value in overrides.items()}
     return Journey(env, settings, trained, promoted, monitored, replay, seen)
 
 

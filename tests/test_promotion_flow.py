@@ -3,17 +3,13 @@
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from sklearn.dummy import DummyClassifier
 from sklearn.pipeline import Pipeline
 
-from configs.settings import load_settings
 from core.errors import ShipwayError
 from core.tracking import Store
 from core.vocabulary import Alias, Tag
@@ -30,26 +26,16 @@ from tasks.registry import model_state
 from tasks.snapshot import take_snapshot
 from tasks.traffic import Replay
 from tasks.training import preprocessor, split_features, train
+from tests.conftest import QUICK_PROMOTION, register_versions, run_shipway, tuned, wait_for, write_profile
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 NAME = "churn-classifier"
-SHIPWAY = str(Path(sys.executable).with_name("shipway"))
 
 
 @pytest.fixture
-def fast(small, monkeypatch):
+def fast(small):
     """Promotion and gateway settings scaled for a test: small windows, quick polls."""
-    for key, value in {
-        "PROMOTION__MIN_REQUESTS": "60",
-        "PROMOTION__MIN_LABELED": "30",
-        "PROMOTION__STEP_SECONDS": "40",
-        "PROMOTION__CANARY_STEPS": "[0.25, 0.5]",
-        "PROMOTION__APPROVAL_TIMEOUT_SECONDS": "60",
-        "SERVING__POLL_INTERVAL_S": "0.3",
-        "DATA__DEMO_ROWS": "3000",
-    }.items():
-        monkeypatch.setenv(f"SHIPWAY_{key}", value)
-    return load_settings()
+    return tuned(small, **QUICK_PROMOTION)
 
 
 @pytest.fixture
@@ -75,15 +61,28 @@ def traffic(fast):
     assert replay.statuses.get(200, 0) == replay.answered > 0
 
 
-def Approver(settings, decisions: list[bool]) -> AutoApprover:
-    return AutoApprover(settings, NAME, decisions, reviewer="rita", comment="looked at it")
+@pytest.fixture
+def approve(fast):
+    """Start a reviewer answering the test's promotions; stopped at the end, so that one left with
+    decisions (its promotion stopped first) does not read the registry into the next test."""
+    started = []
+
+    def start(decisions: list[bool]) -> AutoApprover:
+        approver = AutoApprover(fast, NAME, decisions, reviewer="rita", comment="looked at it")
+        approver.start()
+        started.append(approver)
+        return approver
+
+    yield start
+    for approver in started:
+        approver.stop()
 
 
-def test_shadow_canary_and_two_approvals_take_the_version_to_production(fast, versions_1_and_2, traffic):
-    approver = Approver(fast, [True, True])
-    approver.start()
-    result = promotion_flow(NAME)
-    approver.join(5)
+def test_shadow_canary_and_two_approvals_take_the_version_to_production(
+    fast, versions_1_and_2, traffic, tmp_path, approve
+):
+    approver = approve([True, True])
+    result = promotion_flow(NAME, settings=fast)
 
     assert (result.version, result.previous) == ("2", "1")
     aliases, tags = model_state(fast, NAME)
@@ -101,78 +100,68 @@ def test_shadow_canary_and_two_approvals_take_the_version_to_production(fast, ve
     assert (approval["stage"], approval["decision"], approval["reviewer"]) == ("production", "approved", "rita")
     assert [e["stage"] for e in json.loads(approval["evidence"])] == stages  # what the reviewer saw is recorded
 
-    done = subprocess.run([SHIPWAY, "rollback", NAME, "--reason", "bad news"], capture_output=True, text=True)
+    config = write_profile(fast, tmp_path / "profile.yaml")
+    done = run_shipway("rollback", NAME, "--reason", "bad news", "--config", str(config), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "Production 2 -> 1 (bad news)" in done.stdout
     assert model_state(fast, NAME)[0] == {"Production": "1"}
 
 
-def test_a_rejection_stops_the_promotion_and_production_stays(fast, versions_1_and_2, traffic):
-    approver = Approver(fast, [False])
-    approver.start()
+def test_a_rejection_stops_the_promotion_and_production_stays(fast, versions_1_and_2, traffic, approve):
+    approve([False])
     with pytest.raises(PromotionRejected, match="shadow approval rejected by rita: looked at it"):
-        promotion_flow(NAME)
+        promotion_flow(NAME, settings=fast)
     assert model_state(fast, NAME)[0] == {"Production": "1"}  # the candidate left Shadow
     assert registry.get_version(fast, NAME, "2").tags["approval_shadow"] == "rejected"
     recorded = record.read(fast, NAME, record.APPROVALS)[-1]
     assert recorded["decision"] == "rejected" and json.loads(recorded["evidence"])[0]["stage"] == "shadow"
 
 
-def test_a_broken_canary_is_rolled_back_automatically(fast, versions_1_and_2, traffic, monkeypatch):
+def test_a_broken_canary_is_rolled_back_automatically(fast, versions_1_and_2, traffic, approve):
     trained, snapshot = versions_1_and_2
     X, y = split_features(snapshot.frame, TARGET)
     broken = Pipeline([("prep", preprocessor(X)), ("model", DummyClassifier(strategy="constant", constant=1))])
     bad = register(
         dataclasses.replace(trained, model=broken.fit(X, y)), snapshot, GitLineage("b" * 40, "main", False), fast
     )
-    monkeypatch.setenv("SHIPWAY_PROMOTION__MIN_AGREEMENT", "0")  # let it past Shadow: the canary must catch it
-    approver = Approver(fast, [True])
-    approver.start()
+    lenient = tuned(fast, promotion={"min_agreement": 0})  # let it past Shadow: the canary must catch it
+    approve([True])
     with pytest.raises(PromotionRejected, match="canary 25% breached: .*predicted class shares: largest shift"):
-        promotion_flow(NAME, version=bad.version)
+        promotion_flow(NAME, version=bad.version, settings=lenient)
     aliases, tags = model_state(fast, NAME)
     assert aliases == {"Production": "1"} and tags["canary_share"] == "0"
     assert "predicted class shares" in history(fast, NAME)[-1].reason
 
 
-def test_an_unanswered_approval_times_out_as_a_rejection(fast, monkeypatch):
-    monkeypatch.setenv("SHIPWAY_PROMOTION__APPROVAL_TIMEOUT_SECONDS", "2")
-    from tests.conftest import register_versions
-
+def test_an_unanswered_approval_times_out_as_a_rejection(fast):
     register_versions(fast, 1)
     move(fast, NAME, {Alias.SHADOW: "1"}, actor="test", reason="setup")
+    impatient = tuned(fast, promotion={"approval_timeout_seconds": 2})
     with pytest.raises(PromotionRejected, match="approval rejected by timeout: no answer in 2 s"):
-        promotion_flow(NAME)  # nothing in Production: straight to the approval
+        promotion_flow(NAME, settings=impatient)  # nothing in Production: straight to the approval
     assert model_state(fast, NAME)[0] == {}
     assert Tag.AWAITING_APPROVAL not in model_state(fast, NAME)[1]
 
 
 def test_two_promotions_of_one_model_never_interleave(fast):
-    from tests.conftest import register_versions
-
     register_versions(fast, 1)
     move(fast, NAME, {Alias.SHADOW: "1"}, actor="test", reason="setup")
-    first = threading.Thread(target=lambda: promotion_flow(NAME), daemon=True)
+    first = threading.Thread(target=lambda: promotion_flow(NAME, settings=fast), daemon=True)
     first.start()
-    deadline = time.monotonic() + 60
-    while Tag.AWAITING_APPROVAL not in model_state(fast, NAME)[1]:
-        assert time.monotonic() < deadline, "the first promotion never paused"
-        time.sleep(0.2)
+    wait_for(lambda: Tag.AWAITING_APPROVAL in model_state(fast, NAME)[1], 60, "the first promotion to pause", 0.2)
     waiting = json.loads(model_state(fast, NAME)[1][Tag.AWAITING_APPROVAL])
     holder = f"flow run {waiting['run_id']} \\(promote-{NAME}-{Store.of(fast).key}\\)"  # names the store too
     with pytest.raises(
         PromotionBusy, match=f"another promotion of '{NAME}' is in progress: {holder}, pid {os.getpid()}"
     ):
-        promotion_flow(NAME)
+        promotion_flow(NAME, settings=fast)
     time.sleep(1.5)
     answer(waiting["run_id"], approve=True, reviewer="rita", comment="")
     first.join(60)
     assert model_state(fast, NAME)[0] == {"Production": "1"}
 
 
-def test_a_promotion_cut_short_is_undone_and_the_next_one_starts_cleanly(fast, monkeypatch):
-    from tests.conftest import register_versions
-
+def test_a_promotion_cut_short_is_undone_and_the_next_one_starts_cleanly(fast, monkeypatch, approve):
     register_versions(fast, 1)
     move(fast, NAME, {Alias.SHADOW: "1"}, actor="test", reason="setup")
     real_delete = registry.delete_alias
@@ -181,17 +170,15 @@ def test_a_promotion_cut_short_is_undone_and_the_next_one_starts_cleanly(fast, m
         raise ConnectionError("the tracking server went away")
 
     monkeypatch.setattr(registry, "delete_alias", crash)
-    approver = Approver(fast, [True])
-    approver.start()
+    approve([True])
     with pytest.raises(ConnectionError):
-        promotion_flow(NAME)
+        promotion_flow(NAME, settings=fast)
     aliases, tags = model_state(fast, NAME)
     assert Tag.PROMOTION_PENDING in tags and aliases["Production"] == "1"  # half applied
 
     monkeypatch.setattr(registry, "delete_alias", real_delete)
-    approver = Approver(fast, [True])
-    approver.start()
-    promotion_flow(NAME)
+    approve([True])
+    promotion_flow(NAME, settings=fast)
     assert model_state(fast, NAME)[0] == {"Production": "1"}
     assert any("did not finish" in t.reason for t in history(fast, NAME))
 
@@ -203,9 +190,7 @@ def test_approve_names_what_is_wrong_with_the_run_id(fast):
         answer("00000000-0000-0000-0000-000000000000", approve=True, reviewer="r", comment="")
 
 
-def test_status_lists_the_waiting_approval_and_the_history(fast):
-    from tests.conftest import register_versions
-
+def test_status_lists_the_waiting_approval_and_the_history(fast, tmp_path):
     register_versions(fast, 1)
     move(fast, NAME, {Alias.SHADOW: "1"}, actor="alice", reason="trained")
     registry.set_model_tag(
@@ -214,7 +199,7 @@ def test_status_lists_the_waiting_approval_and_the_history(fast):
         Tag.AWAITING_APPROVAL,
         json.dumps({"run_id": "1234", "stage": "shadow", "version": "1", "since": "2026-11-25T20:00:00+00:00"}),
     )
-    done = subprocess.run([SHIPWAY, "status", NAME], capture_output=True, text=True, cwd=Path.cwd())
+    done = run_shipway("status", NAME, "--config", str(write_profile(fast, tmp_path / "profile.yaml")), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "waiting for approval: version 1 (shadow)" in done.stdout and "shipway approve 1234" in done.stdout
     assert "Shadow" in done.stdout and "by alice: trained" in done.stdout

@@ -1,3 +1,4 @@
+import importlib.metadata
 import subprocess
 
 import mlflow
@@ -67,9 +68,20 @@ def test_unknown_model_names_the_known_ones(small, registered):
 
 
 def test_requirements_are_pinned_to_what_is_installed():
-    requirements = registration.pip_requirements()
-    assert any(r.startswith("scikit-learn==") for r in requirements)
-    assert all("==" in r for r in requirements)
+    import pandas
+    import sklearn
+    from packaging.requirements import Requirement
+
+    pinned = {}
+    for line in registration.pip_requirements():
+        requirement = Requirement(line)
+        (specifier,) = requirement.specifier  # exactly one: ==VERSION
+        assert specifier.operator == "==", line
+        pinned[requirement.name] = specifier.version
+    assert set(pinned) == set(registration.SERVING_REQUIREMENTS)
+    assert pinned == {name: importlib.metadata.version(name) for name in pinned}
+    # and the libraries this process trains with are those very versions
+    assert (pinned["scikit-learn"], pinned["pandas"]) == (sklearn.__version__, pandas.__version__)
 
 
 def test_git_lineage_is_the_checkout_of_the_training_code():

@@ -16,16 +16,16 @@ from tasks.registration import register
 from tasks.snapshot import read_snapshot, take_snapshot, write_snapshot
 from tasks.storage import open_store
 from tasks.training import train
+from tests.conftest import tuned
 
 
 @pytest.fixture
 def on_s3(settings, s3_endpoint, s3_bucket) -> Settings:
-    return settings.model_copy(
-        update={
-            "s3": settings.s3.model_copy(update={"endpoint_url": s3_endpoint}),
-            "snapshots": settings.snapshots.model_copy(update={"store": f"s3://{s3_bucket}/snapshots"}),
-            "data": settings.data.model_copy(update={"demo_rows": 2_000}),
-        }
+    return tuned(
+        settings,
+        s3={"endpoint_url": s3_endpoint},
+        snapshots={"store": f"s3://{s3_bucket}/snapshots"},
+        data={"demo_rows": 2_000},
     )
 
 
@@ -99,9 +99,7 @@ def test_training_data_from_an_s3_object(on_s3, s3, s3_bucket):
 
 
 def test_mlflow_artifacts_on_s3(on_s3, s3, s3_bucket):
-    settings = on_s3.model_copy(
-        update={"mlflow": on_s3.mlflow.model_copy(update={"artifact_location": f"s3://{s3_bucket}/mlflow"})}
-    )
+    settings = tuned(on_s3, mlflow={"artifact_location": f"s3://{s3_bucket}/mlflow"})
     snap = take_snapshot("demo", settings, TARGET)
     trained = train(snap.frame, TARGET, settings.training)
     registered = register(trained, snap, GitLineage("c" * 40, "main", False), settings)

@@ -25,7 +25,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from configs.settings import Settings, load_settings
+from configs.settings import Settings
 from core.vocabulary import Alias
 from serving import shadow as shadow_module
 from serving.prediction_log import read_feedback, read_window
@@ -36,9 +36,13 @@ from tasks.registration import register
 from tasks.registry import connect, set_alias, set_canary_share
 from tasks.snapshot import take_snapshot
 from tasks.training import TrainedModel, train
+from tests.conftest import embedded, tuned, wait_for
 
 LINEAGE = GitLineage("c" * 40, "main", False)
 ROLES = (Alias.PRODUCTION, Alias.CANARY, Alias.SHADOW, Alias.PREVIOUS)
+# A shadow process's cold start (its imports, then loading the version) took ~16 s on a loaded
+# 2-core machine: tests wait for it to report, with room, rather than for a fixed short time.
+SHADOW_READY_S = 120
 
 
 class Misbehaving(mlflow.pyfunc.PythonModel):
@@ -91,24 +95,18 @@ def register_misbehaving(
 
 @pytest.fixture(scope="module")
 def reg(tmp_path_factory) -> Registry:
-    root = tmp_path_factory.mktemp("serving")
-    with pytest.MonkeyPatch.context() as mp:
-        for var in [v for v in os.environ if v.startswith("SHIPWAY_")]:
-            mp.delenv(var)
-        settings = load_settings(cwd=root)
-    serving = settings.serving.model_copy(
-        # state_dir "": every gateway of this module starts from the registry (tests/test_local_state.py
-        # covers restarts from the local state)
-        update={
+    # state_dir "": every gateway of this module starts from the registry (tests/test_local_state.py
+    # covers restarts from the local state)
+    settings = tuned(
+        embedded(tmp_path_factory.mktemp("serving")),
+        data={"demo_rows": 3000},
+        serving={
             "poll_interval_s": 0.1,
             "timeout_ms": 300,
             "log_flush_interval_s": 0.05,
             "bench_requests": 200,
             "state_dir": "",
-        }
-    )
-    settings = settings.model_copy(
-        update={"data": settings.data.model_copy(update={"demo_rows": 3000}), "serving": serving}
+        },
     )
     snapshot = take_snapshot("demo", settings, TARGET)
     trained = train(snapshot.frame, TARGET, settings.training)
@@ -143,13 +141,7 @@ def point(reg: Registry, share: float = 0.0, **aliases: str) -> None:
 
 def logged(reg: Registry, tmp_path: Path, **serving) -> Settings:
     """The module's settings with a prediction log of this test's own, and serving overrides."""
-    url = f"sqlite:///{tmp_path}/predictions.db"
-    return reg.settings.model_copy(
-        update={
-            "prediction_log": reg.settings.prediction_log.model_copy(update={"url": url}),
-            "serving": reg.settings.serving.model_copy(update=serving),
-        }
-    )
+    return tuned(reg.settings, prediction_log={"url": f"sqlite:///{tmp_path}/predictions.db"}, serving=serving)
 
 
 def rows(reg: Registry, n: int, start: int = 0) -> pd.DataFrame:
@@ -162,17 +154,6 @@ def records(frame: pd.DataFrame) -> list[dict]:
 
 def invoke(client: httpx.Client, frame: pd.DataFrame, **headers) -> httpx.Response:
     return client.post("/invocations", json={"dataframe_records": records(frame)}, headers=headers)
-
-
-def wait_for(check, timeout: float = 15.0):
-    """Poll until `check()` is truthy (the gateway polls the registry on its own schedule)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def serving_version(client: httpx.Client, alias: str = "Production") -> str | None:
@@ -329,7 +310,7 @@ def test_a_slow_shadow_never_delays_an_answer_and_is_logged_by_request_id(reg, t
         assert backlog >= 3
         assert {a.headers["x-model-role"] for a in answers} == {"production"}
         ids = [a.headers["x-request-id"] for a in answers[:2]]
-        wait_for(lambda: _settled(client), timeout=60)
+        wait_for(lambda: _settled(client), SHADOW_READY_S)
         time.sleep(0.5)
         metrics = client.get("/metrics").text
     log = log_of(settings)
@@ -349,7 +330,10 @@ def test_a_failing_shadow_never_breaks_an_answer(reg, tmp_path):
         answers = [invoke(client, rows(reg, 3, i)) for i in range(4)]
         assert {a.status_code for a in answers} == {200}
         assert {a.headers["x-model-role"] for a in answers} == {"production"}
-        wait_for(lambda: 'outcome="error"} 4.0' in client.get("/metrics").text)
+        wait_for(lambda: _settled(client), SHADOW_READY_S, "the shadow process to report all 4 requests")
+        assert f'shipway_shadow_predictions_total{{model_version="{reg.raising}",outcome="error"}} 4.0' in (
+            client.get("/metrics").text
+        )
     log = log_of(settings)
     shadow = log[log.role == "shadow"]
     assert len(shadow) == 4 and shadow.prediction.isna().all()
@@ -362,7 +346,7 @@ def test_the_shadow_runs_in_a_process_of_its_own_that_comes_back_after_a_crash(r
     settings = logged(reg, tmp_path)
     with running(settings) as url, httpx.Client(base_url=url) as client:
         before = [invoke(client, rows(reg, 1, i)).headers["x-request-id"] for i in range(5)]
-        status = wait_for(lambda: _settled(client), timeout=60)
+        status = wait_for(lambda: _settled(client), SHADOW_READY_S)
         assert status["state"] == "running" and status["pid"] not in (None, os.getpid())
         wait_for(lambda: set(before) <= _shadow_ids(settings))  # written: a crash loses only queued rows
         os.kill(status["pid"], signal.SIGKILL)
@@ -374,7 +358,7 @@ def test_the_shadow_runs_in_a_process_of_its_own_that_comes_back_after_a_crash(r
         time.sleep(1.0)
         after = [invoke(client, rows(reg, 1, i)) for i in range(6, 10)]  # the first starts a new process
         assert {a.status_code for a in after} == {200}
-        restarted = wait_for(lambda: _settled(client), timeout=60)
+        restarted = wait_for(lambda: _settled(client), SHADOW_READY_S)
         assert restarted["pid"] != status["pid"]
         time.sleep(1.0)  # the log's flush interval
     log = log_of(settings)
@@ -399,7 +383,7 @@ def test_a_full_shadow_backlog_skips_and_counts_requests_and_never_delays_answer
         assert {a.status_code for a in answers} == {200}
         assert elapsed < 0.3 * 2  # two mirrored requests take the Shadow 0.6 s
         assert "shipway_shadow_skipped_total 6.0" in client.get("/metrics").text
-        wait_for(lambda: _settled(client), timeout=60)
+        wait_for(lambda: _settled(client), SHADOW_READY_S)
         time.sleep(0.5)
     assert _shadow_ids(settings) == {a.headers["x-request-id"] for a in answers[:2]}
 
@@ -410,7 +394,7 @@ def test_shutdown_gives_the_shadow_a_grace_period_then_keeps_what_it_did(reg, tm
     settings = logged(reg, tmp_path)
     with running(settings) as url, httpx.Client(base_url=url) as client:
         assert invoke(client, rows(reg, 1)).status_code == 200  # starts the shadow process
-        wait_for(lambda: _settled(client), timeout=60)
+        wait_for(lambda: _settled(client), SHADOW_READY_S)
         answers = [invoke(client, rows(reg, 1, i)) for i in range(30)]  # 9 s of Shadow work
         stopping = time.perf_counter()
     took = time.perf_counter() - stopping

@@ -23,7 +23,7 @@ from tasks.registration import register
 from tasks.registry import set_alias
 from tasks.snapshot import take_snapshot
 from tasks.training import train
-from tests.conftest import PG_SERVER, postgres_databases
+from tests.conftest import PG_SERVER, postgres_databases, tuned
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +53,12 @@ def test_unsupported_or_inexact_models_are_served_by_sklearn_and_say_why(frame):
 
 @pytest.fixture
 def hgb_registered(settings):
-    settings = settings.model_copy(update={
-        "data": settings.data.model_copy(update={"demo_rows": 2000}),
-        "training": settings.training.model_copy(update={"estimator": "hist_gradient_boosting", "params": {"max_iter": 20}}),
-        "serving": settings.serving.model_copy(update={"bench_requests": 100, "latency_budget_p99_ms": 60_000}),
-    })  # fmt: skip
+    settings = tuned(
+        settings,
+        data={"demo_rows": 2000},
+        training={"estimator": "hist_gradient_boosting", "params": {"max_iter": 20}},
+        serving={"bench_requests": 100, "latency_budget_p99_ms": 60_000},
+    )
     snapshot = take_snapshot("demo", settings, TARGET)
     trained = train(snapshot.frame, TARGET, settings.training)
     reg = register(trained, snapshot, GitLineage("d" * 40, "main", False), settings)

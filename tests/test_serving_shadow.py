@@ -24,6 +24,7 @@ from serving.schema import Batch, Schema, parse
 from tasks.compile import compile_pipeline
 from tasks.demo_data import TARGET, generate
 from tasks.training import train
+from tests.conftest import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +109,7 @@ def test_a_full_batch_is_written_before_the_flush_interval(tmp_path):
         time.sleep(0.3)
         assert plog.written == 0  # three rows wait for the interval (or close)
         plog.add(Prediction("r3", ts, "m", "1", "production", None, [{"x": 3}], [0], 0.1, None))
-        deadline = time.monotonic() + 15
-        while plog.written < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert plog.written == 4
+        wait_for(lambda: plog.written == 4, what="the full batch to be written")
     finally:
         plog.close()
     assert len(read_window(url, ts, ts + timedelta(seconds=1))) == 4

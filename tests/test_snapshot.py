@@ -10,6 +10,7 @@ from tasks import snapshot as snap
 from tasks.demo_data import generate
 from tasks.snapshot import canonicalize, content_hash, read_snapshot, take_snapshot, write_snapshot
 from tasks.storage import LocalStore
+from tests.conftest import tuned
 
 
 @pytest.fixture
@@ -187,9 +188,7 @@ def test_take_snapshot_of_a_file_and_of_the_demo(settings, tmp_path, frame):
     from_file = take_snapshot(str(tmp_path / "d.csv"), settings, target="churned")
     assert from_file.manifest.source == str(tmp_path / "d.csv")
     assert from_file.uri.startswith(str(tmp_path / ".shipway" / "snapshots"))
-    demo = take_snapshot(
-        "demo", settings.model_copy(update={"data": settings.data.model_copy(update={"demo_rows": 300})})
-    )
+    demo = take_snapshot("demo", tuned(settings, data={"demo_rows": 300}))
     assert demo.manifest.rows == 300
 
 

@@ -44,10 +44,26 @@ def test_one_row_at_a_time_gives_the_batch_answer(trained):
 
 
 def test_unseen_categories_and_nulls_at_serving_do_not_break_the_model(trained):
-    rows = trained.X_holdout.head(3).copy()
+    """An unseen plan scores as a row with no plan at all (its one-hot columns zero: the encoder
+    ignores it) and a null charge as the training median (the imputer's): valid labels, the same
+    probabilities as the pipeline gives those rows spelled out by hand, every time."""
+    rows = trained.X_holdout.head(20).copy()
     rows["plan"] = "platinum"
     rows["monthly_charges"] = np.nan
-    assert trained.model.predict_proba(rows).shape == (3, 2)
+    proba = trained.model.predict_proba(rows)
+    labels = trained.model.predict(rows)
+    assert np.isfinite(proba).all() and np.allclose(proba.sum(axis=1), 1.0)
+    assert set(labels) <= set(trained.model.classes_)
+
+    preprocess, model = trained.model.named_steps["preprocess"], trained.model.named_steps["model"]
+    numeric = preprocess.named_transformers_["numeric"]
+    median = numeric.named_steps["impute"].statistics_[list(numeric.feature_names_in_).index("monthly_charges")]
+    spelled_out = rows.assign(plan=trained.X_holdout["plan"].head(20), monthly_charges=median)
+    encoded = pd.DataFrame(preprocess.transform(spelled_out), columns=preprocess.get_feature_names_out())
+    encoded[[c for c in encoded.columns if c.startswith("plan_")]] = 0.0  # what "ignore" does to an unseen plan
+    np.testing.assert_allclose(proba, model.predict_proba(encoded.to_numpy()))
+    assert labels.tolist() == model.predict(encoded.to_numpy()).tolist()
+    np.testing.assert_array_equal(trained.model.predict_proba(rows), proba)  # deterministic
 
 
 def test_holdout_metrics_and_a_baseline_the_model_beats(trained):

@@ -14,27 +14,26 @@ from tasks.registration import register_task
 from tasks.registry import versions
 from tasks.snapshot import snapshot_task
 from tasks.training import train_task
-from tests.conftest import REPO
+from tests.conftest import REPO, tuned, write_profile
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
 @pytest.fixture
-def small(settings, monkeypatch):
-    monkeypatch.setenv("SHIPWAY_DATA__DEMO_ROWS", "3000")
-    monkeypatch.setenv("SHIPWAY_SERVING__BENCH_REQUESTS", "100")
-    return settings
+def quick(small):
+    """3,000 demo rows and a short benchmark."""
+    return tuned(small, serving={"bench_requests": 100})
 
 
 def git(*args: str) -> str:
     return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_flow_registers_a_version_with_every_lineage_tag_and_makes_it_shadow(small):
-    result = training_flow(data="demo")
+def test_flow_registers_a_version_with_every_lineage_tag_and_makes_it_shadow(quick):
+    result = training_flow(data="demo", settings=quick)
     assert (result.model_name, result.version) == ("churn-classifier", "1")
     assert set(result.timings) == {"snapshot", "gate", "train", "register", "quality", "contract", "bench", "alias"}
-    found, aliases = versions(small, result.model_name)
+    found, aliases = versions(quick, result.model_name)
     assert aliases == {"Shadow": "1"}
     tags = found[0].tags
     assert tags["git_commit"] == git("rev-parse", "HEAD")
@@ -47,9 +46,9 @@ def test_flow_registers_a_version_with_every_lineage_tag_and_makes_it_shadow(sma
     assert {"latency_p50_ms", "latency_p95_ms", "latency_p99_ms"} <= set(tags) and tags["latency_gate"] == "passed"
     assert tags["serving_format"] == "onnx" and tags["onnx_parity"].startswith("passed")
 
-    again = training_flow(data="demo")
+    again = training_flow(data="demo", settings=quick)
     assert (again.version, again.snapshot_id, again.snapshot_reused) == ("2", result.snapshot_id, True)
-    assert versions(small, result.model_name)[1] == {"Shadow": "2"}
+    assert versions(quick, result.model_name)[1] == {"Shadow": "2"}
 
 
 def test_only_io_tasks_retry():
@@ -57,26 +56,29 @@ def test_only_io_tasks_retry():
     assert train_task.retries == 0
 
 
-def test_cli_train_prints_name_version_and_snapshot_then_status_shows_lineage(small, tmp_path):
+def test_cli_train_prints_name_version_and_snapshot_then_status_shows_lineage(quick, tmp_path):
     generate(2_000, seed=8).rename(columns={"churned": "left"}).to_csv(tmp_path / "customers.csv", index=False)
+    config = ["--config", str(write_profile(quick, tmp_path / "profile.yaml"))]
     runner = CliRunner()
-    trained = runner.invoke(cli, ["train", "--data", str(tmp_path / "customers.csv"), "--target", "left", "--json"])
+    trained = runner.invoke(
+        cli, ["train", "--data", str(tmp_path / "customers.csv"), "--target", "left", "--json", *config]
+    )
     assert trained.exit_code == 0, trained.output
     result = json.loads(trained.stdout)
     assert result["model_name"] == "churn-classifier" and result["version"] == "1"
     assert len(result["snapshot_id"]) == 64
 
-    shown = runner.invoke(cli, ["train", "--data", str(tmp_path / "customers.csv"), "--target", "left"])
+    shown = runner.invoke(cli, ["train", "--data", str(tmp_path / "customers.csv"), "--target", "left", *config])
     assert shown.exit_code == 0
     assert "churn-classifier version 2 is now Shadow" in shown.stdout
     assert result["snapshot_id"] in shown.stdout and "reused" in shown.stdout
 
-    status = runner.invoke(cli, ["status", "churn-classifier"])
+    status = runner.invoke(cli, ["status", "churn-classifier", *config])
     assert status.exit_code == 0
     assert "version 2 (Shadow) lineage" in status.stdout
     assert f"data_snapshot_id       {result['snapshot_id']}" in status.stdout
     assert "target                 left" in status.stdout
-    listed = json.loads(runner.invoke(cli, ["status", "churn-classifier", "--json"]).stdout)
+    listed = json.loads(runner.invoke(cli, ["status", "churn-classifier", "--json", *config]).stdout)
     assert [v["version"] for v in listed["versions"]] == ["2", "1"]
     assert listed["aliases"] == {"Shadow": "2"}
 
@@ -91,7 +93,7 @@ def test_cli_train_prints_name_version_and_snapshot_then_status_shows_lineage(sm
         ("a,b\n1,2\n3,4\n5,4\n", ["--target", "b"], "class 2 of target 'b' has only 1 row; every class needs"),
     ],
 )
-def test_cli_bad_data_exits_2_with_one_line(small, tmp_path, content, args, message):
+def test_cli_bad_data_exits_2_with_one_line(settings, tmp_path, content, args, message):
     path = tmp_path / "bad.csv"
     path.write_text(content)
     result = CliRunner().invoke(cli, ["train", "--data", str(path), *args])

@@ -1,12 +1,10 @@
 """`shipway validate` as a user runs it: exit codes, report files, folders of batches, --reference, MLflow."""
 
 import json
-import os
 
 import pytest
 from click.testing import CliRunner
 
-from configs.settings import load_settings
 from core.vocabulary import Alias
 from flows.cli import cli
 from tasks.demo_data import Drift, generate
@@ -17,7 +15,7 @@ from tasks.registry import log_contract, set_alias, versions
 from tasks.snapshot import write_snapshot
 from tasks.storage import open_store
 from tasks.training import train
-from tests.test_cli import run
+from tests.conftest import embedded, run_shipway, write_profile
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +25,11 @@ def home(tmp_path_factory):
     """The working dir: a snapshot, and version 1 of churn-classifier trained on it with its contract,
     as Production. Built once per module: training and registering take seconds."""
     home = tmp_path_factory.mktemp("validate")
-    saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("SHIPWAY_")]}
-    settings = load_settings(cwd=home)
+    settings = embedded(home)
     snapshot = write_snapshot(generate(4_000, seed=1), "demo", open_store(settings.snapshots.store, settings.s3))
     registered = register(train(snapshot.frame, "churned", settings.training), snapshot, git_lineage(), settings)
     log_contract(settings, registered.name, registered.version, contract_for_snapshot(settings, snapshot, "churned"))
     set_alias(settings, registered.name, Alias.PRODUCTION, registered.version)
-    os.environ.update(saved)
     return home, settings, snapshot
 
 
@@ -49,7 +45,7 @@ def batches(home, tmp_path, monkeypatch):
 
 
 def shipway(home, *args):
-    return run(*map(str, args), cwd=home[0])
+    return run_shipway(*map(str, args), cwd=home[0])
 
 
 def test_a_clean_batch_exits_0_and_writes_the_report(home, batches):
@@ -153,14 +149,9 @@ def test_bad_usage_or_unreadable_input_exits_2(home, batches, monkeypatch, args,
 
 
 def profile(home):
-    """A profile whose paths point at the module's working dir, for commands run elsewhere."""
+    """The module's settings as a profile, for commands run in another directory."""
     root, settings, _ = home
-    path = root / "profile.yaml"
-    path.write_text(
-        f"mlflow:\n  tracking_uri: {settings.mlflow.tracking_uri}\n  artifact_location: {settings.mlflow.artifact_location}\n"
-        f"snapshots:\n  store: {settings.snapshots.store}\n"
-    )
-    return path
+    return write_profile(settings, root / "profile.yaml")
 
 
 def test_a_batch_with_no_rows_is_a_failed_report_not_an_error(home, batches, monkeypatch):

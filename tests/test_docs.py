@@ -1,0 +1,169 @@
+"""The docs follow the code: the configuration reference is what the settings' schema generates,
+every setting is described, every error message docs/troubleshooting.md lists is one the code
+still raises, and every relative link in the docs leads to a file."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from configs.reference import DOC, render
+from configs.settings import Settings
+from tests.conftest import REPO
+
+CODE = ["core", "configs", "expectations", "flows", "serving", "tasks"]
+TROUBLESHOOTING = REPO / "docs" / "troubleshooting.md"
+# A placeholder in a documented message: <what>, '<what>', "<what>" or `...` (free text).
+PLACEHOLDER = re.compile(r"""(['"]?)<[a-z][a-z0-9 _.,/-]*>\1|\.\.\.""")
+HOLE = re.compile(r"%[-+ #0-9.]*[sdrfg]|\{[^{}]*\}")  # %-style and str.format fields in plain strings
+
+
+def test_every_setting_has_a_description():
+    missing = [
+        f"{section}.{key}"
+        for section, field in Settings.model_fields.items()
+        for key, leaf in field.annotation.model_fields.items()
+        if not (leaf.description or "").strip()
+    ]
+    assert missing == []
+
+
+def test_the_configuration_reference_is_what_the_settings_generate():
+    assert DOC.read_text() == render(DOC.read_text()), (
+        "docs/configuration.md is out of date: run `python -m configs.reference`"
+    )
+
+
+def documented_messages() -> list[str]:
+    """Every message docs/troubleshooting.md lists: each `code span` in the first cell of a table row."""
+    messages = []
+    for line in TROUBLESHOOTING.read_text().splitlines():
+        if not line.startswith("| ") or line.startswith(("| message", "| ---")):
+            continue
+        first = line[2:].split(" | ", 1)[0]
+        messages += re.findall(r"`([^`]+)`", first)
+    return messages
+
+
+def fragments(message: str) -> list[str]:
+    """The literal parts of a documented message: what the code must hold word for word."""
+    return [part for part in PLACEHOLDER.split(message) if part and re.search(r"[A-Za-z]", part)]
+
+
+def code_pieces() -> set[str]:
+    """The literal text of every string in the code: an f-string's parts between its fields, a plain
+    string's parts between its %-style or format fields."""
+    pieces: set[str] = set()
+    for package in CODE:
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.JoinedStr):
+                    pieces |= {v.value for v in node.values if isinstance(v, ast.Constant)}
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    pieces |= set(HOLE.split(node.value))
+    return pieces
+
+
+def test_troubleshooting_lists_messages_in_the_documented_form():
+    messages = documented_messages()
+    assert len(messages) >= 40  # the whole list was read, not one section of it
+    assert all(fragments(m) for m in messages), "a message made only of placeholders says nothing"
+
+
+def test_every_documented_error_message_is_still_in_the_code():
+    code = CodeText()
+    gone = {message: [part for part in fragments(message) if not code.has(part)] for message in documented_messages()}
+    assert {m: parts for m, parts in gone.items() if parts} == {}, (
+        "docs/troubleshooting.md lists messages the code no longer has (fragments not found)"
+    )
+
+
+class CodeText:
+    """The code's string pieces. A message the code puts together from several strings (a prefix and
+    a reason) is found too: a fragment may run from the end of one piece through whole pieces into
+    the start of another, but it may join pieces only where they end and begin."""
+
+    def __init__(self):
+        self.pieces = code_pieces()
+        self.suffixes = {p[i:] for p in self.pieces for i in range(len(p))}
+        self.prefixes = {p[:i] for p in self.pieces for i in range(1, len(p) + 1)}
+
+    def has(self, fragment: str) -> bool:
+        if any(fragment in piece for piece in self.pieces):
+            return True
+        n = len(fragment)
+        joins = [i for i in range(1, n) if not (fragment[i - 1].isalnum() and fragment[i].isalnum())]  # not mid-word
+        reached = [i for i in joins if fragment[:i] in self.suffixes]
+        seen = set(reached)
+        while reached:
+            i = reached.pop()
+            if fragment[i:] in self.prefixes:
+                return True
+            for j in joins:
+                if j > i and j not in seen and fragment[i:j] in self.pieces:
+                    seen.add(j)
+                    reached.append(j)
+        return False
+
+
+def test_a_fragment_may_join_pieces_only_where_they_end_and_begin():
+    code = CodeText.__new__(CodeText)
+    code.pieces = {"promotion of ", " stopped: ", "canary ", " breached: ", "x"}
+    code.suffixes = {p[i:] for p in code.pieces for i in range(len(p))}
+    code.prefixes = {p[:i] for p in code.pieces for i in range(1, len(p) + 1)}
+    assert code.has(" stopped: canary ") and code.has("of  stopped: can")
+    assert not code.has(" stopped: the canary ")  # a word the code does not have
+    assert not code.has("promotion  stopped")  # "promotion " does not end a piece
+    assert not code.has(" stopped: canaryx")  # nor do pieces join inside a word
+
+
+def test_the_placeholder_reading_of_a_message():
+    message = "promotion of '<name>' version <n> stopped: canary <share> breached: ..."
+    assert fragments(message) == ["promotion of ", " version ", " stopped: canary ", " breached: "]
+
+
+DOCS = [
+    REPO / "README.md",
+    REPO / "CONTRIBUTING.md",
+    REPO / "docker" / "README.md",
+    *sorted((REPO / "docs").glob("*.md")),
+]
+# Written on other branches at the same time; the README's index already names them.
+PENDING = {"docs/bring-your-own-model.md", "docs/quality-gate.md", "docs/gate-joint.md", "docs/compatibility.md"}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_relative_links_lead_to_files_and_headings(doc):
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+        if re.match(r"[a-z]+:", target):
+            continue
+        file, _, anchor = target.partition("#")
+        path = (doc.parent / file).resolve() if file else doc
+        if str(path.relative_to(REPO)) in PENDING:
+            continue
+        if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
+            broken.append(target)
+    assert broken == []
+
+
+def anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lowercase, punctuation dropped, spaces to dashes (code blocks skipped)."""
+    found, fenced = set(), False
+    for line in path.read_text().splitlines():
+        fenced ^= line.startswith("```")
+        if line.startswith("#") and not fenced:
+            found.add(re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-"))
+    return found
+
+
+def test_the_readme_stays_short_and_starts_with_the_two_commands():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.encode()) <= 12 * 1024
+    setup = "python3 -m venv .venv && .venv/bin/pip install -q 'uv>=0.13' && .venv/bin/uv sync --frozen --inexact"
+    commands = [line for line in readme.splitlines() if line.startswith(setup)]
+    assert commands == [f"{setup} && .venv/bin/shipway demo", f"{setup} && .venv/bin/pytest"]
+    assert commands[1] in (REPO / ".ci" / "run").read_text()  # CI runs the README's test command
