@@ -14,7 +14,7 @@ from core.vocabulary import Alias
 from tasks.aliases import alias_task
 from tasks.benchmark import bench_task
 from tasks.gate import contract_task, gate_task
-from tasks.lineage import git_lineage
+from tasks.lineage import project_lineage
 from tasks.registration import register_task
 from tasks.snapshot import snapshot_task
 from tasks.training import train_task
@@ -29,6 +29,7 @@ class TrainingResult:
     snapshot_uri: str
     snapshot_reused: bool
     metrics: dict[str, float]
+    task: str = ""  # binary, multiclass or regression (training.task, resolved)
     gate: str = "not_gated"  # pass, warn, overridden, or not_gated (no Production version yet)
     contract_uri: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step, orchestration included
@@ -57,11 +58,11 @@ def training_flow(
     with _timed(timings, "gate"):
         gate = gate_task(settings, snapshot, force_gate, reason)
     with _timed(timings, "train"):
-        trained = train_task(snapshot.frame, target, settings.training)
+        trained = train_task(snapshot.frame, target, settings.training, settings.data)
     with _timed(timings, "register"):
-        registered = register_task(trained, snapshot, git_lineage(), settings)
+        registered = register_task(trained, snapshot, project_lineage(settings.training), settings)
     with _timed(timings, "contract"):
-        contract_uri = contract_task(settings, snapshot, target, registered, gate)
+        contract_uri = contract_task(settings, snapshot, target, registered, gate, trained.features)
     with _timed(timings, "bench"):
         bench_task(settings, registered.name, registered.version)  # over the p99 budget: no Shadow
     with _timed(timings, "alias"):
@@ -82,6 +83,7 @@ def training_flow(
         snapshot_uri=snapshot.uri,
         snapshot_reused=not snapshot.created,
         metrics=trained.metrics,
+        task=trained.task.value,
         gate=gate.verdict,
         contract_uri=contract_uri,
         timings=timings,
