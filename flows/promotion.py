@@ -31,7 +31,7 @@ from flows.artifacts import artifact_key
 from serving.prediction_log import read_feedback, read_window
 from tasks import registry
 from tasks.aliases import move, recover
-from tasks.analysis import Analysis, canary_analysis, shadow_analysis
+from tasks.analysis import Analysis, canary_analysis, predicted_classes, shadow_analysis
 from tasks.gate import gate, reference_for_model
 from tasks.monitoring import served_inputs
 
@@ -133,6 +133,7 @@ def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
         drift = gate(
             inputs, reference_for_model(settings, f"{name}/{version}"), settings, "shadow traffic"
         ).verdict.value
+    log = predicted_classes(log, registry.probability_classes(settings, name, log["model_version"].unique()))
     return shadow_analysis(log, settings.promotion, drift_verdict=drift)
 
 
@@ -145,6 +146,7 @@ def canary_task(settings: Settings, name: str, version: str, share: float) -> An
     log = _traffic(settings, name, since, enough)
     log = log[log["role"] != "shadow"]
     feedback = read_feedback(settings.prediction_log.url, log["request_id"])
+    log = predicted_classes(log, registry.probability_classes(settings, name, log["model_version"].unique()))
     return canary_analysis(log, feedback, settings.promotion, f"canary {share:.0%}")
 
 
