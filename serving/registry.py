@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from configs.settings import Settings
-from core.code_path import importable
 from core.errors import RegistryError
 from core.refs import ModelRef
 from core.tracking import Store, client, registered_model
@@ -63,7 +62,6 @@ class RegistryReader:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        importable(settings.training.code_path)  # models may hold classes of the user's own code
         self.store = Store.of(settings)
         self.client = client(self.store, create=False)
 

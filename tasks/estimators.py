@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -28,7 +30,6 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
 
 from configs.settings import SearchSettings, TrainingSettings
-from core.code_path import importable
 from core.errors import ConfigError
 from core.vocabulary import Task
 
@@ -82,6 +83,13 @@ def built_in(cls: type[BaseEstimator], name: str, params: dict[str, Any], seed: 
         return cls(**params)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"training.params: {exc}") from None
+
+
+def importable(code_path: list[str]) -> None:
+    """The working directory and `training.code_path` on sys.path, first, once each."""
+    for folder in [*reversed(code_path), str(Path.cwd())]:
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
 
 
 def load_object(path: str, code_path: list[str]) -> Any:

@@ -5,6 +5,7 @@ description, so that no version is ever visible without them."""
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from configs.settings import Settings
 from core.vocabulary import Tag
 from tasks.compile import compile_pipeline
-from tasks.lineage import GitLineage, config_hash, config_yaml, shipway_version
+from tasks.lineage import CODE_DIR, GitLineage, config_hash, config_yaml, shipway_version
 from tasks.registry import connect
 from tasks.retries import retry_on_io
 from tasks.snapshot import Snapshot
@@ -61,6 +62,25 @@ def trusted_types(model: Any) -> list[str]:
     import skops.io  # ~1 s to import: only registration needs it, not the gateway or the readers
 
     return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+
+
+def user_code_paths(types: list[str], training_code_path: list[str]) -> list[str]:
+    """The user's packages or modules among a model's types, for MLflow's `code_paths`: MLflow copies
+    them into the model and puts them on the import path wherever it is loaded (the gateway,
+    `mlflow models serve`), so the model carries the very code it was trained with."""
+    roots = [Path.cwd().resolve(), *(Path(p).resolve() for p in training_code_path)]
+    found: dict[str, None] = {}
+    for name in types:
+        module = sys.modules.get(name.split(".")[0])
+        source = getattr(module, "__file__", None)
+        if source is None:
+            continue
+        path = Path(source).resolve()
+        path = path.parent if path.name == "__init__.py" else path
+        own = path.is_relative_to(CODE_DIR) or "site-packages" in path.parts
+        if not own and any(path.is_relative_to(root) for root in roots):
+            found[str(path)] = None
+    return list(found)
 
 
 def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings) -> Registered:
@@ -109,14 +129,16 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
         )
         mlflow.log_input(dataset, context="training")
         mlflow.log_dict(snapshot.manifest.model_dump(mode="json"), "snapshot/manifest.json")
+        types = trusted_types(trained.model)
         model_info = mlflow.sklearn.log_model(
             trained.model,
             name=MODEL_ARTIFACT,
             signature=infer_signature(sample, trained.serve(sample)),
             input_example=trained.X_holdout.head(3),
             pip_requirements=requirements,
-            skops_trusted_types=trusted_types(trained.model),
+            skops_trusted_types=types,
             pyfunc_predict_fn=trained.predict_fn,
+            code_paths=user_code_paths(types, training.code_path) or None,
         )
         baseline_info = mlflow.sklearn.log_model(
             trained.baseline,
