@@ -239,7 +239,9 @@ class Schema:
             elif column.type == "boolean":
                 data[column.name] = pd.Series(values, dtype="bool")
             elif column.type == "datetime":
-                data[column.name] = pd.Series(pd.to_datetime(values, format="ISO8601"), dtype="datetime64[us]")
+                # as the model's date parts read them: times with a zone in UTC, then without one
+                stamps = pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601", utc=True)
+                data[column.name] = stamps.dt.tz_localize(None).astype("datetime64[us]")
             else:
                 data[column.name] = pd.Series(values)
         return pd.DataFrame(data)

@@ -150,3 +150,17 @@ def test_a_class_seen_once_names_training_task():
         DataError, match=r"class 'c' of target 'y' has only 1 row \(training.task: auto chose multiclass\)"
     ):
         train(frame, "y", TrainingSettings())
+
+
+def test_the_gateway_reads_dates_as_iso_text_and_names_a_bad_one():
+    from serving.registry import Column
+    from serving.schema import BadInput, Schema, parse
+
+    schema = Schema([Column("signed up", "datetime", False)])
+    body = b'{"dataframe_split": {"columns": ["signed up"], "data": [["2024-02-29T13:45:00"], [null], ["2024-03-01T08:00:00+01:00"]]}}'
+    frame = schema.frame(schema.coerce(parse(body, "application/json")))
+    assert frame["signed up"].dt.hour.tolist()[0] == 13 and pd.isna(frame["signed up"][1])
+    assert frame["signed up"][2] == pd.Timestamp("2024-03-01T07:00:00")
+    bad = b'{"dataframe_split": {"columns": ["signed up"], "data": [["yesterday"]]}}'
+    with pytest.raises(BadInput, match="column 'signed up' row 0: expected an ISO 8601 date or time"):
+        schema.coerce(parse(bad, "application/json"))
