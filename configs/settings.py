@@ -8,6 +8,7 @@ embedded default keeps all of its state under `./.shipway/`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,15 +17,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import ConfigError
+from core.vocabulary import Task
 
 PROFILES = Path(__file__).parent
 DEFAULT_PROFILE = PROFILES / "default.yaml"
 ENV_PREFIX = "SHIPWAY_"
 ENV_DELIMITER = "__"
 
-Estimator = Literal["logistic_regression", "random_forest", "hist_gradient_boosting", "gradient_boosting"]
 QualityMetric = Literal["roc_auc", "log_loss", "accuracy", "balanced_accuracy", "f1", "macro_f1", "rmse", "mae", "r2"]
 ERROR_METRICS = ("log_loss", "rmse", "mae")  # lower is better; every other quality metric is a score
+BUILT_IN_ESTIMATORS = (
+    "logistic_regression",
+    "ridge",
+    "random_forest",
+    "hist_gradient_boosting",
+    "gradient_boosting",
+)
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
 class _Section(BaseModel):
@@ -107,14 +116,89 @@ class DataSettings(_Section):
     source: str = Field("demo", description="Training data: a CSV or Parquet file, s3://bucket/key, or 'demo'.")
     target: str = Field("churned", description="The label column.")
     demo_rows: int = Field(30_000, gt=0, description="Rows of the generated demo dataset.")
+    features: list[str] | None = Field(
+        None,
+        description="The columns the model sees, in order. Empty: every column but the target, the excluded "
+        "columns and the time column. Snapshots keep every column; the model's signature, its contract, the "
+        "gate and the gateway use these only.",
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Columns never used as features (IDs, free text, leaks); they stay in the snapshot.",
+    )
+    time_column: str | None = Field(
+        None,
+        description="A datetime (or sortable) column: the latest training.test_size share of rows by it is the "
+        "holdout (an out-of-time test). It is not a feature unless data.features lists it.",
+    )
+
+
+class SearchSettings(_Section):
+    """A hyperparameter search run by scikit-learn's own GridSearchCV or RandomizedSearchCV."""
+
+    method: Literal["grid", "random"] = Field("grid", description="grid: every combination; random: n_iter draws.")
+    params: dict[str, list[Any]] = Field(
+        description="Candidate values per parameter, named as scikit-learn names them inside the Pipeline "
+        "(model__C for the estimator, preprocess__... for shipway's preprocessing)."
+    )
+    cv: int = Field(3, ge=2, description="Cross-validation folds on the training split.")
+    scoring: str | None = Field(
+        None,
+        description="A scikit-learn scorer name (roc_auc, f1_macro, neg_root_mean_squared_error...); "
+        "empty: the estimator's own score.",
+    )
+    n_iter: int = Field(10, gt=0, description="Candidates drawn by the random search.")
+
+    @field_validator("params")
+    @classmethod
+    def _candidates(cls, params: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not params or any(not values for values in params.values()):
+            raise ValueError("must name at least one parameter, each with at least one candidate value")
+        return params
 
 
 class TrainingSettings(_Section):
     model_name: str = Field("churn-classifier", description="Registered model name.")
-    estimator: Estimator = Field("logistic_regression", description="Model family.")
-    params: dict[str, Any] = Field(default_factory=dict, description="Hyperparameters passed to the estimator.")
+    task: Task = Field(
+        Task.AUTO,
+        description="What the model predicts: binary, multiclass, regression, or auto (from the target: "
+        "booleans and text are classes; integers with at most 20 distinct values, each seen at least twice, "
+        "are classes; other numbers are regression).",
+    )
+    estimator: str = Field(
+        "logistic_regression",
+        description="A built-in (" + ", ".join(BUILT_IN_ESTIMATORS) + ") or an import path package.module:name "
+        "of an estimator class or of a factory that returns an unfitted estimator or Pipeline.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Hyperparameters: the estimator's keyword arguments, or the factory's."
+    )
+    preprocessing: Literal["auto", "none"] = Field(
+        "auto",
+        description="auto: the estimator gets shipway's fitted preprocessing (impute, scale, one-hot, date parts); "
+        "none: the estimator (your own Pipeline) gets the raw feature columns.",
+    )
+    code_path: list[str] = Field(
+        default_factory=list,
+        description="Folders added to the import path for training.estimator (the working directory always is).",
+    )
+    search: SearchSettings | None = Field(None, description="A hyperparameter search; empty: no search.")
+    predict_fn: Literal["predict", "predict_proba"] = Field(
+        "predict",
+        description="What the served model answers: predict (a class or a number per row) or predict_proba "
+        "(a row of class probabilities, classification only).",
+    )
     test_size: float = Field(0.2, gt=0, lt=1, description="Holdout share of the snapshot.")
     seed: int = Field(42, description="Seed of the split and the estimator: same seed, same model.")
+
+    @field_validator("estimator")
+    @classmethod
+    def _known_or_import_path(cls, estimator: str) -> str:
+        if estimator not in BUILT_IN_ESTIMATORS and not IMPORT_PATH.match(estimator):
+            raise ValueError(
+                f"must be a built-in ({', '.join(BUILT_IN_ESTIMATORS)}) or an import path package.module:name"
+            )
+        return estimator
 
 
 class PromotionSettings(_Section):
@@ -357,6 +441,9 @@ class Settings(BaseSettings):
             ),
             "snapshots": self.snapshots.model_copy(update={"store": _absolute_path(self.snapshots.store, cwd)}),
             "serving": self.serving.model_copy(update={"state_dir": _absolute_path(self.serving.state_dir, cwd)}),
+            "training": self.training.model_copy(
+                update={"code_path": [_absolute_path(p, cwd) for p in self.training.code_path]}
+            ),
             "gate": self.gate.model_copy(
                 update={
                     "report_dir": _absolute_path(self.gate.report_dir, cwd),

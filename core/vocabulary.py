@@ -63,6 +63,8 @@ class Tag(StrEnum):
     DATA_ROWS = "data_rows"
     TARGET = "target"
     TASK = "task"
+    PREDICT_FN = "predict_fn"
+    CLASSES = "classes"  # JSON list, the order of a predict_proba row
     ESTIMATOR = "estimator"
     EXPECTATION_SUITE = "expectation_suite"
     VALIDATION_STATUS = "validation_status"

@@ -48,14 +48,23 @@ TAIL_WEIGHT_HOLDOUT = 0.001
 
 
 def build_contract(
-    frame: pd.DataFrame, settings: GateSettings, *, name: str, target: str | None, snapshot_id: str | None
+    frame: pd.DataFrame,
+    settings: GateSettings,
+    *,
+    name: str,
+    target: str | None,
+    snapshot_id: str | None,
+    features: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The suite, as GX JSON, for the columns of a canonical snapshot frame (see tasks.snapshot)."""
+    """The suite, as GX JSON, for the feature columns of a canonical snapshot frame (see
+    tasks.snapshot). `features` None: every column but the target, and no other column allowed;
+    chosen features: the other columns (IDs, free text) are neither checked nor refused."""
     from great_expectations.core.expectation_suite import ExpectationSuite
 
     if len(frame) == 0:
         raise DataError("cannot build a contract from a snapshot with no rows")
-    features = [c for c in frame.columns if c != target]
+    chosen = features is not None
+    features = [c for c in frame.columns if c != target] if features is None else list(features)
     gx_context()
     suite = ExpectationSuite(
         name=name,
@@ -65,11 +74,13 @@ def build_contract(
                 "snapshot_id": snapshot_id,
                 "rows": len(frame),
                 "target": target,
+                "features": features,
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
         },
     )
-    for expectation in _table_expectations(list(frame.columns), target):
+    columns = [*features, *([target] if target in frame.columns else [])]
+    for expectation in _table_expectations(columns, target, exact=not chosen):
         suite.add_expectation(expectation)
     for column in features:
         for expectation in column_expectations(frame[column], settings):
@@ -77,14 +88,14 @@ def build_contract(
     return suite.to_json_dict()
 
 
-def _table_expectations(columns: list[str], target: str | None) -> list:
+def _table_expectations(columns: list[str], target: str | None, exact: bool = True) -> list:
     import great_expectations.expectations as gxe
 
     optional = [target] if target in columns else []
     return [
         gxe.ExpectTableColumnsToMatchSet(
             column_set=columns,
-            exact_match=True,
+            exact_match=exact,
             meta={"optional": optional, "note": "optional columns (the label) may be absent from a batch"},
         ),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),

@@ -23,6 +23,7 @@ from core.vocabulary import Alias, Verdict
 from flows.artifacts import artifact_key
 from serving.prediction_log import read_feedback, read_window
 from tasks import registry
+from tasks.analysis import predicted_classes
 from tasks.drift_report import write_report
 from tasks.gate import gate, reference_for_model
 from tasks.monitoring import parse_window, served_inputs, summarize, sustained
@@ -58,6 +59,8 @@ def monitoring_flow(
         raise RegistryError(f"'{name}' has no Production version to monitor")
 
     log, feedback = read_log_task(settings, name, start, end)
+    if len(log):  # probability answers are compared with labels as their predicted class
+        log = predicted_classes(log, registry.probability_classes(settings, name, log["model_version"].unique()))
     task = version_task(registry.get_version(settings, name, version).tags)
     summary = summarize(log, feedback, settings.monitoring, task)
     with tempfile.TemporaryDirectory(prefix="shipway-monitor-") as tmp:

@@ -32,7 +32,7 @@ from flows.resume import note_paused, paused_note
 from serving.prediction_log import read_feedback, read_window
 from tasks import registry
 from tasks.aliases import AliasMoved, move, recover
-from tasks.analysis import Analysis, canary_analysis, shadow_analysis
+from tasks.analysis import Analysis, canary_analysis, predicted_classes, shadow_analysis
 from tasks.decisions import record_approval
 from tasks.gate import gate, reference_for_model
 from tasks.lease import Lease, held
@@ -150,6 +150,7 @@ def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
         drift = gate(
             inputs, reference_for_model(settings, f"{name}/{version}"), settings, "shadow traffic"
         ).verdict.value
+    log = predicted_classes(log, registry.probability_classes(settings, name, log["model_version"].unique()))
     task = version_task(registry.get_version(settings, name, version).tags)
     return shadow_analysis(log, settings.promotion, drift_verdict=drift, task=task)
 
@@ -165,6 +166,7 @@ def canary_task(settings: Settings, name: str, version: str, share: float) -> An
     log = _traffic(settings, name, since, enough, f"canary {share:.0%}", progress)
     log = log[log["role"] != "shadow"]
     feedback = read_feedback(settings.prediction_log.url, log["request_id"])
+    log = predicted_classes(log, registry.probability_classes(settings, name, log["model_version"].unique()))
     task = version_task(registry.get_version(settings, name, version).tags)
     return canary_analysis(log, feedback, settings.promotion, f"canary {share:.0%}", task)
 

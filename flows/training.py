@@ -16,7 +16,7 @@ from tasks import registry
 from tasks.aliases import alias_task
 from tasks.benchmark import bench_task
 from tasks.gate import contract_task, gate_task
-from tasks.lineage import git_lineage
+from tasks.lineage import project_lineage
 from tasks.quality import quality_task
 from tasks.registration import register_task
 from tasks.snapshot import snapshot_task
@@ -32,6 +32,7 @@ class TrainingResult:
     snapshot_uri: str
     snapshot_reused: bool
     metrics: dict[str, float]
+    task: str = ""  # binary, multiclass or regression (training.task, resolved)
     gate: str = "not_gated"  # pass, warn, overridden, or not_gated (no Production version yet)
     quality: str = ""  # the quality gate: passed or overridden (a failure ends the flow)
     contract_uri: str = ""
@@ -73,9 +74,9 @@ def training_flow(
     with _timed(timings, "gate"):
         gate = gate_task(settings, snapshot, force_gate, reason)
     with _timed(timings, "train"):
-        trained = train_task(snapshot.frame, target, settings.training)
+        trained = train_task(snapshot.frame, target, settings.training, settings.data)
     with _timed(timings, "register"):
-        registered = register_task(trained, snapshot, git_lineage(), settings)
+        registered = register_task(trained, snapshot, project_lineage(settings.training), settings)
         shadow = registry.alias_version(settings, registered.name, Alias.SHADOW)  # the state this version follows
     with _timed(timings, "quality"):  # a failure ends the flow here: registered, without an alias
         quality = quality_task(
@@ -83,7 +84,7 @@ def training_flow(
             force_quality, reason,
         )  # fmt: skip
     with _timed(timings, "contract"):
-        contract_uri = contract_task(settings, snapshot, target, registered, gate)
+        contract_uri = contract_task(settings, snapshot, target, registered, gate, trained.features)
     with _timed(timings, "bench"):
         bench_task(settings, registered.name, registered.version)  # over the p99 budget: no Shadow
     with _timed(timings, "alias"):
@@ -105,6 +106,7 @@ def training_flow(
         snapshot_uri=snapshot.uri,
         snapshot_reused=not snapshot.created,
         metrics=trained.metrics,
+        task=trained.task.value,
         gate=gate.verdict,
         quality=quality.verdict,
         contract_uri=contract_uri,

@@ -3,7 +3,7 @@ compiler) is exported here; everything else is internal to the gateway. serving 
 `tasks` or `flows` module, so the gateway never loads Prefect or the training code."""
 
 from serving.models import Servable, servable
-from serving.onnx import NULL_TOKEN, frame_feeds, is_numeric, session
+from serving.onnx import NULL_TOKEN, frame_feeds, session
 from serving.registry import Column, LoadedVersion, RegistryReader
 from serving.schema import parse
 from serving.server import running
@@ -15,7 +15,6 @@ __all__ = [
     "RegistryReader",
     "Servable",
     "frame_feeds",
-    "is_numeric",
     "parse",
     "running",
     "servable",

@@ -27,6 +27,7 @@ class Servable:
     flavor: str  # onnx | sklearn | pyfunc
     schema: Schema
     model: Any  # an onnxruntime session, a sklearn estimator or a pyfunc model
+    predict_fn: str = "predict"  # predict_proba: rows of class probabilities, as MLflow's pyfunc answers
 
     def predict(self, batch: Batch) -> list:
         return self.finish(self.forward(self.prepare(batch)))
@@ -38,16 +39,19 @@ class Servable:
     def forward(self, prepared: Any) -> Any:
         if self.flavor == "onnx":
             return self._run(self._outputs, prepared, None)[0]
-        return self.model.predict(prepared)
+        return self._predict(prepared)
 
     def finish(self, output: Any) -> list:
         if self.flavor == "onnx":
-            return output.reshape(-1).tolist()
+            return output.tolist() if self.predict_fn == "predict_proba" else output.reshape(-1).tolist()
         return jsonable(output)
 
     def __post_init__(self) -> None:
-        # Fetch only the label output: probabilities are not part of the answer.
-        self._outputs = [self.model.get_outputs()[0].name] if self.flavor == "onnx" else None
+        # Fetch only the answer's output: labels (or values), or for predict_proba the probabilities.
+        answer = 1 if self.predict_fn == "predict_proba" else 0
+        self._outputs = [self.model.get_outputs()[answer].name] if self.flavor == "onnx" else None
+        # sklearn answers with the method MLflow's pyfunc would call; a pyfunc model knows its own.
+        self._predict = getattr(self.model, self.predict_fn if self.flavor == "sklearn" else "predict", None)
         # The C session itself: InferenceSession.run re-checks in Python (~15 us a call) that
         # every input is fed, which Schema.feeds always does; only the CPU provider is used.
         self._run = self.model._sess.run if self.flavor == "onnx" else None
@@ -56,13 +60,14 @@ class Servable:
 def servable(loaded: LoadedVersion) -> Servable:
     schema = Schema(loaded.columns)
     if loaded.onnx is not None:
-        return Servable(loaded.version, "onnx", schema, session(loaded.onnx))
-    return Servable(loaded.version, loaded.flavor, schema, loaded.model)
+        return Servable(loaded.version, "onnx", schema, session(loaded.onnx), loaded.predict_fn)
+    return Servable(loaded.version, loaded.flavor, schema, loaded.model, loaded.predict_fn)
 
 
 def baseline_servable(loaded: LoadedVersion, model: Any) -> Servable:
-    """The version's heuristic baseline: a small sklearn pipeline over the same columns."""
-    return Servable(loaded.version, "sklearn", Schema(loaded.columns), model)
+    """The version's heuristic baseline: a small sklearn pipeline over the same columns, answering
+    in the version's own form (classes fitted on the same training split, so the same columns)."""
+    return Servable(loaded.version, "sklearn", Schema(loaded.columns), model, loaded.predict_fn)
 
 
 def jsonable(predictions: Any) -> list:

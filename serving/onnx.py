@@ -9,16 +9,12 @@ import pandas as pd
 NULL_TOKEN = "\u2400"  # SYMBOL FOR NULL: ONNX strings cannot be None, and "\x00" ends a C string
 
 
-def is_numeric(dtype) -> bool:
-    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
-
-
 def frame_feeds(X: pd.DataFrame) -> dict[str, np.ndarray]:
-    """ONNX inputs for a DataFrame: one (n, 1) tensor per column, float64 or string."""
+    """ONNX inputs for a DataFrame: one (n, 1) tensor per column, float64 (booleans as 0/1) or string."""
     feeds = {}
     for col in X.columns:
         s = X[col]
-        if is_numeric(s.dtype):
+        if pd.api.types.is_numeric_dtype(s.dtype):
             feeds[col] = s.to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, 1)
         else:
             feeds[col] = np.array([NULL_TOKEN if v is None or v != v else v for v in s.tolist()], dtype=object).reshape(

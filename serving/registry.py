@@ -54,6 +54,7 @@ class LoadedVersion:
     onnx: bytes | None
     model: Any  # sklearn estimator (flavor "sklearn") or a pyfunc model; None when served as ONNX
     flavor: str  # "onnx", "sklearn" or "pyfunc"
+    predict_fn: str = "predict"  # the method MLflow's pyfunc calls (MLmodel python_function.predict_fn)
 
 
 class RegistryReader:
@@ -94,14 +95,16 @@ class RegistryReader:
             raise RegistryError(f"{uri} has no column signature: the gateway needs column names and types")
         columns = [Column(c.name, getattr(c.type, "name", str(c.type)), c.required) for c in schema.inputs]
         tags = dict(mv.tags)
+        predict_fn = info.flavors.get("python_function", {}).get("predict_fn", "predict")
         if tags.get(Tag.SERVING_FORMAT) == "onnx" and tags.get(Tag.ONNX_MODEL_URI):
             onnx = Path(mlflow.artifacts.download_artifacts(artifact_uri=tags[Tag.ONNX_MODEL_URI])).read_bytes()
-            return LoadedVersion(name, version, tags, columns, onnx, None, "onnx")
+            return LoadedVersion(name, version, tags, columns, onnx, None, "onnx", predict_fn)
         if "sklearn" in info.flavors:
             import mlflow.sklearn
 
-            return LoadedVersion(name, version, tags, columns, None, mlflow.sklearn.load_model(uri), "sklearn")
-        return LoadedVersion(name, version, tags, columns, None, mlflow.pyfunc.load_model(uri), "pyfunc")
+            model = mlflow.sklearn.load_model(uri)
+            return LoadedVersion(name, version, tags, columns, None, model, "sklearn", predict_fn)
+        return LoadedVersion(name, version, tags, columns, None, mlflow.pyfunc.load_model(uri), "pyfunc", predict_fn)
 
     def baseline(self, loaded: LoadedVersion) -> Any:
         """The heuristic baseline registered with a version (tag baseline_model_uri), or None."""

@@ -18,6 +18,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -237,6 +238,10 @@ class Schema:
                 data[column.name] = pd.Series(values, dtype="str")
             elif column.type == "boolean":
                 data[column.name] = pd.Series(values, dtype="bool")
+            elif column.type == "datetime":
+                # as the model's date parts read them: times with a zone in UTC, then without one
+                stamps = pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601", utc=True)
+                data[column.name] = stamps.dt.tz_localize(None).astype("datetime64[us]")
             else:
                 data[column.name] = pd.Series(values)
         return pd.DataFrame(data)
@@ -318,7 +323,21 @@ def _coercer(column: Column):
             return v
 
         return to_bool
-    return lambda v, row, text: v  # other types (dates, bytes) go to the model as sent
+    if kind == "datetime":
+
+        def to_datetime(v: Any, row: int, text: bool) -> str | None:
+            if v is None or (text and v == ""):
+                return None
+            if type(v) is not str:
+                raise fail(row, f"expected an ISO 8601 date or time text, got {_shown(v)}")
+            try:
+                datetime.fromisoformat(v)
+            except ValueError:
+                raise fail(row, f"expected an ISO 8601 date or time (e.g. 2024-05-31T14:00:00), got {v!r}") from None
+            return v
+
+        return to_datetime
+    return lambda v, row, text: v  # other types (bytes) go to the model as sent
 
 
 def _from_text(v: str, row: int, fail, convert, what: str):

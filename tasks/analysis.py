@@ -262,6 +262,24 @@ def _number(value) -> float:
         return float("nan")
 
 
+def predicted_classes(log: pd.DataFrame, classes_by_version: dict[str, list]) -> pd.DataFrame:
+    """The log with each probability answer replaced by its predicted class, the argmax over the
+    version's classes, for the versions in `classes_by_version` (those served with predict_proba);
+    so that agreement, class shares and accuracy compare classes whatever a version answers."""
+    if not classes_by_version or log.empty:
+        return log
+    log = log.copy()
+    for version, classes in classes_by_version.items():
+        rows = (log["model_version"] == version) & log["prediction"].notna()
+        log.loc[rows, "prediction"] = [_argmax_classes(text, classes) for text in log.loc[rows, "prediction"]]
+    return log
+
+
+def _argmax_classes(text: str, classes: list) -> str:
+    rows = json.loads(text) if isinstance(text, str) else text
+    return json.dumps([classes[int(np.argmax(row))] for row in rows])
+
+
 def comparable(value) -> str:
     """A logged prediction (JSON text of a list) or a feedback label, as comparable JSON text."""
     if isinstance(value, str) and value[:1] in ("[", "{"):

@@ -20,12 +20,13 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from serving import NULL_TOKEN, frame_feeds, is_numeric, session
+from serving import NULL_TOKEN, frame_feeds, session
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-PROBA_TOLERANCE = 1e-6
+PROBA_TOLERANCE = 1e-6  # probabilities behind a label answer
+ANSWER_TOLERANCE = 1e-9  # numbers that are the answer (regression values, probability rows), relative
 ONNX_OPSET = {"": 17, "ai.onnx.ml": 3}
 
 
@@ -39,12 +40,16 @@ class Compiled:
         return self.onnx is not None
 
 
-def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame) -> Compiled:
-    """ONNX bytes of `model` when the converter supports it and parity holds on `X_holdout`."""
+def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame, predict_fn: str = "predict") -> Compiled:
+    """ONNX bytes of `model` when the converter supports it and parity holds on `X_holdout`.
+
+    The gateway answers the graph's first output (labels or values) for `predict`, its second
+    (probabilities) for `predict_proba`; what it answers must match sklearn's answer.
+    """
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
 
-    unsupported = [c for c in X_holdout.columns if not (is_numeric(X_holdout[c].dtype) or _is_text(X_holdout[c]))]
+    unsupported = [c for c in X_holdout.columns if not (_is_number(X_holdout[c]) or _is_text(X_holdout[c]))]
     if unsupported:
         return Compiled(
             None, f"unsupported: column types {', '.join(f'{c}:{X_holdout[c].dtype}' for c in unsupported)}"
@@ -52,24 +57,92 @@ def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame) -> Compiled:
     _register_float64_imputer()
     graph = _with_null_token(model)
     types = [
-        (c, DoubleTensorType([None, 1]) if is_numeric(X_holdout[c].dtype) else StringTensorType([None, 1]))
+        (c, DoubleTensorType([None, 1]) if _is_number(X_holdout[c]) else StringTensorType([None, 1]))
         for c in X_holdout.columns
     ]
+    final = _final_estimator(graph)
+    classifier = hasattr(final, "classes_")
     try:
         onx = convert_sklearn(
-            graph, initial_types=types, options={id(graph.steps[-1][1]): {"zipmap": False}}, target_opset=ONNX_OPSET
-        ).SerializeToString()
-        labels, proba = session(onx).run(None, frame_feeds(X_holdout))
+            graph,
+            initial_types=types,
+            options={id(final): {"zipmap": False}} if classifier else None,
+            target_opset=ONNX_OPSET,
+        )
+        onx = _named_like_columns(onx, list(X_holdout.columns))
+        if classifier and np.asarray(final.classes_).dtype == bool:
+            onx = _labels_as_booleans(onx)
+        onx = onx.SerializeToString()
+        outputs = session(onx).run(None, frame_feeds(X_holdout))
     except Exception as exc:  # the converter or runtime lacks an operator for this model
         return Compiled(None, f"unsupported: {type(exc).__name__}: {_first_line(exc)}")
+    if not classifier:
+        return _float_parity(onx, outputs[0].reshape(-1), model.predict(X_holdout), "predictions")
+    labels, proba = outputs[0], outputs[1]
+    expected_proba = model.predict_proba(X_holdout)
+    if predict_fn == "predict_proba":
+        return _float_parity(onx, proba, expected_proba, "probabilities")
     expected = model.predict(X_holdout)
     if orjson.dumps(labels.tolist()) != orjson.dumps(expected.tolist()):
         differ = int(np.sum(labels.reshape(-1) != np.asarray(expected)))
         return Compiled(None, f"parity failed: {differ} of {len(expected)} holdout predictions differ")
-    delta = float(np.max(np.abs(proba - model.predict_proba(X_holdout))))
+    delta = float(np.max(np.abs(proba - expected_proba)))
     if not delta <= PROBA_TOLERANCE:
         return Compiled(None, f"parity failed: probabilities differ by up to {delta:.3g} (> {PROBA_TOLERANCE:g})")
     return Compiled(onx, f"passed: {len(expected)} holdout rows, predictions equal, max |dp| {delta:.2g}")
+
+
+def _float_parity(onx: bytes, got: np.ndarray, expected: np.ndarray, what: str) -> Compiled:
+    """Numbers the gateway answers: equal to sklearn's to ANSWER_TOLERANCE, relative."""
+    expected = np.asarray(expected, dtype=np.float64)
+    if got.shape != expected.shape:
+        return Compiled(None, f"parity failed: {what} of shape {got.shape}, sklearn's {expected.shape}")
+    delta = float(np.max(np.abs(got - expected) / np.maximum(1.0, np.abs(expected)), initial=0.0))
+    if not delta <= ANSWER_TOLERANCE:
+        return Compiled(None, f"parity failed: {what} differ by up to {delta:.3g} relative (> {ANSWER_TOLERANCE:g})")
+    return Compiled(onx, f"passed: {len(expected)} holdout rows, {what} within {delta:.2g} relative")
+
+
+def _named_like_columns(proto, columns: list[str]):
+    """Graph inputs named exactly as the columns: skl2onnx rewrites names with spaces or non-ASCII
+    letters ('mean radius' -> 'mean_radius'), while the gateway feeds tensors by column name."""
+    renamed = {i.name: c for i, c in zip(proto.graph.input, columns, strict=True) if i.name != c}
+    if not renamed:
+        return proto
+    for value in proto.graph.input:
+        value.name = renamed.get(value.name, value.name)
+    for node in proto.graph.node:
+        for k, name in enumerate(node.input):
+            if name in renamed:
+                node.input[k] = renamed[name]
+    return proto
+
+
+def _labels_as_booleans(proto):
+    """skl2onnx answers boolean classes as 0/1 integers; cast its label output back to booleans."""
+    from onnx import TensorProto, helper
+
+    label = proto.graph.output[0]
+    raw = f"{label.name}_int"
+    for node in proto.graph.node:
+        for k, name in enumerate(node.output):
+            if name == label.name:
+                node.output[k] = raw
+    proto.graph.node.append(helper.make_node("Cast", [raw], [label.name], to=TensorProto.BOOL, name="labels_as_bool"))
+    label.type.tensor_type.elem_type = TensorProto.BOOL
+    return proto
+
+
+def _final_estimator(pipeline):
+    """The last step of a Pipeline, looking inside nested Pipelines (a user's own, say)."""
+    while hasattr(pipeline, "steps"):
+        pipeline = pipeline.steps[-1][1]
+    return pipeline
+
+
+def _is_number(s: pd.Series) -> bool:
+    """Numbers and booleans travel as float64 tensors (booleans as 0/1, as the scaler sees them)."""
+    return pd.api.types.is_numeric_dtype(s.dtype)
 
 
 def _is_text(s: pd.Series) -> bool:

@@ -27,6 +27,7 @@ from tasks import registry
 from tasks.contract_checks import validate
 from tasks.decisions import record_override
 from tasks.drift_report import ReportFiles, table_rows, write_report
+from tasks.features import choose_features
 from tasks.registration import Registered
 from tasks.retries import retry_on_io
 from tasks.snapshot import Snapshot, check_source, read_snapshot, read_source
@@ -64,14 +65,27 @@ class GateOutcome:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def contract_for_snapshot(settings: Settings, snapshot: Snapshot, target: str | None) -> dict[str, Any]:
+def contract_for_snapshot(
+    settings: Settings, snapshot: Snapshot, target: str | None, features: list[str] | None = None
+) -> dict[str, Any]:
+    """The contract of the model's feature columns (default: as data.features / data.exclude choose them)."""
+    columns = list(snapshot.frame.columns)
+    target = target if target in columns else None
+    if features is None and _chooses_features(settings):
+        features = choose_features(columns, target or "", settings.data)
     return contract.build_contract(
         snapshot.frame,
         settings.gate,
         name=f"{settings.training.model_name}-{snapshot.id[:12]}",
-        target=target if target in snapshot.frame.columns else None,
+        target=target,
         snapshot_id=snapshot.id,
+        features=features,
     )
+
+
+def _chooses_features(settings: Settings) -> bool:
+    data = settings.data
+    return data.features is not None or bool(data.exclude) or data.time_column is not None
 
 
 def reference_for_model(settings: Settings, model: str) -> Reference:
@@ -224,11 +238,16 @@ def gate_new_data(
 
 
 def publish_contract(
-    settings: Settings, snapshot: Snapshot, target: str, registered: Registered, outcome: GateOutcome
+    settings: Settings,
+    snapshot: Snapshot,
+    target: str,
+    registered: Registered,
+    outcome: GateOutcome,
+    features: list[str] | None = None,
 ) -> str:
-    """The new version's own contract, and the gate's report and verdict, logged with the version."""
+    """The new version's own contract (of its features), and the gate's report and verdict, logged with the version."""
     uri = registry.log_contract(
-        settings, registered.name, registered.version, contract_for_snapshot(settings, snapshot, target)
+        settings, registered.name, registered.version, contract_for_snapshot(settings, snapshot, target, features)
     )
     if outcome.files:
         registry.log_gate_report(
@@ -272,8 +291,13 @@ def gate_task(settings: Settings, snapshot: Snapshot, force: bool = False, reaso
 
 @task(name="contract", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
 def contract_task(
-    settings: Settings, snapshot: Snapshot, target: str, registered: Registered, outcome: GateOutcome
+    settings: Settings,
+    snapshot: Snapshot,
+    target: str,
+    registered: Registered,
+    outcome: GateOutcome,
+    features: list[str] | None = None,
 ) -> str:
-    uri = publish_contract(settings, snapshot, target, registered, outcome)
+    uri = publish_contract(settings, snapshot, target, registered, outcome, features)
     get_run_logger().info("contract of %s version %s: %s", registered.name, registered.version, uri)
     return uri

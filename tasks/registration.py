@@ -4,6 +4,8 @@ description, so that no version is ever visible without them."""
 
 from __future__ import annotations
 
+import json
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -23,13 +25,17 @@ from configs.settings import Settings
 from core.vocabulary import Tag
 from tasks import record, registry
 from tasks.compile import compile_pipeline
-from tasks.lineage import GitLineage
+from tasks.lineage import CODE_DIR, GitLineage, config_hash, config_yaml, shipway_version
 from tasks.registry import connect
 from tasks.retries import retry_on_io
 from tasks.snapshot import Snapshot
-from tasks.training import TrainedModel
+from tasks.training import TrainedModel, headline
 
 MODEL_ARTIFACT = "model"
+CONFIG_ARTIFACT = "config/resolved.yaml"
+FEATURES_ARTIFACT = "config/features.json"
+SEARCH_ARTIFACT = "search/candidates.json"
+MAX_PARAM = 500  # longer values (hundreds of feature names) go to an artifact, not a param
 BASELINE_ARTIFACT = "baseline"
 ONNX_ARTIFACT = "onnx/model.onnx"
 SERVING_REQUIREMENTS = ("scikit-learn", "pandas", "numpy", "scipy", "skops")
@@ -59,13 +65,35 @@ def trusted_types(model: Any) -> list[str]:
     return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
 
 
+def user_code_paths(types: list[str], training_code_path: list[str]) -> list[str]:
+    """The user's packages or modules among a model's types, for MLflow's `code_paths`: MLflow copies
+    them into the model and puts them on the import path wherever it is loaded (the gateway,
+    `mlflow models serve`), so the model carries the very code it was trained with."""
+    roots = [Path.cwd().resolve(), *(Path(p).resolve() for p in training_code_path)]
+    found: dict[str, None] = {}
+    for name in types:
+        module = sys.modules.get(name.split(".")[0])
+        source = getattr(module, "__file__", None)
+        if source is None:
+            continue
+        path = Path(source).resolve()
+        path = path.parent if path.name == "__init__.py" else path
+        own = path.is_relative_to(CODE_DIR) or "site-packages" in path.parts
+        if not own and any(path.is_relative_to(root) for root in roots):
+            found[str(path)] = None
+    return list(found)
+
+
 def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings) -> Registered:
-    """Log a training run (params, metrics, dataset, model, baseline) and register its version."""
+    """Log a training run (params, metrics, dataset, config, model, baseline) and register its version."""
     client, experiment_id = connect(settings)
     training = settings.training
     name = training.model_name
     sample = trained.X_holdout.head(50)
     requirements = pip_requirements()
+    config = config_yaml(settings)
+    provenance = {Tag.SHIPWAY_VERSION: shipway_version(), Tag.CONFIG_HASH: config_hash(config)}
+    features = ",".join(trained.features)
     with (
         mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{snapshot.id[:12]}") as run,
         warnings.catch_warnings(),
@@ -73,41 +101,56 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
         # MLflow hints that int columns cannot hold nulls at serving time; the data contract checks
         # nulls, so the hint is noise here, as is its note on how it reads a local dataset path.
         warnings.simplefilter("ignore", UserWarning)
-        mlflow.set_tags(lineage.tags() | {"data_snapshot_id": snapshot.id})
+        mlflow.set_tags(lineage.tags() | provenance | {"data_snapshot_id": snapshot.id})
         mlflow.log_params(
             {
                 "estimator": training.estimator,
+                "model_class": trained.estimator[:MAX_PARAM],
+                "task": trained.task.value,
+                "predict_fn": trained.predict_fn,
+                "preprocessing": training.preprocessing,
                 **{f"param_{k}": v for k, v in training.params.items()},
                 "seed": training.seed,
                 "test_size": training.test_size,
                 "target": trained.target,
-                "features": ",".join(trained.features),
+                "time_column": settings.data.time_column or "",
+                "features": features if len(features) <= MAX_PARAM else f"{len(trained.features)} columns",
                 "baseline_rule": trained.baseline_rule,
             }
         )
         mlflow.log_metrics(trained.metrics | {f"baseline_{k}": v for k, v in trained.baseline_metrics.items()})
+        mlflow.log_text(config, CONFIG_ARTIFACT)
+        mlflow.log_dict({"features": trained.features, "target": trained.target}, FEATURES_ARTIFACT)
+        if trained.search is not None:
+            mlflow.log_table(trained.search, artifact_file=SEARCH_ARTIFACT)
+            best = trained.search.iloc[0]
+            mlflow.log_params({f"search_best_{k}": best[k] for k in trained.search.columns if "__" in k})
         dataset = mlflow.data.from_pandas(
             snapshot.frame, source=snapshot.uri, name=f"snapshot-{snapshot.id[:12]}", targets=trained.target
         )
         mlflow.log_input(dataset, context="training")
         mlflow.log_dict(snapshot.manifest.model_dump(mode="json"), "snapshot/manifest.json")
+        types = trusted_types(trained.model)
         model_info = mlflow.sklearn.log_model(
             trained.model,
             name=MODEL_ARTIFACT,
-            signature=infer_signature(sample, trained.model.predict(sample)),
+            signature=infer_signature(sample, trained.serve(sample)),
             input_example=trained.X_holdout.head(3),
             pip_requirements=requirements,
-            skops_trusted_types=trusted_types(trained.model),
+            skops_trusted_types=types,
+            pyfunc_predict_fn=trained.predict_fn,
+            code_paths=user_code_paths(types, training.code_path) or None,
         )
         baseline_info = mlflow.sklearn.log_model(
             trained.baseline,
             name=BASELINE_ARTIFACT,
-            signature=infer_signature(sample, trained.baseline.predict(sample)),
+            signature=infer_signature(sample, getattr(trained.baseline, trained.predict_fn)(sample)),
             pip_requirements=requirements,
             skops_trusted_types=trusted_types(trained.baseline),
+            pyfunc_predict_fn=trained.predict_fn,
         )
         # The compiled form is what the gateway serves: parity-checked here, stored with the run.
-        compiled = compile_pipeline(trained.model, trained.X_holdout)
+        compiled = compile_pipeline(trained.model, trained.X_holdout, trained.predict_fn)
         if compiled.ok:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / Path(ONNX_ARTIFACT).name
@@ -115,11 +158,15 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
                 mlflow.log_artifact(str(path), str(Path(ONNX_ARTIFACT).parent))
     tags = {
         **lineage.tags(),
+        **provenance,
         "data_snapshot_id": snapshot.id,
         "data_snapshot_uri": snapshot.uri,
         "data_rows": str(snapshot.manifest.rows),
-        "target": trained.target,
-        "estimator": training.estimator,
+        Tag.TARGET: trained.target,
+        Tag.TASK: trained.task.value,
+        Tag.PREDICT_FN: trained.predict_fn,
+        **({Tag.CLASSES: json.dumps(trained.classes)} if trained.classes is not None else {}),
+        Tag.ESTIMATOR: training.estimator,
         "baseline_model_uri": baseline_info.model_uri,
         "baseline_rule": trained.baseline_rule,
         "serving_format": "onnx" if compiled.ok else "sklearn",
@@ -163,15 +210,14 @@ def describe_model(settings: Settings, trained: TrainedModel, snapshot: Snapshot
 
 def describe_release(name: str, trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage) -> str:
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in trained.metrics.items())
-    baseline = ", ".join(f"{k} {v:.3f}" for k, v in trained.baseline_metrics.items() if k in ("roc_auc", "accuracy"))
     state = {True: "with uncommitted changes", False: "clean", None: "state unknown"}[lineage.dirty]
     return (
-        f"{name}: {type(trained.model.named_steps['model']).__name__} predicting '{trained.target}' from "
+        f"{name}: {trained.estimator} ({trained.task.value}) predicting '{trained.target}' from "
         f"{len(trained.features)} features.\n\n"
         f"Data: snapshot {snapshot.id[:12]} ({snapshot.manifest.rows:,} rows, source {snapshot.manifest.source}).\n"
         f"Code: commit {lineage.commit[:12]} on {lineage.branch} ({state}).\n"
         f"Holdout: {metrics}.\n"
-        f"Baseline rule '{trained.baseline_rule}': {baseline}."
+        f"Baseline rule '{trained.baseline_rule}': {headline(trained.baseline_metrics)}."
     )
 
 

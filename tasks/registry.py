@@ -6,6 +6,7 @@ Only aliases mark roles; registry stages are never used.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -280,3 +281,17 @@ def alias_version(settings: Settings, name: str, alias: Alias) -> str | None:
         return str(client.get_model_version_by_alias(name, alias.value).version)
     except MlflowException:
         return None
+
+
+def probability_classes(settings: Settings, name: str, versions_seen) -> dict[str, list]:
+    """{version: classes} for the versions among `versions_seen` that answer probability rows
+    (tag predict_fn = predict_proba): what tasks.analysis.predicted_classes needs."""
+    found = {}
+    for version in {str(v) for v in versions_seen if v is not None and v == v}:
+        try:
+            tags = get_version(settings, name, version).tags
+        except RegistryError:
+            continue
+        if tags.get(Tag.PREDICT_FN) == "predict_proba" and tags.get(Tag.CLASSES):
+            found[version] = json.loads(tags[Tag.CLASSES])
+    return found

@@ -3,42 +3,52 @@
 Every statistic (medians, means, scales, category vocabularies) is fitted on the training split
 inside the Pipeline, so it ships with the model and serving never recomputes it. The baseline
 is one simple rule on one feature: the last resort of the gateway's fallback chain.
+
+The task (binary, multiclass, regression) is resolved from the target when `training.task` is
+auto; it decides the built-in estimator, the holdout metrics and the baseline.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from sklearn.base import ClassifierMixin
 from sklearn.compose import ColumnTransformer
-from sklearn.dummy import DummyClassifier
-from sklearn.ensemble import GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_score, recall_score, roc_auc_score
-from sklearn.model_selection import train_test_split
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    f1_score,
+    log_loss,
+    mean_absolute_error,
+    precision_score,
+    r2_score,
+    recall_score,
+    roc_auc_score,
+    root_mean_squared_error,
+)
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from sklearn.tree import DecisionTreeClassifier
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 from sklearn.utils._param_validation import InvalidParameterError
 
-from configs.settings import TrainingSettings
-from core.errors import DataError
+from configs.settings import DataSettings, TrainingSettings
+from core.errors import ConfigError, DataError, ShipwayError
+from core.vocabulary import Task
+from tasks import estimators
+from tasks.features import DateParts, choose_features, holdout_split, is_datetime
 
-ESTIMATORS: dict[str, type[ClassifierMixin]] = {
-    "logistic_regression": LogisticRegression,
-    "random_forest": RandomForestClassifier,
-    "hist_gradient_boosting": HistGradientBoostingClassifier,
-    "gradient_boosting": GradientBoostingClassifier,
-}
+MAX_AUTO_CLASSES = 20  # an integer target with more distinct values than this is a quantity, not classes
 
 
 @dataclass(frozen=True)
 class TrainedModel:
+    """A fitted version and everything needed to judge it: the quality gate reads the holdout."""
+
     model: Pipeline
     baseline: Pipeline
     baseline_rule: str
@@ -46,23 +56,281 @@ class TrainedModel:
     baseline_metrics: dict[str, float]
     features: list[str]
     target: str
-    X_holdout: pd.DataFrame
+    X_holdout: pd.DataFrame  # the feature columns of the holdout rows: what the model takes
     y_holdout: pd.Series
+    task: Task = Task.BINARY
+    estimator: str = ""  # what was fitted, readable: LogisticRegression, Pipeline(...)
+    predict_fn: str = "predict"
+    holdout_index: pd.Index | None = None  # row labels of the holdout in the snapshot frame (slices)
+    search: pd.DataFrame | None = None  # one row per searched candidate, best first
+
+    @property
+    def classes(self) -> list | None:
+        return _plain_list(self.model.classes_) if self.task.is_classification else None
+
+    def serve(self, X: pd.DataFrame):
+        """What the served model answers for X: predictions, or probability rows."""
+        return getattr(self.model, self.predict_fn)(X)
 
 
-def split_features(df: pd.DataFrame, target: str) -> tuple[pd.DataFrame, pd.Series]:
-    """Features and label; the label must be present, complete and hold at least two classes."""
+def split_target(df: pd.DataFrame, target: str, features: list[str]) -> tuple[pd.DataFrame, pd.Series]:
+    """Features and label; the label must be present and complete."""
     if target not in df.columns:
         raise DataError(f"target column '{target}' is not in the data (columns: {', '.join(df.columns)})")
     y = df[target]
     if y.isna().any():
         raise DataError(f"target column '{target}' has {int(y.isna().sum())} null labels")
-    if y.nunique() < 2:
-        raise DataError(f"target column '{target}' holds a single class ({_plain(y.iloc[0])!r}); nothing to learn")
-    X = df.drop(columns=[target])
-    if X.shape[1] == 0:
+    if not features:
         raise DataError(f"data has no feature columns besides the target '{target}'")
-    return X, y
+    return df[features], y
+
+
+def resolve_task(y: pd.Series, requested: Task) -> Task:
+    """The task for label `y`. auto: booleans and text are classes; whole numbers with at most
+    MAX_AUTO_CLASSES distinct values, each seen at least twice, are classes; any other number is
+    regression. Classes are binary when there are two, else multiclass."""
+    numeric = pd.api.types.is_numeric_dtype(y.dtype) and not pd.api.types.is_bool_dtype(y.dtype)
+    name = y.name
+    if requested is Task.REGRESSION:
+        if not numeric:
+            raise DataError(
+                f"training.task is regression, but target '{name}' holds {y.dtype} values, not numbers; "
+                "set training.task: auto, binary or multiclass"
+            )
+        if y.nunique() < 2:
+            raise DataError(f"target column '{name}' is constant ({_plain(y.iloc[0])!r}); nothing to learn")
+        return Task.REGRESSION
+    if y.nunique() < 2:
+        raise DataError(f"target column '{name}' holds a single class ({_plain(y.iloc[0])!r}); nothing to learn")
+    if requested is Task.AUTO:
+        counts = y.value_counts()
+        whole = not numeric or bool(np.all(np.mod(y.to_numpy(dtype="float64"), 1) == 0))
+        if numeric and not (whole and len(counts) <= MAX_AUTO_CLASSES and counts.min() >= 2):
+            return Task.REGRESSION
+        requested = Task.BINARY if len(counts) == 2 else Task.MULTICLASS
+    classes = y.nunique()
+    if requested is Task.BINARY and classes != 2:
+        raise DataError(
+            f"training.task is binary, but target '{name}' holds {classes} classes; set training.task: multiclass"
+            + (" or regression" if numeric else "")
+        )
+    if requested is Task.MULTICLASS and classes < 3:
+        raise DataError(f"training.task is multiclass, but target '{name}' holds 2 classes; set training.task: binary")
+    return requested
+
+
+def check_classes(y: pd.Series, task: Task, requested: Task) -> None:
+    """Every class needs a row in the training split and one in the holdout."""
+    counts = y.value_counts()
+    if counts.min() >= 2:
+        return
+    chosen = f"training.task: auto chose {task.value}" if requested is Task.AUTO else f"training.task is {task.value}"
+    hint = "; set training.task: regression for a quantity" if pd.api.types.is_numeric_dtype(y.dtype) else ""
+    raise DataError(
+        f"class {_plain(counts.idxmin())!r} of target '{y.name}' has only {counts.min()} row ({chosen}); "
+        f"every class needs at least 2 to have one in the training split and one in the holdout{hint}"
+    )
+
+
+def preprocessor(X: pd.DataFrame) -> ColumnTransformer:
+    """Impute and scale numbers (booleans as 0/1), date parts of datetimes, impute and one-hot encode
+    the rest: all fitted, never recomputed. Only the branches that have columns are built."""
+    numeric = [c for c in X.columns if pd.api.types.is_numeric_dtype(X[c].dtype)]
+    dates = [c for c in X.columns if is_datetime(X[c])]
+    categorical = [c for c in X.columns if c not in numeric and c not in dates]
+    scale = [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
+    branches = [
+        ("numeric", Pipeline(scale), numeric),
+        ("dates", Pipeline([("parts", DateParts()), *_fresh(scale)]), dates),
+        (
+            "categorical",
+            Pipeline(
+                [
+                    ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+                    ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                ]
+            ),
+            categorical,
+        ),
+    ]
+    return ColumnTransformer([b for b in branches if b[2]], verbose_feature_names_out=False)
+
+
+def _fresh(steps):
+    return [(name, SimpleImputer(strategy="median") if name == "impute" else StandardScaler()) for name, _ in steps]
+
+
+def build_pipeline(X: pd.DataFrame, training: TrainingSettings, task: Task) -> Pipeline:
+    """The estimator (built-in or the user's), behind shipway's preprocessing unless `preprocessing: none`."""
+    estimator = estimators.make_estimator(training, task)
+    if training.preprocessing == "none":
+        return Pipeline([("model", estimator)])
+    return Pipeline([("preprocess", preprocessor(X)), ("model", estimator)])
+
+
+def fit(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, training: TrainingSettings):
+    """Fit (or search, then refit the best); errors name the setting or the user's import path."""
+    found = None
+    if training.search is not None:
+        estimators.check_search_params(pipeline, training.search)
+        found = estimators.search(pipeline, training.search, training.seed)
+    try:
+        (found or pipeline).fit(X, y)
+    except ShipwayError:
+        raise
+    except InvalidParameterError as exc:  # sklearn checks parameter values only when fitting
+        raise ConfigError(f"training.params: {_first_line(exc)}") from None
+    except Exception as exc:  # the user's code (or a parameter it passed on) may raise anything
+        where = (
+            f"training.estimator {training.estimator}"
+            if estimators.is_import_path(training.estimator)
+            else f"training.estimator {training.estimator} with training.params"
+        )
+        raise DataError(f"{where}: fit failed: {type(exc).__name__}: {_first_line(exc)}") from None
+    if found is None:
+        return pipeline, None
+    return found.best_estimator_, estimators.candidates(found)
+
+
+def build_baseline(X: pd.DataFrame, y: pd.Series, task: Task, seed: int) -> tuple[Pipeline, str]:
+    """One split on the numeric feature that best explains the label on the training split; with no
+    usable number: the training class rates (classes) or the training median (regression)."""
+    numeric = [
+        c
+        for c in X.columns
+        if pd.api.types.is_numeric_dtype(X[c].dtype)
+        and not pd.api.types.is_bool_dtype(X[c].dtype)
+        and X[c].notna().any()
+    ]
+    if not numeric:
+        if task is Task.REGRESSION:
+            return Pipeline([("model", DummyRegressor(strategy="median"))]).fit(X, y), "training median"
+        return Pipeline([("model", DummyClassifier(strategy="prior"))]).fit(X, y), "training class rates"
+    tree = DecisionTreeRegressor if task is Task.REGRESSION else DecisionTreeClassifier
+    best = max(numeric, key=lambda c: _split_score(task, X[c].fillna(X[c].median()), y, seed))
+    pipe = Pipeline(
+        [
+            ("preprocess", ColumnTransformer([("rule_feature", SimpleImputer(strategy="median"), [best])])),
+            ("model", tree(max_depth=1, random_state=seed)),
+        ]
+    ).fit(X, y)
+    fitted = pipe.named_steps["model"].tree_
+    return pipe, f"{best} <= {fitted.threshold[0]:.4g}" if fitted.node_count > 1 else f"{best} (no split)"
+
+
+def _split_score(task: Task, values: pd.Series, y: pd.Series, seed: int) -> float:
+    """How well one feature explains the label: folded AUC for two classes, else one split's fit."""
+    if task is Task.BINARY:
+        auc = float(roc_auc_score(y, values))
+        return max(auc, 1 - auc)
+    tree = DecisionTreeRegressor if task is Task.REGRESSION else DecisionTreeClassifier
+    x = values.to_numpy().reshape(-1, 1)
+    return float(tree(max_depth=1, random_state=seed).fit(x, y).score(x, y))
+
+
+def evaluate(model, X: pd.DataFrame, y: pd.Series, task: Task) -> dict[str, float]:
+    """Holdout metrics of the task. Binary metrics use the positive class (the second of
+    `classes_`), multiclass ones average over classes; probability metrics need predict_proba."""
+    predicted = model.predict(X)
+    if task is Task.REGRESSION:
+        metrics = {
+            "rmse": root_mean_squared_error(y, predicted),
+            "mae": mean_absolute_error(y, predicted),
+            "r2": r2_score(y, predicted),
+        }
+        return {k: round(float(v), 6) for k, v in metrics.items()}
+    classes = model.classes_
+    binary = task is Task.BINARY
+    average = "binary" if binary else "macro"
+    positive = {"pos_label": classes[1]} if binary else {}
+    metrics = {
+        "accuracy": accuracy_score(y, predicted),
+        "balanced_accuracy": balanced_accuracy_score(y, predicted),
+        "f1" if binary else "f1_macro": f1_score(y, predicted, average=average, zero_division=0, **positive),
+        "precision" if binary else "precision_macro": precision_score(
+            y, predicted, average=average, zero_division=0, **positive
+        ),
+        "recall" if binary else "recall_macro": recall_score(
+            y, predicted, average=average, zero_division=0, **positive
+        ),
+    }
+    if hasattr(model, "predict_proba"):
+        proba = model.predict_proba(X)
+        metrics["log_loss"] = log_loss(y, proba, labels=classes)
+        if y.nunique() == len(classes):
+            metrics["roc_auc"] = (
+                roc_auc_score(y, proba[:, 1]) if binary else roc_auc_score(y, proba, multi_class="ovr", labels=classes)
+            )
+    return {k: round(float(v), 6) for k, v in metrics.items()}
+
+
+def train(df: pd.DataFrame, target: str, settings: TrainingSettings, data: DataSettings | None = None) -> TrainedModel:
+    """Choose the features, resolve the task, split, fit the pipeline and the baseline on the
+    training split, score both on the holdout. `data` chooses features and the time column
+    (default: every column but the target, a random split)."""
+    data = data or DataSettings(target=target)
+    features = choose_features(list(df.columns), target, data) if target in df.columns else []
+    X, y = split_target(df, target, features)
+    task_ = resolve_task(y, settings.task)
+    if task_.is_classification:
+        check_classes(y, task_, settings.task)
+    if settings.predict_fn == "predict_proba" and not task_.is_classification:
+        raise ConfigError("training.predict_fn is predict_proba, but training.task is regression (no classes)")
+    stratify = y if task_.is_classification and data.time_column is None else None
+    train_rows, test_rows = holdout_split(df, settings.test_size, settings.seed, stratify, data.time_column)
+    X_train, X_test, y_train, y_test = X.loc[train_rows], X.loc[test_rows], y.loc[train_rows], y.loc[test_rows]
+    if task_.is_classification:
+        unseen = sorted(set(y_test) - set(y_train), key=str)
+        if unseen:
+            raise DataError(
+                f"class {_plain(unseen[0])!r} of target '{target}' is only in the latest rows by "
+                f"data.time_column '{data.time_column}': the model would never learn it"
+            )
+    model, candidates = fit(build_pipeline(X_train, settings, task_), X_train, y_train, settings)
+    if settings.predict_fn == "predict_proba" and not hasattr(model, "predict_proba"):
+        raise ConfigError(f"training.predict_fn is predict_proba, but {settings.estimator} has no predict_proba")
+    baseline, rule = build_baseline(X_train, y_train, task_, settings.seed)
+    return TrainedModel(
+        model=model,
+        baseline=baseline,
+        baseline_rule=rule,
+        metrics=evaluate(model, X_test, y_test, task_),
+        baseline_metrics=evaluate(baseline, X_test, y_test, task_),
+        features=features,
+        target=target,
+        X_holdout=X_test,
+        y_holdout=y_test,
+        task=task_,
+        estimator=estimators.describe(model.named_steps["model"]),
+        predict_fn=settings.predict_fn,
+        holdout_index=test_rows,
+        search=candidates,
+    )
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(
+    df: pd.DataFrame, target: str, settings: TrainingSettings, data: DataSettings | None = None
+) -> TrainedModel:
+    trained = train(df, target, settings, data)
+    get_run_logger().info(
+        "%s (%s, %d features) holdout %s; baseline (%s) %s",
+        trained.estimator,
+        trained.task.value,
+        len(trained.features),
+        headline(trained.metrics),
+        trained.baseline_rule,
+        headline(trained.baseline_metrics),
+    )
+    return trained
+
+
+HEADLINE = ("roc_auc", "accuracy", "balanced_accuracy", "rmse", "r2")
+
+
+def headline(metrics: dict[str, float]) -> str:
+    """The few metrics a person reads first."""
+    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in HEADLINE)
 
 
 def _plain(value):
@@ -70,137 +338,9 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def preprocessor(X: pd.DataFrame, columns: list[str] | None = None) -> ColumnTransformer:
-    """Impute and scale numbers, impute and one-hot encode categories: all fitted, never recomputed."""
-    columns = list(X.columns) if columns is None else columns
-    numeric = [c for c in columns if pd.api.types.is_numeric_dtype(X[c])]
-    categorical = [c for c in columns if c not in numeric]
-    return ColumnTransformer(
-        [
-            ("numeric", Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]), numeric),
-            (
-                "categorical",
-                Pipeline(
-                    [
-                        ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
-                        ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-                    ]
-                ),
-                categorical,
-            ),
-        ],
-        verbose_feature_names_out=False,
-    )
+def _plain_list(values) -> list:
+    return [_plain(v) for v in values]
 
 
-def build_pipeline(X: pd.DataFrame, settings: TrainingSettings) -> Pipeline:
-    estimator_cls = ESTIMATORS[settings.estimator]
-    accepted = inspect.signature(estimator_cls).parameters
-    unknown = sorted(set(settings.params) - set(accepted))
-    if unknown:
-        raise DataError(f"training.params: {settings.estimator} has no parameter {', '.join(map(repr, unknown))}")
-    params = dict(settings.params)
-    if "random_state" in accepted:
-        params.setdefault("random_state", settings.seed)
-    try:
-        estimator = estimator_cls(**params)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"training.params: {exc}") from None
-    return Pipeline([("preprocess", preprocessor(X)), ("model", estimator)])
-
-
-def build_baseline(X: pd.DataFrame, y: pd.Series, seed: int) -> tuple[Pipeline, str]:
-    """One rule on the numeric feature that best separates the classes on the training split."""
-    numeric = [c for c in X.columns if pd.api.types.is_numeric_dtype(X[c]) and X[c].notna().any()]
-    if not numeric:
-        return Pipeline([("model", DummyClassifier(strategy="prior"))]).fit(X, y), "training class rates"
-    best = max(numeric, key=lambda c: _separation(y, X[c].fillna(X[c].median())))
-    pipe = Pipeline(
-        [
-            ("preprocess", ColumnTransformer([("rule_feature", SimpleImputer(strategy="median"), [best])])),
-            ("model", DecisionTreeClassifier(max_depth=1, random_state=seed)),
-        ]
-    ).fit(X, y)
-    tree = pipe.named_steps["model"].tree_
-    return pipe, f"{best} <= {tree.threshold[0]:.4g}" if tree.node_count > 1 else f"{best} (no split)"
-
-
-def _separation(y: pd.Series, values: pd.Series) -> float:
-    """How well one feature ranks a binary label: AUC folded around 0.5 (multiclass: no ranking)."""
-    if y.nunique() != 2:
-        return 0.0
-    auc = float(roc_auc_score(y, values))
-    return max(auc, 1 - auc)
-
-
-def evaluate(model: Pipeline, X: pd.DataFrame, y: pd.Series) -> dict[str, float]:
-    """Holdout metrics; binary metrics use the positive class, multiclass ones average over classes."""
-    predicted = model.predict(X)
-    proba = model.predict_proba(X)
-    binary = len(model.classes_) == 2
-    average = "binary" if binary else "macro"
-    positive = {"pos_label": model.classes_[1]} if binary else {}
-    metrics = {
-        "accuracy": accuracy_score(y, predicted),
-        "f1": f1_score(y, predicted, average=average, zero_division=0, **positive),
-        "precision": precision_score(y, predicted, average=average, zero_division=0, **positive),
-        "recall": recall_score(y, predicted, average=average, zero_division=0, **positive),
-        "log_loss": log_loss(y, proba, labels=model.classes_),
-    }
-    if y.nunique() == len(model.classes_):
-        metrics["roc_auc"] = (
-            roc_auc_score(y, proba[:, 1])
-            if binary
-            else roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_)
-        )
-    return {k: round(float(v), 6) for k, v in metrics.items()}
-
-
-def train(df: pd.DataFrame, target: str, settings: TrainingSettings) -> TrainedModel:
-    """Split, fit the pipeline and the baseline on the training split, score both on the holdout."""
-    X, y = split_features(df, target)
-    counts = y.value_counts()
-    if counts.min() < 2:
-        raise DataError(
-            f"class {_plain(counts.idxmin())!r} of target '{target}' has only {counts.min()} row; "
-            "every class needs at least 2 to have one in the training split and one in the holdout"
-        )
-    try:
-        X_train, X_test, y_train, y_test = train_test_split(
-            X, y, test_size=settings.test_size, random_state=settings.seed, stratify=y
-        )
-    except ValueError as exc:  # a holdout too small to hold every class
-        raise DataError(f"cannot split {len(y)} rows into training and holdout: {exc}") from None
-    try:
-        model = build_pipeline(X_train, settings).fit(X_train, y_train)
-    except InvalidParameterError as exc:  # sklearn checks parameter values only when fitting
-        raise DataError(f"training.params: {exc}") from None
-    baseline, rule = build_baseline(X_train, y_train, settings.seed)
-    return TrainedModel(
-        model=model,
-        baseline=baseline,
-        baseline_rule=rule,
-        metrics=evaluate(model, X_test, y_test),
-        baseline_metrics=evaluate(baseline, X_test, y_test),
-        features=list(X.columns),
-        target=target,
-        X_holdout=X_test,
-        y_holdout=y_test,
-    )
-
-
-@task(name="train", cache_policy=NO_CACHE)
-def train_task(df: pd.DataFrame, target: str, settings: TrainingSettings) -> TrainedModel:
-    trained = train(df, target, settings)
-    get_run_logger().info(
-        "%s holdout %s; baseline (%s) %s",
-        settings.estimator,
-        _fmt(trained.metrics),
-        trained.baseline_rule,
-        _fmt(trained.baseline_metrics),
-    )
-    return trained
-
-
-def _fmt(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in ("roc_auc", "accuracy"))
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]

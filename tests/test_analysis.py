@@ -134,3 +134,21 @@ def test_a_borderline_difference_is_weighed_against_every_test_of_the_promotion(
     assert "at p < 0.0011" in next(c.limit for c in analysis.checks if c.name == "error and fallback rate")
     loose = SETTINGS.model_copy(update={"alpha": 0.09})  # 0.01 a test
     assert breached(canary_analysis(log, NO_FEEDBACK, loose, "c")) == {"error and fallback rate"}
+
+
+def test_probability_answers_are_compared_as_their_predicted_class():
+    """A version served with predict_proba logs probability rows; agreement compares classes."""
+    from tasks.analysis import predicted_classes
+
+    log = pd.DataFrame(
+        {
+            "request_id": ["a", "a", "b", "b"],
+            "role": ["production", "shadow", "production", "shadow"],
+            "model_version": ["1", "2", "1", "2"],
+            "prediction": ['["yes"]', "[[0.2, 0.8]]", '["no"]', "[[0.9, 0.1]]"],
+        }
+    )
+    classes = predicted_classes(log, {"2": ["no", "yes"]})
+    assert classes["prediction"].tolist() == ['["yes"]', '["yes"]', '["no"]', '["no"]']
+    assert log["prediction"].iloc[1] == "[[0.2, 0.8]]"  # the log itself is left as answered
+    assert predicted_classes(log, {}) is log

@@ -84,8 +84,8 @@ def test_requirements_are_pinned_to_what_is_installed():
     assert (pinned["scikit-learn"], pinned["pandas"]) == (sklearn.__version__, pandas.__version__)
 
 
-def test_git_lineage_is_the_checkout_of_the_training_code():
-    lineage = git_lineage()
+def test_git_lineage_is_the_checkout_of_the_folder_it_is_given():
+    lineage = git_lineage(REPO)
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert lineage.commit == head and len(head) == 40
     assert git_lineage(REPO.parent / "definitely-not-a-repo") == GitLineage("unknown", "unknown", None)

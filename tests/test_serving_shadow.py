@@ -14,10 +14,11 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import pandas as pd
 import pytest
 
 from configs.settings import TrainingSettings
-from serving import Column, is_numeric, session
+from serving import Column, session
 from serving.models import Inputs, Servable
 from serving.prediction_log import Prediction, PredictionLog, Redactor, read_window
 from serving.schema import Batch, Schema, parse
@@ -37,7 +38,11 @@ def compiled():
 
 def columns_of(X, optional: set[str] = frozenset()) -> list[Column]:
     return [
-        Column(c, "double" if is_numeric(X[c].dtype) else "string", c not in optional and not X[c].isna().any())
+        Column(
+            c,
+            "double" if pd.api.types.is_numeric_dtype(X[c].dtype) else "string",
+            c not in optional and not X[c].isna().any(),
+        )
         for c in X.columns
     ]
 

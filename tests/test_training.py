@@ -4,7 +4,8 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from configs.settings import TrainingSettings
-from core.errors import DataError
+from core.errors import ConfigError, DataError
+from core.vocabulary import Task
 from tasks.demo_data import TARGET, generate
 from tasks.training import train
 
@@ -67,7 +68,15 @@ def test_unseen_categories_and_nulls_at_serving_do_not_break_the_model(trained):
 
 
 def test_holdout_metrics_and_a_baseline_the_model_beats(trained):
-    assert set(trained.metrics) == {"accuracy", "f1", "precision", "recall", "log_loss", "roc_auc"}
+    assert set(trained.metrics) == {
+        "accuracy",
+        "balanced_accuracy",
+        "f1",
+        "precision",
+        "recall",
+        "log_loss",
+        "roc_auc",
+    }
     assert trained.metrics["roc_auc"] > 0.75
     assert 0.5 < trained.baseline_metrics["roc_auc"] < trained.metrics["roc_auc"]
     assert trained.baseline_rule.startswith("tenure_months <=")
@@ -94,9 +103,9 @@ def test_model_family_and_hyperparameters_come_from_settings(data, estimator):
 
 
 def test_unknown_hyperparameter_is_named(data):
-    with pytest.raises(DataError, match="logistic_regression has no parameter 'n_trees'"):
+    with pytest.raises(ConfigError, match=r"logistic_regression \(LogisticRegression\) has no parameter 'n_trees'"):
         train(data, TARGET, TrainingSettings(params={"n_trees": 3}))
-    with pytest.raises(DataError, match="training.params"):
+    with pytest.raises(ConfigError, match="training.params"):
         train(data, TARGET, TrainingSettings(params={"C": "lots"}))
 
 
@@ -105,7 +114,7 @@ def test_unknown_hyperparameter_is_named(data):
     [
         (lambda df: df.drop(columns=[TARGET]), "target column 'churned' is not in the data"),
         (lambda df: df.assign(churned=df[TARGET].astype(float).where(df.index > 5)), "has 6 null labels"),
-        (lambda df: df.assign(churned=1), "holds a single class"),
+        (lambda df: df.assign(churned="yes"), "holds a single class"),
         (lambda df: df[[TARGET]], "no feature columns besides the target"),
     ],
 )
@@ -117,5 +126,6 @@ def test_unusable_labels_get_clear_errors(data, mutate, message):
 def test_multiclass_labels_train_too(data):
     three = data.assign(churned=data["contract"])
     result = train(three.drop(columns=["contract"]), TARGET, TrainingSettings())
+    assert result.task is Task.MULTICLASS
     assert len(result.model.classes_) == 3
-    assert "roc_auc" in result.metrics
+    assert {"roc_auc", "f1_macro", "balanced_accuracy", "log_loss"} <= set(result.metrics)

@@ -1,0 +1,166 @@
+"""Which columns the model sees, how the holdout is split, and which task a target gets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_diabetes
+
+from configs.settings import DataSettings, TrainingSettings
+from core.errors import ConfigError, DataError
+from core.vocabulary import Task
+from tasks.features import DateParts, choose_features, holdout_split
+from tasks.training import resolve_task, train
+
+COLUMNS = ["id", "age", "plan", "signup", "label"]
+
+
+def test_features_default_to_every_column_but_target_excluded_and_time():
+    data = DataSettings(exclude=["id"], time_column="signup")
+    assert choose_features(COLUMNS, "label", data) == ["age", "plan"]
+    assert choose_features(COLUMNS, "label", DataSettings()) == ["id", "age", "plan", "signup"]
+    listed = DataSettings(features=["plan", "signup"], time_column="signup")  # listed: the time column is a feature
+    assert choose_features(COLUMNS, "label", listed) == ["plan", "signup"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (DataSettings(features=["age", "income"]), "data.features: column 'income' is not in the data (columns: id, "),
+        (DataSettings(exclude=["ID"]), "data.exclude: column 'ID' is not in the data"),
+        (DataSettings(time_column="when"), "data.time_column: column 'when' is not in the data"),
+        (DataSettings(features=["age", "label"]), "data.features: column 'label' is the target"),
+        (DataSettings(features=["age", "id"], exclude=["id"]), "data.features: column 'id' is also in data.exclude"),
+        (DataSettings(features=["age", "age"]), "data.features: column 'age' is listed twice"),
+    ],
+)
+def test_unknown_or_contradictory_columns_name_the_key_and_the_column(data, message):
+    with pytest.raises(ConfigError) as caught:
+        choose_features(COLUMNS, "label", data)
+    assert str(caught.value).startswith(message)
+
+
+def test_out_of_time_holdout_is_the_latest_share():
+    frame = pd.DataFrame({"t": pd.date_range("2024-01-01", periods=10, freq="D")[::-1], "x": range(10)})
+    train_rows, test_rows = holdout_split(frame, 0.3, 0, None, "t")
+    assert sorted(frame.loc[test_rows, "t"].dt.day) == [8, 9, 10]
+    assert len(train_rows) == 7
+    as_text = frame.assign(t=frame["t"].dt.strftime("%Y-%m-%d"))  # a CSV's dates are text
+    assert set(holdout_split(as_text, 0.3, 0, None, "t")[1]) == set(test_rows)
+
+
+def test_a_time_column_that_is_not_time_is_named():
+    frame = pd.DataFrame({"t": ["soon", "later", "never"], "x": [1, 2, 3]})
+    with pytest.raises(ConfigError, match="data.time_column: column 't' holds neither datetimes"):
+        holdout_split(frame, 0.3, 0, None, "t")
+    with pytest.raises(DataError, match="data.time_column: column 't' has 1 empty values"):
+        holdout_split(pd.DataFrame({"t": [1.0, np.nan, 3.0]}), 0.3, 0, None, "t")
+
+
+def test_date_parts_read_datetimes_and_iso_text_alike():
+    stamps = pd.DataFrame({"at": pd.to_datetime(["2024-02-29 13:45", None])})
+    parts = DateParts().fit(stamps).transform(stamps)
+    np.testing.assert_array_equal(parts[0], [2024, 2, 29, 3, 13, 45])
+    assert np.isnan(parts[1]).all()
+    text = pd.DataFrame({"at": ["2024-02-29T13:45:00", None]})
+    np.testing.assert_array_equal(DateParts().fit(text).transform(text)[0], parts[0])
+    assert list(DateParts().fit(stamps).get_feature_names_out())[:2] == ["at_year", "at_month"]
+
+
+@pytest.mark.parametrize(
+    ("y", "task"),
+    [
+        (pd.Series([True, False] * 10), Task.BINARY),
+        (pd.Series(["a", "b", "c"] * 5), Task.MULTICLASS),
+        (pd.Series([0, 1] * 10), Task.BINARY),
+        (pd.Series([1, 2, 3, 4] * 5), Task.MULTICLASS),
+        (pd.Series([0.0, 1.0] * 10), Task.BINARY),  # a float column of whole numbers
+        (pd.Series(np.arange(40) % 25), Task.REGRESSION),  # more than 20 distinct values
+        (pd.Series([1, 1, 2, 2, 3]), Task.REGRESSION),  # a value seen once: a quantity
+        (pd.Series(np.linspace(0, 1, 30)), Task.REGRESSION),
+    ],
+)
+def test_auto_task_from_the_target(y, task):
+    assert resolve_task(y.rename("y"), Task.AUTO) is task
+
+
+@pytest.mark.parametrize(
+    ("y", "requested", "message"),
+    [
+        (pd.Series(["a", "b"] * 5), Task.REGRESSION, "training.task is regression, but target 'y' holds str"),
+        (pd.Series([1, 2, 3] * 5), Task.BINARY, "training.task is binary, but target 'y' holds 3 classes"),
+        (pd.Series([1, 2] * 5), Task.MULTICLASS, "training.task is multiclass, but target 'y' holds 2 classes"),
+        (pd.Series([3.5] * 5), Task.REGRESSION, "target column 'y' is constant"),
+    ],
+)
+def test_a_task_the_target_cannot_have_is_named(y, requested, message):
+    with pytest.raises(DataError) as caught:
+        resolve_task(y.rename("y"), requested)
+    assert str(caught.value).startswith(message)
+
+
+def test_diabetes_is_regression_with_its_metrics_and_a_one_split_baseline():
+    frame = load_diabetes(as_frame=True, scaled=False).frame
+    trained = train(frame, "target", TrainingSettings(estimator="ridge"))
+    assert trained.task is Task.REGRESSION
+    assert set(trained.metrics) == {"rmse", "mae", "r2"}
+    assert trained.metrics["r2"] > 0.3 and trained.metrics["rmse"] < trained.baseline_metrics["rmse"]
+    assert trained.baseline_rule.startswith(("bmi <=", "s5 <="))
+    assert trained.classes is None
+    as_classes = TrainingSettings(task="multiclass")
+    with pytest.raises(DataError, match=r"class .* has only 1 row \(training.task is multiclass\)"):
+        train(frame, "target", as_classes)
+
+
+def test_regression_without_numbers_falls_back_to_the_median():
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"plan": rng.choice(["a", "b"], 200)})
+    frame["spend"] = np.where(frame["plan"] == "a", 10.0, 20.0) + rng.normal(0, 1, 200)
+    trained = train(frame, "spend", TrainingSettings(estimator="random_forest", params={"n_estimators": 10}))
+    assert trained.task is Task.REGRESSION and trained.baseline_rule == "training median"
+    assert trained.metrics["r2"] > 0.9
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            TrainingSettings(estimator="logistic_regression", task="regression"),
+            "training.estimator logistic_regression does classification, but training.task is regression "
+            "(built-ins for regression: ridge, random_forest, hist_gradient_boosting, gradient_boosting)",
+        ),
+        (TrainingSettings(estimator="ridge"), "training.estimator ridge does regression, but training.task is binary"),
+        (
+            TrainingSettings(estimator="ridge", predict_fn="predict_proba", task="regression"),
+            "training.predict_fn is predict_proba, but training.task is regression",
+        ),
+    ],
+)
+def test_a_built_in_that_cannot_do_the_task_is_named(settings, message):
+    frame = pd.DataFrame({"x": np.arange(40.0), "y": np.arange(40.0) % 2})
+    with pytest.raises(ConfigError) as caught:
+        train(frame, "y", settings)
+    assert str(caught.value).startswith(message)
+
+
+def test_a_class_seen_once_names_training_task():
+    frame = pd.DataFrame({"x": np.arange(12.0), "y": ["a"] * 6 + ["b"] * 5 + ["c"]})
+    with pytest.raises(
+        DataError, match=r"class 'c' of target 'y' has only 1 row \(training.task: auto chose multiclass\)"
+    ):
+        train(frame, "y", TrainingSettings())
+
+
+def test_the_gateway_reads_dates_as_iso_text_and_names_a_bad_one():
+    from serving.registry import Column
+    from serving.schema import BadInput, Schema, parse
+
+    schema = Schema([Column("signed up", "datetime", False)])
+    body = b'{"dataframe_split": {"columns": ["signed up"], "data": [["2024-02-29T13:45:00"], [null], ["2024-03-01T08:00:00+01:00"]]}}'
+    frame = schema.frame(schema.coerce(parse(body, "application/json")))
+    assert frame["signed up"].dt.hour.tolist()[0] == 13 and pd.isna(frame["signed up"][1])
+    assert frame["signed up"][2] == pd.Timestamp("2024-03-01T07:00:00")
+    bad = b'{"dataframe_split": {"columns": ["signed up"], "data": [["yesterday"]]}}'
+    with pytest.raises(BadInput, match="column 'signed up' row 0: expected an ISO 8601 date or time"):
+        schema.coerce(parse(bad, "application/json"))
