@@ -12,7 +12,9 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
+import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -58,7 +60,7 @@ def monitoring_flow(
     if version is None:
         raise RegistryError(f"'{name}' has no Production version to monitor")
 
-    log, feedback = read_log_task(settings, name, start, end)
+    log, feedback = cast(tuple[pd.DataFrame, pd.DataFrame], read_log_task(settings, name, start, end))
     if len(log):  # probability answers are compared with labels as their predicted class
         log = predicted_classes(log, registry.probability_classes(settings, name, log["model_version"].unique()))
     task = version_task(registry.get_version(settings, name, version).tags)
@@ -118,12 +120,13 @@ def read_log_task(settings: Settings, name: str, start: datetime, end: datetime)
 
 def trigger_retraining(settings: Settings) -> str:
     """Start the retraining deployment; without one (ephemeral mode) say what to do instead."""
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
     deployment = settings.monitoring.retrain_deployment
     try:
-        run = run_deployment(deployment, timeout=0)
+        run = cast(FlowRun, run_deployment(deployment, timeout=0))  # sync in a flow
     except ObjectNotFound:
         message = (
             f"sustained breach, but the deployment '{deployment}' does not exist: deploy prefect.yaml "

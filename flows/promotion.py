@@ -18,7 +18,8 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.context import get_run_context
+from prefect.client.schemas.objects import FlowRun
+from prefect.context import FlowRunContext, get_run_context
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 
@@ -75,7 +76,7 @@ def promotion_flow(
     The CLI and tests pass `settings`; a deployment names its profile by `config` (or SHIPWAY_CONFIG)."""
     settings = settings or load_settings(config)
     name = name or settings.training.model_name
-    run = get_run_context().flow_run
+    run = _flow_run()
     run_id = str(run.id)
     with held(settings, name, run_id, run.name, actor=actor, crashed=mark_crashed) as lease:
         recover(settings, name, actor=actor)
@@ -220,7 +221,7 @@ def _require_approval(settings: Settings, name: str, version: str, stage: str, e
     """Pause for a reviewer; a rejection or a timeout ends the promotion as rejected."""
     from prefect.settings import PREFECT_API_URL, get_current_settings
 
-    run_id = str(get_run_context().flow_run.id)
+    run_id = str(_flow_run().id)
     waiting = {"run_id": run_id, "stage": stage, "version": version, "since": datetime.now(UTC).isoformat()}
     registry.set_model_tag(settings, name, Tag.AWAITING_APPROVAL, json.dumps(waiting))
     api_url, home = PREFECT_API_URL.value(), get_current_settings().home
@@ -298,3 +299,10 @@ def mark_crashed(dead: Lease, why: str) -> None:
             client.set_flow_run_state(UUID(dead.run_id), Crashed(message=why), force=True)
         except ObjectNotFound:
             pass
+
+
+def _flow_run() -> FlowRun:
+    """The promotion's own flow run (the flow is running: there is one)."""
+    context = get_run_context()
+    assert isinstance(context, FlowRunContext) and context.flow_run is not None
+    return context.flow_run

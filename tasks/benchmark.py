@@ -56,7 +56,7 @@ class BenchResult:
         }
 
     def metrics(self) -> dict[str, float]:
-        out = {}
+        out: dict[str, float] = {}
         for stage, figures in self.in_process.items():
             out |= {f"bench_inprocess_{stage}_{k}": v for k, v in figures.items() if k.endswith("_ms")}
         for level, figures in self.http.items():

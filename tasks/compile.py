@@ -204,7 +204,7 @@ def _register_float64_imputer() -> None:
             "Where", [missing, fill, x], [operator.outputs[0].full_name], name=scope.get_unique_operator_name("Where")
         )
 
-    convert.shipway = True
+    convert.shipway = True  # type: ignore[attr-defined]
     update_registered_converter(
         SimpleImputer, "SklearnSimpleImputer", get_shape_calculator("SklearnSimpleImputer"), convert
     )

@@ -225,8 +225,8 @@ def judge(
             columns = [metric.model(t, a.take(rows)) if a is not None else None for a in (mine, theirs, base)]
             points = [metric.of_columns(shared, c) if c is not None else float("nan") for c in columns]
             scope = _Scope(g, label, rows, points)
-            judged = (label == "overall" or len(rows) >= settings.min_slice_rows) and np.isfinite(points[:2]).all()
-            if judged:  # only judged scopes are resampled: keep their columns for the bootstrap
+            judge = (label == "overall" or len(rows) >= settings.min_slice_rows) and bool(np.isfinite(points[:2]).all())
+            if judge:  # only judged scopes are resampled: keep their columns for the bootstrap
                 scope.columns = (shared, columns[0], columns[1])
             scopes.append(scope)
     judged = [s for s in scopes if len(s.columns)]

@@ -16,6 +16,7 @@ from typing import Any
 import mlflow
 import mlflow.sklearn
 from mlflow import MlflowClient
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from prefect import get_run_logger, task
@@ -92,7 +93,7 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
     sample = trained.X_holdout.head(50)
     requirements = pip_requirements()
     config = config_yaml(settings)
-    provenance = {Tag.SHIPWAY_VERSION: shipway_version(), Tag.CONFIG_HASH: config_hash(config)}
+    provenance: dict[str, str] = {Tag.SHIPWAY_VERSION: shipway_version(), Tag.CONFIG_HASH: config_hash(config)}
     features = ",".join(trained.features)
     with (
         mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{snapshot.id[:12]}") as run,
@@ -125,7 +126,7 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
             mlflow.log_table(trained.search, artifact_file=SEARCH_ARTIFACT)
             best = trained.search.iloc[0]
             mlflow.log_params({f"search_best_{k}": best[k] for k in trained.search.columns if "__" in k})
-        dataset = mlflow.data.from_pandas(
+        dataset = from_pandas(
             snapshot.frame, source=snapshot.uri, name=f"snapshot-{snapshot.id[:12]}", targets=trained.target
         )
         mlflow.log_input(dataset, context="training")
@@ -156,7 +157,7 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
                 path = Path(tmp) / Path(ONNX_ARTIFACT).name
                 path.write_bytes(compiled.onnx)
                 mlflow.log_artifact(str(path), str(Path(ONNX_ARTIFACT).parent))
-    tags = {
+    tags: dict[str, str] = {
         **lineage.tags(),
         **provenance,
         "data_snapshot_id": snapshot.id,
