@@ -97,7 +97,7 @@ class QualityReport:
             overall = self.rows[0]
             said = f"{self.metric} {overall.candidate:.4g} beats the baseline's {overall.baseline:.4g}"
             if self.production:
-                return f"{said}, is not worse than Production (version {self.production}): {overall.production:.4g}"
+                return f"{said} and is not worse than Production's {overall.production:.4g} (version {self.production})"
             return f"{said}; {self.note}"
         lines = [f"{r.scope}: {r.reason}" for r in self.failures]
         more = f"; and {len(lines) - 3} more" if len(lines) > 3 else ""
