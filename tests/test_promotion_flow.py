@@ -27,6 +27,7 @@ from tasks.registry import model_state
 from tasks.snapshot import take_snapshot
 from tasks.traffic import Replay
 from tasks.training import preprocessor, split_features, train
+from tests.conftest import mark_benchmarked
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 NAME = "churn-classifier"
@@ -56,7 +57,8 @@ def versions_1_and_2(fast):
     trained = train(snapshot.frame, TARGET, fast.training)
     lineage = GitLineage("a" * 40, "main", False)
     for _ in range(2):
-        register(trained, snapshot, lineage, fast)
+        registered = register(trained, snapshot, lineage, fast)
+        mark_benchmarked(fast, registered.name, registered.version)
     move(fast, NAME, {Alias.PRODUCTION: "1", Alias.SHADOW: "2"}, actor="test", reason="setup")
     return trained, snapshot
 
@@ -118,6 +120,7 @@ def test_a_broken_canary_is_rolled_back_automatically(fast, versions_1_and_2, tr
     bad = register(
         dataclasses.replace(trained, model=broken.fit(X, y)), snapshot, GitLineage("b" * 40, "main", False), fast
     )
+    mark_benchmarked(fast, NAME, bad.version)
     monkeypatch.setenv("SHIPWAY_PROMOTION__MIN_AGREEMENT", "0")  # let it past Shadow: the canary must catch it
     approver = Approver(fast, [True])
     approver.start()
