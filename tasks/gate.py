@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings
 from core.errors import DataError, GateError
-from core.vocabulary import Verdict
+from core.vocabulary import Tag, Verdict
 from expectations import contract
 from tasks import registry
 from tasks.contract_checks import validate
@@ -145,9 +145,13 @@ def report_paths(sources: list[str], report: Path | None, default_dir: Path) -> 
 
 
 def validate_batches(
-    settings: Settings, sources: list[str], reference: Reference, report: Path | None
+    settings: Settings, sources: list[str], reference: Reference, report: Path | None, record: bool = False
 ) -> list[tuple[GateReport, ReportFiles]]:
-    """Gate each batch, write its report files, and log them with the model version (if there is one)."""
+    """Gate each batch and write its report files; with `record`, log them with the model version.
+
+    A batch check never changes the version's `validation_status` (its training gate's verdict, which
+    alias moves read): recorded, the worst verdict goes to `last_check_status` instead.
+    """
     label = (
         f"{reference.model}-v{reference.version}"
         if reference.model
@@ -160,7 +164,7 @@ def validate_batches(
         frame = read_source(source, settings)
         result = gate(frame, reference, settings, batch_name=source)
         done.append((result, write_report(result, path)))
-    if reference.model and reference.version:
+    if record and reference.model and reference.version:
         worst = max((r.verdict for r, _ in done), key=lambda v: v.rank)
         for _, files in done:
             registry.log_gate_report(
@@ -170,6 +174,7 @@ def validate_batches(
                 name=reference.model,
                 version=reference.version,
                 folder=f"{folder}/{files.json.stem}",
+                status_tag=Tag.LAST_CHECK_STATUS,
             )
     return done
 
