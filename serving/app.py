@@ -173,7 +173,7 @@ class Gateway:
                 None,
                 None,
                 started,
-                f"{exc.status} {exc.error_code}: {exc.message}",
+                f"{exc.status} {exc.error_code}: {exc.logged}",
                 route=role,
             )
             await _error(send, exc.status, exc.error_code, exc.message, request_id)
@@ -432,6 +432,7 @@ def create_app(settings: Settings, *, pinned_version: str | None = None) -> Gate
         poll_interval_s=settings.serving.poll_interval_s,
         pinned=pinned_version,
         local_state=LocalState.of(settings),
+        sensitive_columns=settings.serving.sensitive_columns,
     )
     prediction_log = open_log(settings, on_drop=metrics.log_dropped.inc, on_write=metrics.log_written.inc)
     return Gateway(settings, router, prediction_log, metrics)

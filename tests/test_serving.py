@@ -24,12 +24,14 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
+from pydantic import SecretStr
 
 from configs.settings import Settings, load_settings
+from core.errors import ConfigError
 from core.vocabulary import Alias
 from serving import shadow as shadow_module
 from serving.prediction_log import read_feedback, read_window
-from serving.server import running
+from serving.server import check_sensitive_columns, running
 from tasks.demo_data import TARGET
 from tasks.lineage import GitLineage
 from tasks.registration import register
@@ -557,7 +559,7 @@ def test_feedback_labels_join_by_request_id(reg, tmp_path):
 
 def test_sensitive_columns_are_hashed_or_dropped_before_logging(reg, tmp_path):
     point(reg, Production=reg.good)
-    settings = logged(reg, tmp_path, sensitive_columns={"age": "hash", "region": "drop"}, hash_salt="pepper")
+    settings = logged(reg, tmp_path, sensitive_columns={"age": "hash", "region": "drop"}, hash_salt=SecretStr("pepper"))
     frame = rows(reg, 1)
     with running(settings) as url, httpx.Client(base_url=url) as client:
         invoke(client, frame)
@@ -565,6 +567,44 @@ def test_sensitive_columns_are_hashed_or_dropped_before_logging(reg, tmp_path):
     assert "region" not in logged_inputs
     assert logged_inputs["age"] != frame.age.iloc[0] and len(logged_inputs["age"]) == 64
     assert logged_inputs["plan"] == frame.plan.iloc[0]
+
+
+def test_a_sensitive_column_the_version_lacks_is_an_error_naming_it(reg, tmp_path):
+    point(reg, Production=reg.good)
+    settings = logged(reg, tmp_path, sensitive_columns={"Age": "drop", "region": "drop"})
+    with pytest.raises(
+        ConfigError,
+        match=rf"sensitive_columns names 'Age', which version {reg.good} of '{reg.name}' \(Production\) does not",
+    ):
+        check_sensitive_columns(settings)  # what `shipway serve` runs before it binds
+    check_sensitive_columns(logged(reg, tmp_path, sensitive_columns={"age": "drop"}))  # a real column: fine
+    with running(settings) as url, httpx.Client(base_url=url) as client:  # a gateway already up reports it
+        health = client.get("/health").json()
+    assert health["status"] == "degraded"
+    assert f"Production (version {reg.good}): 'Age'" in health["problems"]["sensitive_columns"]
+    assert "'region'" not in health["problems"]["sensitive_columns"]
+
+
+def test_a_bad_value_is_shown_to_its_client_but_never_stored_in_the_log(reg, tmp_path):
+    point(reg, Production=reg.good)
+    settings = logged(reg, tmp_path)
+    secret = "SSN-123-45-6789"
+    row = {**records(rows(reg, 1))[0], "age": secret}
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        as_json = client.post("/invocations", json={"dataframe_records": [row]})
+        as_csv = client.post(
+            "/invocations",
+            content=pd.DataFrame([{**row, "age": 30, "tenure_months": secret}]).to_csv(index=False),
+            headers={"Content-Type": "text/csv"},
+        )
+    assert as_json.status_code == as_csv.status_code == 400
+    assert secret in as_json.json()["message"] and secret in as_csv.json()["message"]  # the sender may see it
+    errors = log_of(settings).error.tolist()
+    assert errors == [
+        "400 INVALID_PARAMETER_VALUE: column 'age' row 0: expected an integer (long), got <string, not logged>",
+        "400 INVALID_PARAMETER_VALUE: column 'tenure_months' row 0: expected an integer, got <string, not logged>",
+    ]
+    assert not any(secret in str(v) for v in log_of(settings).astype(str).to_numpy().ravel())
 
 
 def test_read_window_reads_only_the_window_through_the_ts_index(reg, tmp_path):
