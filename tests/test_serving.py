@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import time
 import warnings
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,12 +27,13 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 from pydantic import SecretStr
 
-from configs.settings import Settings, load_settings
+from configs.settings import PromotionSettings, Settings, load_settings
 from core.errors import ConfigError
 from core.vocabulary import Alias
 from serving import shadow as shadow_module
 from serving.prediction_log import read_feedback, read_window
 from serving.server import check_sensitive_columns, running
+from tasks.analysis import canary_analysis
 from tasks.demo_data import TARGET
 from tasks.lineage import GitLineage
 from tasks.registration import register
@@ -605,6 +607,37 @@ def test_a_bad_value_is_shown_to_its_client_but_never_stored_in_the_log(reg, tmp
         "400 INVALID_PARAMETER_VALUE: column 'tenure_months' row 0: expected an integer, got <string, not logged>",
     ]
     assert not any(secret in str(v) for v in log_of(settings).astype(str).to_numpy().ravel())
+
+
+def test_a_clients_bad_requests_on_the_canary_route_do_not_roll_it_back(reg, tmp_path):
+    """20 malformed requests and 5 empty batches with canary keys, through a real gateway and its log."""
+    point(reg, share=0.5, Production=reg.good, Canary=reg.other_good)
+    settings = logged(reg, tmp_path)
+    canary_keys = [k for k in (f"client-{i}" for i in range(200)) if zlib.crc32(k.encode()) / 2**32 < 0.5]
+    good = records(rows(reg, 1))[0]
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        wait_for(lambda: serving_version(client, "Canary") == reg.other_good)
+        for i in range(240):
+            assert invoke(client, rows(reg, 1, i), **{"X-Request-Key": f"user-{i}"}).status_code == 200
+        for i in range(20):
+            bad = client.post(
+                "/invocations",
+                json={"dataframe_records": [{**good, "age": "thirty"}]},
+                headers={"X-Request-Key": canary_keys[i]},
+            )
+            assert bad.status_code == 400
+        for i in range(5):
+            empty = client.post(
+                "/invocations", json={"dataframe_records": []}, headers={"X-Request-Key": canary_keys[i]}
+            )
+            assert empty.status_code >= 400
+    log = log_of(settings)
+    assert int(((log.route == "canary") & log.error.notna()).sum()) == 25  # what analysis used to count
+    analysis = canary_analysis(log, pd.DataFrame({"request_id": [], "label": []}), PromotionSettings(min_requests=50),
+                               "canary 50%")  # fmt: skip
+    assert analysis.passed, analysis.breaches
+    assert analysis.requests["canary client errors"] == 25
+    assert analysis.requests["canary"] + analysis.requests["production"] == 240
 
 
 def test_read_window_reads_only_the_window_through_the_ts_index(reg, tmp_path):
