@@ -84,6 +84,14 @@ class ServingSettings(_Section):
         description="Secret key of the sensitive-column hash (from SHIPWAY_SERVING__HASH_SALT); required when a "
         "column is hashed: an unkeyed hash of a small domain (ages, ZIP codes) is reversed by trying every value.",
     )
+    api_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token required on /feedback (every endpoint that changes state) when set; from "
+        "SHIPWAY_SERVING__API_TOKEN, never a profile file.",
+    )
+    require_api_token: bool = Field(
+        False, description="Refuse to start the gateway without serving.api_token (the production profile sets it)."
+    )
     log_queue_size: int = Field(
         50_000, gt=0, description="Prediction-log rows waiting to be written; beyond it rows are dropped and counted."
     )

@@ -120,8 +120,8 @@ def running(
 
 
 def _secrets_env(settings: Settings) -> dict[str, str]:
-    salt = settings.serving.hash_salt.get_secret_value()
-    return {f"{ENV_PREFIX}SERVING__HASH_SALT": salt} if salt else {}
+    secrets = {"HASH_SALT": settings.serving.hash_salt, "API_TOKEN": settings.serving.api_token}
+    return {f"{ENV_PREFIX}SERVING__{k}": v.get_secret_value() for k, v in secrets.items() if v.get_secret_value()}
 
 
 @contextmanager

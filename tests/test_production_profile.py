@@ -220,6 +220,7 @@ def journey(servers, databases, s3_endpoint, bucket, tmp_path_factory) -> Journe
         "MONITORING__MIN_REQUESTS": "60",
         "PROMOTION__LATENCY_P99_MS": "1000",
         "PROMOTION__LATENCY_SLACK_MS": "50",
+        "SERVING__API_TOKEN": "journey-token",  # the production profile requires one
     }
     with pytest.MonkeyPatch.context() as mp, _prefect_api(servers["prefect"]):
         for var in [v for v in os.environ if v.startswith("SHIPWAY_")]:
@@ -237,7 +238,7 @@ def journey(servers, databases, s3_endpoint, bucket, tmp_path_factory) -> Journe
         seen = list(approver.seen)
         trained.append(training_flow(data=second))
         with running(settings) as url:
-            replay = Replay(url, generate(2_000, seed=13), TARGET, max_rate=400)
+            replay = Replay(url, generate(2_000, seed=13), TARGET, max_rate=400, api_token="journey-token")
             replay.start()
             approver = AutoApprover(settings, NAME, [True, True], reviewer="rita", comment="looked at it")
             approver.start()

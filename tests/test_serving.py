@@ -559,6 +559,30 @@ def test_feedback_labels_join_by_request_id(reg, tmp_path):
     assert labels.label.to_dict() == {ids[0]: 0, ids[1]: 0}  # the latest label wins
 
 
+def test_feedback_needs_the_bearer_token_when_one_is_set(reg, tmp_path):
+    point(reg, Production=reg.good)
+    settings = logged(reg, tmp_path, api_token=SecretStr("t0ken"))
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        request_id = invoke(client, rows(reg, 1)).headers["x-request-id"]  # scoring stays open
+        label = {"request_id": request_id, "label": 1}
+        missing = client.post("/feedback", json=label)
+        wrong = client.post("/feedback", json=label, headers={"Authorization": "Bearer t0ke"})
+        right = client.post("/feedback", json=label, headers={"Authorization": "Bearer t0ken"})
+    for refused in (missing, wrong):
+        assert refused.status_code == 401 and refused.json()["error_code"] == "UNAUTHENTICATED"
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert "t0ken" not in refused.text
+    assert (right.status_code, right.json()) == (202, {"accepted": 1})
+    assert read_feedback(settings.prediction_log.url, [request_id]).label.tolist() == [1]  # one label: the right one
+
+
+def test_a_profile_that_requires_a_token_does_not_start_without_one(reg, tmp_path):
+    settings = logged(reg, tmp_path, require_api_token=True)
+    with pytest.raises(ConfigError, match=r"serving.api_token is required .*SHIPWAY_SERVING__API_TOKEN"):
+        with running(settings):
+            pass
+
+
 def test_sensitive_columns_are_hashed_or_dropped_before_logging(reg, tmp_path):
     point(reg, Production=reg.good)
     settings = logged(reg, tmp_path, sensitive_columns={"age": "hash", "region": "drop"}, hash_salt=SecretStr("pepper"))

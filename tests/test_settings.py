@@ -87,3 +87,11 @@ def test_hashing_needs_a_secret_salt_that_never_shows(settings, monkeypatch, tmp
     monkeypatch.setenv("SHIPWAY_SERVING__SENSITIVE_COLUMNS", '{"email": "drop"}')
     monkeypatch.delenv("SHIPWAY_SERVING__HASH_SALT")
     assert load_settings(cwd=tmp_path).serving.sensitive_columns == {"email": "drop"}  # dropping needs no key
+
+
+def test_the_production_profile_requires_an_api_token_from_the_environment(monkeypatch, tmp_path):
+    prod = load_settings(PROFILES / "production.yaml", cwd=tmp_path)
+    assert prod.serving.require_api_token and not prod.serving.api_token.get_secret_value()
+    monkeypatch.setenv("SHIPWAY_SERVING__API_TOKEN", "from-env")
+    prod = load_settings(PROFILES / "production.yaml", cwd=tmp_path)
+    assert prod.serving.api_token.get_secret_value() == "from-env" and "from-env" not in prod.model_dump_json()
