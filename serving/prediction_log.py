@@ -177,10 +177,10 @@ def read_feedback(url: str, request_ids: Iterable[str]) -> pd.DataFrame:
 class Redactor:
     """Hashes (HMAC-SHA256 keyed by serving.hash_salt) or drops the columns the config marks as sensitive."""
 
-    def __init__(self, rules: dict[str, str], salt: SecretStr):
+    def __init__(self, rules: dict[str, str], salt: SecretStr | str):
         self.hashed = [c for c, rule in rules.items() if rule == "hash"]
         self.dropped = [c for c, rule in rules.items() if rule == "drop"]
-        self.salt = salt.get_secret_value().encode()
+        self.salt = (salt.get_secret_value() if isinstance(salt, SecretStr) else salt).encode()
         if self.hashed and not self.salt:  # settings built in code skip the profile's check
             raise ConfigError("serving.hash_salt is empty but serving.sensitive_columns hashes columns")
 
