@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from configs.settings import ENV_DELIMITER, ENV_PREFIX, PROFILES, Settings
 
@@ -86,6 +86,8 @@ def _bounds(metadata: list[Any]) -> list[str]:
 
 
 def _value(value: Any) -> str:
+    if isinstance(value, SecretStr):  # a secret's default is shown as what it is, never a value
+        value = value.get_secret_value()
     if isinstance(value, str):
         return value if value else '""'
     return json.dumps(value)

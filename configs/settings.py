@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -86,9 +86,23 @@ class ServingSettings(_Section):
     cache_max_age_s: float = Field(600.0, gt=0, description="A cached answer older than this is not served.")
     max_body_bytes: int = Field(1_048_576, gt=0, description="Larger request bodies get 413.")
     sensitive_columns: dict[str, Literal["hash", "drop"]] = Field(
-        default_factory=dict, description="Input columns hashed (salted sha256) or dropped before they are logged."
+        default_factory=dict,
+        description="Input columns hashed (HMAC-SHA256 keyed by hash_salt) or dropped before they are logged; a "
+        "name the served version does not have is an error (in /health problems, and at `shipway serve` start).",
     )
-    hash_salt: str = Field("", description="Salt of the sensitive-column hash; set it per deployment.")
+    hash_salt: SecretStr = Field(
+        SecretStr(""),
+        description="Secret key of the sensitive-column hash (from SHIPWAY_SERVING__HASH_SALT); required when a "
+        "column is hashed: an unkeyed hash of a small domain (ages, ZIP codes) is reversed by trying every value.",
+    )
+    api_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token required on /feedback (every endpoint that changes state) when set; from "
+        "SHIPWAY_SERVING__API_TOKEN, never a profile file.",
+    )
+    require_api_token: bool = Field(
+        False, description="Refuse to start the gateway without serving.api_token (the production profile sets it)."
+    )
     log_queue_size: int = Field(
         50_000, gt=0, description="Prediction-log rows waiting to be written; beyond it rows are dropped and counted."
     )
@@ -110,6 +124,16 @@ class ServingSettings(_Section):
         50.0, gt=0, description="The training flow's latency gate: HTTP p99 of one-row requests through the gateway."
     )
     bench_requests: int = Field(1_000, gt=0, description="Requests per measurement of `shipway bench`.")
+
+    @model_validator(mode="after")
+    def _hashing_needs_a_key(self) -> ServingSettings:
+        hashed = sorted(c for c, rule in self.sensitive_columns.items() if rule == "hash")
+        if hashed and not self.hash_salt.get_secret_value():
+            raise ValueError(
+                f"serving.sensitive_columns hashes {', '.join(map(repr, hashed))} but serving.hash_salt is empty: "
+                "set SHIPWAY_SERVING__HASH_SALT to a secret"
+            )
+        return self
 
 
 class DataSettings(_Section):
@@ -484,6 +508,8 @@ def _describe(exc: ValidationError, path: Path) -> str:
     origin = f"environment variable {env_var}" if env_var in os.environ else f"config file {path}"
     if error["type"] == "extra_forbidden":
         return f"{origin}: unknown key '{key}'"
+    if isinstance(error.get("input"), dict):  # a whole section failed a check: its values may hold secrets
+        return f"{origin}: key '{key}': {error['msg']}"
     return f"{origin}: key '{key}': {error['msg']} (got {error.get('input')!r})"
 
 

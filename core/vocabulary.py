@@ -67,7 +67,8 @@ class Tag(StrEnum):
     CLASSES = "classes"  # JSON list, the order of a predict_proba row
     ESTIMATOR = "estimator"
     EXPECTATION_SUITE = "expectation_suite"
-    VALIDATION_STATUS = "validation_status"
+    VALIDATION_STATUS = "validation_status"  # the training gate's verdict only
+    LAST_CHECK_STATUS = "last_check_status"  # `shipway validate --record`: a batch check, never a gate
     QUALITY_GATE = "quality_gate"
     LATENCY_P50_MS = "latency_p50_ms"
     LATENCY_P95_MS = "latency_p95_ms"

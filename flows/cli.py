@@ -287,6 +287,12 @@ def _time(ms: int | None) -> str:
     help="Report FILE.json for one batch, a folder for several (default: under gate.report_dir).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
+@click.option(
+    "--record",
+    is_flag=True,
+    help="Log the reports with the --model version and its worst verdict in tag last_check_status "
+    "(validation_status, the training gate's verdict, is never changed by a check).",
+)
 @config_option
 def validate(
     config_path: Path | None,
@@ -295,10 +301,13 @@ def validate(
     batches: tuple[str, ...],
     report: Path | None,
     as_json: bool,
+    record: bool,
 ) -> None:
     """The skew gate: each batch against a contract. Exit 0 all pass (warnings allowed), 1 any fails."""
     if bool(model) == bool(snapshot_id):
         raise click.UsageError("give exactly one of --model NAME@ALIAS and --reference SNAPSHOT_ID")
+    if record and not model:
+        raise click.UsageError("--record needs --model: a check is recorded with a model version")
     settings = _settings(config_path)
     from core.errors import GateError
     from tasks import gate
@@ -309,10 +318,13 @@ def validate(
     )
     if len(sources) > 1:
         done = _with_progress(
-            len(sources), lambda advance: gate.validate_batches(settings, sources, reference, report, on_batch=advance)
+            len(sources),
+            lambda advance: gate.validate_batches(
+                settings, sources, reference, report, on_batch=advance, record=record
+            ),
         )
     else:
-        done = gate.validate_batches(settings, sources, reference, report)
+        done = gate.validate_batches(settings, sources, reference, report, record=record)
     if as_json:
         click.echo(json.dumps([r.to_dict() | {"files": [str(p) for p in f.paths()]} for r, f in done], indent=2))
     elif len(done) == 1:

@@ -52,7 +52,12 @@ def run_demo(settings: Settings, manual: bool, say: Callable[[str], None]) -> De
     trained.append(second)
     say(f"trained version {second.version} on fresh data (demo:{seed}; gate against Production: {second.gate})")
     with running(settings) as url:
-        replay = Replay(url, generate(TRAFFIC_ROWS, seed=seed + 1000), settings.data.target)
+        replay = Replay(
+            url,
+            generate(TRAFFIC_ROWS, seed=seed + 1000),
+            settings.data.target,
+            api_token=settings.serving.api_token.get_secret_value(),
+        )
         replay.start()
         say(f"gateway on {url}, replaying demo traffic with feedback labels; promoting version {second.version}")
         try:

@@ -18,6 +18,7 @@ baseline). A request key header (X-Request-Key) makes canary routing sticky.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import re
 import time
@@ -30,6 +31,7 @@ from typing import Any
 import orjson
 
 from configs.settings import Settings
+from core.errors import ConfigError
 from serving.local_state import LocalState
 from serving.metrics import Metrics
 from serving.models import Inputs, Servable, freeze_heap
@@ -173,7 +175,7 @@ class Gateway:
                 None,
                 None,
                 started,
-                f"{exc.status} {exc.error_code}: {exc.message}",
+                f"{exc.status} {exc.error_code}: {exc.logged}",
                 route=role,
             )
             await _error(send, exc.status, exc.error_code, exc.message, request_id)
@@ -279,6 +281,10 @@ class Gateway:
 
     async def _feedback(self, scope, receive, send) -> None:
         headers = _headers(scope)
+        if not self._authorized(headers):
+            await _error(send, 401, "UNAUTHENTICATED", "send the gateway's token as 'Authorization: Bearer TOKEN'",
+                         extra=[(b"www-authenticate", b'Bearer realm="shipway"')])  # fmt: skip
+            return
         try:
             body = await _body(receive, headers, self.serving.max_body_bytes)
             labels = _labels(body)
@@ -294,6 +300,14 @@ class Gateway:
         for request_id, label in labels:
             self.log.add(Label(request_id, label, now))
         await _respond(send, 202, orjson.dumps({"accepted": len(labels)}), JSON)
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        """True without a configured token; else the request must carry it (compared in constant time)."""
+        token = self.serving.api_token.get_secret_value()
+        if not token:
+            return True
+        sent = headers.get(b"authorization", b"")
+        return hmac.compare_digest(sent, b"Bearer " + token.encode())
 
     async def _ping(self, scope, receive, send) -> None:
         ready = self.router.routes.production is not None
@@ -401,9 +415,11 @@ async def _respond(send, status: int, body: bytes, content_type: bytes, request_
     await send({"type": "http.response.body", "body": body})
 
 
-async def _error(send, status: int, error_code: str, message: str, request_id: str | None = None) -> None:
+async def _error(send, status: int, error_code: str, message: str, request_id: str | None = None,
+                 extra: list[tuple[bytes, bytes]] = ()) -> None:  # fmt: skip
     """MLflow's error body: {"error_code": ..., "message": ...}."""
-    await _respond(send, status, orjson.dumps({"error_code": error_code, "message": message}), JSON, request_id)
+    body = orjson.dumps({"error_code": error_code, "message": message})
+    await _respond(send, status, body, JSON, request_id, extra)
 
 
 def create_app(settings: Settings, *, pinned_version: str | None = None) -> Gateway:
@@ -413,6 +429,11 @@ def create_app(settings: Settings, *, pinned_version: str | None = None) -> Gate
     """
     from serving.registry import RegistryReader
 
+    if settings.serving.require_api_token and not settings.serving.api_token.get_secret_value():
+        raise ConfigError(
+            "serving.api_token is required by this profile (serving.require_api_token: true): "
+            "set SHIPWAY_SERVING__API_TOKEN to a secret"
+        )
     name = settings.training.model_name
     metrics = Metrics(name)
     reader: RegistryReader | None = None
@@ -432,6 +453,7 @@ def create_app(settings: Settings, *, pinned_version: str | None = None) -> Gate
         poll_interval_s=settings.serving.poll_interval_s,
         pinned=pinned_version,
         local_state=LocalState.of(settings),
+        sensitive_columns=settings.serving.sensitive_columns,
     )
     prediction_log = open_log(settings, on_drop=metrics.log_dropped.inc, on_write=metrics.log_written.inc)
     return Gateway(settings, router, prediction_log, metrics)

@@ -3,6 +3,7 @@ loaded ready to serve (the ONNX form when its parity was checked at registration
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,10 +91,7 @@ class RegistryReader:
             raise RegistryError(f"model '{name}' has no version {version}") from None
         uri = f"models:/{name}/{version}"
         info = mlflow.models.get_model_info(uri)
-        schema = info.signature.inputs if info.signature else None
-        if schema is None or not schema.has_input_names():
-            raise RegistryError(f"{uri} has no column signature: the gateway needs column names and types")
-        columns = [Column(c.name, getattr(c.type, "name", str(c.type)), c.required) for c in schema.inputs]
+        columns = _columns(info, uri)
         tags = dict(mv.tags)
         predict_fn = info.flavors.get("python_function", {}).get("predict_fn", "predict")
         if tags.get(Tag.SERVING_FORMAT) == "onnx" and tags.get(Tag.ONNX_MODEL_URI):
@@ -106,9 +104,29 @@ class RegistryReader:
             return LoadedVersion(name, version, tags, columns, None, model, "sklearn", predict_fn)
         return LoadedVersion(name, version, tags, columns, None, mlflow.pyfunc.load_model(uri), "pyfunc", predict_fn)
 
+    def columns(self, name: str, version: str) -> list[Column]:
+        """A version's input columns, from its signature alone (no model is loaded)."""
+        import mlflow
+
+        uri = f"models:/{name}/{version}"
+        return _columns(mlflow.models.get_model_info(uri), uri)
+
     def baseline(self, loaded: LoadedVersion) -> Any:
         """The heuristic baseline registered with a version (tag baseline_model_uri), or None."""
         import mlflow.sklearn
 
         uri = loaded.tags.get(Tag.BASELINE_MODEL_URI)
         return mlflow.sklearn.load_model(uri) if uri else None
+
+
+def _columns(info: Any, uri: str) -> list[Column]:
+    schema = info.signature.inputs if info.signature else None
+    if schema is None or not schema.has_input_names():
+        raise RegistryError(f"{uri} has no column signature: the gateway needs column names and types")
+    return [Column(c.name, getattr(c.type, "name", str(c.type)), c.required) for c in schema.inputs]
+
+
+def unknown_sensitive_columns(sensitive: Iterable[str], columns: Iterable[str]) -> list[str]:
+    """Names in serving.sensitive_columns a version does not have: a typo there would redact nothing."""
+    have = set(columns)
+    return sorted(c for c in sensitive if c not in have)

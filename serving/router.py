@@ -14,7 +14,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from core.vocabulary import Alias
 from serving.local_state import LocalState
 from serving.metrics import Metrics
 from serving.models import Servable, baseline_servable, servable
-from serving.registry import LoadedVersion, ModelState, parse_canary_share
+from serving.registry import LoadedVersion, ModelState, parse_canary_share, unknown_sensitive_columns
 
 log = logging.getLogger("shipway.serving")
 SERVED_ALIASES = (Alias.PRODUCTION, Alias.CANARY, Alias.SHADOW, Alias.PREVIOUS)
@@ -75,6 +75,7 @@ class Router:
         poll_interval_s: float,
         pinned: str | None = None,
         local_state: LocalState | None = None,
+        sensitive_columns: Iterable[str] = (),
     ):
         self.name = name
         self.read_state = read_state
@@ -84,6 +85,7 @@ class Router:
         self.poll_interval_s = poll_interval_s
         self.pinned = pinned  # serve this one version as Production, never poll
         self.local_state = local_state  # what to serve at the next start, before the registry answers
+        self.sensitive_columns = list(sensitive_columns)
         self.routes = Routes()
         self.last_poll: float | None = None
         self.last_poll_error: str | None = None
@@ -185,12 +187,28 @@ class Router:
                 baseline = entry[1]
         if share_problem:
             problems["canary_share"] = share_problem
+        unknown = self._unknown_sensitive(by_alias)
+        if unknown:
+            problems["sensitive_columns"] = unknown
+            log.error("%s: %s", self.name, unknown)
         routes = Routes(by_alias, baseline, share, wanted, problems)
         self.routes = routes  # the atomic swap
         self._forget_unused(routes)
         self._publish(routes, current)
         if self.local_state is not None and self.pinned is None:
             self.local_state.save_aliases({a: m.version for a, m in by_alias.items()}, share)
+
+    def _unknown_sensitive(self, by_alias: dict[str, Servable]) -> str | None:
+        found = {
+            f"{alias} (version {model.version})": unknown_sensitive_columns(self.sensitive_columns, model.schema.names)
+            for alias, model in by_alias.items()
+        }
+        found = {k: v for k, v in found.items() if v}
+        if not found:
+            return None
+        return "serving.sensitive_columns names columns a served version does not have (nothing redacted there): " + (
+            "; ".join(f"{where}: {', '.join(map(repr, names))}" for where, names in found.items())
+        )
 
     def _get(self, version: str) -> tuple[Servable, Servable | None] | None:
         if version in self._loaded:

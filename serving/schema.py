@@ -40,11 +40,14 @@ TEXT_FALSE = {"false", "0"}
 class BadInput(Exception):
     """A client's mistake: answered with `status` and MLflow's `error_code`, never retried."""
 
-    def __init__(self, message: str, status: int = 400, error_code: str = "INVALID_PARAMETER_VALUE"):
+    def __init__(
+        self, message: str, status: int = 400, error_code: str = "INVALID_PARAMETER_VALUE", logged: str | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.status = status
         self.error_code = error_code
+        self.logged = message if logged is None else logged  # what the prediction log keeps: never a sent value
 
 
 @dataclass(frozen=True)
@@ -265,8 +268,15 @@ class Schema:
 def _coercer(column: Column):
     name, kind = column.name, column.type
 
-    def fail(row: int, problem: str) -> BadInput:
-        return BadInput(f"column '{name}' row {row}: {problem}")
+    def fail(row: int, problem: str, value: Any = _NOT_SHOWN) -> BadInput:
+        """The client is told the value it sent; the log keeps only the column, the row and the problem."""
+        where = f"column '{name}' row {row}: "
+        if value is _NOT_SHOWN:
+            return BadInput(where + problem)
+        raw = value.v if isinstance(value, _Shown) else value
+        return BadInput(
+            where + problem.format(value=value), logged=where + problem.format(value=f"<{_json_type(raw)}, not logged>")
+        )
 
     if kind in INTEGER_TYPES:
 
@@ -278,9 +288,9 @@ def _coercer(column: Column):
             if isinstance(v, float) and v.is_integer():
                 v = int(v)
             if type(v) is not int:
-                raise fail(row, f"expected an integer ({kind}), got {_shown(v)}")
+                raise fail(row, f"expected an integer ({kind}), got {{value}}", _Shown(v))
             if not INT64[0] <= v <= INT64[1]:
-                raise fail(row, f"{v} is out of the 64-bit integer range")
+                raise fail(row, "{value} is out of the 64-bit integer range", v)
             return v
 
         return to_int
@@ -294,9 +304,9 @@ def _coercer(column: Column):
             if v is None:
                 return None
             if type(v) not in (int, float):
-                raise fail(row, f"expected a number ({kind}), got {_shown(v)}")
+                raise fail(row, f"expected a number ({kind}), got {{value}}", _Shown(v))
             if math.isinf(v) or (type(v) is int and not INT64[0] <= v <= INT64[1]):
-                raise fail(row, f"{v} is not a finite number")
+                raise fail(row, "{value} is not a finite number", v)
             return float(v)
 
         return to_float
@@ -306,7 +316,7 @@ def _coercer(column: Column):
             if text and v == "":
                 return None
             if v is not None and type(v) is not str:
-                raise fail(row, f"expected a string, got {_shown(v)}")
+                raise fail(row, "expected a string, got {value}", _Shown(v))
             return v
 
         return to_str
@@ -319,7 +329,7 @@ def _coercer(column: Column):
             if v is None:
                 raise fail(row, f"null, but '{name}' is a boolean column, which cannot hold nulls")
             if type(v) is not bool:
-                raise fail(row, f"expected true or false, got {_shown(v)}")
+                raise fail(row, "expected true or false, got {value}", _Shown(v))
             return v
 
         return to_bool
@@ -329,11 +339,13 @@ def _coercer(column: Column):
             if v is None or (text and v == ""):
                 return None
             if type(v) is not str:
-                raise fail(row, f"expected an ISO 8601 date or time text, got {_shown(v)}")
+                raise fail(row, "expected an ISO 8601 date or time text, got {value}", _Shown(v))
             try:
                 datetime.fromisoformat(v)
             except ValueError:
-                raise fail(row, f"expected an ISO 8601 date or time (e.g. 2024-05-31T14:00:00), got {v!r}") from None
+                raise fail(
+                    row, "expected an ISO 8601 date or time (e.g. 2024-05-31T14:00:00), got {value}", _Repr(v)
+                ) from None
             return v
 
         return to_datetime
@@ -346,11 +358,25 @@ def _from_text(v: str, row: int, fail, convert, what: str):
     try:
         return convert(v)
     except ValueError:
-        raise fail(row, f"expected {what}, got {v!r}") from None
+        raise fail(row, f"expected {what}, got {{value}}", _Repr(v)) from None
 
 
-def _shown(v: Any) -> str:
-    return f"{_json_type(v)} {orjson.dumps(v).decode()[:60]}"
+_NOT_SHOWN = object()
+
+
+class _Shown:
+    """A sent value as a message shows it: its JSON type and (the start of) its JSON text."""
+
+    def __init__(self, v: Any):
+        self.v = v
+
+    def __format__(self, spec: str) -> str:
+        return f"{_json_type(self.v)} {orjson.dumps(self.v).decode()[:60]}"
+
+
+class _Repr(_Shown):
+    def __format__(self, spec: str) -> str:
+        return repr(self.v)
 
 
 def _json_type(v: Any) -> str:

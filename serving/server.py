@@ -25,8 +25,10 @@ import uvicorn
 import yaml
 
 from configs.settings import ENV_PREFIX, Settings, load_settings
-from core.errors import ShipwayError
+from core.errors import ConfigError, RegistryError, ShipwayError
+from core.vocabulary import Alias
 from serving.app import Gateway, create_app
+from serving.registry import RegistryReader, unknown_sensitive_columns
 
 STARTUP_TIMEOUT_S = 120.0
 
@@ -53,10 +55,36 @@ def serve(settings: Settings, host: str, port: int, pinned_version: str | None =
     """Serve in the foreground until SIGINT/SIGTERM, then shut down gracefully."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("shipway.serving").setLevel(logging.INFO)
+    check_sensitive_columns(settings, pinned_version)
     server = uvicorn.Server(uvicorn_config(create_app(settings, pinned_version=pinned_version), host, port))
     server.run()
     if not server.started:
         raise GatewayError(f"the gateway did not start on {host}:{port} (see the log above)")
+
+
+def check_sensitive_columns(settings: Settings, pinned_version: str | None = None) -> None:
+    """Refuse to start when the Production version lacks a column serving.sensitive_columns names.
+
+    No store or no Production yet: nothing to check against; the router reports it later in /health.
+    """
+    sensitive = settings.serving.sensitive_columns
+    if not sensitive:
+        return
+    name = settings.training.model_name
+    try:
+        reader = RegistryReader(settings)
+        version = pinned_version or reader.state(name).aliases.get(Alias.PRODUCTION.value)
+        if version is None:
+            return
+        columns = [c.name for c in reader.columns(name, version)]
+    except RegistryError:
+        return
+    unknown = unknown_sensitive_columns(sensitive, columns)
+    if unknown:
+        raise ConfigError(
+            f"serving.sensitive_columns names {', '.join(map(repr, unknown))}, which version {version} of '{name}' "
+            f"(Production) does not have (its columns: {', '.join(columns)})"
+        )
 
 
 @contextmanager
@@ -91,6 +119,11 @@ def running(
         thread.join(timeout=60)
 
 
+def _secrets_env(settings: Settings) -> dict[str, str]:
+    secrets = {"HASH_SALT": settings.serving.hash_salt, "API_TOKEN": settings.serving.api_token}
+    return {f"{ENV_PREFIX}SERVING__{k}": v.get_secret_value() for k, v in secrets.items() if v.get_secret_value()}
+
+
 @contextmanager
 def _subprocess(settings: Settings, host: str, port: int, pinned_version: str | None) -> Iterator[str]:
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,6 +135,7 @@ def _subprocess(settings: Settings, host: str, port: int, pinned_version: str | 
         # The profile holds every setting already: SHIPWAY_* variables would override it again, e.g. point
         # the benchmark's gateway at the production prediction log instead of its own scratch one.
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        env |= _secrets_env(settings)  # the profile dump shows secrets as **********
         log_file = Path(tmp) / "gateway.log"
         with log_file.open("w") as out:
             proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=env)

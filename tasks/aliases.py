@@ -170,15 +170,20 @@ def alias_at(transitions: list[Transition], alias: Alias, when: datetime) -> str
 
 
 def check_servable(settings: Settings, name: str, version: str) -> None:
-    """Refuse a version whose gate failed or that the gateway could not load (the form it serves)."""
-
+    """Refuse a version whose gate failed, that has no latency result, or that the gateway could not load."""
     found = registry.get_version(settings, name, version)
-    if found.tags.get("validation_status") == "fail":
+    if found.tags.get(Tag.VALIDATION_STATUS) == "fail":
         raise RegistryError(f"version {version} of '{name}' failed its data gate (validation_status=fail)")
     if found.tags.get(Tag.QUALITY_GATE) == "failed":
         raise RegistryError(f"version {version} of '{name}' failed its quality gate (quality_gate=failed)")
-    if found.tags.get("latency_gate") == "failed":
+    latency = found.tags.get(Tag.LATENCY_GATE)
+    if latency == "failed":
         raise RegistryError(f"version {version} of '{name}' failed its latency budget (latency_gate=failed)")
+    if latency != "passed":  # no result is not a pass: an unmeasured version must not take traffic
+        raise RegistryError(
+            f"version {version} of '{name}' has no recorded latency result (tag latency_gate is "
+            f"{'missing' if latency is None else repr(latency)}): run `shipway bench --model {name}/{version}` first"
+        )
     try:
         servable(RegistryReader(settings).load(name, str(version)))
     except RegistryError:

@@ -24,6 +24,7 @@ from configs.settings import PromotionSettings
 from core.vocabulary import Task
 
 CANARY_TESTS = 3  # a step's statistical tests: failures, predictions, errors on labels
+CLIENT_ERROR = r"^4\d\d "  # the gateway logs a refused request's error as "STATUS CODE: message"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,13 @@ class Analysis:
         )
 
 
+def client_caused(rows: pd.DataFrame) -> pd.Series:
+    """Rows of a client's bad request (a 4xx, or a batch of no rows): no model's failure, so no evidence."""
+    refused = rows["error"].fillna("").astype(str).str.match(CLIENT_ERROR)
+    empty = rows["inputs"].eq("[]") if "inputs" in rows else False
+    return refused | empty
+
+
 def shadow_analysis(
     log: pd.DataFrame, settings: PromotionSettings, drift_verdict: str | None = None, task: Task = Task.BINARY
 ) -> Analysis:
@@ -77,7 +85,17 @@ def shadow_analysis(
     shadow = log[log["role"] == "shadow"].set_index("request_id")
     paired = production.join(shadow, how="inner", lsuffix="_prod", rsuffix="_shadow")
     n = len(paired)
-    analysis = Analysis("shadow", {"production": len(production), "shadow": len(shadow), "paired": n})
+    served = log[log["role"] != "shadow"]
+    analysis = Analysis(
+        "shadow",
+        # client errors: information only; the shadow is compared on requests Production answered
+        {
+            "production": len(production),
+            "shadow": len(shadow),
+            "paired": n,
+            "client errors": int(client_caused(served).sum()),
+        },
+    )
     analysis.checks.append(_enough(n, settings.min_requests))
     if n < settings.min_requests:
         return analysis
@@ -107,9 +125,24 @@ def shadow_analysis(
 def canary_analysis(
     log: pd.DataFrame, feedback: pd.DataFrame, settings: PromotionSettings, stage: str, task: Task = Task.BINARY
 ) -> Analysis:
-    """Canary against Production over the same period: failures, latency, predictions, errors on labels."""
-    canary, production = log[log["route"] == "canary"], log[log["route"] == "production"]
-    analysis = Analysis(stage, {"canary": len(canary), "production": len(production)})
+    """Canary against Production over the same period: failures, latency, predictions, errors on labels.
+
+    Only requests a model was asked to answer count: a client's 4xx or empty batch lands on whichever
+    route its key is sticky to, so counting it would let one misbehaving client roll back a healthy
+    canary. Client errors per route are reported beside, as information.
+    """
+    by_client = client_caused(log)
+    routed = {route: (log["route"] == route) for route in ("canary", "production")}
+    canary, production = log[routed["canary"] & ~by_client], log[routed["production"] & ~by_client]
+    analysis = Analysis(
+        stage,
+        {
+            "canary": len(canary),
+            "production": len(production),
+            "canary client errors": int((routed["canary"] & by_client).sum()),
+            "production client errors": int((routed["production"] & by_client).sum()),
+        },
+    )
     analysis.checks.append(_enough(min(len(canary), len(production)), settings.min_requests))
     if min(len(canary), len(production)) < settings.min_requests:
         return analysis

@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings
 from core.errors import DataError, GateError
-from core.vocabulary import Verdict
+from core.vocabulary import Tag, Verdict
 from expectations import contract
 from tasks import registry
 from tasks.contract_checks import validate
@@ -166,9 +166,14 @@ def validate_batches(
     reference: Reference,
     report: Path | None,
     on_batch: Callable[[GateReport], None] | None = None,
+    record: bool = False,
 ) -> list[tuple[GateReport, ReportFiles]]:
-    """Gate each batch, write its report files, and log them with the model version (if there is one).
-    `on_batch` is told of each batch's report as it is written (the CLI's progress bar)."""
+    """Gate each batch and write its report files; with `record`, log them with the model version.
+    `on_batch` is told of each batch's report as it is written (the CLI's progress bar).
+
+    A batch check never changes the version's `validation_status` (its training gate's verdict, which
+    alias moves read): recorded, the worst verdict goes to `last_check_status` instead.
+    """
     label = (
         f"{reference.model}-v{reference.version}"
         if reference.model
@@ -183,7 +188,7 @@ def validate_batches(
         done.append((result, write_report(result, path)))
         if on_batch is not None:
             on_batch(result)
-    if reference.model and reference.version:
+    if record and reference.model and reference.version:
         worst = max((r.verdict for r, _ in done), key=lambda v: v.rank)
         for _, files in done:
             registry.log_gate_report(
@@ -193,6 +198,7 @@ def validate_batches(
                 name=reference.model,
                 version=reference.version,
                 folder=f"{folder}/{files.json.stem}",
+                status_tag=Tag.LAST_CHECK_STATUS,
             )
     return done
 

@@ -221,9 +221,10 @@ def log_gate_report(
     version: str | None,
     folder: str,
     tags: dict[str, str] | None = None,
+    status_tag: str = "validation_status",
 ) -> str:
     """Log report files under `folder` of the version's run (or of a new `gate-...` run when the data
-    never became a version), and set `validation_status` plus `tags` on the version. Returns the run id."""
+    never became a version), and set `status_tag` plus `tags` on the version. Returns the run id."""
     client, experiment_id = connect(settings)
     if version is None:
         run = client.create_run(
@@ -237,7 +238,7 @@ def log_gate_report(
     if version is None:
         client.set_terminated(run_id, status="FAILED" if verdict == "fail" else "FINISHED")
     else:
-        set_version_tags(settings, name, version, {"validation_status": verdict, **(tags or {})})
+        set_version_tags(settings, name, version, {status_tag: verdict, **(tags or {})})
     return run_id
 
 

@@ -246,12 +246,16 @@ def profile(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
 
 
 def write_snapshot(df: pd.DataFrame, source: str, store: Store) -> Snapshot:
-    """Store `df` as a snapshot; identical content that is already stored is reused, not rewritten."""
+    """Store `df` as a snapshot; identical content that is already stored is reused, not rewritten.
+
+    A reused snapshot is re-hashed first: the stored copy is what the gate, the benchmark and a
+    later audit read, so a tampered one is refused here rather than trained on and registered.
+    """
     frame = canonicalize(df)
     snapshot_id = content_hash(frame)
     uri = f"{store.uri}/{snapshot_id}"
     if store.exists(f"{snapshot_id}/{MANIFEST_FILE}"):
-        return Snapshot(_read_manifest(store, snapshot_id), frame, uri, created=False)
+        return read_snapshot(store, snapshot_id)
     with store.staged(f"{snapshot_id}/{DATA_FILE}") as path:
         _write_parquet(frame, path)
         data_bytes = path.stat().st_size
@@ -284,19 +288,19 @@ def read_snapshot(store: Store, snapshot_id: str) -> Snapshot:
     manifest = _read_manifest(store, snapshot_id)
     key = f"{snapshot_id}/{DATA_FILE}"
     if not store.exists(key):
-        raise SnapshotError(f"snapshot {snapshot_id[:12]} in {store.uri} has lost its data file {DATA_FILE}")
+        raise SnapshotError(f"snapshot {snapshot_id[:12]} in {store.uri} has lost its data file {key}")
     try:
         with store.local_copy(key) as path:
             with progress(f"read {snapshot_id[:12]}", manifest.data_bytes) as advance:
                 with _CountingFile(path, advance) as fh:
                     frame = canonicalize(pd.read_parquet(fh))
     except (pa.ArrowException, OSError, DataError) as exc:
-        raise SnapshotError(f"snapshot {snapshot_id[:12]} in {store.uri} is unreadable: {exc}") from None
+        raise SnapshotError(f"snapshot {snapshot_id[:12]} in {store.uri} is unreadable ({key}): {exc}") from None
     actual = content_hash(frame)
     if actual != snapshot_id:
         raise SnapshotError(
-            f"snapshot {snapshot_id[:12]} in {store.uri} has changed since it was written "
-            f"(its content now hashes to {actual[:12]}); refusing to use it"
+            f"snapshot {snapshot_id[:12]} in {store.uri} has changed since it was written: {key} "
+            f"now hashes to {actual[:12]}; refusing to use it"
         )
     return Snapshot(manifest, frame, f"{store.uri}/{snapshot_id}", created=False)
 

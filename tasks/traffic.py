@@ -32,9 +32,11 @@ class Replay(threading.Thread):
         feedback_share: float = 0.5,
         max_rate: float | None = None,
         prefix: str = "replay",
+        api_token: str = "",
     ):
         super().__init__(name="traffic-replay", daemon=True)
         self.url, self.prefix, self.max_rate = url, prefix, max_rate
+        self.feedback_headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
         features = frame.drop(columns=[target])
         columns = list(features.columns)
         values = features.astype(object).where(features.notna(), None).to_numpy().tolist()
@@ -60,7 +62,9 @@ class Replay(threading.Thread):
                 if status == 200 and self.with_feedback[i]:
                     pending.append({"request_id": request_id, "label": self.labels[i]})
                 if len(pending) >= FEEDBACK_BATCH:
-                    connection.send(request_bytes(self.url, "/feedback", orjson.dumps(pending)))
+                    connection.send(
+                        request_bytes(self.url, "/feedback", orjson.dumps(pending), headers=self.feedback_headers)
+                    )
                     pending = []
                 if self.max_rate:
                     time.sleep(1 / self.max_rate)

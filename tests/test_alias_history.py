@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import RegistryError
+from core.tracking import Store, client
 from core.vocabulary import Alias, Tag
 from tasks import record, registry
 from tasks.aliases import alias_at, history, move, recover, rollback
@@ -92,6 +93,18 @@ def test_a_version_that_failed_a_gate_never_gets_an_alias(small, three, tag, val
     with pytest.raises(RegistryError, match=f"version 2 of 'churn-classifier' {message}"):
         move(small, name, {Alias.CANARY: "2"}, actor="a", reason="r")
     assert model_state(small, name)[0] == {}
+
+
+@pytest.mark.parametrize("alias", [Alias.SHADOW, Alias.CANARY, Alias.PRODUCTION])
+def test_a_version_with_no_latency_result_never_gets_an_alias(small, three, alias):
+    name = three[0].name
+    client(Store.of(small)).delete_model_version_tag(name, "2", "latency_gate")  # trained, never benchmarked
+    with pytest.raises(
+        RegistryError, match=r"version 2 of 'churn-classifier' has no recorded latency result .*missing"
+    ):
+        move(small, name, {alias: "2"}, actor="a", reason="r")
+    assert model_state(small, name)[0] == {}
+    assert move(small, name, {alias: "1"}, actor="a", reason="r")  # a benchmarked one still moves
 
 
 def test_a_version_whose_model_cannot_load_never_gets_an_alias(small, three):

@@ -52,7 +52,12 @@ def test_no_verdict_from_a_dozen_requests():
     analysis = canary_analysis(canary(12, 500, positive=1.0), NO_FEEDBACK, SETTINGS, "canary 5%")
     assert not analysis.passed
     assert breached(analysis) == {"requests for a verdict"}
-    assert analysis.requests == {"canary": 12, "production": 500}
+    assert analysis.requests == {
+        "canary": 12,
+        "production": 500,
+        "canary client errors": 0,
+        "production client errors": 0,
+    }
 
 
 @pytest.mark.parametrize("n", [300, 3_000, 100_000])
@@ -106,7 +111,7 @@ def shadow_log(n: int, disagree: float = 0.0, shadow_errors: float = 0.0, latenc
 def test_shadow_passes_when_it_agrees_answers_and_is_fast():
     analysis = shadow_analysis(shadow_log(1_000, disagree=0.05), SETTINGS, drift_verdict="warn")
     assert analysis.passed, analysis.breaches
-    assert analysis.requests == {"production": 1_000, "shadow": 1_000, "paired": 1_000}
+    assert analysis.requests == {"production": 1_000, "shadow": 1_000, "paired": 1_000, "client errors": 0}
 
 
 @pytest.mark.parametrize(
@@ -152,3 +157,39 @@ def test_probability_answers_are_compared_as_their_predicted_class():
     assert classes["prediction"].tolist() == ['["yes"]', '["yes"]', '["no"]', '["no"]']
     assert log["prediction"].iloc[1] == "[[0.2, 0.8]]"  # the log itself is left as answered
     assert predicted_classes(log, {}) is log
+
+
+def client_mistakes(route: str, malformed: int, empty: int, start: int) -> pd.DataFrame:
+    """Rows as the gateway logs a client's bad requests on `route`: 4xx, and empty batches (503 today)."""
+    n = malformed + empty
+    return pd.DataFrame(
+        {
+            "request_id": [f"bad{start + i}" for i in range(n)],
+            "route": route,
+            "role": [route] * malformed + ["fallback"] * empty,
+            "model_version": "2",
+            "prediction": None,
+            "latency_ms": 0.2,
+            "inputs": [None] * malformed + ["[]"] * empty,
+            "error": [
+                "400 INVALID_PARAMETER_VALUE: column 'age' row 0: expected an integer (long), got <string, not logged>"
+            ]
+            * malformed
+            + ["canary version 2: no rows; every fallback failed"] * empty,
+        }
+    )
+
+
+def test_a_clients_bad_requests_never_roll_back_a_healthy_canary():
+    log = pd.concat([canary(300, 300), client_mistakes("canary", 20, 5, 0)])
+    analysis = canary_analysis(log, NO_FEEDBACK, SETTINGS, "canary 25%")
+    assert analysis.passed, analysis.breaches
+    assert analysis.requests == {
+        "canary": 300,
+        "production": 300,
+        "canary client errors": 25,
+        "production client errors": 0,
+    }
+    # the server's own failures still count: the same canary with 6% fallbacks breaches
+    failing = pd.concat([canary(300, 300, errors=0.06), client_mistakes("canary", 20, 5, 0)])
+    assert breached(canary_analysis(failing, NO_FEEDBACK, SETTINGS, "c")) == {"error and fallback rate"}

@@ -219,7 +219,9 @@ def journey(servers, databases, s3_endpoint, bucket, tmp_path_factory) -> Journe
         embedded(work, profile),
         **servers_of_the_module,
         promotion=QUICK_PROMOTION["promotion"] | {"latency_p99_ms": 1000, "latency_slack_ms": 50},
-        serving=QUICK_PROMOTION["serving"] | {"bench_requests": 200, "latency_budget_p99_ms": 500},
+        # the production profile requires a token on /feedback
+        serving=QUICK_PROMOTION["serving"]
+        | {"bench_requests": 200, "latency_budget_p99_ms": 500, "api_token": "journey-token"},
         monitoring={"min_requests": 60},
     )
     with pytest.MonkeyPatch.context() as mp, _prefect_api(servers["prefect"]):
@@ -234,7 +236,7 @@ def journey(servers, databases, s3_endpoint, bucket, tmp_path_factory) -> Journe
         seen = list(approver.seen)
         trained.append(training_flow(data=second, settings=settings))
         with running(settings) as url:
-            replay = Replay(url, generate(2_000, seed=13), TARGET, max_rate=400)
+            replay = Replay(url, generate(2_000, seed=13), TARGET, max_rate=400, api_token="journey-token")
             replay.start()
             approver = AutoApprover(settings, NAME, [True, True], reviewer="rita", comment="looked at it")
             approver.start()

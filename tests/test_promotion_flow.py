@@ -26,7 +26,15 @@ from tasks.registry import model_state
 from tasks.snapshot import take_snapshot
 from tasks.traffic import Replay
 from tasks.training import preprocessor, split_features, train
-from tests.conftest import QUICK_PROMOTION, register_versions, run_shipway, tuned, wait_for, write_profile
+from tests.conftest import (
+    QUICK_PROMOTION,
+    mark_benchmarked,
+    register_versions,
+    run_shipway,
+    tuned,
+    wait_for,
+    write_profile,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 NAME = "churn-classifier"
@@ -45,7 +53,8 @@ def versions_1_and_2(fast):
     trained = train(snapshot.frame, TARGET, fast.training)
     lineage = GitLineage("a" * 40, "main", False)
     for _ in range(2):
-        register(trained, snapshot, lineage, fast)
+        registered = register(trained, snapshot, lineage, fast)
+        mark_benchmarked(fast, registered.name, registered.version)
     move(fast, NAME, {Alias.PRODUCTION: "1", Alias.SHADOW: "2"}, actor="test", reason="setup")
     return trained, snapshot
 
@@ -124,6 +133,7 @@ def test_a_broken_canary_is_rolled_back_automatically(fast, versions_1_and_2, tr
     bad = register(
         dataclasses.replace(trained, model=broken.fit(X, y)), snapshot, GitLineage("b" * 40, "main", False), fast
     )
+    mark_benchmarked(fast, NAME, bad.version)
     lenient = tuned(fast, promotion={"min_agreement": 0})  # let it past Shadow: the canary must catch it
     approve([True])
     with pytest.raises(PromotionRejected, match="canary 25% breached: .*predicted class shares: largest shift"):

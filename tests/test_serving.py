@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import time
 import warnings
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,12 +25,15 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
+from pydantic import SecretStr
 
-from configs.settings import Settings
+from configs.settings import PromotionSettings, Settings
+from core.errors import ConfigError
 from core.vocabulary import Alias
 from serving import shadow as shadow_module
 from serving.prediction_log import read_feedback, read_window
-from serving.server import running
+from serving.server import check_sensitive_columns, running
+from tasks.analysis import canary_analysis
 from tasks.demo_data import TARGET
 from tasks.lineage import GitLineage
 from tasks.registration import register
@@ -539,9 +543,33 @@ def test_feedback_labels_join_by_request_id(reg, tmp_path):
     assert labels.label.to_dict() == {ids[0]: 0, ids[1]: 0}  # the latest label wins
 
 
+def test_feedback_needs_the_bearer_token_when_one_is_set(reg, tmp_path):
+    point(reg, Production=reg.good)
+    settings = logged(reg, tmp_path, api_token=SecretStr("t0ken"))
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        request_id = invoke(client, rows(reg, 1)).headers["x-request-id"]  # scoring stays open
+        label = {"request_id": request_id, "label": 1}
+        missing = client.post("/feedback", json=label)
+        wrong = client.post("/feedback", json=label, headers={"Authorization": "Bearer t0ke"})
+        right = client.post("/feedback", json=label, headers={"Authorization": "Bearer t0ken"})
+    for refused in (missing, wrong):
+        assert refused.status_code == 401 and refused.json()["error_code"] == "UNAUTHENTICATED"
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert "t0ken" not in refused.text
+    assert (right.status_code, right.json()) == (202, {"accepted": 1})
+    assert read_feedback(settings.prediction_log.url, [request_id]).label.tolist() == [1]  # one label: the right one
+
+
+def test_a_profile_that_requires_a_token_does_not_start_without_one(reg, tmp_path):
+    settings = logged(reg, tmp_path, require_api_token=True)
+    with pytest.raises(ConfigError, match=r"serving.api_token is required .*SHIPWAY_SERVING__API_TOKEN"):
+        with running(settings):
+            pass
+
+
 def test_sensitive_columns_are_hashed_or_dropped_before_logging(reg, tmp_path):
     point(reg, Production=reg.good)
-    settings = logged(reg, tmp_path, sensitive_columns={"age": "hash", "region": "drop"}, hash_salt="pepper")
+    settings = logged(reg, tmp_path, sensitive_columns={"age": "hash", "region": "drop"}, hash_salt=SecretStr("pepper"))
     frame = rows(reg, 1)
     with running(settings) as url, httpx.Client(base_url=url) as client:
         invoke(client, frame)
@@ -549,6 +577,75 @@ def test_sensitive_columns_are_hashed_or_dropped_before_logging(reg, tmp_path):
     assert "region" not in logged_inputs
     assert logged_inputs["age"] != frame.age.iloc[0] and len(logged_inputs["age"]) == 64
     assert logged_inputs["plan"] == frame.plan.iloc[0]
+
+
+def test_a_sensitive_column_the_version_lacks_is_an_error_naming_it(reg, tmp_path):
+    point(reg, Production=reg.good)
+    settings = logged(reg, tmp_path, sensitive_columns={"Age": "drop", "region": "drop"})
+    with pytest.raises(
+        ConfigError,
+        match=rf"sensitive_columns names 'Age', which version {reg.good} of '{reg.name}' \(Production\) does not",
+    ):
+        check_sensitive_columns(settings)  # what `shipway serve` runs before it binds
+    check_sensitive_columns(logged(reg, tmp_path, sensitive_columns={"age": "drop"}))  # a real column: fine
+    with running(settings) as url, httpx.Client(base_url=url) as client:  # a gateway already up reports it
+        health = client.get("/health").json()
+    assert health["status"] == "degraded"
+    assert f"Production (version {reg.good}): 'Age'" in health["problems"]["sensitive_columns"]
+    assert "'region'" not in health["problems"]["sensitive_columns"]
+
+
+def test_a_bad_value_is_shown_to_its_client_but_never_stored_in_the_log(reg, tmp_path):
+    point(reg, Production=reg.good)
+    settings = logged(reg, tmp_path)
+    secret = "SSN-123-45-6789"
+    row = {**records(rows(reg, 1))[0], "age": secret}
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        as_json = client.post("/invocations", json={"dataframe_records": [row]})
+        as_csv = client.post(
+            "/invocations",
+            content=pd.DataFrame([{**row, "age": 30, "tenure_months": secret}]).to_csv(index=False),
+            headers={"Content-Type": "text/csv"},
+        )
+    assert as_json.status_code == as_csv.status_code == 400
+    assert secret in as_json.json()["message"] and secret in as_csv.json()["message"]  # the sender may see it
+    errors = log_of(settings).error.tolist()
+    assert errors == [
+        "400 INVALID_PARAMETER_VALUE: column 'age' row 0: expected an integer (long), got <string, not logged>",
+        "400 INVALID_PARAMETER_VALUE: column 'tenure_months' row 0: expected an integer, got <string, not logged>",
+    ]
+    assert not any(secret in str(v) for v in log_of(settings).astype(str).to_numpy().ravel())
+
+
+def test_a_clients_bad_requests_on_the_canary_route_do_not_roll_it_back(reg, tmp_path):
+    """20 malformed requests and 5 empty batches with canary keys, through a real gateway and its log."""
+    point(reg, share=0.5, Production=reg.good, Canary=reg.other_good)
+    settings = logged(reg, tmp_path)
+    canary_keys = [k for k in (f"client-{i}" for i in range(200)) if zlib.crc32(k.encode()) / 2**32 < 0.5]
+    good = records(rows(reg, 1))[0]
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        wait_for(lambda: serving_version(client, "Canary") == reg.other_good)
+        for i in range(240):
+            assert invoke(client, rows(reg, 1, i), **{"X-Request-Key": f"user-{i}"}).status_code == 200
+        for i in range(20):
+            bad = client.post(
+                "/invocations",
+                json={"dataframe_records": [{**good, "age": "thirty"}]},
+                headers={"X-Request-Key": canary_keys[i]},
+            )
+            assert bad.status_code == 400
+        for i in range(5):
+            empty = client.post(
+                "/invocations", json={"dataframe_records": []}, headers={"X-Request-Key": canary_keys[i]}
+            )
+            assert empty.status_code >= 400
+    log = log_of(settings)
+    assert int(((log.route == "canary") & log.error.notna()).sum()) == 25  # what analysis used to count
+    analysis = canary_analysis(log, pd.DataFrame({"request_id": [], "label": []}), PromotionSettings(min_requests=50),
+                               "canary 50%")  # fmt: skip
+    assert analysis.passed, analysis.breaches
+    assert analysis.requests["canary client errors"] == 25
+    assert analysis.requests["canary"] + analysis.requests["production"] == 240
 
 
 def test_read_window_reads_only_the_window_through_the_ts_index(reg, tmp_path):

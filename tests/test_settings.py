@@ -73,3 +73,25 @@ def test_bad_environment_variable_is_named(settings, monkeypatch, tmp_path):
 def test_missing_profile(settings, tmp_path):
     with pytest.raises(ConfigError, match="config file not found: .*nowhere.yaml"):
         load_settings(Path(tmp_path / "nowhere.yaml"), cwd=tmp_path)
+
+
+def test_hashing_needs_a_secret_salt_that_never_shows(settings, monkeypatch, tmp_path):
+    monkeypatch.setenv("SHIPWAY_SERVING__SENSITIVE_COLUMNS", '{"age": "hash", "email": "drop"}')
+    with pytest.raises(ConfigError, match=r"serving.sensitive_columns hashes 'age' but serving.hash_salt is empty"):
+        load_settings(cwd=tmp_path)
+    monkeypatch.setenv("SHIPWAY_SERVING__HASH_SALT", "s3cret-pepper")
+    loaded = load_settings(cwd=tmp_path)
+    assert loaded.serving.hash_salt.get_secret_value() == "s3cret-pepper"
+    for shown in (repr(loaded), str(loaded.serving), loaded.model_dump_json(), str(loaded.model_dump(mode="json"))):
+        assert "s3cret-pepper" not in shown
+    monkeypatch.setenv("SHIPWAY_SERVING__SENSITIVE_COLUMNS", '{"email": "drop"}')
+    monkeypatch.delenv("SHIPWAY_SERVING__HASH_SALT")
+    assert load_settings(cwd=tmp_path).serving.sensitive_columns == {"email": "drop"}  # dropping needs no key
+
+
+def test_the_production_profile_requires_an_api_token_from_the_environment(monkeypatch, tmp_path):
+    prod = load_settings(PROFILES / "production.yaml", cwd=tmp_path)
+    assert prod.serving.require_api_token and not prod.serving.api_token.get_secret_value()
+    monkeypatch.setenv("SHIPWAY_SERVING__API_TOKEN", "from-env")
+    prod = load_settings(PROFILES / "production.yaml", cwd=tmp_path)
+    assert prod.serving.api_token.get_secret_value() == "from-env" and "from-env" not in prod.model_dump_json()

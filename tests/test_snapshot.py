@@ -107,6 +107,23 @@ def test_a_changed_data_file_fails_loudly_on_read(frame, store):
         read_snapshot(store, written.id)
 
 
+def test_reusing_a_tampered_snapshot_is_refused_naming_the_snapshot_and_its_file(frame, store, tmp_path, settings):
+    written = write_snapshot(frame, "demo", store)
+    path = store.root / written.id / "data.parquet"
+    tampered = pd.read_parquet(path)
+    tampered.loc[0, "plan"] = "tampered"
+    tampered.to_parquet(path, index=False)
+    before = files(store.root)
+    with pytest.raises(SnapshotError, match=f"snapshot {written.id[:12]} .*: {written.id}/data.parquet now hashes to"):
+        write_snapshot(frame, "demo", store)
+    assert files(store.root) == before  # refused, not silently repaired
+    # The journey's own entry point refuses it too (same content from a file, the configured store).
+    frame.to_csv(tmp_path / "same.csv", index=False)
+    settings.snapshots.store = str(store.root)
+    with pytest.raises(SnapshotError, match=written.id[:12]):
+        take_snapshot(str(tmp_path / "same.csv"), settings)
+
+
 def test_a_truncated_data_file_is_unreadable(frame, store):
     written = write_snapshot(frame, "demo", store)
     path = store.root / written.id / "data.parquet"

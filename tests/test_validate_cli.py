@@ -11,7 +11,7 @@ from tasks.demo_data import Drift, generate
 from tasks.gate import contract_for_snapshot
 from tasks.lineage import git_lineage
 from tasks.registration import register
-from tasks.registry import log_contract, set_alias, versions
+from tasks.registry import log_contract, set_alias, set_version_tags, versions
 from tasks.snapshot import write_snapshot
 from tasks.storage import open_store
 from tasks.training import train
@@ -29,6 +29,7 @@ def home(tmp_path_factory):
     snapshot = write_snapshot(generate(4_000, seed=1), "demo", open_store(settings.snapshots.store, settings.s3))
     registered = register(train(snapshot.frame, "churned", settings.training), snapshot, git_lineage(), settings)
     log_contract(settings, registered.name, registered.version, contract_for_snapshot(settings, snapshot, "churned"))
+    set_version_tags(settings, registered.name, registered.version, {"validation_status": "pass"})
     set_alias(settings, registered.name, Alias.PRODUCTION, registered.version)
     return home, settings, snapshot
 
@@ -71,7 +72,7 @@ def test_a_clean_batch_exits_0_and_writes_the_report(home, batches):
     }
     assert (batches / "r.html").is_file()
     tags = versions(home[1], "churn-classifier")[0][0].tags
-    assert tags["validation_status"] == report["verdict"]
+    assert "last_check_status" not in tags  # not recorded without --record
     assert tags["expectation_suite"].endswith("contract/expectation_suite.json")
 
 
@@ -85,7 +86,26 @@ def test_a_drifted_batch_exits_1_naming_the_column(home, batches):
     assert report["verdict"] == "fail"
     assert [c["name"] for c in report["columns"] if c["verdict"] == "fail"] == ["tenure_months"]
     assert any(f.endswith("drift.png") and f.startswith(str(home[0] / ".shipway/reports")) for f in report["files"])
-    assert versions(home[1], "churn-classifier")[0][0].tags["validation_status"] == "fail"
+    assert versions(home[1], "churn-classifier")[0][0].tags["validation_status"] == "pass"  # its training gate's
+
+
+def test_a_recorded_check_of_a_drifted_batch_leaves_the_version_promotable(home, batches):
+    """A drifted batch is news about the data, not about the version: it may still take an alias."""
+    from tasks.aliases import check_servable
+    from tasks.registry import alias_version
+
+    settings = home[1]
+    version = alias_version(settings, "churn-classifier", Alias.PRODUCTION)
+    set_version_tags(settings, "churn-classifier", version, {"latency_gate": "passed"})
+    done = shipway(
+        home, "validate", "--model", "churn-classifier@Production", "--batch", batches / "drift.parquet", "--record"
+    )
+    assert done.returncode == 1
+    tags = versions(settings, "churn-classifier")[0][0].tags
+    assert (tags["validation_status"], tags["last_check_status"]) == ("pass", "fail")
+    check_servable(settings, "churn-classifier", version)  # no RegistryError: the check did not block it
+    done = shipway(home, "validate", "--reference", home[2].id, "--batch", batches / "drift.parquet", "--record")
+    assert done.returncode == 2 and "--record needs --model" in done.stderr
 
 
 def test_a_folder_of_batches_gets_one_report_each_and_a_snapshot_can_be_the_reference(home, batches):
