@@ -73,9 +73,9 @@ def encode(s: pd.Series, cuts: list[float] | None, categories: list[Any] | None)
     if cuts is not None:
         values = s.to_numpy(dtype="float64", na_value=np.nan)[present]
         out[present] = np.searchsorted(np.asarray(cuts, dtype="float64"), values, "right")
-    else:
-        lookup = {v: i + 1 for i, v in enumerate(categories or [])}
-        out[present] = [lookup.get(_plain(v), 0) for v in s[present]]
+    else:  # pd.Categorical codes a value training did not list as -1, so +1 makes it 0
+        codes = pd.Categorical(s[present].to_numpy(dtype=object), categories=list(categories or [])).codes
+        out[present] = codes.astype(np.int64) + 1
     return out
 
 
