@@ -348,7 +348,8 @@ def check_stdev(e: dict, data: _Column, wf: float) -> Outcome:
     n, m = data.present, _rows(e, data)
     if trained > 0 and std > 0:
         log_ratio = math.log(std / trained)
-        kurtosis = max(_pooled_kurtosis(t.kurtosis, trained, m, data), 1.0 + 1e-9)
+        # Not below the normal's 3: a light-tailed (say bimodal) small sample's kurtosis is too sure of itself.
+        kurtosis = max(_pooled_kurtosis(t.kurtosis, trained, m, data), 3.0)
         se = math.sqrt((kurtosis - 1) / 4 * (1 / n + 1 / m))
         p = 2 * float(stats.norm.sf(abs(log_ratio) / se))
     else:  # a stuck column, or a constant training column that now varies

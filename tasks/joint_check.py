@@ -5,8 +5,7 @@ marginals (those are the per-column checks' job, and columns that already fail t
 
 1. the contract's training sample and a seeded sample of the batch (at most as many rows), coded
    the same way (expectations/joint.py); each numeric column becomes its normal score under the
-   training sample's distribution, each category an indicator; each sample is standardized on its own,
-   so that a shift or a new spread of one column is invisible here;
+   training sample's distribution, each category an indicator, standardized as in training;
 2. each sample is split in halves. On the first halves the classifier is fitted: the difference of
    the two correlation matrices, soft-thresholded at two standard errors (a plug-in discriminant
    on pairwise products, which is what a broken relation moves);
@@ -55,11 +54,11 @@ def check_joint(e: dict, batch: pd.DataFrame, wf: float, excluded: set[str]) -> 
     batch_codes = np.column_stack(
         [encode(batch[c].iloc[rows], reference.cuts.get(c), reference.categories.get(c)) for c in columns]
     )
-    ref_x, batch_x, owner = _features(ref_codes, batch_codes, columns, reference)
-    if ref_x.shape[1] < 2:
+    ref_a, ref_b = _halves(ref_codes, rng)
+    batch_a, batch_b = _halves(batch_codes, rng)
+    (ref_a, ref_b, batch_a, batch_b), owner = _features(ref_a, [ref_a, ref_b, batch_a, batch_b], columns, reference)
+    if len(owner) < 2:
         return _skipped(e, "fewer than two varying columns")
-    ref_a, ref_b = _halves(ref_x, rng)
-    batch_a, batch_b = _halves(batch_x, rng)
     weights = _discriminant(ref_a, batch_a, owner)
     score_ref = np.einsum("ij,jk,ik->i", ref_b, weights, ref_b)
     score_batch = np.einsum("ij,jk,ik->i", batch_b, weights, batch_b)
@@ -69,7 +68,7 @@ def check_joint(e: dict, batch: pd.DataFrame, wf: float, excluded: set[str]) -> 
         u, p = stats.mannwhitneyu(score_batch, score_ref, alternative="greater", method="asymptotic")
         auc, p = float(u) / (len(score_batch) * len(score_ref)), float(p)
     warn_auc = 0.5 + wf * (min_auc - 0.5)
-    pairs, threshold = _changed_pairs(ref_x, batch_x, owner, columns)
+    pairs, threshold = _changed_pairs(np.vstack([ref_a, ref_b]), np.vstack([batch_a, batch_b]), owner, columns)
     implicated = _implicated(pairs, threshold, columns) if auc >= warn_auc else []
     shown = [
         {"columns": [a, b], "train": round(r, 4), "batch": round(q, 4), "z": round(z, 2)}
@@ -107,28 +106,30 @@ def _codable(s: pd.Series, reference: JointReference, column: str) -> bool:
 
 
 def _features(
-    ref_codes: np.ndarray, batch_codes: np.ndarray, columns: list[str], reference: JointReference
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Both samples as standardized features (a normal score per numeric column, an indicator per
-    category), and the index of the column each feature comes from."""
-    ref_out, batch_out, owner = [], [], []
+    fit: np.ndarray, samples: list[np.ndarray], columns: list[str], reference: JointReference
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Code matrices as features (a normal score per numeric column, an indicator per category), all
+    standardized with the statistics of `fit` alone (the first training half: a test row must not
+    shape its own transform, or the held-out test leaks), and the column each feature comes from."""
+    out: list[list[np.ndarray]] = [[] for _ in samples]
+    owner = []
     for i, column in enumerate(columns):
-        r, b = ref_codes[:, i], batch_codes[:, i]
+        base = fit[:, i]
         if column in reference.cuts:
-            pairs = [(_normal_scores(r, r), _normal_scores(r, b))]
+            transforms = [lambda codes, base=base: _normal_scores(base, codes)]
         else:
-            kinds = np.unique(r[r != NULL])
-            pairs = [((r == k).astype("float64"), (b == k).astype("float64")) for k in kinds]
-        for fr, fb in pairs:
-            fr, fb = _standardized(fr), _standardized(fb)
-            if fr is not None and fb is not None:
-                ref_out.append(fr)
-                batch_out.append(fb)
-                owner.append(i)
-    empty = np.empty((len(ref_codes), 0)), np.empty((len(batch_codes), 0))
-    if not ref_out:
-        return *empty, np.array([], dtype=int)
-    return np.column_stack(ref_out), np.column_stack(batch_out), np.asarray(owner)
+            transforms = [lambda codes, k=k: (codes == k).astype("float64") for k in np.unique(base[base != NULL])]
+        for transform in transforms:
+            fitted = transform(base)
+            sd = fitted.std()
+            if sd <= 1e-12:
+                continue
+            for target, codes in zip(out, samples, strict=True):
+                target.append((transform(codes[:, i]) - fitted.mean()) / sd)
+            owner.append(i)
+    return [np.column_stack(f) if f else np.empty((len(c), 0)) for f, c in zip(out, samples, strict=True)], np.asarray(
+        owner, dtype=int
+    )
 
 
 def _normal_scores(reference: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -140,11 +141,6 @@ def _normal_scores(reference: np.ndarray, codes: np.ndarray) -> np.ndarray:
     table = stats.norm.ppf(np.clip(mid, 0.5 / total, 1 - 0.5 / total))
     table[NULL] = 0.0
     return table[codes]
-
-
-def _standardized(x: np.ndarray) -> np.ndarray | None:
-    sd = x.std()
-    return (x - x.mean()) / sd if sd > 1e-12 else None
 
 
 def _halves(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
