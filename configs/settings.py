@@ -354,6 +354,20 @@ class GateSettings(_Section):
     max_categories: int = Field(
         1000, gt=0, description="Categories a contract lists per column; rarer ones count as other."
     )
+    joint_sample_rows: int = Field(
+        2000,
+        ge=0,
+        le=20_000,
+        description="Training rows the contract keeps for the joint check (relations between columns), and "
+        "the most batch rows that check compares with them; 0 leaves the joint check out of new contracts.",
+    )
+    joint_min_auc: float = Field(
+        0.55,
+        gt=0.5,
+        lt=1,
+        description="Joint check: held-out AUC of the training-vs-batch classifier at which rows count as "
+        "changed (0.5: indistinguishable); a fail also needs its p-value below the split alpha.",
+    )
     report_dir: str = Field(".shipway/reports", description="Where drift reports go when --report is not given.")
     expectations_dir: str = Field(
         "expectations", description="Folder of the user's own GX suites (*.json); the gate runs them too."

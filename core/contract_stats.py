@@ -25,6 +25,17 @@ class Cdf(BaseModel):
     below: list[float]
 
 
+class JointReference(BaseModel):
+    """The joint check's training sample (expectations/joint.py): rows x columns of one-byte codes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    columns: list[str]
+    cuts: dict[str, list[float]]  # numeric column -> its training quantile cut points
+    categories: dict[str, list[Any]]  # other column -> the categories it codes (by training frequency)
+    codes: str  # base64 of the uint8 codes, row-major
+
+
 class TrainingStats(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -39,6 +50,7 @@ class TrainingStats(BaseModel):
     shares: dict[str, float] | None = None  # share of the most frequent values (keys as JSON strings)
     other_max_share: float | None = None  # largest share a value outside `shares` can have
     other_share: float | None = None  # share of categories the contract does not list
+    joint: JointReference | None = None  # the joint check's training sample
 
     def meta(self, **extra: Any) -> dict[str, Any]:
         """The expectation's `meta`: these statistics under `training`, beside `extra` keys."""

@@ -23,6 +23,7 @@ import pandas as pd
 from configs.settings import GateSettings
 from core.contract_stats import Cdf, TrainingStats
 from core.errors import DataError
+from expectations.joint import joint_expectation, register
 
 FORMAT = "shipway.contract/v1"
 NUMERIC_TYPES = [
@@ -85,6 +86,9 @@ def build_contract(
     for column in features:
         for expectation in column_expectations(frame[column], settings):
             suite.add_expectation(expectation)
+    joint = joint_expectation(frame, features, settings.joint_sample_rows, settings.joint_min_auc)
+    if joint is not None:
+        suite.add_expectation(joint)
     return suite.to_json_dict()
 
 
@@ -253,6 +257,7 @@ def gx_context():
 
     # GX pins this logger at INFO and says so for every temporary docs folder it makes.
     logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
+    register()  # shipway's own expectation types, so GX keeps and checks them in a suite
     return gx.get_context(mode="ephemeral")
 
 

@@ -26,8 +26,10 @@ from configs.settings import GateSettings
 from core.contract_stats import TrainingStats
 from core.errors import DataError
 from expectations.contract import histogram
+from expectations.joint import JOINT
+from tasks.joint_check import check_joint
 from tasks.snapshot import canonical_column
-from tasks.verdict import TABLE, GateReport, Outcome, decide, jsonable
+from tasks.verdict import TABLE, GateReport, Outcome, decide, failing_columns, jsonable
 
 # --- the gate --------------------------------------------------------------------------------------
 
@@ -46,9 +48,12 @@ def validate(
     columns: dict[str, list[dict]] = {}
     table: list[dict] = []
     foreign: list[dict] = []
+    joint: list[dict] = []
     for expectation in suite.get("expectations", []):
         column = expectation.get("kwargs", {}).get("column")
-        if expectation.get("type") not in HANDLERS:
+        if expectation.get("type") == JOINT:
+            joint.append(expectation)
+        elif expectation.get("type") not in HANDLERS:
             foreign.append(expectation)
         elif column is None:
             table.append(expectation)
@@ -82,6 +87,9 @@ def validate(
                 outcomes += _column_outcomes(batch[name], expectations, settings.warn_fraction)
     if foreign:
         outcomes += _run_in_gx(batch, foreign)
+    if len(batch) and joint:  # last: it leaves out the columns that already fail on their own
+        excluded = failing_columns(outcomes, settings, more_tests=len(joint))
+        outcomes += [check_joint(e, batch, settings.warn_fraction, excluded) for e in joint]
     return decide(outcomes, settings, batch_name, len(batch), reference or {}, start)
 
 
@@ -188,6 +196,18 @@ def _binom_p(k: int, n: int, p0: float) -> float:
     return float(stats.binom.sf(k - 1, n, min(max(p0, 0.0), 1.0)))
 
 
+def _beyond_p(k: int, n: int, m: int, j: float) -> float:
+    """P(at least k of n batch values beyond a bound that j of m training values pass), the batch and
+    training drawn from one distribution. The bound is a training order statistic, so the batch's
+    count is beta-binomial (the training sample's own uncertainty included), not binomial at the
+    training share: with 100 training rows that share is itself off by several points. Counting
+    values strictly beyond the bound makes this conservative when values are tied."""
+    if k <= 0:
+        return 1.0
+    j = min(max(math.ceil(round(j, 6)), 0), m)
+    return float(stats.betabinom.sf(k - 1, n, j + 1, max(m - j, 1)))
+
+
 def check_columns(e: dict, batch: pd.DataFrame, wf: float) -> list[Outcome]:
     kwargs = e.get("kwargs", {})
     expected = [str(c) for c in kwargs.get("column_set", [])]
@@ -274,7 +294,8 @@ def check_between(e: dict, data: _Column, wf: float) -> Outcome:
     outside = (data.below(low) if low is not None else 0) + (data.above(high) if high is not None else 0)
     share = outside / data.present
     bound = 1 - float(kwargs.get("mostly", 1.0))
-    p = _binom_p(outside, data.present, 2 / (_rows(e, data) + 1))  # a fresh draw passes m draws' extremes
+    # Outside [min, max] of m training draws: as beyond a bound that 1 of m passes (beta-binomial).
+    p = _beyond_p(outside, data.present, _rows(e, data), 1)
     reason = (
         f"range: {share:.1%} of values outside training [{_fmt(low)}, {_fmt(high)}], the contract allows {bound:.1%}"
     )
@@ -298,8 +319,11 @@ def check_mean(e: dict, data: _Column, wf: float) -> Outcome:
     sd = t.std or 0.0
     mean = data.mean
     half = _half(low, high, center)
-    se = sd * math.sqrt(1 / data.present + 1 / _rows(e, data))
-    p = 2 * float(stats.norm.sf(abs(mean - center) / se)) if se > 0 else float(mean == center)
+    n, m = data.present, _rows(e, data)
+    # Two-sample t-test on the pooled variance: on small samples the training sd alone is too sure.
+    pooled = ((m - 1) * sd**2 + (n - 1) * data.std**2) / max(m + n - 2, 1)
+    se = math.sqrt(pooled * (1 / n + 1 / m))
+    p = 2 * float(stats.t.sf(abs(mean - center) / se, max(m + n - 2, 1))) if se > 0 else float(mean == center)
     shift = (mean - center) / sd if sd > 0 else 0.0
     fail = (low is not None and mean < low) or (high is not None and mean > high)
     reason = f"mean: {_fmt(mean)} outside [{_fmt(low)}, {_fmt(high)}] (training {_fmt(center)}, shift {shift:+.2f} sd)"
@@ -321,10 +345,12 @@ def check_stdev(e: dict, data: _Column, wf: float) -> Outcome:
     t = _training(e)
     trained = t.std if t.std is not None else _mid(low, high, data.std)
     std = data.std
-    kurtosis = max(t.kurtosis if t.kurtosis is not None else 3.0, 1.0 + 1e-9)
+    n, m = data.present, _rows(e, data)
     if trained > 0 and std > 0:
         log_ratio = math.log(std / trained)
-        se = math.sqrt((kurtosis - 1) / 4 * (1 / data.present + 1 / _rows(e, data)))
+        # Not below the normal's 3: a light-tailed (say bimodal) small sample's kurtosis is too sure of itself.
+        kurtosis = max(_pooled_kurtosis(t.kurtosis, trained, m, data), 3.0)
+        se = math.sqrt((kurtosis - 1) / 4 * (1 / n + 1 / m))
         p = 2 * float(stats.norm.sf(abs(log_ratio) / se))
     else:  # a stuck column, or a constant training column that now varies
         log_ratio, p = (0.0, 1.0) if std == trained else (math.inf, 0.0)
@@ -338,19 +364,30 @@ def check_stdev(e: dict, data: _Column, wf: float) -> Outcome:
     return _outcome(e, data.name, fail, warn or fail, p, reason, {"observed_value": std}, {"std_ratio": ratio})
 
 
+def _pooled_kurtosis(trained: float | None, trained_std: float, m: int, data: _Column) -> float:
+    """Kurtosis of training and batch together: the sd's noise grows with it, and on a small heavy-tailed
+    training sample the outliers that set it may all have landed in the batch."""
+    x = data.sorted
+    batch = float(np.mean((x - data.mean) ** 4) / data.std**4) if data.std > 0 else 3.0
+    trained = trained if trained is not None else batch
+    n = data.present
+    fourth = (m * trained * trained_std**4 + n * batch * data.std**4) / (m + n)
+    return fourth / ((m * trained_std**2 + n * data.std**2) / (m + n)) ** 2
+
+
 def check_quantiles(e: dict, data: _Column, wf: float) -> Outcome:
     ranges = e["kwargs"].get("quantile_ranges", {})
     levels, bounds = ranges.get("quantiles", []), ranges.get("value_ranges", [])
     trained = _training(e).values or [_mid(lo, hi, 0.0) for lo, hi in bounds]
     cdf = _cdf_of(data.kl) if data.kl else _Cdf(*(np.asarray(a, dtype="float64") for a in (trained, levels, levels)))
-    x = data.sorted
+    x, m = data.sorted, _rows(e, data)
     observed = _sorted_quantiles(x, levels)
     fail, warn, pvals, bad = False, False, [], []
     for level, (low, high), value, center in zip(levels, bounds, observed, trained, strict=False):
         if low is not None and value < low:
-            pvals.append(_binom_p(data.below(low), data.present, _interp_cdf(cdf, low, strict=True)))
+            pvals.append(_beyond_p(data.below(low), data.present, m, m * _interp_cdf(cdf, low, strict=True)))
         elif high is not None and value > high:
-            pvals.append(_binom_p(data.above(high), data.present, 1 - _interp_cdf(cdf, high, strict=False)))
+            pvals.append(_beyond_p(data.above(high), data.present, m, m * (1 - _interp_cdf(cdf, high, strict=False))))
         else:
             inner_low = center - wf * (center - low) if low is not None else -math.inf
             inner_high = center + wf * (high - center) if high is not None else math.inf

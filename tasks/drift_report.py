@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from core.vocabulary import Verdict
+from expectations.joint import JOINT
 from tasks.verdict import TABLE, Check, ColumnReport, GateReport
 
 MAX_PANELS = 12
@@ -116,8 +117,9 @@ def _brief(value: Any, limit: int = 300) -> str:
 
 def render_picture(report: GateReport, path: Path) -> bool:
     """Training vs batch distribution of each failing or warning column that has one; False if none."""
+    joint = [c for c in report.table if c.expectation == JOINT and c.verdict != Verdict.PASS]
     panels = [(col, _distribution(col)) for col in report.columns if col.verdict != Verdict.PASS]
-    panels = [(col, check) for col, check in panels if check is not None][:MAX_PANELS]
+    panels = joint + [(col, check) for col, check in panels if check is not None][: MAX_PANELS - len(joint)]
     if not panels:
         return False
     import matplotlib
@@ -128,7 +130,11 @@ def render_picture(report: GateReport, path: Path) -> bool:
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
-    for ax, (col, check) in zip(axes.flat, panels, strict=False):
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        if isinstance(panel, Check):
+            _joint_panel(ax, panel)
+            continue
+        col, check = panel
         details = check.result["details"]
         expected, observed = details["expected_partition"], details["observed_partition"]
         if "bins" in expected:
@@ -165,6 +171,23 @@ def render_picture(report: GateReport, path: Path) -> bool:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
+
+
+def _joint_panel(ax: Any, check: Check) -> None:
+    """The joint check: the pairs of columns whose correlation changed most, training vs batch."""
+    details = check.result.get("details", {})
+    pairs = details.get("changed_pairs", [])[:8]
+    labels = [" ~ ".join(p["columns"]) for p in pairs]
+    y = np.arange(len(pairs))
+    ax.barh(y - 0.2, [p["train"] for p in pairs], 0.4, label="training", color="tab:blue", alpha=0.6)
+    ax.barh(y + 0.2, [p["batch"] for p in pairs], 0.4, label="batch", color="tab:red", alpha=0.8)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("correlation (normal scores)")
+    color = "tab:red" if check.verdict == Verdict.FAIL else "tab:orange"
+    named = ", ".join(details.get("implicated", [])) or "rows"
+    ax.set_title(f"joint: {named} (AUC {check.result.get('observed_value', 0):.2f})", color=color, fontsize=10)
+    ax.legend(fontsize=8)
 
 
 def _distribution(col: ColumnReport) -> Check | None:

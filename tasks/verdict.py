@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -80,6 +80,25 @@ class Outcome:
     reason: str
     result: dict[str, Any]
     measures: dict[str, Any] = field(default_factory=dict)
+    implicates: tuple[str, ...] = ()  # a table-level check's verdict also goes to these columns
+
+
+def judge(o: Outcome, alpha: float, warn_alpha: float) -> Verdict:
+    """One outcome's verdict at the per-test levels: a fail needs its effect past the bound AND its p."""
+    if o.p is None:
+        return Verdict.FAIL if o.fail else Verdict.WARN if o.warn else Verdict.PASS
+    if o.fail and o.p <= alpha:
+        return Verdict.FAIL
+    if (o.fail or o.warn) and o.p <= warn_alpha:
+        return Verdict.WARN
+    return Verdict.PASS
+
+
+def failing_columns(outcomes: list[Outcome], settings: GateSettings, more_tests: int = 0) -> set[str]:
+    """Columns `decide` would fail on these outcomes, were `more_tests` tests still to come."""
+    tests = sum(o.p is not None for o in outcomes) + more_tests
+    alpha = settings.alpha / max(tests, 1)
+    return {o.column for o in outcomes if o.column != TABLE and judge(o, alpha, alpha) == Verdict.FAIL}
 
 
 def decide(
@@ -92,15 +111,8 @@ def decide(
     by_column: dict[str, ColumnReport] = {}
     table: list[Check] = []
     for o in outcomes:
-        if o.p is None:
-            verdict = Verdict.FAIL if o.fail else Verdict.WARN if o.warn else Verdict.PASS
-            reason = o.reason
-        elif o.fail and o.p <= alpha:
-            verdict, reason = Verdict.FAIL, f"{o.reason} (p={o.p:.1e})"
-        elif (o.fail or o.warn) and o.p <= warn_alpha:
-            verdict, reason = Verdict.WARN, f"{o.reason} (p={o.p:.1e})"
-        else:
-            verdict, reason = Verdict.PASS, ""
+        verdict = judge(o, alpha, warn_alpha)
+        reason = o.reason if o.p is None else f"{o.reason} (p={o.p:.1e})" if verdict != Verdict.PASS else ""
         check = Check(
             o.expectation.get("type", "?"),
             o.column,
@@ -112,6 +124,9 @@ def decide(
         )
         if o.column == TABLE:
             table.append(check)
+            for name in o.implicates if verdict != Verdict.PASS else ():
+                column = by_column.setdefault(name, ColumnReport(name, Verdict.PASS, ""))
+                column.checks.append(replace(check, column=name))
             continue
         report = by_column.setdefault(o.column, ColumnReport(o.column, Verdict.PASS, ""))
         report.checks.append(check)

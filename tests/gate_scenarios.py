@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from configs.settings import GateSettings
@@ -161,3 +162,98 @@ def run(
         batch, expected = scenario.make(rows, 10_000 + seed + rep * 7919 + rows, rep, ref)
         score.add(validate(batch, ref.suite, settings), expected)
     return score
+
+
+# --- joint skews: every column's distribution kept, the rows broken ----------------------------------
+# On generated credit data whose columns relate to each other (income with age, loans with income, ...).
+
+
+def credit(rows: int, seed: int) -> pd.DataFrame:
+    """Credit applications: numeric, binary and text columns, related as real ones are."""
+    rng = np.random.default_rng(seed)
+    age = np.clip(rng.normal(42, 12, rows), 18, 80).round()
+    region = rng.choice(["north", "south", "east", "west"], rows, p=[0.3, 0.3, 0.2, 0.2])
+    employment = np.where(rng.random(rows) < 0.15 + 0.004 * (age - 18), "self_employed", "employee")
+    log_income = 3.7 + 0.012 * (age - 42) + 0.25 * (region == "north") + 0.2 * (employment == "self_employed")
+    income = np.exp(log_income + rng.normal(0, 0.35, rows)).round(1)
+    years_employed = np.clip((age - 18) * rng.beta(4, 3, rows), 0, None).round()
+    loan = (income * rng.lognormal(0.9, 0.35, rows)).round(1)
+    mortgage = (rng.random(rows) < 1 / (1 + np.exp(-(-4 + 0.05 * (age - 18) + 0.025 * income)))).astype("int64")
+    score = np.clip(560 + 2.0 * years_employed + 0.9 * income - 0.3 * loan + rng.normal(0, 35, rows), 300, 850)
+    utilization = np.clip(0.9 - (score - 300) / 700 + rng.normal(0, 0.12, rows), 0, 1).round(3)
+    accounts = rng.poisson(1 + 0.06 * (age - 18) + 0.8 * mortgage)
+    debt = (loan / 60 + 1.2 * mortgage + rng.gamma(2, 0.2, rows)).round(2)
+    return pd.DataFrame(
+        {
+            "age": age.astype("int64"),
+            "income": income,
+            "years_employed": years_employed.astype("int64"),
+            "loan_amount_k": loan,
+            "has_mortgage": mortgage,
+            "credit_score": score.round().astype("int64"),
+            "credit_utilization": utilization,
+            "open_accounts": accounts.astype("int64"),
+            "monthly_debt_k": debt,
+            "region": pd.Series(region, dtype="str"),
+            "employment": pd.Series(employment, dtype="str"),
+            "channel": pd.Series(rng.choice(["web", "branch", "phone"], rows, p=[0.6, 0.3, 0.1]), dtype="str"),
+        }
+    )
+
+
+BLOCKS = [
+    ["income", "loan_amount_k", "has_mortgage"],
+    ["credit_score", "credit_utilization"],
+    ["loan_amount_k", "monthly_debt_k"],
+    ["years_employed", "open_accounts", "credit_score"],
+]
+STALE = ["income", "age", "credit_score", "monthly_debt_k", "loan_amount_k"]
+
+
+def credit_reference(settings: GateSettings | None = None) -> Reference:
+    frame = canonicalize(credit(TRAINING_ROWS, TRAINING_SEED))
+    suite = build_contract(frame, settings or GateSettings(), name="credit", target=None, snapshot_id=None)
+    return Reference(frame, suite)
+
+
+def _from_other_rows(columns_of: Callable[[int], list[str]]):
+    """The columns come from other rows of the same batch: a join on the wrong key, a stale column."""
+
+    def make(rows, seed, rep, ref):
+        batch = credit(rows, seed)
+        columns = columns_of(rep)
+        other = np.random.default_rng(seed + 1).permutation(rows)
+        batch[columns] = batch[columns].iloc[other].to_numpy()
+        return canonicalize(batch), set(columns)
+
+    return make
+
+
+JOINT_SCENARIOS: list[Scenario] = [
+    Scenario("wrong join key (2-3 columns)", _from_other_rows(lambda rep: BLOCKS[rep % len(BLOCKS)])),
+    Scenario("stale feature column", _from_other_rows(lambda rep: [STALE[rep % len(STALE)]])),
+    Scenario("clean credit rows", lambda rows, seed, rep, ref: (canonicalize(credit(rows, seed)), set()), drift=False),
+]
+
+
+# --- small real tables: clean random splits of scikit-learn's bundled datasets ------------------------
+
+SMALL_TABLES = ("wine", "iris", "breast_cancer", "diabetes")
+
+
+def small_split(name: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A random split of a bundled dataset (target kept): 100 to 500 training rows, the rest the batch."""
+    from sklearn import datasets
+
+    frame = getattr(datasets, f"load_{name}")(as_frame=True).frame
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(frame))
+    training = int(np.clip(len(frame) * rng.uniform(0.5, 0.8), 100, 500))
+    pick = lambda rows: canonicalize(frame.iloc[np.sort(rows)].reset_index(drop=True))
+    return pick(order[:training]), pick(order[training:])
+
+
+def small_false_alarm(name: str, seed: int, settings: GateSettings) -> GateReport:
+    training, batch = small_split(name, seed)
+    suite = build_contract(training, settings, name=name, target="target", snapshot_id=None)
+    return validate(batch, suite, settings)
