@@ -38,6 +38,7 @@ import orjson
 
 from configs.settings import Settings
 from serving import request_ids
+from serving.body import BodyReader
 from serving.metrics import Metrics
 from serving.models import Inputs, Servable, freeze_heap
 from serving.prediction_log import (
@@ -62,7 +63,7 @@ INLINE_BODY_BYTES = 16_384  # larger bodies are parsed and typed in a thread (~1
 CACHE_MAX_ROWS = 64  # larger batches are not kept as fallback answers (memory, and their key's cost)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: made on every request, and a frozen init costs 3x
 class Request:
     """One /invocations request, as its log row needs it."""
 
@@ -72,7 +73,7 @@ class Request:
     route: str  # production or canary: where the router sent it, whoever answered
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Answer:
     """Who answered a request, and with what."""
 
@@ -97,6 +98,7 @@ class Gateway:
         self._primary = Workers("predict", self.serving.model_threads, timeout_s)
         self._fallback = Workers("fallback", self.serving.fallback_threads, timeout_s)
         self._parsing = ThreadPoolExecutor(2, thread_name_prefix="parse")
+        self.bodies = BodyReader(self.serving.max_body_bytes, self.serving.body_timeout_s)
         self.recent_ids = request_ids.RecentIds()
         self.shadow = ShadowProcess(settings, metrics)
         self._endpoints = {
@@ -185,7 +187,7 @@ class Gateway:
             return
         request = Request(request_id, ts, started, route)
         try:
-            body = await _body(receive, headers, self.serving.max_body_bytes, self.serving.body_timeout_s)
+            body = await self.bodies.read(receive, headers)
             inputs, batch = await self._prepare(body, headers.get(b"content-type"), first)
         except BadInput as exc:
             self.metrics.error(expected, route, "bad_input")
@@ -324,7 +326,7 @@ class Gateway:
     async def _feedback(self, scope, receive, send) -> None:
         headers = _headers(scope)
         try:
-            body = await _body(receive, headers, self.serving.max_body_bytes, self.serving.body_timeout_s)
+            body = await self.bodies.read(receive, headers)
             labels = _labels(body)
         except BadInput as exc:
             await _error(send, exc.status, exc.error_code, exc.message)
@@ -414,42 +416,6 @@ def _labels(body: bytes) -> list[tuple[str, Any]]:
 
 def _headers(scope) -> dict[bytes, bytes]:
     return dict(scope["headers"])
-
-
-async def _body(receive, headers: dict[bytes, bytes], limit: int, timeout_s: float) -> bytes:
-    """The whole body within `timeout_s` (408 otherwise: a slow body, or one shorter than its
-    Content-Length, would hold the connection for good) and `limit` bytes (413)."""
-    declared = headers.get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadInput(
-            f"the body has {int(declared)} bytes, more than the limit of {limit} (serving.max_body_bytes)",
-            413,
-            "REQUEST_LIMIT_EXCEEDED",
-        )
-    chunks = []
-    size = 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                message = await receive()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise BadInput(
-                        f"the body is larger than the limit of {limit} bytes (serving.max_body_bytes)",
-                        413,
-                        "REQUEST_LIMIT_EXCEEDED",
-                    )
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(chunks)
-    except TimeoutError:
-        expected = f"of the {int(declared)} announced " if declared is not None and declared.isdigit() else ""
-        raise BadInput(
-            f"the body did not arrive within {timeout_s:g} s (serving.body_timeout_s): {size} bytes {expected}came",
-            408,
-            "DEADLINE_EXCEEDED",
-        ) from None
 
 
 async def _respond(send, status: int, body: bytes, content_type: bytes, request_id: str | None = None,

@@ -11,9 +11,9 @@ reads it (its NA markers are nulls), Parquet columns converted only where MLflow
 enforcement converts them, and JSON values converted as pandas' `astype` does ("45" and 45.5 in
 an integer column are 45, 3 in a string column is "3"). Extra columns are ignored; a missing
 column is refused, optional or not, as the model would refuse it (a pyfunc model may go without
-an optional one). Deliberate differences, listed in docs/compatibility.md: a boolean column
-reads what a value says ("false" is false, where MLflow makes every non-empty string true) and
-refuses nulls; infinite numbers are refused up front; every message names column and row.
+an optional one). Deliberate differences (docs/compatibility.md): a boolean column reads what a
+value says ("false" is false, where MLflow's cast makes every non-empty string true) and refuses
+nulls; infinite numbers are refused here, not by the model; every message names column and row.
 """
 
 from __future__ import annotations
@@ -104,14 +104,13 @@ def parse(body: bytes, content_type: str | None, max_rows: int | None = None) ->
 
 
 def _content_type(header: str | None) -> str:
-    """The MIME type; as MLflow, only a charset parameter, and only utf-8."""
+    """The MIME type; as MLflow reads it: as written, with no parameter but charset=utf-8."""
     if header is None:
         raise BadInput(f"send a Content-Type header: one of {', '.join(CONTENT_TYPES)}", 415, "BAD_REQUEST")
     mime, *params = (part.strip() for part in header.split(";"))
-    mime = mime.lower()
     for param in params:
         name, _, value = param.partition("=")
-        name = name.strip().lower()
+        name = name.strip()
         if name != "charset":
             raise BadInput(
                 f"content type parameter '{name}' is not accepted: the only parameter is charset=utf-8",
@@ -207,10 +206,16 @@ def _from_split(data: Any) -> Raw:
         raise BadInput("dataframe_split has no 'columns' list: the model's inputs are found by column name")
     _check_names(names, "dataframe_split.columns")
     rows = data["data"]
+    width = len(names)
     for i, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != len(names):
+        if not isinstance(row, list) or len(row) > width:
             got = f"{len(row)} values" if isinstance(row, list) else f"a {_json_type(row)}"
-            raise BadInput(f"dataframe_split row {i} has {got}, expected {len(names)} (one per column)")
+            raise BadInput(f"dataframe_split row {i} has {got}, expected {width} (one per column)")
+    if rows and max(map(len, rows)) < width:
+        i = next(i for i, row in enumerate(rows) if len(row) < width)
+        raise BadInput(f"dataframe_split row {i} has {len(rows[i])} values, expected {width} (one per column)")
+    if any(len(row) < width for row in rows):  # as pandas builds the frame: short rows padded with nulls
+        rows = [row + [None] * (width - len(row)) if len(row) < width else row for row in rows]
     index = data.get("index")
     if index is not None and (not isinstance(index, list) or len(index) != len(rows)):
         raise BadInput(f"dataframe_split: 'index' must be a list with one entry per row ({len(rows)})")

@@ -29,7 +29,7 @@ import pytest
 from configs.settings import load_settings
 from serving.server import running
 from tests.conformance import DEMO, FLAGS, Models, Payload, corpus, register_models
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
 
 STARTUP_S = 180.0
 
@@ -125,6 +125,8 @@ def test_the_corpus_covers_what_a_drop_in_must_take(models):
     assert {p.model for p in payloads} == {DEMO, FLAGS}
     assert all(p.message for p in payloads if p.expected == "refused")  # every refusal names its problem
     assert all(p.differs for p in payloads if p.expected != p.mlflow)  # every difference says why
+    documented = (REPO / "docs" / "compatibility.md").read_text()
+    assert all(f"`{p.name}`" in documented for p in payloads if p.differs)  # and is in the compatibility table
 
 
 def test_the_gateway_answers_the_corpus_as_recorded(models):
