@@ -207,15 +207,19 @@ def _from_split(data: Any) -> Raw:
     _check_names(names, "dataframe_split.columns")
     rows = data["data"]
     width = len(names)
+    short = None  # the first row with fewer values than columns
     for i, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) > width:
-            got = f"{len(row)} values" if isinstance(row, list) else f"a {_json_type(row)}"
-            raise BadInput(f"dataframe_split row {i} has {got}, expected {width} (one per column)")
-    if rows and max(map(len, rows)) < width:
-        i = next(i for i, row in enumerate(rows) if len(row) < width)
-        raise BadInput(f"dataframe_split row {i} has {len(rows[i])} values, expected {width} (one per column)")
-    if any(len(row) < width for row in rows):  # as pandas builds the frame: short rows padded with nulls
-        rows = [row + [None] * (width - len(row)) if len(row) < width else row for row in rows]
+        if type(row) is not list or len(row) != width:
+            if not isinstance(row, list) or len(row) > width:
+                got = f"{len(row)} values" if isinstance(row, list) else f"a {_json_type(row)}"
+                raise BadInput(f"dataframe_split row {i} has {got}, expected {width} (one per column)")
+            short = i if short is None else short
+    if short is not None:
+        if max(map(len, rows)) < width:
+            got = len(rows[short])
+            raise BadInput(f"dataframe_split row {short} has {got} values, expected {width} (one per column)")
+        # As pandas builds the frame: short rows padded with nulls.
+        rows = [row + [None] * (width - len(row)) for row in rows]
     index = data.get("index")
     if index is not None and (not isinstance(index, list) or len(index) != len(rows)):
         raise BadInput(f"dataframe_split: 'index' must be a list with one entry per row ({len(rows)})")
@@ -276,10 +280,13 @@ def _parse_parquet(body: bytes) -> Raw:
 
     try:
         table = pq.read_table(pa.BufferReader(body))
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise BadInput(f"the body is not a readable Parquet file: {exc}", 400, "BAD_REQUEST") from None
-    _check_names(table.column_names, "the Parquet file's columns")
-    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+        _check_names(table.column_names, "the Parquet file's columns")
+        columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    except BadInput:
+        raise
+    except Exception as exc:  # Arrow's errors, and a damaged file's text that is not UTF-8: the client's
+        problem = f"{type(exc).__name__}: {exc}"
+        raise BadInput(f"the body is not a readable Parquet file: {problem}", 400, "BAD_REQUEST") from None
     types = {field.name: str(field.type) for field in table.schema}
     return Raw(columns, table.num_rows, "parquet", types)
 

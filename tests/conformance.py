@@ -37,6 +37,9 @@ DEMO_ROWS: list[dict[str, Any]] = [
      "data_usage_gb": None, "contract": "one_year", "payment_method": "bank_transfer", "plan": "standard",
      "region": None},
 ]  # fmt: skip
+DEMO_TYPES = {"age": "long", "tenure_months": "long", "monthly_charges": "double", "total_charges": "double",
+              "support_calls": "long", "data_usage_gb": "double", "contract": "string", "payment_method": "string",
+              "plan": "string", "region": "string"}  # fmt: skip
 FLAGS_ROWS: list[dict[str, Any]] = [
     {"active": True, "visits": 12, "spend": 40.5, "segment": "retail"},
     {"active": False, "visits": 1, "spend": None, "segment": "online"},
@@ -157,7 +160,7 @@ def _csv(rows: list[dict]) -> bytes:
     return pd.DataFrame(rows).to_csv(index=False).encode()
 
 
-def _parquet(frame: pd.DataFrame) -> bytes:
+def parquet(frame: pd.DataFrame) -> bytes:
     out = io.BytesIO()
     frame.to_parquet(out, index=False)
     return out.getvalue()
@@ -204,8 +207,8 @@ def corpus(models: Models) -> list[Payload]:
     add("csv", _csv(rows), content_type=CSV)
     add("csv with charset", _csv(rows), content_type="text/csv; charset=utf-8")
     add("json with charset", _json({"dataframe_split": split}), content_type="application/json; charset=UTF-8")
-    add("parquet", _parquet(demo_frame()), content_type=PARQUET)
-    add("parquet with int32 for a long column", _parquet(demo_frame().astype({"age": "int32"})), content_type=PARQUET)
+    add("parquet", parquet(demo_frame()), content_type=PARQUET)
+    add("parquet with int32 for a long column", parquet(demo_frame().astype({"age": "int32"})), content_type=PARQUET)
     # -- MLflow's own client: missing floats as bare NaN
     add("mlflow client, NaN for missing values", mlflow_client_body(demo_frame()))
     add("mlflow client with params", mlflow_client_body(demo_frame(), params={"threshold": 0.4}))
@@ -253,11 +256,11 @@ def corpus(models: Models) -> list[Payload]:
     refused("csv row too long", b"age,plan\n1,basic,extra\n", "CSV row 0 has more values than the header",
             content_type=CSV)  # fmt: skip
     # -- Parquet: typed columns, converted only where MLflow's schema enforcement allows
-    refused("parquet with float for a long column", _parquet(demo_frame().astype({"age": "float64"})),
+    refused("parquet with float for a long column", parquet(demo_frame().astype({"age": "float64"})),
             "column 'age': Parquet type double", content_type=PARQUET)  # fmt: skip
-    refused("parquet with int64 for a double column", _parquet(demo_frame().astype({"monthly_charges": "int64"})),
+    refused("parquet with int64 for a double column", parquet(demo_frame().astype({"monthly_charges": "int64"})),
             "column 'monthly_charges': Parquet type int64", content_type=PARQUET)  # fmt: skip
-    refused("parquet with strings for a long column", _parquet(demo_frame().astype({"age": "str"})),
+    refused("parquet with strings for a long column", parquet(demo_frame().astype({"age": "str"})),
             "column 'age': Parquet type large_string cannot be read as long; send int64", content_type=PARQUET)  # fmt: skip
     # -- column sets
     add("extra column", _json({"dataframe_records": _edit(rows, coupon="SAVE10")}))
@@ -294,7 +297,7 @@ def corpus(models: Models) -> list[Payload]:
     refused("empty instances", _json({"instances": []}), "no rows")
     refused("empty inputs columns", _json({"inputs": {c: [] for c in rows[0]}}), "no rows")
     refused("header-only csv", ",".join(rows[0]).encode() + b"\n", "no rows", content_type=CSV)
-    refused("empty parquet", _parquet(demo_frame().head(0)), "no rows", content_type=PARQUET)
+    refused("empty parquet", parquet(demo_frame().head(0)), "no rows", content_type=PARQUET)
     # -- malformed bodies
     refused("truncated JSON", b'{"dataframe_records": [', "malformed JSON")
     refused("bare NaN body", b"NaN", "JSON object")
@@ -348,7 +351,7 @@ def corpus(models: Models) -> list[Payload]:
     flag("csv with 1 and 0", _csv(_edit(_edit(_edit(frows, active=1), 1, active=0), 2, active=1)), content_type=CSV)
     flag("csv mixing TRUE and 0", _csv(_edit(_edit(frows, active="TRUE"), 1, active="0")), content_type=CSV,
          mlflow="refused", message="column 'active': mixes the words true/false with the numbers 1/0")  # fmt: skip
-    flag("parquet", _parquet(pd.DataFrame(frows)), content_type=PARQUET)
+    flag("parquet", parquet(pd.DataFrame(frows)), content_type=PARQUET)
     flag("mlflow client", mlflow_client_body(pd.DataFrame(frows)))
     flag("'1' for a boolean", _json({"dataframe_records": _edit(frows, active="1")}))
     flag("1 and 0 for a boolean", _json({"dataframe_split": _split(_edit(_edit(frows, active=1), 1, active=0))}))

@@ -13,7 +13,9 @@ deliberate differences are the payloads marked `differs` (docs/compatibility.md 
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -24,11 +26,28 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
+import orjson
+import pandas as pd
 import pytest
 
 from configs.settings import load_settings
+from serving.registry import Column
+from serving.schema import BadInput, Schema, parse
 from serving.server import running
-from tests.conformance import DEMO, FLAGS, Models, Payload, corpus, register_models
+from tests.conformance import (
+    CSV,
+    DEMO,
+    DEMO_ROWS,
+    DEMO_TYPES,
+    FLAGS,
+    JSON,
+    PARQUET,
+    Models,
+    Payload,
+    corpus,
+    parquet,
+    register_models,
+)
 from tests.conftest import REPO, free_port
 
 STARTUP_S = 180.0
@@ -160,3 +179,47 @@ def test_the_gateway_answers_as_mlflow_models_serve(models, capsys):
         print(f"\n{len(payloads)} payloads; mlflow -> gateway:")
         for (theirs, ours, agreement), count in sorted(table.items()):
             print(f"  {theirs:8} -> {ours:8} {agreement:22} {count}")
+
+
+def test_no_body_however_broken_gets_past_parsing_as_anything_but_bad_input():
+    """What can become a 5xx: an exception other than BadInput from parsing or typing a client's body.
+    Bodies of every format, damaged at random bytes, cut short, or given hostile values."""
+    schema = Schema(
+        [Column(name, kind, name not in ("total_charges", "data_usage_gb")) for name, kind in DEMO_TYPES.items()]
+        + [Column("flag", "boolean", True), Column("small", "integer", True)]
+    )
+    rng = random.Random(0)
+    rows = [dict(r, flag=True, small=1) for r in DEMO_ROWS]
+    bases = [
+        (json.dumps({"dataframe_split": {"columns": list(rows[0]), "data": [list(r.values()) for r in rows]}}), JSON),
+        (json.dumps({"dataframe_records": rows}), JSON),
+        (pd.DataFrame(rows).to_csv(index=False), CSV),
+        (parquet(pd.DataFrame(rows)), PARQUET),
+    ]
+    hostile = [None, True, 0, -1, 2**63, 2**64, 1e308, 1e-320, float("nan"), float("inf"), "", " ", "NaN", "inf",
+               "1e400", "4_5", "\x00", "\ud800", "é", [], {}, [[1]], {"a": [1]}, "TRUE", "0x10", "١٢", "9" * 5000]  # fmt: skip
+    bodies = [(b"[" * 100_000, JSON), (b'{"inputs": {"age": ' + b"1" * 5000 + b"}}", JSON)]
+    for _ in range(800):
+        body, mime = rng.choice(bases)
+        body = bytearray(body.encode("utf-8") if isinstance(body, str) else body)
+        damage = rng.randrange(3)
+        if damage == 0:
+            for _ in range(rng.randint(1, 5)):
+                body[rng.randrange(len(body))] = rng.randrange(256)
+        elif damage == 1:
+            del body[rng.randrange(len(body)) :]
+        else:
+            row = dict(rng.choice(rows), **{rng.choice(list(rows[0])): rng.choice(hostile)})
+            body = bytearray(json.dumps({rng.choice(["dataframe_records", "instances"]): [row]}).encode())
+            mime = JSON
+        bodies.append((bytes(body), mime))
+    escaped = []
+    for body, mime in bodies:
+        try:
+            batch = schema.coerce(parse(body, mime))
+            schema.feeds(batch), schema.frame(batch), orjson.dumps(batch.columns)
+        except BadInput:
+            pass
+        except Exception as exc:
+            escaped.append(f"{type(exc).__name__}: {exc} <- {body[:80]!r}")
+    assert not escaped, escaped[:5]
