@@ -80,11 +80,42 @@ class ServingSettings(_Section):
         5.0, gt=0, description="How often the gateway reads aliases and the canary share from the registry."
     )
     timeout_ms: float = Field(
-        250.0, gt=0, description="A model slower than this is treated as failed and the fallback chain answers."
+        250.0,
+        gt=0,
+        description="A model slower than this (or finding no free thread within it) is treated as failed and the "
+        "fallback chain answers.",
     )
     cache_size: int = Field(10_000, ge=0, description="Last good answers kept for the fallback chain (0: no cache).")
     cache_max_age_s: float = Field(600.0, gt=0, description="A cached answer older than this is not served.")
     max_body_bytes: int = Field(1_048_576, gt=0, description="Larger request bodies get 413.")
+    max_rows: int = Field(100_000, gt=0, description="Requests with more rows get 413.")
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for a request's body once its headers are in; a slower body (or one shorter "
+        "than its Content-Length) gets 408 and the connection is closed.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection that has not sent a complete request head (request line and headers) this long "
+        "after connecting or starting the request is closed (408 once part of a head arrived).",
+    )
+    keep_alive_s: float = Field(
+        5.0, gt=0, description="An idle keep-alive connection is closed after this long (uvicorn's timeout_keep_alive)."
+    )
+    max_header_bytes: int = Field(
+        65_536, gt=0, description="A request head larger than this gets 431 and the connection is closed."
+    )
+    model_threads: int = Field(
+        4,
+        gt=0,
+        description="Threads for Production's and Canary's model calls (ONNX calls of up to 64 rows run inline). "
+        "A call waits at most timeout_ms for one; a call past timeout_ms gives its thread's place to a new one.",
+    )
+    fallback_threads: int = Field(
+        2, gt=0, description="Threads of the fallback chain's own (Previous, baseline), free when the others are busy."
+    )
     sensitive_columns: dict[str, Literal["hash", "drop"]] = Field(
         default_factory=dict,
         description="Input columns hashed (HMAC-SHA256 keyed by hash_salt) or dropped before they are logged; a "

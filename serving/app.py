@@ -5,14 +5,22 @@ framework's request and response objects would cost more than the model. Endpoin
 
   POST /invocations   MLflow scoring protocol; answers {"predictions": [...]}
   POST /feedback      ground-truth labels by request id: {"request_id": ..., "label": ...} or a list
-  GET  /ping          200 when Production is loaded, else 503
-  GET  /health        what is loaded for which alias, the canary share, the log's queue, the shadow process
-  GET  /version       shipway and MLflow versions, the model and its Production version
+  GET  /ping          200 when some link of the fallback chain can answer (Production, Previous or
+                      the baseline is loaded), else 503
+  GET  /health        status (ok, degraded with the reason, unavailable), what is loaded for which
+                      alias, the canary share, the log's queue, the shadow process, the versions
+  GET  /version       MLflow's version string, as `mlflow models serve` answers
   GET  /metrics       Prometheus
 
 Response headers: X-Request-Id (the client's, or a new one), X-Model-Version, X-Model-Role
 (production | canary | fallback) and, for fallbacks, X-Fallback-Source (previous | cache |
-baseline). A request key header (X-Request-Key) makes canary routing sticky.
+baseline). A request key header (X-Request-Key) makes canary routing sticky. An X-Request-Id
+already used gets 409 (serving/request_ids.py says why).
+
+Bounds: a body must arrive within serving.body_timeout_s (408) and hold at most max_body_bytes
+and max_rows (413); bodies over INLINE_BODY_BYTES are parsed in a thread, so a large one never
+stalls the other requests; model calls run in bounded thread pools (serving/workers.py), the
+fallback chain in a pool of its own.
 """
 
 from __future__ import annotations
@@ -20,10 +28,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import re
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as dist_version
 from typing import Any
@@ -32,6 +39,8 @@ import orjson
 
 from configs.settings import Settings
 from core.errors import ConfigError
+from serving import request_ids
+from serving.body import BodyReader
 from serving.local_state import LocalState
 from serving.metrics import Metrics
 from serving.models import Inputs, Servable, freeze_heap
@@ -47,20 +56,35 @@ from serving.prediction_log import (
 from serving.router import ResponseCache, Router, Routes
 from serving.schema import BadInput, Batch, parse
 from serving.shadow import ShadowProcess
+from serving.workers import ModelFailed, Workers
 
 log = logging.getLogger("shipway.serving")
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 JSON = b"application/json"
 INLINE_ROWS = 64  # ONNX batches up to this size run on the event loop (see Gateway._call)
+INLINE_BODY_BYTES = 16_384  # larger bodies are parsed and typed in a thread (~150 rows take ~1 ms here)
+CACHE_MAX_ROWS = 64  # larger batches are not kept as fallback answers (memory, and their key's cost)
 
 
-class ModelFailed(Exception):
-    """A model raised or timed out: the next link of the fallback chain answers."""
+@dataclass(slots=True)  # not frozen: made on every request, and a frozen init costs 3x
+class Request:
+    """One /invocations request, as its log row needs it."""
 
-    def __init__(self, kind: str, detail: str):
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
+    request_id: str
+    ts: datetime
+    started: float  # time.perf_counter() at arrival
+    route: str  # production or canary: where the router sent it, whoever answered
+
+
+@dataclass(slots=True)
+class Answer:
+    """Who answered a request, and with what."""
+
+    version: str
+    role: str  # production, canary or fallback
+    source: str | None  # the fallback link that answered: previous, cache or baseline
+    predictions: list | None  # None: nobody could (503), or the request was refused
+    error: str | None  # what failed on the way, or why the request was refused
 
 
 class Gateway:
@@ -72,10 +96,13 @@ class Gateway:
         self.log = log_
         self.metrics = metrics
         self.cache = ResponseCache(self.serving.cache_size, self.serving.cache_max_age_s)
-        self.timeout_s = self.serving.timeout_ms / 1000
+        timeout_s = self.serving.timeout_ms / 1000
         # Separate pools: a hung Production call must not starve the fallbacks that replace it.
-        self._primary = ThreadPoolExecutor(4, thread_name_prefix="predict")
-        self._fallback = ThreadPoolExecutor(2, thread_name_prefix="fallback")
+        self._primary = Workers("predict", self.serving.model_threads, timeout_s)
+        self._fallback = Workers("fallback", self.serving.fallback_threads, timeout_s)
+        self._parsing = ThreadPoolExecutor(2, thread_name_prefix="parse")
+        self.bodies = BodyReader(self.serving.max_body_bytes, self.serving.body_timeout_s)
+        self.recent_ids = request_ids.RecentIds()
         self.shadow = ShadowProcess(settings, metrics)
         self._endpoints = {
             ("POST", "/invocations"): self._invocations,
@@ -129,8 +156,9 @@ class Gateway:
     def stop(self) -> None:
         """Graceful: write every queued log row (the Shadow's process is closed before)."""
         self.router.stop()
-        self._primary.shutdown(wait=False, cancel_futures=True)
-        self._fallback.shutdown(wait=False, cancel_futures=True)
+        self._primary.close()
+        self._fallback.close()
+        self._parsing.shutdown(wait=False, cancel_futures=True)
         self.log.close()
         log.info("gateway stopped: %d log rows written, %d lost", self.log.written, self.log.dropped)
 
@@ -140,51 +168,42 @@ class Gateway:
         started = time.perf_counter()
         ts = datetime.now(UTC)
         headers = _headers(scope)
-        request_id = headers.get(b"x-request-id")
-        if request_id is not None:
-            request_id = request_id.decode("latin-1")
-            if not REQUEST_ID.match(request_id):
-                await _error(
-                    send,
-                    400,
-                    "INVALID_PARAMETER_VALUE",
-                    "header X-Request-Id must be 1-128 characters of letters, digits and ._:-",
-                )
-                return
-        else:
-            request_id = uuid.uuid4().hex
+        given = headers.get(b"x-request-id")
+        request_id = given.decode("latin-1") if given is not None else request_ids.new()
+        if given is not None and not request_ids.valid(request_id):
+            await _error(send, 400, "INVALID_PARAMETER_VALUE", request_ids.INVALID)
+            return
         key = headers.get(b"x-request-key")
         routes = self.router.routes
-        role = ROLE_CANARY if routes.use_canary(key.decode("latin-1") if key else None) else ROLE_PRODUCTION
-        model = routes.canary if role == ROLE_CANARY else routes.production
+        route = ROLE_CANARY if routes.use_canary(key.decode("latin-1") if key else None) else ROLE_PRODUCTION
+        model = routes.canary if route == ROLE_CANARY else routes.production
         first = model or routes.previous or routes.baseline
         expected = first.version if first else "none"
-        try:
-            body = await _body(receive, headers, self.serving.max_body_bytes)
-            inputs = Inputs(parse(body, (headers.get(b"content-type") or b"").decode("latin-1")))
-            batch = inputs.for_model(first) if first else None
-        except BadInput as exc:
-            self.metrics.error(expected, role, "bad_input")
-            self.metrics.answered(expected, role, exc.status, time.perf_counter() - started)
-            self._log(
-                request_id,
-                ts,
-                expected,
-                role,
-                None,
-                None,
-                None,
-                started,
-                f"{exc.status} {exc.error_code}: {exc.logged}",
-                route=role,
+        if not self.recent_ids.claim(request_id):
+            self.metrics.error(expected, route, "reused_request_id")
+            self.metrics.answered(expected, route, 409, time.perf_counter() - started)
+            message = (
+                f"X-Request-Id '{request_id}' was already used by an earlier request; "
+                "send a new id with every request, a retry included"
             )
-            await _error(send, exc.status, exc.error_code, exc.message, request_id)
+            await _error(send, 409, "RESOURCE_ALREADY_EXISTS", message, request_id)
             return
-        route = role
-        version, role, source, predictions, error = await self._answer(routes, model, role, inputs, batch)
-        status = 200 if predictions is not None else 503
-        self.metrics.answered(version, role, status, time.perf_counter() - started)
-        if predictions is None:
+        request = Request(request_id, ts, started, route)
+        try:
+            body = await self.bodies.read(receive, headers)
+            inputs, batch = await self._prepare(body, headers.get(b"content-type"), first)
+        except BadInput as exc:
+            self.metrics.error(expected, route, "bad_input")
+            self.metrics.answered(expected, route, exc.status, time.perf_counter() - started)
+            refused = Answer(expected, route, None, None, f"{exc.status} {exc.error_code}: {exc.logged}")
+            self._log(request, refused, None)
+            # A body that came late or too large leaves the connection mid-request: close it.
+            await _error(send, exc.status, exc.error_code, exc.message, request_id, close=exc.status in (408, 413))
+            return
+        answer = await self._answer(routes, model, route, inputs, batch)
+        status = 200 if answer.predictions is not None else 503
+        self.metrics.answered(answer.version, answer.role, status, time.perf_counter() - started)
+        if answer.predictions is None:
             await _error(
                 send,
                 503,
@@ -193,32 +212,47 @@ class Gateway:
                 request_id,
             )
         else:
-            out = [(b"x-model-version", version.encode()), (b"x-model-role", role.encode())]
-            if source:
-                out.append((b"x-fallback-source", source.encode()))
-            await _respond(send, 200, orjson.dumps({"predictions": predictions}), JSON, request_id, out)
-        self._log(request_id, ts, version, role, source, batch, predictions, started, error, route=route)
+            out = [(b"x-model-version", answer.version.encode()), (b"x-model-role", answer.role.encode())]
+            if answer.source:
+                out.append((b"x-fallback-source", answer.source.encode()))
+            await _respond(send, 200, orjson.dumps({"predictions": answer.predictions}), JSON, request_id, out)
+        self._log(request, answer, batch)
         if routes.shadow is not None and batch is not None:
             self.shadow.submit(routes.shadow.version, request_id, ts, inputs.raw)
 
-    async def _answer(self, routes: Routes, model: Servable | None, role: str, inputs: Inputs, batch: Batch | None):
-        """(version, role, fallback source, predictions or None, error) from the first link that answers."""
+    async def _prepare(
+        self, body: bytes, content_type: bytes | None, first: Servable | None
+    ) -> tuple[Inputs, Batch | None]:
+        """The body parsed, and typed for the first model that will see it; large bodies in a thread."""
+        mime = content_type.decode("latin-1") if content_type is not None else None
+        if len(body) <= INLINE_BODY_BYTES:
+            return self._parsed(body, mime, first)
+        return await asyncio.get_running_loop().run_in_executor(self._parsing, self._parsed, body, mime, first)
+
+    def _parsed(self, body: bytes, content_type: str | None, first: Servable | None) -> tuple[Inputs, Batch | None]:
+        inputs = Inputs(parse(body, content_type, self.serving.max_rows))
+        return inputs, (inputs.for_model(first) if first else None)
+
+    async def _answer(
+        self, routes: Routes, model: Servable | None, route: str, inputs: Inputs, batch: Batch | None
+    ) -> Answer:
+        """The first link of the chain that answers (model, then Production for a canary, then the fallbacks)."""
         errors: list[str] = []
-        candidates = [(role, model)]
-        if role == ROLE_CANARY:  # a failing canary hands over to Production before any fallback
+        candidates = [(route, model)]
+        if route == ROLE_CANARY:  # a failing canary hands over to Production before any fallback
             candidates.append((ROLE_PRODUCTION, routes.production))
-        for candidate_role, candidate in candidates:
+        for role, candidate in candidates:
             if candidate is None:
                 continue
             try:
                 predictions = await self._call(candidate, inputs, self._primary)
             except ModelFailed as exc:
-                errors.append(f"{candidate_role} version {candidate.version}: {exc}")
-                self.metrics.error(candidate.version, candidate_role, exc.kind)
+                errors.append(f"{role} version {candidate.version}: {exc}")
+                self.metrics.error(candidate.version, role, exc.kind)
                 continue
-            if self.cache.size:
+            if self.cache.size and batch is not None and batch.rows <= CACHE_MAX_ROWS:
                 self.cache.put(_cache_key(batch), candidate.version, predictions)
-            return candidate.version, candidate_role, None, predictions, "; ".join(errors) or None
+            return Answer(candidate.version, role, None, predictions, "; ".join(errors) or None)
         failed = routes.production.version if routes.production else "none"
         if routes.production is None:
             errors.append("no Production version is loaded")
@@ -233,13 +267,15 @@ class Gateway:
                 version, predictions = found
                 self.metrics.fallback(failed, source)
                 log.warning("%s answered from %s (version %s) after: %s", self.name, source, version, "; ".join(errors))
-                return version, ROLE_FALLBACK, source, predictions, "; ".join(errors)
+                return Answer(version, ROLE_FALLBACK, source, predictions, "; ".join(errors))
         self.metrics.fallback(failed, "unavailable")
         log.error("%s answered 503, every fallback failed after: %s", self.name, "; ".join(errors))
-        return failed, ROLE_FALLBACK, None, None, "; ".join(errors) + "; every fallback failed"
+        return Answer(failed, ROLE_FALLBACK, None, None, "; ".join(errors) + "; every fallback failed")
 
     async def _cached(self, batch: Batch | None):
-        return self.cache.get(_cache_key(batch)) if batch is not None else None
+        if batch is None or batch.rows > CACHE_MAX_ROWS:
+            return None
+        return self.cache.get(_cache_key(batch))
 
     async def _try(self, model: Servable | None, inputs: Inputs):
         if model is None:
@@ -249,32 +285,43 @@ class Gateway:
         except ModelFailed:
             return None
 
-    async def _call(self, model: Servable, inputs: Inputs, pool: ThreadPoolExecutor) -> list:
-        """Predict in a worker thread within the timeout; a raise or a timeout is ModelFailed."""
-        try:
-            batch = inputs.for_model(model)
-        except BadInput as exc:  # a version with other columns than the one the input was checked for
-            raise ModelFailed("input", exc.message) from None
-        if model.flavor == "onnx" and batch.rows <= INLINE_ROWS:
+    async def _call(self, model: Servable, inputs: Inputs, workers: Workers) -> list:
+        """Predict within the timeout; a raise, a timeout or no free thread is ModelFailed."""
+        if model.flavor == "onnx" and inputs.raw.rows <= INLINE_ROWS:
             # Tens of microseconds, less than the hop to a worker thread: nothing to time out.
             try:
                 return inputs.predict(model)
+            except BadInput as exc:  # a version with other columns than the one the input was checked for
+                raise ModelFailed("input", exc.message) from None
             except Exception as exc:
                 raise ModelFailed("exception", f"{type(exc).__name__}: {exc}") from None
-        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(pool, inputs.predict, model), self.timeout_s)
-        except TimeoutError:
-            raise ModelFailed("timeout", f"no answer within {self.serving.timeout_ms:g} ms") from None
+            return await workers.run(inputs.predict, model)
+        except ModelFailed:
+            raise
+        except BadInput as exc:
+            raise ModelFailed("input", exc.message) from None
         except Exception as exc:
             raise ModelFailed("exception", f"{type(exc).__name__}: {exc}") from None
 
     # ---- log -------------------------------------------------------------------------------
 
-    def _log(self, request_id, ts, version, role, source, batch, predictions, started, error, route=None) -> None:
-        latency_ms = (time.perf_counter() - started) * 1000
+    def _log(self, request: Request, answer: Answer, batch: Batch | None) -> None:
+        latency_ms = (time.perf_counter() - request.started) * 1000
         self.log.add(
-            Prediction(request_id, ts, self.name, version, role, source, batch, predictions, latency_ms, error, route)
+            Prediction(
+                request.request_id,
+                request.ts,
+                self.name,
+                answer.version,
+                answer.role,
+                answer.source,
+                batch,
+                answer.predictions,
+                latency_ms,
+                answer.error,
+                request.route,
+            )
         )
 
     # ---- the other endpoints -----------------------------------------------------------------
@@ -286,7 +333,7 @@ class Gateway:
                          extra=[(b"www-authenticate", b'Bearer realm="shipway"')])  # fmt: skip
             return
         try:
-            body = await _body(receive, headers, self.serving.max_body_bytes)
+            body = await self.bodies.read(receive, headers)
             labels = _labels(body)
         except BadInput as exc:
             await _error(send, exc.status, exc.error_code, exc.message)
@@ -310,14 +357,17 @@ class Gateway:
         return hmac.compare_digest(sent, b"Bearer " + token.encode())
 
     async def _ping(self, scope, receive, send) -> None:
-        ready = self.router.routes.production is not None
-        await _respond(send, 200 if ready else 503, b"\n", JSON)
+        """Ready when some link of the fallback chain can answer: a load balancer keeps a replica that
+        answers every request from Previous while Production is broken (/health says degraded)."""
+        await _respond(send, 200 if _answerable(self.router.routes) else 503, b"\n", JSON)
 
     async def _health(self, scope, receive, send) -> None:
         routes = self.router.routes
         served = {alias: {"version": m.version, "format": m.flavor} for alias, m in routes.by_alias.items()}
+        reasons = _degraded(routes)
         doc = {
-            "status": "ok" if routes.production is not None and not routes.problems else "degraded",
+            "status": "unavailable" if not _answerable(routes) else "degraded" if reasons else "ok",
+            "reason": "; ".join(reasons) or None,
             "model": self.name,
             "pinned_version": self.router.pinned,
             "registry_aliases": routes.registry_aliases,
@@ -331,19 +381,16 @@ class Gateway:
             "last_poll_error": self.router.last_poll_error,
             "prediction_log": {"pending": self.log.pending, "written": self.log.written, "dropped": self.log.dropped},
             "shadow_process": self.shadow.status(),
+            # model calls past their timeout, still running in threads replaced by new ones
+            "overrunning_calls": {"predict": self._primary.overrunning, "fallback": self._fallback.overrunning},
             "cache_entries": len(self.cache),
+            "versions": {"shipway": dist_version("shipway"), "mlflow": dist_version("mlflow")},
         }
         await _respond(send, 200, orjson.dumps(doc), JSON)
 
     async def _version(self, scope, receive, send) -> None:
-        production = self.router.routes.production
-        doc = {
-            "shipway": dist_version("shipway"),
-            "mlflow": dist_version("mlflow"),
-            "model": self.name,
-            "production_version": production.version if production else None,
-        }
-        await _respond(send, 200, orjson.dumps(doc), JSON)
+        """MLflow's version string, as `mlflow models serve` answers (/health has shipway's)."""
+        await _respond(send, 200, dist_version("mlflow").encode(), JSON)
 
     async def _metrics(self, scope, receive, send) -> None:
         self.metrics.log_queue.set(self.log.pending)
@@ -371,7 +418,7 @@ def _labels(body: bytes) -> list[tuple[str, Any]]:
         if extra:
             raise BadInput(f"{where}: unknown key(s) {', '.join(map(repr, extra))}; send 'request_id' and 'label'")
         request_id = item.get("request_id")
-        if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):
+        if not isinstance(request_id, str) or not request_ids.valid(request_id):
             raise BadInput(f"{where}: 'request_id' must be the X-Request-Id of an answered request")
         label = item.get("label")
         if label is None or isinstance(label, (list, dict)):
@@ -386,40 +433,40 @@ def _headers(scope) -> dict[bytes, bytes]:
     return dict(scope["headers"])
 
 
-async def _body(receive, headers: dict[bytes, bytes], limit: int) -> bytes:
-    declared = headers.get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadInput(
-            f"the body has {int(declared)} bytes, more than the limit of {limit}", 413, "REQUEST_LIMIT_EXCEEDED"
-        )
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BadInput(f"the body is larger than the limit of {limit} bytes", 413, "REQUEST_LIMIT_EXCEEDED")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
 async def _respond(send, status: int, body: bytes, content_type: bytes, request_id: str | None = None,
-                   extra: list[tuple[bytes, bytes]] = ()) -> None:  # fmt: skip
+                   extra: list[tuple[bytes, bytes]] = (), close: bool = False) -> None:  # fmt: skip
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     if request_id is not None:
         headers.append((b"x-request-id", request_id.encode()))
+    if close:
+        headers.append((b"connection", b"close"))
     headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 async def _error(send, status: int, error_code: str, message: str, request_id: str | None = None,
-                 extra: list[tuple[bytes, bytes]] = ()) -> None:  # fmt: skip
+                 extra: list[tuple[bytes, bytes]] = (), close: bool = False) -> None:  # fmt: skip
     """MLflow's error body: {"error_code": ..., "message": ...}."""
     body = orjson.dumps({"error_code": error_code, "message": message})
-    await _respond(send, status, body, JSON, request_id, extra)
+    await _respond(send, status, body, JSON, request_id, extra, close=close)
+
+
+def _answerable(routes: Routes) -> bool:
+    return routes.production is not None or routes.previous is not None or routes.baseline is not None
+
+
+def _degraded(routes: Routes) -> list[str]:
+    """Why the gateway does not answer as the registry asks, if it does not."""
+    reasons = []
+    if routes.production is None:
+        if routes.previous is not None:
+            version = routes.previous.version
+            reasons.append(f"no Production version is served: answering from Previous (version {version})")
+        elif routes.baseline is None:
+            reasons.append("no Production version is served and no fallback can answer")
+    reasons += [f"{alias}: {problem}" for alias, problem in routes.problems.items()]
+    return reasons
 
 
 def create_app(settings: Settings, *, pinned_version: str | None = None) -> Gateway:

@@ -58,7 +58,8 @@ class Servable:
 
 
 def servable(loaded: LoadedVersion) -> Servable:
-    schema = Schema(loaded.columns)
+    # A pipeline or an ONNX graph needs every column; a pyfunc model may go without an optional one.
+    schema = Schema(loaded.columns, complete=loaded.flavor != "pyfunc")
     if loaded.onnx is not None:
         return Servable(loaded.version, "onnx", schema, session(loaded.onnx), loaded.predict_fn)
     return Servable(loaded.version, loaded.flavor, schema, loaded.model, loaded.predict_fn)

@@ -1,4 +1,5 @@
-"""Run the gateway on uvicorn (uvloop + httptools): in the foreground, or for a test or benchmark.
+"""Run the gateway on uvicorn (uvloop + httptools, with bounds on request heads: serving/protocol.py):
+in the foreground, or for a test or benchmark.
 
 `running(...)` starts a real server on loopback and stops it gracefully (the lifespan shutdown
 drains the prediction log). In-process (a thread) is what tests need to reach the gateway's
@@ -28,6 +29,7 @@ from configs.settings import ENV_PREFIX, Settings, load_settings
 from core.errors import ConfigError, RegistryError, ShipwayError
 from core.vocabulary import Alias
 from serving.app import Gateway, create_app
+from serving.protocol import guarded
 from serving.registry import RegistryReader, unknown_sensitive_columns
 
 STARTUP_TIMEOUT_S = 120.0
@@ -38,12 +40,14 @@ class GatewayError(ShipwayError):
 
 
 def uvicorn_config(app: Gateway, host: str, port: int) -> uvicorn.Config:
+    serving = app.serving
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=guarded(serving.header_timeout_s, serving.max_header_bytes),
+        timeout_keep_alive=serving.keep_alive_s,
         lifespan="on",
         access_log=False,  # every request is in the prediction log already
         log_level="warning",

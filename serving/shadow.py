@@ -10,7 +10,7 @@ reports into metrics. A slow, failing or crashing Shadow costs a backlog, bounde
 `serving.shadow_queue_size` (beyond it requests are skipped and counted), never an answer.
 
 Protocol, newline-delimited JSON both ways. Gateway to child: the settings, then one line per
-request `[version, request_id, ts, columns, rows, text]`. Child to gateway: one line per chunk
+request `[version, request_id, ts, columns, rows, source, types]`. Child to gateway: one line per chunk
 it processed, `{"done": [[version, outcome, seconds], ...], "written": n, "dropped": n}` (the
 child's log rows so far).
 End of input (or SIGTERM, which skips what is left) makes the child write its log and exit.
@@ -82,7 +82,12 @@ class ShadowProcess:
         if (self._child is None and not self._start()) or self.backlog >= self.limit:
             self.metrics.shadow_skipped.inc()
             return
-        self._pending.append(orjson.dumps((version, request_id, ts, raw.columns, raw.rows, raw.text)) + b"\n")
+        try:
+            line = orjson.dumps((version, request_id, ts, raw.columns, raw.rows, raw.source, raw.types))
+        except TypeError:  # an integer past 64 bits, which JSON allows and orjson does not write
+            self.metrics.shadow_skipped.inc()
+            return
+        self._pending.append(line + b"\n")
         self.sent += 1
         if len(self._pending) >= SEND_BATCH:
             self._send()
@@ -269,7 +274,7 @@ def run(sock: socket.socket) -> None:
 
 def _predict(item: list, models: _Models, clock: _ModelClock):
     """One mirrored request, predicted by its Shadow version: the prediction-log row."""
-    version, request_id, ts, columns, rows, text = item
+    version, request_id, ts, columns, rows, source, types = item
     model = models.get(version)
     mark = clock.mark()
     batch, predictions, error = None, None, None
@@ -277,7 +282,7 @@ def _predict(item: list, models: _Models, clock: _ModelClock):
         if isinstance(model, str):
             error = model
         else:
-            inputs = Inputs(Raw(columns, rows, text))
+            inputs = Inputs(Raw(columns, rows, source, types))
             batch = inputs.for_model(model)
             predictions = inputs.predict(model)
     except BadInput as exc:

@@ -10,17 +10,22 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
 import sqlite3
+import threading
 import time
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import mlflow
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -30,6 +35,7 @@ from pydantic import SecretStr
 from configs.settings import PromotionSettings, Settings
 from core.errors import ConfigError
 from core.vocabulary import Alias
+from serving import request_ids
 from serving import shadow as shadow_module
 from serving.prediction_log import read_feedback, read_window
 from serving.server import check_sensitive_columns, running
@@ -74,6 +80,7 @@ class Registry:
     slow: str  # sleeps 1 s
     raising_no_baseline: str
     shadow_slow: str  # sleeps 0.3 s
+    quick: str  # a pyfunc model (called in a worker thread) that answers at once
 
     @property
     def name(self) -> str:
@@ -128,6 +135,7 @@ def reg(tmp_path_factory) -> Registry:
         register_misbehaving(settings, trained, Misbehaving("sleep", 1.0), baseline_uri),
         register_misbehaving(settings, trained, Misbehaving("raise"), None),
         register_misbehaving(settings, trained, Misbehaving("sleep", 0.3), baseline_uri),
+        register_misbehaving(settings, trained, Misbehaving("sleep", 0.0), baseline_uri),
     )
 
 
@@ -200,7 +208,7 @@ def test_every_mlflow_format_answers_like_mlflow_pyfunc(reg, tmp_path):
         health = client.get("/health").json()
         assert health["serving"] == {"Production": {"version": reg.good, "format": "onnx"}}
         assert client.get("/ping").status_code == 200
-        assert client.get("/version").json()["production_version"] == reg.good
+        assert client.get("/version").text == mlflow.__version__  # as `mlflow models serve` answers
         metrics = client.get("/metrics").text
     assert f'shipway_requests_total{{model_version="{reg.good}",role="production",status="200"}} 6.0' in metrics
     assert "shipway_request_latency_seconds_bucket" in metrics
@@ -209,32 +217,38 @@ def test_every_mlflow_format_answers_like_mlflow_pyfunc(reg, tmp_path):
 DROP = object()  # an edit that removes the column from the row
 
 
+JSON_BODY = {"Content-Type": "application/json"}
+
+
 @pytest.mark.parametrize(
     ("edit", "body", "status", "code", "message"),
     [
         ({"contract": DROP}, None, 400, "INVALID_PARAMETER_VALUE",
          "missing column 'contract' (string)"),
-        ({"coupon": "x"}, None, 400, "INVALID_PARAMETER_VALUE", "unexpected column(s) 'coupon'"),
         ({"age": "thirty"}, None, 400, "INVALID_PARAMETER_VALUE",
          "column 'age' row 0: expected an integer (long), got string \"thirty\""),
         ({"age": None}, None, 400, "INVALID_PARAMETER_VALUE", "column 'age' row 0: null, but 'age' is an integer (long) column"),
-        ({"age": 30.5}, None, 400, "INVALID_PARAMETER_VALUE", "column 'age' row 0: expected an integer (long), got number 30.5"),
-        ({"plan": 7}, None, 400, "INVALID_PARAMETER_VALUE", "column 'plan' row 0: expected a string, got number 7"),
+        ({"age": "30.5"}, None, 400, "INVALID_PARAMETER_VALUE", "column 'age' row 0: expected an integer (long), got string \"30.5\""),
+        ({"plan": [7]}, None, 400, "INVALID_PARAMETER_VALUE", "column 'plan' row 0: expected a string, got list [7]"),
         ({"monthly_charges": "inf"}, "csv", 400, "INVALID_PARAMETER_VALUE", "column 'monthly_charges' row 0: inf is not a finite number"),
-        ({"tenure_months": "ten"}, "csv", 400, "INVALID_PARAMETER_VALUE", "column 'tenure_months' row 0: expected an integer, got 'ten'"),
-        (None, {"content": b'{"dataframe_records": ['}, 400, "BAD_REQUEST", "malformed JSON"),
-        (None, {"content": b"NaN"}, 400, "BAD_REQUEST", "malformed JSON"),
+        ({"tenure_months": "ten"}, "csv", 400, "INVALID_PARAMETER_VALUE",
+         "column 'tenure_months' row 0: expected an integer (long), got string \"ten\""),
+        (None, {"content": b'{"dataframe_records": [', "headers": JSON_BODY}, 400, "BAD_REQUEST", "malformed JSON"),
+        (None, {"content": b"NaN", "headers": JSON_BODY}, 400, "BAD_REQUEST", "the body must be a JSON object"),
         (None, {"json": {"inputs": [[1, 2, 3]]}}, 400, "INVALID_PARAMETER_VALUE", "inputs[0] is a list, not a record"),
         (None, {"json": {"dataframe_split": {"columns": ["age", "plan"], "data": [[1]]}}}, 400, "INVALID_PARAMETER_VALUE",
          "dataframe_split row 0 has 1 values, expected 2"),
-        (None, {"json": {"rows": []}}, 400, "INVALID_PARAMETER_VALUE", "unknown key(s) 'rows'"),
-        (None, {"json": {"dataframe_records": [], "inputs": []}}, 400, "INVALID_PARAMETER_VALUE",
+        (None, {"json": {"rows": []}}, 400, "BAD_REQUEST", "send one of dataframe_split, dataframe_records, instances, "
+         "inputs (the body's keys: 'rows')"),
+        (None, {"json": {"dataframe_records": [], "inputs": []}}, 400, "BAD_REQUEST",
          "send exactly one of dataframe_split, dataframe_records, instances, inputs"),
-        (None, {"content": b"age,plan\n1", "headers": {"Content-Type": "text/csv"}}, 400, "INVALID_PARAMETER_VALUE",
-         "CSV row 0 has 1 values, expected 2"),
+        (None, {"json": {"dataframe_records": []}}, 400, "INVALID_PARAMETER_VALUE", "the batch has no rows"),
+        (None, {"content": b"age,plan\n1,basic,x", "headers": {"Content-Type": "text/csv"}}, 400, "BAD_REQUEST",
+         "CSV row 0 has more values than the header has columns"),
         (None, {"content": b"a=1", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415, "BAD_REQUEST",
          "content type 'application/x-www-form-urlencoded' is not accepted"),
-        (None, {"content": b"x" * 5000}, 413, "REQUEST_LIMIT_EXCEEDED", "more than the limit of 4096"),
+        (None, {"content": b"{}"}, 415, "BAD_REQUEST", "send a Content-Type header"),
+        (None, {"content": b"x" * 5000}, 413, "REQUEST_LIMIT_EXCEEDED", "more than the limit of 4096 (serving.max_body_bytes)"),
     ],
 )  # fmt: skip
 def test_bad_input_is_a_4xx_in_mlflow_error_format_naming_the_problem(reg, tmp_path, edit, body, status, code, message):
@@ -669,3 +683,196 @@ def test_read_window_reads_only_the_window_through_the_ts_index(reg, tmp_path):
         .fetchall()
     )
     assert "ix_predictions_ts" in str(plan)
+
+
+# ---- bounds: rows, bodies and heads that come slowly, model threads, request ids ----------------
+
+
+def test_an_empty_batch_is_400_and_never_runs_the_fallback_chain(reg, tmp_path):
+    point(reg, Production=reg.raising, Previous=reg.good)
+    with running(logged(reg, tmp_path)) as url, httpx.Client(base_url=url) as client:
+        columns = list(rows(reg, 1).columns)
+        answers = [
+            client.post("/invocations", json={"dataframe_split": {"columns": columns, "data": []}}),
+            client.post("/invocations", content=",".join(columns) + "\n", headers={"Content-Type": "text/csv"}),
+        ]
+        metrics = client.get("/metrics").text
+    for answer in answers:
+        assert answer.status_code == 400, answer.text
+        assert "the batch has no rows: send at least one row" in answer.json()["message"]
+    assert "shipway_fallbacks_total{" not in metrics and 'kind="exception"' not in metrics
+
+
+def test_a_batch_over_max_rows_is_413_naming_the_limit(reg, tmp_path):
+    point(reg, Production=reg.good)
+    with running(logged(reg, tmp_path, max_rows=5)) as url, httpx.Client(base_url=url) as client:
+        over, at = invoke(client, rows(reg, 6)), invoke(client, rows(reg, 5))
+    assert over.status_code == 413 and over.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    assert "the batch has 6 rows, more than the limit of 5 (serving.max_rows)" in over.json()["message"]
+    assert at.status_code == 200 and len(at.json()["predictions"]) == 5
+
+
+def test_a_100k_row_body_is_parsed_off_the_event_loop(reg, tmp_path):
+    point(reg, Production=reg.good)
+    frame = pd.concat([reg.trained.X_holdout] * (100_000 // len(reg.trained.X_holdout) + 1)).head(100_000)
+    data = frame.astype(object).where(frame.notna(), None).values.tolist()
+    body = orjson.dumps({"dataframe_split": {"columns": list(frame.columns), "data": data}})
+    settings = logged(reg, tmp_path, max_body_bytes=len(body), timeout_ms=60_000)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        assert invoke(client, rows(reg, 1)).status_code == 200
+        big: dict = {}
+
+        def send_big() -> None:
+            started = time.perf_counter()
+            answer = httpx.post(f"{url}/invocations", content=body, headers=JSON_BODY, timeout=300)
+            big.update(answer=answer, seconds=time.perf_counter() - started)
+
+        sender = threading.Thread(target=send_big)
+        sender.start()
+        latencies = []
+        while sender.is_alive():
+            started = time.perf_counter()
+            assert invoke(client, rows(reg, 1, len(latencies) % 50)).status_code == 200
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.005)
+        sender.join()
+    assert big["answer"].status_code == 200, big["answer"].text[:300]
+    assert len(big["answer"].json()["predictions"]) == 100_000
+    # The others are answered all along (parsed on the event loop, such a body stalled them 0.9 s).
+    # Parsed on the event loop, such a body held every other request for the whole parse (0.9 s seen). In a
+    # thread, the others are answered all along; the longest wait left is one C call holding the GIL (orjson's
+    # parse of the whole body: ~0.1 s for these 7.7 MB on an idle machine; max_body_bytes bounds it).
+    latencies.sort()
+    assert len(latencies) >= 10, f"the large request took only {big['seconds']:.2f} s"
+    assert latencies[len(latencies) // 2] < 0.1, latencies
+    assert latencies[-1] < big["seconds"] / 2, (latencies[-1], big["seconds"])
+
+
+def _connect(url: str, data: bytes = b"") -> socket.socket:
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a socket timeout fails the test)."""
+    received = b""
+    with sock:
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_a_body_shorter_than_its_content_length_gets_408_and_its_connection_closed(reg, tmp_path):
+    point(reg, Production=reg.good)
+    settings = logged(reg, tmp_path, body_timeout_s=0.5)
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        started = time.perf_counter()
+        reply = _until_closed(_connect(url, head + b'{"dataframe_split": '))
+        took = time.perf_counter() - started
+        assert invoke(client, rows(reg, 1)).status_code == 200
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    message = orjson.loads(reply.split(b"\r\n\r\n", 1)[1])["message"]
+    assert "did not arrive within 0.5 s (serving.body_timeout_s): 20 bytes of the 1000 announced came" in message
+    assert 0.4 < took < 5.0
+    assert "408 DEADLINE_EXCEEDED" in log_of(settings).error.iloc[0]
+
+
+def test_a_request_head_must_come_in_time_and_within_bounds(reg, tmp_path):
+    point(reg, Production=reg.good)
+    settings = logged(reg, tmp_path, header_timeout_s=0.5, keep_alive_s=0.5, max_header_bytes=2048)
+    with running(settings) as url:
+        started = time.perf_counter()
+        silent = _connect(url)
+        partial = _connect(url, b"POST /invocations HTTP/1.1\r\nHost: x\r\n")
+        huge = _connect(url, b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 4096 + b"\r\n\r\n")
+        idle = _connect(url, b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        replies = [_until_closed(s) for s in (silent, partial, huge, idle)]
+        took = time.perf_counter() - started
+    assert replies[0] == b""  # connected and said nothing: closed
+    assert replies[1].startswith(b"HTTP/1.1 408") and b"not complete within 0.5 s" in replies[1]
+    assert replies[2].startswith(b"HTTP/1.1 431") and b"over 2048 bytes" in replies[2]
+    assert replies[3].startswith(b"HTTP/1.1 200")  # answered, then closed when idle
+    assert took < 5.0
+
+
+def test_timed_out_model_calls_give_up_their_threads_and_the_fallback_pool_answers(reg, tmp_path):
+    point(reg, Production=reg.slow, Previous=reg.quick)  # 1 s a call; a pyfunc model, in the fallback pool
+    settings = logged(reg, tmp_path, timeout_ms=200, model_threads=2, fallback_threads=2)
+    predict_threads = lambda: sum(t.name.startswith("predict-") for t in threading.enumerate())
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        invoke(client, rows(reg, 1))  # warm: the first calls load what they need
+        peak, stop = [0], threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(0.01):
+                peak[0] = max(peak[0], predict_threads())
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+
+        bodies = [{"dataframe_records": records(rows(reg, 1, i))} for i in range(24)]
+
+        def one(body: dict) -> tuple[httpx.Response, float]:
+            started = time.perf_counter()
+            answer = burst.post("/invocations", json=body)
+            return answer, time.perf_counter() - started
+
+        limits = httpx.Limits(max_connections=12)
+        with httpx.Client(base_url=url, limits=limits, timeout=30) as burst, ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(one, bodies))
+        stop.set()
+        watcher.join()
+        metrics = client.get("/metrics").text
+        overrunning = wait_for(lambda: (h := client.get("/health").json())["overrunning_calls"]["predict"] == 0 and h)
+        assert overrunning["overrunning_calls"] == {"predict": 0, "fallback": 0}
+        wait_for(lambda: predict_threads() == 2)  # the overrunning calls ended, their threads with them
+    assert {(a.status_code, a.headers["x-model-role"], a.headers["x-fallback-source"]) for a, _ in answers} == {
+        (200, "fallback", "previous")
+    }
+    assert {a.headers["x-model-version"] for a, _ in answers} == {reg.quick}
+    assert max(seconds for _, seconds in answers) < 1.0  # never waited for a 1 s call to end
+    assert peak[0] <= 4  # 2 threads and at most 2 replacing overrunning calls, however many requests
+    assert f'kind="timeout",model_version="{reg.slow}"' in metrics
+
+
+def test_request_ids_are_matched_whole_and_a_reused_one_is_refused(reg, tmp_path):
+    point(reg, Production=reg.good)
+    settings = logged(reg, tmp_path)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        first = invoke(client, rows(reg, 1), **{"X-Request-Id": "order-17"})
+        again = invoke(client, rows(reg, 1, 1), **{"X-Request-Id": "order-17"})
+        other = invoke(client, rows(reg, 1, 1), **{"X-Request-Id": "order-18"})
+        spaced = invoke(client, rows(reg, 1), **{"X-Request-Id": "order 19"})
+        newline = client.post("/feedback", json={"request_id": "order-17\n", "label": 1})
+        labelled = client.post("/feedback", json={"request_id": "order-17", "label": 1})
+    assert (first.status_code, other.status_code, labelled.status_code) == (200, 200, 202)
+    assert again.status_code == 409 and again.json()["error_code"] == "RESOURCE_ALREADY_EXISTS"
+    assert "X-Request-Id 'order-17' was already used by an earlier request" in again.json()["message"]
+    assert spaced.status_code == 400 and "X-Request-Id must be 1-128 characters" in spaced.json()["message"]
+    assert newline.status_code == 400 and "'request_id' must be" in newline.json()["message"]
+    assert not request_ids.valid("order-17\n") and not request_ids.valid("x" * 129) and request_ids.valid("a.b:c-1")
+    log = log_of(settings)
+    assert sorted(log.request_id) == ["order-17", "order-18"]
+    assert log.set_index("request_id").prediction["order-17"] == str(first.json()["predictions"]).replace(" ", "")
+
+
+def test_ping_is_ready_while_previous_answers_for_a_broken_production(reg, tmp_path):
+    broken = register(reg.trained, take_snapshot("demo", reg.settings, TARGET), LINEAGE, reg.settings).version
+    MlflowClient().set_model_version_tag(reg.name, broken, "onnx_model_uri", "runs:/0123456789abcdef/onnx/missing.onnx")
+    point(reg, Production=broken, Previous=reg.good)
+    with running(logged(reg, tmp_path)) as url, httpx.Client(base_url=url) as client:
+        assert client.get("/ping").status_code == 200
+        health = client.get("/health").json()
+        answer = invoke(client, rows(reg, 1))
+        point(reg)  # no aliases at all: nothing can answer
+        wait_for(lambda: client.get("/ping").status_code == 503)
+        gone = client.get("/health").json()
+    assert health["status"] == "degraded"
+    assert f"no Production version is served: answering from Previous (version {reg.good})" in health["reason"]
+    assert f"Production: version {broken} failed to load" in health["reason"]
+    assert (answer.status_code, answer.headers["x-fallback-source"]) == (200, "previous")
+    assert gone["status"] == "unavailable"
