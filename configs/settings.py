@@ -155,6 +155,12 @@ class ServingSettings(_Section):
         50.0, gt=0, description="The training flow's latency gate: HTTP p99 of one-row requests through the gateway."
     )
     bench_requests: int = Field(1_000, gt=0, description="Requests per measurement of `shipway bench`.")
+    startup_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Longest wait for a gateway that shipway starts itself (the latency bench, tests) to "
+        "answer: loading the model included. Raise it on a busy machine.",
+    )
 
     @model_validator(mode="after")
     def _hashing_needs_a_key(self) -> ServingSettings:

@@ -32,8 +32,6 @@ from serving.app import Gateway, create_app
 from serving.protocol import guarded
 from serving.registry import RegistryReader, unknown_sensitive_columns
 
-STARTUP_TIMEOUT_S = 120.0
-
 
 class GatewayError(ShipwayError):
     """The gateway could not start."""
@@ -110,7 +108,7 @@ def running(
     server = uvicorn.Server(uvicorn_config(app, host, port))
     thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
     thread.start()
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    deadline = time.monotonic() + settings.serving.startup_timeout_s
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             server.should_exit = True
@@ -145,7 +143,7 @@ def _subprocess(settings: Settings, host: str, port: int, pinned_version: str | 
             proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=env)
         url = f"http://{host}:{port}"
         try:
-            _wait_until_up(url, proc, log_file)
+            _wait_until_up(url, proc, log_file, settings.serving.startup_timeout_s)
             yield url
         finally:
             if proc.poll() is None:
@@ -157,10 +155,10 @@ def _subprocess(settings: Settings, host: str, port: int, pinned_version: str | 
                     proc.wait()
 
 
-def _wait_until_up(url: str, proc: subprocess.Popen, log_file: Path) -> None:
+def _wait_until_up(url: str, proc: subprocess.Popen, log_file: Path, timeout_s: float) -> None:
     import httpx  # the client side only: the gateway itself never needs it
 
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_file.read_text()[-2000:]
@@ -172,7 +170,7 @@ def _wait_until_up(url: str, proc: subprocess.Popen, log_file: Path) -> None:
             pass
         time.sleep(0.1)
     proc.kill()
-    raise GatewayError(f"the gateway at {url} did not answer within {STARTUP_TIMEOUT_S:.0f} s")
+    raise GatewayError(f"the gateway at {url} did not answer within {timeout_s:.0f} s (serving.startup_timeout_s)")
 
 
 def _free_port(host: str) -> int:
