@@ -114,7 +114,7 @@ def column_expectations(s: pd.Series, settings: GateSettings) -> list:
     rows = len(s)
     nulls = int(s.isna().sum())
     null_fraction = nulls / rows
-    out = [
+    out: list[Any] = [
         gxe.ExpectColumnValuesToNotBeNull(
             column=column,
             mostly=round(max(0.0, 1 - null_fraction - settings.null_tolerance), 6),

@@ -29,6 +29,7 @@ import asyncio
 import hmac
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -434,7 +435,7 @@ def _headers(scope) -> dict[bytes, bytes]:
 
 
 async def _respond(send, status: int, body: bytes, content_type: bytes, request_id: str | None = None,
-                   extra: list[tuple[bytes, bytes]] = (), close: bool = False) -> None:  # fmt: skip
+                   extra: Sequence[tuple[bytes, bytes]] = (), close: bool = False) -> None:  # fmt: skip
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     if request_id is not None:
         headers.append((b"x-request-id", request_id.encode()))
@@ -446,7 +447,7 @@ async def _respond(send, status: int, body: bytes, content_type: bytes, request_
 
 
 async def _error(send, status: int, error_code: str, message: str, request_id: str | None = None,
-                 extra: list[tuple[bytes, bytes]] = (), close: bool = False) -> None:  # fmt: skip
+                 extra: Sequence[tuple[bytes, bytes]] = (), close: bool = False) -> None:  # fmt: skip
     """MLflow's error body: {"error_code": ..., "message": ...}."""
     body = orjson.dumps({"error_code": error_code, "message": message})
     await _respond(send, status, body, JSON, request_id, extra, close=close)

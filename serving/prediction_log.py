@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -177,7 +177,7 @@ def read_feedback(url: str, request_ids: Iterable[str]) -> pd.DataFrame:
 class Redactor:
     """Hashes (HMAC-SHA256 keyed by serving.hash_salt) or drops the columns the config marks as sensitive."""
 
-    def __init__(self, rules: dict[str, str], salt: SecretStr | str):
+    def __init__(self, rules: Mapping[str, str], salt: SecretStr | str):
         self.hashed = [c for c, rule in rules.items() if rule == "hash"]
         self.dropped = [c for c, rule in rules.items() if rule == "drop"]
         self.salt = (salt.get_secret_value() if isinstance(salt, SecretStr) else salt).encode()
@@ -298,7 +298,7 @@ class PredictionLog:
 
     def _next_batch(self) -> list:
         """Up to batch_size queued rows, without waiting."""
-        batch = []
+        batch: list = []
         try:
             while len(batch) < self.batch_size:
                 batch.append(self._queue.get_nowait())

@@ -165,7 +165,7 @@ class Router:
             log.warning("registry poll failed, still serving the loaded versions: %s", self.last_poll_error)
             return
         self.last_poll, self.last_poll_error = time.time(), None
-        wanted = {a.value: state.aliases[a.value] for a in SERVED_ALIASES if a.value in state.aliases}
+        wanted: dict[str, str] = {a.value: state.aliases[a.value] for a in SERVED_ALIASES if a.value in state.aliases}
         current = self.routes
         if wanted == current.registry_aliases and share == current.canary_share and not self._failed:
             return

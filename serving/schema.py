@@ -220,8 +220,9 @@ def _from_split(data: Any) -> Raw:
             short = i if short is None else short
     if short is not None:
         if max(map(len, rows)) < width:
-            got = len(rows[short])
-            raise BadInput(f"dataframe_split row {short} has {got} values, expected {width} (one per column)")
+            raise BadInput(
+                f"dataframe_split row {short} has {len(rows[short])} values, expected {width} (one per column)"
+            )
         # As pandas builds the frame: short rows padded with nulls.
         rows = [row + [None] * (width - len(row)) for row in rows]
     index = data.get("index")

@@ -45,7 +45,7 @@ def uvicorn_config(app: Gateway, host: str, port: int) -> uvicorn.Config:
         port=port,
         loop="uvloop",
         http=guarded(serving.header_timeout_s, serving.max_header_bytes),
-        timeout_keep_alive=serving.keep_alive_s,
+        timeout_keep_alive=round(serving.keep_alive_s),
         lifespan="on",
         access_log=False,  # every request is in the prediction log already
         log_level="warning",

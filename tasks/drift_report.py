@@ -118,8 +118,8 @@ def _brief(value: Any, limit: int = 300) -> str:
 def render_picture(report: GateReport, path: Path) -> bool:
     """Training vs batch distribution of each failing or warning column that has one; False if none."""
     joint = [c for c in report.table if c.expectation == JOINT and c.verdict != Verdict.PASS]
-    panels = [(col, _distribution(col)) for col in report.columns if col.verdict != Verdict.PASS]
-    panels = joint + [(col, check) for col, check in panels if check is not None][: MAX_PANELS - len(joint)]
+    found = [(col, _distribution(col)) for col in report.columns if col.verdict != Verdict.PASS]
+    panels: list = [*joint, *[(col, check) for col, check in found if check is not None][: MAX_PANELS - len(joint)]]
     if not panels:
         return False
     import matplotlib

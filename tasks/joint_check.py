@@ -21,6 +21,8 @@ marginals (those are the per-column checks' job, and columns that already fail t
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -70,7 +72,7 @@ def check_joint(e: dict, batch: pd.DataFrame, wf: float, excluded: set[str]) -> 
     warn_auc = 0.5 + wf * (min_auc - 0.5)
     pairs, threshold = _changed_pairs(np.vstack([ref_a, ref_b]), np.vstack([batch_a, batch_b]), owner, columns)
     implicated = _implicated(pairs, threshold, columns) if auc >= warn_auc else []
-    shown = [
+    shown: list[dict[str, Any]] = [
         {"columns": [a, b], "train": round(r, 4), "batch": round(q, 4), "z": round(z, 2)}
         for a, b, r, q, z in sorted(pairs, key=lambda t: -abs(t[4]))[:SHOWN_PAIRS]
         if abs(z) > threshold

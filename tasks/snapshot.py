@@ -190,7 +190,7 @@ def content_hash(df: pd.DataFrame) -> str:
                 values = values.view("int64")
             elif values.dtype.kind == "f" and np.isnan(values).any():
                 values = np.where(np.isnan(values), np.nan, values)  # one NaN bit pattern
-            h.update(memoryview(np.ascontiguousarray(values)).cast("B"))
+            h.update(np.ascontiguousarray(values).tobytes())
     return h.hexdigest()
 
 
