@@ -25,7 +25,7 @@ from tasks.registration import register
 from tasks.registry import model_state
 from tasks.snapshot import take_snapshot
 from tasks.traffic import Replay
-from tasks.training import preprocessor, split_features, train
+from tasks.training import preprocessor, split_target, train
 from tests.conftest import (
     QUICK_PROMOTION,
     mark_benchmarked,
@@ -128,7 +128,7 @@ def test_a_rejection_stops_the_promotion_and_production_stays(fast, versions_1_a
 
 def test_a_broken_canary_is_rolled_back_automatically(fast, versions_1_and_2, traffic, approve):
     trained, snapshot = versions_1_and_2
-    X, y = split_features(snapshot.frame, TARGET)
+    X, y = split_target(snapshot.frame, TARGET, [c for c in snapshot.frame.columns if c != TARGET])
     broken = Pipeline([("prep", preprocessor(X)), ("model", DummyClassifier(strategy="constant", constant=1))])
     bad = register(
         dataclasses.replace(trained, model=broken.fit(X, y)), snapshot, GitLineage("b" * 40, "main", False), fast
