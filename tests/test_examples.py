@@ -46,6 +46,7 @@ def run_example(example: str, root: Path) -> tuple[Path, subprocess.CompletedPro
 
 
 @pytest.mark.slow
+@pytest.mark.examples  # minutes each: not in the default run (pytest -m examples)
 @pytest.mark.parametrize("example", list(CASES))
 def test_an_example_runs_with_one_command_and_is_served(example, tmp_path, monkeypatch):
     name, task, target, excluded = CASES[example]
