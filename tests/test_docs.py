@@ -132,9 +132,6 @@ DOCS = [
     *sorted((REPO / "docs").glob("*.md")),
 ]
 # Written on other branches at the same time; the README's index already names them.
-PENDING = {"docs/bring-your-own-model.md", "docs/quality-gate.md", "docs/gate-joint.md", "docs/compatibility.md"}
-
-
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_relative_links_lead_to_files_and_headings(doc):
     broken = []
@@ -143,8 +140,6 @@ def test_relative_links_lead_to_files_and_headings(doc):
             continue
         file, _, anchor = target.partition("#")
         path = (doc.parent / file).resolve() if file else doc
-        if str(path.relative_to(REPO)) in PENDING:
-            continue
         if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
             broken.append(target)
     assert broken == []
