@@ -361,6 +361,9 @@ class Schema:
                 data[column.name] = pd.Series(values, dtype="str")
             elif column.type == "boolean":
                 data[column.name] = pd.Series(values, dtype="bool")
+            elif column.type == "datetime":  # ISO text, checked by the coercer: the model's date parts read datetimes
+                stamps = pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601", utc=True)
+                data[column.name] = stamps.dt.tz_localize(None).astype("datetime64[us]")
             else:
                 data[column.name] = pd.Series(values)
         return pd.DataFrame(data)

@@ -131,6 +131,8 @@ DOCS = [
     REPO / "docker" / "README.md",
     *sorted((REPO / "docs").glob("*.md")),
 ]
+
+
 # Written on other branches at the same time; the README's index already names them.
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_relative_links_lead_to_files_and_headings(doc):
