@@ -29,7 +29,7 @@ def test_the_demo_takes_version_2_to_production_and_says_where_to_look(tmp_path)
         "replaying demo traffic with feedback labels; promoting version 2",
         f"{NAME} version 2 is Production after shadow analysis, two approvals and 3 canary steps",
         f"shipway status {NAME}",
-        "shipway ui then open http://127.0.0.1:5000",
+        "shipway ui then open the link it prints",
         "prefect server start then open http://127.0.0.1:4200",
     ]:
         assert line in said, line
