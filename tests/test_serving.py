@@ -626,7 +626,7 @@ def test_a_bad_value_is_shown_to_its_client_but_never_stored_in_the_log(reg, tmp
     errors = log_of(settings).error.tolist()
     assert errors == [
         "400 INVALID_PARAMETER_VALUE: column 'age' row 0: expected an integer (long), got <string, not logged>",
-        "400 INVALID_PARAMETER_VALUE: column 'tenure_months' row 0: expected an integer, got <string, not logged>",
+        "400 INVALID_PARAMETER_VALUE: column 'tenure_months' row 0: expected an integer (long), got <string, not logged>",
     ]
     assert not any(secret in str(v) for v in log_of(settings).astype(str).to_numpy().ravel())
 
