@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
+from pydantic import SecretStr
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from configs.settings import SearchSettings, Settings, TrainingSettings
@@ -259,7 +260,7 @@ def test_the_resolved_config_is_logged_without_secrets_and_hashed(settings, canc
     s = own(settings, Path("."))
     s = s.model_copy(
         update={
-            "serving": s.serving.model_copy(update={"hash_salt": "pepper"}),
+            "serving": s.serving.model_copy(update={"hash_salt": SecretStr("pepper")}),
             "prediction_log": s.prediction_log.model_copy(update={"url": "postgresql://app:hunter2@db:5432/log"}),
         }
     )
