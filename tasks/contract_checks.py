@@ -364,11 +364,20 @@ def check_stdev(e: dict, data: _Column, wf: float) -> Outcome:
     return _outcome(e, data.name, fail, warn or fail, p, reason, {"observed_value": std}, {"std_ratio": ratio})
 
 
+def _ks_p(ks: float, effective_n: float) -> float:
+    """The two-sample KS p-value: the exact one-sample distribution at the effective size, or past
+    10,000 rows Kolmogorov's limit (within 1.5 % there, on the larger, conservative side; 20x cheaper
+    at a million rows)."""
+    if effective_n <= 10_000:
+        return float(stats.kstwo.sf(ks, max(1, round(effective_n))))
+    return float(stats.kstwobign.sf(ks * math.sqrt(effective_n)))
+
+
 def _pooled_kurtosis(trained: float | None, trained_std: float, m: int, data: _Column) -> float:
     """Kurtosis of training and batch together: the sd's noise grows with it, and on a small heavy-tailed
     training sample the outliers that set it may all have landed in the batch."""
-    x = data.sorted
-    batch = float(np.mean((x - data.mean) ** 4) / data.std**4) if data.std > 0 else 3.0
+    squares = np.square(data.sorted - data.mean)  # not `** 4`: a float power is ~10x slower on 1M rows
+    batch = float(np.dot(squares, squares) / len(squares) / data.std**4) if data.std > 0 else 3.0
     trained = trained if trained is not None else batch
     n = data.present
     fourth = (m * trained * trained_std**4 + n * batch * data.std**4) / (m + n)
@@ -437,7 +446,7 @@ def check_kl(e: dict, data: _Column, wf: float) -> Outcome:
     kl = float(stats.entropy(p_all, q_all))
     cdf = _cdf_of(e)
     ks, m = _ks(cdf, x), _rows(e, data)
-    p = float(stats.kstwo.sf(ks, max(1, round(n * m / (n + m)))))
+    p = _ks_p(ks, n * m / (n + m))
     std = float(np.std(x)) or 1.0
     measures = {
         "kl": kl if math.isfinite(kl) else None,
