@@ -15,10 +15,13 @@ from typing import Any
 
 import mlflow
 import mlflow.sklearn
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types import ColSpec
+from mlflow.types import Schema as ColumnSchema
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -85,12 +88,28 @@ def user_code_paths(types: list[str], training_code_path: list[str]) -> list[str
     return list(found)
 
 
+def nullable_columns(features: pd.DataFrame) -> set[str]:
+    """The feature columns with a null anywhere in the training data."""
+    return set(features.columns[features.isna().any()])
+
+
+def signature(sample: pd.DataFrame, output: Any, nullable: set[str]) -> ModelSignature:
+    """MLflow's signature inferred from `sample` (types), with a column optional exactly when it is
+    in `nullable`: inferred from a 50-row sample alone, a column with 2% nulls would be required by
+    one version and optional in the next, and the same request accepted by one and refused by the
+    other."""
+    inferred = infer_signature(sample, output)
+    columns = [ColSpec(c.type, c.name, required=c.name not in nullable) for c in inferred.inputs.inputs]
+    return ModelSignature(ColumnSchema(columns), inferred.outputs, inferred.params)
+
+
 def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings) -> Registered:
     """Log a training run (params, metrics, dataset, config, model, baseline) and register its version."""
     client, experiment_id = connect(settings)
     training = settings.training
     name = training.model_name
     sample = trained.X_holdout.head(50)
+    nullable = nullable_columns(snapshot.frame[trained.features])
     requirements = pip_requirements()
     config = config_yaml(settings)
     provenance: dict[str, str] = {Tag.SHIPWAY_VERSION: shipway_version(), Tag.CONFIG_HASH: config_hash(config)}
@@ -135,7 +154,7 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
         model_info = mlflow.sklearn.log_model(
             trained.model,
             name=MODEL_ARTIFACT,
-            signature=infer_signature(sample, trained.serve(sample)),
+            signature=signature(sample, trained.serve(sample), nullable),
             input_example=trained.X_holdout.head(3),
             pip_requirements=requirements,
             skops_trusted_types=types,
@@ -145,7 +164,7 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
         baseline_info = mlflow.sklearn.log_model(
             trained.baseline,
             name=BASELINE_ARTIFACT,
-            signature=infer_signature(sample, getattr(trained.baseline, trained.predict_fn)(sample)),
+            signature=signature(sample, getattr(trained.baseline, trained.predict_fn)(sample), nullable),
             pip_requirements=requirements,
             skops_trusted_types=trusted_types(trained.baseline),
             pyfunc_predict_fn=trained.predict_fn,
