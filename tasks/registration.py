@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
-from mlflow.types import ColSpec
+from mlflow.types import ColSpec, TensorSpec
 from mlflow.types import Schema as ColumnSchema
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -99,7 +99,9 @@ def signature(sample: pd.DataFrame, output: Any, nullable: set[str]) -> ModelSig
     one version and optional in the next, and the same request accepted by one and refused by the
     other."""
     inferred = infer_signature(sample, output)
-    columns = [ColSpec(c.type, c.name, required=c.name not in nullable) for c in inferred.inputs.inputs]
+    columns: list[ColSpec | TensorSpec] = [
+        ColSpec(c.type, c.name, required=c.name not in nullable) for c in inferred.inputs.inputs
+    ]
     return ModelSignature(ColumnSchema(columns), inferred.outputs, inferred.params)
 
 
