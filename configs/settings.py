@@ -295,7 +295,16 @@ class PromotionSettings(_Section):
     min_agreement: float = Field(
         0.8, ge=0, le=1, description="Shadow: least share of predictions equal to Production's."
     )
-    max_error_rate: float = Field(0.01, ge=0, le=1, description="Shadow: highest share of failed predictions.")
+    max_error_rate: float = Field(
+        0.01, ge=0, le=1, description="Shadow: highest share of failed predictions (its own failures, not refusals)."
+    )
+    max_shadow_refused: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Shadow: highest share of the requests Production answered that Shadow refuses as bad input "
+        "(a stricter input contract, which would break those clients); unset: reported to the reviewer, not gated.",
+    )
     latency_p99_ms: float = Field(50.0, gt=0, description="Shadow: latency budget of its p99.")
     max_error_rate_increase: float = Field(
         0.01, ge=0, le=1, description="Canary: error + fallback rate may exceed Production's by at most this."

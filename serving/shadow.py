@@ -286,7 +286,7 @@ def _predict(item: list, models: _Models, clock: _ModelClock):
             batch = inputs.for_model(model)
             predictions = inputs.predict(model)
     except BadInput as exc:
-        error = f"input: {exc.message}"
+        error = f"{exc.status} {exc.error_code}: {exc.logged}"  # as the gateway logs a refusal: never a value
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     seconds = clock.since(mark)

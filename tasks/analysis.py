@@ -25,6 +25,7 @@ from core.vocabulary import Task
 
 CANARY_TESTS = 3  # a step's statistical tests: failures, predictions, errors on labels
 CLIENT_ERROR = r"^4\d\d "  # the gateway logs a refused request's error as "STATUS CODE: message"
+REFUSED = "refused as bad input (production answered)"
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ def shadow_analysis(
     paired = production.join(shadow, how="inner", lsuffix="_prod", rsuffix="_shadow")
     n = len(paired)
     served = log[log["role"] != "shadow"]
+    # Requests Production answered and the candidate refused as bad input: its stricter contract,
+    # evidence for the reviewer (gated only by promotion.max_shadow_refused), not a model failure.
+    refused = paired["error_shadow"].fillna("").astype(str).str.match(CLIENT_ERROR)
     analysis = Analysis(
         "shadow",
         # client errors: information only; the shadow is compared on requests Production answered
@@ -94,6 +98,7 @@ def shadow_analysis(
             "shadow": len(shadow),
             "paired": n,
             "client errors": int(client_caused(served).sum()),
+            "refused by shadow": int(refused.sum()),
         },
     )
     analysis.checks.append(_enough(n, settings.min_requests))
@@ -105,7 +110,7 @@ def shadow_analysis(
         agreement, within = agreement_within(production_said, shadow_said, settings), tolerance_text(settings)
     else:
         agreement, within = float((production_said == shadow_said).mean()), ""
-    errors = 1 - float(answered.mean())
+    errors = 1 - float((answered | refused).mean())
     p99 = float(np.percentile(shadow["latency_ms"], 99))
     analysis.checks += [
         Check(
@@ -116,6 +121,7 @@ def shadow_analysis(
         ),
         Check("error rate", errors <= settings.max_error_rate, f"{errors:.2%}", f"<= {settings.max_error_rate:.1%}"),
         Check("latency p99", p99 <= settings.latency_p99_ms, f"{p99:.2f} ms", f"<= {settings.latency_p99_ms:g} ms"),
+        _refusals(int(refused.sum()), n, settings.max_shadow_refused),
     ]
     if drift_verdict is not None:
         analysis.checks.append(Check("input drift vs contract", drift_verdict != "fail", drift_verdict, "not fail"))
@@ -194,6 +200,15 @@ def canary_test_level(settings: PromotionSettings) -> float:
     a step, so that a canary no worse than Production is rolled back with chance <= alpha, not
     once in a dozen promotions."""
     return settings.alpha / (CANARY_TESTS * len(settings.canary_steps))
+
+
+def _refusals(refused: int, n: int, limit: float | None) -> Check:
+    """Requests Production answered that the candidate refused as bad input: clients it would break."""
+    share = refused / n
+    measured = f"{refused:,} of {n:,} ({share:.2%})"
+    if limit is None:
+        return Check(REFUSED, True, measured, "reported, not gated (promotion.max_shadow_refused)")
+    return Check(REFUSED, share <= limit, measured, f"<= {limit:.1%}")
 
 
 def _enough(n: int, minimum: int) -> Check:

@@ -39,7 +39,7 @@ from serving import request_ids
 from serving import shadow as shadow_module
 from serving.prediction_log import read_feedback, read_window
 from serving.server import check_sensitive_columns, running
-from tasks.analysis import canary_analysis
+from tasks.analysis import REFUSED, canary_analysis, shadow_analysis
 from tasks.demo_data import TARGET
 from tasks.lineage import GitLineage
 from tasks.registration import register
@@ -356,6 +356,40 @@ def test_a_failing_shadow_never_breaks_an_answer(reg, tmp_path):
     shadow = log[log.role == "shadow"]
     assert len(shadow) == 4 and shadow.prediction.isna().all()
     assert shadow.error.str.contains("deliberately broken").all()
+
+
+def test_the_shadow_analysis_reports_requests_a_stricter_candidate_refuses(reg, tmp_path):
+    """A Shadow that also requires `loyalty_tier` refuses the requests without it that Production
+    answers: reported to the reviewer, neither an answer's failure nor the Shadow's error rate."""
+    client_, experiment_id = connect(reg.settings)
+    sample = rows(reg, 20).assign(loyalty_tier=1)
+    with mlflow.start_run(experiment_id=experiment_id) as run, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=Misbehaving("sleep"), pip_requirements=["mlflow"],
+            signature=infer_signature(sample, np.zeros(20, dtype=np.int64)),
+        )  # fmt: skip
+    stricter = client_.create_model_version(reg.name, info.model_uri, run.info.run_id, model_id=info.model_id).version
+    point(reg, Production=reg.good, Shadow=str(stricter))
+    settings = logged(reg, tmp_path)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        answers = [invoke(client, rows(reg, 1, i)) for i in range(6)]  # no loyalty_tier
+        answers += [invoke(client, rows(reg, 1, i).assign(loyalty_tier=2)) for i in range(6, 10)]
+        assert {a.status_code for a in answers} == {200}
+        wait_for(lambda: _settled(client), SHADOW_READY_S, "the shadow process to report all 10 requests")
+    log = log_of(settings)
+    refusals = log[(log.role == "shadow") & log.error.notna()].error
+    assert len(refusals) == 6
+    assert refusals.str.startswith("400 INVALID_PARAMETER_VALUE: missing column 'loyalty_tier'").all()
+    quick = PromotionSettings(min_requests=10, latency_p99_ms=1_000, min_agreement=0.0)  # it answers 0 always
+    analysis = shadow_analysis(log, quick)
+    assert analysis.passed, analysis.breaches
+    assert analysis.requests["refused by shadow"] == 6
+    check = next(c for c in analysis.checks if c.name == REFUSED)
+    assert (check.value, check.limit) == ("6 of 10 (60.00%)", "reported, not gated (promotion.max_shadow_refused)")
+    assert next(c for c in analysis.checks if c.name == "error rate").value == "0.00%"
+    gated = quick.model_copy(update={"max_shadow_refused": 0.5})
+    assert shadow_analysis(log, gated).breaches == [f"{REFUSED}: 6 of 10 (60.00%) (limit <= 50.0%)"]
 
 
 def test_the_shadow_runs_in_a_process_of_its_own_that_comes_back_after_a_crash(reg, tmp_path, monkeypatch):
