@@ -89,6 +89,9 @@ class ServingSettings(_Section):
     cache_max_age_s: float = Field(600.0, gt=0, description="A cached answer older than this is not served.")
     max_body_bytes: int = Field(1_048_576, gt=0, description="Larger request bodies get 413.")
     max_rows: int = Field(100_000, gt=0, description="Requests with more rows get 413.")
+    max_feedback_labels: int = Field(
+        500, gt=0, description="Most labels one POST /feedback may carry; a call with more gets 413, none logged."
+    )
     body_timeout_s: float = Field(
         10.0,
         gt=0,

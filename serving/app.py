@@ -4,7 +4,8 @@ No web framework on the hot path: one-row answers take well under a millisecond,
 framework's request and response objects would cost more than the model. Endpoints:
 
   POST /invocations   MLflow scoring protocol; answers {"predictions": [...]}
-  POST /feedback      ground-truth labels by request id: {"request_id": ..., "label": ...} or a list
+  POST /feedback      ground-truth labels by request id: {"request_id": ..., "label": ...} or a list,
+                      checked against the model and its answers (serving/feedback.py)
   GET  /ping          200 when some link of the fallback chain can answer (Production, Previous or
                       the baseline is loaded), else 503
   GET  /health        status (ok, degraded with the reason, unavailable), what is loaded for which
@@ -34,13 +35,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as dist_version
-from typing import Any
 
 import orjson
+from sqlalchemy.exc import SQLAlchemyError
 
 from configs.settings import Settings
 from core.errors import ConfigError
-from serving import request_ids
+from serving import feedback, request_ids
 from serving.body import BodyReader
 from serving.local_state import LocalState
 from serving.metrics import Metrics
@@ -335,19 +336,39 @@ class Gateway:
             return
         try:
             body = await self.bodies.read(receive, headers)
-            labels = _labels(body)
+            items = feedback.parse(body, self.serving.max_feedback_labels)
+            rules = [m.label_rule for m in self.router.routes.by_alias.values() if m.label_rule is not None]
+            items = feedback.check_labels(items, rules)
+            unknown = await self._never_answered(items)
+            if unknown:
+                raise feedback.unknown_ids(items, unknown)
         except BadInput as exc:
             await _error(send, exc.status, exc.error_code, exc.message)
             return
-        if not self.log.has_room(len(labels)):
+        except SQLAlchemyError as exc:
+            log.error("feedback refused: the prediction log cannot be read: %s", exc)
+            await _error(
+                send, 503, "TEMPORARILY_UNAVAILABLE", "the prediction log cannot be read; send the labels again later"
+            )
+            return
+        if not self.log.has_room(len(items)):
             await _error(
                 send, 503, "TEMPORARILY_UNAVAILABLE", "the prediction log is full; send the labels again later"
             )
             return
         now = datetime.now(UTC)
-        for request_id, label in labels:
-            self.log.add(Label(request_id, label, now))
-        await _respond(send, 202, orjson.dumps({"accepted": len(labels)}), JSON)
+        for item in items:
+            self.log.add(Label(item.request_id, item.label, now))
+        await _respond(send, 202, orjson.dumps({"accepted": len(items)}), JSON)
+
+    async def _never_answered(self, items: list[feedback.Item]) -> set[str]:
+        """Ids of `items` this model never answered: neither among this process's recent requests
+        (whose rows may still be queued) nor in the prediction log (other replicas, earlier runs)."""
+        unseen = list(dict.fromkeys(item.request_id for item in items if item.request_id not in self.recent_ids))
+        if not unseen:
+            return set()
+        found = await asyncio.to_thread(self.log.answered, self.name, unseen)
+        return set(unseen) - found
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         """True without a configured token; else the request must carry it (compared in constant time)."""
@@ -400,34 +421,6 @@ class Gateway:
 
 def _cache_key(batch: Batch) -> bytes:
     return orjson.dumps(batch.columns)
-
-
-def _labels(body: bytes) -> list[tuple[str, Any]]:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadInput(f"malformed JSON: {exc}", 400, "BAD_REQUEST") from None
-    items = doc if isinstance(doc, list) else [doc]
-    if not items:
-        raise BadInput('no labels: send {"request_id": ..., "label": ...} or a list of them')
-    labels = []
-    for i, item in enumerate(items):
-        where = f"feedback[{i}]" if isinstance(doc, list) else "feedback"
-        if not isinstance(item, dict):
-            raise BadInput(f"{where} must be an object with 'request_id' and 'label'")
-        extra = sorted(set(item) - {"request_id", "label"})
-        if extra:
-            raise BadInput(f"{where}: unknown key(s) {', '.join(map(repr, extra))}; send 'request_id' and 'label'")
-        request_id = item.get("request_id")
-        if not isinstance(request_id, str) or not request_ids.valid(request_id):
-            raise BadInput(f"{where}: 'request_id' must be the X-Request-Id of an answered request")
-        label = item.get("label")
-        if label is None or isinstance(label, (list, dict)):
-            raise BadInput(
-                f"{where}: 'label' must be a string, number or boolean, got {orjson.dumps(label).decode()[:40]}"
-            )
-        labels.append((request_id, label))
-    return labels
 
 
 def _headers(scope) -> dict[bytes, bytes]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from serving.feedback import LabelRule
 from serving.onnx import session
 from serving.registry import LoadedVersion
 from serving.schema import Batch, Raw, Schema
@@ -28,6 +29,7 @@ class Servable:
     schema: Schema
     model: Any  # an onnxruntime session, a sklearn estimator or a pyfunc model
     predict_fn: str = "predict"  # predict_proba: rows of class probabilities, as MLflow's pyfunc answers
+    label_rule: LabelRule | None = None  # what /feedback labels must be (task, classes); None: not recorded
 
     def predict(self, batch: Batch) -> list:
         return self.finish(self.forward(self.prepare(batch)))
@@ -60,9 +62,10 @@ class Servable:
 def servable(loaded: LoadedVersion) -> Servable:
     # A pipeline or an ONNX graph needs every column; a pyfunc model may go without an optional one.
     schema = Schema(loaded.columns, complete=loaded.flavor != "pyfunc")
+    rule = LabelRule.of(loaded.tags)
     if loaded.onnx is not None:
-        return Servable(loaded.version, "onnx", schema, session(loaded.onnx), loaded.predict_fn)
-    return Servable(loaded.version, loaded.flavor, schema, loaded.model, loaded.predict_fn)
+        return Servable(loaded.version, "onnx", schema, session(loaded.onnx), loaded.predict_fn, rule)
+    return Servable(loaded.version, loaded.flavor, schema, loaded.model, loaded.predict_fn, rule)
 
 
 def baseline_servable(loaded: LoadedVersion, model: Any) -> Servable:

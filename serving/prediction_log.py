@@ -266,6 +266,19 @@ class PredictionLog:
             self._wake.set()
         return True
 
+    def answered(self, model_name: str, request_ids: list[str]) -> set[str]:
+        """Those of `request_ids` with a row of `model_name` in `predictions` (a primary-key lookup)."""
+        assert self._engine is not None, "start() the log first"
+        found: set[str] = set()
+        with self._engine.connect() as conn:
+            for start in range(0, len(request_ids), 5000):  # bounded IN lists
+                query = select(predictions.c.request_id).where(
+                    predictions.c.request_id.in_(request_ids[start : start + 5000]),
+                    predictions.c.model_name == model_name,
+                )
+                found.update(conn.execute(query).scalars())
+        return found
+
     def has_room(self, rows: int) -> bool:
         return self._queue.maxsize - self._queue.qsize() >= rows
 

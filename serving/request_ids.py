@@ -35,6 +35,9 @@ class RecentIds:
         self._seen: set[str] = set()
         self._order: deque[str] = deque()
 
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._seen
+
     def claim(self, request_id: str) -> bool:
         if request_id in self._seen:
             return False

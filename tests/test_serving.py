@@ -608,6 +608,34 @@ def test_feedback_needs_the_bearer_token_when_one_is_set(reg, tmp_path):
     assert read_feedback(settings.prediction_log.url, [request_id]).label.tolist() == [1]  # one label: the right one
 
 
+def test_feedback_labels_must_fit_the_model_and_name_requests_it_answered(reg, tmp_path):
+    point(reg, Production=reg.good)  # a binary classifier of classes 0 and 1
+    settings = logged(reg, tmp_path, max_feedback_labels=3)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        assert invoke(client, rows(reg, 1), **{"X-Request-Id": "earlier-1"}).status_code == 200
+    with running(settings) as url, httpx.Client(base_url=url) as client:  # restarted: earlier-1 is in the log only
+        now = invoke(client, rows(reg, 1, 1)).headers["x-request-id"]
+        both = client.post(
+            "/feedback", json=[{"request_id": "earlier-1", "label": 1}, {"request_id": now, "label": 0.0}]
+        )
+        not_a_class = client.post("/feedback", json={"request_id": now, "label": 2})
+        text = client.post("/feedback", json={"request_id": now, "label": "1"})
+        unknown = client.post(
+            "/feedback", json=[{"request_id": now, "label": 1}, {"request_id": "never-1", "label": 1}]
+        )
+        too_many = client.post("/feedback", json=[{"request_id": now, "label": 1}] * 4)
+    assert (both.status_code, both.json()) == (202, {"accepted": 2})
+    assert not_a_class.status_code == 400
+    assert not_a_class.json()["message"] == "feedback: label 2 is not one of the model's classes: 0, 1"
+    assert text.status_code == 400 and 'label "1" is not one of the model\'s classes: 0, 1' in text.json()["message"]
+    assert unknown.status_code == 400
+    assert "no request was answered under the id(s) 'never-1' (feedback[1])" in unknown.json()["message"]
+    assert too_many.status_code == 413 and too_many.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    assert "4 labels in one call, more than the limit of 3 (serving.max_feedback_labels)" in too_many.json()["message"]
+    labels = read_feedback(settings.prediction_log.url, ["earlier-1", now, "never-1"]).set_index("request_id")
+    assert labels.label.to_dict() == {"earlier-1": 1, now: 0}  # 0.0 logged as the class 0; refused calls: nothing
+
+
 def test_a_profile_that_requires_a_token_does_not_start_without_one(reg, tmp_path):
     settings = logged(reg, tmp_path, require_api_token=True)
     with pytest.raises(ConfigError, match=r"serving.api_token is required .*SHIPWAY_SERVING__API_TOKEN"):

@@ -3,10 +3,12 @@ PostgreSQL, the app factory through Starlette's TestClient, and the latency benc
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import mlflow
 import numpy as np
+import orjson
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
@@ -16,6 +18,7 @@ from core.errors import GateError
 from core.vocabulary import Alias
 from flows.cli import cli
 from serving.prediction_log import Label, Prediction, PredictionLog, Redactor, read_feedback, read_window
+from serving.schema import BadInput
 from tasks.compile import compile_pipeline
 from tasks.demo_data import TARGET, generate
 from tasks.lineage import GitLineage
@@ -156,6 +159,54 @@ def test_bench_cli_names_a_bad_model_reference(hgb_registered, ref, message):
     result = CliRunner().invoke(cli, ["bench", "--model", ref])
     assert result.exit_code == 2
     assert message in result.output
+
+
+@pytest.mark.parametrize(
+    ("tags", "label", "logged", "problem"),
+    [
+        ({"task": "binary", "classes": "[0, 1]"}, 1, 1, None),
+        ({"task": "binary", "classes": "[0, 1]"}, 1.0, 1, None),  # the class as the model names it
+        ({"task": "binary", "classes": "[0, 1]"}, True, None, "label true is not one of the model's classes: 0, 1"),
+        ({"task": "multiclass", "classes": '["a", "b", "c"]'}, "c", "c", None),
+        (
+            {"task": "multiclass", "classes": '["a", "b", "c"]'},
+            "d",
+            None,
+            'not one of the model\'s classes: "a", "b", "c"',
+        ),
+        ({"task": "binary", "classes": "[false, true]"}, False, False, None),
+        ({"task": "regression"}, 3.25, 3.25, None),
+        ({"task": "regression"}, "3.25", None, 'label "3.25" is not a finite number, as a regression model\'s'),
+        ({"task": "regression"}, True, None, "label true is not a finite number"),
+        ({}, "anything", "anything", None),  # a version registered outside shipway: no task, no check
+    ],
+)
+def test_feedback_labels_are_checked_against_the_task_and_classes(tags, label, logged, problem):
+    from serving.feedback import Item, LabelRule, check_labels
+
+    rules = [rule] if (rule := LabelRule.of(tags)) is not None else []
+    items = [Item("feedback", "r1", label)]
+    if problem is None:
+        assert check_labels(items, rules)[0].label == logged
+        assert type(check_labels(items, rules)[0].label) is type(logged)
+    else:
+        with pytest.raises(BadInput, match=re.escape(problem)) as refused:
+            check_labels(items, rules)
+        assert refused.value.message.startswith(f"feedback: label {orjson.dumps(label).decode()} is not")
+
+
+def test_feedback_calls_are_bounded_and_checked_whole():
+    from serving.feedback import parse, unknown_ids
+
+    body = orjson.dumps([{"request_id": f"r{i}", "label": 1} for i in range(4)])
+    assert [item.request_id for item in parse(body, max_labels=4)] == ["r0", "r1", "r2", "r3"]
+    with pytest.raises(BadInput, match=r"4 labels in one call, more than the limit of 3") as refused:
+        parse(body, max_labels=3)
+    assert (refused.value.status, refused.value.error_code) == (413, "REQUEST_LIMIT_EXCEEDED")
+    many = parse(orjson.dumps([{"request_id": f"r{i}", "label": 1} for i in range(9)]), max_labels=9)
+    message = unknown_ids(many, {f"r{i}" for i in range(1, 9)}).message
+    assert message.startswith("no request was answered under the id(s) 'r1' (feedback[1]), 'r2' (feedback[2])")
+    assert "'r5' (feedback[5]) and 3 more:" in message and "'r0'" not in message
 
 
 @pytest.mark.postgres
