@@ -105,7 +105,8 @@ def check_labels(items: list[Item], rules: Iterable[LabelRule]) -> list[Item]:
 
 def unknown_ids(items: list[Item], unknown: set[str]) -> BadInput:
     """The refusal of a call with labels for ids this model never answered, naming them."""
-    missing = [item for item in items if item.request_id in unknown]
+    first = {item.request_id: item for item in reversed(items)}  # each id named once, where it first appears
+    missing = sorted((first[i] for i in unknown), key=items.index)
     named = ", ".join(f"'{item.request_id}' ({item.where})" for item in missing[:SHOWN])
     more = f" and {len(missing) - SHOWN} more" if len(missing) > SHOWN else ""
     return BadInput(
