@@ -103,6 +103,21 @@ def test_shadow_rows_log_their_inputs_redacted_like_productions(tmp_path):
     assert log.loc[("r1", "shadow"), "prediction"] == "[1,1]"
 
 
+def test_a_shadow_refusal_is_logged_as_the_gateways_with_its_status_and_without_the_value(compiled, settings):
+    """The shadow analysis tells a refusal (a stricter contract) from a failure by its status."""
+    from serving import shadow
+
+    trained, onnx = compiled
+    models = shadow._Models(settings)
+    models.loaded = {"2": Servable("2", "onnx", Schema(columns_of(trained.X_holdout)), session(onnx))}
+    raw = parse(body_of(trained.X_holdout.head(2).astype(object).assign(age="SSN-123-45-6789")), "application/json")
+    item = ["2", "r1", datetime(2026, 3, 1, tzinfo=UTC).isoformat(), raw.columns, raw.rows, raw.source, raw.types]
+    row = shadow._predict(item, models, shadow._ModelClock())
+    assert row.prediction is None and row.role == "shadow"
+    assert row.error.startswith("400 INVALID_PARAMETER_VALUE: column 'age' row 0: ")
+    assert "not logged" in row.error and "SSN" not in row.error
+
+
 def test_a_full_batch_is_written_before_the_flush_interval(tmp_path):
     url = f"sqlite:///{tmp_path}/log.db"
     plog = PredictionLog(url, queue_size=100, batch_size=4, flush_interval_s=600.0, redact=Redactor({}, ""))
