@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from configs.settings import ENV_PREFIX, Settings
+from core import lifeline
 from serving.local_state import LocalState
 from serving.metrics import Metrics
 from serving.models import Inputs, freeze_heap, servable
@@ -107,7 +108,7 @@ class ShadowProcess:
             return False
         parent, child_end = socket.socketpair()
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}  # the settings come whole
-        command = [sys.executable, "-m", "serving.shadow", "--fd", str(child_end.fileno())]
+        command = lifeline.command("serving.shadow", "--fd", str(child_end.fileno()))  # dies with the gateway
         proc = subprocess.Popen(command, pass_fds=(child_end.fileno(),), env=env)
         child_end.close()
         self._child = child = _Child(self, proc)
