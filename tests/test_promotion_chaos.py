@@ -92,8 +92,8 @@ def kill_and_take_over(settings, victim: subprocess.Popen, prefect_home: Path) -
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     killed = time.monotonic()
-    for child in children:  # an orphan server would only slow this machine down (issue 12 item 8 is theirs)
-        child.kill()
+    _, alive = psutil.wait_procs(children, timeout=5)  # its temporary Prefect server dies with it
+    assert not alive, f"outlived the killed promotion: {alive}"
     successor = promote(settings)
     wait_for(
         "the next promotion taking the lease",
