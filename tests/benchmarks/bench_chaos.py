@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 import psutil  # noqa: E402
 
+JSON = {"Content-Type": "application/json"}
 TARGETS = {"takeover_s": 60.0, "p99_ratio": 2.0}
 FAST_PROMOTION = {  # as tests/test_promotion_chaos.py, but the lease at its default
     "PROMOTION__MIN_REQUESTS": "60",
@@ -163,7 +164,8 @@ def gateway_killed(settings, seconds: float, rng: random.Random) -> None:
     rate = len(answered) / (killed - start)
     restart = time.monotonic()
     with running(settings, isolated=True) as url:
-        assert httpx.post(f"{url}/invocations", content=payloads[0], timeout=30).status_code == 200
+        first = httpx.post(f"{url}/invocations", content=payloads[0], headers=JSON, timeout=30)
+        assert first.status_code == 200, first.text
         restarted_s = time.monotonic() - restart
     logged = read_window(settings.prediction_log.url, began - timedelta(minutes=1), datetime.now(UTC))
     missing = set(answered) - set(logged.request_id)
