@@ -26,7 +26,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -202,6 +201,7 @@ class _Stop(BaseException):
 
 
 def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not cut the log's writing short
     raise _Stop
 
 
@@ -363,7 +363,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s (shadow): %(message)s")
     signal.signal(signal.SIGTERM, _on_sigterm)
-    run(socket.socket(fileno=args.fd))
+    try:
+        run(socket.socket(fileno=args.fd))
+    except _Stop:  # while starting (settings, the log being opened): nothing was logged yet
+        log.info("shadow process stopped while starting")
 
 
 if __name__ == "__main__":

@@ -61,11 +61,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the concurrency-16 run")
     parser.add_argument("--only", default="gateway,hostile,promote", help="comma-separated parts to run")
     parser.add_argument("--seed", type=int, default=None, help="seed of the kill moment (default: random)")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory (the promotions' output)")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     print(f"load average before: {load()}  (2-core machine shared with other work)")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = tempfile.mkdtemp(prefix="bench-chaos-") if args.keep else scratch
         os.chdir(tmp)
+        if args.keep:
+            print(f"working directory (kept): {tmp}")
         settings = prepare(Path(tmp))
         if "gateway" in parts:
             gateway_killed(settings, args.seconds, random.Random(args.seed))
