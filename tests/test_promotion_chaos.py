@@ -95,15 +95,20 @@ def kill_and_take_over(settings, victim: subprocess.Popen, prefect_home: Path) -
     _, alive = psutil.wait_procs(children, timeout=5)  # its temporary Prefect server dies with it
     assert not alive, f"outlived the killed promotion: {alive}"
     successor = promote(settings)
-    wait_for(
-        "the next promotion taking the lease",
-        lambda: (lease(settings) or {}).get("run_id") not in (None, dead["run_id"]),
-    )
+    freed: list[float] = []  # when the dead promotion's lease was gone, its moves undone
+
+    def taken() -> bool:
+        run = (lease(settings) or {}).get("run_id")
+        if run != dead["run_id"] and not freed:
+            freed.append(time.monotonic() - killed)
+        return run not in (None, dead["run_id"])
+
+    wait_for("the next promotion taking the lease", taken)
     seconds = time.monotonic() - killed
     with sqlite3.connect(prefect_home / "prefect.db") as db:
         (crashed,) = db.execute("SELECT state_type FROM flow_run WHERE id = ?", (dead["run_id"],)).fetchone()
     assert crashed == "CRASHED"
-    print(f"kill -9 -> next promotion took over in {seconds:.1f} s")
+    print(f"kill -9 -> dead promotion undone in {freed[0]:.1f} s, next promotion took over in {seconds:.1f} s")
     return seconds, successor
 
 
