@@ -1,4 +1,6 @@
-"""The `shipway` command line. Exit 0: done; 1: a gate or check said no; 2: bad usage or input.
+"""The `shipway` command line. Exit 0: done; 1: a gate or check said no; 2: bad usage or input;
+143: stopped by SIGTERM, 130: by Ctrl-C (SIGINT), at any stage, with one line and no traceback (a
+promotion stopped so puts back what it had moved, as the next one would for a killed one).
 
 Flows and MLflow are imported inside the commands: the profile must set the environment
 (PREFECT_API_URL, the S3 endpoint) before Prefect reads it, and `--help` stays fast.
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -37,6 +40,33 @@ class _Cli(click.Group):
         except ShipwayError as exc:
             click.echo(f"shipway: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except BaseException as exc:
+            signum = _signal_of(exc)
+            if signum is None:
+                raise
+            click.echo(f"shipway: stopped by {signal.Signals(signum).name}", err=True)
+            ctx.exit(128 + signum)
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside a flow run (while one runs, Prefect's engine raises its TerminationSignal
+    instead and marks the run Crashed). Not an Exception: nothing on the way may swallow it."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated
+
+
+def _signal_of(exc: BaseException) -> int | None:
+    """The signal that stopped the command, or None for any other exception."""
+    if isinstance(exc, KeyboardInterrupt):
+        return signal.SIGINT
+    prefect_exceptions = sys.modules.get("prefect.exceptions")  # imported only if a flow ran
+    if isinstance(exc, _Terminated) or (
+        prefect_exceptions is not None and isinstance(exc, prefect_exceptions.TerminationSignal)
+    ):
+        return signal.SIGTERM
+    return None
 
 
 def config_option(command):
@@ -606,4 +636,5 @@ def bench(config_path: Path | None, ref: str, as_json: bool) -> None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)  # unwinds: cleanups run, the temporary Prefect server stops
     cli()

@@ -13,11 +13,11 @@ import atexit
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 
+from core import lifeline
 from core.errors import ShipwayError
 
 STARTUP_TIMEOUT = 90.0  # seconds; a first start migrates a fresh database, slow under load
@@ -43,9 +43,7 @@ class TemporaryPrefectServer:
             "PREFECT__SERVER_FINAL": "1",
         }
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
+            lifeline.command(  # killed with the CLI (even by kill -9), the server goes too
                 "uvicorn",
                 "--factory",
                 "prefect.server.api.server:create_app",
@@ -57,7 +55,7 @@ class TemporaryPrefectServer:
                 "error",
                 "--lifespan",
                 "on",
-            ],
+            ),
             env=env,
         )
         atexit.register(self.stop)

@@ -26,6 +26,7 @@ import uvicorn
 import yaml
 
 from configs.settings import ENV_PREFIX, Settings, load_settings
+from core import lifeline
 from core.errors import ConfigError, RegistryError, ShipwayError
 from core.vocabulary import Alias
 from serving.app import Gateway, create_app
@@ -131,7 +132,7 @@ def _subprocess(settings: Settings, host: str, port: int, pinned_version: str | 
     with tempfile.TemporaryDirectory() as tmp:
         profile = Path(tmp) / "profile.yaml"
         profile.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-        command = [sys.executable, "-m", "serving", "--config", str(profile), "--host", host, "--port", str(port)]
+        command = lifeline.command("serving", "--config", str(profile), "--host", host, "--port", str(port))
         if pinned_version:
             command += ["--pinned-version", pinned_version]
         # The profile holds every setting already: SHIPWAY_* variables would override it again, e.g. point

@@ -26,7 +26,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -35,6 +34,7 @@ from typing import Any
 import orjson
 
 from configs.settings import ENV_PREFIX, Settings
+from core import lifeline
 from serving.local_state import LocalState
 from serving.metrics import Metrics
 from serving.models import Inputs, freeze_heap, servable
@@ -107,7 +107,7 @@ class ShadowProcess:
             return False
         parent, child_end = socket.socketpair()
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}  # the settings come whole
-        command = [sys.executable, "-m", "serving.shadow", "--fd", str(child_end.fileno())]
+        command = lifeline.command("serving.shadow", "--fd", str(child_end.fileno()))  # dies with the gateway
         proc = subprocess.Popen(command, pass_fds=(child_end.fileno(),), env=env)
         child_end.close()
         self._child = child = _Child(self, proc)
@@ -201,6 +201,7 @@ class _Stop(BaseException):
 
 
 def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not cut the log's writing short
     raise _Stop
 
 
@@ -362,7 +363,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s (shadow): %(message)s")
     signal.signal(signal.SIGTERM, _on_sigterm)
-    run(socket.socket(fileno=args.fd))
+    try:
+        run(socket.socket(fileno=args.fd))
+    except _Stop:  # while starting (settings, the log being opened): nothing was logged yet
+        log.info("shadow process stopped while starting")
 
 
 if __name__ == "__main__":

@@ -133,15 +133,26 @@ def held(
     stop = threading.Event()
     renewer = threading.Thread(target=_renew, args=(handle, stop, seconds, renew_s), name="lease-renewal", daemon=True)
     renewer.start()
+    release = True
     try:
         yield handle
+    except BaseException as exc:
+        if not isinstance(exc, Exception | GeneratorExit):  # SIGTERM, Ctrl-C: undone as if the promotion had died
+            release = False  # unless the undo finishes, the next promotion finds the lease and undoes it
+            why = f"it was stopped ({type(exc).__name__})"
+            say(f"the promotion {handle.lease.describe()} ended without finishing: {why}; undoing what it moved")
+            with serialized(settings, name, f"{actor}: promotion {run_id} stopped"):
+                _undo(settings, name, handle.lease, actor, why)
+            release = True
+        raise
     finally:
         stop.set()
         renewer.join(timeout=10)
-        with serialized(settings, name, f"{actor}: end of promotion {run_id}"):
-            found = read(settings, name)
-            if found is not None and found.run_id == run_id:
-                registry.delete_model_tag(settings, name, Tag.PROMOTION_LEASE)
+        if release:
+            with serialized(settings, name, f"{actor}: end of promotion {run_id}"):
+                found = read(settings, name)
+                if found is not None and found.run_id == run_id:
+                    registry.delete_model_tag(settings, name, Tag.PROMOTION_LEASE)
 
 
 def _acquire(

@@ -58,9 +58,9 @@ def fast(small, monkeypatch, prefect_home):
     return load_settings()
 
 
-def promote(settings) -> subprocess.Popen:
+def promote(settings, log: Path | None = None) -> subprocess.Popen:
     """`shipway promote` in its own process, its output in a file (a pipe nobody reads would block it)."""
-    log = Path.cwd() / f"promote-{time.monotonic_ns()}.log"
+    log = log or Path.cwd() / f"promote-{time.monotonic_ns()}.log"
     print(f"shipway promote: output in {log}")
     with log.open("w") as out:
         return subprocess.Popen([SHIPWAY, "promote", NAME], cwd=Path.cwd(), stdout=out, stderr=subprocess.STDOUT)
@@ -92,18 +92,23 @@ def kill_and_take_over(settings, victim: subprocess.Popen, prefect_home: Path) -
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     killed = time.monotonic()
-    for child in children:  # an orphan server would only slow this machine down (issue 12 item 8 is theirs)
-        child.kill()
+    _, alive = psutil.wait_procs(children, timeout=5)  # its temporary Prefect server dies with it
+    assert not alive, f"outlived the killed promotion: {alive}"
     successor = promote(settings)
-    wait_for(
-        "the next promotion taking the lease",
-        lambda: (lease(settings) or {}).get("run_id") not in (None, dead["run_id"]),
-    )
+    freed: list[float] = []  # when the dead promotion's lease was gone, its moves undone
+
+    def taken() -> bool:
+        run = (lease(settings) or {}).get("run_id")
+        if run != dead["run_id"] and not freed:
+            freed.append(time.monotonic() - killed)
+        return run not in (None, dead["run_id"])
+
+    wait_for("the next promotion taking the lease", taken)
     seconds = time.monotonic() - killed
     with sqlite3.connect(prefect_home / "prefect.db") as db:
         (crashed,) = db.execute("SELECT state_type FROM flow_run WHERE id = ?", (dead["run_id"],)).fetchone()
     assert crashed == "CRASHED"
-    print(f"kill -9 -> next promotion took over in {seconds:.1f} s")
+    print(f"kill -9 -> dead promotion undone in {freed[0]:.1f} s, next promotion took over in {seconds:.1f} s")
     return seconds, successor
 
 
@@ -184,3 +189,21 @@ def test_killed_mid_canary(in_production, prefect_home):
         assert "ended without finishing" in history(settings, NAME)[-1].reason
     finally:
         stop(successor)
+
+
+def test_sigterm_while_waiting_for_traffic_ends_cleanly_and_undoes_the_promotion(fast, prefect_home):
+    register_versions(fast, 2)
+    move(fast, NAME, {Alias.PRODUCTION: "1", Alias.SHADOW: "2"}, actor="test", reason="setup", canary_share=0.0)
+    before = state(fast)
+    output = Path.cwd() / "stopped.log"
+    promotion = promote(fast, output)  # no traffic: the shadow analysis waits
+    wait_for("the promotion waiting for traffic", lambda: "waiting for traffic" in output.read_text())
+    run_id = lease(fast)["run_id"]
+    promotion.send_signal(signal.SIGTERM)
+    assert promotion.wait(timeout=60) == 143  # documented in flows/cli.py
+    said = output.read_text()
+    assert "Traceback" not in said and said.rstrip().endswith("shipway: stopped by SIGTERM")
+    assert lease(fast) is None and state(fast) == before
+    with sqlite3.connect(prefect_home / "prefect.db") as db:
+        (crashed,) = db.execute("SELECT state_type FROM flow_run WHERE id = ?", (run_id,)).fetchone()
+    assert crashed == "CRASHED"

@@ -19,7 +19,7 @@ from serving.server import running
 from tasks import record, registry
 from tasks.aliases import history, move
 from tasks.demo_data import TARGET, generate
-from tasks.lease import PromotionBusy
+from tasks.lease import PromotionBusy, held
 from tasks.lineage import GitLineage
 from tasks.registration import register
 from tasks.registry import model_state
@@ -213,3 +213,19 @@ def test_status_lists_the_waiting_approval_and_the_history(fast, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "waiting for approval: version 1 (shadow)" in done.stdout and "shipway approve 1234" in done.stdout
     assert "Shadow" in done.stdout and "by alice: trained" in done.stdout
+
+
+def test_a_promotion_stopped_by_a_signal_puts_back_what_it_moved_and_frees_its_lease(small):
+    """SIGTERM mid-canary reaches the lease as Prefect's TerminationSignal, Ctrl-C as KeyboardInterrupt."""
+    register_versions(small, 2)
+    move(small, NAME, {Alias.PRODUCTION: "1", Alias.SHADOW: "2"}, actor="test", reason="setup", canary_share=0.0)
+    before = model_state(small, NAME)
+    with pytest.raises(KeyboardInterrupt):
+        with held(small, NAME, "run-1", "promote-test", actor="test", crashed=lambda *_: None) as lease:
+            lease.promoting("2")
+            move(small, NAME, {Alias.CANARY: "2"}, actor="test", reason="canary step 25%", canary_share=0.25)
+            raise KeyboardInterrupt
+    aliases, tags = model_state(small, NAME)
+    assert aliases == before[0] and tags[Tag.CANARY_SHARE] == "0"
+    assert Tag.PROMOTION_LEASE not in tags
+    assert "ended without finishing (it was stopped (KeyboardInterrupt))" in history(small, NAME)[-1].reason

@@ -1,0 +1,110 @@
+"""Children die with their parent, and a SIGTERM at any stage ends cleanly (issue 12, item 8): kill -9
+of the gateway ends its Shadow process, kill -9 of a `shipway` command ends its temporary Prefect
+server, SIGTERM during the gateway's or the Shadow's start-up exits 143 without a traceback. Real
+processes, real signals."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import httpx
+import psutil
+import pytest
+
+from configs.settings import ENV_PREFIX
+from core.vocabulary import Alias
+from serving.server import _free_port, running
+from tasks.aliases import move
+from tasks.demo_data import generate
+from tests.conftest import embedded, register_versions, tuned, wait_for, write_profile
+
+pytestmark = [pytest.mark.slow, pytest.mark.chaos]
+GONE_S = 5.0  # a child must be gone this long after its parent was killed
+BODY = {"dataframe_records": generate(3, seed=1).drop(columns="churned").to_dict("records")}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Version 1 Production, version 2 Shadow: a gateway that starts a Shadow process on its first request."""
+    root = tmp_path_factory.mktemp("store")
+    settings = tuned(embedded(root), data={"demo_rows": 3_000})
+    register_versions(settings, 2)
+    move(settings, "churn-classifier", {Alias.PRODUCTION: "1", Alias.SHADOW: "2"}, actor="test", reason="setup")
+    return settings, write_profile(settings, root / "profile.yaml")
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_the_shadow_process_dies_with_a_killed_gateway(store):
+    with running(store[0], isolated=True) as url:
+        assert httpx.post(f"{url}/invocations", json=BODY, timeout=30).status_code == 200
+        shadow = wait_for(lambda: httpx.get(f"{url}/health").json()["shadow_process"]["pid"], 30, "the shadow")
+        gateway = psutil.Process(shadow).ppid()
+        assert gateway != os.getpid()
+        os.kill(gateway, signal.SIGKILL)
+        wait_for(lambda: gone(shadow), GONE_S, "the shadow process to exit")
+
+
+def test_the_temporary_prefect_server_dies_with_a_killed_cli(tmp_path):
+    """The server the CLI starts in ephemeral mode (flows/prefect_server.py), once it answers."""
+    script = textwrap.dedent(
+        """
+        from flows.prefect_server import TemporaryPrefectServer
+        server = TemporaryPrefectServer()
+        server.start()
+        server.wait()
+        print(server.process.pid, flush=True)
+        input()
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path)}
+    cli = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    try:
+        server = int(cli.stdout.readline())
+        assert not gone(server)
+        os.kill(cli.pid, signal.SIGKILL)
+        cli.wait()
+        wait_for(lambda: gone(server), GONE_S, "the temporary Prefect server to exit")
+    finally:
+        cli.kill()
+
+
+@pytest.mark.parametrize("stage", ["importing", "loading the models", "starting the Shadow"])
+def test_sigterm_at_each_stage_of_the_gateways_start_up_exits_143_without_a_traceback(store, tmp_path, stage):
+    port = _free_port("127.0.0.1")
+    output = tmp_path / "gateway.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    command = [sys.executable, "-m", "serving", "--config", str(store[1]), "--port", str(port)]
+    with output.open("w") as out:
+        gateway = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        if stage == "importing":
+            time.sleep(0.5)
+        elif stage == "loading the models":
+            wait_for(lambda: "loaded as" in output.read_text() or "now serving" in output.read_text(), 120)
+        else:  # the first mirrored request starts it; a service manager signals the whole group at once
+            wait_for(lambda: _up(port), 120, "the gateway")
+            httpx.post(f"http://127.0.0.1:{port}/invocations", json=BODY, timeout=30)
+            shadow = wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health").json()["shadow_process"]["pid"])
+            os.kill(shadow, signal.SIGTERM)
+        gateway.send_signal(signal.SIGTERM)
+        code = gateway.wait(timeout=60)
+    finally:
+        gateway.kill()
+    assert code in (-signal.SIGTERM, 128 + signal.SIGTERM), output.read_text()  # a shell shows both as 143
+    assert "Traceback" not in output.read_text()
+
+
+def _up(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
