@@ -7,6 +7,7 @@ import os
 import pytest
 from mlflow import MlflowClient
 
+from tasks.release_card import approval_tags
 from tests.conftest import run_shipway
 
 pytestmark = pytest.mark.slow
@@ -42,5 +43,7 @@ def test_the_demo_takes_version_2_to_production_and_says_where_to_look(tmp_path)
     listed = json.loads(status.stdout)
     assert listed["aliases"] == {"Production": "2", "Previous": "1"}
     versions = {v["version"]: v["tags"] for v in listed["versions"]}
-    assert versions["2"]["validation_status"] in {"pass", "warn"} and "approval.production" in versions["2"]
+    assert versions["2"]["validation_status"] in {"pass", "warn"}
+    key, by, _, _ = approval_tags("production")
+    assert versions["2"][key] == "approved" and versions["2"][by]  # the demo's own approval, with its reviewer
     assert {"snapshots", "artifacts", "predictions.db"} <= {p.name for p in (tmp_path / ".shipway").iterdir()}
