@@ -3,9 +3,9 @@
 uvicorn closes an idle keep-alive connection (timeout_keep_alive) but waits for ever on a
 connection that sends nothing, or a request head a byte at a time, and puts no bound on a head's
 size with httptools (its `h11_max_incomplete_event_size` is for h11 only). Here a request head
-must be complete within `header_timeout_s` of connecting or of its first byte (else 408, or a
-plain close when nothing came) and hold at most `max_header_bytes` (else 431); both close the
-connection. The body's own deadline is the app's (serving.app._body).
+must be complete within `header_timeout_s` of connecting or of its first byte (checked every
+SWEEP_S; else 408, or a plain close when nothing came) and hold at most `max_header_bytes` (else
+431); both close the connection. The body's own deadline is the app's (serving/body.py).
 """
 
 from __future__ import annotations
