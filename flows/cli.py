@@ -458,10 +458,13 @@ def approve(config_path: Path | None, run_id: str, reject: bool, comment: str, r
 
     flow_run_id = parse_run_id(run_id)  # bad input is answered at once, before anything starts
     decision = run_input(approve=not reject, reviewer=_user() if reviewer is None else reviewer, comment=comment)
-    settings = _settings(config_path)
-    # A Prefect API already up for this run: the profile's server, or the paused promotion's own
-    # temporary one (ephemeral mode). Only without either is a temporary server started (~10 s).
-    api_url = settings.prefect.api_url or os.environ.get("PREFECT_API_URL") or running_api(run_id)
+    # A Prefect API already up for this run: the one the paused promotion noted (its own temporary
+    # server in ephemeral mode, else its profile's), found without reading the profile (~0.6 s of
+    # schema); else the profile's server. Only without any is a temporary server started (~10 s).
+    api_url = running_api(run_id)
+    if not api_url:
+        settings = _settings(config_path)
+        api_url = settings.prefect.api_url or os.environ.get("PREFECT_API_URL")
     if not api_url:
         from flows.prefect_server import TemporaryPrefectServer
 

@@ -34,6 +34,7 @@ STATE = "state.json"
 META = "meta.json"
 ONNX = "model.onnx"
 MODEL = "model.skops"
+EXAMPLE = "serving_input_example.json"
 BASELINE = "baseline.skops"
 
 
@@ -66,8 +67,10 @@ class LocalState:
                 _write_skops(tmp / MODEL, loaded.model)
             if baseline is not None:
                 _write_skops(tmp / BASELINE, baseline)
+            if loaded.example is not None:
+                (tmp / EXAMPLE).write_bytes(loaded.example)
             meta = {"name": loaded.name, "version": loaded.version, "tags": loaded.tags, "flavor": loaded.flavor,
-                    "columns": [asdict(c) for c in loaded.columns]}  # fmt: skip
+                    "columns": [asdict(c) for c in loaded.columns], "predict_fn": loaded.predict_fn}  # fmt: skip
             (tmp / META).write_bytes(orjson.dumps(meta))
             os.replace(tmp, folder)
         except OSError as exc:  # a full disk costs the next restart its head start, not an answer
@@ -100,11 +103,17 @@ class LocalState:
         folder = self.dir / "versions" / version
         meta = orjson.loads((folder / META).read_bytes())
         columns = [Column(**c) for c in meta["columns"]]
-        if meta["flavor"] == "onnx":
-            return LoadedVersion(
-                meta["name"], version, meta["tags"], columns, (folder / ONNX).read_bytes(), None, "onnx"
-            )
-        return LoadedVersion(meta["name"], version, meta["tags"], columns, None, _read_skops(folder / MODEL), "sklearn")
+        onnx = (folder / ONNX).read_bytes() if meta["flavor"] == "onnx" else None
+        model = None if onnx is not None else _read_skops(folder / MODEL)
+        predict_fn = meta.get("predict_fn", "predict")  # kept since shipway wrote it
+        return LoadedVersion(
+            meta["name"], version, meta["tags"], columns, onnx, model, meta["flavor"], predict_fn, self.example(version)
+        )
+
+    def example(self, version: str) -> bytes | None:
+        """The version's serving input example, if it has one."""
+        path = self.dir / "versions" / version / EXAMPLE
+        return path.read_bytes() if path.is_file() else None
 
     def has(self, version: str) -> bool:
         return (self.dir / "versions" / version / META).is_file()

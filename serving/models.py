@@ -10,6 +10,8 @@ version or process predicts on them.
 from __future__ import annotations
 
 import gc
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,9 @@ import pandas as pd
 from serving.feedback import LabelRule
 from serving.onnx import session
 from serving.registry import LoadedVersion
-from serving.schema import Batch, Raw, Schema
+from serving.schema import JSON_TYPE, BadInput, Batch, Raw, Schema, parse
+
+log = logging.getLogger("shipway.serving")
 
 
 @dataclass
@@ -72,6 +76,27 @@ def baseline_servable(loaded: LoadedVersion, model: Any) -> Servable:
     """The version's heuristic baseline: a small sklearn pipeline over the same columns, answering
     in the version's own form (classes fitted on the same training split, so the same columns)."""
     return Servable(loaded.version, "sklearn", Schema(loaded.columns), model, loaded.predict_fn)
+
+
+def warm_up(model: Servable, example: bytes | None) -> None:
+    """One prediction before the version is served, on its serving input example (else a row of
+    the signature's types). A model's first call pays for lazy imports and caches (a sklearn
+    pipeline's took over 250 ms, serving.timeout_ms): made by a request, it would time out and be
+    answered by the fallback chain. A model that fails here is served all the same, as before: its
+    requests say how it fails, and the fallback chain answers them."""
+    started = time.perf_counter()
+    try:
+        rows = model.schema.placeholder()
+        if example is not None:
+            try:
+                rows = parse(example, JSON_TYPE)
+            except BadInput:
+                pass  # a format shipway does not read (tensors): the signature's row warms it as well
+        Inputs(rows).predict(model)
+    except Exception as exc:
+        log.warning("version %s failed its warm-up call: %s: %s", model.version, type(exc).__name__, exc)
+        return
+    log.debug("version %s warmed up in %.3fs", model.version, time.perf_counter() - started)
 
 
 def jsonable(predictions: Any) -> list:

@@ -56,6 +56,7 @@ class LoadedVersion:
     model: Any  # sklearn estimator (flavor "sklearn") or a pyfunc model; None when served as ONNX
     flavor: str  # "onnx", "sklearn" or "pyfunc"
     predict_fn: str = "predict"  # the method MLflow's pyfunc calls (MLmodel python_function.predict_fn)
+    example: bytes | None = None  # the body MLflow saved to score the model with (serving_input_example.json)
 
 
 class RegistryReader:
@@ -94,15 +95,17 @@ class RegistryReader:
         columns = _columns(info, uri)
         tags = dict(mv.tags)
         predict_fn = info.flavors.get("python_function", {}).get("predict_fn", "predict")
+        example = _serving_example(info, uri)
         if tags.get(Tag.SERVING_FORMAT) == "onnx" and tags.get(Tag.ONNX_MODEL_URI):
             onnx = Path(mlflow.artifacts.download_artifacts(artifact_uri=tags[Tag.ONNX_MODEL_URI])).read_bytes()
-            return LoadedVersion(name, version, tags, columns, onnx, None, "onnx", predict_fn)
+            return LoadedVersion(name, version, tags, columns, onnx, None, "onnx", predict_fn, example)
         if "sklearn" in info.flavors:
             import mlflow.sklearn
 
             model = mlflow.sklearn.load_model(uri)
-            return LoadedVersion(name, version, tags, columns, None, model, "sklearn", predict_fn)
-        return LoadedVersion(name, version, tags, columns, None, mlflow.pyfunc.load_model(uri), "pyfunc", predict_fn)
+            return LoadedVersion(name, version, tags, columns, None, model, "sklearn", predict_fn, example)
+        model = mlflow.pyfunc.load_model(uri)
+        return LoadedVersion(name, version, tags, columns, None, model, "pyfunc", predict_fn, example)
 
     def columns(self, name: str, version: str) -> list[Column]:
         """A version's input columns, from its signature alone (no model is loaded)."""
@@ -117,6 +120,20 @@ class RegistryReader:
 
         uri = loaded.tags.get(Tag.BASELINE_MODEL_URI)
         return mlflow.sklearn.load_model(uri) if uri else None
+
+
+def _serving_example(info: Any, uri: str) -> bytes | None:
+    """The model's serving input example (logged with its input example), or None without one."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    path = (info.saved_input_example_info or {}).get("serving_input_path")
+    if not path:
+        return None
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/{path}")).read_bytes()
+    except (MlflowException, OSError):  # only a warm-up needs it: the signature stands in
+        return None
 
 
 def _columns(info: Any, uri: str) -> list[Column]:

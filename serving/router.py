@@ -21,7 +21,7 @@ from typing import Any
 from core.vocabulary import Alias
 from serving.local_state import LocalState
 from serving.metrics import Metrics
-from serving.models import Servable, baseline_servable, servable
+from serving.models import Servable, baseline_servable, servable, warm_up
 from serving.registry import LoadedVersion, ModelState, parse_canary_share, unknown_sensitive_columns
 
 log = logging.getLogger("shipway.serving")
@@ -127,7 +127,10 @@ class Router:
         try:
             for alias, version in aliases.items():
                 if version not in self._loaded:  # the baselines follow in the background: sklearn is slow to import
-                    self._loaded[version] = (servable(self.local_state.load(version)), None)
+                    loaded = self.local_state.load(version)
+                    model = servable(loaded)
+                    warm_up(model, loaded.example)
+                    self._loaded[version] = (model, None)
                 by_alias[alias] = self._loaded[version][0]
         except Exception as exc:  # damaged or from an older shipway: the registry decides, as on a first start
             log.warning("local state %s not usable (%s: %s); reading the registry", self.local_state.dir,
@@ -149,7 +152,9 @@ class Router:
                     log.warning("baseline of version %s not usable from the local state: %s", version, exc)
                     kept = None
                 if kept is not None:
-                    self._loaded[version] = (model, Servable(version, "sklearn", model.schema, kept))
+                    kept_baseline = Servable(version, "sklearn", model.schema, kept, model.predict_fn)
+                    warm_up(kept_baseline, self.local_state.example(version))
+                    self._loaded[version] = (model, kept_baseline)
 
     def refresh(self) -> None:
         """One poll: read aliases and tags, load what is new, swap the routes if anything changed."""
@@ -224,6 +229,9 @@ class Router:
             model = servable(loaded)
             baseline_model = self.load_baseline(loaded)
             baseline = baseline_servable(loaded, baseline_model) if baseline_model is not None else None
+            for ready in (model, baseline):  # before anyone is routed to them: see warm_up
+                if ready is not None:
+                    warm_up(ready, loaded.example)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             self._failed[version] = (error, 0)

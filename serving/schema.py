@@ -44,6 +44,8 @@ TEXT_TRUE = {"true", "1"}  # a JSON string in a boolean column, in any case
 TEXT_FALSE = {"false", "0"}
 CSV_TRUE = {"true", "True", "TRUE"}  # the words pandas reads in a boolean CSV column
 CSV_FALSE = {"false", "False", "FALSE"}
+PLACEHOLDERS = {"long": 0, "integer": 0, "double": 0.0, "float": 0.0, "string": "", "boolean": False,
+                "datetime": "2000-01-01T00:00:00"}  # fmt: skip
 SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -326,6 +328,11 @@ class Schema:
 
     def __hash__(self) -> int:
         return self._hash
+
+    def placeholder(self) -> Raw:
+        """One row of neutral values of the columns' types (0, "", false): a model's warm-up call
+        when it has no input example."""
+        return Raw({c.name: [PLACEHOLDERS.get(c.type)] for c in self.columns}, 1)
 
     def coerce(self, raw: Raw) -> Batch:
         sent = raw.columns

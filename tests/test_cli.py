@@ -2,11 +2,20 @@
 (click's runner, the same command group and error handling as the installed script); a few run the
 installed script itself, which pays its start-up each time."""
 
+import json
+import os
+import subprocess
+
 import pytest
 from click.testing import CliRunner
 
+from core.vocabulary import Alias, Tag
 from flows.cli import cli
-from tests.conftest import run_shipway
+from tasks.aliases import move
+from tasks.registry import model_state
+from tests.conftest import SHIPWAY, register_versions, run_shipway, wait_for
+
+NAME = "churn-classifier"
 
 
 @pytest.mark.parametrize(
@@ -82,3 +91,36 @@ def test_bad_usage_exits_2(tmp_path):
     done = run_shipway("train", "--bogus", cwd=tmp_path)
     assert done.returncode == 2
     assert "No such option '--bogus'" in done.stderr
+
+
+@pytest.mark.slow
+def test_approve_answers_a_promotion_paused_in_another_process(small, tmp_path):
+    """`shipway approve RUN_ID` as a reviewer runs it, beside a `shipway promote` paused for approval
+    (Prefect's ephemeral mode): it resumes through the API the paused run noted, and the promotion
+    moves on; a run that is not waiting is named as such."""
+    register_versions(small, 1)
+    move(small, NAME, {Alias.SHADOW: "1"}, actor="test", reason="setup")  # nothing in Production: one approval
+    home = str(tmp_path / "prefect")  # ephemeral mode, a Prefect home of its own
+    env = {"PREFECT_HOME": home, "PREFECT_API_URL": None}
+    promote_env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": home}
+    with (tmp_path / "promote.log").open("w") as out:
+        promotion = subprocess.Popen(
+            [SHIPWAY, "promote", NAME], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=promote_env
+        )
+    try:
+        waiting = wait_for(lambda: model_state(small, NAME)[1].get(Tag.AWAITING_APPROVAL), 180, "the approval request")
+        run_id = json.loads(waiting)["run_id"]
+
+        def answered() -> bool:  # the request is announced just before the flow pauses
+            done = run_shipway("approve", run_id, "--reviewer", "rita", cwd=tmp_path, **env)
+            assert done.returncode == 0 or "is not waiting for approval (state: Running)" in done.stderr, done.stderr
+            return done.returncode == 0
+
+        wait_for(answered, 60, "the approval taken", every=0.5)
+        assert promotion.wait(timeout=180) == 0, (tmp_path / "promote.log").read_text()
+    finally:
+        promotion.kill()
+    assert model_state(small, NAME)[0]["Production"] == "1"
+    again = run_shipway("approve", run_id, "--reviewer", "rita", cwd=tmp_path, **env)
+    assert again.returncode == 2
+    assert f"flow run {run_id} is not waiting for approval (state: Completed)" in again.stderr

@@ -11,16 +11,18 @@ import pytest
 
 from core.vocabulary import Alias
 from serving.local_state import LocalState
+from serving.schema import parse
 from serving.server import running
 from serving.shadow import _Models
 from tasks.registry import set_alias
-from tests.conftest import register_versions
+from tests.conftest import register_versions, tuned
 
 
 @pytest.fixture
 def served(small):
-    """Two registered versions, Production -> 1, a fast poll; the local state under the temp dir."""
-    fast = small.model_copy(update={"serving": small.serving.model_copy(update={"poll_interval_s": 0.1})})
+    """Two registered versions answering probabilities (what a version answers is kept too),
+    Production -> 1, a fast poll; the local state under the temp dir."""
+    fast = tuned(small, serving={"poll_interval_s": 0.1}, training={"predict_fn": "predict_proba"})
     (first, trained, _), (second, _, _) = register_versions(fast, 2)
     set_alias(fast, first.name, Alias.PRODUCTION, first.version)
     return fast, first, second, trained.X_holdout.head(5)
@@ -48,6 +50,8 @@ def test_a_restart_with_the_registry_down_answers_from_the_local_state(served):
         expected = predict(url, rows).json()
     state = LocalState.of(settings)
     assert state.aliases() == ({"Production": first.version}, 0.0)
+    assert len(expected["predictions"][0]) == 2  # probabilities of both classes
+    assert parse(state.load(first.version).example, "application/json").rows == 3  # its warm-up rows
 
     store = settings.mlflow.tracking_uri.removeprefix("sqlite:///")
     shutil.move(store, f"{store}.away")  # the registry is gone

@@ -38,6 +38,8 @@ from core.vocabulary import Alias
 from serving import request_ids
 from serving import shadow as shadow_module
 from serving.prediction_log import read_feedback, read_window
+from serving.registry import RegistryReader
+from serving.schema import parse
 from serving.server import check_sensitive_columns, running
 from tasks.analysis import REFUSED, canary_analysis, shadow_analysis
 from tasks.demo_data import TARGET
@@ -56,16 +58,22 @@ SHADOW_READY_S = 120
 
 
 class Misbehaving(mlflow.pyfunc.PythonModel):
-    """A deliberately bad model version: raises, or answers after `delay_s`."""
+    """A deliberately bad model version: raises, or answers after `delay_s` (mode "cold": on its
+    first call after loading only, as a pipeline's first call pays for lazy imports and caches)."""
 
     def __init__(self, mode: str, delay_s: float = 0.0):
         self.mode = mode
         self.delay_s = delay_s
 
+    def load_context(self, context):
+        self.calls = 0
+
     def predict(self, context, model_input, params=None):
         if self.mode == "raise":
             raise RuntimeError("deliberately broken")
-        time.sleep(self.delay_s)
+        self.calls += 1
+        if self.mode == "sleep" or self.calls == 1:
+            time.sleep(self.delay_s)
         return np.zeros(len(model_input), dtype=np.int64)
 
 
@@ -938,3 +946,17 @@ def test_ping_is_ready_while_previous_answers_for_a_broken_production(reg, tmp_p
     assert f"Production: version {broken} failed to load" in health["reason"]
     assert (answer.status_code, answer.headers["x-fallback-source"]) == (200, "previous")
     assert gone["status"] == "unavailable"
+
+
+def test_a_version_is_warmed_up_before_its_first_request(reg, tmp_path):
+    """Its first call (1 s here, over timeout_ms) is made at load: the first request gets the model, not the baseline."""
+    baseline_uri = MlflowClient().get_model_version(reg.name, reg.good).tags["baseline_model_uri"]
+    cold = register_misbehaving(reg.settings, reg.trained, Misbehaving("cold", 1.0), baseline_uri)
+    point(reg, Production=cold)
+    with running(logged(reg, tmp_path)) as url, httpx.Client(base_url=url) as client:
+        first = invoke(client, rows(reg, 1))
+    assert first.status_code == 200
+    assert (first.headers["x-model-role"], first.headers["x-model-version"]) == ("production", cold)
+    # A version registered by shipway is warmed up on its serving input example (3 holdout rows).
+    example = RegistryReader(reg.settings).load(reg.name, reg.good).example
+    assert parse(example, "application/json").rows == 3

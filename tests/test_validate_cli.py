@@ -119,6 +119,7 @@ def test_a_folder_of_batches_gets_one_report_each_and_a_snapshot_can_be_the_refe
     assert json.loads((batches / "out/monday.json").read_text())["verdict"] != "fail"
     assert json.loads((batches / "out/tuesday.json").read_text())["verdict"] == "fail"
     assert f"{folder / 'tuesday.parquet'}: fail 1 column failed: tenure_months" in done.stdout
+    assert f"2 batches: 1 pass, 0 warn, 1 fail\n  reports in {batches / 'out'}" in done.stdout  # counts, not every path
 
 
 @pytest.mark.parametrize(
