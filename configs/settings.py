@@ -27,6 +27,7 @@ ENV_DELIMITER = "__"
 QualityMetric = Literal["roc_auc", "log_loss", "accuracy", "balanced_accuracy", "f1", "macro_f1", "rmse", "mae", "r2"]
 ERROR_METRICS = ("log_loss", "rmse", "mae")  # lower is better; every other quality metric is a score
 BUILT_IN_ESTIMATORS = (
+    "auto",
     "logistic_regression",
     "ridge",
     "random_forest",
@@ -230,9 +231,10 @@ class TrainingSettings(_Section):
         "are classes; other numbers are regression).",
     )
     estimator: str = Field(
-        "logistic_regression",
+        "auto",
         description="A built-in (" + ", ".join(BUILT_IN_ESTIMATORS) + ") or an import path package.module:name "
-        "of an estimator class or of a factory that returns an unfitted estimator or Pipeline.",
+        "of an estimator class or of a factory that returns an unfitted estimator or Pipeline. auto suits the "
+        "task: logistic_regression for classes, ridge for regression (training.params go to the one chosen).",
     )
     params: dict[str, Any] = Field(
         default_factory=dict, description="Hyperparameters: the estimator's keyword arguments, or the factory's."

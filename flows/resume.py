@@ -49,10 +49,10 @@ def note_paused(run_id: str, api_url: str, home: str | Path) -> Path:
     return path
 
 
-def running_api(run_id: str) -> str | None:
-    """The API noted by the paused promotion `run_id`, if it still answers."""
+def running_api(run_id: str, home: str | Path | None = None) -> str | None:
+    """The API noted by the paused promotion `run_id` (under Prefect home `home`), if it still answers."""
     try:
-        api_url = json.loads(paused_note(run_id).read_text())["api_url"]
+        api_url = json.loads(paused_note(run_id, home).read_text())["api_url"]
         _call("GET", f"{api_url}/health", timeout=1.0)
     except (OSError, ValueError, KeyError, urllib.error.URLError):
         return None

@@ -1,7 +1,8 @@
 """The estimator a version trains: a built-in for the task, or the user's own by import path, and
 the hyperparameter search around it.
 
-`training.estimator` is a built-in name (each picks its classifier or regressor by task) or
+`training.estimator` is a built-in name (each picks its classifier or regressor by task; `auto`, the
+default, can do every task) or
 `package.module:name`: an estimator class, built with `training.params`, or a factory called with
 `training.params` that returns an unfitted estimator or Pipeline. The working directory and
 `training.code_path` are importable. Every failure in the user's code is one error that names the
@@ -35,6 +36,7 @@ from core.vocabulary import Task
 
 CLASSIFICATION, REGRESSION = "classification", "regression"
 BUILT_INS: dict[str, dict[str, type[BaseEstimator]]] = {
+    "auto": {CLASSIFICATION: LogisticRegression, REGRESSION: Ridge},  # the default: a linear model for any task
     "logistic_regression": {CLASSIFICATION: LogisticRegression},
     "ridge": {REGRESSION: Ridge},
     "random_forest": {CLASSIFICATION: RandomForestClassifier, REGRESSION: RandomForestRegressor},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import sysconfig
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -69,11 +70,15 @@ def trusted_types(model: Any) -> list[str]:
     return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
 
 
-def user_code_paths(types: list[str], training_code_path: list[str]) -> list[str]:
+def user_code_paths(types: list[str]) -> list[str]:
     """The user's packages or modules among a model's types, for MLflow's `code_paths`: MLflow copies
     them into the model and puts them on the import path wherever it is loaded (the gateway,
-    `mlflow models serve`), so the model carries the very code it was trained with."""
-    roots = [Path.cwd().resolve(), *(Path(p).resolve() for p in training_code_path)]
+    `mlflow models serve` on another machine), so the model carries the very code it was trained with.
+
+    The user's code is wherever the module was imported from, if that is not an installed package,
+    the standard library or shipway itself: the working directory, `training.code_path`, an editable
+    install or PYTHONPATH alike.
+    """
     found: dict[str, None] = {}
     for name in types:
         module = sys.modules.get(name.split(".")[0])
@@ -82,8 +87,7 @@ def user_code_paths(types: list[str], training_code_path: list[str]) -> list[str
             continue
         path = Path(source).resolve()
         path = path.parent if path.name == "__init__.py" else path
-        own = path.is_relative_to(CODE_DIR) or "site-packages" in path.parts
-        if not own and any(path.is_relative_to(root) for root in roots):
+        if not _installed(path):
             found[str(path)] = None
     return list(found)
 
@@ -103,6 +107,14 @@ def signature(sample: pd.DataFrame, output: Any, nullable: set[str]) -> ModelSig
         ColSpec(c.type, c.name, required=c.name not in nullable) for c in inferred.inputs.inputs
     ]
     return ModelSignature(ColumnSchema(columns), inferred.outputs, inferred.params)
+
+
+def _installed(path: Path) -> bool:
+    # shipway's own packages sit at the top of its checkout; its examples below it are users' code
+    if path.parent == CODE_DIR or {"site-packages", "dist-packages"} & set(path.parts):
+        return True
+    libraries = {sysconfig.get_path(kind) for kind in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return any(path.is_relative_to(Path(library).resolve()) for library in libraries if library)
 
 
 def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings) -> Registered:
@@ -161,7 +173,7 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
             pip_requirements=requirements,
             skops_trusted_types=types,
             pyfunc_predict_fn=trained.predict_fn,
-            code_paths=user_code_paths(types, training.code_path) or None,
+            code_paths=user_code_paths(types) or None,
         )
         baseline_info = mlflow.sklearn.log_model(
             trained.baseline,

@@ -102,8 +102,8 @@ def test_a_task_the_target_cannot_have_is_named(y, requested, message):
 
 def test_diabetes_is_regression_with_its_metrics_and_a_one_split_baseline():
     frame = load_diabetes(as_frame=True, scaled=False).frame
-    trained = train(frame, "target", TrainingSettings(estimator="ridge"))
-    assert trained.task is Task.REGRESSION
+    trained = train(frame, "target", TrainingSettings())  # no estimator set: auto picks one for the task
+    assert (trained.task, trained.estimator) == (Task.REGRESSION, "Ridge")
     assert set(trained.metrics) == {"rmse", "mae", "r2"}
     assert trained.metrics["r2"] > 0.3 and trained.metrics["rmse"] < trained.baseline_metrics["rmse"]
     assert trained.baseline_rule.startswith(("bmi <=", "s5 <="))
@@ -128,7 +128,7 @@ def test_regression_without_numbers_falls_back_to_the_median():
         (
             TrainingSettings(estimator="logistic_regression", task="regression"),
             "training.estimator logistic_regression does classification, but training.task is regression "
-            "(built-ins for regression: ridge, random_forest, hist_gradient_boosting, gradient_boosting)",
+            "(built-ins for regression: auto, ridge, random_forest, hist_gradient_boosting, gradient_boosting)",
         ),
         (TrainingSettings(estimator="ridge"), "training.estimator ridge does regression, but training.task is binary"),
         (

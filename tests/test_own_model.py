@@ -28,8 +28,8 @@ from configs.settings import SearchSettings, Settings, TrainingSettings
 from core.errors import ConfigError, DataError
 from core.vocabulary import Alias, Task
 from serving import running
-from tasks.lineage import project_lineage, resolved_config
-from tasks.registration import register
+from tasks.lineage import CODE_DIR, project_lineage, resolved_config
+from tasks.registration import register, user_code_paths
 from tasks.registry import set_alias, versions
 from tasks.snapshot import take_snapshot
 from tasks.training import train
@@ -84,7 +84,7 @@ def git(repo: Path, *args: str) -> str:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
+def project(tmp_path: Path) -> Iterator[Path]:
     """The user's project: its own git repository with its model code in a package."""
     repo = tmp_path / "acme"
     (repo / "acme_model").mkdir(parents=True)
@@ -93,7 +93,13 @@ def project(tmp_path: Path) -> Path:
     git(repo, "init", "-q", "-b", "research")
     git(repo, "-c", "user.name=u", "-c", "user.email=u@example.com", "add", ".")
     git(repo, "-c", "user.name=u", "-c", "user.email=u@example.com", "commit", "-q", "-m", "model code")
-    return repo
+    yield repo
+    forget("acme_model")  # the next test's project is another folder: it must import its own copy
+
+
+def forget(package: str) -> None:
+    for name in [n for n in sys.modules if n == package or n.startswith(f"{package}.")]:
+        del sys.modules[name]
 
 
 @pytest.fixture
@@ -129,6 +135,8 @@ def test_own_pipeline_with_own_transformer_registers_serves_and_names_the_users_
     assert (tags["git_commit"], tags["git_branch"], tags["git_dirty"]) == (lineage.commit, "research", "false")
     assert tags["shipway_version"].startswith("0.1.0")
     assert tags["serving_format"] == "sklearn"  # no ONNX converter for the user's class
+    model_dir = Path(mlflow.artifacts.download_artifacts(registered.model_uri))
+    assert (model_dir / "code" / "acme_model" / "pipelines.py").read_text() == textwrap.dedent(MODULE)
 
     # The gateway, a process of its own started in the user's project, loads the user's class.
     rows = trained.X_holdout.head(5)
@@ -137,6 +145,25 @@ def test_own_pipeline_with_own_transformer_registers_serves_and_names_the_users_
         answer = httpx.post(f"{url}/invocations", json=body, timeout=30)
     assert answer.status_code == 200 and answer.headers["x-model-role"] == "production", answer.text
     assert answer.json()["predictions"] == trained.model.predict(rows).tolist()
+
+
+def test_the_users_code_goes_with_the_model_wherever_it_was_imported_from(tmp_path, monkeypatch):
+    (tmp_path / "far_model").mkdir()
+    (tmp_path / "far_model" / "__init__.py").write_text("class Thing:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # neither the working directory nor training.code_path
+    monkeypatch.syspath_prepend(str(CODE_DIR / "examples" / "own-pipeline"))  # inside shipway's checkout
+    import far_model  # noqa: F401
+    import my_model.transformers  # noqa: F401
+
+    try:
+        shipped = user_code_paths(
+            ["far_model.Thing", "my_model.transformers.ClippedLog", "numpy.float64", "collections.OrderedDict",
+             "tasks.features.DateParts", "sklearn.linear_model._logistic.LogisticRegression"]
+        )  # fmt: skip
+    finally:
+        forget("far_model")
+        forget("my_model")
+    assert shipped == [str(tmp_path / "far_model"), str(CODE_DIR / "examples" / "own-pipeline" / "my_model")]
 
 
 def test_an_estimator_class_by_import_path_is_built_with_params(cancer):

@@ -36,7 +36,8 @@ def test_version_carries_its_lineage_metrics_and_description(small, registered):
     run = mlflow.get_run(reg.run_id)
     assert run.data.metrics["roc_auc"] == pytest.approx(trained.metrics["roc_auc"])
     assert "baseline_roc_auc" in run.data.metrics
-    assert run.data.params["estimator"] == "logistic_regression"
+    assert run.data.params["estimator"] == "auto"
+    assert run.data.params["model_class"] == "LogisticRegression"
     assert run.inputs.dataset_inputs[0].dataset.source.find(snapshot.id) >= 0
 
 

@@ -121,7 +121,7 @@ def test_cli_trains_a_numeric_only_table_from_scikit_learn(small, tmp_path):
         ("a,b\n1,x\n3,y\n5,y\n", ["--target", "b"], "class 'x' of target 'b' has only 1 row (training.task: auto"),
         (
             "a,b\n1,2\n3,4\n5,4\n",
-            ["--target", "b"],
+            ["--target", "b", "--config", "{dir}/classifier.yaml"],
             "training.estimator logistic_regression does classification, but training.task is regression",
         ),
         (
@@ -135,6 +135,7 @@ def test_cli_bad_data_exits_2_with_one_line(settings, tmp_path, content, args, m
     path = tmp_path / "bad.csv"
     path.write_text(content)
     (tmp_path / "exclude.yaml").write_text("data:\n  exclude: [id]\n")
+    (tmp_path / "classifier.yaml").write_text("training:\n  estimator: logistic_regression\n")
     result = CliRunner().invoke(cli, ["train", "--data", str(path), *[a.format(dir=tmp_path) for a in args]])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"shipway: error: {message.format(path=path)}")

@@ -1,11 +1,13 @@
-"""Serving format and gateway HTTP latency of each built-in estimator, on tables from scikit-learn.
+"""Serving format and gateway HTTP latency of each built-in estimator, on tables from scikit-learn,
+and of the own-pipeline example's Pipeline (its factory and transformer class, on its table).
 
 Run from the repository root:
 
     .venv/bin/python tests/benchmarks/bench_estimators.py [--requests 1000]
 
 In a fresh temporary directory (embedded default profile): for each built-in estimator and each
-task it can do (binary on breast cancer, regression on diabetes), trains, registers (ONNX when
+task it can do (binary on breast cancer, regression on diabetes), and for examples/own-pipeline's
+factory (`preprocessing: none`, the code shipped with the model), trains, registers (ONNX when
 skl2onnx converts it and parity holds, else sklearn), pins the version in a gateway subprocess
 (`serving.running(isolated=True)`, prediction log on) and sends one-row `dataframe_split` bodies
 from the holdout at concurrency 1 through the same keep-alive client as bench_serving.py. Prints
@@ -27,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
+OWN_PIPELINE = ROOT / "examples" / "own-pipeline"
 CASES = [  # (estimator, params, table)
     ("logistic_regression", {"max_iter": 1000}, "breast_cancer"),
     ("random_forest", {"n_estimators": 100}, "breast_cancer"),
@@ -36,14 +39,21 @@ CASES = [  # (estimator, params, table)
     ("random_forest", {"n_estimators": 100}, "diabetes"),
     ("hist_gradient_boosting", {}, "diabetes"),
     ("gradient_boosting", {}, "diabetes"),
+    ("my_model.pipeline:build", {"C": 0.5, "upper_quantile": 0.99}, "own_pipeline"),  # examples/own-pipeline
 ]
+# the example Pipeline's keys, as its shipway.yaml states them (its target `churned` renamed `target`)
+OWN_DATA = {"exclude": ["customer_id"], "time_column": "signed_up"}
+OWN_TRAINING = {"preprocessing": "none", "code_path": [str(OWN_PIPELINE)]}
 
 
 def table(name: str):
+    import pandas as pd
     from sklearn.datasets import load_breast_cancer, load_diabetes
 
     if name == "breast_cancer":
         return load_breast_cancer(as_frame=True).frame
+    if name == "own_pipeline":
+        return pd.read_csv(OWN_PIPELINE / "data.csv", parse_dates=["signed_up"]).rename(columns={"churned": "target"})
     return load_diabetes(as_frame=True, scaled=False).frame
 
 
@@ -75,11 +85,17 @@ def measure(tmp: str, i: int, estimator: str, params: dict, name: str, total: in
     from tasks.training import train
 
     settings = load_settings(cwd=Path(tmp))
+    own = name == "own_pipeline"
     settings = settings.model_copy(
         update={
-            "data": settings.data.model_copy(update={"target": "target"}),
+            "data": settings.data.model_copy(update={"target": "target", **(OWN_DATA if own else {})}),
             "training": settings.training.model_copy(
-                update={"model_name": f"bench-{i}", "estimator": estimator, "params": params}
+                update={
+                    "model_name": f"bench-{i}",
+                    "estimator": estimator,
+                    "params": params,
+                    **(OWN_TRAINING if own else {}),
+                }
             ),
             # the model's own time, not the fallback chain's: no answer is cut short on a busy machine
             "serving": settings.serving.model_copy(update={"timeout_ms": 10_000}),

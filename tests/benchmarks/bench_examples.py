@@ -52,7 +52,7 @@ def promote(folder: Path, name: str, env: dict[str, str]) -> float:
         waiting = model_state(settings, name)[1].get(Tag.AWAITING_APPROVAL)
         request = json.loads(waiting) if waiting else None
         key = request and (request["run_id"], request["stage"])
-        api = key and key not in answered and running_api(request["run_id"])
+        api = key and key not in answered and running_api(request["run_id"], env["PREFECT_HOME"])
         if api:
             resume(api, uuid.UUID(request["run_id"]), run_input(approve=True, reviewer="bench", comment=""))
             answered.add(key)
