@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from configs.settings import Settings
+from core.vocabulary import Tag
 from serving.registry import Column, LoadedVersion
 
 log = logging.getLogger("shipway.serving")
@@ -67,7 +68,7 @@ class LocalState:
             if baseline is not None:
                 _write_skops(tmp / BASELINE, baseline)
             meta = {"name": loaded.name, "version": loaded.version, "tags": loaded.tags, "flavor": loaded.flavor,
-                    "columns": [asdict(c) for c in loaded.columns]}  # fmt: skip
+                    "columns": [asdict(c) for c in loaded.columns], "predict_fn": loaded.predict_fn}  # fmt: skip
             (tmp / META).write_bytes(orjson.dumps(meta))
             os.replace(tmp, folder)
         except OSError as exc:  # a full disk costs the next restart its head start, not an answer
@@ -97,14 +98,15 @@ class LocalState:
             return None
 
     def load(self, version: str) -> LoadedVersion:
+        """A kept version (one kept by an older shipway has no predict_fn: its version tag says it)."""
         folder = self.dir / "versions" / version
         meta = orjson.loads((folder / META).read_bytes())
         columns = [Column(**c) for c in meta["columns"]]
+        name, tags = meta["name"], meta["tags"]
+        predict_fn = meta.get("predict_fn") or tags.get(Tag.PREDICT_FN, "predict")
         if meta["flavor"] == "onnx":
-            return LoadedVersion(
-                meta["name"], version, meta["tags"], columns, (folder / ONNX).read_bytes(), None, "onnx"
-            )
-        return LoadedVersion(meta["name"], version, meta["tags"], columns, None, _read_skops(folder / MODEL), "sklearn")
+            return LoadedVersion(name, version, tags, columns, (folder / ONNX).read_bytes(), None, "onnx", predict_fn)
+        return LoadedVersion(name, version, tags, columns, None, _read_skops(folder / MODEL), "sklearn", predict_fn)
 
     def has(self, version: str) -> bool:
         return (self.dir / "versions" / version / META).is_file()

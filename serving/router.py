@@ -220,9 +220,13 @@ class Router:
                 return None
         started = time.perf_counter()
         try:
-            loaded = self.load(version)
-            model = servable(loaded)
-            baseline_model = self.load_baseline(loaded)
+            kept = self._kept(version)
+            if kept is None:
+                loaded = self.load(version)
+                model = servable(loaded)
+                baseline_model = self.load_baseline(loaded)
+            else:
+                loaded, model, baseline_model = kept
             baseline = baseline_servable(loaded, baseline_model) if baseline_model is not None else None
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -232,10 +236,25 @@ class Router:
             return None
         self._failed.pop(version, None)
         self._loaded[version] = (model, baseline)
-        if self.local_state is not None and self.pinned is None:
+        if self.local_state is not None and self.pinned is None and not kept:
             self.local_state.save_version(loaded, baseline_model)
-        log.info("%s version %s loaded as %s in %.2fs", self.name, version, model.flavor, time.perf_counter() - started)
+        source = "the local state" if kept else "the registry"
+        log.info("%s version %s loaded as %s from %s in %.2fs", self.name, version, model.flavor, source,
+                 time.perf_counter() - started)  # fmt: skip
         return self._loaded[version]
+
+    def _kept(self, version: str) -> tuple[LoadedVersion, Servable, Any] | None:
+        """The version, ready to serve, and its baseline from the local state when it keeps them: versions
+        are immutable, so the kept copy is the registry's, without MLflow's import or a registry trip."""
+        if self.local_state is None or not self.local_state.has(version):
+            return None
+        try:
+            loaded = self.local_state.load(version)
+            return loaded, servable(loaded), self.local_state.baseline(version)
+        except Exception as exc:  # damaged: the registry has the original
+            log.warning("version %s in the local state %s not usable (%s: %s); reading the registry", version,
+                        self.local_state.dir, type(exc).__name__, exc)  # fmt: skip
+            return None
 
     def _forget_unused(self, routes: Routes) -> None:
         used = {s.version for s in routes.by_alias.values()}

@@ -29,8 +29,9 @@ from configs.settings import ENV_PREFIX, Settings, load_settings
 from core.errors import ConfigError, RegistryError, ShipwayError
 from core.vocabulary import Alias
 from serving.app import Gateway, create_app
+from serving.local_state import LocalState
 from serving.protocol import guarded
-from serving.registry import RegistryReader, unknown_sensitive_columns
+from serving.registry import LoadedVersion, RegistryReader, unknown_sensitive_columns
 
 
 class GatewayError(ShipwayError):
@@ -97,28 +98,41 @@ def running(
     *,
     pinned_version: str | None = None,
     isolated: bool = False,
+    kept: LoadedVersion | None = None,
 ) -> Iterator[str]:
-    """A real gateway on `host:port` (0: a free port) for the block; yields its base URL."""
+    """A real gateway on `host:port` (0: a free port) for the block; yields its base URL.
+
+    `kept`: a version this process has loaded already, served pinned from a local state holding it,
+    so that the gateway starts without MLflow's import or a registry read (the benchmark). It is kept
+    without its baseline: nothing falls back in a benchmark, and loading one is most of a start.
+    """
     port = port or _free_port(host)
-    if isolated:
-        with _subprocess(settings, host, port, pinned_version) as url:
-            yield url
-        return
-    app = create_app(settings, pinned_version=pinned_version)
-    server = uvicorn.Server(uvicorn_config(app, host, port))
-    thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + settings.serving.startup_timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
+    with tempfile.TemporaryDirectory() as tmp:
+        if kept is not None:
+            state_dir = Path(tmp) / "state"
+            serving = settings.serving.model_copy(update={"state_dir": str(state_dir)})
+            settings = settings.model_copy(update={"serving": serving})
+            LocalState(state_dir, settings.mlflow.tracking_uri, settings.training.model_name).save_version(kept, None)
+            pinned_version = kept.version
+        if isolated:
+            with _subprocess(settings, host, port, pinned_version, Path(tmp)) as url:
+                yield url
+            return
+        app = create_app(settings, pinned_version=pinned_version)
+        server = uvicorn.Server(uvicorn_config(app, host, port))
+        thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + settings.serving.startup_timeout_s
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                raise GatewayError(f"the gateway did not start on {host}:{port}")
+            time.sleep(0.01)
+        try:
+            yield f"http://{host}:{port}"
+        finally:
             server.should_exit = True
-            raise GatewayError(f"the gateway did not start on {host}:{port}")
-        time.sleep(0.01)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
+            thread.join(timeout=60)
 
 
 def _secrets_env(settings: Settings) -> dict[str, str]:
@@ -127,32 +141,31 @@ def _secrets_env(settings: Settings) -> dict[str, str]:
 
 
 @contextmanager
-def _subprocess(settings: Settings, host: str, port: int, pinned_version: str | None) -> Iterator[str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        profile = Path(tmp) / "profile.yaml"
-        profile.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-        command = [sys.executable, "-m", "serving", "--config", str(profile), "--host", host, "--port", str(port)]
-        if pinned_version:
-            command += ["--pinned-version", pinned_version]
-        # The profile holds every setting already: SHIPWAY_* variables would override it again, e.g. point
-        # the benchmark's gateway at the production prediction log instead of its own scratch one.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        env |= _secrets_env(settings)  # the profile dump shows secrets as **********
-        log_file = Path(tmp) / "gateway.log"
-        with log_file.open("w") as out:
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=env)
-        url = f"http://{host}:{port}"
-        try:
-            _wait_until_up(url, proc, log_file, settings.serving.startup_timeout_s)
-            yield url
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # uvicorn's graceful shutdown: the log is drained
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+def _subprocess(settings: Settings, host: str, port: int, pinned_version: str | None, tmp: Path) -> Iterator[str]:
+    profile = tmp / "profile.yaml"
+    profile.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    command = [sys.executable, "-m", "serving", "--config", str(profile), "--host", host, "--port", str(port)]
+    if pinned_version:
+        command += ["--pinned-version", pinned_version]
+    # The profile holds every setting already: SHIPWAY_* variables would override it again, e.g. point
+    # the benchmark's gateway at the production prediction log instead of its own scratch one.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env |= _secrets_env(settings)  # the profile dump shows secrets as **********
+    log_file = tmp / "gateway.log"
+    with log_file.open("w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=env)
+    url = f"http://{host}:{port}"
+    try:
+        _wait_until_up(url, proc, log_file, settings.serving.startup_timeout_s)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # uvicorn's graceful shutdown: the log is drained
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen, log_file: Path, timeout_s: float) -> None:

@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from configs.settings import Settings
 from core.errors import GateError, RegistryError
 from core.refs import ModelRef
-from serving import RegistryReader, parse, running, servable
+from serving import LoadedVersion, RegistryReader, parse, running, servable
 from tasks.retries import retry_on_io
 
 SAMPLE_ROWS = 200
@@ -104,14 +104,17 @@ def in_process(servable, bodies: list[bytes], total: int) -> dict[str, dict[str,
     return {stage: _percentiles(values) for stage, values in times.items()}
 
 
-def over_http(settings: Settings, version: str, bodies: list[bytes], total: int) -> tuple[dict, dict[str, np.ndarray]]:
+def over_http(
+    settings: Settings, loaded: LoadedVersion, bodies: list[bytes], total: int
+) -> tuple[dict, dict[str, np.ndarray]]:
     from tasks.loadgen import drive, request_bytes
 
     with tempfile.TemporaryDirectory() as tmp:
         isolated = settings.model_copy(
             update={"prediction_log": settings.prediction_log.model_copy(update={"url": f"sqlite:///{tmp}/bench.db"})}
         )
-        with running(isolated, pinned_version=version, isolated=True) as url:
+        # The gateway gets the version as loaded here: it starts without MLflow's import or the registry.
+        with running(isolated, isolated=True, kept=loaded) as url:
             requests = [request_bytes(url, "/invocations", body) for body in bodies]
             figures, latencies = {}, {}
             for level in CONCURRENCY:
@@ -159,7 +162,7 @@ def bench(settings: Settings, ref: str, record: bool = True) -> BenchResult:
     bodies = sample_bodies(settings, loaded.tags, [c.name for c in loaded.columns])
     total = settings.serving.bench_requests
     stages = in_process(model, bodies, total)
-    http, latencies = over_http(settings, version, bodies, total)
+    http, latencies = over_http(settings, loaded, bodies, total)
     budget = settings.serving.latency_budget_p99_ms
     result = BenchResult(name, version, model.flavor, stages, http, budget, http["c1"]["p99_ms"] <= budget)
     if record:
