@@ -46,6 +46,7 @@ def uvicorn_config(app: Gateway, host: str, port: int) -> uvicorn.Config:
         port=port,
         loop="uvloop",
         http=guarded(serving.header_timeout_s, serving.max_header_bytes),
+        ws="none",  # no WebSocket endpoint: an upgrade request is plain HTTP, and no WebSocket library is imported
         timeout_keep_alive=round(serving.keep_alive_s),
         lifespan="on",
         access_log=False,  # every request is in the prediction log already
