@@ -91,20 +91,21 @@ class Router:
         self.last_poll_error: str | None = None
         self._loaded: dict[str, tuple[Servable, Servable | None]] = {}
         self._failed: dict[str, tuple[str, int]] = {}  # version -> (error, polls since)
+        self._baselines_due: dict[str, LoadedVersion] = {}  # loaded at a first start without their baselines
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Serve the local state at once when there is one, and read the registry in the background;
-        else read the registry first (a first start, or a pinned version)."""
-        if self.pinned is None and self._start_from_local_state():
-            self._thread = threading.Thread(target=self._poll, args=(True,), name="registry-poll", daemon=True)
-            self._thread.start()
+        else read the registry first (a first start, or a pinned version). The baselines follow in the
+        background, but a pinned version's: importing sklearn for them would be most of a start."""
+        if self.pinned is not None:
+            self.refresh()
             return
-        self.refresh()
-        if self.pinned is None:
-            self._thread = threading.Thread(target=self._poll, name="registry-poll", daemon=True)
-            self._thread.start()
+        if not self._start_from_local_state():
+            self.refresh(baselines=False)
+        self._thread = threading.Thread(target=self._poll, args=(True,), name="registry-poll", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -113,8 +114,8 @@ class Router:
 
     def _poll(self, at_once: bool = False) -> None:
         if at_once:
-            self._load_kept_baselines()
-            self.refresh()
+            self._load_baselines()
+            self.refresh(force=True)
         while not self._stop.wait(self.poll_interval_s):
             self.refresh()
 
@@ -140,19 +141,30 @@ class Router:
         log.info("%s serving its local state %s until the registry answers", self.name, self.local_state.dir)
         return True
 
-    def _load_kept_baselines(self) -> None:
+    def _load_baselines(self) -> None:
+        """The baselines a start left out: from the local state, or on a first start from the registry
+        (the version is then kept with its baseline)."""
+        due_now, self._baselines_due = self._baselines_due, {}
         for version, (model, baseline) in list(self._loaded.items()):
-            if baseline is None:
-                try:
-                    kept = self.local_state.baseline(version) if self.local_state is not None else None
-                except Exception as exc:
-                    log.warning("baseline of version %s not usable from the local state: %s", version, exc)
-                    kept = None
-                if kept is not None:
-                    self._loaded[version] = (model, Servable(version, "sklearn", model.schema, kept))
+            if baseline is not None:
+                continue
+            due = due_now.get(version)
+            try:
+                if due is not None:
+                    found = self.load_baseline(due)
+                else:
+                    found = self.local_state.baseline(version) if self.local_state is not None else None
+            except Exception as exc:
+                log.warning("baseline of version %s not loaded: %s: %s", version, type(exc).__name__, exc)
+                found = None
+            if due is not None and self.local_state is not None:
+                self.local_state.save_version(due, found)
+            if found is not None:
+                self._loaded[version] = (model, Servable(version, "sklearn", model.schema, found, model.predict_fn))
 
-    def refresh(self) -> None:
-        """One poll: read aliases and tags, load what is new, swap the routes if anything changed."""
+    def refresh(self, baselines: bool = True, force: bool = False) -> None:
+        """One poll: read aliases and tags, load what is new (`baselines`: with their baselines), swap
+        the routes if anything changed (`force`: rebuild them anyway, e.g. with baselines loaded since)."""
         try:
             if self.pinned is not None:
                 state = ModelState({Alias.PRODUCTION.value: self.pinned}, {})
@@ -167,13 +179,13 @@ class Router:
         self.last_poll, self.last_poll_error = time.time(), None
         wanted: dict[str, str] = {a.value: state.aliases[a.value] for a in SERVED_ALIASES if a.value in state.aliases}
         current = self.routes
-        if wanted == current.registry_aliases and share == current.canary_share and not self._failed:
+        if not force and wanted == current.registry_aliases and share == current.canary_share and not self._failed:
             return
         by_alias: dict[str, Servable] = {}
         problems: dict[str, str] = {}
         baseline = None
         for alias, version in wanted.items():
-            entry = self._get(version)
+            entry = self._get(version, baselines)
             if entry is None:
                 problems[alias] = f"version {version} failed to load: {self._failed[version][0]}"
                 kept = current.by_alias.get(alias) if alias == Alias.PRODUCTION else None
@@ -195,7 +207,7 @@ class Router:
         self.routes = routes  # the atomic swap
         self._forget_unused(routes)
         self._publish(routes, current)
-        if self.local_state is not None and self.pinned is None:
+        if self.local_state is not None and self.pinned is None and not self._baselines_due:  # kept versions first
             self.local_state.save_aliases({a: m.version for a, m in by_alias.items()}, share)
 
     def _unknown_sensitive(self, by_alias: dict[str, Servable]) -> str | None:
@@ -210,7 +222,7 @@ class Router:
             "; ".join(f"{where}: {', '.join(map(repr, names))}" for where, names in found.items())
         )
 
-    def _get(self, version: str) -> tuple[Servable, Servable | None] | None:
+    def _get(self, version: str, with_baseline: bool = True) -> tuple[Servable, Servable | None] | None:
         if version in self._loaded:
             return self._loaded[version]
         if version in self._failed:
@@ -224,7 +236,7 @@ class Router:
             if kept is None:
                 loaded = self.load(version)
                 model = servable(loaded)
-                baseline_model = self.load_baseline(loaded)
+                baseline_model = self.load_baseline(loaded) if with_baseline else None
             else:
                 loaded, model, baseline_model = kept
             baseline = baseline_servable(loaded, baseline_model) if baseline_model is not None else None
@@ -236,7 +248,9 @@ class Router:
             return None
         self._failed.pop(version, None)
         self._loaded[version] = (model, baseline)
-        if self.local_state is not None and self.pinned is None and not kept:
+        if not kept and not with_baseline:
+            self._baselines_due[version] = loaded  # loaded, and the version kept, by _load_baselines
+        elif self.local_state is not None and self.pinned is None and not kept:
             self.local_state.save_version(loaded, baseline_model)
         source = "the local state" if kept else "the registry"
         log.info("%s version %s loaded as %s from %s in %.2fs", self.name, version, model.flavor, source,

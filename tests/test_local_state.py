@@ -144,3 +144,15 @@ def test_the_local_state_keeps_how_a_version_answers(tmp_path):
     older = {k: v for k, v in json.loads(meta.read_bytes()).items() if k != "predict_fn"}
     meta.write_text(json.dumps(older | {"tags": {"predict_fn": "predict_proba"}}))  # kept by an older shipway
     assert state.load("3").predict_fn == "predict_proba"
+
+
+def test_a_first_start_answers_before_its_baseline_loads_and_keeps_both_once_it_has(served):
+    """sklearn's import for the baseline would be most of a first start: it follows in the background."""
+    settings, first, _, rows = served
+    with running(settings) as url:
+        assert predict(url, rows).headers["x-model-version"] == first.version
+        wait_for(lambda: health(url)["baseline"] == first.version)
+        wait_for(lambda: LocalState.of(settings).aliases() is not None)  # written once the version is kept whole
+    state = LocalState.of(settings)
+    assert state.aliases() == ({"Production": first.version}, 0.0)
+    assert state.baseline(first.version) is not None
