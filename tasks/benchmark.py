@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -114,7 +116,12 @@ def over_http(
             update={"prediction_log": settings.prediction_log.model_copy(update={"url": f"sqlite:///{tmp}/bench.db"})}
         )
         # The gateway gets the version as loaded here: it starts without MLflow's import or the registry.
+        # Meanwhile (it starts in a process of its own) this one imports pyplot for the histogram, done
+        # before the load generator runs: an import would take the GIL from it.
+        plotting = threading.Thread(target=_pyplot, name="import-pyplot", daemon=True)
+        plotting.start()
         with running(isolated, isolated=True, kept=loaded) as url:
+            plotting.join()
             requests = [request_bytes(url, "/invocations", body) for body in bodies]
             figures, latencies = {}, {}
             for level in CONCURRENCY:
@@ -124,12 +131,17 @@ def over_http(
     return figures, latencies
 
 
-def histogram(result: BenchResult, latencies: dict[str, np.ndarray], path: Path) -> Path:
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def histogram(result: BenchResult, latencies: dict[str, np.ndarray], path: Path) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     c1 = latencies["c1"] * 1000
     upper = float(np.percentile(c1, 99.9))
