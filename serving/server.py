@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 import yaml
@@ -100,12 +101,13 @@ def running(
     pinned_version: str | None = None,
     isolated: bool = False,
     kept: LoadedVersion | None = None,
+    kept_baseline: Any = None,
 ) -> Iterator[str]:
     """A real gateway on `host:port` (0: a free port) for the block; yields its base URL.
 
-    `kept`: a version this process has loaded already, served pinned from a local state holding it,
-    so that the gateway starts without MLflow's import or a registry read (the benchmark). It is kept
-    without its baseline: nothing falls back in a benchmark, and loading one is most of a start.
+    `kept`: a version this process has loaded already (and `kept_baseline`, its baseline), served
+    pinned from a local state holding it, so that the gateway starts without MLflow's import or a
+    registry read (the benchmark).
     """
     port = port or _free_port(host)
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,7 +115,8 @@ def running(
             state_dir = Path(tmp) / "state"
             serving = settings.serving.model_copy(update={"state_dir": str(state_dir)})
             settings = settings.model_copy(update={"serving": serving})
-            LocalState(state_dir, settings.mlflow.tracking_uri, settings.training.model_name).save_version(kept, None)
+            local = LocalState(state_dir, settings.mlflow.tracking_uri, settings.training.model_name)
+            local.save_version(kept, kept_baseline)
             pinned_version = kept.version
         if isolated:
             with _subprocess(settings, host, port, pinned_version, Path(tmp)) as url:

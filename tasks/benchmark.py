@@ -107,7 +107,7 @@ def in_process(servable, bodies: list[bytes], total: int) -> dict[str, dict[str,
 
 
 def over_http(
-    settings: Settings, loaded: LoadedVersion, bodies: list[bytes], total: int
+    settings: Settings, loaded: LoadedVersion, baseline: Any, bodies: list[bytes], total: int
 ) -> tuple[dict, dict[str, np.ndarray]]:
     from tasks.loadgen import drive, request_bytes
 
@@ -115,12 +115,13 @@ def over_http(
         isolated = settings.model_copy(
             update={"prediction_log": settings.prediction_log.model_copy(update={"url": f"sqlite:///{tmp}/bench.db"})}
         )
-        # The gateway gets the version as loaded here: it starts without MLflow's import or the registry.
+        # The gateway gets the version and its baseline (its fallback chain whole) as loaded here: it
+        # starts without MLflow's import or the registry.
         # Meanwhile (it starts in a process of its own) this one imports pyplot for the histogram, done
         # before the load generator runs: an import would take the GIL from it.
         plotting = threading.Thread(target=_pyplot, name="import-pyplot", daemon=True)
         plotting.start()
-        with running(isolated, isolated=True, kept=loaded) as url:
+        with running(isolated, isolated=True, kept=loaded, kept_baseline=baseline) as url:
             plotting.join()
             requests = [request_bytes(url, "/invocations", body) for body in bodies]
             figures, latencies = {}, {}
@@ -174,7 +175,7 @@ def bench(settings: Settings, ref: str, record: bool = True) -> BenchResult:
     bodies = sample_bodies(settings, loaded.tags, [c.name for c in loaded.columns])
     total = settings.serving.bench_requests
     stages = in_process(model, bodies, total)
-    http, latencies = over_http(settings, loaded, bodies, total)
+    http, latencies = over_http(settings, loaded, reader.baseline(loaded), bodies, total)
     budget = settings.serving.latency_budget_p99_ms
     result = BenchResult(name, version, model.flavor, stages, http, budget, http["c1"]["p99_ms"] <= budget)
     if record:

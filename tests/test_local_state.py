@@ -119,17 +119,20 @@ def test_the_shadow_process_loads_a_version_the_gateway_kept_without_the_registr
 
 
 def test_a_version_handed_over_as_kept_is_served_pinned_without_the_registry(served):
-    """The benchmark's gateway: the version its caller loaded, no MLflow import, no registry, no baseline."""
+    """The benchmark's gateway: the version and baseline its caller loaded, no MLflow import, no registry."""
     settings, _, second, rows = served
-    loaded = RegistryReader(settings).load(second.name, second.version)
+    reader = RegistryReader(settings)
+    loaded = reader.load(second.name, second.version)
     store = settings.mlflow.tracking_uri.removeprefix("sqlite:///")
     shutil.move(store, f"{store}.away")
     try:
-        with running(settings, kept=loaded) as url:
+        with running(settings, kept=loaded, kept_baseline=reader.baseline(loaded)) as url:
             answer = predict(url, rows)
             assert answer.status_code == 200 and answer.headers["x-model-version"] == second.version
             doc = health(url)
-            assert doc["status"] == "ok" and doc["pinned_version"] == second.version and doc["baseline"] is None
+            assert (
+                doc["status"] == "ok" and doc["pinned_version"] == second.version and doc["baseline"] == second.version
+            )
     finally:
         shutil.move(f"{store}.away", store)
     assert LocalState.of(settings).aliases() is None  # the caller's own local state is left alone
