@@ -5,7 +5,8 @@ the distribution seen in training (mean and standard deviation bands, quantile b
 divergence on training-quantile bins or on category shares, and the largest share one value may
 take). The kwargs are the practical bounds a user reads and edits; each expectation's
 `meta.training` keeps the training statistics the gate needs to tell drift from sampling noise
-(see tasks/contract_checks.py). The suite is plain GX JSON: any GX 1.x context can load it.
+(see tasks/contract_checks.py). The suite is plain GX JSON, written without importing GX
+(expectations/gx_json.py): any GX 1.x context can load it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pandas as pd
 from configs.settings import GateSettings
 from core.contract_stats import Cdf, TrainingStats
 from core.errors import DataError
+from expectations import gx_json
 from expectations.joint import joint_expectation, register
 
 FORMAT = "shipway.contract/v1"
@@ -60,84 +62,74 @@ def build_contract(
     """The suite, as GX JSON, for the feature columns of a canonical snapshot frame (see
     tasks.snapshot). `features` None: every column but the target, and no other column allowed;
     chosen features: the other columns (IDs, free text) are neither checked nor refused."""
-    from great_expectations.core.expectation_suite import ExpectationSuite
-
     if len(frame) == 0:
         raise DataError("cannot build a contract from a snapshot with no rows")
     chosen = features is not None
     features = [c for c in frame.columns if c != target] if features is None else list(features)
-    gx_context()
-    suite = ExpectationSuite(
-        name=name,
-        meta={
-            "shipway": {
-                "format": FORMAT,
-                "snapshot_id": snapshot_id,
-                "rows": len(frame),
-                "target": target,
-                "features": features,
-                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            }
-        },
-    )
     columns = [*features, *([target] if target in frame.columns else [])]
-    for expectation in _table_expectations(columns, target, exact=not chosen):
-        suite.add_expectation(expectation)
+    expectations = _table_expectations(columns, target, exact=not chosen)
     for column in features:
-        for expectation in column_expectations(frame[column], settings):
-            suite.add_expectation(expectation)
+        expectations += column_expectations(frame[column], settings)
     joint = joint_expectation(frame, features, settings.joint_sample_rows, settings.joint_min_auc)
     if joint is not None:
-        suite.add_expectation(joint)
-    return suite.to_json_dict()
+        expectations.append(joint)
+    meta = {
+        "format": FORMAT,
+        "snapshot_id": snapshot_id,
+        "rows": len(frame),
+        "target": target,
+        "features": features,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return gx_json.suite(name, expectations, {"shipway": meta})
 
 
-def _table_expectations(columns: list[str], target: str | None, exact: bool = True) -> list:
-    import great_expectations.expectations as gxe
-
+def _table_expectations(columns: list[str], target: str | None, exact: bool = True) -> list[dict[str, Any]]:
     optional = [target] if target in columns else []
     return [
-        gxe.ExpectTableColumnsToMatchSet(
+        gx_json.expectation(
+            "expect_table_columns_to_match_set",
+            {"optional": optional, "note": "optional columns (the label) may be absent from a batch"},
             column_set=columns,
             exact_match=exact,
-            meta={"optional": optional, "note": "optional columns (the label) may be absent from a batch"},
         ),
-        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gx_json.expectation("expect_table_row_count_to_be_between", min_value=1),
     ]
 
 
-def column_expectations(s: pd.Series, settings: GateSettings) -> list:
+def column_expectations(s: pd.Series, settings: GateSettings) -> list[dict[str, Any]]:
     """The expectations of one column, from its training values."""
-    import great_expectations.expectations as gxe
-
     column = str(s.name)
     rows = len(s)
     nulls = int(s.isna().sum())
     null_fraction = nulls / rows
-    out: list[Any] = [
-        gxe.ExpectColumnValuesToNotBeNull(
+    if s.dtype.kind in "iuf":
+        kind = gx_json.expectation("expect_column_values_to_be_in_type_list", column=column, type_list=NUMERIC_TYPES)
+    elif s.dtype.kind == "M":
+        kind = gx_json.expectation("expect_column_values_to_be_in_type_list", column=column, type_list=DATETIME_TYPES)
+    else:
+        kind = gx_json.expectation(
+            "expect_column_values_to_be_of_type", column=column, type_="bool" if s.dtype == "bool" else "str"
+        )
+    out = [
+        kind,
+        gx_json.expectation(
+            "expect_column_values_to_not_be_null",
+            TrainingStats(null_fraction=null_fraction, rows=rows).meta(),
             column=column,
             mostly=round(max(0.0, 1 - null_fraction - settings.null_tolerance), 6),
-            meta=TrainingStats(null_fraction=null_fraction, rows=rows).meta(),
-        )
+        ),
     ]
     if s.dtype.kind in "iuf":
-        out.insert(0, gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=NUMERIC_TYPES))
         values = np.sort(s.dropna().to_numpy(dtype="float64"))
         if len(values):
             out += _numeric(column, values, settings)
-    elif s.dtype.kind == "M":
-        out.insert(0, gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=DATETIME_TYPES))
-    else:
-        type_ = "bool" if s.dtype == "bool" else "str"
-        out.insert(0, gxe.ExpectColumnValuesToBeOfType(column=column, type_=type_))
+    elif s.dtype.kind != "M":
         out += _categorical(column, s.dropna(), settings)
     return out
 
 
-def _numeric(column: str, x: np.ndarray, settings: GateSettings) -> list:
-    import great_expectations.expectations as gxe
-
+def _numeric(column: str, x: np.ndarray, settings: GateSettings) -> list[dict[str, Any]]:
     n = len(x)
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if n > 1 else 0.0
@@ -162,37 +154,38 @@ def _numeric(column: str, x: np.ndarray, settings: GateSettings) -> list:
     point_masses = [float(v) for v, share in shares.items() if share >= 0.005] or [float(values[top[0]])]
     sd = std or 1.0
     return [
-        gxe.ExpectColumnValuesToBeBetween(
+        gx_json.expectation(
+            "expect_column_values_to_be_between",
+            TrainingStats(rows=n).meta(),
             column=column,
             min_value=float(x[0]),
             max_value=float(x[-1]),
             mostly=round(1 - settings.range_tolerance, 6),
-            meta=TrainingStats(rows=n).meta(),
         ),
-        gxe.ExpectColumnMeanToBeBetween(
+        gx_json.expectation(
+            "expect_column_mean_to_be_between",
+            training.meta(),
             column=column,
             min_value=mean - settings.mean_shift_sd * sd,
             max_value=mean + settings.mean_shift_sd * sd,
-            meta=training.meta(),
         ),
-        gxe.ExpectColumnStdevToBeBetween(
+        gx_json.expectation(
+            "expect_column_stdev_to_be_between",
+            training.model_copy(update={"kurtosis": kurtosis}).meta(),
             column=column,
             min_value=std / settings.stdev_ratio,
             max_value=std * settings.stdev_ratio,
-            meta=training.model_copy(update={"kurtosis": kurtosis}).meta(),
         ),
-        gxe.ExpectColumnQuantileValuesToBeBetween(
+        gx_json.expectation(
+            "expect_column_quantile_values_to_be_between",
+            TrainingStats(rows=n, values=[q(p) for p in QUANTILES]).meta(),
             column=column,
             quantile_ranges={"quantiles": list(QUANTILES), "value_ranges": ranges},
-            meta=TrainingStats(rows=n, values=[q(p) for p in QUANTILES]).meta(),
         ),
-        gxe.ExpectColumnKLDivergenceToBeLessThan(
-            column=column,
-            partition_object={"bins": edges.tolist(), "weights": weights.tolist()},
-            threshold=settings.kl_threshold,
-            tail_weight_holdout=TAIL_WEIGHT_HOLDOUT,
+        gx_json.expectation(
+            "expect_column_kl_divergence_to_be_less_than",
             # Training CDF on a fine quantile grid: F(v) and F(v-), for the KS distance.
-            meta=TrainingStats(
+            TrainingStats(
                 rows=n,
                 cdf=Cdf(
                     values=grid.tolist(),
@@ -200,25 +193,28 @@ def _numeric(column: str, x: np.ndarray, settings: GateSettings) -> list:
                     below=(np.searchsorted(x, grid, "left") / n).tolist(),
                 ),
             ).meta(),
-        ),
-        gxe.ExpectColumnMostCommonValueToBeInSet(
             column=column,
-            value_set=point_masses,
-            ties_okay=True,
-            meta=TrainingStats(
+            partition_object={"bins": edges.tolist(), "weights": weights.tolist()},
+            threshold=settings.kl_threshold,
+            tail_weight_holdout=TAIL_WEIGHT_HOLDOUT,
+        ),
+        gx_json.expectation(
+            "expect_column_most_common_value_to_be_in_set",
+            TrainingStats(
                 rows=n, distinct=len(values), shares=shares, other_max_share=float(min(shares.values()))
             ).meta(
                 max_share_increase=settings.point_mass_share,
                 note="the gate fails only when the batch's most common value holds a share this much "
                 "larger than in training (a stuck or clipped column); values added here are accepted",
             ),
+            column=column,
+            value_set=point_masses,
+            ties_okay=True,
         ),
     ]
 
 
-def _categorical(column: str, present: pd.Series, settings: GateSettings) -> list:
-    import great_expectations.expectations as gxe
-
+def _categorical(column: str, present: pd.Series, settings: GateSettings) -> list[dict[str, Any]]:
     n = len(present)
     if n == 0:
         return []
@@ -227,18 +223,20 @@ def _categorical(column: str, present: pd.Series, settings: GateSettings) -> lis
     other = float(1 - kept.sum() / n)
     values = [_plain(v) for v in kept.index]
     return [
-        gxe.ExpectColumnValuesToBeInSet(
+        gx_json.expectation(
+            "expect_column_values_to_be_in_set",
+            TrainingStats(rows=n, other_share=other).meta(),
             column=column,
             value_set=values,
             mostly=round(max(0.0, 1 - other - settings.unseen_tolerance), 6),
-            meta=TrainingStats(rows=n, other_share=other).meta(),
         ),
-        gxe.ExpectColumnKLDivergenceToBeLessThan(
+        gx_json.expectation(
+            "expect_column_kl_divergence_to_be_less_than",
+            TrainingStats(rows=n).meta(),
             column=column,
             partition_object={"values": values, "weights": (kept / kept.sum()).tolist()},
             threshold=settings.kl_threshold,
             tail_weight_holdout=TAIL_WEIGHT_HOLDOUT,
-            meta=TrainingStats(rows=n).meta(),
         ),
     ]
 

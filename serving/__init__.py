@@ -2,11 +2,15 @@
 compiler) is exported here; everything else is internal to the gateway. serving imports no
 `tasks` or `flows` module, so the gateway never loads Prefect or the training code."""
 
+from typing import TYPE_CHECKING
+
 from serving.models import Servable, servable
 from serving.onnx import NULL_TOKEN, frame_feeds, session
 from serving.registry import Column, LoadedVersion, RegistryReader
 from serving.schema import parse
-from serving.server import running
+
+if TYPE_CHECKING:
+    from serving.server import running
 
 __all__ = [
     "NULL_TOKEN",
@@ -20,3 +24,13 @@ __all__ = [
     "servable",
     "session",
 ]
+
+
+def __getattr__(name: str):
+    """`running` imports the server (uvicorn, the app, serving.shadow) on first use: importing the
+    package must not import serving.shadow, or `python -m serving.shadow` runs a second copy of it."""
+    if name == "running":
+        from serving.server import running
+
+        return running
+    raise AttributeError(f"module 'serving' has no attribute {name!r}")

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from configs.settings import Settings
+from core.vocabulary import Tag
 from serving.registry import Column, LoadedVersion
 
 log = logging.getLogger("shipway.serving")
@@ -100,14 +101,16 @@ class LocalState:
             return None
 
     def load(self, version: str) -> LoadedVersion:
+        """A kept version (one kept by an older shipway has no predict_fn: its version tag says it)."""
         folder = self.dir / "versions" / version
         meta = orjson.loads((folder / META).read_bytes())
         columns = [Column(**c) for c in meta["columns"]]
+        name, tags = meta["name"], meta["tags"]
         onnx = (folder / ONNX).read_bytes() if meta["flavor"] == "onnx" else None
         model = None if onnx is not None else _read_skops(folder / MODEL)
-        predict_fn = meta.get("predict_fn", "predict")  # kept since shipway wrote it
+        predict_fn = meta.get("predict_fn") or tags.get(Tag.PREDICT_FN, "predict")
         return LoadedVersion(
-            meta["name"], version, meta["tags"], columns, onnx, model, meta["flavor"], predict_fn, self.example(version)
+            name, version, tags, columns, onnx, model, meta["flavor"], predict_fn, self.example(version)
         )
 
     def example(self, version: str) -> bytes | None:

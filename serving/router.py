@@ -91,20 +91,21 @@ class Router:
         self.last_poll_error: str | None = None
         self._loaded: dict[str, tuple[Servable, Servable | None]] = {}
         self._failed: dict[str, tuple[str, int]] = {}  # version -> (error, polls since)
+        self._baselines_due: dict[str, LoadedVersion] = {}  # loaded at a first start without their baselines
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Serve the local state at once when there is one, and read the registry in the background;
-        else read the registry first (a first start, or a pinned version)."""
-        if self.pinned is None and self._start_from_local_state():
-            self._thread = threading.Thread(target=self._poll, args=(True,), name="registry-poll", daemon=True)
-            self._thread.start()
+        else read the registry first (a first start, or a pinned version). The baselines follow in the
+        background, but a pinned version's: importing sklearn for them would be most of a start."""
+        if self.pinned is not None:
+            self.refresh()
             return
-        self.refresh()
-        if self.pinned is None:
-            self._thread = threading.Thread(target=self._poll, name="registry-poll", daemon=True)
-            self._thread.start()
+        if not self._start_from_local_state():
+            self.refresh(baselines=False)
+        self._thread = threading.Thread(target=self._poll, args=(True,), name="registry-poll", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -113,8 +114,8 @@ class Router:
 
     def _poll(self, at_once: bool = False) -> None:
         if at_once:
-            self._load_kept_baselines()
-            self.refresh()
+            self._load_baselines()
+            self.refresh(force=True)
         while not self._stop.wait(self.poll_interval_s):
             self.refresh()
 
@@ -143,21 +144,35 @@ class Router:
         log.info("%s serving its local state %s until the registry answers", self.name, self.local_state.dir)
         return True
 
-    def _load_kept_baselines(self) -> None:
+    def _load_baselines(self) -> None:
+        """The baselines a start left out: from the local state, or on a first start from the registry
+        (the version is then kept with its baseline)."""
+        due_now, self._baselines_due = self._baselines_due, {}
         for version, (model, baseline) in list(self._loaded.items()):
-            if baseline is None:
-                try:
-                    kept = self.local_state.baseline(version) if self.local_state is not None else None
-                except Exception as exc:
-                    log.warning("baseline of version %s not usable from the local state: %s", version, exc)
-                    kept = None
-                if kept is not None:
-                    kept_baseline = Servable(version, "sklearn", model.schema, kept, model.predict_fn)
-                    warm_up(kept_baseline, self.local_state.example(version))
-                    self._loaded[version] = (model, kept_baseline)
+            if baseline is not None:
+                continue
+            due = due_now.get(version)
+            try:
+                if due is not None:
+                    found = self.load_baseline(due)
+                else:
+                    found = self.local_state.baseline(version) if self.local_state is not None else None
+            except Exception as exc:
+                log.warning("baseline of version %s not loaded: %s: %s", version, type(exc).__name__, exc)
+                found = None
+            if due is not None and self.local_state is not None:
+                self.local_state.save_version(due, found)
+            if found is not None:
+                kept_baseline = Servable(version, "sklearn", model.schema, found, model.predict_fn)
+                example = (
+                    due.example if due is not None else self.local_state.example(version) if self.local_state else None
+                )
+                warm_up(kept_baseline, example)  # before anyone is routed to it: see warm_up
+                self._loaded[version] = (model, kept_baseline)
 
-    def refresh(self) -> None:
-        """One poll: read aliases and tags, load what is new, swap the routes if anything changed."""
+    def refresh(self, baselines: bool = True, force: bool = False) -> None:
+        """One poll: read aliases and tags, load what is new (`baselines`: with their baselines), swap
+        the routes if anything changed (`force`: rebuild them anyway, e.g. with baselines loaded since)."""
         try:
             if self.pinned is not None:
                 state = ModelState({Alias.PRODUCTION.value: self.pinned}, {})
@@ -172,13 +187,13 @@ class Router:
         self.last_poll, self.last_poll_error = time.time(), None
         wanted: dict[str, str] = {a.value: state.aliases[a.value] for a in SERVED_ALIASES if a.value in state.aliases}
         current = self.routes
-        if wanted == current.registry_aliases and share == current.canary_share and not self._failed:
+        if not force and wanted == current.registry_aliases and share == current.canary_share and not self._failed:
             return
         by_alias: dict[str, Servable] = {}
         problems: dict[str, str] = {}
         baseline = None
         for alias, version in wanted.items():
-            entry = self._get(version)
+            entry = self._get(version, baselines)
             if entry is None:
                 problems[alias] = f"version {version} failed to load: {self._failed[version][0]}"
                 kept = current.by_alias.get(alias) if alias == Alias.PRODUCTION else None
@@ -200,7 +215,7 @@ class Router:
         self.routes = routes  # the atomic swap
         self._forget_unused(routes)
         self._publish(routes, current)
-        if self.local_state is not None and self.pinned is None:
+        if self.local_state is not None and self.pinned is None and not self._baselines_due:  # kept versions first
             self.local_state.save_aliases({a: m.version for a, m in by_alias.items()}, share)
 
     def _unknown_sensitive(self, by_alias: dict[str, Servable]) -> str | None:
@@ -215,7 +230,7 @@ class Router:
             "; ".join(f"{where}: {', '.join(map(repr, names))}" for where, names in found.items())
         )
 
-    def _get(self, version: str) -> tuple[Servable, Servable | None] | None:
+    def _get(self, version: str, with_baseline: bool = True) -> tuple[Servable, Servable | None] | None:
         if version in self._loaded:
             return self._loaded[version]
         if version in self._failed:
@@ -225,9 +240,13 @@ class Router:
                 return None
         started = time.perf_counter()
         try:
-            loaded = self.load(version)
-            model = servable(loaded)
-            baseline_model = self.load_baseline(loaded)
+            kept = self._kept(version)
+            if kept is None:
+                loaded = self.load(version)
+                model = servable(loaded)
+                baseline_model = self.load_baseline(loaded) if with_baseline else None
+            else:
+                loaded, model, baseline_model = kept
             baseline = baseline_servable(loaded, baseline_model) if baseline_model is not None else None
             for ready in (model, baseline):  # before anyone is routed to them: see warm_up
                 if ready is not None:
@@ -240,10 +259,27 @@ class Router:
             return None
         self._failed.pop(version, None)
         self._loaded[version] = (model, baseline)
-        if self.local_state is not None and self.pinned is None:
+        if not kept and not with_baseline:
+            self._baselines_due[version] = loaded  # loaded, and the version kept, by _load_baselines
+        elif self.local_state is not None and self.pinned is None and not kept:
             self.local_state.save_version(loaded, baseline_model)
-        log.info("%s version %s loaded as %s in %.2fs", self.name, version, model.flavor, time.perf_counter() - started)
+        source = "the local state" if kept else "the registry"
+        log.info("%s version %s loaded as %s from %s in %.2fs", self.name, version, model.flavor, source,
+                 time.perf_counter() - started)  # fmt: skip
         return self._loaded[version]
+
+    def _kept(self, version: str) -> tuple[LoadedVersion, Servable, Any] | None:
+        """The version, ready to serve, and its baseline from the local state when it keeps them: versions
+        are immutable, so the kept copy is the registry's, without MLflow's import or a registry trip."""
+        if self.local_state is None or not self.local_state.has(version):
+            return None
+        try:
+            loaded = self.local_state.load(version)
+            return loaded, servable(loaded), self.local_state.baseline(version)
+        except Exception as exc:  # damaged: the registry has the original
+            log.warning("version %s in the local state %s not usable (%s: %s); reading the registry", version,
+                        self.local_state.dir, type(exc).__name__, exc)  # fmt: skip
+            return None
 
     def _forget_unused(self, routes: Routes) -> None:
         used = {s.version for s in routes.by_alias.values()}

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 import yaml
@@ -30,8 +31,9 @@ from core import lifeline
 from core.errors import ConfigError, RegistryError, ShipwayError
 from core.vocabulary import Alias
 from serving.app import Gateway, create_app
+from serving.local_state import LocalState
 from serving.protocol import guarded
-from serving.registry import RegistryReader, unknown_sensitive_columns
+from serving.registry import LoadedVersion, RegistryReader, unknown_sensitive_columns
 
 
 class GatewayError(ShipwayError):
@@ -46,6 +48,7 @@ def uvicorn_config(app: Gateway, host: str, port: int) -> uvicorn.Config:
         port=port,
         loop="uvloop",
         http=guarded(serving.header_timeout_s, serving.max_header_bytes),
+        ws="none",  # no WebSocket endpoint: an upgrade request is plain HTTP, and no WebSocket library is imported
         timeout_keep_alive=round(serving.keep_alive_s),
         lifespan="on",
         access_log=False,  # every request is in the prediction log already
@@ -98,28 +101,43 @@ def running(
     *,
     pinned_version: str | None = None,
     isolated: bool = False,
+    kept: LoadedVersion | None = None,
+    kept_baseline: Any = None,
 ) -> Iterator[str]:
-    """A real gateway on `host:port` (0: a free port) for the block; yields its base URL."""
+    """A real gateway on `host:port` (0: a free port) for the block; yields its base URL.
+
+    `kept`: a version this process has loaded already (and `kept_baseline`, its baseline), served
+    pinned from a local state holding it, so that the gateway starts without MLflow's import or a
+    registry read (the benchmark).
+    """
     port = port or _free_port(host)
-    if isolated:
-        with _subprocess(settings, host, port, pinned_version) as url:
-            yield url
-        return
-    app = create_app(settings, pinned_version=pinned_version)
-    server = uvicorn.Server(uvicorn_config(app, host, port))
-    thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + settings.serving.startup_timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
+    with tempfile.TemporaryDirectory() as tmp:
+        if kept is not None:
+            state_dir = Path(tmp) / "state"
+            serving = settings.serving.model_copy(update={"state_dir": str(state_dir)})
+            settings = settings.model_copy(update={"serving": serving})
+            local = LocalState(state_dir, settings.mlflow.tracking_uri, settings.training.model_name)
+            local.save_version(kept, kept_baseline)
+            pinned_version = kept.version
+        if isolated:
+            with _subprocess(settings, host, port, pinned_version, Path(tmp)) as url:
+                yield url
+            return
+        app = create_app(settings, pinned_version=pinned_version)
+        server = uvicorn.Server(uvicorn_config(app, host, port))
+        thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + settings.serving.startup_timeout_s
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                raise GatewayError(f"the gateway did not start on {host}:{port}")
+            time.sleep(0.01)
+        try:
+            yield f"http://{host}:{port}"
+        finally:
             server.should_exit = True
-            raise GatewayError(f"the gateway did not start on {host}:{port}")
-        time.sleep(0.01)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
+            thread.join(timeout=60)
 
 
 def _secrets_env(settings: Settings) -> dict[str, str]:
@@ -128,48 +146,48 @@ def _secrets_env(settings: Settings) -> dict[str, str]:
 
 
 @contextmanager
-def _subprocess(settings: Settings, host: str, port: int, pinned_version: str | None) -> Iterator[str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        profile = Path(tmp) / "profile.yaml"
-        profile.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-        command = lifeline.command("serving", "--config", str(profile), "--host", host, "--port", str(port))
-        if pinned_version:
-            command += ["--pinned-version", pinned_version]
-        # The profile holds every setting already: SHIPWAY_* variables would override it again, e.g. point
-        # the benchmark's gateway at the production prediction log instead of its own scratch one.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
-        env |= _secrets_env(settings)  # the profile dump shows secrets as **********
-        log_file = Path(tmp) / "gateway.log"
-        with log_file.open("w") as out:
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=env)
-        url = f"http://{host}:{port}"
-        try:
-            _wait_until_up(url, proc, log_file, settings.serving.startup_timeout_s)
-            yield url
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # uvicorn's graceful shutdown: the log is drained
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+def _subprocess(settings: Settings, host: str, port: int, pinned_version: str | None, tmp: Path) -> Iterator[str]:
+    profile = tmp / "profile.yaml"
+    profile.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    command = lifeline.command("serving", "--config", str(profile), "--host", host, "--port", str(port))
+    if pinned_version:
+        command += ["--pinned-version", pinned_version]
+    # The profile holds every setting already: SHIPWAY_* variables would override it again, e.g. point
+    # the benchmark's gateway at the production prediction log instead of its own scratch one.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env |= _secrets_env(settings)  # the profile dump shows secrets as **********
+    log_file = tmp / "gateway.log"
+    with log_file.open("w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd(), env=env)
+    url = f"http://{host}:{port}"
+    try:
+        _wait_until_up(url, proc, log_file, settings.serving.startup_timeout_s)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # uvicorn's graceful shutdown: the log is drained
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen, log_file: Path, timeout_s: float) -> None:
     import httpx  # the client side only: the gateway itself never needs it
 
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log_file.read_text()[-2000:]
-            raise GatewayError(f"the gateway exited with code {proc.returncode} before answering:\n{tail}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
+    with httpx.Client(timeout=1.0) as client:  # one client: each new one loads the CA store (~20 ms of CPU)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = log_file.read_text()[-2000:]
+                raise GatewayError(f"the gateway exited with code {proc.returncode} before answering:\n{tail}")
+            try:
+                if client.get(f"{url}/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
     proc.kill()
     raise GatewayError(f"the gateway at {url} did not answer within {timeout_s:.0f} s (serving.startup_timeout_s)")
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -26,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from configs.settings import Settings
 from core.errors import GateError, RegistryError
 from core.refs import ModelRef
-from serving import RegistryReader, parse, running, servable
+from serving import LoadedVersion, RegistryReader, parse, running, servable
 from tasks.retries import retry_on_io
 
 SAMPLE_ROWS = 200
@@ -104,14 +106,23 @@ def in_process(servable, bodies: list[bytes], total: int) -> dict[str, dict[str,
     return {stage: _percentiles(values) for stage, values in times.items()}
 
 
-def over_http(settings: Settings, version: str, bodies: list[bytes], total: int) -> tuple[dict, dict[str, np.ndarray]]:
+def over_http(
+    settings: Settings, loaded: LoadedVersion, baseline: Any, bodies: list[bytes], total: int
+) -> tuple[dict, dict[str, np.ndarray]]:
     from tasks.loadgen import drive, request_bytes
 
     with tempfile.TemporaryDirectory() as tmp:
         isolated = settings.model_copy(
             update={"prediction_log": settings.prediction_log.model_copy(update={"url": f"sqlite:///{tmp}/bench.db"})}
         )
-        with running(isolated, pinned_version=version, isolated=True) as url:
+        # The gateway gets the version and its baseline (its fallback chain whole) as loaded here: it
+        # starts without MLflow's import or the registry.
+        # Meanwhile (it starts in a process of its own) this one imports pyplot for the histogram, done
+        # before the load generator runs: an import would take the GIL from it.
+        plotting = threading.Thread(target=_pyplot, name="import-pyplot", daemon=True)
+        plotting.start()
+        with running(isolated, isolated=True, kept=loaded, kept_baseline=baseline) as url:
+            plotting.join()
             requests = [request_bytes(url, "/invocations", body) for body in bodies]
             figures, latencies = {}, {}
             for level in CONCURRENCY:
@@ -121,12 +132,17 @@ def over_http(settings: Settings, version: str, bodies: list[bytes], total: int)
     return figures, latencies
 
 
-def histogram(result: BenchResult, latencies: dict[str, np.ndarray], path: Path) -> Path:
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def histogram(result: BenchResult, latencies: dict[str, np.ndarray], path: Path) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     c1 = latencies["c1"] * 1000
     upper = float(np.percentile(c1, 99.9))
@@ -159,7 +175,7 @@ def bench(settings: Settings, ref: str, record: bool = True) -> BenchResult:
     bodies = sample_bodies(settings, loaded.tags, [c.name for c in loaded.columns])
     total = settings.serving.bench_requests
     stages = in_process(model, bodies, total)
-    http, latencies = over_http(settings, version, bodies, total)
+    http, latencies = over_http(settings, loaded, reader.baseline(loaded), bodies, total)
     budget = settings.serving.latency_budget_p99_ms
     result = BenchResult(name, version, model.flavor, stages, http, budget, http["c1"]["p99_ms"] <= budget)
     if record:

@@ -53,6 +53,28 @@ def test_the_contract_is_a_gx_suite_that_round_trips_through_json(ref, tmp_path)
     assert not any(e["kwargs"].get("column") == "churned" for e in loaded["expectations"])  # the label: no checks
 
 
+def test_gx_writes_a_contract_back_as_shipway_wrote_it(ref):
+    """The contract is built without importing GX: GX reading it and writing it back changes nothing,
+    kwargs at GX's defaults included (mostly 1.0 with no tolerance, exact_match, min_auc)."""
+    from great_expectations.core.expectation_suite import ExpectationSuite
+
+    at_defaults = contract.build_contract(
+        ref.frame.head(500),
+        GateSettings(null_tolerance=0.0, range_tolerance=0.0),
+        name="defaults",
+        target="churned",
+        snapshot_id=None,
+        features=["age", "plan", "monthly_charges"],
+    )
+    assert (at_defaults["expectations"][0]["kwargs"]) == {
+        "exact_match": False,
+        "column_set": ["age", "plan", "monthly_charges", "churned"],
+    }
+    for suite in (ref.suite, at_defaults):
+        contract.check(suite, "built")  # registers shipway's joint type with GX, as its own contexts do
+        assert ExpectationSuite(**copy.deepcopy(suite)).to_json_dict() == suite
+
+
 def test_thresholds_come_from_the_config(ref):
     frame = ref.frame
     strict = contract.build_contract(

@@ -3,6 +3,7 @@ while the registry is down or slow, and follows the registry as soon as it answe
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from core.vocabulary import Alias
+from serving import Column, LoadedVersion, RegistryReader
 from serving.local_state import LocalState
 from serving.schema import parse
 from serving.server import running
@@ -118,3 +120,46 @@ def test_the_shadow_process_loads_a_version_the_gateway_kept_without_the_registr
         assert model.version == second.version and model.flavor == "onnx"
     finally:
         shutil.move(f"{store}.away", store)
+
+
+def test_a_version_handed_over_as_kept_is_served_pinned_without_the_registry(served):
+    """The benchmark's gateway: the version and baseline its caller loaded, no MLflow import, no registry."""
+    settings, _, second, rows = served
+    reader = RegistryReader(settings)
+    loaded = reader.load(second.name, second.version)
+    store = settings.mlflow.tracking_uri.removeprefix("sqlite:///")
+    shutil.move(store, f"{store}.away")
+    try:
+        with running(settings, kept=loaded, kept_baseline=reader.baseline(loaded)) as url:
+            answer = predict(url, rows)
+            assert answer.status_code == 200 and answer.headers["x-model-version"] == second.version
+            doc = health(url)
+            assert (
+                doc["status"] == "ok" and doc["pinned_version"] == second.version and doc["baseline"] == second.version
+            )
+    finally:
+        shutil.move(f"{store}.away", store)
+    assert LocalState.of(settings).aliases() is None  # the caller's own local state is left alone
+
+
+def test_the_local_state_keeps_how_a_version_answers(tmp_path):
+    state = LocalState(tmp_path, "sqlite:///x.db", "m")
+    columns = [Column("a", "double", True)]
+    state.save_version(LoadedVersion("m", "3", {}, columns, b"graph", None, "onnx", "predict_proba"), None)
+    assert state.load("3").predict_fn == "predict_proba"
+    meta = state.dir / "versions" / "3" / "meta.json"
+    older = {k: v for k, v in json.loads(meta.read_bytes()).items() if k != "predict_fn"}
+    meta.write_text(json.dumps(older | {"tags": {"predict_fn": "predict_proba"}}))  # kept by an older shipway
+    assert state.load("3").predict_fn == "predict_proba"
+
+
+def test_a_first_start_answers_before_its_baseline_loads_and_keeps_both_once_it_has(served):
+    """sklearn's import for the baseline would be most of a first start: it follows in the background."""
+    settings, first, _, rows = served
+    with running(settings) as url:
+        assert predict(url, rows).headers["x-model-version"] == first.version
+        wait_for(lambda: health(url)["baseline"] == first.version)
+        wait_for(lambda: LocalState.of(settings).aliases() is not None)  # written once the version is kept whole
+    state = LocalState.of(settings)
+    assert state.aliases() == ({"Production": first.version}, 0.0)
+    assert state.baseline(first.version) is not None

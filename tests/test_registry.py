@@ -1,9 +1,12 @@
 import importlib.metadata
+import json
 import subprocess
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
+from mlflow.data.pandas_dataset import from_pandas
 
 from core.errors import RegistryError
 from core.vocabulary import Alias
@@ -11,6 +14,7 @@ from tasks import registration
 from tasks.lineage import GitLineage, git_lineage
 from tasks.registration import register
 from tasks.registry import set_alias, versions
+from tasks.snapshot import canonicalize
 from tests.conftest import REPO, register_versions
 
 
@@ -39,6 +43,24 @@ def test_version_carries_its_lineage_metrics_and_description(small, registered):
     assert run.data.params["estimator"] == "auto"
     assert run.data.params["model_class"] == "LogisticRegression"
     assert run.inputs.dataset_inputs[0].dataset.source.find(snapshot.id) >= 0
+    inferred = from_pandas(snapshot.frame, source=snapshot.uri).schema  # MLflow's own, value by value
+    assert json.loads(run.inputs.dataset_inputs[0].dataset.schema) == {"mlflow_colspec": inferred.to_dict()}
+
+
+def test_the_dataset_schema_is_what_mlflow_infers_from_every_row():
+    frame = canonicalize(
+        pd.DataFrame(
+            {
+                "n": [1, None, 3] * 50,
+                "i": [1, 2, 3] * 50,
+                "s": ["x", "y", None] * 50,
+                "b": [True, False, True] * 50,
+                "t": pd.to_datetime([None, "2026-01-02", "2026-01-03"] * 50),
+                "empty": [None] * 150,
+            }
+        )
+    )
+    assert registration.dataset_schema(frame) == from_pandas(frame, source="x.csv").schema
 
 
 def test_the_registered_model_and_baseline_load_and_predict_as_trained(small, registered):

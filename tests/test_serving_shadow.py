@@ -201,3 +201,12 @@ def test_the_shadow_process_yields_the_cpu_even_where_the_idle_class_or_its_cpus
     assert "serving.shadow_cpus [4096]: not CPUs this process may use" in done.stderr
     assert figures["nice"] == 19 and figures["pinned"] == figures["before"][:1]
     assert "the idle CPU class is not allowed here" in done.stderr
+
+
+def test_the_shadow_module_runs_as_the_only_copy_of_itself():
+    """`python -m serving.shadow` (how the gateway starts it): importing the package must not import
+    serving.shadow first, or runpy warns and a second copy of the module runs."""
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "serving.shadow", "--help"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "--fd" in done.stdout

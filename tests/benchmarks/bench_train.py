@@ -10,8 +10,8 @@ database under PREFECT_HOME is shared and not reset), the second and third are w
 Prefect's ephemeral mode (PREFECT_API_URL removed from the inherited environment), so the wall
 time includes interpreter start, imports and the temporary Prefect server's start and stop.
 
-Per run: the wall time, the step times from the JSON "timings" (snapshot, train, register,
-alias; Prefect's per-task overhead included), their sum, and overhead = wall - sum of steps,
+Per run: the wall time, the step times from the JSON "timings" (snapshot, gate, train, register, quality,
+contract, bench, alias; Prefect's per-task overhead included), their sum, and overhead = wall - sum of steps,
 split by when Prefect's log lines arrive on stderr (flow run beginning and finishing; the
 temporary server starts in its own process while the CLI imports). Then the import cost of the modules, each in a fresh
 interpreter (best of 3). Target: warm run <= 15 s on a 2-core machine.
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TARGET_WARM = 15.0
-STEPS = ("snapshot", "gate", "train", "register", "contract", "bench", "alias")
+STEPS = ("snapshot", "gate", "train", "register", "quality", "contract", "bench", "alias")
 # Milestones in Prefect's log on stderr, in the order they appear.
 MILESTONES = {"flow begins": "Beginning flow run", "flow done": "' - Finished in state"}
 
@@ -115,7 +115,7 @@ def main() -> None:
         print(f"{label:<8}" + "".join(f"{b - a:14.2f}" for a, b in itertools.pairwise(marks)))
     print(
         "  start: process start until the flow run begins (interpreter, imports, and meanwhile Prefect's\n"
-        "  temporary server starting in its own process); flow run: the four steps; exit: flush, server stop"
+        "  temporary server starting in its own process); flow run: the steps; exit: flush, server stop"
     )
 
     print("\nimport cost, fresh interpreter, best of 3 (includes ~interpreter start):")
