@@ -171,12 +171,18 @@ def canary_analysis(
     analysis.checks.append(
         Check("latency p99", p99_canary <= limit, f"{p99_canary:.2f} ms vs {p99_prod:.2f} ms", f"<= {limit:.2f} ms")
     )
+    # Predictions and labels judge each route's own model: an answer a fallback gave (the baseline,
+    # under a slow first call) is counted above as a failure, not as the model's prediction.
+    own = lambda rows, route: rows[(rows["role"] == route) & rows["error"].isna()]
+    canary_own, production_own = own(canary, "canary"), own(production, "production")
+    if min(len(canary_own), len(production_own)) == 0:  # nothing of its own answered: failures say it all
+        return analysis
     regression = task is Task.REGRESSION
     same = _same_distribution if regression else _same_predictions
-    analysis.checks.append(same(canary, production, settings.max_prediction_shift, alpha))
+    analysis.checks.append(same(canary_own, production_own, settings.max_prediction_shift, alpha))
     labeled = feedback.drop_duplicates("request_id").set_index("request_id")["label"]
     right = lambda rows: rows.join(labeled, on="request_id", how="inner")
-    canary_l, production_l = right(canary), right(production)
+    canary_l, production_l = right(canary_own), right(production_own)
     if min(len(canary_l), len(production_l)) >= settings.min_labeled and regression:
         analysis.checks.append(_error_not_worse(canary_l, production_l, settings.max_mae_increase, alpha))
     elif min(len(canary_l), len(production_l)) >= settings.min_labeled:

@@ -217,3 +217,18 @@ def test_a_clients_bad_requests_never_roll_back_a_healthy_canary():
     # the server's own failures still count: the same canary with 6% fallbacks breaches
     failing = pd.concat([canary(300, 300, errors=0.06), client_mistakes("canary", 20, 5, 0)])
     assert breached(canary_analysis(failing, NO_FEEDBACK, SETTINGS, "c")) == {"error and fallback rate"}
+
+
+def test_labels_judge_each_routes_own_model_not_the_fallback_that_answered_for_it():
+    # 10% of the canary's requests were answered by a fallback (say the baseline, while the model's
+    # first call was slow), every one of them wrong; the canary model itself is always right.
+    log = canary(2_000, 2_000, seed=3, errors=0.1)
+    predicted = log["prediction"].map(lambda p: json.loads(p)[0])
+    label = predicted.where(log["role"] == log["route"], 1 - predicted)
+    feedback = pd.DataFrame({"request_id": log["request_id"], "label": label})
+    analysis = canary_analysis(log, feedback, SETTINGS, "canary 50%")
+    checks = {c.name: c for c in analysis.checks}
+    assert not checks["error and fallback rate"].ok  # the fallbacks count, as failures
+    assert checks["error rate on feedback labels"].ok and checks["error rate on feedback labels"].value.startswith(
+        "0.00% vs 0.00%"
+    )

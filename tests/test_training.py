@@ -103,8 +103,11 @@ def test_model_family_and_hyperparameters_come_from_settings(data, estimator):
 
 
 def test_unknown_hyperparameter_is_named(data):
-    with pytest.raises(ConfigError, match=r"logistic_regression \(LogisticRegression\) has no parameter 'n_trees'"):
+    with pytest.raises(ConfigError, match=r"training.params: auto \(LogisticRegression\) has no parameter 'n_trees'"):
         train(data, TARGET, TrainingSettings(params={"n_trees": 3}))
+    named = TrainingSettings(estimator="random_forest", params={"C": 1.0})
+    with pytest.raises(ConfigError, match=r"random_forest \(RandomForestClassifier\) has no parameter 'C'"):
+        train(data, TARGET, named)
     with pytest.raises(ConfigError, match="training.params"):
         train(data, TARGET, TrainingSettings(params={"C": "lots"}))
 
