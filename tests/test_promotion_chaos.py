@@ -179,8 +179,12 @@ def test_killed_mid_canary(in_production, prefect_home):
     run_id = json.loads(waiting)["run_id"]
     api = wait_for("the paused promotion's Prefect API", lambda: running_api(run_id))
     wait_for("the approval taken", lambda: approve(api, run_id))
-    wait_for(
-        "the first canary step", lambda: state(settings) == ({"Production": "1", "Shadow": "2", "Canary": "2"}, "0.25")
+    wait_for(  # the step applied and its journal closed: the promotion waits for the canary's traffic
+        "the first canary step",
+        lambda: (
+            state(settings) == ({"Production": "1", "Shadow": "2", "Canary": "2"}, "0.25")
+            and Tag.PROMOTION_PENDING not in model_state(settings, NAME)[1]
+        ),
     )
     seconds, successor = kill_and_take_over(settings, victim, prefect_home)
     try:
