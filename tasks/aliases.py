@@ -170,12 +170,20 @@ def alias_at(transitions: list[Transition], alias: Alias, when: datetime) -> str
 
 
 def check_servable(settings: Settings, name: str, version: str) -> None:
-    """Refuse a version whose gate failed, that has no latency result, or that the gateway could not load."""
+    """Refuse a version whose gate failed, that has no latency result or quality verdict, or that the
+    gateway could not load."""
     found = registry.get_version(settings, name, version)
     if found.tags.get(Tag.VALIDATION_STATUS) == "fail":
         raise RegistryError(f"version {version} of '{name}' failed its data gate (validation_status=fail)")
-    if found.tags.get(Tag.QUALITY_GATE) == "failed":
+    quality = found.tags.get(Tag.QUALITY_GATE)
+    if quality == "failed":
         raise RegistryError(f"version {version} of '{name}' failed its quality gate (quality_gate=failed)")
+    if quality not in ("passed", "overridden"):  # never judged is not a pass either
+        raise RegistryError(
+            f"version {version} of '{name}' has no quality verdict (tag quality_gate is "
+            f"{'missing' if quality is None else repr(quality)}): train it with `shipway train`, whose quality "
+            "gate judges it against its baseline and Production"
+        )
     latency = found.tags.get(Tag.LATENCY_GATE)
     if latency == "failed":
         raise RegistryError(f"version {version} of '{name}' failed its latency budget (latency_gate=failed)")

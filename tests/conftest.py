@@ -144,18 +144,21 @@ def register_versions(settings: Settings, count: int) -> list:
     lineage = GitLineage(commit="a" * 40, branch="main", dirty=False)
     registered = [register(trained, snapshot, lineage, settings) for _ in range(count)]
     for version in registered:
-        mark_benchmarked(settings, version.name, version.version)
+        mark_gated(settings, version.name, version.version)
     return [(version, trained, snapshot) for version in registered]
 
 
-def mark_benchmarked(settings: Settings, name: str, version: str) -> None:
-    """Record a passing latency result, as `shipway bench` does, so the version may take an alias.
+def mark_gated(settings: Settings, name: str, version: str) -> None:
+    """Record a passing latency result and quality verdict, as `shipway bench` and the training flow's
+    quality gate do, so the version may take an alias.
 
-    The benchmark itself is tested in test_serving_parts; here it would only cost time.
+    The benchmark and the quality gate are tested in test_serving_parts and test_quality_flow; here
+    they would only cost time.
     """
     from tasks.registry import set_version_tags
 
-    set_version_tags(settings, name, str(version), {"latency_gate": "passed", "latency_p99_ms": "1.0"})
+    gated = {"latency_gate": "passed", "latency_p99_ms": "1.0", "quality_gate": "passed"}
+    set_version_tags(settings, name, str(version), gated)
 
 
 def free_port() -> int:

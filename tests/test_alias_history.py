@@ -85,6 +85,7 @@ def test_moving_an_alias_to_where_it_is_records_nothing(small, three):
     [
         ("validation_status", "fail", "failed its data gate"),
         ("latency_gate", "failed", "failed its latency budget"),
+        ("quality_gate", "failed", "failed its quality gate"),
     ],
 )
 def test_a_version_that_failed_a_gate_never_gets_an_alias(small, three, tag, value, message):
@@ -105,6 +106,16 @@ def test_a_version_with_no_latency_result_never_gets_an_alias(small, three, alia
         move(small, name, {alias: "2"}, actor="a", reason="r")
     assert model_state(small, name)[0] == {}
     assert move(small, name, {alias: "1"}, actor="a", reason="r")  # a benchmarked one still moves
+
+
+def test_a_version_never_judged_on_quality_never_gets_an_alias(small, three):
+    name = three[0].name
+    client(Store.of(small)).delete_model_version_tag(name, "2", "quality_gate")  # registered outside the flow
+    with pytest.raises(RegistryError, match=r"version 2 of 'churn-classifier' has no quality verdict .*missing"):
+        move(small, name, {Alias.SHADOW: "2"}, actor="a", reason="r")
+    assert model_state(small, name)[0] == {}
+    registry.set_version_tags(small, name, "2", {"quality_gate": "overridden"})  # --force-quality's verdict
+    assert move(small, name, {Alias.SHADOW: "2"}, actor="a", reason="r")
 
 
 def test_a_version_whose_model_cannot_load_never_gets_an_alias(small, three):

@@ -69,6 +69,7 @@ def release(small):
                 "latency_p99_ms": p99,
                 "latency_budget_p99_ms": "50",
                 "latency_gate": "passed",
+                "quality_gate": "passed",
             },
         )
     for stage in ("shadow", "production"):

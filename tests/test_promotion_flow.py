@@ -28,7 +28,7 @@ from tasks.traffic import Replay
 from tasks.training import preprocessor, split_target, train
 from tests.conftest import (
     QUICK_PROMOTION,
-    mark_benchmarked,
+    mark_gated,
     register_versions,
     run_shipway,
     tuned,
@@ -54,7 +54,7 @@ def versions_1_and_2(fast):
     lineage = GitLineage("a" * 40, "main", False)
     for _ in range(2):
         registered = register(trained, snapshot, lineage, fast)
-        mark_benchmarked(fast, registered.name, registered.version)
+        mark_gated(fast, registered.name, registered.version)
     move(fast, NAME, {Alias.PRODUCTION: "1", Alias.SHADOW: "2"}, actor="test", reason="setup")
     return trained, snapshot
 
@@ -133,7 +133,7 @@ def test_a_broken_canary_is_rolled_back_automatically(fast, versions_1_and_2, tr
     bad = register(
         dataclasses.replace(trained, model=broken.fit(X, y)), snapshot, GitLineage("b" * 40, "main", False), fast
     )
-    mark_benchmarked(fast, NAME, bad.version)
+    mark_gated(fast, NAME, bad.version)
     lenient = tuned(fast, promotion={"min_agreement": 0})  # let it past Shadow: the canary must catch it
     approve([True])
     with pytest.raises(PromotionRejected, match="canary 25% breached: .*predicted class shares: largest shift"):

@@ -96,7 +96,7 @@ def test_a_recorded_check_of_a_drifted_batch_leaves_the_version_promotable(home,
 
     settings = home[1]
     version = alias_version(settings, "churn-classifier", Alias.PRODUCTION)
-    set_version_tags(settings, "churn-classifier", version, {"latency_gate": "passed"})
+    set_version_tags(settings, "churn-classifier", version, {"latency_gate": "passed", "quality_gate": "passed"})
     done = shipway(
         home, "validate", "--model", "churn-classifier@Production", "--batch", batches / "drift.parquet", "--record"
     )
