@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -165,6 +167,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_models_serve(tracking_uri: str, model_uri: str, startup_s: float = 180) -> Iterator[str]:
+    """A real `mlflow models serve -m MODEL_URI --env-manager local` on a free loopback port: the
+    drop-in's reference, side by side with the gateway."""
+    import httpx
+
+    port = free_port()
+    # mlflow execs `uvicorn` from PATH: the one of this interpreter.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, PATH=path)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + startup_s
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    out.seek(0)
+                    raise AssertionError(f"mlflow models serve did not start:\n{out.read().decode()[-3000:]}")
+                try:
+                    if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            yield url
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)  # its uvicorn child too
+            proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -33,7 +30,7 @@ from tasks.registration import register, user_code_paths
 from tasks.registry import set_alias, versions
 from tasks.snapshot import take_snapshot
 from tasks.training import train
-from tests.conftest import free_port
+from tests.conftest import mlflow_models_serve
 
 MODULE = """
 import numpy as np
@@ -306,33 +303,6 @@ def test_the_resolved_config_is_logged_without_secrets_and_hashed(settings, canc
     assert tags["task"] == Task.BINARY.value
 
 
-@contextmanager
-def mlflow_models_serve(settings: Settings, uri: str) -> Iterator[str]:
-    """A real `mlflow models serve --env-manager local` process on loopback."""
-    port = free_port()
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # its uvicorn
-    env = dict(os.environ, MLFLOW_TRACKING_URI=settings.mlflow.tracking_uri, PATH=path)
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
-    log = Path(f"mlflow-serve-{port}.log")
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        assert proc.poll() is None, f"mlflow models serve exited: {log.read_text()[-1500:]}"
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("shape", "training"),
@@ -354,7 +324,10 @@ def test_the_gateway_answers_what_mlflow_models_serve_answers(settings, project,
     serving_format = versions(s, registered.name)[0][0].tags["serving_format"]
     rows = trained.X_holdout.head(20)
     body = {"dataframe_split": {"columns": list(rows.columns), "data": rows.to_numpy().tolist()}}
-    with running(s) as gateway, mlflow_models_serve(s, f"models:/{registered.name}@Production") as reference:
+    with (
+        running(s) as gateway,
+        mlflow_models_serve(s.mlflow.tracking_uri, f"models:/{registered.name}@Production") as reference,
+    ):
         ours = httpx.post(f"{gateway}/invocations", json=body, timeout=60)
         theirs = httpx.post(f"{reference}/invocations", json=body, timeout=60)
     assert ours.status_code == theirs.status_code == 200, (ours.text, theirs.text)

@@ -16,14 +16,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 
 import httpx
 import orjson
@@ -48,9 +44,7 @@ from tests.conformance import (
     parquet,
     register_models,
 )
-from tests.conftest import REPO, free_port
-
-STARTUP_S = 180.0
+from tests.conftest import REPO, mlflow_models_serve
 
 
 @pytest.fixture(scope="module")
@@ -85,35 +79,6 @@ def gateways(models: Models) -> Iterator[dict[str, str]]:
             )
             urls[name] = stack.enter_context(running(settings))
         yield urls
-
-
-@contextmanager
-def mlflow_models_serve(models: Models, name: str) -> Iterator[str]:
-    """`mlflow models serve -m models:/NAME/1 --env-manager local` on a free port."""
-    port = free_port()
-    # mlflow execs `uvicorn` from PATH: the one of this interpreter.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=models.settings.mlflow.tracking_uri, PATH=path)
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}/1",
-               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + STARTUP_S
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    out.seek(0)
-                    raise AssertionError(f"mlflow models serve did not start:\n{out.read().decode()[-3000:]}")
-                try:
-                    if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
-            yield url
-        finally:
-            os.killpg(proc.pid, 15)  # its uvicorn child too
-            proc.wait(timeout=30)
 
 
 def send(client: httpx.Client, url: str, payload: Payload) -> httpx.Response:
@@ -162,7 +127,10 @@ def test_the_gateway_answers_as_mlflow_models_serve(models, capsys):
     fresh = httpx.Limits(max_keepalive_connections=0)
     with ExitStack() as stack, httpx.Client() as client, httpx.Client(limits=fresh) as to_mlflow:
         urls = stack.enter_context(gateways(models))
-        mlflow = {name: stack.enter_context(mlflow_models_serve(models, name)) for name in (DEMO, FLAGS)}
+        mlflow = {
+            name: stack.enter_context(mlflow_models_serve(models.settings.mlflow.tracking_uri, f"models:/{name}/1"))
+            for name in (DEMO, FLAGS)
+        }
         for payload in payloads:
             theirs = send(to_mlflow, mlflow[payload.model], payload)
             ours = send(client, urls[payload.model], payload)

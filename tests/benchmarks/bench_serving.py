@@ -27,11 +27,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
+
+from tests.conftest import mlflow_models_serve  # noqa: E402
 
 TARGETS = {"p50_ms": 0.7, "p99_ms": 1.5, "ratio": 12.0, "shadow_overhead": 0.10}
 SHADOW_ROUNDS, SHADOW_REQUESTS = 10, 8000
@@ -101,7 +101,10 @@ def compare(
             requests = [request_bytes(gateway, "/invocations", b) for b in bodies]
             shadow_overhead(settings, client, name, shadow, gateway, requests, rounds, total, drive)
         return
-    with running(settings, isolated=True) as gateway, mlflow_serve(settings, name) as reference:
+    with (
+        running(settings, isolated=True) as gateway,
+        mlflow_models_serve(settings.mlflow.tracking_uri, f"models:/{name}@Production") as reference,
+    ):
         servers = {"gateway": gateway, "mlflow": reference}
         requests = {k: [request_bytes(url, "/invocations", b) for b in bodies] for k, url in servers.items()}
         check_predictions(servers, name, holdout, settings)
@@ -115,36 +118,6 @@ def compare(
                           f"p99 {run['p99_ms']:7.3f}  max {run['max_ms']:7.3f}  {run['throughput_rps']:7.0f} req/s")  # fmt: skip
         report(figures)
         shadow_overhead(settings, client, name, shadow, gateway, requests["gateway"], rounds, total, drive)
-
-
-@contextmanager
-def mlflow_serve(settings, name: str):
-    from serving.server import _free_port
-
-    port = _free_port("127.0.0.1")
-    # mlflow execs `uvicorn` from PATH: the one of this interpreter.
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=settings.mlflow.tracking_uri, PATH=path)
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@Production",
-               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    sys.exit(f"mlflow models serve exited:\n{log.read().decode()[-3000:]}")
-                try:
-                    if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
 
 
 def check_predictions(servers: dict[str, str], name: str, holdout, settings) -> None:
