@@ -50,11 +50,10 @@ _experiments: dict[tuple[Store, str], str] = {}
 def client(store: Store, create: bool = True) -> MlflowClient:
     """The store's client. Readers pass create=False: looking at an embedded store that does not
     exist yet must not create one."""
-    db = store.sqlite_file
-    if db is not None and not db.is_file():
-        if not create:
-            raise RegistryError(f"no MLflow store at {db}: nothing has been trained here yet (run shipway train)")
-        db.parent.mkdir(parents=True, exist_ok=True)
+    if not create:
+        require_store(store)
+    elif store.sqlite_file is not None:
+        store.sqlite_file.parent.mkdir(parents=True, exist_ok=True)
     with _lock:
         found = _clients.get(store)
         if found is None:
@@ -71,6 +70,13 @@ def client(store: Store, create: bool = True) -> MlflowClient:
         mlflow.set_tracking_uri(store.tracking_uri)
         mlflow.set_registry_uri(store.tracking_uri)
     return found
+
+
+def require_store(store: Store) -> None:
+    """Raise when an embedded store does not exist: a reader must not create one."""
+    db = store.sqlite_file
+    if db is not None and not db.is_file():
+        raise RegistryError(f"no MLflow store at {db}: nothing has been trained here yet (run shipway train)")
 
 
 def experiment_id(store: Store, name: str, subfolder: str | None = None) -> str:

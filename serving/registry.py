@@ -13,6 +13,9 @@ from core.errors import RegistryError
 from core.refs import ModelRef
 from core.tracking import Store, client, registered_model
 from core.vocabulary import Tag
+from serving.registry_tables import Artifacts, RegistryTables, Unreadable, model_info
+
+NO_COLUMNS = "the gateway needs column names and types"
 
 
 def parse_canary_share(tags: dict[str, str]) -> float:
@@ -60,15 +63,32 @@ class LoadedVersion:
 
 
 class RegistryReader:
-    """Read-only registry access for the gateway, the shadow process and the benchmark."""
+    """Read-only registry access for the gateway, the shadow process and the benchmark.
+
+    On a database store the aliases, tags and ONNX versions are read without MLflow (see
+    serving/registry_tables.py); MLflow's client, imported on first need, reads the rest.
+    """
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = Store.of(settings)
-        self.client = client(self.store, create=False)
+        self.tables = RegistryTables.of(self.store)
+        self.artifacts = Artifacts(settings.s3)
+        self._client: Any = None
+        if self.tables is None:
+            self.mlflow()  # a missing store fails here, as the tables do
+
+    def mlflow(self) -> Any:
+        """MLflow's client for this store, made on first need; making it also points MLflow's
+        process-wide URIs (what `models:/` and `runs:/` resolve against) at this store."""
+        if self._client is None:
+            self._client = client(self.store, create=False)
+        return self._client
 
     def state(self, name: str) -> ModelState:
-        model = registered_model(self.client, self.store, name)
+        if self.tables is not None:
+            return ModelState(*self.tables.state(name))
+        model = registered_model(self.mlflow(), self.store, name)
         return ModelState({a: str(v) for a, v in model.aliases.items()}, dict(model.tags))
 
     def resolve(self, ref: ModelRef) -> str:
@@ -83,11 +103,41 @@ class RegistryReader:
 
     def load(self, name: str, version: str) -> LoadedVersion:
         """The compiled ONNX form when its parity was checked at registration, else the model itself."""
+        if self.tables is not None:
+            tags, location = self.tables.version(name, version)
+            if tags.get(Tag.SERVING_FORMAT) == "onnx" and tags.get(Tag.ONNX_MODEL_URI):
+                try:
+                    return self._load_onnx(name, version, tags, location)
+                except Unreadable:
+                    pass  # an artifact store MLflow reads for us
+        return self._load_with_mlflow(name, version)
+
+    def _load_onnx(self, name: str, version: str, tags: dict[str, str], location: str) -> LoadedVersion:
+        uri = f"models:/{name}/{version}"
+        info = model_info(self.artifacts.read(f"{location.rstrip('/')}/MLmodel"))
+        columns = _columns_of(info["inputs"], uri)
+        onnx = self.artifacts.read(self._artifact_uri(tags[Tag.ONNX_MODEL_URI]))
+        example = None
+        if info["serving_input_path"]:
+            try:
+                example = self.artifacts.read(f"{location.rstrip('/')}/{info['serving_input_path']}")
+            except Exception:  # only a warm-up needs it: the signature stands in
+                example = None
+        return LoadedVersion(name, version, tags, columns, onnx, None, "onnx", info["predict_fn"], example)
+
+    def _artifact_uri(self, uri: str) -> str:
+        """`runs:/RUN_ID/PATH` as the URI of the file itself; other forms as they are."""
+        if uri.startswith("runs:/") and self.tables is not None:
+            run_id, _, path = uri.removeprefix("runs:/").partition("/")
+            return f"{self.tables.run_artifacts(run_id).rstrip('/')}/{path}"
+        return uri
+
+    def _load_with_mlflow(self, name: str, version: str) -> LoadedVersion:
         import mlflow
         from mlflow.exceptions import MlflowException
 
         try:
-            mv = self.client.get_model_version(name, version)
+            mv = self.mlflow().get_model_version(name, version)
         except MlflowException:
             raise RegistryError(f"model '{name}' has no version {version}") from None
         uri = f"models:/{name}/{version}"
@@ -109,9 +159,16 @@ class RegistryReader:
 
     def columns(self, name: str, version: str) -> list[Column]:
         """A version's input columns, from its signature alone (no model is loaded)."""
+        uri = f"models:/{name}/{version}"
+        if self.tables is not None:
+            _, location = self.tables.version(name, version)
+            try:
+                return _columns_of(model_info(self.artifacts.read(f"{location.rstrip('/')}/MLmodel"))["inputs"], uri)
+            except Unreadable:
+                pass
         import mlflow
 
-        uri = f"models:/{name}/{version}"
+        self.mlflow()
         return _columns(mlflow.models.get_model_info(uri), uri)
 
     def baseline(self, loaded: LoadedVersion) -> Any:
@@ -119,7 +176,10 @@ class RegistryReader:
         import mlflow.sklearn
 
         uri = loaded.tags.get(Tag.BASELINE_MODEL_URI)
-        return mlflow.sklearn.load_model(uri) if uri else None
+        if not uri:
+            return None
+        self.mlflow()
+        return mlflow.sklearn.load_model(uri)
 
 
 def _serving_example(info: Any, uri: str) -> bytes | None:
@@ -139,8 +199,18 @@ def _serving_example(info: Any, uri: str) -> bytes | None:
 def _columns(info: Any, uri: str) -> list[Column]:
     schema = info.signature.inputs if info.signature else None
     if schema is None or not schema.has_input_names():
-        raise RegistryError(f"{uri} has no column signature: the gateway needs column names and types")
+        raise RegistryError(f"{uri} has no column signature: {NO_COLUMNS}")
     return [Column(c.name, getattr(c.type, "name", str(c.type)), c.required) for c in schema.inputs]
+
+
+def _columns_of(inputs: list[dict] | None, uri: str) -> list[Column]:
+    """Columns from the MLmodel file's signature JSON; columns of nested types (array, object, map)
+    are left to MLflow, whose names for them the gateway's schema uses."""
+    if not inputs or not all("name" in c for c in inputs):
+        raise RegistryError(f"{uri} has no column signature: {NO_COLUMNS}")
+    if any(not isinstance(c.get("type"), str) or c["type"] in ("array", "object", "map", "any") for c in inputs):
+        raise Unreadable(uri)
+    return [Column(c["name"], c["type"], c.get("required", True)) for c in inputs]
 
 
 def unknown_sensitive_columns(sensitive: Iterable[str], columns: Iterable[str]) -> list[str]:

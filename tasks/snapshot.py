@@ -29,10 +29,11 @@ from pydantic import BaseModel, ValidationError
 
 from configs.settings import Settings
 from core.errors import DataError, SnapshotError
+from core.s3 import s3_client, split_s3_uri
 from core.sources import DemoSource, check_source  # noqa: F401 (part of this module's interface)
 from tasks import demo_data
 from tasks.retries import retry_on_io
-from tasks.storage import Store, open_store, progress, s3_client, split_s3_uri
+from tasks.storage import Store, open_store, progress
 
 FORMAT = "shipway.snapshot/v1"
 DATA_FILE = "data.parquet"

@@ -17,7 +17,7 @@ from typing import Protocol
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from configs.settings import S3Settings
-from core.errors import DataError
+from core.s3 import s3_client, split_s3_uri
 
 PROGRESS_MIN_BYTES = 64 * 2**20  # smaller transfers finish before a bar is worth drawing
 
@@ -42,20 +42,6 @@ def open_store(location: str, s3: S3Settings) -> Store:
         bucket, prefix = split_s3_uri(location)
         return S3Store(bucket, prefix, s3)
     return LocalStore(Path(location))
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise DataError(f"S3 URI has no bucket: {uri}")
-    return bucket, key.strip("/")
-
-
-def s3_client(s3: S3Settings):
-    """A boto3 S3 client; credentials come from the usual AWS_* variables and files."""
-    import boto3
-
-    return boto3.client("s3", endpoint_url=s3.endpoint_url or None, region_name=s3.region)
 
 
 @contextmanager

@@ -127,10 +127,11 @@ def test_a_version_handed_over_as_kept_is_served_pinned_without_the_registry(ser
     settings, _, second, rows = served
     reader = RegistryReader(settings)
     loaded = reader.load(second.name, second.version)
+    baseline = reader.baseline(loaded)
     store = settings.mlflow.tracking_uri.removeprefix("sqlite:///")
     shutil.move(store, f"{store}.away")
     try:
-        with running(settings, kept=loaded, kept_baseline=reader.baseline(loaded)) as url:
+        with running(settings, kept=loaded, kept_baseline=baseline) as url:
             answer = predict(url, rows)
             assert answer.status_code == 200 and answer.headers["x-model-version"] == second.version
             doc = health(url)

@@ -1,0 +1,128 @@
+"""The registry read straight from MLflow's tables, and a version's files from its artifact store.
+
+Why: importing MLflow and building its SQL store (alembic, the ORM mappers) takes ~1.5 s of
+the 2.3 s a gateway needed to answer its first /ping from the registry. Aliases, tags and a
+version's storage location are five small tables; the MLmodel file is YAML. So when the
+tracking store is a database (SQLite, PostgreSQL) the gateway and the Shadow's process read
+these with SQLAlchemy core, and read the ONNX form of a version from local disk or S3 directly.
+Anything else (an MLflow server over HTTP, other artifact stores, a version not served as ONNX)
+goes through MLflow, as before: `RegistryReader` decides. The tables are MLflow's own schema
+(3.x, `workspace` column included); tests/test_registry_tables.py reads the same stores with both
+readers and fails on any difference, so an MLflow upgrade that moves them is caught.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import sqlalchemy as sa
+import yaml
+
+from core.errors import RegistryError
+from core.s3 import s3_client, split_s3_uri
+from core.tracking import Store, require_store
+
+WORKSPACE = "default"  # MLflow's workspace for a store used without workspaces
+DELETED = "Deleted_Internal"  # current_stage of a deleted version (MLflow keeps the row)
+SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+class Unreadable(Exception):
+    """An artifact URI this module does not read (MLflow does)."""
+
+
+class RegistryTables:
+    """Read-only queries on MLflow's registry tables."""
+
+    @classmethod
+    def of(cls, store: Store) -> RegistryTables | None:
+        """The store's tables; None when the tracking store is not a database (an MLflow server)."""
+        scheme = store.tracking_uri.partition(":")[0].partition("+")[0]
+        if scheme not in SQL_SCHEMES:
+            return None
+        require_store(store)
+        return cls(store)
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.engine = sa.create_engine(store.tracking_uri, pool_pre_ping=True, pool_size=1, max_overflow=1)
+
+    def _rows(self, query: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.text(query), {"workspace": WORKSPACE, **params}))
+
+    def state(self, name: str) -> tuple[dict[str, str], dict[str, str]]:
+        """The model's aliases ({alias: version}) and registered-model tags."""
+        if not self._rows("SELECT 1 FROM registered_models WHERE workspace = :workspace AND name = :name", name=name):
+            known = [r[0] for r in self._rows("SELECT name FROM registered_models WHERE workspace = :workspace")]
+            hint = f"; registered models: {', '.join(sorted(known))}" if known else "; nothing is registered yet"
+            raise RegistryError(f"registered model '{name}' not found in {self.store.tracking_uri}{hint}")
+        aliases = self._rows(
+            "SELECT alias, version FROM registered_model_aliases WHERE workspace = :workspace AND name = :name",
+            name=name,
+        )
+        tags = self._rows(
+            'SELECT "key", value FROM registered_model_tags WHERE workspace = :workspace AND name = :name', name=name
+        )
+        return {a: str(v) for a, v in aliases}, {k: v for k, v in tags}
+
+    def version(self, name: str, version: str) -> tuple[dict[str, str], str]:
+        """A version's tags and where its files are (MLflow's download URI for `models:/NAME/VERSION`)."""
+        found = self._rows(
+            "SELECT storage_location, source FROM model_versions WHERE workspace = :workspace AND name = :name "
+            "AND version = :version AND (current_stage IS NULL OR current_stage != :deleted)",
+            name=name,
+            version=int(version) if version.isdigit() else -1,
+            deleted=DELETED,
+        )
+        if not found:
+            raise RegistryError(f"model '{name}' has no version {version}")
+        location = found[0][0] or found[0][1]
+        tags = self._rows(
+            'SELECT "key", value FROM model_version_tags WHERE workspace = :workspace AND name = :name '
+            "AND version = :version",
+            name=name,
+            version=int(version),
+        )
+        return {k: v for k, v in tags}, location
+
+    def run_artifacts(self, run_id: str) -> str:
+        """A run's artifact root (what `runs:/RUN_ID/...` resolves against)."""
+        found = self._rows("SELECT artifact_uri FROM runs WHERE run_uuid = :run_id", run_id=run_id)
+        if not found:
+            raise RegistryError(f"run {run_id} not found in {self.store.tracking_uri}")
+        return found[0][0]
+
+
+class Artifacts:
+    """Reads files under an artifact URI: a local path (file:// or plain) or s3://."""
+
+    def __init__(self, s3: Any):
+        self.s3 = s3  # a configs.S3Settings
+        self._client: Any = None
+
+    def read(self, uri: str) -> bytes:
+        parsed = urlparse(uri)
+        if parsed.scheme in ("", "file"):
+            return Path(unquote(parsed.path) if parsed.scheme else uri).read_bytes()
+        if parsed.scheme == "s3":
+            if self._client is None:
+                self._client = s3_client(self.s3)
+            bucket, key = split_s3_uri(uri)
+            return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        raise Unreadable(uri)
+
+
+def model_info(mlmodel: bytes) -> dict[str, Any]:
+    """The parts of an MLmodel file the gateway needs: flavors, input columns, predict_fn, example path."""
+    info = yaml.safe_load(mlmodel) or {}
+    inputs = json.loads((info.get("signature") or {}).get("inputs") or "null")
+    return {
+        "flavors": info.get("flavors") or {},
+        "inputs": inputs,
+        "predict_fn": (info.get("flavors") or {}).get("python_function", {}).get("predict_fn", "predict"),
+        "serving_input_path": (info.get("saved_input_example_info") or {}).get("serving_input_path"),
+    }
