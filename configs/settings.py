@@ -400,7 +400,11 @@ class GateSettings(_Section):
     kl_threshold: float = Field(0.05, gt=0, description="KL divergence (batch || training) allowed on those bins.")
     unseen_tolerance: float = Field(0.02, ge=0, le=1, description="Share of unseen categories allowed.")
     point_mass_share: float = Field(
-        0.03, gt=0, le=1, description="Share by which one value may be more frequent than in training (stuck, clipped)."
+        0.03,
+        gt=0,
+        le=1,
+        description="Share by which one value may be more frequent than in training (stuck), and share of "
+        "training values that may lie beyond a batch's largest or smallest value (clipped, tail cut off).",
     )
     max_categories: int = Field(
         1000, gt=0, description="Categories a contract lists per column; rarer ones count as other."

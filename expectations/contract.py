@@ -205,7 +205,8 @@ def _numeric(column: str, x: np.ndarray, settings: GateSettings) -> list[dict[st
             ).meta(
                 max_share_increase=settings.point_mass_share,
                 note="the gate fails only when the batch's most common value holds a share this much "
-                "larger than in training (a stuck or clipped column); values added here are accepted",
+                "larger than in training (a stuck column), or when this share of training values lies beyond "
+                "the batch's largest or smallest value (a clipped column); values added here are accepted",
             ),
             column=column,
             value_set=point_masses,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 from configs.settings import GateSettings
 from core.contract_stats import TrainingStats
@@ -544,23 +544,91 @@ def check_in_set(e: dict, data: _Column, wf: float) -> Outcome:
 
 
 def check_most_common(e: dict, data: _Column, wf: float) -> Outcome:
+    """A stuck column (one value much more frequent than in training) or a clipped one (see
+    `_clipped`). Both effects are shares with `max_share_increase` as their bound, each with its
+    test; the outcome is the sub-test whose effect passes its bound with the smallest p, that p
+    Bonferroni-split over the sub-tests (stuck; clipped above; clipped below)."""
     value, count = data.mode
     allowed = {_plain(v) for v in e["kwargs"].get("value_set") or []}
     meta = e.get("meta", {})
     t = _training(e)
     shares = {_key(k): float(v) for k, v in (t.shares or {}).items()}
     share = count / data.present
+    m = _rows(e, data)
     result = {"observed_value": [value]}
-    measures = {"top_value": value, "top_value_share": share}
-    if value in allowed and value not in shares:  # a value the user declared fine
-        return _outcome(e, data.name, False, False, None, "", result, measures)
-    trained = shares.get(value, t.other_max_share or 0.0)
+    measures: dict[str, Any] = {"top_value": value, "top_value_share": share}
     limit = float(meta.get("max_share_increase", 0.03))
-    candidates = min(t.distinct if t.distinct is not None else data.present, data.present)
-    p = min(1.0, _binom_p(count, data.present, trained + 1 / (_rows(e, data) + 1)) * max(candidates, 1))
-    measures["top_value_share_train"] = trained
-    reason = f"stuck or clipped: {share:.1%} of values are {_fmt(value)} (training {trained:.1%})"
-    return _outcome(e, data.name, share - trained >= limit, share - trained >= wf * limit, p, reason, result, measures)
+    ends = _clipped(data, m, shares, t.other_max_share or 0.0, allowed, limit, wf)
+    if ends is not None:
+        measures["tail_missing"] = max(f.missing for f in ends)
+    findings = [f for f in ends or [] if f.warn]
+    if not (value in allowed and value not in shares):  # else a value the user declared fine
+        trained = shares.get(value, t.other_max_share or 0.0)
+        candidates = min(t.distinct if t.distinct is not None else data.present, data.present)
+        p = min(1.0, _binom_p(count, data.present, trained + 1 / (m + 1)) * max(candidates, 1))
+        measures["top_value_share_train"] = trained
+        reason = f"stuck or clipped: {share:.1%} of values are {_fmt(value)} (training {trained:.1%})"
+        findings.append(_Finding(share - trained >= limit, share - trained >= wf * limit, p, reason))
+    if not findings:
+        return _outcome(e, data.name, False, False, None, "", result, measures)
+    chosen = min(findings, key=lambda f: (not f.fail, not f.warn, f.p))  # a tie: the clipping's reason
+    p = min(1.0, chosen.p * (3 if ends is not None else 1))
+    return _outcome(e, data.name, chosen.fail, chosen.warn, p, chosen.reason, result, measures)
+
+
+@dataclass(frozen=True)
+class _Finding:
+    fail: bool
+    warn: bool
+    p: float
+    reason: str
+    missing: float = 0.0
+
+
+def _clipped(
+    data: _Column, m: int, shares: dict, other_max: float, allowed: set, limit: float, wf: float
+) -> list[_Finding] | None:
+    """A column clipped (or cut off) at some value, at either end. At each end of a numeric batch
+    sits its extreme value v, nothing beyond it (by definition); the effect is the share of training
+    values beyond v (read off the training CDF the KL expectation keeps): the tail the batch lacks.
+    Its p combines (Fisher) P(no batch value beyond v) -- beta-binomial on the training count
+    beyond v, so that the training sample's own uncertainty counts -- with P(the pile at v): the
+    values at v besides the one that makes it the extreme, at v's training share. None: no CDF."""
+    if data.kl is None or data.series.dtype.kind not in "iuf" or data.present < 2:
+        return None
+    cdf, x, n = _cdf_of(data.kl), data.sorted, data.present
+    out = []
+    for side, v in (("above", float(x[-1])), ("below", float(x[0]))):
+        if side == "above":
+            at, within, bound = n - data.below(v), _interp_cdf(cdf, v, strict=False), 1 - cdf.below[-1]
+        else:
+            at, within, bound = (
+                int(np.searchsorted(x, v, "right")),
+                1 - _interp_cdf(cdf, v, strict=True),
+                cdf.at_or_below[0],
+            )
+        # The effect leaves out training's own pile at its extreme (a floor or a cap): that pile
+        # moved a little is a shift of the bound, which the mean, quantile and KS checks judge.
+        missing = 1 - within
+        effect = missing - float(bound) if missing > 0 else 0.0
+        if effect < wf * limit or (v in allowed and v not in shares):  # a bound the user declared
+            out.append(_Finding(False, False, 1.0, "", effect))
+            continue
+        j = math.floor(round(m * missing, 6))  # training values beyond v (fewer: the conservative side)
+        p_empty = math.exp(special.betaln(j, m - j + 1 + n) - special.betaln(j, m - j + 1)) if j > 0 else 1.0
+        trained = shares.get(v, other_max)
+        p_pile = _binom_p(at - 1, n - 1, min(1.0, (trained + 1 / (m + 1)) / max(within, 1e-9)))
+        p = float(stats.chi2.sf(-2 * (math.log(max(p_empty, 1e-300)) + math.log(max(p_pile, 1e-300))), 4))
+        level = within if side == "above" else missing
+        what = (
+            f"none of {n} values {side} {_fmt(v)} (training q{level:.3g}: {missing:.1%} of training values {side} it)"
+        )
+        if at > 1 and at / n - trained >= wf * limit:
+            reason = f"clipped: {what}; {at / n:.1%} of values are {_fmt(v)} (training {trained:.1%})"
+        else:
+            reason = f"tail cut off: {what}"
+        out.append(_Finding(effect >= limit, True, p, reason, effect))
+    return out
 
 
 NOT_NULL = "expect_column_values_to_not_be_null"
