@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import httpx
 import numpy as np
@@ -16,7 +16,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, load_
 
 from configs.settings import Settings, load_settings
 from core.vocabulary import Alias, Task, Verdict
-from serving import running
+from serving import RegistryReader, running
 from tasks.gate import GateOutcome, gate, publish_contract, reference_for_model
 from tasks.lineage import GitLineage
 from tasks.registration import register
@@ -154,6 +154,13 @@ def test_every_table_shape_trains_registers_gates_and_serves(workspace, tmp_path
     assert tags["task"] == shape.task.value
     if shape.serving_format:
         assert tags["serving_format"] == shape.serving_format, tags["onnx_parity"]
+    # The gateway's own read of the registry (without MLflow, serving/registry_tables.py) sees every
+    # column type as MLflow's client does: text, booleans, nullable integers, dates, unicode names.
+    reader = RegistryReader(s)
+    by_mlflow = reader._load_with_mlflow(registered.name, registered.version)
+    assert reader.columns(registered.name, registered.version) == by_mlflow.columns
+    if tags["serving_format"] == "onnx":
+        assert asdict(reader.load(registered.name, registered.version)) == asdict(by_mlflow)
 
     # The gate checks the features only: the snapshot's other columns are neither checked nor refused.
     reference = reference_for_model(s, f"{registered.name}@Production")
