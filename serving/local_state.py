@@ -37,6 +37,7 @@ ONNX = "model.onnx"
 MODEL = "model.skops"
 EXAMPLE = "serving_input_example.json"
 BASELINE = "baseline.skops"
+BASELINE_ONNX = "baseline.onnx"
 
 
 class LocalState:
@@ -66,7 +67,9 @@ class LocalState:
                 (tmp / ONNX).write_bytes(loaded.onnx)
             else:
                 _write_skops(tmp / MODEL, loaded.model)
-            if baseline is not None:
+            if isinstance(baseline, bytes):
+                (tmp / BASELINE_ONNX).write_bytes(baseline)
+            elif baseline is not None:
                 _write_skops(tmp / BASELINE, baseline)
             if loaded.example is not None:
                 (tmp / EXAMPLE).write_bytes(loaded.example)
@@ -122,8 +125,11 @@ class LocalState:
         return (self.dir / "versions" / version / META).is_file()
 
     def baseline(self, version: str) -> Any:
-        path = self.dir / "versions" / version / BASELINE
-        return _read_skops(path) if path.is_file() else None
+        """The version's baseline: ONNX bytes, a sklearn pipeline, or None."""
+        folder = self.dir / "versions" / version
+        if (folder / BASELINE_ONNX).is_file():
+            return (folder / BASELINE_ONNX).read_bytes()
+        return _read_skops(folder / BASELINE) if (folder / BASELINE).is_file() else None
 
     def _mkdir(self, path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)

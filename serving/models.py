@@ -72,10 +72,13 @@ def servable(loaded: LoadedVersion) -> Servable:
     return Servable(loaded.version, loaded.flavor, schema, loaded.model, loaded.predict_fn, rule)
 
 
-def baseline_servable(loaded: LoadedVersion, model: Any) -> Servable:
-    """The version's heuristic baseline: a small sklearn pipeline over the same columns, answering
-    in the version's own form (classes fitted on the same training split, so the same columns)."""
-    return Servable(loaded.version, "sklearn", Schema(loaded.columns), model, loaded.predict_fn)
+def baseline_servable(version: str, schema: Schema, model: Any, predict_fn: str) -> Servable:
+    """A version's heuristic baseline over the same columns, answering in the version's own form
+    (classes fitted on the same training split): its ONNX bytes, compiled at registration, or the
+    small sklearn pipeline itself."""
+    if isinstance(model, bytes):
+        return Servable(version, "onnx", schema, session(model), predict_fn)
+    return Servable(version, "sklearn", schema, model, predict_fn)
 
 
 def warm_up(model: Servable, example: bytes | None) -> None:

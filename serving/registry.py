@@ -172,12 +172,22 @@ class RegistryReader:
         return _columns(mlflow.models.get_model_info(uri), uri)
 
     def baseline(self, loaded: LoadedVersion) -> Any:
-        """The heuristic baseline registered with a version (tag baseline_model_uri), or None."""
-        import mlflow.sklearn
+        """The heuristic baseline registered with a version: its ONNX bytes (tag baseline_onnx_uri),
+        else the sklearn pipeline (tag baseline_model_uri), else None."""
+        onnx_uri = loaded.tags.get(Tag.BASELINE_ONNX_URI)
+        if onnx_uri:
+            try:
+                return self.artifacts.read(self._artifact_uri(onnx_uri))
+            except Unreadable:
+                import mlflow
 
+                self.mlflow()
+                return Path(mlflow.artifacts.download_artifacts(artifact_uri=onnx_uri)).read_bytes()
         uri = loaded.tags.get(Tag.BASELINE_MODEL_URI)
         if not uri:
             return None
+        import mlflow.sklearn
+
         self.mlflow()
         return mlflow.sklearn.load_model(uri)
 

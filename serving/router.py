@@ -23,6 +23,7 @@ from serving.local_state import LocalState
 from serving.metrics import Metrics
 from serving.models import Servable, baseline_servable, servable, warm_up
 from serving.registry import LoadedVersion, ModelState, parse_canary_share, unknown_sensitive_columns
+from serving.schema import Schema
 
 log = logging.getLogger("shipway.serving")
 SERVED_ALIASES = (Alias.PRODUCTION, Alias.CANARY, Alias.SHADOW, Alias.PREVIOUS)
@@ -163,7 +164,7 @@ class Router:
             if due is not None and self.local_state is not None:
                 self.local_state.save_version(due, found)
             if found is not None:
-                kept_baseline = Servable(version, "sklearn", model.schema, found, model.predict_fn)
+                kept_baseline = baseline_servable(version, model.schema, found, model.predict_fn)
                 example = (
                     due.example if due is not None else self.local_state.example(version) if self.local_state else None
                 )
@@ -247,7 +248,11 @@ class Router:
                 baseline_model = self.load_baseline(loaded) if with_baseline else None
             else:
                 loaded, model, baseline_model = kept
-            baseline = baseline_servable(loaded, baseline_model) if baseline_model is not None else None
+            baseline = (
+                baseline_servable(version, Schema(loaded.columns), baseline_model, loaded.predict_fn)
+                if baseline_model is not None
+                else None
+            )
             for ready in (model, baseline):  # before anyone is routed to them: see warm_up
                 if ready is not None:
                     warm_up(ready, loaded.example)

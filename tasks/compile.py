@@ -55,6 +55,7 @@ def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame, predict_fn: str =
             None, f"unsupported: column types {', '.join(f'{c}:{X_holdout[c].dtype}' for c in unsupported)}"
         )
     _register_float64_imputer()
+    _register_float64_stumps()
     graph = _with_null_token(model)
     types = [
         (c, DoubleTensorType([None, 1]) if _is_number(X_holdout[c]) else StringTensorType([None, 1]))
@@ -208,3 +209,101 @@ def _register_float64_imputer() -> None:
     update_registered_converter(
         SimpleImputer, "SklearnSimpleImputer", get_shape_calculator("SklearnSimpleImputer"), convert
     )
+
+
+def _register_float64_stumps() -> None:
+    """Decision trees of depth <= 1 (the heuristic baseline's one rule) as Cast/LessOrEqual/Where on
+    float64: onnxruntime's tree operators answer in float32 only, which left baselines without an
+    ONNX form, and the gateway importing scikit-learn (~1.5 s) to load them. Deeper trees keep
+    skl2onnx's own converter."""
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common._registration import get_converter, get_shape_calculator
+    from skl2onnx.common.data_types import DoubleTensorType
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    for estimator, alias in (
+        (DecisionTreeClassifier, "SklearnDecisionTreeClassifier"),
+        (DecisionTreeRegressor, "SklearnDecisionTreeRegressor"),
+    ):
+        original = get_converter(alias)
+        if getattr(getattr(original, "_fct", original), "shipway", False):
+            continue
+        update_registered_converter(
+            estimator,
+            alias,
+            get_shape_calculator(alias),
+            _stump_or(original, DoubleTensorType),
+            options=original.get_allowed_options(),
+        )
+
+
+def _stump_or(original, double):
+    """skl2onnx's converter signature is (scope, operator, container): the fallback is closed over."""
+
+    def convert(scope, operator, container):
+        tree = operator.raw_operator
+        if tree.tree_.node_count > 3 or tree.n_outputs_ != 1 or not isinstance(operator.inputs[0].type, double):
+            return original(scope, operator, container)
+        _stump(scope, operator, container, tree)
+
+    convert.shipway = True
+    return convert
+
+
+def _stump(scope, operator, container, tree) -> None:
+    """One split: x[:, f] <= threshold picks the left leaf's answer, else the right's. As sklearn
+    does, x is compared as float32 (trees cast their input), and a missing value goes where
+    sklearn sends it. Each leaf's answer is sklearn's own at a point of that leaf."""
+    from skl2onnx.proto import onnx_proto
+
+    split = tree.tree_.node_count == 3
+    f = int(tree.tree_.feature[0]) if split else 0
+    threshold = float(tree.tree_.threshold[0]) if split else 0.0
+    classifier = hasattr(tree, "classes_")
+
+    def answer(value: float) -> np.ndarray:
+        row = np.zeros((1, tree.n_features_in_))
+        row[0, f] = value
+        return tree.predict_proba(row) if classifier else tree.predict(row).reshape(1, 1)
+
+    def name(what: str) -> str:
+        return scope.get_unique_variable_name(what)
+
+    def node(op: str, inputs: list[str], output: str, **attrs) -> str:
+        container.add_node(op, inputs, [output], name=scope.get_unique_operator_name(op), **attrs)
+        return output
+
+    def constant(what: str, values: np.ndarray, kind=onnx_proto.TensorProto.DOUBLE) -> str:
+        init = name(what)
+        container.add_initializer(init, kind, list(values.shape), values.reshape(-1).tolist())
+        return init
+
+    step = max(1.0, abs(threshold))  # clearly on one side, even as float32
+    left = answer(threshold - step)
+    right = answer(threshold + step) if split else left
+    column = node(
+        "Gather",
+        [operator.inputs[0].full_name, constant("feature", np.array([f]), onnx_proto.TensorProto.INT64)],
+        name("column"),
+        axis=1,
+    )
+    as_float = node(
+        "Cast",
+        [node("Cast", [column], name("float32"), to=onnx_proto.TensorProto.FLOAT)],
+        name("float64"),
+        to=onnx_proto.TensorProto.DOUBLE,
+    )
+    goes_left = node("LessOrEqual", [as_float, constant("threshold", np.array([[threshold]]))], name("goes_left"))
+    if split and tree.apply(np.full((1, tree.n_features_in_), np.nan, dtype=np.float32))[0] == 1:
+        goes_left = node("Or", [goes_left, node("IsNaN", [column], name("missing"))], name("goes_left"))
+    if not classifier:
+        node("Where", [goes_left, constant("left", left), constant("right", right)], operator.outputs[0].full_name)
+        return
+    proba = node("Where", [goes_left, constant("left", left), constant("right", right)], operator.outputs[1].full_name)
+    best = node("ArgMax", [proba], name("best"), axis=1, keepdims=0)
+    classes = np.asarray(tree.classes_)
+    if classes.dtype.kind in "biu":
+        labels = constant("classes", classes.astype(np.int64), onnx_proto.TensorProto.INT64)
+    else:
+        labels = constant("classes", classes.astype(str).astype(object), onnx_proto.TensorProto.STRING)
+    node("Gather", [labels, best], operator.outputs[0].full_name, axis=0)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -16,7 +18,7 @@ from core.vocabulary import Alias, Tag
 from serving.registry import RegistryReader
 from serving.registry_tables import RegistryTables
 from tasks.registry import set_alias, set_model_tag, set_version_tags
-from tests.conftest import PG_SERVER, postgres_databases, register_versions, tuned
+from tests.conftest import PG_SERVER, REPO, postgres_databases, register_versions, tuned, write_profile
 
 
 def _both_ways(settings, name: str, versions: list[str]) -> None:
@@ -97,3 +99,25 @@ def test_the_direct_read_equals_mlflows_on_postgresql(small):
         name, versions = _registered(on_pg)
         _both_ways(on_pg, name, versions)
         RegistryReader(on_pg).tables.engine.dispose()  # before the database is dropped
+
+
+def test_serving_an_onnx_version_with_its_baseline_imports_neither_mlflow_nor_sklearn(small, tmp_path):
+    """The point of the direct read and of the baseline's ONNX form: a gateway's first start reads,
+    loads and warms both without MLflow's import (~1.5 s) or scikit-learn's (~1.5 s)."""
+    name, (version,) = _registered(small, 1)
+    profile = write_profile(small, tmp_path / "profile.yaml")
+    code = f"""
+import sys
+from configs.settings import load_settings
+from serving.models import Inputs, baseline_servable, servable
+from serving.registry import RegistryReader
+reader = RegistryReader(load_settings({str(profile)!r}))
+loaded = reader.load({name!r}, {version!r})
+model = servable(loaded)
+baseline = baseline_servable(loaded.version, model.schema, reader.baseline(loaded), loaded.predict_fn)
+rows = model.schema.placeholder()
+print(model.flavor, baseline.flavor, Inputs(rows).predict(model) is not None, Inputs(rows).predict(baseline) is not None)
+print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"mlflow", "sklearn", "skops", "scipy"}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert out.splitlines() == ["onnx onnx True True", "[]"]

@@ -9,13 +9,14 @@ from datetime import UTC, datetime, timedelta
 import mlflow
 import numpy as np
 import orjson
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from configs.settings import TrainingSettings
 from core.errors import GateError
-from core.vocabulary import Alias
+from core.vocabulary import Alias, Task
 from flows.cli import cli
 from serving.prediction_log import Label, Prediction, PredictionLog, Redactor, read_feedback, read_window
 from serving.schema import BadInput
@@ -25,7 +26,7 @@ from tasks.lineage import GitLineage
 from tasks.registration import register
 from tasks.registry import set_alias
 from tasks.snapshot import take_snapshot
-from tasks.training import train
+from tasks.training import build_baseline, train
 from tests.conftest import PG_SERVER, postgres_databases, tuned
 
 
@@ -45,6 +46,31 @@ def test_logistic_pipeline_compiles_with_exact_parity(frame):
     labels, proba = ort.InferenceSession(compiled.onnx).run(None, frame_feeds(trained.X_holdout))
     assert labels.tolist() == trained.model.predict(trained.X_holdout).tolist()
     assert np.abs(proba - trained.model.predict_proba(trained.X_holdout)).max() <= 1e-6
+
+
+@pytest.mark.parametrize(
+    ("labels", "predict_fn"),
+    [(labels, fn) for labels in ("integers", "strings", "booleans") for fn in ("predict", "predict_proba")]
+    + [("values", "predict")],
+)
+def test_the_baseline_rule_compiles_exactly_whatever_its_labels_and_nulls(frame, labels, predict_fn):
+    """onnxruntime's tree operators answer in float32 only: the one-split baseline gets a float64
+    graph of its own, compared as sklearn compares (the value as float32), nulls sent where sklearn
+    sends them. Rows at and next to the threshold, and nulls, must answer exactly as sklearn."""
+    X, y = frame.drop(columns=[TARGET]), frame[TARGET]
+    task = Task.REGRESSION if labels == "values" else Task.BINARY
+    y = {"integers": y, "strings": y.map({0: "stays", 1: "leaves"}), "booleans": y.astype(bool),
+         "values": X["monthly_charges"] * 2 + y}[labels]  # fmt: skip
+    X = X.drop(columns=["monthly_charges"]) if labels == "values" else X
+    baseline, rule = build_baseline(X, y, task, seed=1)
+    column, threshold = rule.split(" <= ")
+    edge = X.head(40).copy()
+    edge[column] = [float(threshold) + d for d in (-1e-9, 0.0, 1e-9, 1e-4) * 10]
+    edge.loc[edge.index[::3], column] = np.nan
+    rows = pd.concat([X, edge])
+    compiled = compile_pipeline(baseline, rows, predict_fn)
+    assert compiled.ok, compiled.status
+    assert re.search(r"within 0 relative|max \|dp\| 0$", compiled.status), compiled.status
 
 
 def test_unsupported_or_inexact_models_are_served_by_sklearn_and_say_why(frame):
