@@ -238,7 +238,10 @@ def journey(servers, databases, s3_endpoint, bucket, tmp_path_factory) -> Journe
         seen = list(approver.seen)
         trained.append(training_flow(data=second, settings=settings))
         with running(settings) as url:
-            replay = Replay(url, generate(2_000, seed=13), TARGET, max_rate=400, api_token="journey-token")
+            # Rows enough that none repeats (~7,000 requests): cycling 2,000 rows, the canary's sticky keys
+            # sent the same few hundred customers again and again, which the gate rightly reads as
+            # duplicated rows, not as the clean traffic this journey means to monitor.
+            replay = Replay(url, generate(20_000, seed=13), TARGET, max_rate=400, api_token="journey-token")
             replay.start()
             approver = AutoApprover(settings, NAME, [True, True], reviewer="rita", comment="looked at it")
             approver.start()
