@@ -14,6 +14,7 @@ readers and fails on any difference, so an MLflow upgrade that moves them is cau
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -39,9 +40,10 @@ class RegistryTables:
 
     @classmethod
     def of(cls, store: Store) -> RegistryTables | None:
-        """The store's tables; None when the tracking store is not a database (an MLflow server)."""
+        """The store's tables; None when the tracking store is not a database (an MLflow server), or
+        when MLflow's workspaces are on (which workspace a client is in is MLflow's to say)."""
         scheme = store.tracking_uri.partition(":")[0].partition("+")[0]
-        if scheme not in SQL_SCHEMES:
+        if scheme not in SQL_SCHEMES or os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").lower() in ("1", "true"):
             return None
         require_store(store)
         return cls(store)

@@ -77,8 +77,13 @@ def test_missing_things_are_named(small, tmp_path):
     assert not (tmp_path / "none").exists()  # a reader creates nothing
 
 
-def test_an_mlflow_server_is_read_through_mlflow(small):
+def test_an_mlflow_server_or_workspaces_are_read_through_mlflow(small, monkeypatch):
     assert RegistryTables.of(Store("http://127.0.0.1:5000")) is None
+    db = Store.of(small)
+    client(db)  # the store exists
+    assert RegistryTables.of(db) is not None
+    monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", "true")
+    assert RegistryTables.of(db) is None
 
 
 @pytest.mark.slow
