@@ -113,24 +113,33 @@ class RegistryReader:
         return self._load_with_mlflow(name, version)
 
     def _load_onnx(self, name: str, version: str, tags: dict[str, str], location: str) -> LoadedVersion:
-        uri = f"models:/{name}/{version}"
-        info = model_info(self.artifacts.read(f"{location.rstrip('/')}/MLmodel"))
-        columns = _columns_of(info["inputs"], uri)
+        info = model_info(self.artifacts.read(_under(location, "MLmodel")))
+        columns = _columns_of(info.inputs, f"models:/{name}/{version}")
         onnx = self.artifacts.read(self._artifact_uri(tags[Tag.ONNX_MODEL_URI]))
         example = None
-        if info["serving_input_path"]:
+        if info.serving_input_path:
             try:
-                example = self.artifacts.read(f"{location.rstrip('/')}/{info['serving_input_path']}")
+                example = self.artifacts.read(_under(location, info.serving_input_path))
             except Exception:  # only a warm-up needs it: the signature stands in
                 example = None
-        return LoadedVersion(name, version, tags, columns, onnx, None, "onnx", info["predict_fn"], example)
+        return LoadedVersion(name, version, tags, columns, onnx, None, "onnx", info.predict_fn, example)
 
     def _artifact_uri(self, uri: str) -> str:
         """`runs:/RUN_ID/PATH` as the URI of the file itself; other forms as they are."""
         if uri.startswith("runs:/") and self.tables is not None:
             run_id, _, path = uri.removeprefix("runs:/").partition("/")
-            return f"{self.tables.run_artifacts(run_id).rstrip('/')}/{path}"
+            return _under(self.tables.run_artifacts(run_id), path)
         return uri
+
+    def _artifact_bytes(self, uri: str) -> bytes:
+        """One artifact file: read here when this module can (local disk, S3), else by MLflow."""
+        try:
+            return self.artifacts.read(self._artifact_uri(uri))
+        except Unreadable:
+            import mlflow
+
+            self.mlflow()
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri)).read_bytes()
 
     def _load_with_mlflow(self, name: str, version: str) -> LoadedVersion:
         import mlflow
@@ -147,7 +156,7 @@ class RegistryReader:
         predict_fn = info.flavors.get("python_function", {}).get("predict_fn", "predict")
         example = _serving_example(info, uri)
         if tags.get(Tag.SERVING_FORMAT) == "onnx" and tags.get(Tag.ONNX_MODEL_URI):
-            onnx = Path(mlflow.artifacts.download_artifacts(artifact_uri=tags[Tag.ONNX_MODEL_URI])).read_bytes()
+            onnx = self._artifact_bytes(tags[Tag.ONNX_MODEL_URI])
             return LoadedVersion(name, version, tags, columns, onnx, None, "onnx", predict_fn, example)
         if "sklearn" in info.flavors:
             import mlflow.sklearn
@@ -163,7 +172,7 @@ class RegistryReader:
         if self.tables is not None:
             _, location = self.tables.version(name, version)
             try:
-                return _columns_of(model_info(self.artifacts.read(f"{location.rstrip('/')}/MLmodel"))["inputs"], uri)
+                return _columns_of(model_info(self.artifacts.read(_under(location, "MLmodel"))).inputs, uri)
             except Unreadable:
                 pass
         import mlflow
@@ -176,13 +185,7 @@ class RegistryReader:
         else the sklearn pipeline (tag baseline_model_uri), else None."""
         onnx_uri = loaded.tags.get(Tag.BASELINE_ONNX_URI)
         if onnx_uri:
-            try:
-                return self.artifacts.read(self._artifact_uri(onnx_uri))
-            except Unreadable:
-                import mlflow
-
-                self.mlflow()
-                return Path(mlflow.artifacts.download_artifacts(artifact_uri=onnx_uri)).read_bytes()
+            return self._artifact_bytes(onnx_uri)
         uri = loaded.tags.get(Tag.BASELINE_MODEL_URI)
         if not uri:
             return None
@@ -221,6 +224,10 @@ def _columns_of(inputs: list[dict] | None, uri: str) -> list[Column]:
     if any(not isinstance(c.get("type"), str) or c["type"] in ("array", "object", "map", "any") for c in inputs):
         raise Unreadable(uri)
     return [Column(c["name"], c["type"], c.get("required", True)) for c in inputs]
+
+
+def _under(root: str, path: str) -> str:
+    return f"{root.rstrip('/')}/{path}"
 
 
 def unknown_sensitive_columns(sensitive: Iterable[str], columns: Iterable[str]) -> list[str]:

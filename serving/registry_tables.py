@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -73,11 +74,12 @@ class RegistryTables:
 
     def version(self, name: str, version: str) -> tuple[dict[str, str], str]:
         """A version's tags and where its files are (MLflow's download URI for `models:/NAME/VERSION`)."""
+        number = int(version) if version.isdigit() else -1
         found = self._rows(
             "SELECT storage_location, source FROM model_versions WHERE workspace = :workspace AND name = :name "
             "AND version = :version AND (current_stage IS NULL OR current_stage != :deleted)",
             name=name,
-            version=int(version) if version.isdigit() else -1,
+            version=number,
             deleted=DELETED,
         )
         if not found:
@@ -87,7 +89,7 @@ class RegistryTables:
             'SELECT "key", value FROM model_version_tags WHERE workspace = :workspace AND name = :name '
             "AND version = :version",
             name=name,
-            version=int(version),
+            version=number,
         )
         return {k: v for k, v in tags}, location
 
@@ -118,13 +120,19 @@ class Artifacts:
         raise Unreadable(uri)
 
 
-def model_info(mlmodel: bytes) -> dict[str, Any]:
-    """The parts of an MLmodel file the gateway needs: flavors, input columns, predict_fn, example path."""
+@dataclass(frozen=True)
+class ModelInfo:
+    """The parts of an MLmodel file the gateway needs."""
+
+    inputs: list[dict] | None  # the signature's input columns, as MLflow writes them
+    predict_fn: str
+    serving_input_path: str | None
+
+
+def model_info(mlmodel: bytes) -> ModelInfo:
     info = yaml.safe_load(mlmodel) or {}
-    inputs = json.loads((info.get("signature") or {}).get("inputs") or "null")
-    return {
-        "flavors": info.get("flavors") or {},
-        "inputs": inputs,
-        "predict_fn": (info.get("flavors") or {}).get("python_function", {}).get("predict_fn", "predict"),
-        "serving_input_path": (info.get("saved_input_example_info") or {}).get("serving_input_path"),
-    }
+    return ModelInfo(
+        inputs=json.loads((info.get("signature") or {}).get("inputs") or "null"),
+        predict_fn=(info.get("flavors") or {}).get("python_function", {}).get("predict_fn", "predict"),
+        serving_input_path=(info.get("saved_input_example_info") or {}).get("serving_input_path"),
+    )

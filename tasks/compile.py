@@ -177,6 +177,11 @@ def _walk(estimator):
             yield from _walk(child)
 
 
+def _ours(converter) -> bool:
+    """Whether skl2onnx's registered converter is already this module's (registration is per process)."""
+    return getattr(getattr(converter, "_fct", converter), "shipway", False)
+
+
 def _register_float64_imputer() -> None:
     """Numeric SimpleImputer as IsNaN/Where on float64, so medians keep every bit."""
     from skl2onnx import update_registered_converter
@@ -187,7 +192,7 @@ def _register_float64_imputer() -> None:
     from sklearn.impute import SimpleImputer
 
     original = get_converter("SklearnSimpleImputer")
-    if getattr(getattr(original, "_fct", original), "shipway", False):
+    if _ours(original):
         return
 
     def convert(scope, operator, container):
@@ -226,7 +231,7 @@ def _register_float64_stumps() -> None:
         (DecisionTreeRegressor, "SklearnDecisionTreeRegressor"),
     ):
         original = get_converter(alias)
-        if getattr(getattr(original, "_fct", original), "shipway", False):
+        if _ours(original):
             continue
         update_registered_converter(
             estimator,
@@ -296,10 +301,11 @@ def _stump(scope, operator, container, tree) -> None:
     goes_left = node("LessOrEqual", [as_float, constant("threshold", np.array([[threshold]]))], name("goes_left"))
     if split and tree.apply(np.full((1, tree.n_features_in_), np.nan, dtype=np.float32))[0] == 1:
         goes_left = node("Or", [goes_left, node("IsNaN", [column], name("missing"))], name("goes_left"))
+    # A regressor's one output is its value; a classifier's second is the probabilities, its first the label.
+    answer_out = operator.outputs[1 if classifier else 0].full_name
+    proba = node("Where", [goes_left, constant("left", left), constant("right", right)], answer_out)
     if not classifier:
-        node("Where", [goes_left, constant("left", left), constant("right", right)], operator.outputs[0].full_name)
         return
-    proba = node("Where", [goes_left, constant("left", left), constant("right", right)], operator.outputs[1].full_name)
     best = node("ArgMax", [proba], name("best"), axis=1, keepdims=0)
     classes = np.asarray(tree.classes_)
     if classes.dtype.kind in "biu":
