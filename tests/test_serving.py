@@ -725,8 +725,10 @@ def test_a_clients_bad_requests_on_the_canary_route_do_not_roll_it_back(reg, tmp
             assert empty.status_code >= 400
     log = log_of(settings)
     assert int(((log.route == "canary") & log.error.notna()).sum()) == 25  # what analysis used to count
-    analysis = canary_analysis(log, pd.DataFrame({"request_id": [], "label": []}), PromotionSettings(min_requests=50),
-                               "canary 50%")  # fmt: skip
+    # Latency is not this test's subject: ~120 requests a route make a p99 of one or two answers, which a
+    # busy 2-core machine moves by milliseconds (seen once in CI: 5.75 vs 2.10 ms).
+    judged = PromotionSettings(min_requests=50, latency_p99_ms=1000, latency_slack_ms=50)
+    analysis = canary_analysis(log, pd.DataFrame({"request_id": [], "label": []}), judged, "canary 50%")
     assert analysis.passed, analysis.breaches
     assert analysis.requests["canary client errors"] == 25
     assert analysis.requests["canary"] + analysis.requests["production"] == 240
