@@ -26,6 +26,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPWAY = Path(sys.executable).parent / "shipway"
@@ -56,13 +60,15 @@ TABLES = {
         label="arr_delay > 15",
         rows=20_000,
     ),
-    "birthwt": Table("MASS", "birthwt", "low", "random_forest", ["age", "lwt", "race", "smoke", "ptl", "ht", "ui", "ftv"]),
+    "birthwt": Table(
+        "MASS", "birthwt", "low", "random_forest", ["age", "lwt", "race", "smoke", "ptl", "ht", "ui", "ftv"]
+    ),
     "default": Table("ISLR", "Default", "default", "gradient_boosting"),
     "breast_cancer": Table("sklearn", "breast_cancer", "target", "random_forest"),
 }
 
 
-def source(table: Table, rows: int) -> "pd.DataFrame":  # noqa: F821 (pandas imported lazily)
+def source(table: Table, rows: int) -> pd.DataFrame:
     import pandas as pd
 
     if table.package == "sklearn":
@@ -79,7 +85,9 @@ def source(table: Table, rows: int) -> "pd.DataFrame":  # noqa: F821 (pandas imp
     if table.features:
         df = df[[*table.features, table.target]]
     limit = table.rows or rows
-    return df.sample(n=min(limit, len(df)), random_state=0).reset_index(drop=True) if len(df) > limit else pd.DataFrame(df)
+    return (
+        df.sample(n=min(limit, len(df)), random_state=0).reset_index(drop=True) if len(df) > limit else pd.DataFrame(df)
+    )
 
 
 def shipway(folder: Path, *args: str) -> tuple[int, dict, str, float]:
