@@ -364,10 +364,12 @@ class PredictionLog:
             }
             self._statement = (str(compiled), names, processors)
         sql, names, processors = self._statement
-        for row in rows:
-            for name, proc in processors.items():
-                row[name] = proc(row[name])
-        params = [tuple(row[n] for n in names) for row in rows] if names else rows
+        # Converted into new parameters, never into `rows`: a failed write retries the same rows.
+        convert = lambda name, value: processors[name](value) if name in processors else value
+        if names:
+            params: list = [tuple(convert(n, row[n]) for n in names) for row in rows]
+        else:
+            params = [{n: convert(n, v) for n, v in row.items()} for row in rows]
         conn.exec_driver_sql(sql, params)
 
     def _insert_ignoring_repeats(self):

@@ -27,7 +27,7 @@ from tasks.registration import register
 from tasks.registry import set_alias
 from tasks.snapshot import take_snapshot
 from tasks.training import build_baseline, train
-from tests.conftest import PG_SERVER, postgres_databases, tuned
+from tests.conftest import PG_SERVER, postgres_databases, tuned, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +239,32 @@ def test_feedback_calls_are_bounded_and_checked_whole():
 def test_prediction_log_on_postgresql():
     with postgres_databases("log") as names:
         check_prediction_log(f"postgresql+psycopg://{PG_SERVER}/{names['log']}")
+
+
+def test_prediction_log_writes_every_row_once_a_locked_database_clears(tmp_path, caplog):
+    """A write refused by a lock is retried with the rows as they were queued: converting them for
+    the driver in place made every retry fail ("SQLite DateTime type only accepts Python datetime")."""
+    import sqlite3
+
+    path = tmp_path / "log.db"
+    plog = PredictionLog(f"sqlite:///{path}?timeout=0.1", queue_size=100, batch_size=10, flush_interval_s=0.05,
+                         redact=Redactor({}, ""))  # fmt: skip
+    plog.start()
+    holder = sqlite3.connect(path, timeout=1)
+    holder.execute("BEGIN EXCLUSIVE")  # another process holds the database
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(10):
+        plog.add(Prediction(f"r{i}", base + timedelta(seconds=i), "m", "1", "production", None, [{"x": i}], [0],
+                            0.1, None))  # fmt: skip
+    wait_for(lambda: "write of 10 rows failed" in caplog.text, what="a refused write")
+    holder.rollback()
+    holder.close()
+    wait_for(lambda: plog.written == 10, what="the queued rows written once the lock cleared")
+    plog.close()
+    assert plog.dropped == 0
+    window = read_window(f"sqlite:///{path}", base, base + timedelta(minutes=1))
+    assert list(window.request_id) == [f"r{i}" for i in range(10)]
+    assert list(window.ts) == [base + timedelta(seconds=i) for i in range(10)]
 
 
 def check_prediction_log(url: str) -> None:
