@@ -24,7 +24,7 @@ import orjson
 
 from core.vocabulary import Tag, Task
 from serving import request_ids
-from serving.schema import BadInput
+from serving.schema import BadInput, json_text
 
 SHOWN = 5  # unknown ids named in a refusal; the rest are counted
 
@@ -146,4 +146,4 @@ def _problem(label: Any, rules: list[LabelRule]) -> str:
 
 
 def _shown(value: Any) -> str:
-    return orjson.dumps(value).decode()[:40]
+    return json_text(value, 40)

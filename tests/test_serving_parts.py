@@ -235,6 +235,29 @@ def test_feedback_calls_are_bounded_and_checked_whole():
     assert "'r5' (feedback[5]) and 3 more:" in message and "'r0'" not in message
 
 
+@pytest.mark.parametrize("depth", [256, 1_000])
+def test_deeply_nested_values_are_refused_as_bad_input(depth):
+    from serving.feedback import parse as parse_feedback
+    from serving.schema import Column, Schema, parse
+
+    nested = "[" * depth + "1" + "]" * depth
+    raw = parse(f'{{"dataframe_records": [{{"x": {nested}}}]}}'.encode(), "application/json")
+    with pytest.raises(BadInput, match=r"column 'x' row 0: expected a number \(double\), got list \[\[") as refused:
+        Schema([Column("x", "double", False)]).coerce(raw)
+    assert refused.value.status == 400
+    with pytest.raises(BadInput, match=r"feedback: 'label' must be a string, number or boolean, got \[\["):
+        parse_feedback(f'{{"request_id": "r1", "label": {nested}}}'.encode(), max_labels=1)
+
+
+def test_repeated_column_names_are_found_in_linear_time():
+    from serving.schema import parse
+
+    names = [f"c{i}" for i in range(40_000)]
+    body = orjson.dumps({"dataframe_split": {"columns": [*names, "c7", "c3"], "data": [[0] * 40_002]}})
+    with pytest.raises(BadInput, match=r"dataframe_split.columns: column\(s\) 'c3', 'c7' given more than once"):
+        parse(body, "application/json")
+
+
 @pytest.mark.postgres
 def test_prediction_log_on_postgresql():
     with postgres_databases("log") as names:
