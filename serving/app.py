@@ -335,6 +335,7 @@ class Gateway:
                          extra=[(b"www-authenticate", b'Bearer realm="shipway"')])  # fmt: skip
             return
         try:
+            feedback.check_content_type(headers.get(b"content-type"))
             body = await self.bodies.read(receive, headers)
             items = feedback.parse(body, self.serving.max_feedback_labels)
             rules = [m.label_rule for m in self.router.routes.by_alias.values() if m.label_rule is not None]
@@ -375,8 +376,9 @@ class Gateway:
         token = self.serving.api_token.get_secret_value()
         if not token:
             return True
-        sent = headers.get(b"authorization", b"")
-        return hmac.compare_digest(sent, b"Bearer " + token.encode())
+        scheme, _, credentials = headers.get(b"authorization", b"").strip().partition(b" ")
+        # The scheme is case-insensitive (RFC 9110); the token is compared in constant time.
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), token.encode())
 
     async def _ping(self, scope, receive, send) -> None:
         """Ready when some link of the fallback chain can answer: a load balancer keeps a replica that

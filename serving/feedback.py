@@ -54,6 +54,16 @@ class LabelRule:
         return cls(task, classes if task.is_classification else None)
 
 
+def check_content_type(content_type: bytes | None) -> None:
+    """JSON only: a browser posts text/plain (and no content type) cross-site without a preflight."""
+    mime = (content_type or b"").split(b";")[0].strip().lower()
+    if mime != b"application/json":
+        shown = mime.decode("latin-1") or "none"
+        raise BadInput(
+            f"send the labels as JSON with 'Content-Type: application/json' (got {shown})", 415, "BAD_REQUEST"
+        )
+
+
 def parse(body: bytes, max_labels: int) -> list[Item]:
     """`{"request_id": ..., "label": ...}` or a list of them; each label a string, number or boolean."""
     try:

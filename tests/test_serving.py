@@ -607,12 +607,18 @@ def test_feedback_needs_the_bearer_token_when_one_is_set(reg, tmp_path):
         label = {"request_id": request_id, "label": 1}
         missing = client.post("/feedback", json=label)
         wrong = client.post("/feedback", json=label, headers={"Authorization": "Bearer t0ke"})
-        right = client.post("/feedback", json=label, headers={"Authorization": "Bearer t0ken"})
+        right = client.post("/feedback", json=label, headers={"Authorization": "bearer t0ken"})  # any case
+        as_text = client.post("/feedback", content=orjson.dumps(label),
+                              headers={"Authorization": "Bearer t0ken", "Content-Type": "text/plain"})  # fmt: skip
+        untyped = client.post("/feedback", content=orjson.dumps(label), headers={"Authorization": "Bearer t0ken"})
     for refused in (missing, wrong):
         assert refused.status_code == 401 and refused.json()["error_code"] == "UNAUTHENTICATED"
         assert refused.headers["www-authenticate"].startswith("Bearer")
         assert "t0ken" not in refused.text
     assert (right.status_code, right.json()) == (202, {"accepted": 1})
+    for refused, sent in ((as_text, "text/plain"), (untyped, "none")):  # what a cross-site form can post
+        assert refused.status_code == 415, refused.text
+        assert f"'Content-Type: application/json' (got {sent})" in refused.json()["message"]
     assert read_feedback(settings.prediction_log.url, [request_id]).label.tolist() == [1]  # one label: the right one
 
 
