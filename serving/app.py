@@ -131,7 +131,22 @@ class Gateway:
             else:
                 await _error(send, 404, "ENDPOINT_NOT_FOUND", f"no endpoint {scope['path']}")
             return
-        await handler(scope, receive, send)
+        answered = False
+
+        async def tracked(message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await handler(scope, receive, tracked)
+        except Exception as exc:  # a bug of ours: MLflow's JSON error, counted, never a plain-text 500
+            self.metrics.error("none", "gateway", "internal")
+            log.error("%s %s failed: %s (see the traceback above)", scope["method"], scope["path"], type(exc).__name__,
+                      exc_info=True)  # fmt: skip
+            if not answered:
+                await _error(send, 500, "INTERNAL_ERROR", "the gateway failed on this request; it is logged and "
+                             "counted (shipway_errors_total{kind=\"internal\"})", request_ids.new())  # fmt: skip
 
     async def _lifespan(self, receive, send) -> None:
         while True:

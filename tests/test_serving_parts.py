@@ -119,6 +119,26 @@ def test_app_factory_serves_the_sklearn_form_like_pyfunc(hgb_registered):
         assert client.get("/invocations").status_code == 405
 
 
+def test_an_unexpected_failure_is_a_json_500_with_a_request_id_and_counted(hgb_registered):
+    from starlette.testclient import TestClient
+
+    from serving.app import create_app
+
+    settings, _, _ = hgb_registered
+    app = create_app(settings)
+
+    async def broken(scope, receive, send):
+        raise RecursionError("a bug the gateway did not foresee")
+
+    app._endpoints[("GET", "/version")] = broken  # fault injection: the one way to reach the catch-all
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/version")
+        metrics = client.get("/metrics").text
+    assert answer.status_code == 500 and answer.json()["error_code"] == "INTERNAL_ERROR"
+    assert answer.headers["x-request-id"] and "a bug" not in answer.text
+    assert 'shipway_errors_total{kind="internal",model_version="none",role="gateway"} 1.0' in metrics
+
+
 def test_a_column_with_rare_nulls_is_optional_though_the_signature_sample_has_none(settings, tmp_path):
     """Required columns come from the whole training data: `region` has 2% nulls, none of them in
     the 50 holdout rows MLflow infers the signature from, and is still optional; so a request with
