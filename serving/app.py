@@ -30,6 +30,7 @@ import asyncio
 import hmac
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ log = logging.getLogger("shipway.serving")
 JSON = b"application/json"
 INLINE_ROWS = 64  # ONNX batches up to this size run on the event loop (see Gateway._call)
 INLINE_BODY_BYTES = 16_384  # larger bodies are parsed and typed in a thread (~150 rows take ~1 ms here)
+RECENT_ANSWERS, RECENT_ANSWERS_MIN = 200, 20  # /health judges the fallback share on the last answers
+DEGRADED_FALLBACK_SHARE = 0.5  # beyond it /health says degraded: the chain is carrying the traffic
 CACHE_MAX_ROWS = 64  # larger batches are not kept as fallback answers (memory, and their key's cost)
 
 
@@ -105,6 +108,7 @@ class Gateway:
         self._parsing = ThreadPoolExecutor(2, thread_name_prefix="parse")
         self.bodies = BodyReader(self.serving.max_body_bytes, self.serving.body_timeout_s)
         self.recent_ids = request_ids.RecentIds()
+        self._recent_fallbacks: deque[bool] = deque(maxlen=RECENT_ANSWERS)
         self.shadow = ShadowProcess(settings, metrics)
         self._endpoints = {
             ("POST", "/invocations"): self._invocations,
@@ -325,6 +329,7 @@ class Gateway:
 
     def _log(self, request: Request, answer: Answer, batch: Batch | None) -> None:
         latency_ms = (time.perf_counter() - request.started) * 1000
+        self._recent_fallbacks.append(answer.role == ROLE_FALLBACK)
         self.log.add(
             Prediction(
                 request.request_id,
@@ -403,7 +408,7 @@ class Gateway:
     async def _health(self, scope, receive, send) -> None:
         routes = self.router.routes
         served = {alias: {"version": m.version, "format": m.flavor} for alias, m in routes.by_alias.items()}
-        reasons = _degraded(routes)
+        reasons = _degraded(routes) + [p for p in (self.log.problem(), self._fallback_problem()) if p]
         doc = {
             "status": "unavailable" if not _answerable(routes) else "degraded" if reasons else "ok",
             "reason": "; ".join(reasons) or None,
@@ -426,6 +431,13 @@ class Gateway:
             "versions": {"shipway": dist_version("shipway"), "mlflow": dist_version("mlflow")},
         }
         await _respond(send, 200, orjson.dumps(doc), JSON)
+
+    def _fallback_problem(self) -> str | None:
+        """Production is loaded but the fallback chain answers most requests (a model failing every call)."""
+        recent = self._recent_fallbacks
+        if len(recent) < RECENT_ANSWERS_MIN or sum(recent) <= DEGRADED_FALLBACK_SHARE * len(recent):
+            return None
+        return f"{sum(recent)} of the last {len(recent)} answers came from the fallback chain"
 
     async def _version(self, scope, receive, send) -> None:
         """MLflow's version string, as `mlflow models serve` answers (/health has shipway's)."""

@@ -238,6 +238,8 @@ class PredictionLog:
         self._thread: threading.Thread | None = None
         self._engine: Engine | None = None
         self._statement: tuple | None = None
+        self.failing_since: float | None = None  # time.monotonic() of the first refused write, while refused
+        self.failure = ""  # the refusal's type, e.g. OperationalError (the text may hold SQL: log only)
 
     def start(self, writer_thread: bool = True) -> None:
         """Open the database; without the writer thread, the caller writes with `flush()`."""
@@ -278,6 +280,15 @@ class PredictionLog:
                 )
                 found.update(conn.execute(query).scalars())
         return found
+
+    def problem(self) -> str | None:
+        """Why the log is not keeping up, if it is not: writes refused, or the queue half full."""
+        if self.failing_since is not None:
+            waited = time.monotonic() - self.failing_since
+            return f"prediction log: writes refused for {waited:.0f} s ({self.failure}); {self.pending} rows waiting"
+        if self.pending > self._queue.maxsize / 2:
+            return f"prediction log: {self.pending} rows waiting, more than half of serving.log_queue_size"
+        return None
 
     def has_room(self, rows: int) -> bool:
         return self._queue.maxsize - self._queue.qsize() >= rows
@@ -336,8 +347,11 @@ class PredictionLog:
                         conn.execute(insert(feedback), labels)
                 self.written += len(batch)
                 self.on_write(len(batch))
+                self.failing_since = None
                 return
             except Exception as exc:  # the database is down or refuses: retry until shutdown
+                self.failure = type(exc).__name__
+                self.failing_since = self.failing_since or time.monotonic()
                 if self._stop.is_set():
                     log.error(
                         "prediction log: %d rows lost at shutdown, the database refused them: %s", len(batch), exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 import zlib
@@ -27,6 +28,7 @@ from serving.schema import Schema
 
 log = logging.getLogger("shipway.serving")
 SERVED_ALIASES = (Alias.PRODUCTION, Alias.CANARY, Alias.SHADOW, Alias.PREVIOUS)
+PATH = re.compile(r"(?:[a-z][a-z0-9+.-]*:/)?/[^\s'\"]+")
 RETRY_FAILED_AFTER_POLLS = 10  # a version that failed to load is tried again after this many polls
 
 
@@ -182,8 +184,8 @@ class Router:
             share, share_problem = _share(state.tags)
         except Exception as exc:  # registry unreachable: keep serving what is loaded
             self.metrics.poll_errors.inc()
-            self.last_poll_error = f"{type(exc).__name__}: {exc}"
-            log.warning("registry poll failed, still serving the loaded versions: %s", self.last_poll_error)
+            self.last_poll_error = public_error(exc)
+            log.warning("registry poll failed, still serving the loaded versions: %s: %s", type(exc).__name__, exc)
             return
         self.last_poll, self.last_poll_error = time.time(), None
         wanted: dict[str, str] = {a.value: state.aliases[a.value] for a in SERVED_ALIASES if a.value in state.aliases}
@@ -257,10 +259,10 @@ class Router:
                 if ready is not None:
                     warm_up(ready, loaded.example)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            self._failed[version] = (error, 0)
+            self._failed[version] = (public_error(exc), 0)
             self.metrics.load_failures.labels(version).inc()
-            log.error("%s version %s failed to load and will not be served: %s", self.name, version, error)
+            log.error("%s version %s failed to load and will not be served: %s: %s", self.name, version,
+                      type(exc).__name__, exc)  # fmt: skip
             return None
         self._failed.pop(version, None)
         self._loaded[version] = (model, baseline)
@@ -335,3 +337,10 @@ class ResponseCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def public_error(exc: BaseException) -> str:
+    """An error as /health shows it to anyone who asks: its type and first line, without file
+    paths or addresses (the SQL and the rest of the text stay in the gateway's log)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {PATH.sub('<path>', first)[:200]}"

@@ -319,6 +319,7 @@ def test_a_version_that_fails_to_load_is_never_served(reg, tmp_path):
         assert f"version {broken} failed to load" in health["problems"]["Production"]
         assert f"still serving version {reg.good}" in health["problems"]["Production"]
         assert health["status"] == "degraded"
+        assert reg.settings.mlflow.artifact_location not in orjson.dumps(health).decode()  # no paths for all to see
         assert {invoke(client, rows(reg, 1)).headers["x-model-version"] for _ in range(5)} == {reg.good}
         assert f'shipway_model_load_failures_total{{model_version="{broken}"}} 1.0' in client.get("/metrics").text
 
@@ -491,13 +492,21 @@ def test_failing_production_falls_back_to_previous(reg, tmp_path):
     with running(settings) as url, httpx.Client(base_url=url) as client:
         answer = invoke(client, frame)
         metrics = client.get("/metrics").text
+        assert client.get("/health").json()["status"] == "ok"  # one answer is not yet a pattern
+        for i in range(19):
+            invoke(client, rows(reg, 1, i))
+        health = client.get("/health").json()
+    assert (health["status"], health["reason"]) == (
+        "degraded",
+        "20 of the last 20 answers came from the fallback chain",
+    )
     assert answer.status_code == 200
     assert answer.json()["predictions"] == reg.trained.model.predict(frame).tolist()
     assert answer.headers["x-model-role"] == "fallback"
     assert (answer.headers["x-fallback-source"], answer.headers["x-model-version"]) == ("previous", reg.good)
     assert f'shipway_fallbacks_total{{model_version="{reg.raising}",source="previous"}} 1.0' in metrics
     assert f'shipway_errors_total{{kind="exception",model_version="{reg.raising}",role="production"}} 1.0' in metrics
-    (row,) = log_of(settings).itertuples()
+    row = log_of(settings).set_index("request_id").loc[answer.headers["x-request-id"]]
     assert (row.role, row.source, row.model_version) == ("fallback", "previous", reg.good)
     assert "RuntimeError: deliberately broken" in row.error
 

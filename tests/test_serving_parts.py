@@ -300,9 +300,12 @@ def test_prediction_log_writes_every_row_once_a_locked_database_clears(tmp_path,
         plog.add(Prediction(f"r{i}", base + timedelta(seconds=i), "m", "1", "production", None, [{"x": i}], [0],
                             0.1, None))  # fmt: skip
     wait_for(lambda: "write of 10 rows failed" in caplog.text, what="a refused write")
+    assert re.fullmatch(r"prediction log: writes refused for \d+ s \(OperationalError\); 0 rows waiting",
+                        plog.problem() or "")  # fmt: skip
     holder.rollback()
     holder.close()
     wait_for(lambda: plog.written == 10, what="the queued rows written once the lock cleared")
+    assert plog.problem() is None
     plog.close()
     assert plog.dropped == 0
     window = read_window(f"sqlite:///{path}", base, base + timedelta(minutes=1))
