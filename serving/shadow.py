@@ -117,7 +117,8 @@ class ShadowProcess:
         return True
 
     async def _connect(self, child: _Child, sock: socket.socket) -> None:
-        await asyncio.get_running_loop().connect_accepted_socket(lambda: child, sock)
+        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: child, sock)
+        transport.write(orjson.dumps(self.settings.model_dump(mode="json")) + b"\n")
         if self._child is child:
             self.state = "running"
             self._send()
@@ -172,9 +173,6 @@ class _Child(asyncio.Protocol):
         self.written = self.dropped = 0  # the child's log totals reported so far
 
     def connection_made(self, transport) -> None:
-        # The settings line goes first, in the same callback that makes the transport usable: a
-        # batch sent from a timer before the connecting task resumed once reached the child first.
-        transport.write(orjson.dumps(self.owner.settings.model_dump(mode="json")) + b"\n")
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
