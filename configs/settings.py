@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -24,7 +24,22 @@ DEFAULT_PROFILE = PROFILES / "default.yaml"
 ENV_PREFIX = "SHIPWAY_"
 ENV_DELIMITER = "__"
 
-QualityMetric = Literal["roc_auc", "log_loss", "accuracy", "balanced_accuracy", "f1", "macro_f1", "rmse", "mae", "r2"]
+# scikit-learn's names, as the runs log them (tasks/training.py evaluate)
+QualityMetric = Literal[
+    "roc_auc", "log_loss", "accuracy", "balanced_accuracy", "f1", "precision", "recall", "f1_macro",
+    "precision_macro", "recall_macro", "rmse", "mae", "r2",
+]  # fmt: skip
+QUALITY_METRICS: tuple[str, ...] = get_args(QualityMetric)
+# Other spellings of them (shipway's before, scikit-learn's scorers): refused, naming the one used here.
+METRIC_SPELLINGS = {
+    "macro_f1": "f1_macro",
+    "macro_precision": "precision_macro",
+    "macro_recall": "recall_macro",
+    "auc": "roc_auc",
+    "neg_log_loss": "log_loss",
+    "neg_root_mean_squared_error": "rmse",
+    "neg_mean_absolute_error": "mae",
+}
 ERROR_METRICS = ("log_loss", "rmse", "mae")  # lower is better; every other quality metric is a score
 BUILT_IN_ESTIMATORS = (
     "auto",
@@ -438,13 +453,13 @@ class QualitySettings(_Section):
 
     metric: QualityMetric | None = Field(
         None,
-        description="Primary metric compared with Production; empty: roc_auc (binary), macro_f1 (multiclass), "
+        description="Primary metric compared with Production; empty: roc_auc (binary), f1_macro (multiclass), "
         "rmse (regression). It must be a metric of the model's task.",
     )
     min: dict[QualityMetric, float] = Field(
         default_factory=dict,
         description="Floors of the candidate's holdout scores, e.g. {roc_auc: 0.7}: scores only "
-        "(roc_auc, accuracy, balanced_accuracy, f1, macro_f1, r2).",
+        "(roc_auc, accuracy, balanced_accuracy, f1, precision, recall, their _macro forms for multiclass, r2).",
     )
     max: dict[QualityMetric, float] = Field(
         default_factory=dict,
@@ -474,6 +489,17 @@ class QualitySettings(_Section):
     min_slice_rows: int = Field(
         200, ge=1, description="Slices with fewer holdout rows are reported but not judged: too few to tell."
     )
+
+    @field_validator("metric", "min", "max", mode="before")
+    @classmethod
+    def _known_metrics(cls, value: Any) -> Any:
+        """A misspelt metric is named with the list; another library's spelling, with the one used here."""
+        for name in value if isinstance(value, dict) else [value] if isinstance(value, str) else []:
+            if name in METRIC_SPELLINGS:
+                raise ValueError(f"{name!r} is spelled {METRIC_SPELLINGS[name]!r} here")
+            if name not in QUALITY_METRICS:
+                raise ValueError(f"unknown metric {name!r} (metrics: {', '.join(QUALITY_METRICS)})")
+        return value
 
     @field_validator("min")
     @classmethod
@@ -572,14 +598,19 @@ def load_settings(path: Path | str | None = None, cwd: Path | None = None) -> Se
 def _describe(exc: ValidationError, path: Path) -> str:
     """One line naming the first bad key, and the environment variable if that is where it came from."""
     error = exc.errors()[0]
-    key = ".".join(str(part) for part in error["loc"])
-    env_var = ENV_PREFIX + ENV_DELIMITER.join(str(p) for p in error["loc"]).upper()
+    loc = error["loc"][:-2] if error["loc"][-1] == "[key]" else error["loc"]  # a mapping's bad key: name the mapping
+    key = ".".join(str(part) for part in loc)
+    env_var = ENV_PREFIX + ENV_DELIMITER.join(str(p) for p in loc).upper()
     origin = f"environment variable {env_var}" if env_var in os.environ else f"config file {path}"
     if error["type"] == "extra_forbidden":
         return f"{origin}: unknown key '{key}'"
-    if isinstance(error.get("input"), dict):  # a whole section failed a check: its values may hold secrets
-        return f"{origin}: key '{key}': {error['msg']}"
-    return f"{origin}: key '{key}': {error['msg']} (got {error.get('input')!r})"
+    value = error.get("input")
+    message = error["msg"].removeprefix("Value error, ")  # pydantic's wording, not the user's
+    if error["type"] in ("literal_error", "enum"):
+        message = f"unknown value {value!r} (expected {error['ctx']['expected']})"
+    if isinstance(value, dict) or repr(value) in message:  # a section's values may hold secrets; or said already
+        return f"{origin}: key '{key}': {message}"
+    return f"{origin}: key '{key}': {message} (got {value!r})"
 
 
 def _absolute_path(location: str, cwd: Path) -> str:

@@ -78,7 +78,7 @@ def monitoring_flow(
             drift = report.verdict.value
             files.append(write_report(report, Path(tmp) / "drift_report.json").json)
             if report.verdict == Verdict.FAIL:
-                summary.breaches.append("input drift: " + report.reason)
+                summary.breaches.append("input drift: " + report.causes())
             summary.metrics["drifted_columns"] = float(len(report.columns_with(Verdict.FAIL)))
         history = registry.monitoring_history(settings, name, limit=max(settings.monitoring.breach_windows, 48))
         picture = Path(tmp) / "trend.png"

@@ -148,12 +148,10 @@ def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
     inputs = served_inputs(log)
     drift = None
     if len(inputs):  # what Production was asked, against the candidate's own data contract
-        drift = gate(
-            inputs, reference_for_model(settings, f"{name}/{version}"), settings, "shadow traffic"
-        ).verdict.value
+        drift = gate(inputs, reference_for_model(settings, f"{name}/{version}"), settings, "shadow traffic")
     log = predicted_classes(log, registry.probability_classes(settings, name, log["model_version"].unique()))
     task = version_task(registry.get_version(settings, name, version).tags)
-    return shadow_analysis(log, settings.promotion, drift_verdict=drift, task=task)
+    return shadow_analysis(log, settings.promotion, drift=drift, task=task)
 
 
 @task(name="canary-step", cache_policy=NO_CACHE)

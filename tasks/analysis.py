@@ -21,7 +21,8 @@ import pandas as pd
 from scipy import stats
 
 from configs.settings import PromotionSettings
-from core.vocabulary import Task
+from core.vocabulary import Task, Verdict
+from tasks.verdict import GateReport
 
 CANARY_TESTS = 3  # a step's statistical tests: failures, predictions, errors on labels
 CLIENT_ERROR = r"^4\d\d "  # the gateway logs a refused request's error as "STATUS CODE: message"
@@ -79,9 +80,10 @@ def client_caused(rows: pd.DataFrame) -> pd.Series:
 
 
 def shadow_analysis(
-    log: pd.DataFrame, settings: PromotionSettings, drift_verdict: str | None = None, task: Task = Task.BINARY
+    log: pd.DataFrame, settings: PromotionSettings, drift: GateReport | None = None, task: Task = Task.BINARY
 ) -> Analysis:
-    """Shadow against Production on the same requests: agreement, errors, latency, input drift."""
+    """Shadow against Production on the same requests: agreement, errors, latency, and the gate's
+    report on the inputs (`drift`), whose failing columns and checks a breach names."""
     production = log[(log["role"] == "production") & log["error"].isna()].set_index("request_id")
     shadow = log[log["role"] == "shadow"].set_index("request_id")
     paired = production.join(shadow, how="inner", lsuffix="_prod", rsuffix="_shadow")
@@ -123,8 +125,9 @@ def shadow_analysis(
         Check("latency p99", p99 <= settings.latency_p99_ms, f"{p99:.2f} ms", f"<= {settings.latency_p99_ms:g} ms"),
         _refusals(int(refused.sum()), n, settings.max_shadow_refused),
     ]
-    if drift_verdict is not None:
-        analysis.checks.append(Check("input drift vs contract", drift_verdict != "fail", drift_verdict, "not fail"))
+    if drift is not None:
+        ok = drift.verdict != Verdict.FAIL
+        analysis.checks.append(Check("input drift vs contract", ok, drift.causes(), "not fail"))
     return analysis
 
 

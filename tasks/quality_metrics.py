@@ -4,7 +4,7 @@
 A metric has shared columns (from the true labels: which class a row is, y and y^2) and model
 columns (from one model's answers: correct or not, squared error, the probability it gave the
 true class). Its value is a function of the means of those columns: accuracy is the mean of
-"correct", rmse the root of the mean squared error, macro F1 a function of per-class rates.
+"correct", rmse the root of the mean squared error, f1_macro a function of per-class rates.
 roc_auc is the mean of per-row pseudo-values built from DeLong's placement values: exactly the
 AUC on the rows themselves, and its first-order expansion under resampling. Every value agrees
 with scikit-learn's on the unweighted rows (tests/test_quality.py checks it).
@@ -129,27 +129,41 @@ def _true_class(truth: Truth) -> np.ndarray:
     return _onehot(truth.values, len(truth.classes))
 
 
-def _macro_f1(shared: np.ndarray, model: np.ndarray) -> np.ndarray:
-    """Mean F1 over the classes that occur in the labels or the predictions (as scikit-learn)."""
-    k = shared.shape[1]
-    hits, predicted = model[:, :k], model[:, k:]
-    denominator = predicted + shared
-    present = denominator > 0
-    f1 = np.where(present, 2 * hits / np.where(present, denominator, 1), 0.0)
-    return f1.sum(axis=1) / present.sum(axis=1)
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where there is nothing to divide by (scikit-learn's zero_division=0)."""
+    return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), 0.0)
+
+
+def _macro_mean(numerator: np.ndarray, denominator: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Mean of per-class rates over the `present` classes."""
+    return (_ratio(numerator, denominator) * present).sum(axis=1) / present.sum(axis=1)
+
+
+def _macro(rate: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]) -> Value:
+    """A macro average over the classes in the labels or the predictions (as scikit-learn), of
+    rate(hits, predicted, true) = (numerator, denominator) per class."""
+
+    def value(shared: np.ndarray, model: np.ndarray) -> np.ndarray:
+        k = shared.shape[1]
+        hits, predicted = model[:, :k], model[:, k:]
+        return _macro_mean(*rate(hits, predicted, shared), predicted + shared > 0)
+
+    return value
 
 
 def _balanced_accuracy(shared: np.ndarray, model: np.ndarray) -> np.ndarray:
     """Mean recall over the classes that occur in the labels (as scikit-learn)."""
-    k = shared.shape[1]
-    present = shared > 0
-    recall = np.where(present, model[:, :k] / np.where(present, shared, 1), 0.0)
-    return recall.sum(axis=1) / present.sum(axis=1)
+    return _macro_mean(model[:, : shared.shape[1]], shared, shared > 0)
 
 
-def _binary_f1(truth: Truth, answers: Answers) -> np.ndarray:
+def _positives(truth: Truth, answers: Answers) -> np.ndarray:
+    """Binary: the row is a true positive; the model predicted positive."""
     predicted = answers.predicted == truth.positive
     return np.column_stack([predicted & (truth.values == truth.positive), predicted]).astype(np.float64)
+
+
+def _positive(truth: Truth) -> np.ndarray:
+    return _column(truth.values == truth.positive)
 
 
 def _squared_error(truth: Truth, answers: Answers) -> np.ndarray:
@@ -169,14 +183,12 @@ METRICS: dict[str, Metric] = {
         Metric("log_loss", CLASSIFICATION, _log_loss, lambda s, m: m[:, 0], needs_proba=True),
         Metric("accuracy", CLASSIFICATION, lambda t, a: _column(a.predicted == t.values), lambda s, m: m[:, 0]),
         Metric("balanced_accuracy", CLASSIFICATION, _per_class, _balanced_accuracy, shared=_true_class),
-        Metric("macro_f1", (Task.MULTICLASS,), _per_class, _macro_f1, shared=_true_class),
-        Metric(
-            "f1",
-            (Task.BINARY,),
-            _binary_f1,
-            lambda s, m: np.where(m[:, 1] + s[:, 0] > 0, 2 * m[:, 0] / (m[:, 1] + s[:, 0]), 0.0),
-            shared=lambda t: _column(t.values == t.positive),
-        ),
+        Metric("f1", (Task.BINARY,), _positives, lambda s, m: _ratio(2 * m[:, 0], m[:, 1] + s[:, 0]), shared=_positive),
+        Metric("precision", (Task.BINARY,), _positives, lambda s, m: _ratio(m[:, 0], m[:, 1]), shared=_positive),
+        Metric("recall", (Task.BINARY,), _positives, lambda s, m: _ratio(m[:, 0], s[:, 0]), shared=_positive),
+        Metric("f1_macro", (Task.MULTICLASS,), _per_class, _macro(lambda h, p, t: (2 * h, p + t)), shared=_true_class),
+        Metric("precision_macro", (Task.MULTICLASS,), _per_class, _macro(lambda h, p, t: (h, p)), shared=_true_class),
+        Metric("recall_macro", (Task.MULTICLASS,), _per_class, _macro(lambda h, p, t: (h, t)), shared=_true_class),
         Metric("rmse", (Task.REGRESSION,), _squared_error, lambda s, m: np.sqrt(m[:, 0])),
         Metric("mae", (Task.REGRESSION,), lambda t, a: _column(np.abs(a.predicted - t.values)), lambda s, m: m[:, 0]),
         Metric(
@@ -188,7 +200,7 @@ METRICS: dict[str, Metric] = {
         ),
     ]
 }  # fmt: skip
-DEFAULT_METRIC = {Task.BINARY: "roc_auc", Task.MULTICLASS: "macro_f1", Task.REGRESSION: "rmse"}
+DEFAULT_METRIC = {Task.BINARY: "roc_auc", Task.MULTICLASS: "f1_macro", Task.REGRESSION: "rmse"}
 
 
 def metrics_of(task: Task) -> list[str]:

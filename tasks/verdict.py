@@ -12,6 +12,7 @@ they are. Columns are ordered failing first; the report is what the JSON, HTML a
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -63,6 +64,21 @@ class GateReport:
 
     def columns_with(self, verdict: Verdict) -> list[str]:
         return [c.name for c in self.columns if c.verdict == verdict]
+
+    def causes(self, most: int = 5) -> str:
+        """The verdict and what made it, for a one-line breach: each column at that verdict (the first
+        `most`, then a count) with its strongest check in full and the names of the others, then the
+        table's checks, e.g. "fail on 2 columns: balance (mean: 1381 outside [742.8, 939.3] ...; also
+        spread, distribution), student (values: 10.1% not seen in training ...)"."""
+        if self.verdict == Verdict.PASS:
+            return self.verdict.value
+        named = [c for c in self.columns if c.verdict == self.verdict]
+        listed = [f"{c.name} ({_strongest(c.checks, self.verdict)})" for c in named[:most]]
+        listed += [f"{len(named) - most} more"] if len(named) > most else []
+        table = [c.reason for c in self.table if c.verdict == self.verdict and c.reason]
+        on = f" on {len(named)} column{'s' if len(named) > 1 else ''}: {', '.join(listed)}" if named else ""
+        head = f"{self.verdict.value}: {table.pop(0)}" if table and not on else f"{self.verdict.value}{on}"
+        return "; ".join([head, *table])
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(asdict(self))
@@ -166,6 +182,13 @@ def _summary(verdict: Verdict, table: list[Check], columns: list[ColumnReport]) 
         noun = "column" if len(named) == 1 else "columns"
         parts.append(f"{len(named)} {noun} {'failed' if verdict == Verdict.FAIL else 'warned'}: {', '.join(named)}")
     return "; ".join(parts)
+
+
+def _strongest(checks: list[Check], verdict: Verdict) -> str:
+    """The most certain check at `verdict` in full (deterministic first, then by p), the others by name."""
+    ranked = sorted((c for c in checks if c.verdict == verdict), key=lambda c: (c.p_value is not None, c.p_value or 0))
+    others = [re.split(r"[:(]", c.reason)[0].strip() for c in ranked[1:]]
+    return ranked[0].reason + (f"; also {', '.join(others)}" if others else "")
 
 
 def jsonable(value: Any) -> Any:

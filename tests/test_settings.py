@@ -95,3 +95,16 @@ def test_the_production_profile_requires_an_api_token_from_the_environment(monke
     monkeypatch.setenv("SHIPWAY_SERVING__API_TOKEN", "from-env")
     prod = load_settings(PROFILES / "production.yaml", cwd=tmp_path)
     assert prod.serving.api_token.get_secret_value() == "from-env" and "from-env" not in prod.model_dump_json()
+
+
+def test_quality_metrics_take_the_names_the_runs_log(settings, tmp_path):
+    profile = tmp_path / "mine.yaml"
+    profile.write_text(
+        "quality:\n  metric: f1_macro\n  min: {f1_macro: 0.5, precision_macro: 0.4}\n  max: {log_loss: 1}\n"
+    )
+    quality = load_settings(profile, cwd=tmp_path).quality
+    assert (quality.metric, quality.min, quality.max) == (
+        "f1_macro",
+        {"f1_macro": 0.5, "precision_macro": 0.4},
+        {"log_loss": 1},
+    )

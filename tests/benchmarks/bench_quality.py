@@ -14,7 +14,7 @@ Ridge) fitted on different draws; the baseline is a one-split tree (a median for
                three models' predictions, point values of every scope, the bootstrap, the verdicts;
                the figure the target is about (median of --repeat calls after a warm-up on 1,000 rows);
 - predictions: the same three models' answers as the gate reads them (predict_proba for roc_auc,
-               predict for macro_f1 and rmse), timed on their own; "rest" is the gate minus them;
+               predict for f1_macro and rmse), timed on their own; "rest" is the gate minus them;
 - memory:      peak RSS during the gate minus RSS just before it (what the gate adds), and the
                holdout frame's own size for scale.
 Target: gate <= 5 s at 100k rows with 3 slices.
