@@ -28,7 +28,7 @@ CANARY_TESTS = 3  # a step's statistical tests: failures, predictions, errors on
 CLIENT_ERROR = r"^4\d\d "  # the gateway logs a refused request's error as "STATUS CODE: message"
 REFUSED = "refused as bad input (production answered)"
 FAR_POINTS, FAR_RELATIVE = 0.05, 0.5  # a served positive rate is far from the training rate when off by more than both
-FAR = f"{FAR_POINTS * 100:g} points and {FAR_RELATIVE:.0%} of the training rate)"
+FAR = f"{FAR_POINTS * 100:g} points and {FAR_RELATIVE:.0%} of the training rate"
 
 
 @dataclass(frozen=True)

@@ -290,7 +290,7 @@ def served_decisions(
     rate, rate_base = float(np.mean(mine == positive)), float(np.mean(base == positive))
     far = positive_rate_far(rate, training_rate)
     said = f"served positive rate {rate:.1%} ({y.name} = {positive}) vs training rate {training_rate:.1%}"
-    warning = f"{said}: far (off by more than {FAR}" if far else ""
+    warning = f"{said}: far (off by more than {FAR})" if far else ""
     rows.append(
         Row(SERVED, n, "positive_rate", rate, None, rate_base, None, None, None, NOT_JUDGED,
             f"warning: {warning}" if far else f"{said}: close"),
