@@ -7,7 +7,9 @@ compiled form is only kept when it matches sklearn on the holdout set: predictio
 
 Numbers travel as float64 end to end: skl2onnx's own imputer casts medians to float32 (and
 onnxruntime has no float64 Imputer), so numeric SimpleImputers get a float64 IsNaN/Where graph
-here. String nulls reach ONNX as NULL_TOKEN, which the compiled string imputers replace.
+here. String nulls reach ONNX as NULL_TOKEN, which the compiled string imputers replace. A
+decision threshold (training.threshold) is converted as what it is: the estimator's graph, then
+the label taken from its probabilities with FixedThresholdClassifier's own >= comparison.
 """
 
 from __future__ import annotations
