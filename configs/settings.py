@@ -269,8 +269,37 @@ class TrainingSettings(_Section):
         description="What the served model answers: predict (a class or a number per row) or predict_proba "
         "(a row of class probabilities, classification only).",
     )
+    threshold: Literal["auto", "none"] | float = Field(
+        "auto",
+        description="Decision threshold of a binary classifier served with predict: the positive class is "
+        "answered when its probability is >= the threshold. auto: chosen on the training split by "
+        "3-fold cross-validation for the best balanced accuracy (needs predict_proba; multiclass keeps the most "
+        "probable class); none: the estimator's own predict; a number in (0, 1): that threshold (binary only).",
+    )
     test_size: float = Field(0.2, gt=0, lt=1, description="Holdout share of the snapshot.")
     seed: int = Field(42, description="Seed of the split and the estimator: same seed, same model.")
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _auto_none_or_probability(cls, threshold: Any) -> Any:
+        if threshold in ("auto", "none"):
+            return threshold
+        try:
+            value = float(threshold)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if isinstance(threshold, bool) or not 0 < value < 1:
+            raise ValueError("must be auto, none or a number between 0 and 1 (exclusive)")
+        return value
+
+    @model_validator(mode="after")
+    def _threshold_decides_labels(self) -> TrainingSettings:
+        if isinstance(self.threshold, float) and self.predict_fn == "predict_proba":
+            raise ValueError(
+                f"training.threshold {self.threshold:g} decides labels, but training.predict_fn is predict_proba "
+                "(probabilities are served); set training.threshold: auto or none"
+            )
+        return self
 
     @field_validator("estimator")
     @classmethod

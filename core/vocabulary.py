@@ -81,6 +81,9 @@ class Tag(StrEnum):
     SERVING_FORMAT = "serving_format"
     ONNX_PARITY = "onnx_parity"
     ONNX_MODEL_URI = "onnx_model_uri"
+    DECISION_THRESHOLD = "decision_threshold"  # binary: the threshold served and how it was chosen
+    TRAINING_POSITIVE_RATE = "training_positive_rate"  # binary: the training split's share of the positive class
+    POSITIVE_RATE_WARNING = "positive_rate_warning"  # the quality gate: served positive rate far from it
     RELEASE_RECORD = "release_record"  # the run id of the model's release record (also a model tag)
     # registered-model tags
     CANARY_SHARE = "canary_share"

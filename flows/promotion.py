@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
@@ -150,8 +151,17 @@ def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
     if len(inputs):  # what Production was asked, against the candidate's own data contract
         drift = gate(inputs, reference_for_model(settings, f"{name}/{version}"), settings, "shadow traffic")
     log = predicted_classes(log, registry.probability_classes(settings, name, log["model_version"].unique()))
-    task = version_task(registry.get_version(settings, name, version).tags)
-    return shadow_analysis(log, settings.promotion, drift=drift, task=task)
+    tags = registry.get_version(settings, name, version).tags
+    task = version_task(tags)
+    return shadow_analysis(log, settings.promotion, drift=drift, task=task, positive=positive_class_rate(tags))
+
+
+def positive_class_rate(tags: dict[str, str]) -> tuple[Any, float] | None:
+    """A binary version's positive class (the second of its classes) and training positive rate."""
+    classes, rate = tags.get(Tag.CLASSES), tags.get(Tag.TRAINING_POSITIVE_RATE)
+    if classes is None or rate is None or len(json.loads(classes)) != 2:
+        return None
+    return json.loads(classes)[1], float(rate)
 
 
 @task(name="canary-step", cache_policy=NO_CACHE)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,8 @@ from tasks.verdict import GateReport
 CANARY_TESTS = 3  # a step's statistical tests: failures, predictions, errors on labels
 CLIENT_ERROR = r"^4\d\d "  # the gateway logs a refused request's error as "STATUS CODE: message"
 REFUSED = "refused as bad input (production answered)"
+FAR_POINTS, FAR_RELATIVE = 0.05, 0.5  # a served positive rate is far from the training rate when off by more than both
+FAR = f"{FAR_POINTS * 100:g} points and {FAR_RELATIVE:.0%} of the training rate"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Check:
     ok: bool
     value: str  # what was measured, readable
     limit: str  # what it had to meet
+    gated: bool = True  # False: a warning for the reviewer, never a breach
 
 
 @dataclass
@@ -45,11 +49,15 @@ class Analysis:
 
     @property
     def passed(self) -> bool:
-        return all(c.ok for c in self.checks)
+        return all(c.ok for c in self.checks if c.gated)
 
     @property
     def breaches(self) -> list[str]:
-        return [f"{c.name}: {c.value} (limit {c.limit})" for c in self.checks if not c.ok]
+        return [f"{c.name}: {c.value} (limit {c.limit})" for c in self.checks if not c.ok and c.gated]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{c.name}: {c.value} ({c.limit})" for c in self.checks if not c.ok and not c.gated]
 
     def evidence(self) -> str:
         """Compact JSON for tags and approval records."""
@@ -64,7 +72,9 @@ class Analysis:
 
     def markdown(self) -> str:
         verdict = "**passed**" if self.passed else "**breached**: " + "; ".join(self.breaches)
-        rows = "\n".join(f"| {c.name} | {c.value} | {c.limit} | {'ok' if c.ok else 'BREACH'} |" for c in self.checks)
+        verdict += "".join(f"; **warning**: {w}" for w in self.warnings)
+        said = lambda c: "ok" if c.ok else ("BREACH" if c.gated else "WARNING")
+        rows = "\n".join(f"| {c.name} | {c.value} | {c.limit} | {said(c)} |" for c in self.checks)
         counts = ", ".join(f"{k}: {v:,}" for k, v in self.requests.items())
         return (
             f"### {self.stage}: {verdict}\n\nrequests: {counts}\n\n"
@@ -80,10 +90,16 @@ def client_caused(rows: pd.DataFrame) -> pd.Series:
 
 
 def shadow_analysis(
-    log: pd.DataFrame, settings: PromotionSettings, drift: GateReport | None = None, task: Task = Task.BINARY
+    log: pd.DataFrame,
+    settings: PromotionSettings,
+    drift: GateReport | None = None,
+    task: Task = Task.BINARY,
+    positive: tuple[Any, float] | None = None,
 ) -> Analysis:
     """Shadow against Production on the same requests: agreement, errors, latency, and the gate's
-    report on the inputs (`drift`), whose failing columns and checks a breach names."""
+    report on the inputs (`drift`), whose failing columns and checks a breach names; for a binary
+    classifier with `positive` (its positive class and training rate), its live positive rate
+    against the training rate (a warning)."""
     production = log[(log["role"] == "production") & log["error"].isna()].set_index("request_id")
     shadow = log[log["role"] == "shadow"].set_index("request_id")
     paired = production.join(shadow, how="inner", lsuffix="_prod", rsuffix="_shadow")
@@ -128,7 +144,32 @@ def shadow_analysis(
     if drift is not None:
         ok = drift.verdict != Verdict.FAIL
         analysis.checks.append(Check("input drift vs contract", ok, drift.causes(), "not fail"))
+    if positive is not None and task is Task.BINARY and len(shadow_said):
+        analysis.checks.append(_positive_rate(shadow_said, *positive))
     return analysis
+
+
+def positive_rate_far(rate: float, training_rate: float) -> bool:
+    return abs(rate - training_rate) > max(FAR_POINTS, FAR_RELATIVE * training_rate)
+
+
+def _positive_rate(said: pd.Series, positive: Any, training_rate: float) -> Check:
+    """The share of the positive class among the labels answered (every row of every request)."""
+    labels = [comparable(v) for text in said for v in _rows(text)]
+    rate = float(np.mean([v == comparable(positive) for v in labels]))
+    return Check(
+        "positive rate vs training",
+        not positive_rate_far(rate, training_rate),
+        f"{rate:.1%} vs {training_rate:.1%}",
+        f"warning when off by more than {FAR}",
+        gated=False,
+    )
+
+
+def _rows(text: Any) -> list:
+    """A logged prediction's answers: the JSON list of one request's rows."""
+    value = json.loads(text) if isinstance(text, str) and text[:1] == "[" else text
+    return value if isinstance(value, list) else [value]
 
 
 def canary_analysis(

@@ -7,7 +7,9 @@ compiled form is only kept when it matches sklearn on the holdout set: predictio
 
 Numbers travel as float64 end to end: skl2onnx's own imputer casts medians to float32 (and
 onnxruntime has no float64 Imputer), so numeric SimpleImputers get a float64 IsNaN/Where graph
-here. String nulls reach ONNX as NULL_TOKEN, which the compiled string imputers replace.
+here. String nulls reach ONNX as NULL_TOKEN, which the compiled string imputers replace. A
+decision threshold (training.threshold) is converted as what it is: the estimator's graph, then
+the label taken from its probabilities with FixedThresholdClassifier's own >= comparison.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame, predict_fn: str =
         )
     _register_float64_imputer()
     _register_float64_stumps()
-    graph = _with_null_token(model)
+    plain, threshold = _without_threshold(model)
+    graph = _with_null_token(plain)
     types = [
         (c, DoubleTensorType([None, 1]) if _is_number(X_holdout[c]) else StringTensorType([None, 1]))
         for c in X_holdout.columns
@@ -71,6 +74,8 @@ def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame, predict_fn: str =
             target_opset=ONNX_OPSET,
         )
         onx = _named_like_columns(onx, list(X_holdout.columns))
+        if threshold is not None:
+            onx = _labels_at_threshold(onx, threshold, np.asarray(final.classes_))
         if classifier and np.asarray(final.classes_).dtype == bool:
             onx = _labels_as_booleans(onx)
         onx = onx.SerializeToString()
@@ -116,6 +121,57 @@ def _named_like_columns(proto, columns: list[str]):
         for k, name in enumerate(node.input):
             if name in renamed:
                 node.input[k] = renamed[name]
+    return proto
+
+
+def _without_threshold(model: Pipeline) -> tuple[Pipeline, float | None]:
+    """The pipeline with a FixedThresholdClassifier last step (training.threshold) unwrapped to the
+    fitted estimator it holds, and its threshold: skl2onnx converts the estimator, and
+    _labels_at_threshold then answers labels from its probabilities as the wrapper does."""
+    from sklearn.model_selection import FixedThresholdClassifier
+    from sklearn.pipeline import Pipeline
+
+    *head, (name, last) = model.steps
+    if not isinstance(last, FixedThresholdClassifier):
+        return model, None
+    inner = last.estimator_
+    return Pipeline([*head, (name, getattr(inner, "estimator", inner))]), float(last.threshold)
+
+
+def _labels_at_threshold(proto, threshold: float, classes: np.ndarray):
+    """The label output as FixedThresholdClassifier.predict answers: the second class where its
+    probability is >= `threshold` (compared in the probabilities' own type), else the first."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    label, proba = proto.graph.output[0], proto.graph.output[1]
+    argmax = f"{label.name}_argmax"  # skl2onnx's own labels, left unused
+    for node in proto.graph.node:
+        for k, name in enumerate(node.output):
+            if name == label.name:
+                node.output[k] = argmax
+    if classes.dtype.kind in "biu":
+        labels = classes.astype(np.int64)
+    elif classes.dtype.kind in "OUS":
+        labels = classes.astype(str).astype(object)
+    else:
+        raise TypeError(f"classes of dtype {classes.dtype} cannot be answered at a threshold")
+    kind = helper.tensor_dtype_to_np_dtype(proba.type.tensor_type.elem_type)
+    # shipway's names: skl2onnx's are its operators' ("probabilities", "label", "variable1", ...)
+    proto.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(1, dtype=np.int64), "positive_column"),
+            numpy_helper.from_array(np.array(threshold, dtype=kind), "decision_threshold"),
+            numpy_helper.from_array(labels, "threshold_classes"),
+        ]
+    )
+    proto.graph.node.extend(
+        [
+            helper.make_node("Gather", [proba.name, "positive_column"], ["positive_proba"], axis=1),
+            helper.make_node("GreaterOrEqual", ["positive_proba", "decision_threshold"], ["is_positive"]),
+            helper.make_node("Cast", ["is_positive"], ["class_index"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["threshold_classes", "class_index"], [label.name], axis=0),
+        ]
+    )
     return proto
 
 

@@ -7,7 +7,10 @@ Before a registered version may take an alias it must
     difference (candidate minus Production, the same resampled rows for both) excludes zero at
     the test's level AND the difference itself is larger than `quality.min_effect`;
 (c) not be worse than Production in the same sense in any slice of `quality.slices` with at least
-    `quality.min_slice_rows` rows; smaller slices are reported, not judged.
+    `quality.min_slice_rows` rows; smaller slices are reported, not judged;
+(d) a classifier served with predict: answer users at least as well as its baseline, judged on the
+    labels served (balanced accuracy, scope "served decisions"), whatever `quality.metric` reads;
+    a served positive rate far from the training split's is a warning tag, not a failure.
 The level of each test is `quality.alpha` split (Bonferroni) over the overall test and every
 judged slice, so that a candidate as good as Production fails with chance at most `alpha`.
 
@@ -31,11 +34,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from sklearn.base import is_regressor
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from configs.settings import QualitySettings, Settings
 from core.errors import ConfigError, GateError, RegistryError
 from core.vocabulary import Alias, Tag, Task
 from tasks import registry
+from tasks.analysis import FAR, positive_rate_far
 from tasks.bootstrap import resample_means
 from tasks.quality_metrics import DEFAULT_METRIC, METRICS, Answers, Metric, Truth, answers, encode, metrics_of
 
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
 TABLE_ARTIFACT = "quality/evaluation.json"
 MAX_CATEGORIES = 20  # a categorical slice column keeps its most frequent values; the rest are "(other)"
 PASS, FAIL, NOT_JUDGED = "pass", "fail", "not judged"
+SERVED = "served decisions"
 
 
 @dataclass(frozen=True)
@@ -259,6 +265,39 @@ def judge(
     return report
 
 
+def served_decisions(
+    candidate: Any, baseline: Any, X: pd.DataFrame, y: pd.Series, training_rate: float | None
+) -> tuple[list[Row], str]:
+    """The labels a classifier served with predict answers, judged as users receive them: its
+    balanced accuracy on the holdout must not be below its baseline's (a probability metric can
+    pass while the labels at the served threshold are no better than the one-rule fallback);
+    accuracy is reported. Binary: the served positive rate against the training split's, and the
+    warning when it is far (tasks.analysis.positive_rate_far)."""
+    mine, base = candidate.predict(X), baseline.predict(X)
+    n = len(y)
+    balanced, balanced_base = balanced_accuracy_score(y, mine), balanced_accuracy_score(y, base)
+    ok = balanced >= balanced_base
+    relation = "not below" if ok else "below"
+    rows = [
+        Row(SERVED, n, "balanced_accuracy", balanced, None, balanced_base, None, None, None, PASS if ok else FAIL,
+            f"balanced_accuracy {balanced:.4g} of the served labels {relation} the baseline's {balanced_base:.4g}"),
+        Row(SERVED, n, "accuracy", accuracy_score(y, mine), None, accuracy_score(y, base), None, None, None,
+            NOT_JUDGED, "reported, not judged: it rewards answering the majority class"),
+    ]  # fmt: skip
+    if training_rate is None or len(candidate.classes_) != 2:
+        return rows, ""
+    positive = candidate.classes_[1]
+    rate, rate_base = float(np.mean(mine == positive)), float(np.mean(base == positive))
+    far = positive_rate_far(rate, training_rate)
+    said = f"served positive rate {rate:.1%} ({y.name} = {positive}) vs training rate {training_rate:.1%}"
+    warning = f"{said}: far (off by more than {FAR})" if far else ""
+    rows.append(
+        Row(SERVED, n, "positive_rate", rate, None, rate_base, None, None, None, NOT_JUDGED,
+            f"warning: {warning}" if far else f"{said}: close"),
+    )  # fmt: skip
+    return rows, warning
+
+
 def _production_answers(
     production: Incumbent | None, X: pd.DataFrame, truth: Truth, task: Task, read: list[Metric]
 ) -> tuple[Answers | None, str]:
@@ -418,11 +457,17 @@ def check_quality(
     tags = registry.get_version(settings, name, version).tags
     task = version_task(tags, candidate)
     report = judge(candidate, baseline, incumbent(settings, name), X, y, task, settings.quality)
+    warning = ""
+    if task.is_classification and tags.get(Tag.PREDICT_FN, "predict") == "predict":
+        rate = tags.get(Tag.TRAINING_POSITIVE_RATE)
+        served, warning = served_decisions(candidate, baseline, X, y, float(rate) if rate else None)
+        report.rows += served
     verdict = "passed" if report.passed else ("overridden" if force else "failed")
     out = {
         Tag.QUALITY_GATE.value: verdict,
         "quality_metric": report.metric,
         "quality_reference": f"{name}/{report.production}" if report.production else "baseline",
+        **({Tag.POSITIVE_RATE_WARNING.value: warning} if warning else {}),
     }
     if verdict == "overridden":
         out |= {
@@ -473,4 +518,6 @@ def quality_task(
         logger.info("quality gate passed: %s", outcome.report.reason())
     if outcome.report.note:
         logger.info(outcome.report.note)
+    if Tag.POSITIVE_RATE_WARNING in outcome.tags:
+        logger.warning("%s", outcome.tags[Tag.POSITIVE_RATE_WARNING])
     return outcome

@@ -33,7 +33,7 @@ from tasks.lineage import CODE_DIR, GitLineage, config_hash, config_yaml, shipwa
 from tasks.registry import connect
 from tasks.retries import retry_on_io
 from tasks.snapshot import Snapshot
-from tasks.training import TrainedModel, headline
+from tasks.training import TrainedModel, decision_threshold, headline
 
 MODEL_ARTIFACT = "model"
 CONFIG_ARTIFACT = "config/resolved.yaml"
@@ -153,6 +153,8 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
                 "model_class": trained.estimator[:MAX_PARAM],
                 "task": trained.task.value,
                 "predict_fn": trained.predict_fn,
+                "threshold": training.threshold,
+                "decision_threshold": trained.threshold if trained.threshold is not None else "none",
                 "preprocessing": training.preprocessing,
                 **{f"param_{k}": v for k, v in training.params.items()},
                 "seed": training.seed,
@@ -214,6 +216,8 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
         Tag.TARGET: trained.target,
         Tag.TASK: trained.task.value,
         Tag.PREDICT_FN: trained.predict_fn,
+        **({Tag.DECISION_THRESHOLD: decision_threshold(trained)} if trained.threshold_note else {}),
+        **({Tag.TRAINING_POSITIVE_RATE: f"{trained.positive_rate:.6g}"} if trained.positive_rate is not None else {}),
         **({Tag.CLASSES: json.dumps(trained.classes)} if trained.classes is not None else {}),
         Tag.ESTIMATOR: training.estimator,
         "baseline_model_uri": baseline_info.model_uri,

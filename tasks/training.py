@@ -11,6 +11,7 @@ auto; it decides the built-in estimator, the holdout metrics and the baseline.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sklearn.compose import ColumnTransformer
 from sklearn.dummy import DummyClassifier, DummyRegressor
+from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
 from sklearn.metrics import (
     accuracy_score,
@@ -31,6 +33,7 @@ from sklearn.metrics import (
     roc_auc_score,
     root_mean_squared_error,
 )
+from sklearn.model_selection import FixedThresholdClassifier, TunedThresholdClassifierCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
@@ -43,6 +46,8 @@ from tasks import estimators
 from tasks.features import DateParts, choose_features, holdout_split, is_datetime
 
 MAX_AUTO_CLASSES = 20  # an integer target with more distinct values than this is a quantity, not classes
+THRESHOLD_METRIC = "balanced_accuracy"  # what training.threshold: auto maximises (sklearn scorer name)
+THRESHOLD_FOLDS = 3  # each fold is one more fit of the estimator: 3 keeps auto at ~4x one fit
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class TrainedModel:
     predict_fn: str = "predict"
     holdout_index: pd.Index | None = None  # row labels of the holdout in the snapshot frame (slices)
     search: pd.DataFrame | None = None  # one row per searched candidate, best first
+    threshold: float | None = None  # the served decision threshold; None: the estimator's own predict
+    threshold_note: str = ""  # how it was chosen, or why there is none (the version tag's text)
+    positive_rate: float | None = None  # binary: the training split's share of the positive class
 
     @property
     def classes(self) -> list | None:
@@ -168,14 +176,30 @@ def build_pipeline(X: pd.DataFrame, training: TrainingSettings, task: Task) -> P
     return Pipeline([("preprocess", preprocessor(X)), ("model", estimator)])
 
 
-def fit(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, training: TrainingSettings):
-    """Fit (or search, then refit the best); errors name the setting or the user's import path."""
+@dataclass(frozen=True)
+class Fitted:
+    model: Pipeline  # what is served: the pipeline, its last step behind the decision threshold if any
+    search: pd.DataFrame | None
+    threshold: float | None
+    threshold_note: str
+
+
+def fit(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, training: TrainingSettings, task: Task) -> Fitted:
+    """Fit (or search, then refit the best), choosing the decision threshold as `training.threshold`
+    says; errors name the setting or the user's import path."""
     found = None
     if training.search is not None:
         estimators.check_search_params(pipeline, training.search)
         found = estimators.search(pipeline, training.search, training.seed)
+    threshold, note = threshold_plan(training, task, pipeline, y)
     try:
-        (found or pipeline).fit(X, y)
+        if found is not None:
+            found.fit(X, y)
+            pipeline = found.best_estimator_
+        if threshold == "auto":
+            pipeline, threshold, note = tuned(pipeline, X, y, training.seed)
+        elif found is None:
+            pipeline.fit(X, y)
     except ShipwayError:
         raise
     except InvalidParameterError as exc:  # sklearn checks parameter values only when fitting
@@ -187,9 +211,72 @@ def fit(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, training: TrainingSet
             else f"training.estimator {training.estimator} with training.params"
         )
         raise DataError(f"{where}: fit failed: {type(exc).__name__}: {_first_line(exc)}") from None
-    if found is None:
-        return pipeline, None
-    return found.best_estimator_, estimators.candidates(found)
+    search = estimators.candidates(found) if found is not None else None
+    if not isinstance(threshold, float):
+        return Fitted(pipeline, search, None, note)
+    return Fitted(with_threshold(pipeline, threshold, X, y), search, threshold, note)
+
+
+def estimator_of(model: Pipeline):
+    """The fitted estimator of a trained model's last step, behind its decision threshold if any."""
+    last = model.steps[-1][1]
+    return last.estimator_.estimator if isinstance(last, FixedThresholdClassifier) else last
+
+
+def threshold_plan(training: TrainingSettings, task: Task, pipeline: Pipeline, y: pd.Series) -> tuple[Any, str]:
+    """The decision threshold to serve: a number, "auto" (to be chosen by cross-validation) or None
+    (the estimator's own predict), and the note that says why."""
+    setting = training.threshold
+    if isinstance(setting, float):
+        if task is not Task.BINARY:
+            raise ConfigError(
+                f"training.threshold {setting:g} applies to binary classifiers, but target '{y.name}' is "
+                f"{task.value}; set training.threshold: auto or none"
+            )
+        if not hasattr(pipeline, "predict_proba"):
+            raise ConfigError(
+                f"training.threshold {setting:g} needs predict_proba, which {training.estimator} has not; "
+                "set training.threshold: none"
+            )
+        return setting, "training.threshold"
+    if task is Task.REGRESSION:
+        return None, ""
+    if setting == "none":
+        return None, "none (the estimator's own predict)"
+    if task is Task.MULTICLASS:
+        return None, "none (multiclass: the most probable class)"
+    if training.predict_fn == "predict_proba":
+        return None, "none (probabilities are served: the client decides)"
+    if not hasattr(pipeline, "predict_proba"):
+        return None, "none (no predict_proba: the estimator's own predict)"
+    if y.value_counts().min() < THRESHOLD_FOLDS:
+        return None, f"none (fewer than {THRESHOLD_FOLDS} rows of a class to cross-validate a threshold)"
+    return "auto", ""
+
+
+def tuned(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, seed: int) -> tuple[Pipeline, float | None, str]:
+    """The threshold with the best THRESHOLD_METRIC on out-of-fold probabilities of the training
+    split (scikit-learn's TunedThresholdClassifierCV: THRESHOLD_FOLDS fits, one per fold), and the
+    pipeline fitted on the whole split."""
+    search = TunedThresholdClassifierCV(pipeline, scoring=THRESHOLD_METRIC, cv=THRESHOLD_FOLDS, random_state=seed)
+    try:
+        search.fit(X, y)
+    except ValueError as exc:
+        if "constant predictions" not in str(exc):  # sklearn's refusal when there is nothing to tune
+            raise
+        return pipeline.fit(X, y), None, "none (the estimator's probabilities are constant)"
+    note = f"auto: best {THRESHOLD_METRIC} {search.best_score_:.4f} in {THRESHOLD_FOLDS}-fold CV on the training split"
+    return search.estimator_, float(search.best_threshold_), note
+
+
+def with_threshold(pipeline: Pipeline, threshold: float, X: pd.DataFrame, y: pd.Series) -> Pipeline:
+    """The fitted pipeline with its last step answering the positive class (the second of `classes_`)
+    when its probability is >= `threshold`: scikit-learn's FixedThresholdClassifier around the
+    fitted step, frozen so that nothing is refitted."""
+    *head, (name, last) = pipeline.steps
+    rows = Pipeline(head).transform(X) if head else X
+    fixed = FixedThresholdClassifier(FrozenEstimator(last), threshold=threshold, response_method="predict_proba")
+    return Pipeline([*head, (name, fixed.fit(rows, y))])
 
 
 def build_baseline(X: pd.DataFrame, y: pd.Series, task: Task, seed: int) -> tuple[Pipeline, str]:
@@ -286,7 +373,9 @@ def train(df: pd.DataFrame, target: str, settings: TrainingSettings, data: DataS
                 f"class {_plain(unseen[0])!r} of target '{target}' is only in the latest rows by "
                 f"data.time_column '{data.time_column}': the model would never learn it"
             )
-    model, candidates = fit(build_pipeline(X_train, settings, task_), X_train, y_train, settings)
+    pipeline = build_pipeline(X_train, settings, task_)
+    fitted = fit(pipeline, X_train, y_train, settings, task_)
+    model = fitted.model
     if settings.predict_fn == "predict_proba" and not hasattr(model, "predict_proba"):
         raise ConfigError(f"training.predict_fn is predict_proba, but {settings.estimator} has no predict_proba")
     baseline, rule = build_baseline(X_train, y_train, task_, settings.seed)
@@ -301,10 +390,13 @@ def train(df: pd.DataFrame, target: str, settings: TrainingSettings, data: DataS
         X_holdout=X_test,
         y_holdout=y_test,
         task=task_,
-        estimator=estimators.describe(model.named_steps["model"]),
+        estimator=estimators.describe(pipeline.named_steps["model"]),
         predict_fn=settings.predict_fn,
         holdout_index=test_rows,
-        search=candidates,
+        search=fitted.search,
+        threshold=fitted.threshold,
+        threshold_note=fitted.threshold_note,
+        positive_rate=float(np.mean(y_train == model.classes_[1])) if task_ is Task.BINARY else None,
     )
 
 
@@ -314,15 +406,25 @@ def train_task(
 ) -> TrainedModel:
     trained = train(df, target, settings, data)
     get_run_logger().info(
-        "%s (%s, %d features) holdout %s; baseline (%s) %s",
+        "%s (%s, %d features) holdout %s; baseline (%s) %s%s",
         trained.estimator,
         trained.task.value,
         len(trained.features),
         headline(trained.metrics),
         trained.baseline_rule,
         headline(trained.baseline_metrics),
+        f"; decision threshold {decision_threshold(trained)}" if trained.threshold_note else "",
     )
     return trained
+
+
+def decision_threshold(trained: TrainedModel) -> str:
+    """The version tag: the threshold served and how it was chosen, or why there is none."""
+    return (
+        f"{trained.threshold:.6g} ({trained.threshold_note})"
+        if trained.threshold is not None
+        else trained.threshold_note
+    )
 
 
 HEADLINE = ("roc_auc", "accuracy", "balanced_accuracy", "rmse", "r2")

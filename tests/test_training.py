@@ -7,7 +7,7 @@ from configs.settings import TrainingSettings
 from core.errors import ConfigError, DataError
 from core.vocabulary import Task
 from tasks.demo_data import TARGET, generate
-from tasks.training import train
+from tasks.training import estimator_of, train
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_same_seed_same_model_other_seed_other_split(data):
 def test_model_family_and_hyperparameters_come_from_settings(data, estimator):
     params = {"max_depth": 3} | ({"n_estimators": 10} if estimator != "hist_gradient_boosting" else {"max_iter": 10})
     result = train(data, TARGET, TrainingSettings(estimator=estimator, params=params))
-    model = result.model.named_steps["model"]
+    model = estimator_of(result.model)
     assert model.max_depth == 3
     assert model.random_state == 42
     assert result.metrics["roc_auc"] > 0.7
