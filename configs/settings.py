@@ -475,9 +475,9 @@ class GateSettings(_Section):
 
 class QualitySettings(_Section):
     """The quality gate: before a version may become Shadow it must beat its own baseline on the
-    holdout, meet the floors, and not be worse than Production on the same holdout rows, overall
-    and in each slice. "Worse" needs both a paired bootstrap that excludes no difference (at
-    `alpha`, Bonferroni-split over the overall test and the judged slices) and a loss larger than
+    holdout, meet the floors, and not be worse than Production on the holdout rows Production did
+    not train on, overall and in each slice. "Worse" needs both a paired bootstrap that excludes no
+    difference (at `alpha`, Bonferroni-split over the overall test and the judged slices) and a loss larger than
     `min_effect`: a 100k-row holdout does not fail on trivia, a 300-row one not on noise."""
 
     metric: QualityMetric | None = Field(
@@ -517,6 +517,13 @@ class QualitySettings(_Section):
     slice_bins: int = Field(4, ge=2, le=20, description="Quantile bins of a numeric slice column.")
     min_slice_rows: int = Field(
         200, ge=1, description="Slices with fewer holdout rows are reported but not judged: too few to tell."
+    )
+    min_unseen_rows: int = Field(
+        200,
+        ge=1,
+        description="Fewest holdout rows Production did not train on for a paired comparison on them; with "
+        "fewer, the candidate's interval on the whole holdout is compared with Production's recorded holdout "
+        "figure and fails only when it lies wholly below it by more than min_effect.",
     )
 
     @field_validator("metric", "min", "max", mode="before")

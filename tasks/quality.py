@@ -3,11 +3,16 @@
 Before a registered version may take an alias it must
 (a) beat its own baseline (the one-rule fallback model) on the holdout and meet the floors and
     ceilings of `quality.min` / `quality.max`;
-(b) not be worse than Production on the same holdout rows: worse means the paired bootstrap of the
-    difference (candidate minus Production, the same resampled rows for both) excludes zero at
-    the test's level AND the difference itself is larger than `quality.min_effect`;
+(b) not be worse than Production on the holdout rows Production did not train on (a retrain on a
+    fresh sample of the same source shares many rows with Production's training rows, which
+    Production scores better than it will score new ones): worse means the paired bootstrap of
+    the difference (candidate minus Production, the same resampled rows for both) excludes zero
+    at the test's level AND the difference itself is larger than `quality.min_effect`. With fewer
+    than `quality.min_unseen_rows` such rows, the candidate's interval on the whole holdout is
+    compared with Production's own recorded holdout figure instead (tasks/seen_rows.py says how
+    rows are matched);
 (c) not be worse than Production in the same sense in any slice of `quality.slices` with at least
-    `quality.min_slice_rows` rows; smaller slices are reported, not judged;
+    `quality.min_slice_rows` unseen rows; smaller slices are reported, not judged;
 (d) a classifier served with predict: answer users at least as well as its baseline, judged on the
     labels served (balanced accuracy, scope "served decisions"), whatever `quality.metric` reads;
     a served positive rate far from the training split's is a warning tag, not a failure.
@@ -23,13 +28,17 @@ MLflow UI shows it as a table) and to a Prefect table artifact; the verdict is t
 from __future__ import annotations
 
 import getpass
-from collections.abc import Mapping
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -37,20 +46,27 @@ from sklearn.base import is_regressor
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from configs.settings import QualitySettings, Settings
-from core.errors import ConfigError, GateError, RegistryError
+from core.errors import ConfigError, GateError, RegistryError, ShipwayError, SnapshotError
 from core.vocabulary import Alias, Tag, Task
-from tasks import registry
+from tasks import registry, seen_rows
 from tasks.analysis import FAR, positive_rate_far
 from tasks.bootstrap import resample_means
 from tasks.quality_metrics import DEFAULT_METRIC, METRICS, Answers, Metric, Truth, answers, encode, metrics_of
+from tasks.seen_rows import Seen
+from tasks.snapshot import read_snapshot
+from tasks.storage import open_store
 
 if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
     from tasks.registration import Registered  # registering pulls in the ONNX compiler: not needed to judge
 
 TABLE_ARTIFACT = "quality/evaluation.json"
 MAX_CATEGORIES = 20  # a categorical slice column keeps its most frequent values; the rest are "(other)"
 PASS, FAIL, NOT_JUDGED = "pass", "fail", "not judged"
 SERVED = "served decisions"
+OVERALL, UNSEEN = "overall", "unseen by Production"
+PAIRED, RECORDED, NONE = "paired", "recorded", "none"  # how Production is compared (tag quality_comparison)
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,8 @@ class Incumbent:
     version: str
     task: Task
     error: str = ""  # why it could not be loaded
+    seen: Seen | None = None  # the rows it trained on; None: none of the candidate's holdout rows
+    recorded: Mapping[str, float] = field(default_factory=dict)  # its holdout metrics at registration
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,7 @@ class Row:
     high: float | None
     verdict: str  # pass, fail, not judged
     reason: str
+    left_out: int = 0  # rows of the scope left out of the comparison: Production trained on them
 
 
 @dataclass
@@ -85,9 +104,16 @@ class QualityReport:
     metric: str
     task: Task
     production: str | None  # the version compared with, or None
-    note: str  # why Production was not compared with, when there is one
+    note: str  # why Production was not compared with, or which rows were left out, when there is one
     alpha_each: float
     rows: list[Row] = field(default_factory=list)
+    comparison: str = NONE  # paired (on rows Production did not train on), recorded (its own figure), none
+    left_out: int = 0  # holdout rows Production trained on
+
+    @property
+    def against_production(self) -> Row | None:
+        """The row that judged the whole candidate against Production (overall or its unseen rows)."""
+        return next((r for r in self.rows if r.scope in (OVERALL, UNSEEN) and r.low is not None), None)
 
     @property
     def failures(self) -> list[Row]:
@@ -102,9 +128,10 @@ class QualityReport:
         if self.passed:
             overall = self.rows[0]
             said = f"{self.metric} {overall.candidate:.4g} beats the baseline's {overall.baseline:.4g}"
-            if self.production:
-                return f"{said} and is not worse than Production's {overall.production:.4g} (version {self.production})"
-            return f"{said}; {self.note}"
+            against = self.against_production
+            if against is not None:
+                return f"{said}; against Production (version {self.production}): {against.reason}"
+            return f"{said}; {self.note}" if self.note else said
         lines = [f"{r.scope}: {r.reason}" for r in self.failures]
         more = f"; and {len(lines) - 3} more" if len(lines) > 3 else ""
         return "; ".join(lines[:3]) + more
@@ -195,10 +222,11 @@ def slices(X: pd.DataFrame, settings: QualitySettings) -> list[list[tuple[str, n
 
 @dataclass
 class _Scope:
-    group: int  # scopes of one group share no rows: overall, or one slice column's segments
+    group: int  # scopes of one group share no rows: overall, its unseen rows, or one slice column's segments
     label: str
     rows: np.ndarray
     points: list[float]  # the metric of the candidate, Production, the baseline
+    left_out: int = 0  # rows of the scope Production trained on, not in `rows`
     columns: tuple[np.ndarray, ...] = ()  # shared, candidate's and Production's columns, while judged
 
 
@@ -214,54 +242,64 @@ def judge(
     """The quality gate's verdict on `candidate`, with the evaluation table (plain: no I/O)."""
     metric = primary_metric(settings, task, candidate)
     bounds = limits(settings, task)
-    groups = [[("overall", np.arange(len(X)))], *slices(X, settings)]
     read = [metric, *(m for m, _, _ in bounds)]
     models = [candidate, baseline] + ([production.model] if production and production.model is not None else [])
     truth = encode(y, task, models)
     mine, base = answers(candidate, X, truth, task, read), answers(baseline, X, truth, task, read)
     theirs, note = _production_answers(production, X, truth, task, read)
+    how = comparison(production, X, y, metric, settings) if theirs is not None else Comparison(NONE, _every(X))
+    theirs = theirs if how.kind != NONE else None
     compared = production.version if theirs is not None and production else None
-    report = QualityReport(metric.name, task, compared, note, settings.alpha)
+    report = QualityReport(metric.name, task, compared, note or how.note, settings.alpha, [], how.kind, how.left_out)
+    groups = _groups(X, how, settings)
 
     scopes = []
     for g, group in enumerate(groups):
-        for label, rows in group:
+        for label, rows, left_out in group:
             t = truth.take(rows)
             shared = metric.shared(t)
-            columns = [metric.model(t, a.take(rows)) if a is not None else None for a in (mine, theirs, base)]
+            shown = None if label == OVERALL and how.left_out else theirs  # never a figure of seen rows
+            columns = [metric.model(t, a.take(rows)) if a is not None else None for a in (mine, shown, base)]
             points = [metric.of_columns(shared, c) if c is not None else float("nan") for c in columns]
-            scope = _Scope(g, label, rows, points)
-            judge = (label == "overall" or len(rows) >= settings.min_slice_rows) and bool(np.isfinite(points[:2]).all())
+            if label == OVERALL and how.kind == RECORDED:
+                points[1] = how.recorded
+            scope = _Scope(g, label, rows, points, left_out)
+            wanted = how.kind == PAIRED if label == UNSEEN else label == OVERALL or len(rows) >= settings.min_slice_rows
+            judge = shown is not None and wanted and bool(np.isfinite(points[:2]).all())
             if judge:  # only judged scopes are resampled: keep their columns for the bootstrap
                 scope.columns = (shared, columns[0], columns[1])
             scopes.append(scope)
     judged = [s for s in scopes if len(s.columns)]
-    report.alpha_each = settings.alpha / max(1, len(judged))
+    report.alpha_each = settings.alpha / max(1, len(judged) + (how.kind == RECORDED))
     intervals = _paired_bootstrap(metric, judged, len(groups), settings, report.alpha_each)
+    if how.kind == RECORDED:
+        intervals[OVERALL] = _recorded_interval(metric, truth, mine, how.recorded, settings, report.alpha_each)
 
     for scope in scopes:
         cand, prod, base_value = scope.points
-        n = len(scope.rows)
         verdict, reason = _judge_scope(metric, scope, intervals.get(scope.label), settings, report)
         low, high, _ = intervals.get(scope.label, (None, None, None))
-        compared_to = theirs is not None
+        given = bool(np.isfinite(prod))
         report.rows.append(
             Row(
                 scope.label,
-                n,
+                len(scope.rows),
                 metric.name,
                 cand,
-                prod if compared_to else None,
+                prod if given else None,
                 base_value,
-                cand - prod if compared_to else None,
+                cand - prod if given else None,
                 low,
                 high,
                 verdict,
                 reason,
+                scope.left_out,
             )
         )
-        if scope.group == 0:  # the floors and ceilings follow the overall row
-            report.rows += [_limit_row(m, kind, limit, truth, mine, theirs, base) for m, kind, limit in bounds]
+    # the floors and ceilings follow the overall rows; Production's figures on seen rows are not shown
+    at = sum(r.scope in (OVERALL, UNSEEN) for r in report.rows)
+    leaked = None if how.left_out else theirs
+    report.rows[at:at] = [_limit_row(m, kind, limit, truth, mine, leaked, base) for m, kind, limit in bounds]
     return report
 
 
@@ -296,6 +334,63 @@ def served_decisions(
             f"warning: {warning}" if far else f"{said}: close"),
     )  # fmt: skip
     return rows, warning
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How the candidate is compared with Production: `kind` PAIRED on the `unseen` rows (a mask of
+    the holdout), RECORDED against Production's own `recorded` holdout figure, or NONE."""
+
+    kind: str
+    unseen: np.ndarray
+    recorded: float = float("nan")
+    note: str = ""
+
+    @property
+    def left_out(self) -> int:
+        return int(len(self.unseen) - np.count_nonzero(self.unseen))
+
+
+def comparison(
+    production: Incumbent | None, X: pd.DataFrame, y: pd.Series, metric: Metric, settings: QualitySettings
+) -> Comparison:
+    """The fair comparison with Production: on the holdout rows it did not train on; when fewer than
+    `quality.min_unseen_rows` remain, against the holdout figure recorded at its registration; with
+    neither, none (a comparison on rows it learned would fail every flexible model)."""
+    if production is None or production.seen is None:
+        return Comparison(PAIRED, _every(X))
+    unseen, why = production.seen.unseen(X.assign(**{str(y.name): y.to_numpy()}))
+    n = int(unseen.sum())
+    if n == len(X) or n >= settings.min_unseen_rows:
+        left = f"left out {len(X) - n} holdout rows that Production trained on ({production.seen.source})"
+        return Comparison(PAIRED, unseen, note=left if n < len(X) else "")
+    few = why or (
+        f"only {n} of {len(X)} holdout rows are unseen by Production "
+        f"(< quality.min_unseen_rows {settings.min_unseen_rows}; {production.seen.source})"
+    )
+    recorded = production.recorded.get(metric.name)
+    if recorded is None or not np.isfinite(recorded):
+        note = f"{few}; Production recorded no holdout {metric.name}: not compared"
+        return Comparison(NONE, _every(X), note=note)
+    return Comparison(RECORDED, unseen, recorded, f"{few}: compared with Production's recorded holdout {metric.name}")
+
+
+def _every(X: pd.DataFrame) -> np.ndarray:
+    return np.ones(len(X), dtype=bool)
+
+
+def _groups(X: pd.DataFrame, how: Comparison, settings: QualitySettings) -> list[list[tuple[str, np.ndarray, int]]]:
+    """The scopes as (label, rows, rows left out), grouped as the bootstrap takes them: the whole
+    holdout, the rows unseen by Production when some were seen, each slice column's segments (of
+    unseen rows: a slice is only ever compared on those)."""
+    unseen = how.unseen
+    groups = [[(OVERALL, np.arange(len(X)), 0)]]
+    if how.left_out and unseen.any():
+        groups.append([(UNSEEN, np.flatnonzero(unseen), how.left_out)])
+    for group in slices(X, settings):
+        kept = [(label, rows[unseen[rows]], int((~unseen[rows]).sum())) for label, rows in group]
+        groups.append([(label, rows, left_out) for label, rows, left_out in kept if len(rows)])
+    return groups
 
 
 def _production_answers(
@@ -339,6 +434,22 @@ def _paired_bootstrap(
     return out
 
 
+def _recorded_interval(
+    metric: Metric, truth: Truth, mine: Answers, recorded: float, settings: QualitySettings, alpha: float
+) -> tuple[float, float, np.ndarray]:
+    """The (alpha, 1 - alpha) quantiles of the candidate's metric minus Production's recorded figure.
+    Nothing can be paired: the figure was measured on Production's own holdout, of about this size
+    for a retrain of the same source, so its noise counts as much as the candidate's: the spread of
+    the candidate's resampled metric, widened by sqrt(2) (the difference of two independent figures)."""
+    shared, own = metric.shared(truth), metric.model(truth, mine)
+    [[means]] = resample_means([[np.hstack([shared, own])]], settings.resamples, settings.seed)
+    k = shared.shape[1]
+    point = metric.of_columns(shared, own)
+    difference = point - recorded + np.sqrt(2) * (metric.resampled(means[:, :k], means[:, k:]) - point)
+    low, high = np.nanquantile(difference, [alpha, 1 - alpha])
+    return float(low), float(high), difference
+
+
 def _judge_scope(
     metric: Metric,
     scope: _Scope,
@@ -352,38 +463,53 @@ def _judge_scope(
     label = scope.label
     if not np.isfinite(cand):
         return NOT_JUDGED, f"{metric.name} is undefined on these rows (e.g. one class only)"
-    verdict, why = _against_production(metric, len(scope.rows), scope.points, interval, settings, report)
+    verdict, why = _against_production(metric, scope, interval, settings, report)
     beaten = cand < base if metric.error else cand > base
-    if label == "overall" and not beaten:
+    if label == OVERALL and not beaten:
         lost = f"{metric.name} {cand:.4g} does not beat the baseline's {base:.4g}"
         return FAIL, f"{lost}; {why}" if verdict == FAIL else lost
-    if label == "overall" and verdict == NOT_JUDGED:
+    if label == OVERALL and verdict == NOT_JUDGED:
         return PASS, why
     return verdict, why
 
 
 def _against_production(
     metric: Metric,
-    n: int,
-    point: list[float],
+    scope: _Scope,
     interval: tuple[float, float, np.ndarray] | None,
     settings: QualitySettings,
     report: QualityReport,
 ) -> tuple[str, str]:
-    cand, prod, _ = point
+    cand, prod, _ = scope.points
+    n = len(scope.rows)
     if interval is None:
         if report.production is None:
             return NOT_JUDGED, report.note
+        if scope.label == OVERALL and report.left_out:
+            unseen = n - report.left_out
+            return NOT_JUDGED, f"compared with Production on the {unseen} rows it did not train on ('{UNSEEN}')"
+        if scope.label == UNSEEN:
+            return NOT_JUDGED, f"{n} rows < quality.min_unseen_rows {settings.min_unseen_rows}: reported, not judged"
         if n < settings.min_slice_rows:
             return NOT_JUDGED, f"{n} rows < quality.min_slice_rows {settings.min_slice_rows}: reported, not judged"
         return NOT_JUDGED, f"{metric.name} of Production is undefined on these rows"
     low, high, _ = interval
     difference = cand - prod
     effect = settings.min_effect * abs(prod) if metric.error else settings.min_effect
+    level = f"{1 - 2 * report.alpha_each:.4g}"
+    spread = f"difference {difference:+.4g}, {level} interval [{low:+.4g}, {high:+.4g}]"
+    if scope.label == OVERALL and report.comparison == RECORDED:
+        figures = (
+            f"{cand:.4g} on all {n} holdout rows vs its recorded {prod:.4g} ({spread}; "
+            f"only {n - report.left_out} rows unseen by Production)"
+        )
+        if low > effect if metric.error else high < -effect:  # the whole interval is worse by more than min_effect
+            return FAIL, f"{metric.name} worse than Production (version {report.production}): {figures}"
+        return PASS, f"{figures}: not wholly worse by more than the minimum effect {effect:.4g}"
     loss = difference if metric.error else -difference
     significant = low > 0 if metric.error else high < 0
-    level = f"{1 - 2 * report.alpha_each:.4g}"
-    figures = f"{cand:.4g} vs {prod:.4g} (difference {difference:+.4g}, {level} interval [{low:+.4g}, {high:+.4g}])"
+    left = f", {scope.left_out} left out as seen by Production" if scope.left_out else ""
+    figures = f"{cand:.4g} vs {prod:.4g} on {n} rows{left} ({spread})"
     if significant and loss > effect:
         return FAIL, f"{metric.name} worse than Production (version {report.production}): {figures}"
     if significant:
@@ -418,19 +544,56 @@ def _limit_row(
 # --- in the training flow ---------------------------------------------------------------------------
 
 
-def incumbent(settings: Settings, name: str) -> Incumbent | None:
-    """The Production version of `name` with its model, or None when there is none yet."""
+def incumbent(settings: Settings, name: str, columns: Sequence[str] = ()) -> Incumbent | None:
+    """The Production version of `name` with its model, the rows it trained on (matched over
+    `columns`, the candidate's features and target, when only its snapshot says) and its recorded
+    holdout metrics; None when there is no Production yet."""
     version = registry.alias_version(settings, name, Alias.PRODUCTION)
     if version is None:
         return None
     import mlflow.sklearn
 
-    tags = registry.get_version(settings, name, version).tags
+    found = registry.get_version(settings, name, version)
+    tags = found.tags
     try:
         model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
     except Exception as exc:  # a Production that cannot load must not stop a fixed model from training
         return Incumbent(None, version, version_task(tags), f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
-    return Incumbent(model, version, version_task(tags, model))
+    recorded = {k.removeprefix("metric_"): _number(v) for k, v in tags.items() if k.startswith("metric_")}
+    seen = seen_by(settings, found, columns)
+    return Incumbent(model, version, version_task(tags, model), seen=seen, recorded=recorded)
+
+
+def seen_by(settings: Settings, version: ModelVersion, columns: Sequence[str]) -> Seen:
+    """The rows `version` trained on: the keys recorded at its registration; for a version from
+    before them, every row of its snapshot (its holdout too: which rows that was is not recorded);
+    when neither can be read, unknown (every row counts as seen)."""
+    client, _ = registry.connect(settings, create=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="shipway-") as tmp:
+            data = Path(client.download_artifacts(version.run_id, seen_rows.ARTIFACT, tmp)).read_bytes()
+        return seen_rows.loads(data, f"the training rows recorded with version {version.version}")
+    except (MlflowException, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        why = "" if isinstance(exc, (MlflowException, FileNotFoundError)) else f" ({type(exc).__name__}: {exc})"
+    uri, snapshot_id = version.tags.get(Tag.DATA_SNAPSHOT_URI), version.tags.get(Tag.DATA_SNAPSHOT_ID)
+    old = f"version {version.version} recorded no training rows{why[:200]}"
+    try:
+        if not uri or not snapshot_id:
+            raise SnapshotError("it has no data_snapshot_uri tag")
+        frame = read_snapshot(open_store(uri.rsplit("/", 1)[0], settings.s3), snapshot_id).frame
+    except (ShipwayError, OSError) as exc:
+        return Seen((), None, f"{old} and its snapshot cannot be read ({exc})")
+    shared = [c for c in columns if c in frame.columns]
+    if not shared:
+        return Seen((), None, f"{old} and its snapshot {snapshot_id[:12]} has none of this holdout's columns")
+    return Seen(tuple(shared), seen_rows.keys_of(frame, shared), f"every row of its snapshot {snapshot_id[:12]}: {old}")
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
 
 
 @dataclass
@@ -456,7 +619,8 @@ def check_quality(
     name, version = registered.name, registered.version
     tags = registry.get_version(settings, name, version).tags
     task = version_task(tags, candidate)
-    report = judge(candidate, baseline, incumbent(settings, name), X, y, task, settings.quality)
+    production = incumbent(settings, name, [*map(str, X.columns), str(y.name)])
+    report = judge(candidate, baseline, production, X, y, task, settings.quality)
     warning = ""
     if task.is_classification and tags.get(Tag.PREDICT_FN, "predict") == "predict":
         rate = tags.get(Tag.TRAINING_POSITIVE_RATE)
@@ -468,6 +632,7 @@ def check_quality(
         "quality_metric": report.metric,
         "quality_reference": f"{name}/{report.production}" if report.production else "baseline",
         **({Tag.POSITIVE_RATE_WARNING.value: warning} if warning else {}),
+        **comparison_tags(report),
     }
     if verdict == "overridden":
         out |= {
@@ -489,6 +654,21 @@ def check_quality(
             f"table: {uri} (override with --force-quality --reason TEXT)"
         )
     return QualityOutcome(verdict, report, uri, out)
+
+
+def comparison_tags(report: QualityReport) -> dict[str, str]:
+    """How Production was compared, for a person reading the version page: paired (on the rows it
+    did not train on), recorded (its own holdout figure) or none; the rows used, the rows left out
+    as seen by Production, the difference's interval."""
+    against = report.against_production
+    tags = {
+        "quality_comparison": report.comparison if against else NONE,
+        "quality_rows_compared": str(against.rows if against else 0),
+        "quality_rows_left_out": str(report.left_out),
+    }
+    if against is not None:
+        tags["quality_interval"] = f"[{against.low:+.4g}, {against.high:+.4g}]"
+    return tags
 
 
 def record(settings: Settings, registered: Registered, report: QualityReport, tags: dict[str, str]) -> str:

@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings
 from core.vocabulary import Tag
-from tasks import record, registry
+from tasks import record, registry, seen_rows
 from tasks.compile import compile_pipeline
 from tasks.lineage import CODE_DIR, GitLineage, config_hash, config_yaml, shipway_version
 from tasks.registry import connect
@@ -201,11 +201,15 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
         compiled = compile_pipeline(trained.model, trained.X_holdout, trained.predict_fn)
         # The baseline's too: a gateway serving ONNX then never imports scikit-learn (~1.5 s).
         compiled_baseline = compile_pipeline(trained.baseline, trained.X_holdout, trained.predict_fn)
+        # The rows it trained on, as keys: the next version's quality gate leaves them out of its comparison.
+        columns = [*trained.features, trained.target]
+        keys = seen_rows.keys_of(training_rows(trained, snapshot.frame), columns)
+        files = [(compiled.onnx, ONNX_ARTIFACT), (compiled_baseline.onnx, BASELINE_ONNX_ARTIFACT)]
         with tempfile.TemporaryDirectory() as tmp:
-            for form, artifact in ((compiled, ONNX_ARTIFACT), (compiled_baseline, BASELINE_ONNX_ARTIFACT)):
-                if form.ok:
+            for data, artifact in [*files, (seen_rows.dumps(keys, columns), seen_rows.ARTIFACT)]:
+                if data is not None:
                     path = Path(tmp) / Path(artifact).name
-                    path.write_bytes(form.onnx)
+                    path.write_bytes(data)
                     mlflow.log_artifact(str(path), str(Path(artifact).parent))
     tags: dict[str, str] = {
         **lineage.tags(),
@@ -244,6 +248,11 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
     registry.set_version_tags(settings, name, str(created.version), {Tag.RELEASE_RECORD: record_id})
     client.update_registered_model(name, description=describe_model(settings, trained, snapshot))
     return Registered(name, str(created.version), run.info.run_id, f"models:/{name}/{created.version}")
+
+
+def training_rows(trained: TrainedModel, frame: pd.DataFrame) -> pd.DataFrame:
+    """The snapshot's rows the model was fitted on: all but its holdout."""
+    return frame if trained.holdout_index is None else frame.drop(index=trained.holdout_index)
 
 
 def describe_model(settings: Settings, trained: TrainedModel, snapshot: Snapshot) -> str:
