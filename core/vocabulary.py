@@ -77,6 +77,7 @@ class Tag(StrEnum):
     LATENCY_GATE = "latency_gate"
     BASELINE_MODEL_URI = "baseline_model_uri"
     BASELINE_RULE = "baseline_rule"
+    BASELINE_TRAINING_METRIC = "baseline_training_metric"  # the metric that chose the rule, on training
     BASELINE_ONNX_URI = "baseline_onnx_uri"
     SERVING_FORMAT = "serving_format"
     ONNX_PARITY = "onnx_parity"

@@ -74,7 +74,7 @@ def training_flow(
     with _timed(timings, "gate"):
         gate = gate_task(settings, snapshot, force_gate, reason)
     with _timed(timings, "train"):
-        trained = train_task(snapshot.frame, target, settings.training, settings.data)
+        trained = train_task(snapshot.frame, target, settings)
     with _timed(timings, "register"):
         registered = register_task(trained, snapshot, project_lineage(settings.training), settings)
         shadow = registry.alias_version(settings, registered.name, Alias.SHADOW)  # the state this version follows

@@ -58,6 +58,7 @@ def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame, predict_fn: str =
         )
     _register_float64_imputer()
     _register_float64_stumps()
+    _register_in_set()
     plain, threshold = _without_threshold(model)
     graph = _with_null_token(plain)
     types = [
@@ -270,6 +271,53 @@ def _register_float64_imputer() -> None:
     update_registered_converter(
         SimpleImputer, "SklearnSimpleImputer", get_shape_calculator("SklearnSimpleImputer"), convert
     )
+
+
+def _register_in_set() -> None:
+    """The baseline's category rule (tasks.features.InSet) as a LabelEncoder from each member (a
+    missing value as NULL_TOKEN, as the gateway feeds it) to 1.0, anything else to 0.0, in float64."""
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
+    from skl2onnx.proto import onnx_proto
+
+    from tasks.features import InSet
+
+    def parse(scope, model, inputs, custom_parsers=None):
+        # declared float64 here: the stump after it takes its types from this declaration
+        operator = scope.declare_local_operator("ShipwayInSet", model)
+        operator.inputs = inputs
+        operator.outputs.append(scope.declare_local_variable("in_set", DoubleTensorType()))
+        return operator.outputs
+
+    def shape(operator):
+        operator.outputs[0].type = DoubleTensorType([operator.inputs[0].get_first_dimension(), 1])
+
+    def convert(scope, operator, container):
+        rule = operator.raw_operator
+        if not isinstance(operator.inputs[0].type, StringTensorType):
+            raise NotImplementedError(f"a category rule on {operator.inputs[0].type} (text only)")
+        keys = [str(m) for m in rule.members] + ([NULL_TOKEN] if rule.missing else [])
+        inside = scope.get_unique_variable_name("in_set")
+        container.add_node(
+            "LabelEncoder",
+            [operator.inputs[0].full_name],
+            [inside],
+            op_domain="ai.onnx.ml",
+            op_version=2,
+            name=scope.get_unique_operator_name("LabelEncoder"),
+            keys_strings=keys,
+            values_floats=[1.0] * len(keys),
+            default_float=0.0,
+        )
+        container.add_node(
+            "Cast",
+            [inside],
+            [operator.outputs[0].full_name],
+            to=onnx_proto.TensorProto.DOUBLE,
+            name=scope.get_unique_operator_name("Cast"),
+        )
+
+    update_registered_converter(InSet, "ShipwayInSet", shape, convert, parser=parse)
 
 
 def _register_float64_stumps() -> None:

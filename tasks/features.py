@@ -96,18 +96,22 @@ def is_datetime(s: pd.Series) -> bool:
     return pd.api.types.is_datetime64_any_dtype(s.dtype)
 
 
-class DateParts(TransformerMixin, BaseEstimator):
-    """Each datetime column as numbers: year, month, day, weekday, hour, minute (NaT -> NaN).
-
-    It learns nothing from the data, so it needs no fitted statistic; it reads datetimes and ISO
-    8601 text alike, since a JSON request carries a date as text.
-    """
+class _ColumnsOnly(TransformerMixin, BaseEstimator):
+    """A transformer that learns nothing from the data but its columns' names."""
 
     def fit(self, X, y=None):
         frame = _as_frame(X)
         self.feature_names_in_ = np.asarray([str(c) for c in frame.columns], dtype=object)
         self.n_features_in_ = frame.shape[1]
         return self
+
+
+class DateParts(_ColumnsOnly):
+    """Each datetime column as numbers: year, month, day, weekday, hour, minute (NaT -> NaN).
+
+    It learns nothing from the data, so it needs no fitted statistic; it reads datetimes and ISO
+    8601 text alike, since a JSON request carries a date as text.
+    """
 
     def transform(self, X):
         frame = _as_frame(X)
@@ -123,6 +127,21 @@ class DateParts(TransformerMixin, BaseEstimator):
     def get_feature_names_out(self, input_features=None):
         names = self.feature_names_in_ if input_features is None else input_features
         return np.asarray([f"{name}_{part}" for name in names for part in DATE_PARTS], dtype=object)
+
+
+class InSet(_ColumnsOnly):
+    """One column as 1.0 where its value is one of `members` (or is missing, when `missing`), else
+    0.0: a categorical rule of the baseline as the one number its single split reads. A value never
+    seen in training is no member, so it gets the rule's else side."""
+
+    def __init__(self, members: Sequence = (), missing: bool = False):
+        self.members = members
+        self.missing = missing
+
+    def transform(self, X):
+        column = _as_frame(X).iloc[:, 0]
+        inside = column.isin(list(self.members)) | (column.isna() & self.missing)
+        return inside.to_numpy(dtype=np.float64).reshape(-1, 1)
 
 
 def _as_frame(X) -> pd.DataFrame:

@@ -165,7 +165,6 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
                 "baseline_rule": trained.baseline_rule,
             }
         )
-        mlflow.log_metrics(trained.metrics | {f"baseline_{k}": v for k, v in trained.baseline_metrics.items()})
         mlflow.log_text(config, CONFIG_ARTIFACT)
         mlflow.log_dict({"features": trained.features, "target": trained.target}, FEATURES_ARTIFACT)
         if trained.search is not None:
@@ -197,6 +196,14 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
             skops_trusted_types=trusted_types(trained.baseline),
             pyfunc_predict_fn=trained.predict_fn,
         )
+        # Logged after both models and linked to each its own: a run's metrics logged first would be
+        # copied onto every model logged after them, the model's figures shown as the baseline's.
+        mlflow.log_metrics(trained.metrics, model_id=model_info.model_id)
+        mlflow.log_metrics(
+            {f"baseline_{k}": v for k, v in trained.baseline_metrics.items()}
+            | {f"baseline_training_{k}": v for k, v in trained.baseline_training.items()},
+            model_id=baseline_info.model_id,
+        )
         # The compiled form is what the gateway serves: parity-checked here, stored with the run.
         compiled = compile_pipeline(trained.model, trained.X_holdout, trained.predict_fn)
         # The baseline's too: a gateway serving ONNX then never imports scikit-learn (~1.5 s).
@@ -226,6 +233,7 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
         Tag.ESTIMATOR: training.estimator,
         "baseline_model_uri": baseline_info.model_uri,
         "baseline_rule": trained.baseline_rule,
+        Tag.BASELINE_TRAINING_METRIC: _figures(trained.baseline_training),
         "serving_format": "onnx" if compiled.ok else "sklearn",
         "onnx_parity": compiled.status,
         **({"onnx_model_uri": f"runs:/{run.info.run_id}/{ONNX_ARTIFACT}"} if compiled.ok else {}),
@@ -282,8 +290,13 @@ def describe_release(name: str, trained: TrainedModel, snapshot: Snapshot, linea
         f"Data: snapshot {snapshot.id[:12]} ({snapshot.manifest.rows:,} rows, source {snapshot.manifest.source}).\n"
         f"Code: commit {lineage.commit[:12]} on {lineage.branch} ({state}).\n"
         f"Holdout: {metrics}.\n"
-        f"Baseline rule '{trained.baseline_rule}': {headline(trained.baseline_metrics)}."
+        f"Baseline rule '{trained.baseline_rule}' (chosen by {_figures(trained.baseline_training)} on the training "
+        f"split): holdout {headline(trained.baseline_metrics)}."
     )
+
+
+def _figures(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> bool:

@@ -10,7 +10,7 @@ auto; it decides the built-in estimator, the holdout metrics and the baseline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,6 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sklearn.compose import ColumnTransformer
-from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
 from sklearn.metrics import (
@@ -36,13 +35,13 @@ from sklearn.metrics import (
 from sklearn.model_selection import FixedThresholdClassifier, TunedThresholdClassifierCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 from sklearn.utils._param_validation import InvalidParameterError
 
-from configs.settings import DataSettings, TrainingSettings
+from configs.settings import DataSettings, Settings, TrainingSettings
 from core.errors import ConfigError, DataError, ShipwayError
 from core.vocabulary import Task
 from tasks import estimators
+from tasks.baseline import build_baseline
 from tasks.features import DateParts, choose_features, holdout_split, is_datetime
 
 MAX_AUTO_CLASSES = 20  # an integer target with more distinct values than this is a quantity, not classes
@@ -71,6 +70,7 @@ class TrainedModel:
     threshold: float | None = None  # the served decision threshold; None: the estimator's own predict
     threshold_note: str = ""  # how it was chosen, or why there is none (the version tag's text)
     positive_rate: float | None = None  # binary: the training split's share of the positive class
+    baseline_training: dict[str, float] = field(default_factory=dict)  # the metric that chose it, on training
 
     @property
     def classes(self) -> list | None:
@@ -279,42 +279,6 @@ def with_threshold(pipeline: Pipeline, threshold: float, X: pd.DataFrame, y: pd.
     return Pipeline([*head, (name, fixed.fit(rows, y))])
 
 
-def build_baseline(X: pd.DataFrame, y: pd.Series, task: Task, seed: int) -> tuple[Pipeline, str]:
-    """One split on the numeric feature that best explains the label on the training split; with no
-    usable number: the training class rates (classes) or the training median (regression)."""
-    numeric = [
-        c
-        for c in X.columns
-        if pd.api.types.is_numeric_dtype(X[c].dtype)
-        and not pd.api.types.is_bool_dtype(X[c].dtype)
-        and X[c].notna().any()
-    ]
-    if not numeric:
-        if task is Task.REGRESSION:
-            return Pipeline([("model", DummyRegressor(strategy="median"))]).fit(X, y), "training median"
-        return Pipeline([("model", DummyClassifier(strategy="prior"))]).fit(X, y), "training class rates"
-    tree = DecisionTreeRegressor if task is Task.REGRESSION else DecisionTreeClassifier
-    best = max(numeric, key=lambda c: _split_score(task, X[c].fillna(X[c].median()), y, seed))
-    pipe = Pipeline(
-        [
-            ("preprocess", ColumnTransformer([("rule_feature", SimpleImputer(strategy="median"), [best])])),
-            ("model", tree(max_depth=1, random_state=seed)),
-        ]
-    ).fit(X, y)
-    fitted = pipe.named_steps["model"].tree_
-    return pipe, f"{best} <= {fitted.threshold[0]:.4g}" if fitted.node_count > 1 else f"{best} (no split)"
-
-
-def _split_score(task: Task, values: pd.Series, y: pd.Series, seed: int) -> float:
-    """How well one feature explains the label: folded AUC for two classes, else one split's fit."""
-    if task is Task.BINARY:
-        auc = float(roc_auc_score(y, values))
-        return max(auc, 1 - auc)
-    tree = DecisionTreeRegressor if task is Task.REGRESSION else DecisionTreeClassifier
-    x = values.to_numpy().reshape(-1, 1)
-    return float(tree(max_depth=1, random_state=seed).fit(x, y).score(x, y))
-
-
 def evaluate(model, X: pd.DataFrame, y: pd.Series, task: Task) -> dict[str, float]:
     """Holdout metrics of the task. Binary metrics use the positive class (the second of
     `classes_`), multiclass ones average over classes; probability metrics need predict_proba."""
@@ -351,10 +315,18 @@ def evaluate(model, X: pd.DataFrame, y: pd.Series, task: Task) -> dict[str, floa
     return {k: round(float(v), 6) for k, v in metrics.items()}
 
 
-def train(df: pd.DataFrame, target: str, settings: TrainingSettings, data: DataSettings | None = None) -> TrainedModel:
+def train(
+    df: pd.DataFrame,
+    target: str,
+    settings: TrainingSettings,
+    data: DataSettings | None = None,
+    *,
+    metric: str | None = None,
+) -> TrainedModel:
     """Choose the features, resolve the task, split, fit the pipeline and the baseline on the
     training split, score both on the holdout. `data` chooses features and the time column
-    (default: every column but the target, a random split)."""
+    (default: every column but the target, a random split); `metric` (quality.metric, default the
+    task's) chooses the baseline's rule, as it judges the model."""
     data = data or DataSettings(target=target)
     features = choose_features(list(df.columns), target, data) if target in df.columns else []
     X, y = split_target(df, target, features)
@@ -378,13 +350,13 @@ def train(df: pd.DataFrame, target: str, settings: TrainingSettings, data: DataS
     model = fitted.model
     if settings.predict_fn == "predict_proba" and not hasattr(model, "predict_proba"):
         raise ConfigError(f"training.predict_fn is predict_proba, but {settings.estimator} has no predict_proba")
-    baseline, rule = build_baseline(X_train, y_train, task_, settings.seed)
+    baseline = build_baseline(X_train, y_train, task_, settings.seed, metric)
     return TrainedModel(
         model=model,
-        baseline=baseline,
-        baseline_rule=rule,
+        baseline=baseline.model,
+        baseline_rule=baseline.rule,
         metrics=evaluate(model, X_test, y_test, task_),
-        baseline_metrics=evaluate(baseline, X_test, y_test, task_),
+        baseline_metrics=evaluate(baseline.model, X_test, y_test, task_),
         features=features,
         target=target,
         X_holdout=X_test,
@@ -397,14 +369,13 @@ def train(df: pd.DataFrame, target: str, settings: TrainingSettings, data: DataS
         threshold=fitted.threshold,
         threshold_note=fitted.threshold_note,
         positive_rate=float(np.mean(y_train == model.classes_[1])) if task_ is Task.BINARY else None,
+        baseline_training={baseline.metric: round(baseline.training, 6)},
     )
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(
-    df: pd.DataFrame, target: str, settings: TrainingSettings, data: DataSettings | None = None
-) -> TrainedModel:
-    trained = train(df, target, settings, data)
+def train_task(df: pd.DataFrame, target: str, settings: Settings) -> TrainedModel:
+    trained = train(df, target, settings.training, settings.data, metric=settings.quality.metric)
     get_run_logger().info(
         "%s (%s, %d features) holdout %s; baseline (%s) %s%s",
         trained.estimator,

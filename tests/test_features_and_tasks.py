@@ -113,13 +113,15 @@ def test_diabetes_is_regression_with_its_metrics_and_a_one_split_baseline():
         train(frame, "target", as_classes)
 
 
-def test_regression_without_numbers_falls_back_to_the_median():
+def test_regression_on_text_splits_its_categories_and_without_a_usable_column_takes_the_median():
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"plan": rng.choice(["a", "b"], 200)})
     frame["spend"] = np.where(frame["plan"] == "a", 10.0, 20.0) + rng.normal(0, 1, 200)
     trained = train(frame, "spend", TrainingSettings(estimator="random_forest", params={"n_estimators": 10}))
-    assert trained.task is Task.REGRESSION and trained.baseline_rule == "training median"
-    assert trained.metrics["r2"] > 0.9
+    assert trained.task is Task.REGRESSION and trained.baseline_rule in ("plan in {a}", "plan in {b}")
+    assert trained.metrics["r2"] > 0.9 and trained.baseline_metrics["r2"] > 0.9
+    every_value_once = frame.assign(plan=[f"customer {i}" for i in range(len(frame))])  # no category to place
+    assert train(every_value_once, "spend", TrainingSettings()).baseline_rule == "training median"
 
 
 @pytest.mark.parametrize(

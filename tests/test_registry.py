@@ -6,6 +6,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
 
 from core.errors import RegistryError
@@ -72,6 +73,23 @@ def test_the_registered_model_and_baseline_load_and_predict_as_trained(small, re
     assert loaded.metadata.get_input_schema().input_names() == list(rows.columns)
     baseline = mlflow.sklearn.load_model(versions(small, reg.name)[0][0].tags["baseline_model_uri"])
     np.testing.assert_array_equal(baseline.predict(rows), trained.baseline.predict(rows))
+
+
+def test_the_model_and_its_baseline_each_carry_their_own_metrics_and_the_rule_its_choice(small, registered):
+    """MLflow copies a run's metrics onto every model logged after them: the baseline's logged model
+    showed the model's figures, and looked as good as the model."""
+    reg, trained, _ = registered
+    version = MlflowClient().get_model_version(reg.name, reg.version)
+    baseline_id = version.tags["baseline_model_uri"].removeprefix("models:/")
+    on = lambda model_id: {m.key: m.value for m in mlflow.get_logged_model(model_id).metrics}
+    model_id = version.source.removeprefix("models:/")
+    assert on(model_id) == pytest.approx(trained.metrics)
+    own = {f"baseline_{k}": v for k, v in trained.baseline_metrics.items()}
+    assert on(baseline_id) == pytest.approx(own | {"baseline_training_roc_auc": trained.baseline_training["roc_auc"]})
+    assert on(baseline_id)["baseline_roc_auc"] < on(model_id)["roc_auc"]
+    assert version.tags["baseline_rule"] == trained.baseline_rule == "contract in {month_to_month}"
+    assert version.tags["baseline_training_metric"] == f"roc_auc {trained.baseline_training['roc_auc']:.4g}"
+    assert f"Baseline rule '{trained.baseline_rule}' (chosen by roc_auc " in version.description
 
 
 def test_aliases_move_and_versions_are_listed_newest_first(small, registered):

@@ -20,13 +20,14 @@ from core.vocabulary import Alias, Task
 from flows.cli import cli
 from serving.prediction_log import Label, Prediction, PredictionLog, Redactor, read_feedback, read_window
 from serving.schema import BadInput
+from tasks.baseline import build_baseline
 from tasks.compile import compile_pipeline
 from tasks.demo_data import TARGET, generate
 from tasks.lineage import GitLineage
 from tasks.registration import register
 from tasks.registry import set_alias
 from tasks.snapshot import take_snapshot
-from tasks.training import build_baseline, train
+from tasks.training import train
 from tests.conftest import PG_SERVER, postgres_databases, tuned, wait_for
 
 
@@ -61,14 +62,14 @@ def test_the_baseline_rule_compiles_exactly_whatever_its_labels_and_nulls(frame,
     task = Task.REGRESSION if labels == "values" else Task.BINARY
     y = {"integers": y, "strings": y.map({0: "stays", 1: "leaves"}), "booleans": y.astype(bool),
          "values": X["monthly_charges"] * 2 + y}[labels]  # fmt: skip
-    X = X.drop(columns=["monthly_charges"]) if labels == "values" else X
-    baseline, rule = build_baseline(X, y, task, seed=1)
-    column, threshold = rule.split(" <= ")
+    X = (X.drop(columns=["monthly_charges"]) if labels == "values" else X).select_dtypes("number")  # a threshold
+    baseline = build_baseline(X, y, task, seed=1)
+    column, threshold = baseline.rule.split(" <= ")
     edge = X.head(40).copy()
     edge[column] = [float(threshold) + d for d in (-1e-9, 0.0, 1e-9, 1e-4) * 10]
     edge.loc[edge.index[::3], column] = np.nan
     rows = pd.concat([X, edge])
-    compiled = compile_pipeline(baseline, rows, predict_fn)
+    compiled = compile_pipeline(baseline.model, rows, predict_fn)
     assert compiled.ok, compiled.status
     assert re.search(r"within 0 relative|max \|dp\| 0$", compiled.status), compiled.status
 

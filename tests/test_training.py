@@ -79,8 +79,8 @@ def test_holdout_metrics_and_a_baseline_the_model_beats(trained):
     }
     assert trained.metrics["roc_auc"] > 0.75
     assert 0.5 < trained.baseline_metrics["roc_auc"] < trained.metrics["roc_auc"]
-    assert trained.baseline_rule.startswith("tenure_months <=")
-    baseline_only_needs_its_feature = trained.X_holdout[["tenure_months"]].head(5)
+    assert trained.baseline_rule == "contract in {month_to_month}"  # ahead of tenure_months, the best number
+    baseline_only_needs_its_feature = trained.X_holdout[["contract"]].head(5)
     assert len(trained.baseline.predict(baseline_only_needs_its_feature)) == 5
 
 
