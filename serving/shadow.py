@@ -98,7 +98,8 @@ class ShadowProcess:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._child is not None and self._child.transport is not None and self._pending:
+        # Not before _connect wrote the settings line ("running"): the transport exists a moment earlier.
+        if self._child is not None and self.state == "running" and self._child.transport is not None and self._pending:
             self._child.transport.write(b"".join(self._pending))
             self._pending.clear()
 
