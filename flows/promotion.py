@@ -153,7 +153,9 @@ def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
         ).verdict.value
     log = predicted_classes(log, registry.probability_classes(settings, name, log["model_version"].unique()))
     task = version_task(registry.get_version(settings, name, version).tags)
-    return shadow_analysis(log, settings.promotion, drift_verdict=drift, task=task)
+    return shadow_analysis(
+        log, settings.promotion, drift, task, latency_budget_ms=settings.serving.latency_budget_p99_ms
+    )
 
 
 @task(name="canary-step", cache_policy=NO_CACHE)

@@ -79,9 +79,15 @@ def client_caused(rows: pd.DataFrame) -> pd.Series:
 
 
 def shadow_analysis(
-    log: pd.DataFrame, settings: PromotionSettings, drift_verdict: str | None = None, task: Task = Task.BINARY
+    log: pd.DataFrame,
+    settings: PromotionSettings,
+    drift_verdict: str | None = None,
+    task: Task = Task.BINARY,
+    *,
+    latency_budget_ms: float,
 ) -> Analysis:
-    """Shadow against Production on the same requests: agreement, errors, latency, input drift."""
+    """Shadow against Production on the same requests: agreement, errors, latency against the one
+    latency budget (serving.latency_budget_p99_ms), input drift."""
     production = log[(log["role"] == "production") & log["error"].isna()].set_index("request_id")
     shadow = log[log["role"] == "shadow"].set_index("request_id")
     paired = production.join(shadow, how="inner", lsuffix="_prod", rsuffix="_shadow")
@@ -120,7 +126,7 @@ def shadow_analysis(
             f">= {settings.min_agreement:.0%}",
         ),
         Check("error rate", errors <= settings.max_error_rate, f"{errors:.2%}", f"<= {settings.max_error_rate:.1%}"),
-        Check("latency p99", p99 <= settings.latency_p99_ms, f"{p99:.2f} ms", f"<= {settings.latency_p99_ms:g} ms"),
+        Check("latency p99", p99 <= latency_budget_ms, f"{p99:.2f} ms", f"<= {latency_budget_ms:g} ms"),
         _refusals(int(refused.sum()), n, settings.max_shadow_refused),
     ]
     if drift_verdict is not None:
