@@ -34,6 +34,7 @@ import orjson
 import psutil
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from threadpoolctl import threadpool_limits
 
 from configs.settings import ServingSettings, Settings
 from core.errors import GateError, RegistryError
@@ -57,7 +58,7 @@ class Attempt:
     """One measurement of a version: what a client waited, what the gateway's path cost in CPU, the load."""
 
     http_p99_ms: float  # wall time over HTTP, concurrency 1: what a client waits
-    cpu_p99_ms: float  # CPU time of the gateway's code path per request (in-process; a model's own threads count)
+    cpu_p99_ms: float  # CPU time of the gateway's code path per request, in-process (the whole process's)
     overhead_ms: float  # the gateway's CPU per request beyond that path (HTTP, JSON, the log), a mean
     load: float  # 1-minute load average, the higher of the measurement's start and end
     cores: int
@@ -210,11 +211,12 @@ def in_process(
         t3, c3 = time.perf_counter(), time.process_time()
         return c3 - c0, t3 - t0, t1 - t0, t2 - t1, t3 - t2
 
-    for body in bodies[:WARMUP]:
-        timed(body)
     order = itertools.count()
     take = lambda n: np.array([timed(bodies[next(order) % len(bodies)]) for _ in range(n)])
-    with _frozen_heap():
+    # One thread per library pool (OpenMP, BLAS): a one-row request gains nothing from more, and on a loaded
+    # machine they spin waiting for each other, CPU time of the machine's making, not the model's.
+    with _frozen_heap(), threadpool_limits(1):
+        take(WARMUP)
         figures = rounds(take, budget_ms, settings)
     stages = {stage: _percentiles(figures[:, i]) for i, stage in enumerate(("cpu", "total", *STAGES))}
     return stages, figures[:, 0]
