@@ -165,8 +165,9 @@ def test_bench_records_figures_tags_and_histogram_and_gates_on_the_budget(hgb_re
     settings, reg, _ = hgb_registered
     result = bench(settings, f"{reg.name}@Production")
     assert set(result.in_process) == {"cpu", "prepare", "forward", "finish", "total"}
-    assert result.http["c16"]["requests"] == 100 and result.http["c1"]["p50_ms"] <= result.http["c1"]["p99_ms"]
+    assert result.http["c1"]["p50_ms"] <= result.http["c1"]["p99_ms"]
     assert result.http["c1"]["requests"] == 100  # serving.bench_requests, the most a measurement takes
+    assert 32 <= result.http["c16"]["requests"] <= 100  # as many as serving.bench_seconds allow
     tags = MlflowClient().get_model_version(reg.name, reg.version).tags
     assert float(tags["latency_p99_ms"]) == pytest.approx(result.http["c1"]["p99_ms"], rel=1e-3)
     assert tags["latency_gate"] == "passed"  # a budget of a minute: this checks the recording, not the speed
