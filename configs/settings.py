@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -49,7 +50,14 @@ BUILT_IN_ESTIMATORS = (
     "hist_gradient_boosting",
     "gradient_boosting",
 )
+# Keys that said the latency budget per stage before there was one: read as serving.latency_budget_p99_ms.
+LATENCY_BUDGET = ("serving", "latency_budget_p99_ms")
+RENAMED_LATENCY_KEYS = (("promotion", "latency_p99_ms"), ("monitoring", "latency_p99_ms"))
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+class RenamedSetting(FutureWarning):
+    """A profile key read under its new name; the warning says which to rename."""
 
 
 class _Section(BaseModel):
@@ -171,9 +179,21 @@ class ServingSettings(_Section):
         "restart while it reads the registry; empty: always start from the registry.",
     )
     latency_budget_p99_ms: float = Field(
-        50.0, gt=0, description="The training flow's latency gate: HTTP p99 of one-row requests through the gateway."
+        50.0,
+        gt=0,
+        description="The latency budget, one for every stage: p99 of one-row requests through the gateway. The "
+        "benchmark gates a new version on it (judged as The latency budget below says), the shadow analysis "
+        "judges Shadow's p99 and monitoring each window's p99 against it.",
     )
-    bench_requests: int = Field(1_000, gt=0, description="Requests per measurement of `shipway bench`.")
+    bench_requests: int = Field(
+        1_000,
+        gt=0,
+        description="Most requests per measurement of `shipway bench`; it stops sooner once the verdict is clear "
+        "or bench_seconds have passed (with 100 requests at least).",
+    )
+    bench_seconds: float = Field(
+        3.0, gt=0, description="Time after which a measurement of `shipway bench` judges on the requests it has."
+    )
     startup_timeout_s: float = Field(
         120.0,
         gt=0,
@@ -354,7 +374,6 @@ class PromotionSettings(_Section):
         description="Shadow: highest share of the requests Production answered that Shadow refuses as bad input "
         "(a stricter input contract, which would break those clients); unset: reported to the reviewer, not gated.",
     )
-    latency_p99_ms: float = Field(50.0, gt=0, description="Shadow: latency budget of its p99.")
     max_error_rate_increase: float = Field(
         0.01, ge=0, le=1, description="Canary: error + fallback rate may exceed Production's by at most this."
     )
@@ -407,7 +426,6 @@ class MonitoringSettings(_Section):
         le=1,
         description="Highest share of requests refused as bad input (4xx): clients sending skewed data.",
     )
-    latency_p99_ms: float = Field(50.0, gt=0, description="Latency budget of the window's p99, in the gateway.")
     min_accuracy: float | None = Field(
         None, ge=0, le=1, description="Lowest accuracy on feedback labels; empty: not checked."
     )
@@ -570,6 +588,40 @@ class Settings(BaseSettings):
     quality: QualitySettings = Field(default_factory=QualitySettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_latency_budget(cls, values: Any) -> Any:
+        """An old per-stage key still counts, with a warning, as the one budget; one that disagrees with
+        the budget (or with the other old key) is an error: either way it cannot silently do nothing."""
+        if not isinstance(values, dict):
+            return values
+        sections = {name: dict(part) if isinstance(part, dict) else part for name, part in values.items()}
+        given = {
+            f"{section}.{key}": sections[section][key]
+            for section, key in (LATENCY_BUDGET, *RENAMED_LATENCY_KEYS)
+            if isinstance(sections.get(section), dict) and key in sections[section]
+        }
+        old = [f"{section}.{key}" for section, key in RENAMED_LATENCY_KEYS if f"{section}.{key}" in given]
+        if not old:
+            return values
+        if len({_number(value) for value in given.values()}) > 1:
+            stated = ", ".join(f"{key}: {value}" for key, value in given.items())
+            raise ValueError(
+                f"serving.latency_budget_p99_ms, the one latency budget, replaces {' and '.join(old)} and they "
+                f"disagree ({stated}): keep serving.latency_budget_p99_ms only"
+            )
+        warnings.warn(
+            f"{' and '.join(old)} is now serving.latency_budget_p99_ms, the one latency budget of the benchmark, "
+            "the shadow analysis and monitoring: rename it",
+            RenamedSetting,
+            stacklevel=2,
+        )
+        for section, key in RENAMED_LATENCY_KEYS:
+            budget = sections[section].pop(key, None) if isinstance(sections.get(section), dict) else None
+            if budget is not None:
+                sections["serving"] = {**(sections.get("serving") or {}), LATENCY_BUDGET[1]: budget}
+        return sections
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -634,6 +686,8 @@ def load_settings(path: Path | str | None = None, cwd: Path | None = None) -> Se
 def _describe(exc: ValidationError, path: Path) -> str:
     """One line naming the first bad key, and the environment variable if that is where it came from."""
     error = exc.errors()[0]
+    if not error["loc"]:  # a check across sections: its message names the keys
+        return f"config file {path}: {error['msg'].removeprefix('Value error, ')}"
     loc = error["loc"][:-2] if error["loc"][-1] == "[key]" else error["loc"]  # a mapping's bad key: name the mapping
     key = ".".join(str(part) for part in loc)
     env_var = ENV_PREFIX + ENV_DELIMITER.join(str(p) for p in loc).upper()
@@ -647,6 +701,13 @@ def _describe(exc: ValidationError, path: Path) -> str:
     if isinstance(value, dict) or repr(value) in message:  # a section's values may hold secrets; or said already
         return f"{origin}: key '{key}': {message}"
     return f"{origin}: key '{key}': {message} (got {value!r})"
+
+
+def _number(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def _absolute_path(location: str, cwd: Path) -> str:

@@ -75,6 +75,9 @@ class Tag(StrEnum):
     LATENCY_P99_MS = "latency_p99_ms"
     LATENCY_BUDGET_P99_MS = "latency_budget_p99_ms"
     LATENCY_GATE = "latency_gate"
+    LATENCY_CPU_P99_MS = "latency_cpu_p99_ms"  # the CPU-time estimate of the quiet p99
+    LATENCY_LOAD = "latency_load"  # the machine's load average while measured, and its cores
+    LATENCY_VERDICT = "latency_verdict"  # the verdict in words: what was judged, at which load
     BASELINE_MODEL_URI = "baseline_model_uri"
     BASELINE_RULE = "baseline_rule"
     BASELINE_TRAINING_METRIC = "baseline_training_metric"  # the metric that chose the rule, on training

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -81,9 +82,15 @@ def config_option(command):
 
 def _settings(config_path: Path | None) -> Settings:
     """Load the profile and export what Prefect and MLflow read from the environment."""
-    from configs.settings import load_settings
+    from configs.settings import RenamedSetting, load_settings
 
-    settings = load_settings(config_path)
+    with warnings.catch_warnings(record=True, action="always", category=RenamedSetting) as caught:
+        settings = load_settings(config_path)
+    for warning in caught:  # a renamed key in one line, as an error would be; any other warning as Python shows it
+        if issubclass(warning.category, RenamedSetting):
+            click.echo(f"shipway: warning: {warning.message}", err=True)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if settings.prefect.api_url:

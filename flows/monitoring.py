@@ -64,7 +64,9 @@ def monitoring_flow(
     if len(log):  # probability answers are compared with labels as their predicted class
         log = predicted_classes(log, registry.probability_classes(settings, name, log["model_version"].unique()))
     task = version_task(registry.get_version(settings, name, version).tags)
-    summary = summarize(log, feedback, settings.monitoring, task)
+    summary = summarize(
+        log, feedback, settings.monitoring, task, latency_budget_ms=settings.serving.latency_budget_p99_ms
+    )
     with tempfile.TemporaryDirectory(prefix="shipway-monitor-") as tmp:
         files, drift = [], "none"
         inputs = served_inputs(log)
@@ -82,7 +84,7 @@ def monitoring_flow(
             summary.metrics["drifted_columns"] = float(len(report.columns_with(Verdict.FAIL)))
         history = registry.monitoring_history(settings, name, limit=max(settings.monitoring.breach_windows, 48))
         picture = Path(tmp) / "trend.png"
-        if plot_trend(history, summary.metrics, start, end, settings.monitoring, picture):
+        if plot_trend(history, summary.metrics, start, end, settings, picture):
             files.append(picture)
         run_id = registry.log_window(
             settings,

@@ -153,7 +153,14 @@ def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
     log = predicted_classes(log, registry.probability_classes(settings, name, log["model_version"].unique()))
     tags = registry.get_version(settings, name, version).tags
     task = version_task(tags)
-    return shadow_analysis(log, settings.promotion, drift=drift, task=task, positive=positive_class_rate(tags))
+    return shadow_analysis(
+        log,
+        settings.promotion,
+        drift=drift,
+        task=task,
+        positive=positive_class_rate(tags),
+        latency_budget_ms=settings.serving.latency_budget_p99_ms,
+    )
 
 
 def positive_class_rate(tags: dict[str, str]) -> tuple[Any, float] | None:

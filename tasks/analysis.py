@@ -95,11 +95,13 @@ def shadow_analysis(
     drift: GateReport | None = None,
     task: Task = Task.BINARY,
     positive: tuple[Any, float] | None = None,
+    *,
+    latency_budget_ms: float,
 ) -> Analysis:
-    """Shadow against Production on the same requests: agreement, errors, latency, and the gate's
-    report on the inputs (`drift`), whose failing columns and checks a breach names; for a binary
-    classifier with `positive` (its positive class and training rate), its live positive rate
-    against the training rate (a warning)."""
+    """Shadow against Production on the same requests: agreement, errors, latency against the one
+    latency budget (serving.latency_budget_p99_ms), and the gate's report on the inputs (`drift`),
+    whose failing columns and checks a breach names; for a binary classifier with `positive` (its
+    positive class and training rate), its live positive rate against the training rate (a warning)."""
     production = log[(log["role"] == "production") & log["error"].isna()].set_index("request_id")
     shadow = log[log["role"] == "shadow"].set_index("request_id")
     paired = production.join(shadow, how="inner", lsuffix="_prod", rsuffix="_shadow")
@@ -138,7 +140,7 @@ def shadow_analysis(
             f">= {settings.min_agreement:.0%}",
         ),
         Check("error rate", errors <= settings.max_error_rate, f"{errors:.2%}", f"<= {settings.max_error_rate:.1%}"),
-        Check("latency p99", p99 <= settings.latency_p99_ms, f"{p99:.2f} ms", f"<= {settings.latency_p99_ms:g} ms"),
+        Check("latency p99", p99 <= latency_budget_ms, f"{p99:.2f} ms", f"<= {latency_budget_ms:g} ms"),
         _refusals(int(refused.sum()), n, settings.max_shadow_refused),
     ]
     if drift is not None:

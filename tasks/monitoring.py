@@ -51,9 +51,15 @@ class WindowSummary:
 
 
 def summarize(
-    log: pd.DataFrame, feedback: pd.DataFrame, settings: MonitoringSettings, task: Task = Task.BINARY
+    log: pd.DataFrame,
+    feedback: pd.DataFrame,
+    settings: MonitoringSettings,
+    task: Task = Task.BINARY,
+    *,
+    latency_budget_ms: float,
 ) -> WindowSummary:
-    """Failure, fallback, latency and label figures of a window, and which limits they broke."""
+    """Failure, fallback, latency and label figures of a window, and which limits they broke (latency:
+    the one latency budget, serving.latency_budget_p99_ms)."""
     answered = log[log["role"].isin(ANSWERING)]
     n = len(answered)
     summary = WindowSummary(n, {"requests": float(n)})
@@ -78,7 +84,7 @@ def summarize(
         ("fallback_rate", float(fallback.mean()), settings.max_fallback_rate),
         ("error_rate", errors, settings.max_error_rate),
         ("rejected_rate", rejected, settings.max_rejected_rate),
-        ("latency_p99_ms", p99, settings.latency_p99_ms),
+        ("latency_p99_ms", p99, latency_budget_ms),
     ]
     summary.breaches += [
         f"{name} {value:.4g} > {limit:g}"

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from configs.settings import MonitoringSettings
+    from configs.settings import Settings
 
-PANELS = (  # metric, label, the MonitoringSettings field that limits it (None: any value is a breach)
+PANELS = (  # metric, label, the setting (section, key) that limits it (None: any value is a breach)
     ("drifted_columns", "drifted columns", None),
-    ("fallback_rate", "fallback rate", "max_fallback_rate"),
-    ("latency_p99_ms", "latency p99 (ms)", "latency_p99_ms"),
+    ("fallback_rate", "fallback rate", ("monitoring", "max_fallback_rate")),
+    ("latency_p99_ms", "latency p99 (ms)", ("serving", "latency_budget_p99_ms")),
 )
 
 
@@ -29,7 +29,7 @@ def trend_figure(
     current: dict[str, float],
     start: datetime,
     end: datetime,
-    limits: MonitoringSettings,
+    settings: Settings,
 ) -> Figure:
     """Windows from `history` (newest first, as registry.monitoring_history gives) plus the current one
     (`start`..`end`), one panel per figure."""
@@ -43,7 +43,7 @@ def trend_figure(
     span = end - start
     windows = [_window(h, span) for h in reversed(history)] + [(start, end, current)]
     fig, axes = plt.subplots(len(PANELS), 1, figsize=(9, 7), sharex=True)
-    for ax, (key, label, limit_field) in zip(axes, PANELS, strict=True):
+    for ax, (key, label, setting) in zip(axes, PANELS, strict=True):
         shown = [(s, e, m[key]) for s, e, m in windows if key in m and m[key] == m[key]]  # NaN: not measured
         for s, e, value in shown:
             ax.plot([s, e], [value, value], color="tab:blue", linewidth=2.5, solid_capstyle="butt")
@@ -52,8 +52,9 @@ def trend_figure(
             for _, e, value in shown:
                 ax.annotate(f"{value:.3g}", (mdates.date2num(e), value), textcoords="offset points", xytext=(6, 4))
         top = max([v for _, _, v in shown], default=0.0)
-        if limit_field is not None:
-            limit = float(getattr(limits, limit_field))
+        if setting is not None:
+            section, name = setting
+            limit = float(getattr(getattr(settings, section), name))
             ax.axhline(limit, color="tab:red", linestyle="--", linewidth=1.2, label=f"limit {limit:g}")
             ax.legend(loc="upper left", fontsize=8)
             top = max(top, limit)
@@ -80,13 +81,13 @@ def plot_trend(
     current: dict[str, float],
     start: datetime,
     end: datetime,
-    limits: MonitoringSettings,
+    settings: Settings,
     path: Path,
 ) -> bool:
     """The picture as a PNG (MLflow's artifact viewer shows it)."""
     import matplotlib.pyplot as plt
 
-    fig = trend_figure(history, current, start, end, limits)
+    fig = trend_figure(history, current, start, end, settings)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path.is_file()

@@ -15,6 +15,7 @@ from tasks.contract_checks import validate
 from tasks.verdict import GateReport
 
 SETTINGS = PromotionSettings()
+BUDGET_MS = 50.0  # serving.latency_budget_p99_ms
 NO_FEEDBACK = pd.DataFrame({"request_id": [], "label": []})
 
 
@@ -133,7 +134,9 @@ DRIFT = {"pass": {}, "warn": {"balance": 1.05}, "fail": {"balance": 1.6, "unseen
 
 
 def test_shadow_passes_when_it_agrees_answers_and_is_fast():
-    analysis = shadow_analysis(shadow_log(1_000, disagree=0.05), SETTINGS, drift=inputs_report(**DRIFT["warn"]))
+    analysis = shadow_analysis(
+        shadow_log(1_000, disagree=0.05), SETTINGS, drift=inputs_report(**DRIFT["warn"]), latency_budget_ms=BUDGET_MS
+    )
     assert analysis.passed, analysis.breaches
     drift = next(c for c in analysis.checks if c.name == "input drift vs contract")
     assert drift.value.startswith("warn on 1 column: balance (mean: ")  # a warning says its cause too
@@ -157,11 +160,15 @@ def test_shadow_passes_when_it_agrees_answers_and_is_fast():
     ],
 )
 def test_shadow_names_what_it_breached(log, drift, check):
-    assert breached(shadow_analysis(log, SETTINGS, drift=inputs_report(**DRIFT[drift]))) == {check}
+    assert breached(
+        shadow_analysis(log, SETTINGS, drift=inputs_report(**DRIFT[drift]), latency_budget_ms=BUDGET_MS)
+    ) == {check}
 
 
 def test_a_shadow_on_drifted_input_names_the_drifted_columns_and_their_checks():
-    analysis = shadow_analysis(shadow_log(1_000), SETTINGS, drift=inputs_report(**DRIFT["fail"]))
+    analysis = shadow_analysis(
+        shadow_log(1_000), SETTINGS, drift=inputs_report(**DRIFT["fail"]), latency_budget_ms=BUDGET_MS
+    )
     [breach] = analysis.breaches
     assert breach.startswith("input drift vs contract: fail on 2 columns: balance (mean: 1381 outside ")
     assert (
@@ -186,17 +193,21 @@ def test_requests_the_shadow_refuses_as_bad_input_are_reported_and_gated_only_wh
     shadow = log.index[log["role"] == "shadow"]
     refusal = "400 INVALID_PARAMETER_VALUE: missing column 'region' (string); the model takes age, region"
     log.loc[shadow[:30], ["error", "prediction"]] = [refusal, None]  # 3%: a stricter contract
-    analysis = shadow_analysis(log, SETTINGS)
+    analysis = shadow_analysis(log, SETTINGS, latency_budget_ms=BUDGET_MS)
     assert analysis.passed, analysis.breaches  # not the model's failure: the error rate stays 0
     assert analysis.requests["refused by shadow"] == 30
     check = next(c for c in analysis.checks if c.name == REFUSED)
     assert (check.ok, check.value) == (True, "30 of 1,000 (3.00%)")
     assert REFUSED in json.dumps(json.loads(analysis.evidence())["checks"])  # what the approval form shows
-    assert breached(shadow_analysis(log, SETTINGS.model_copy(update={"max_shadow_refused": 0.01}))) == {REFUSED}
-    assert shadow_analysis(log, SETTINGS.model_copy(update={"max_shadow_refused": 0.05})).passed
+    assert breached(
+        shadow_analysis(log, SETTINGS.model_copy(update={"max_shadow_refused": 0.01}), latency_budget_ms=BUDGET_MS)
+    ) == {REFUSED}
+    assert shadow_analysis(
+        log, SETTINGS.model_copy(update={"max_shadow_refused": 0.05}), latency_budget_ms=BUDGET_MS
+    ).passed
     # the Shadow's own failures still count
     log.loc[shadow[30:50], "error"] = "ValueError: boom"
-    assert breached(shadow_analysis(log, SETTINGS)) == {"error rate"}
+    assert breached(shadow_analysis(log, SETTINGS, latency_budget_ms=BUDGET_MS)) == {"error rate"}
 
 
 def test_a_borderline_difference_is_weighed_against_every_test_of_the_promotion():

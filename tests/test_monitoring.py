@@ -6,11 +6,12 @@ import orjson
 import pandas as pd
 import pytest
 
-from configs.settings import MonitoringSettings
+from configs.settings import MonitoringSettings, Settings
 from core.errors import ShipwayError
 from tasks.monitoring import parse_window, served_inputs, summarize, sustained
 
 SETTINGS = MonitoringSettings(min_requests=10)
+BUDGET_MS = 50.0  # serving.latency_budget_p99_ms
 
 
 @pytest.mark.parametrize(
@@ -53,7 +54,7 @@ NO_FEEDBACK = pd.DataFrame({"request_id": pd.Series(dtype=str), "label": pd.Seri
 
 def test_a_healthy_window_has_its_figures_and_no_breach():
     log = pd.concat([log_rows(100), log_rows(100, role="shadow")])  # shadow rows are not answers
-    summary = summarize(log, NO_FEEDBACK, SETTINGS)
+    summary = summarize(log, NO_FEEDBACK, SETTINGS, latency_budget_ms=BUDGET_MS)
     assert summary.requests == 100
     assert summary.metrics["fallback_rate"] == 0 and summary.metrics["error_rate"] == 0
     assert summary.metrics["latency_p99_ms"] == pytest.approx(1.0)
@@ -69,7 +70,7 @@ def test_fallbacks_errors_rejections_and_latency_breach_their_limits():
             log_rows(10, prediction=None, start=300),
         ]
     )  # 400: the client's input was refused
-    summary = summarize(log, NO_FEEDBACK, SETTINGS)
+    summary = summarize(log, NO_FEEDBACK, SETTINGS, latency_budget_ms=BUDGET_MS)
     assert summary.metrics["fallback_rate"] == pytest.approx(0.10)
     assert summary.metrics["error_rate"] == pytest.approx(0.05)
     assert summary.metrics["rejected_rate"] == pytest.approx(0.10)
@@ -82,14 +83,16 @@ def test_fallbacks_errors_rejections_and_latency_breach_their_limits():
 
 
 def test_too_few_requests_breach_nothing():
-    assert not summarize(log_rows(5, role="fallback", prediction=None), NO_FEEDBACK, SETTINGS).breached
+    assert not summarize(
+        log_rows(5, role="fallback", prediction=None), NO_FEEDBACK, SETTINGS, latency_budget_ms=BUDGET_MS
+    ).breached
 
 
 def test_accuracy_comes_from_feedback_labels():
     log = log_rows(40)
     feedback = pd.DataFrame({"request_id": log["request_id"], "label": [1] * 30 + [0] * 10})
     settings = SETTINGS.model_copy(update={"min_accuracy": 0.9})
-    summary = summarize(log, feedback, settings)
+    summary = summarize(log, feedback, settings, latency_budget_ms=BUDGET_MS)
     assert summary.metrics["accuracy"] == pytest.approx(0.75)
     assert summary.metrics["labeled"] == 40
     assert summary.breaches == ["accuracy 0.75 < 0.9"]
@@ -120,7 +123,7 @@ def test_one_window_fills_the_trend_picture_with_its_own_time_range_and_the_limi
 
     from tasks.trend import plot_trend, trend_figure
 
-    limits = MonitoringSettings(max_fallback_rate=0.02, latency_p99_ms=50)
+    limits = Settings(monitoring={"max_fallback_rate": 0.02}, serving={"latency_budget_p99_ms": 50})
     end = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     start = end - timedelta(hours=1)
     figure = trend_figure(
@@ -155,7 +158,7 @@ def test_the_trend_spans_the_logged_windows_from_the_first_start(tmp_path):
         }
         for h in range(1, 4)
     ]
-    figure = trend_figure(history, {"fallback_rate": 0.03}, end - timedelta(hours=1), end, MonitoringSettings())
+    figure = trend_figure(history, {"fallback_rate": 0.03}, end - timedelta(hours=1), end, Settings())
     low, high = (mdates.num2date(x) for x in figure.axes[1].get_xlim())
     assert end - timedelta(hours=4, minutes=15) <= low <= end - timedelta(hours=4)
     assert end <= high <= end + timedelta(minutes=15)

@@ -13,6 +13,7 @@ from tasks.analysis import canary_analysis, shadow_analysis
 from tasks.monitoring import summarize
 
 SETTINGS = PromotionSettings()
+BUDGET_MS = 50.0  # serving.latency_budget_p99_ms
 NO_FEEDBACK = pd.DataFrame({"request_id": [], "label": []})
 
 
@@ -45,15 +46,17 @@ def agreement(analysis) -> str:
 
 
 def test_shadow_agreement_is_the_share_within_the_tolerance():
-    close = shadow_analysis(shadow_log(1_000, 0.01), SETTINGS, task=Task.REGRESSION)
+    close = shadow_analysis(shadow_log(1_000, 0.01), SETTINGS, task=Task.REGRESSION, latency_budget_ms=BUDGET_MS)
     assert close.passed and agreement(close) == "ok 100.0% within ±5.0%"
-    apart = shadow_analysis(shadow_log(1_000, 0.2), SETTINGS, task=Task.REGRESSION)
+    apart = shadow_analysis(shadow_log(1_000, 0.2), SETTINGS, task=Task.REGRESSION, latency_budget_ms=BUDGET_MS)
     assert not apart.passed and agreement(apart).startswith("BREACH 1") and apart.breaches[0].endswith("(limit >= 80%)")
     absolute = SETTINGS.model_copy(update={"regression_tolerance": 20.0, "regression_tolerance_mode": "absolute"})
-    within = agreement(shadow_analysis(shadow_log(1_000, 0.05), absolute, task=Task.REGRESSION))
+    within = agreement(
+        shadow_analysis(shadow_log(1_000, 0.05), absolute, task=Task.REGRESSION, latency_budget_ms=BUDGET_MS)
+    )
     assert within.startswith("ok 9") and within.endswith("% within ±20")
     # as a classifier, values that differ in the fifth digit would never agree
-    assert not shadow_analysis(shadow_log(1_000, 0.0001), SETTINGS).passed
+    assert not shadow_analysis(shadow_log(1_000, 0.0001), SETTINGS, latency_budget_ms=BUDGET_MS).passed
 
 
 def canary(n_canary: int, n_prod: int, seed: int = 0, shift: float = 0.0, scale: float = 1.0) -> pd.DataFrame:
@@ -106,10 +109,12 @@ def test_a_canary_with_larger_errors_on_labels_breaches_one_as_good_does_not():
 def test_monitoring_reports_the_mean_absolute_error_on_labels():
     log = rows("production", np.full(300, 100.0)).drop(columns=["route"]).assign(inputs=None)
     feedback = pd.DataFrame({"request_id": log["request_id"], "label": [100.0 + (i % 2) * 8 for i in range(300)]})
-    loose = summarize(log, feedback, MonitoringSettings(), Task.REGRESSION)
+    loose = summarize(log, feedback, MonitoringSettings(), Task.REGRESSION, latency_budget_ms=BUDGET_MS)
     assert loose.metrics["mae"] == pytest.approx(4.0) and loose.metrics["labeled"] == 300
     assert "accuracy" not in loose.metrics and not loose.breached
-    strict = summarize(log, feedback, MonitoringSettings(max_mae=3.0), Task.REGRESSION)
+    strict = summarize(log, feedback, MonitoringSettings(max_mae=3.0), Task.REGRESSION, latency_budget_ms=BUDGET_MS)
     assert strict.breaches == ["mae 4 > 3"]
-    few = summarize(log.iloc[:50], feedback, MonitoringSettings(max_mae=3.0), Task.REGRESSION)
+    few = summarize(
+        log.iloc[:50], feedback, MonitoringSettings(max_mae=3.0), Task.REGRESSION, latency_budget_ms=BUDGET_MS
+    )
     assert not few.breached  # fewer labels than monitoring.min_requests: no verdict

@@ -390,15 +390,17 @@ def test_the_shadow_analysis_reports_requests_a_stricter_candidate_refuses(reg, 
     refusals = log[(log.role == "shadow") & log.error.notna()].error
     assert len(refusals) == 6
     assert refusals.str.startswith("400 INVALID_PARAMETER_VALUE: missing column 'loyalty_tier'").all()
-    quick = PromotionSettings(min_requests=10, latency_p99_ms=1_000, min_agreement=0.0)  # it answers 0 always
-    analysis = shadow_analysis(log, quick)
+    quick = PromotionSettings(min_requests=10, min_agreement=0.0)  # it answers 0 always
+    analysis = shadow_analysis(log, quick, latency_budget_ms=1_000)
     assert analysis.passed, analysis.breaches
     assert analysis.requests["refused by shadow"] == 6
     check = next(c for c in analysis.checks if c.name == REFUSED)
     assert (check.value, check.limit) == ("6 of 10 (60.00%)", "reported, not gated (promotion.max_shadow_refused)")
     assert next(c for c in analysis.checks if c.name == "error rate").value == "0.00%"
     gated = quick.model_copy(update={"max_shadow_refused": 0.5})
-    assert shadow_analysis(log, gated).breaches == [f"{REFUSED}: 6 of 10 (60.00%) (limit <= 50.0%)"]
+    assert shadow_analysis(log, gated, latency_budget_ms=1_000).breaches == [
+        f"{REFUSED}: 6 of 10 (60.00%) (limit <= 50.0%)"
+    ]
 
 
 def test_the_shadow_runs_in_a_process_of_its_own_that_comes_back_after_a_crash(reg, tmp_path, monkeypatch):
@@ -742,7 +744,7 @@ def test_a_clients_bad_requests_on_the_canary_route_do_not_roll_it_back(reg, tmp
     assert int(((log.route == "canary") & log.error.notna()).sum()) == 25  # what analysis used to count
     # Latency is not this test's subject: ~120 requests a route make a p99 of one or two answers, which a
     # busy 2-core machine moves by milliseconds (seen once in CI: 5.75 vs 2.10 ms).
-    judged = PromotionSettings(min_requests=50, latency_p99_ms=1000, latency_slack_ms=50)
+    judged = PromotionSettings(min_requests=50, latency_slack_ms=50)
     analysis = canary_analysis(log, pd.DataFrame({"request_id": [], "label": []}), judged, "canary 50%")
     assert analysis.passed, analysis.breaches
     assert analysis.requests["canary client errors"] == 25

@@ -181,21 +181,28 @@ def test_a_column_with_rare_nulls_is_optional_though_the_signature_sample_has_no
 
 @pytest.mark.slow
 def test_bench_records_figures_tags_and_histogram_and_gates_on_the_budget(hgb_registered):
-    from tasks.benchmark import bench, check_budget
+    from tasks.benchmark import bench, check_budget, judge
 
     settings, reg, _ = hgb_registered
     result = bench(settings, f"{reg.name}@Production")
-    assert set(result.in_process) == {"prepare", "forward", "finish", "total"}
-    assert result.http["c16"]["requests"] == 100 and result.http["c1"]["p50_ms"] <= result.http["c1"]["p99_ms"]
+    assert set(result.in_process) == {"cpu", "prepare", "forward", "finish", "total"}
+    assert result.http["c1"]["p50_ms"] <= result.http["c1"]["p99_ms"]
+    assert result.http["c1"]["requests"] == 100  # serving.bench_requests, the most a measurement takes
+    assert 32 <= result.http["c16"]["requests"] <= 100  # as many as serving.bench_seconds allow
     tags = MlflowClient().get_model_version(reg.name, reg.version).tags
     assert float(tags["latency_p99_ms"]) == pytest.approx(result.http["c1"]["p99_ms"], rel=1e-3)
     assert tags["latency_gate"] == "passed"  # a budget of a minute: this checks the recording, not the speed
+    judged = result.verdict.judged
+    assert 0 < judged.cpu_p99_ms == result.in_process["cpu"]["p99_ms"] and judged.overhead_ms >= 0
+    assert float(tags["latency_cpu_p99_ms"]) == pytest.approx(judged.quiet_p99_ms, rel=1e-3)
+    assert tags["latency_load"] == f"{judged.load:.2f} on {judged.cores} cores"
+    assert tags["latency_verdict"] == result.verdict.text() and "within the latency budget" in tags["latency_verdict"]
     run = mlflow.get_run(result.run_id)
     assert run.data.metrics["bench_http_c1_p99_ms"] == pytest.approx(result.http["c1"]["p99_ms"])
     artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "benchmark")}
     assert artifacts == {"benchmark/latency_histogram.png", "benchmark/benchmark.json"}
     check_budget(result)
-    result.budget_p99_ms, result.passed = 1e-6, False
+    result.verdict = judge([judged], 1e-6)
     with pytest.raises(GateError, match=r"HTTP p99 .* is over the latency budget of 1e-06 ms"):
         check_budget(result)
 

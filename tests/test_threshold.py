@@ -27,7 +27,7 @@ from tasks.registry import set_alias, versions
 from tasks.snapshot import take_snapshot
 from tasks.training import best_cut, train
 from tests.conftest import tuned
-from tests.test_analysis import SETTINGS, shadow_log
+from tests.test_analysis import BUDGET_MS, SETTINGS, shadow_log
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +177,8 @@ def test_served_decisions_worse_than_the_baseline_fail_by_name(default):
 def test_the_shadow_analysis_warns_when_the_live_positive_rate_is_far_from_training():
     log = shadow_log(1_000)
     rate = log.loc[log["role"] == "shadow", "prediction"].map(lambda p: json.loads(p)[0]).mean()
-    close = shadow_analysis(log, SETTINGS, positive=(1, rate - 0.02))
-    far = shadow_analysis(log, SETTINGS, positive=(1, 0.05))
+    close = shadow_analysis(log, SETTINGS, positive=(1, rate - 0.02), latency_budget_ms=BUDGET_MS)
+    far = shadow_analysis(log, SETTINGS, positive=(1, 0.05), latency_budget_ms=BUDGET_MS)
     assert close.passed and close.warnings == []
     assert far.passed and far.breaches == []  # a warning for the reviewer, not a breach
     assert far.warnings == [
@@ -187,7 +187,9 @@ def test_the_shadow_analysis_warns_when_the_live_positive_rate_is_far_from_train
     ]
     assert "| WARNING |" in far.markdown() and "**warning**: positive rate vs training" in far.markdown()
     assert json.loads(far.evidence())["checks"][-1]["gated"] is False
-    assert shadow_analysis(log, SETTINGS).checks == close.checks[:-1]  # without a training rate: no check
+    assert (
+        shadow_analysis(log, SETTINGS, latency_budget_ms=BUDGET_MS).checks == close.checks[:-1]
+    )  # without a training rate: no check
 
 
 @pytest.mark.slow

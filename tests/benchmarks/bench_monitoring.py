@@ -97,7 +97,7 @@ def one_window(url: str, hour: int, suite: dict, settings) -> dict[str, float]:
     inputs = served_inputs(log)
     times["decode inputs"] = time.perf_counter() - t
     t = time.perf_counter()
-    summarize(log, feedback, settings.monitoring)
+    summarize(log, feedback, settings.monitoring, latency_budget_ms=settings.serving.latency_budget_p99_ms)
     times["figures"] = time.perf_counter() - t
     t = time.perf_counter()
     report = validate(inputs, suite, settings.gate, batch_name="window")
