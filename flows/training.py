@@ -81,7 +81,7 @@ def training_flow(
     with _timed(timings, "quality"):  # a failure ends the flow here: registered, without an alias
         quality = quality_task(
             settings, registered, trained.model, trained.baseline, trained.X_holdout, trained.y_holdout,
-            force_quality, reason,
+            force_quality, reason, snapshot.frame.loc[trained.holdout_index].drop(columns=target),
         )  # fmt: skip
     with _timed(timings, "contract"):
         contract_uri = contract_task(settings, snapshot, target, registered, gate, trained.features)

@@ -238,16 +238,20 @@ def judge(
     y: pd.Series,
     task: Task,
     settings: QualitySettings,
+    X_all: pd.DataFrame | None = None,
 ) -> QualityReport:
-    """The quality gate's verdict on `candidate`, with the evaluation table (plain: no I/O)."""
+    """The quality gate's verdict on `candidate`, with the evaluation table (plain: no I/O).
+    `X_all`: the same holdout rows with every column of the snapshot, so that Production is scored
+    (and its training rows matched) on the columns it reads when the candidate reads fewer."""
     metric = primary_metric(settings, task, candidate)
     bounds = limits(settings, task)
     read = [metric, *(m for m, _, _ in bounds)]
     models = [candidate, baseline] + ([production.model] if production and production.model is not None else [])
     truth = encode(y, task, models)
     mine, base = answers(candidate, X, truth, task, read), answers(baseline, X, truth, task, read)
-    theirs, note = _production_answers(production, X, truth, task, read)
-    how = comparison(production, X, y, metric, settings) if theirs is not None else Comparison(NONE, _every(X))
+    wide = X if X_all is None else X_all
+    theirs, note = _production_answers(production, wide, truth, task, read)
+    how = comparison(production, wide, y, metric, settings) if theirs is not None else Comparison(NONE, _every(X))
     theirs = theirs if how.kind != NONE else None
     compared = production.version if theirs is not None and production else None
     report = QualityReport(metric.name, task, compared, note or how.note, settings.alpha, [], how.kind, how.left_out)
@@ -404,8 +408,9 @@ def _production_answers(
         return None, f"Production (version {production.version}) predicts a {production.task} target: not compared"
     if any(m.needs_proba for m in read) and not hasattr(production.model, "predict_proba"):
         return None, f"Production (version {production.version}) has no predict_proba: not compared"
+    reads = getattr(production.model, "feature_names_in_", None)  # the columns it was fitted on
     try:
-        return answers(production.model, X, truth, task, read), ""
+        return answers(production.model, X if reads is None else X[list(reads)], truth, task, read), ""
     except Exception as exc:  # e.g. a feature it needs is gone: what it cannot score it cannot be compared on
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         return None, f"Production (version {production.version}) cannot score this holdout ({reason}): not compared"
@@ -613,14 +618,15 @@ def check_quality(
     y: pd.Series,
     force: bool = False,
     reason: str | None = None,
+    X_all: pd.DataFrame | None = None,
 ) -> QualityOutcome:
     """Judge a registered version, log the table with its run, tag it; a failure raises GateError
-    unless forced (the override is recorded on the version as --force-gate's is)."""
+    unless forced (the override is recorded on the version as --force-gate's is). `X_all`: as judge's."""
     name, version = registered.name, registered.version
     tags = registry.get_version(settings, name, version).tags
     task = version_task(tags, candidate)
-    production = incumbent(settings, name, [*map(str, X.columns), str(y.name)])
-    report = judge(candidate, baseline, production, X, y, task, settings.quality)
+    production = incumbent(settings, name, [*map(str, (X if X_all is None else X_all).columns), str(y.name)])
+    report = judge(candidate, baseline, production, X, y, task, settings.quality, X_all)
     warning = ""
     if task.is_classification and tags.get(Tag.PREDICT_FN, "predict") == "predict":
         rate = tags.get(Tag.TRAINING_POSITIVE_RATE)
@@ -689,8 +695,9 @@ def quality_task(
     y: pd.Series,
     force: bool = False,
     reason: str | None = None,
+    X_all: pd.DataFrame | None = None,
 ) -> QualityOutcome:
-    outcome = check_quality(settings, registered, candidate, baseline, X, y, force, reason)
+    outcome = check_quality(settings, registered, candidate, baseline, X, y, force, reason, X_all)
     logger = get_run_logger()
     if outcome.verdict == "overridden":
         logger.warning("quality gate failed and was overridden (%s): %s", reason, outcome.report.reason())

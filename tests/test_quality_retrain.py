@@ -66,11 +66,13 @@ class Retrain:
         return fitted(self.frame if frame is None else frame, self.target, self.estimator, features)
 
     def judge(self, candidate: TrainedModel, production: Incumbent | None = None, **settings):
-        """Judged on version 2's true holdout rows, every column Production reads included."""
+        """Judged on version 2's true holdout rows as the training flow does: the candidate on its own
+        features, Production on every column of the snapshot (X_all)."""
         holdout = self.frame.loc[candidate.holdout_index]
-        X, y = holdout[self.production.features], holdout[self.target]
+        X, y, X_all = holdout[candidate.features], holdout[self.target], holdout.drop(columns=self.target)
         production = production or self.incumbent()
-        return judge(candidate.model, candidate.baseline, production, X, y, candidate.task, QualitySettings(**settings))
+        quality = QualitySettings(**settings)
+        return judge(candidate.model, candidate.baseline, production, X, y, candidate.task, quality, X_all)
 
 
 def fitted(frame: pd.DataFrame, target: str, estimator: str, features: list[str] | None = None) -> TrainedModel:
@@ -152,6 +154,11 @@ def test_a_truly_worse_retrain_still_fails_naming_the_rows_and_the_interval(tabl
         candidate = case.candidate(shuffled(case.frame, case.target, 0.5))
     report = case.judge(candidate)  # on the true labels of its holdout
     assert not report.passed and report.comparison == PAIRED
+    if degraded == "without dep_delay":  # Production reads a column the candidate dropped: X_all has it
+        holdout = case.frame.loc[candidate.holdout_index]
+        alone = judge(candidate.model, candidate.baseline, case.incumbent(), holdout[candidate.features],
+                      holdout[case.target], candidate.task, QualitySettings())  # fmt: skip
+        assert alone.production is None and "cannot score this holdout" in alone.note
     unseen = next(r for r in report.failures if r.scope == UNSEEN)
     found = FAILED.search(unseen.reason)
     assert found, unseen.reason
