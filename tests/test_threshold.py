@@ -205,7 +205,7 @@ def test_the_gate_refuses_predicts_labels_and_every_form_serves_the_chosen_thres
     with pytest.raises(GateError) as refused:
         check_quality(s, registered, plain.model, plain.baseline, plain.X_holdout, plain.y_holdout)
     assert "served decisions: balanced_accuracy 0." in str(refused.value)
-    assert "of the served labels below the baseline's 0." in str(refused.value)
+    assert "of the served labels worse than the baseline's 0." in str(refused.value)
 
     s = tuned(s, training={"threshold": "auto"})
     chosen = train(snapshot.frame, "default", s.training, s.data)
