@@ -115,6 +115,7 @@ def own(settings: Settings, project: Path, **training) -> Settings:
     )
 
 
+@pytest.mark.slow  # ~13 s: trains, registers and serves through a real gateway
 def test_own_pipeline_with_own_transformer_registers_serves_and_names_the_users_commit(settings, project, cancer):
     s = own(settings, project, estimator="acme_model.pipelines:make_pipeline", params={"C": 0.5}, preprocessing="none")
     cancer.to_parquet("cancer.parquet")

@@ -327,6 +327,7 @@ def test_a_version_that_fails_to_load_is_never_served(reg, tmp_path):
 # ---- shadow ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~10-16 s: a real Shadow process
 def test_a_slow_shadow_never_delays_an_answer_and_is_logged_by_request_id(reg, tmp_path):
     point(reg, Production=reg.good, Shadow=reg.shadow_slow)
     settings = logged(reg, tmp_path)
@@ -350,6 +351,7 @@ def test_a_slow_shadow_never_delays_an_answer_and_is_logged_by_request_id(reg, t
     assert f'shipway_shadow_predictions_total{{model_version="{reg.shadow_slow}",outcome="ok"}}' in metrics
 
 
+@pytest.mark.slow  # ~10-16 s: a real Shadow process
 def test_a_failing_shadow_never_breaks_an_answer(reg, tmp_path):
     point(reg, Production=reg.good, Shadow=reg.raising)
     settings = logged(reg, tmp_path)
@@ -367,6 +369,7 @@ def test_a_failing_shadow_never_breaks_an_answer(reg, tmp_path):
     assert shadow.error.str.contains("deliberately broken").all()
 
 
+@pytest.mark.slow  # ~10-16 s: a real Shadow process
 def test_the_shadow_analysis_reports_requests_a_stricter_candidate_refuses(reg, tmp_path):
     """A Shadow that also requires `loyalty_tier` refuses the requests without it that Production
     answers: reported to the reviewer, neither an answer's failure nor the Shadow's error rate."""
@@ -435,6 +438,7 @@ def _shadow_ids(settings: Settings) -> set[str]:
     return set(log[log.role == "shadow"].request_id)
 
 
+@pytest.mark.slow  # ~10-16 s: a real Shadow process
 def test_a_full_shadow_backlog_skips_and_counts_requests_and_never_delays_answers(reg, tmp_path):
     point(reg, Production=reg.good, Shadow=reg.shadow_slow)
     # A CPU the machine does not have: said in the log, and the Shadow runs unpinned.
@@ -451,6 +455,7 @@ def test_a_full_shadow_backlog_skips_and_counts_requests_and_never_delays_answer
     assert _shadow_ids(settings) == {a.headers["x-request-id"] for a in answers[:2]}
 
 
+@pytest.mark.slow  # ~10-16 s: a real Shadow process
 def test_shutdown_gives_the_shadow_a_grace_period_then_keeps_what_it_did(reg, tmp_path, monkeypatch):
     monkeypatch.setattr(shadow_module, "SHUTDOWN_GRACE_S", 1.0)
     point(reg, Production=reg.good, Shadow=reg.shadow_slow)
