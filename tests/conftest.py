@@ -33,6 +33,9 @@ QUICK_PROMOTION: dict[str, dict[str, Any]] = {
         "step_seconds": 120,  # the longest a step waits: it moves on once min_requests are in
         "canary_steps": [0.25, 0.5],
         "approval_timeout_seconds": 60,
+        # A p99 of 60 answers is their slowest one or two: a busy machine moves it by milliseconds
+        # (seen in CI: canary 3.46 vs 0.98 ms). Latency is not these tests' subject; test_analysis's is.
+        "latency_slack_ms": 50,
     },
     "serving": {"poll_interval_s": 0.3},
 }

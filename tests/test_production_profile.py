@@ -220,7 +220,7 @@ def journey(servers, databases, s3_endpoint, bucket, tmp_path_factory) -> Journe
     settings = tuned(
         embedded(work, profile),
         **servers_of_the_module,
-        promotion=QUICK_PROMOTION["promotion"] | {"latency_slack_ms": 50},
+        promotion=QUICK_PROMOTION["promotion"],
         # the production profile requires a token on /feedback
         serving=QUICK_PROMOTION["serving"]
         | {"bench_requests": 200, "latency_budget_p99_ms": 1000, "api_token": "journey-token"},
