@@ -74,8 +74,8 @@ def flags_frame(rows: int = 3000, seed: int = 3) -> pd.DataFrame:
     return frame
 
 
-def register_models(settings: Settings, tmp) -> Models:
-    """Both models as version 1 of their names, each with its Production alias on version 1."""
+def register_models(settings: Settings, tmp, names: tuple[str, ...] = (DEMO, FLAGS)) -> Models:
+    """The models (both by default) as version 1 of their names, each with its Production alias on version 1."""
     from mlflow import MlflowClient
 
     from core.vocabulary import Alias
@@ -86,7 +86,9 @@ def register_models(settings: Settings, tmp) -> Models:
     from tasks.training import train
 
     optional = {}
-    for name, source, target in ((DEMO, "demo", TARGET), (FLAGS, _write(flags_frame(), tmp), "label")):
+    sources = {DEMO: lambda: ("demo", TARGET), FLAGS: lambda: (_write(flags_frame(), tmp), "label")}
+    for name in names:
+        source, target = sources[name]()
         model_settings = settings.model_copy(
             update={"training": settings.training.model_copy(update={"model_name": name})}
         )
