@@ -27,8 +27,8 @@ from core.contract_stats import TrainingStats
 from core.errors import DataError
 from expectations.contract import histogram
 from expectations.joint import JOINT
+from tasks.canonical import canonical_column
 from tasks.joint_check import check_joint
-from tasks.snapshot import canonical_column
 from tasks.verdict import TABLE, GateReport, Outcome, decide, failing_columns, jsonable
 
 # --- the gate --------------------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+import datetime as dt
 import json
 
 import numpy as np
@@ -70,6 +71,41 @@ def test_canonical_dtypes():
         "e_float32": "float64",
         "f_when": "datetime64[us]",
     }
+
+
+def test_a_zone_is_not_part_of_the_id_its_instants_are():
+    """Berlin and UTC times of the same instants are the same data; a naive time is another."""
+    instants = pd.Series(pd.date_range("2024-03-30", periods=48, freq="h", tz="UTC", unit="us"))
+    utc = pd.DataFrame({"when": instants})
+    berlin = pd.DataFrame({"when": instants.dt.tz_convert("Europe/Berlin").dt.as_unit("ns")})
+    naive = pd.DataFrame({"when": instants.dt.tz_localize(None)})
+    assert len({content_hash(canonicalize(utc)) for _ in range(3)}) == 1  # once random (memory addresses)
+    assert content_hash(canonicalize(berlin)) == content_hash(canonicalize(utc))
+    assert str(canonicalize(berlin)["when"].dtype) == "datetime64[us, UTC]"
+    assert content_hash(canonicalize(naive)) != content_hash(canonicalize(utc))
+
+
+def test_nested_values_durations_and_mixed_objects_have_a_canonical_form():
+    raw = pd.DataFrame(
+        {
+            "lists": pd.Series([[1, None], [2], None], dtype=object),
+            "records": [{"b": "x", "a": 1}, {"a": None}, None],
+            "waited": pd.to_timedelta([1.5, None, 60], unit="s"),
+            "mixed": pd.Series([1, "a", None], dtype=object),
+            "days": pd.Series([dt.date(2024, 5, 31), None, dt.date(2024, 6, 1)], dtype=object),
+        }
+    )
+    canon = canonicalize(raw)
+    assert canon["lists"].tolist()[:2] == ["[1,null]", "[2]"]
+    assert canon["records"].tolist()[:2] == ['{"a":1,"b":"x"}', "{}"]
+    assert canon["waited"].tolist()[::2] == [1.5, 60.0]
+    assert canon["mixed"].tolist()[:2] == ["1", "a"]
+    assert str(canon["days"].dtype) == "datetime64[us]"
+
+
+def test_an_unsupported_or_uncanonical_column_is_named():
+    with pytest.raises(DataError, match="column 'x' is not canonical"):
+        content_hash(pd.DataFrame({"x": pd.Series([object()], dtype=object)}))
 
 
 def test_write_then_read_returns_the_same_frame_and_a_full_manifest(frame, store):
