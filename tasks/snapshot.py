@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,12 +85,47 @@ def _read_file(path: Path, name: str) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         with progress(f"read {path.name}", path.stat().st_size) as advance, _CountingFile(path, advance) as fh:
-            return pd.read_csv(fh) if suffix == ".csv" else pd.read_parquet(fh)
+            return iso_dates(pd.read_csv(fh)) if suffix == ".csv" else pd.read_parquet(fh)
     except pd.errors.EmptyDataError:
         raise DataError(f"cannot read {name}: the file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, pa.ArrowException, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {name}: {reason}") from None
+
+
+# ISO 8601 as people and programs write it: a date, then optionally a time to the minute, second or
+# fraction, then optionally an offset (Z, +02:00, +0200, +02). Nothing without the dashes: 20240531
+# is a number as often as a date.
+ISO_DATE = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?P<offset>Z|[+-]\d{2}(?::?\d{2})?)?)?"
+
+
+def iso_dates(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text columns whose every value is an ISO 8601 date or time, as datetimes: a CSV has no date
+    type, and the same table from Parquet has one. Values with an offset become UTC instants
+    (datetime64[us, UTC], mixed offsets too); values without stay naive. A column mixing the two,
+    or holding anything else (numbers as text, an impossible date such as 2024-02-30), stays text."""
+    out = {}
+    for name in frame.columns:
+        s = frame[name]
+        out[name] = _parsed_dates(s) if pd.api.types.is_string_dtype(s.dtype) else None
+    parsed = {name: s for name, s in out.items() if s is not None}
+    return frame.assign(**parsed) if parsed else frame
+
+
+def _parsed_dates(s: pd.Series) -> pd.Series | None:
+    present = s.dropna()
+    if not len(present) or not re.fullmatch(ISO_DATE, str(present.iloc[0])):  # most columns stop here
+        return None
+    found = present.astype("str").str.extract(f"^(?P<date>{ISO_DATE})$")
+    if found["date"].isna().any():
+        return None
+    zoned = found["offset"].notna()
+    if zoned.any() and not zoned.all():
+        return None
+    try:
+        return pd.to_datetime(s, format="ISO8601", utc=bool(zoned.all()))
+    except (ValueError, OverflowError):
+        return None
 
 
 def _read_s3_object(uri: str, settings: Settings) -> pd.DataFrame:

@@ -9,7 +9,7 @@ import pytest
 from core.errors import DataError, SnapshotError
 from tasks import snapshot as snap
 from tasks.demo_data import generate
-from tasks.snapshot import canonicalize, content_hash, read_snapshot, take_snapshot, write_snapshot
+from tasks.snapshot import canonicalize, content_hash, read_snapshot, read_source, take_snapshot, write_snapshot
 from tasks.storage import LocalStore
 from tests.conftest import tuned
 
@@ -252,3 +252,44 @@ def test_demo_seed_sources_draw_other_data_and_bad_ones_name_themselves(settings
     assert not read_source("demo:7", settings).equals(read_source("demo", settings))
     with pytest.raises(DataError, match="cannot read demo:x: a demo source is 'demo' or 'demo:SEED'"):
         check_source("demo:x")
+
+
+def test_iso_dates_in_a_csv_are_read_as_datetimes_and_other_text_stays_text(settings, tmp_path):
+    (tmp_path / "d.csv").write_text(
+        "day,stamp,offset,numbers,junk,impossible,mixed_zones\n"
+        "2024-05-31,2024-05-31T14:00:00,2024-05-31T14:00:00+02:00,20240531,2024-05-31,2024-02-30,2024-05-31T14:00Z\n"
+        "2024-06-01,2024-06-01 09:30:15.25,2024-12-01T14:00:00Z,20240601,soon,2024-03-01,2024-05-31T14:00\n"
+        ",,2024-06-01T08:00:00-0500,20240602,,,\n"
+    )
+    read = read_source(str(tmp_path / "d.csv"), settings)
+    assert {c: str(t) for c, t in read.dtypes.items()} == {
+        "day": "datetime64[us]",
+        "stamp": "datetime64[us]",
+        "offset": "datetime64[us, UTC]",  # mixed offsets: every value to UTC
+        "numbers": "int64",
+        "junk": "str",
+        "impossible": "str",
+        "mixed_zones": "str",  # with and without an offset: no instant for some, so text
+    }
+    assert read["offset"].tolist() == [
+        pd.Timestamp("2024-05-31T12:00:00Z"),
+        pd.Timestamp("2024-12-01T14:00:00Z"),
+        pd.Timestamp("2024-06-01T13:00:00Z"),
+    ]
+    assert pd.isna(read["day"].iloc[2])
+
+
+def test_a_table_from_csv_with_iso_dates_gets_the_id_of_the_same_table_from_parquet(settings, tmp_path):
+    frame = pd.DataFrame(
+        {
+            "when": pd.Series(pd.date_range("2024-01-01", periods=50, freq="7h", tz="Europe/Berlin")),
+            "day": pd.date_range("2023-01-01", periods=50, freq="D"),
+            "x": np.arange(50.0),
+        }
+    )
+    frame.loc[3, "day"] = pd.NaT
+    frame.to_parquet(tmp_path / "d.parquet")
+    frame.to_csv(tmp_path / "d.csv", index=False)  # offsets written as +01:00 / +02:00
+    from_csv = read_source(str(tmp_path / "d.csv"), settings)
+    from_parquet = read_source(str(tmp_path / "d.parquet"), settings)
+    assert content_hash(canonicalize(from_csv)) == content_hash(canonicalize(from_parquet))
