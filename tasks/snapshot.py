@@ -96,7 +96,8 @@ def _read_file(path: Path, name: str) -> pd.DataFrame:
 # ISO 8601 as people and programs write it: a date, then optionally a time to the minute, second or
 # fraction, then optionally an offset (Z, +02:00, +0200, +02). Nothing without the dashes: 20240531
 # is a number as often as a date.
-ISO_DATE = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?P<offset>Z|[+-]\d{2}(?::?\d{2})?)?)?"
+ISO_DATE = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
+OFFSET = r":\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}(?::?\d{2})?)$"  # of an ISO_DATE: a time, then an offset
 
 
 def iso_dates(frame: pd.DataFrame) -> pd.DataFrame:
@@ -116,10 +117,10 @@ def _parsed_dates(s: pd.Series) -> pd.Series | None:
     present = s.dropna()
     if not len(present) or not re.fullmatch(ISO_DATE, str(present.iloc[0])):  # most columns stop here
         return None
-    found = present.astype("str").str.extract(f"^(?P<date>{ISO_DATE})$")
-    if found["date"].isna().any():
+    text = present.astype("str")
+    if not text.str.fullmatch(ISO_DATE).all():
         return None
-    zoned = found["offset"].notna()
+    zoned = text.str.contains(OFFSET)
     if zoned.any() and not zoned.all():
         return None
     try:
