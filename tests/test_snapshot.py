@@ -103,6 +103,27 @@ def test_nested_values_durations_and_mixed_objects_have_a_canonical_form():
     assert str(canon["days"].dtype) == "datetime64[us]"
 
 
+def test_arrow_backed_sparse_and_period_columns_are_canonical_too(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "when": pd.date_range("2024-01-01", periods=4, freq="D", tz="Asia/Kolkata"),
+            "tags": [["a"], [], None, ["b", "c"]],
+            "n": pd.array([1, None, 3, 4], dtype="Int64"),
+            "s": ["x", None, "y", "z"],
+        }
+    )
+    frame.to_parquet(tmp_path / "d.parquet")
+    arrow = pd.read_parquet(tmp_path / "d.parquet", dtype_backend="pyarrow")
+    assert isinstance(arrow["when"].dtype, pd.ArrowDtype)
+    assert content_hash(canonicalize(arrow)) == content_hash(canonicalize(frame))
+    odd = canonicalize(
+        pd.DataFrame(
+            {"sparse": pd.arrays.SparseArray([0, 1, 0]), "month": pd.period_range("2024-01", periods=3, freq="M")}
+        )
+    )
+    assert odd["sparse"].tolist() == [0, 1, 0] and odd["month"].tolist() == ["2024-01", "2024-02", "2024-03"]
+
+
 def test_an_unsupported_or_uncanonical_column_is_named():
     with pytest.raises(DataError, match="column 'x' is not canonical"):
         content_hash(pd.DataFrame({"x": pd.Series([object()], dtype=object)}))
