@@ -453,6 +453,13 @@ class GateSettings(_Section):
     )
     null_tolerance: float = Field(0.05, ge=0, le=1, description="Null rate allowed above training, absolute.")
     range_tolerance: float = Field(0.01, ge=0, le=1, description="Share of values allowed outside the training range.")
+    date_horizon: float = Field(
+        1.0,
+        ge=0,
+        description="How far past training's latest date a batch's dates may lie, as a multiple of training's date "
+        "span (latest minus earliest): a model's recency. 1: a model trained on a year of data accepts dates up to "
+        "a year past its last.",
+    )
     mean_shift_sd: float = Field(0.2, gt=0, description="Mean shift allowed, in training standard deviations.")
     stdev_ratio: float = Field(1.2, gt=1, description="Factor the standard deviation may grow or shrink by.")
     quantile_band: float = Field(
