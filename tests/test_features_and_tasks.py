@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from sklearn.datasets import load_diabetes
@@ -154,15 +155,32 @@ def test_a_class_seen_once_names_training_task():
         train(frame, "y", TrainingSettings())
 
 
-def test_the_gateway_reads_dates_as_iso_text_and_names_a_bad_one():
+def test_the_gateway_reads_dates_as_mlflow_does_and_names_a_bad_one():
     from serving.registry import Column
     from serving.schema import BadInput, Schema, parse
 
     schema = Schema([Column("signed up", "datetime", False)])
-    body = b'{"dataframe_split": {"columns": ["signed up"], "data": [["2024-02-29T13:45:00"], [null], ["2024-03-01T08:00:00+01:00"]]}}'
-    frame = schema.frame(schema.coerce(parse(body, "application/json")))
-    assert frame["signed up"].dt.hour.tolist()[0] == 13 and pd.isna(frame["signed up"][1])
-    assert frame["signed up"][2] == pd.Timestamp("2024-03-01T07:00:00")
-    bad = b'{"dataframe_split": {"columns": ["signed up"], "data": [["yesterday"]]}}'
-    with pytest.raises(BadInput, match="column 'signed up' row 0: expected an ISO 8601 date or time"):
-        schema.coerce(parse(bad, "application/json"))
+
+    def typed(doc: dict) -> tuple[list, pd.Series]:
+        batch = schema.coerce(parse(orjson.dumps(doc), "application/json"))
+        return batch.columns["signed up"], schema.frame(batch)["signed up"]
+
+    # dataframe_split: pandas reads the column; the model gets datetime64[ns], the log ISO text
+    text, given = typed({"dataframe_split": {"columns": ["signed up"], "data": [["2024-02-29 13:45"], [None]]}})
+    assert text == ["2024-02-29T13:45:00", None]
+    assert given.dtype == "datetime64[ns]" and given[0] == pd.Timestamp("2024-02-29T13:45") and pd.isna(given[1])
+    # inputs: numpy reads each value, an offset as UTC, a number as nanoseconds since 1970
+    text, given = typed({"inputs": {"signed up": ["2024-03-01T08:00:00+01:00", 1_500_000_000]}})
+    assert given.tolist() == [pd.Timestamp("2024-03-01T07:00"), pd.Timestamp(1_500_000_000, unit="ns")]
+    assert text == ["2024-03-01T07:00:00.000000", "1970-01-01T00:00:01.500000"]  # one precision a column
+    refusals = {
+        "row 1: '2024-03-01T08:00:00+01:00' has a UTC offset": ["2024-02-29T13:45:00", "2024-03-01T08:00:00+01:00"],
+        'row 0: expected a date and time, got string "yesterday"': ["yesterday"],
+        "row 1: '2024-03-01' is not in the format of row 0": ["2024-02-29T13:45:00", "2024-03-01"],
+        "row 0: '2300-01-01' is out of the range of datetime64[ns]": ["2300-01-01"],
+    }
+    for message, values in refusals.items():
+        with pytest.raises(BadInput) as refused:
+            typed({"dataframe_split": {"columns": ["signed up"], "data": [[v] for v in values]}})
+        assert refused.value.message.startswith(f"column 'signed up' {message}"), refused.value.message
+        assert values[-1] not in refused.value.logged  # the log keeps the problem, never the value

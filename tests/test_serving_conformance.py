@@ -32,11 +32,11 @@ from serving.schema import BadInput, Schema, parse
 from serving.server import running
 from tests.conformance import (
     CSV,
-    DEMO,
+    DATES,
     DEMO_ROWS,
     DEMO_TYPES,
-    FLAGS,
     JSON,
+    MODELS,
     PARQUET,
     Models,
     Payload,
@@ -70,7 +70,7 @@ def gateways(models: Models) -> Iterator[dict[str, str]]:
     """A gateway per model, each with its own prediction log: {model name: base URL}."""
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         urls = {}
-        for name in (DEMO, FLAGS):
+        for name in MODELS:
             settings = models.for_model(name)
             settings = settings.model_copy(
                 update={
@@ -106,7 +106,13 @@ def test_the_corpus_covers_what_a_drop_in_must_take(models):
                    "Infinity", "'45'", "45.5", "3 for a string", "extra column", "missing optional",
                    "reordered", "params", "empty", "truncated JSON", "content type", "mlflow client"):  # fmt: skip
         assert needed.lower() in names.lower(), needed
-    assert {p.model for p in payloads} == {DEMO, FLAGS}
+    assert {p.model for p in payloads} == set(MODELS)
+    dated = " ".join(p.name for p in payloads if p.model == DATES)
+    assert sum(p.model == DATES for p in payloads) >= 20
+    for needed in ("ISO naive", "+02:00", "Z", "date only", "epoch seconds", "epoch milliseconds", "microseconds",
+                   "nanoseconds", "as text", "csv", "parquet timestamp[us]", "parquet timestamp in UTC", "null",
+                   "junk", "boolean", "past 2262", "inputs", "instances"):  # fmt: skip
+        assert needed in dated, needed
     assert all(p.message for p in payloads if p.expected == "refused")  # every refusal names its problem
     assert all(p.differs for p in payloads if p.expected != p.mlflow)  # every difference says why
     documented = (REPO / "docs" / "compatibility.md").read_text()
@@ -129,7 +135,7 @@ def test_the_gateway_answers_as_mlflow_models_serve(models, capsys):
         urls = stack.enter_context(gateways(models))
         mlflow = {
             name: stack.enter_context(mlflow_models_serve(models.settings.mlflow.tracking_uri, f"models:/{name}/1"))
-            for name in (DEMO, FLAGS)
+            for name in MODELS
         }
         for payload in payloads:
             theirs = send(to_mlflow, mlflow[payload.model], payload)
@@ -140,7 +146,7 @@ def test_the_gateway_answers_as_mlflow_models_serve(models, capsys):
                 assert ours.json() == theirs.json(), payload.name
             agreement = "differs (documented)" if payload.differs else "agrees"
             table[(outcome(theirs), outcome(ours), agreement)] += 1
-        for name in (DEMO, FLAGS):
+        for name in MODELS:
             for path in ("/ping", "/version"):
                 theirs, ours = client.get(f"{mlflow[name]}{path}"), client.get(f"{urls[name]}{path}")
                 assert (ours.status_code, ours.text) == (theirs.status_code, theirs.text), path
