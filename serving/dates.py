@@ -50,9 +50,22 @@ class DateProblem(Exception):
 
 def from_frame(values: list[Any]) -> list[str | None]:
     """`dataframe_split` and `dataframe_records`: the column as pandas reads it whole."""
-    if _frame_fails(values):
-        raise _frame_problem(values, _first_failing(values, _frame_fails))
-    return texts(_pandas(values).to_numpy())
+    try:
+        stamps = _pandas(values)
+    except Exception:  # pandas' errors for what it cannot read; MLflow answers them all 400
+        past = next((i for i, v in enumerate(values) if _past_range(v)), None)  # refused alone or beside text
+        if past is not None:
+            raise DateProblem(past, f"{{value}} is {RANGE}", values[past]) from None
+        raise _frame_problem(values, _first_failing(values)) from None
+    if stamps.dt.tz is not None:
+        row = next(i for i, v in enumerate(values) if _has_offset(v))
+        raise DateProblem(row, f"{{value}} {OFFSET}", values[row])
+    numbers = np.array([type(v) in (int, float) and v == v for v in values])
+    lost = numbers & stamps.isna().to_numpy()  # a number pandas made no time of: past the range
+    if lost.any():
+        row = int(lost.argmax())
+        raise DateProblem(row, f"{{value}} is {RANGE}", values[row])
+    return texts(stamps.to_numpy())
 
 
 def from_tensor(values: list[Any]) -> list[str | None]:
@@ -116,26 +129,16 @@ def _pandas(values: list[Any]) -> pd.Series:
     return pd.to_datetime(pd.Series(values)).dt.as_unit("ns")
 
 
-def _frame_fails(values: list[Any]) -> bool:
-    try:
-        stamps = _pandas(values)
-    except Exception:  # pandas' errors for what it cannot read; MLflow answers them all 400
-        return True
-    if stamps.dt.tz is not None:
-        return True
-    numbers = np.array([type(v) in (int, float) and v == v for v in values])
-    return bool((numbers & stamps.isna().to_numpy()).any())  # a number pandas made no time of
-
-
-def _first_failing(values: list[Any], fails) -> int:
-    """The row where `fails` of the column's first rows turns true (it is true of them all)."""
+def _first_failing(values: list[Any]) -> int:
+    """The row where reading the column's first rows starts to fail (reading them all fails)."""
     low, high = 0, len(values) - 1
     while low < high:
         middle = (low + high) // 2
-        if fails(values[: middle + 1]):
-            high = middle
-        else:
+        try:
+            _pandas(values[: middle + 1])
             low = middle + 1
+        except Exception:
+            high = middle
     return low
 
 
@@ -149,17 +152,37 @@ def _frame_problem(values: list[Any], row: int) -> DateProblem:
         return DateProblem(row, f"{{value}} is {RANGE}", v)
     except Exception:
         return DateProblem(row, f"expected a date and time, got {{value}}: {SEND}", v, "json")
-    if alone.dt.tz is not None:
-        return DateProblem(row, f"{{value}} {OFFSET}", v)
-    if isinstance(v, (int, float)) and alone.isna().all():
-        return DateProblem(row, f"{{value}} is {RANGE}", v)
+    if alone.dt.tz is not None:  # the column's first time with an offset
+        first = next(i for i, x in enumerate(values) if _has_offset(x))
+        return DateProblem(first, f"{{value}} {OFFSET}", values[first])
     first = next((i for i, x in enumerate(values) if type(x) is str and x.strip() not in NO_FORMAT), row)
+    if first >= row:
+        return DateProblem(row, f"expected a date and time, got {{value}}: {SEND}", v, "json")
     return DateProblem(
         row,
         f"{{value}} is not in the format of row {first}: pandas reads a column in the format of its first "
         f"date, so send every date of a column in one format ({SEND})",
         v,
     )
+
+
+def _past_range(v: Any) -> bool:
+    """A number pandas reads as no time, or refuses, for want of range."""
+    if type(v) not in (int, float) or v != v:
+        return False
+    try:
+        return bool(_pandas([v]).isna().all())
+    except Exception:
+        return True
+
+
+def _has_offset(v: Any) -> bool:
+    if type(v) is not str:
+        return False
+    try:
+        return _pandas([v]).dt.tz is not None
+    except Exception:
+        return False
 
 
 def _tensor_problem(values: list[Any]) -> DateProblem:

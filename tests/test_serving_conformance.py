@@ -160,12 +160,15 @@ def test_the_gateway_answers_as_mlflow_models_serve(models, capsys):
 def test_no_body_however_broken_gets_past_parsing_as_anything_but_bad_input():
     """What can become a 5xx: an exception other than BadInput from parsing or typing a client's body.
     Bodies of every format, damaged at random bytes, cut short, or given hostile values."""
-    schema = Schema(
-        [Column(name, kind, name not in ("total_charges", "data_usage_gb")) for name, kind in DEMO_TYPES.items()]
-        + [Column("flag", "boolean", True), Column("small", "integer", True)]
-    )
+    tensors = [Column(name, kind, name not in ("total_charges", "data_usage_gb")) for name, kind in DEMO_TYPES.items()]
+    tensors += [Column("flag", "boolean", True), Column("small", "integer", True)]
+    schema = Schema([*tensors, Column("when", "datetime", False)])
+    onnx = Schema(tensors)  # an ONNX graph takes no datetime column
     rng = random.Random(0)
-    rows = [dict(r, flag=True, small=1) for r in DEMO_ROWS]
+    rows = [
+        dict(r, flag=True, small=1, when=w)
+        for r, w in zip(DEMO_ROWS, ["2024-05-31T14:00", None, "2023-01-02"], strict=True)
+    ]
     bases = [
         (json.dumps({"dataframe_split": {"columns": list(rows[0]), "data": [list(r.values()) for r in rows]}}), JSON),
         (json.dumps({"dataframe_records": rows}), JSON),
@@ -173,7 +176,9 @@ def test_no_body_however_broken_gets_past_parsing_as_anything_but_bad_input():
         (parquet(pd.DataFrame(rows)), PARQUET),
     ]
     hostile = [None, True, 0, -1, 2**63, 2**64, 1e308, 1e-320, float("nan"), float("inf"), "", " ", "NaN", "inf",
-               "1e400", "4_5", "\x00", "\ud800", "é", [], {}, [[1]], {"a": [1]}, "TRUE", "0x10", "١٢", "9" * 5000]  # fmt: skip
+               "1e400", "4_5", "\x00", "\ud800", "é", [], {}, [[1]], {"a": [1]}, "TRUE", "0x10", "١٢", "9" * 5000,
+               -(2**63), 1e20, "2024-05-31T14:00+02:00", "2024-05-31Z", "3000-01-01", "-2024-01-01", "now", "NaT",
+               "99999999999999999999-01-01", "2024-02-30", "24:00", "2024-05-31T14:00:00.1234567891234"]  # fmt: skip
     bodies = [(b"[" * 100_000, JSON), (b'{"inputs": {"age": ' + b"1" * 5000 + b"}}", JSON)]
     for _ in range(800):
         body, mime = rng.choice(bases)
@@ -186,14 +191,14 @@ def test_no_body_however_broken_gets_past_parsing_as_anything_but_bad_input():
             del body[rng.randrange(len(body)) :]
         else:
             row = dict(rng.choice(rows), **{rng.choice(list(rows[0])): rng.choice(hostile)})
-            body = bytearray(json.dumps({rng.choice(["dataframe_records", "instances"]): [row]}).encode())
+            body = bytearray(json.dumps({rng.choice(["dataframe_records", "instances", "inputs"]): [row]}).encode())
             mime = JSON
         bodies.append((bytes(body), mime))
     escaped = []
     for body, mime in bodies:
         try:
             batch = schema.coerce(parse(body, mime))
-            schema.feeds(batch), schema.frame(batch), orjson.dumps(batch.columns)
+            onnx.feeds(batch), schema.frame(batch), orjson.dumps(batch.columns)
         except BadInput:
             pass
         except Exception as exc:
