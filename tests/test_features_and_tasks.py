@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import orjson
 import pandas as pd
@@ -153,6 +155,31 @@ def test_a_class_seen_once_names_training_task():
         DataError, match=r"class 'c' of target 'y' has only 1 row \(training.task: auto chose multiclass\)"
     ):
         train(frame, "y", TrainingSettings())
+
+
+def test_plain_iso_text_read_at_numpy_speed_gives_the_instants_pandas_reads():
+    """The gateway's quick reading of a few rows of ISO text against MLflow's (pandas' to_datetime)."""
+    from serving import dates
+
+    days = ["2024-05-31", "2024-02-29", "2023-02-29", "1677-09-22", "2262-04-10", "1677-09-21", "2262-04-11",
+            "0001-01-01", "2024-13-01"]  # fmt: skip
+    times = ["", "T14", " 14", "T14:05", " 14:05:09", "T14:05:09.5", "T14:05:09.123456", "T14:05:09.123456789",
+             "T23:59:59", "T24:00:00", "T14:60"]  # fmt: skip
+    rng = random.Random(0)
+    columns = [[d + t] for d in days for t in times]
+    for _ in range(600):  # mostly one shape a column, as clients send them, some mixed
+        shape = rng.choice(times)
+        columns.append([None if rng.random() < 0.1 else rng.choice(days) + (shape if rng.random() < 0.9 else
+                        rng.choice(times)) for _ in range(rng.randint(1, 4))])  # fmt: skip
+    quick = 0
+    for values in columns:
+        plain = dates._plain_iso(values)
+        if plain is None:  # left to pandas itself
+            continue
+        quick += 1
+        by_pandas = pd.to_datetime(pd.Series(values)).dt.as_unit("ns")
+        assert dates.texts(plain) == dates.texts(by_pandas.to_numpy()), values
+    assert quick >= 50  # the valid ones: most draws hold a day or time that does not exist
 
 
 def test_the_gateway_reads_dates_as_mlflow_does_and_names_a_bad_one():
