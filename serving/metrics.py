@@ -39,6 +39,13 @@ class Metrics:
             ["model_version", "source"],
             registry=r,
         )
+        self._large_refused = Counter(
+            "shipway_large_batches_refused",
+            "Batches over serving.baseline_max_rows that no model answered: refused (504 or 503) rather than "
+            "answered by the heuristic baseline, by the version that failed and why",
+            ["model_version", "reason"],
+            registry=r,
+        )
         self._shadow = Counter(
             "shipway_shadow_predictions", "Shadow predictions, by outcome", ["model_version", "outcome"], registry=r
         )
@@ -88,6 +95,9 @@ class Metrics:
 
     def fallback(self, failed_version: str, source: str) -> None:
         self._fallbacks.labels(failed_version, source).inc()
+
+    def large_batch_refused(self, failed_version: str, reason: str) -> None:
+        self._large_refused.labels(failed_version, reason).inc()
 
     def shadow(self, version: str, outcome: str, seconds: float) -> None:
         count, latency = self._shadow_children(version, outcome)
