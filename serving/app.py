@@ -483,6 +483,7 @@ class Gateway:
 
     async def _metrics(self, scope, receive, send) -> None:
         self.metrics.log_queue.set(self.log.pending)
+        self.metrics.log_stalled.set(self.log.stalled_s())
         await _respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -563,5 +564,7 @@ def create_app(settings: Settings, *, pinned_version: str | None = None) -> Gate
         local_state=LocalState.of(settings),
         sensitive_columns=settings.serving.sensitive_columns,
     )
-    prediction_log = open_log(settings, on_drop=metrics.log_dropped.inc, on_write=metrics.log_written.inc)
+    prediction_log = open_log(
+        settings, on_drop=metrics.log_dropped.inc, on_write=metrics.log_written.inc, on_refusal=metrics.log_refused
+    )
     return Gateway(settings, router, prediction_log, metrics)

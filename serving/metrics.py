@@ -66,6 +66,18 @@ class Metrics:
         )
         self.log_written = Counter("shipway_prediction_log_written", "Prediction-log rows written", registry=r)
         self.log_queue = Gauge("shipway_prediction_log_queue", "Prediction-log rows waiting to be written", registry=r)
+        self.log_refusals = Counter(
+            "shipway_prediction_log_write_failures",
+            "Prediction-log writes the database refused (each is tried again), by cause: locked, disk full, "
+            "read-only, cannot open, cannot connect, connection lost, ...",
+            ["cause"],
+            registry=r,
+        )
+        self.log_stalled = Gauge(
+            "shipway_prediction_log_stalled_seconds",
+            "Seconds since the prediction log last took a write, while one is refused or under way (0: writing)",
+            registry=r,
+        )
         self.poll_errors = Counter("shipway_registry_poll_errors", "Failed polls of the registry", registry=r)
         self.load_failures = Counter(
             "shipway_model_load_failures", "Model versions that failed to load", ["model_version"], registry=r
@@ -95,6 +107,9 @@ class Metrics:
 
     def fallback(self, failed_version: str, source: str) -> None:
         self._fallbacks.labels(failed_version, source).inc()
+
+    def log_refused(self, cause: str) -> None:
+        self.log_refusals.labels(cause).inc()
 
     def large_batch_refused(self, failed_version: str, reason: str) -> None:
         self._large_refused.labels(failed_version, reason).inc()
