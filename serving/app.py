@@ -446,7 +446,8 @@ class Gateway:
     async def _health(self, scope, receive, send) -> None:
         routes = self.router.routes
         served = {alias: {"version": m.version, "format": m.flavor} for alias, m in routes.by_alias.items()}
-        reasons = _degraded(routes) + [p for p in (self.log.problem(), self._fallback_problem()) if p]
+        found = (self.router.registry_problem(), self.log.problem(), self._fallback_problem())
+        reasons = _degraded(routes) + [p for p in found if p]
         doc = {
             "status": "unavailable" if not _answerable(routes) else "degraded" if reasons else "ok",
             "reason": "; ".join(reasons) or None,

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import queue
 import threading
 import time
@@ -59,6 +58,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from configs.settings import Settings
 from core.errors import ConfigError
+from serving.storage_errors import cause
 
 log = logging.getLogger("shipway.serving")
 
@@ -140,52 +140,6 @@ def engine(url: str, tables: bool = True, wait_s: float | None = None) -> Engine
     if tables:
         metadata.create_all(eng)
     return eng
-
-
-# SQLite's primary result codes and PostgreSQL's SQLSTATEs (or their class) -> a refused write's cause.
-SQLITE_CAUSES = {"BUSY": "locked", "LOCKED": "locked", "FULL": "disk full", "READONLY": "read-only",
-                 "PERM": "read-only", "CANTOPEN": "cannot open", "IOERR": "I/O error", "CORRUPT": "corrupt",
-                 "NOTADB": "corrupt"}  # fmt: skip
-POSTGRES_CAUSES = {"55P03": "locked", "40P01": "locked", "53100": "disk full", "25006": "read-only",
-                   "57014": "timed out", "57P01": "connection lost", "57P02": "connection lost",
-                   "57P03": "cannot connect", "08": "connection lost", "53": "out of resources"}  # fmt: skip
-
-
-def refusal_cause(exc: BaseException, connecting: bool, path: str | None = None) -> str:
-    """A refused write's cause in a few words for /health and /metrics: never its SQL, a path or an address.
-
-    `connecting`: the failure came while opening a connection. `path`: an SQLite database's file, whose
-    file system says what SQLite's codes blur (a read-only mount gives "unable to open", EIO, ...).
-    """
-    orig = getattr(exc, "orig", None) or exc
-    sqlite_name = getattr(orig, "sqlite_errorname", None)  # e.g. SQLITE_READONLY_DBMOVED
-    if sqlite_name:
-        cause = SQLITE_CAUSES.get(sqlite_name.split("_")[1], sqlite_name)
-        if cause in ("cannot open", "I/O error") and path:
-            cause = _file_system_cause(path) or cause
-        return cause
-    sqlstate = getattr(orig, "sqlstate", None) or ""
-    cause = POSTGRES_CAUSES.get(sqlstate) or POSTGRES_CAUSES.get(sqlstate[:2])
-    if cause:
-        return cause
-    if connecting:
-        return "cannot connect"
-    if getattr(exc, "connection_invalidated", False):
-        return "connection lost"
-    return type(orig).__name__
-
-
-def _file_system_cause(path: str) -> str | None:
-    """Read-only or full, as the file system holding `path` says (None: neither)."""
-    try:
-        stats = os.statvfs(os.path.dirname(os.path.abspath(path)))
-    except OSError:
-        return None
-    if stats.f_flag & os.ST_RDONLY:
-        return "read-only"
-    if stats.f_bavail == 0:
-        return "disk full"
-    return None
 
 
 def utc_naive(moment: datetime) -> datetime:
@@ -468,7 +422,7 @@ class PredictionLog:
         self._tables = True
 
     def _refused(self, exc: BaseException, connecting: bool) -> None:
-        self.failure = refusal_cause(exc, connecting, self._sqlite_path)
+        self.failure = cause(exc, connecting, self._sqlite_path) or type(exc).__name__
         self.failing_since = self.failing_since or time.monotonic()
         self.on_refusal(self.failure)
 

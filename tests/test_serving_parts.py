@@ -347,17 +347,17 @@ def test_a_refused_writes_cause_never_shows_sql_paths_or_addresses(tmp_path):
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import OperationalError
 
-    from serving.prediction_log import refusal_cause
+    from serving.storage_errors import cause
 
     missing = tmp_path / "nowhere" / "log.db"
     with pytest.raises(OperationalError) as cannot_open:
         create_engine(f"sqlite:///{missing}").connect()
-    assert refusal_cause(cannot_open.value, connecting=True, path=str(missing)) == "cannot open"
+    assert cause(cannot_open.value, connecting=True, path=str(missing)) == "cannot open"
     db = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
     with pytest.raises(OperationalError) as no_table, db.connect() as conn:
         conn.execute(text("INSERT INTO predictions VALUES (1)"))
-    assert refusal_cause(no_table.value, connecting=False) == "SQLITE_ERROR"  # its code, not its text
-    assert refusal_cause(RuntimeError("INSERT INTO x at /var/db"), connecting=False) == "RuntimeError"
+    assert cause(no_table.value, connecting=False) == "SQLITE_ERROR"  # its code, not its text
+    assert cause(RuntimeError("INSERT INTO x at /var/db")) is None  # not a database error: the caller says it
 
 
 def check_prediction_log(url: str) -> None:

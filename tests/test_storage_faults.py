@@ -5,6 +5,10 @@ connection dropped, server refusing connections (a restart). For each: every ans
 got is in the log once the fault clears (nothing acknowledged is lost), and while it lasts
 `/health` says what is wrong (without paths or SQL) and `/metrics` counts it.
 
+The registry store (MLflow on SQLite): replaced under the gateway by a restore, unreadable for a
+while, unreadable when the gateway starts. The gateway follows the store it is pointed at, says
+so in `/health` while it cannot read it, and keeps answering with what it loaded.
+
 Faults that need root (a small tmpfs for a full disk) skip without it, saying so.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -40,6 +45,7 @@ FAULT_S = 60  # the longest wait for the gateway to notice a fault, or to catch 
 class Served:
     settings: Settings
     rows: list[dict]  # one-row bodies to send
+    versions: tuple[str, str]  # two registered versions; Production is the first
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +55,11 @@ def served(tmp_path_factory) -> Served:
         data={"demo_rows": 3000},
         serving={"state_dir": "", "log_flush_interval_s": 0.05, "log_batch_size": 20},
     )
-    ((version, trained, _),) = register_versions(settings, 1)
-    set_alias(settings, version.name, Alias.PRODUCTION, version.version)
+    (first, trained, _), (second, _, _) = register_versions(settings, 2)
+    set_alias(settings, first.name, Alias.PRODUCTION, first.version)
     frame = trained.X_holdout.head(50)
     rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-    return Served(settings, rows)
+    return Served(settings, rows, (first.version, second.version))
 
 
 class Traffic:
@@ -365,3 +371,110 @@ def test_postgres_log_with_its_connections_dropped(served):
         assert traffic.refused == []
         assert after["prediction_log"]["dropped"] == 0
         assert set(traffic.answered) <= logged_ids(url)
+
+
+# ---- the registry store ----------------------------------------------------------------------
+
+MOVE_ALIAS = """
+import sys
+from mlflow import MlflowClient
+uri, name, alias, version = sys.argv[1:]
+MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(name, alias, version)
+"""
+
+
+def own_store(served: Served, tmp_path: Path) -> tuple[Settings, Path]:
+    """The module's registry copied to this test's own file (the test replaces it at will), with a log
+    of its own and quick polls."""
+    path = tmp_path / "mlflow.db"
+    copy_store(Path(served.settings.mlflow.tracking_uri.removeprefix("sqlite:///")), path)
+    settings = tuned(
+        served.settings,
+        mlflow={"tracking_uri": f"sqlite:///{path}"},
+        prediction_log={"url": f"sqlite:///{tmp_path}/predictions.db"},
+        serving={"poll_interval_s": 0.2},
+    )
+    return settings, path
+
+
+def copy_store(source: Path, target: Path) -> None:
+    """A consistent copy, as a backup is taken (SQLite's online backup)."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+
+
+def move_alias(settings: Settings, alias: Alias, version: str) -> None:
+    """Another process moves an alias, with its own MLflow client (as `shipway promote` would)."""
+    uri = settings.mlflow.tracking_uri
+    subprocess.run([sys.executable, "-c", MOVE_ALIAS, uri, settings.training.model_name, alias.value, version],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+
+
+def production(client: httpx.Client) -> str | None:
+    return health(client)["serving"].get("Production", {}).get("version")
+
+
+def answered_by(client: httpx.Client, served: Served) -> str:
+    answer = client.post("/invocations", json={"dataframe_records": served.rows[:1]})
+    assert answer.status_code == 200, answer.text
+    return answer.headers["x-model-version"]
+
+
+NOT_A_DATABASE = b"\0" * 8192  # what a half-written copy can leave: SQLite reads no database in it
+
+
+@pytest.mark.slow  # another process moves an alias with MLflow's client: its import alone took 15 s at load 8
+def test_a_store_replaced_under_the_gateway_is_followed(served, tmp_path):
+    """A restore moves a backup over the store: the gateway reads the new file from its next poll (it
+    read the old one for ever), then every later alias move in it."""
+    first, second = served.versions
+    settings, path = own_store(served, tmp_path)
+    backup = tmp_path / "backup.db"
+    copy_store(path, backup)  # Production -> first
+    set_alias(settings, settings.training.model_name, Alias.PRODUCTION, second)
+    with running(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert production(client) == second
+        broken = tmp_path / "broken.db"
+        broken.write_bytes(NOT_A_DATABASE)
+        broken.replace(path)  # a restore gone wrong
+        during = wait_for(
+            lambda: (h := health(client))["status"] == "degraded" and "registry: not readable" in h["reason"] and h,
+            FAULT_S, "/health to say the registry is not readable",
+        )  # fmt: skip
+        assert answered_by(client, served) == second  # still answering with what it loaded
+        assert "shipway_registry_poll_errors_total" in client.get("/metrics").text
+        backup.replace(path)  # the restore, done right
+        wait_for(lambda: production(client) == first, FAULT_S, "the restored store's Production")
+        move_alias(settings, Alias.PRODUCTION, second)
+        wait_for(lambda: production(client) == second, FAULT_S, "an alias moved in the restored store")
+        assert answered_by(client, served) == second
+        after = health(client)
+    assert "(DatabaseError: not a database); serving the versions loaded before" in during["reason"]
+    assert during["last_poll_error"] == "DatabaseError: not a database"
+    for word in (str(tmp_path), "SELECT", "registered_model"):
+        assert word not in str(during), word
+    assert (after["status"], after["last_poll_error"]) == ("ok", None)
+
+
+def test_a_gateway_started_on_an_unreadable_store_recovers_once_it_is_readable(served, tmp_path):
+    """A restore under way when the gateway starts (the store is not a database yet), then moved in."""
+    first, _ = served.versions
+    settings, path = own_store(served, tmp_path)
+    restored = path.replace(tmp_path / "restored.db")
+    path.write_bytes(NOT_A_DATABASE)
+    with running(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        unreadable = wait_for(lambda: (h := health(client))["last_poll_error"] and h, FAULT_S, "a failed poll")
+        assert client.get("/ping").status_code == 503  # nothing loaded: no link of the chain can answer
+        restored.replace(path)
+        wait_for(lambda: production(client) == first, FAULT_S, "the store read once readable")
+        assert client.get("/ping").status_code == 200
+        assert answered_by(client, served) == first
+        assert health(client)["status"] == "ok"
+    assert unreadable["status"] == "unavailable"
+    assert (
+        "registry: not readable for" in unreadable["reason"]
+        and "(DatabaseError: not a database)" in unreadable["reason"]
+    )
+    assert str(tmp_path) not in str(unreadable)
