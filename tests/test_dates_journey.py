@@ -115,8 +115,10 @@ def test_the_gate_passes_held_out_rows_and_fails_shifted_dates(journey, tmp_path
 
 def test_the_gateway_answers_iso_dates_as_the_model_does(journey):
     _, trained, _ = journey["parquet"]
-    rows = journey["held_out"][FEATURES].head(20)  # time_hour as ISO text with Z, as clients send it
-    body = {"dataframe_split": {"columns": FEATURES, "data": rows.to_numpy().tolist()}}
+    rows = journey["held_out"][FEATURES].head(20)  # time_hour as ISO text with Z
+    # as clients send it to MLflow's `datetime` type: UTC without the offset, which MLflow refuses
+    sent = rows.assign(time_hour=rows["time_hour"].str.removesuffix("Z"))
+    body = {"dataframe_split": {"columns": FEATURES, "data": sent.to_numpy().tolist()}}
     with running(journey["settings"]) as url:
         answer = httpx.post(f"{url}/invocations", json=body, timeout=30)
     assert answer.status_code == 200, answer.text
