@@ -50,7 +50,8 @@ def looks_like_text(s: pd.Series) -> bool:
     present = present.astype(str)
     if present.nunique() < MIN_DISTINCT_SHARE * len(present):
         return False
-    return present.str.len().median() >= MIN_MEDIAN_CHARS and present.str.count(r"\S+").median() >= MIN_MEDIAN_WORDS
+    chars, words = present.str.len().median(), present.str.count(r"\S+").median()
+    return bool(chars >= MIN_MEDIAN_CHARS and words >= MIN_MEDIAN_WORDS)
 
 
 def text_columns(frame: pd.DataFrame, features: Sequence[str], declared: Sequence[str] | None) -> list[str]:
