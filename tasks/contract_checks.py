@@ -699,7 +699,7 @@ def check_text_vocabulary(e: dict, data: _Column, wf: float) -> Outcome:
     listed = ", ".join(_short(v) for v in unseen.index)
     reason = (
         f"vocabulary: {share:.1%} of tokens are in the training vocabulary, training {t.coverage:.1%} on held-out "
-        f"rows, the contract allows down to {_fmt(low)}" + (f" (unseen: {listed})" if listed else "")
+        f"rows, the contract allows down to {low:.1%}" + (f" (unseen: {listed})" if listed else "")
     )
     return _outcome(
         e,
