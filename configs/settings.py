@@ -106,8 +106,23 @@ class ServingSettings(_Section):
     timeout_ms: float = Field(
         250.0,
         gt=0,
-        description="A model slower than this (or finding no free thread within it) is treated as failed and the "
-        "fallback chain answers.",
+        description="A model call's time allowance, plus timeout_per_row_ms for each row of its batch: a model "
+        "slower than that (or finding no free thread within it) is treated as failed and the fallback chain answers.",
+    )
+    timeout_per_row_ms: float = Field(
+        0.5,
+        ge=0,
+        description="Time added to timeout_ms for each row of a batch, so that a large batch gets the model's answer "
+        "late rather than a fallback's: 10,000 rows are given 5.25 s, 100,000 rows 50.25 s (`mlflow models serve` "
+        "gives any request 60 s).",
+    )
+    baseline_max_rows: int = Field(
+        100,
+        ge=0,
+        description="Largest batch the heuristic baseline may answer for a failing model. A larger batch that "
+        "neither the model nor Previous answered gets 504 DEADLINE_EXCEEDED (the model ran out of time) or 503 "
+        "TEMPORARILY_UNAVAILABLE (it failed), never the baseline's guesses; counted in "
+        "shipway_large_batches_refused_total.",
     )
     cache_size: int = Field(10_000, ge=0, description="Last good answers kept for the fallback chain (0: no cache).")
     cache_max_age_s: float = Field(600.0, gt=0, description="A cached answer older than this is not served.")
@@ -138,7 +153,8 @@ class ServingSettings(_Section):
         4,
         gt=0,
         description="Threads for Production's and Canary's model calls (ONNX calls of up to 64 rows run inline). "
-        "A call waits at most timeout_ms for one; a call past timeout_ms gives its thread's place to a new one.",
+        "A call waits at most its time allowance (timeout_ms + timeout_per_row_ms a row) for one; a call past it "
+        "gives its thread's place to a new one.",
     )
     fallback_threads: int = Field(
         2, gt=0, description="Threads of the fallback chain's own (Previous, baseline), free when the others are busy."
@@ -459,6 +475,13 @@ class GateSettings(_Section):
     )
     null_tolerance: float = Field(0.05, ge=0, le=1, description="Null rate allowed above training, absolute.")
     range_tolerance: float = Field(0.01, ge=0, le=1, description="Share of values allowed outside the training range.")
+    date_horizon: float = Field(
+        1.0,
+        ge=0,
+        description="How far past training's latest date a batch's dates may lie, as a multiple of training's date "
+        "span (latest minus earliest): a model's recency. 1: a model trained on a year of data accepts dates up to "
+        "a year past its last.",
+    )
     mean_shift_sd: float = Field(0.2, gt=0, description="Mean shift allowed, in training standard deviations.")
     stdev_ratio: float = Field(1.2, gt=1, description="Factor the standard deviation may grow or shrink by.")
     quantile_band: float = Field(

@@ -63,6 +63,8 @@ class TrainingStats(BaseModel):
     other_share: float | None = None  # share of categories the contract does not list
     joint: JointReference | None = None  # the joint check's training sample
     text: TextStats | None = None  # a free-text column's vocabulary and its held-out coverage
+    earliest: str | None = None  # a datetime column's earliest training value (ISO 8601)
+    latest: str | None = None  # and its latest
 
     def meta(self, **extra: Any) -> dict[str, Any]:
         """The expectation's `meta`: these statistics under `training`, beside `extra` keys."""

@@ -1,13 +1,14 @@
 """A model version's data contract: a Great Expectations suite built from its training snapshot.
 
-Per feature column the suite states presence and type, the null rate, the range or value set, and
-the distribution seen in training (mean and standard deviation bands, quantile bands, a KL
-divergence on training-quantile bins or on category shares, and the largest share one value may
-take); a free-text column gets its length distribution and vocabulary instead of a value set
-(expectations/text.py). The kwargs are the practical bounds a user reads and edits; each expectation's
-`meta.training` keeps the training statistics the gate needs to tell drift from sampling noise
-(see tasks/contract_checks.py). The suite is plain GX JSON, written without importing GX
-(expectations/gx_json.py): any GX 1.x context can load it.
+Per feature column the suite states presence and type, the null rate, the range or value set (a
+datetime's range and recency: see `_dates`), and the distribution seen in training (mean and
+standard deviation bands, quantile bands, a KL divergence on training-quantile bins or on
+category shares, and the largest share one value may take); a free-text column gets its length
+distribution and vocabulary instead of a value set (expectations/text.py). The kwargs are the
+practical bounds a user reads and edits; each expectation's `meta.training` keeps the training
+statistics the gate needs to tell drift from sampling noise (see tasks/contract_checks.py). The
+suite is plain GX JSON, written without importing GX (expectations/gx_json.py): any GX 1.x
+context can load it.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ NUMERIC_TYPES = [
     "Int64",
     "Float64",
 ]  # ints arriving as floats are no drift
-DATETIME_TYPES = ["datetime64[s]", "datetime64[ms]", "datetime64[us]", "datetime64[ns]"]
+DATETIME_TYPES = [
+    *(f"datetime64[{unit}]" for unit in ("s", "ms", "us", "ns")),
+    *(f"datetime64[{unit}, UTC]" for unit in ("s", "ms", "us", "ns")),
+]  # naive, or zone-aware as a snapshot keeps them (in UTC)
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 TAIL_LEVELS = (0.01, 0.025, 0.975, 0.99)  # finer bins where clipping and outliers show
 CDF_STEP = 0.005  # the training CDF is kept on this grid of quantiles for the KS distance
@@ -135,7 +139,9 @@ def column_expectations(s: pd.Series, settings: GateSettings, free_text: bool = 
             out += _numeric(column, values, settings)
     elif free_text:
         out += _free_text(column, s.dropna(), settings)
-    elif s.dtype.kind != "M":
+    elif s.dtype.kind == "M":
+        out += _dates(column, s.dropna(), settings)
+    else:
         out += _categorical(column, s.dropna(), settings)
     return out
 
@@ -270,6 +276,30 @@ def _categorical(column: str, present: pd.Series, settings: GateSettings) -> lis
             threshold=settings.kl_threshold,
             tail_weight_holdout=TAIL_WEIGHT_HOLDOUT,
         ),
+    ]
+
+
+def _dates(column: str, present: pd.Series, settings: GateSettings) -> list[dict[str, Any]]:
+    """A datetime column's range and recency: values from training's earliest date to its latest
+    plus `date_horizon` times training's span. Dates move on, so a batch later than training is no
+    drift until it passes the horizon; dates before training's are out of range at once. No
+    distribution checks: a served batch's dates are rightly not distributed as training's."""
+    if not len(present):
+        return []
+    earliest, latest = present.min(), present.max()
+    horizon = (latest - earliest) * settings.date_horizon
+    return [
+        gx_json.expectation(
+            "expect_column_values_to_be_between",
+            TrainingStats(rows=len(present), earliest=earliest.isoformat(), latest=latest.isoformat()).meta(
+                note="dates: min_value is training's earliest, max_value its latest plus gate.date_horizon times "
+                "its span; the gate reads dates without an offset as UTC, as the gateway does"
+            ),
+            column=column,
+            min_value=earliest.isoformat(),
+            max_value=(latest + horizon).isoformat(),
+            mostly=round(1 - settings.range_tolerance, 6),
+        )
     ]
 
 

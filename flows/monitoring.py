@@ -28,7 +28,7 @@ from tasks import registry
 from tasks.analysis import predicted_classes
 from tasks.drift_report import write_report
 from tasks.gate import gate, reference_for_model
-from tasks.monitoring import parse_window, served_inputs, summarize, sustained
+from tasks.monitoring import datetime_columns, parse_window, served_inputs, summarize, sustained
 from tasks.quality import version_task
 from tasks.trend import plot_trend
 
@@ -69,7 +69,7 @@ def monitoring_flow(
     )
     with tempfile.TemporaryDirectory(prefix="shipway-monitor-") as tmp:
         files, drift = [], "none"
-        inputs = served_inputs(log)
+        inputs = served_inputs(log, datetime_columns(settings, name, version) if len(log) else ())
         if len(inputs):
             report = gate(
                 inputs,

@@ -38,7 +38,7 @@ from tasks.analysis import Analysis, canary_analysis, predicted_classes, shadow_
 from tasks.decisions import record_approval
 from tasks.gate import gate, reference_for_model
 from tasks.lease import Lease, held
-from tasks.monitoring import served_inputs
+from tasks.monitoring import datetime_columns, served_inputs
 from tasks.quality import version_task
 
 
@@ -146,7 +146,7 @@ def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
     enough = lambda log: _paired(log, version) >= minimum
     progress = lambda log: f"{_paired(log, version)}/{minimum} paired requests ({_routes(log)})"
     log = _traffic(settings, name, since, enough, "shadow analysis", progress)
-    inputs = served_inputs(log)
+    inputs = served_inputs(log, datetime_columns(settings, name, version))
     drift = None
     if len(inputs):  # what Production was asked, against the candidate's own data contract
         drift = gate(inputs, reference_for_model(settings, f"{name}/{version}"), settings, "shadow traffic")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from serving.models import Servable, servable
 from serving.onnx import NULL_TOKEN, frame_feeds, session
 from serving.registry import Column, LoadedVersion, RegistryReader
-from serving.schema import parse
+from serving.schema import json_rows, parse
 
 if TYPE_CHECKING:
     from serving.server import running
@@ -19,6 +19,7 @@ __all__ = [
     "RegistryReader",
     "Servable",
     "frame_feeds",
+    "json_rows",
     "parse",
     "running",
     "servable",

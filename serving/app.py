@@ -21,7 +21,9 @@ already used gets 409 (serving/request_ids.py says why).
 Bounds: a body must arrive within serving.body_timeout_s (408) and hold at most max_body_bytes
 and max_rows (413); bodies over INLINE_BODY_BYTES are parsed in a thread, so a large one never
 stalls the other requests; model calls run in bounded thread pools (serving/workers.py), the
-fallback chain in a pool of its own.
+fallback chain in a pool of its own. A call's time allowance grows with its batch (timeout_ms +
+timeout_per_row_ms a row), and the heuristic baseline never answers a batch over baseline_max_rows:
+such a batch gets the model's answer late, Previous's, or a 504/503 saying why, never guesses.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ INLINE_BODY_BYTES = 16_384  # larger bodies are parsed and typed in a thread (~1
 RECENT_ANSWERS, RECENT_ANSWERS_MIN = 200, 20  # /health judges the fallback share on the last answers
 DEGRADED_FALLBACK_SHARE = 0.5  # beyond it /health says degraded: the chain is carrying the traffic
 CACHE_MAX_ROWS = 64  # larger batches are not kept as fallback answers (memory, and their key's cost)
+FAILURES = {  # a model's failure as a refused client is told it (the detail, which may quote values, is logged)
+    "exception": "it raised an error",
+    "saturated": "no model thread was free in time",
+    "input": "it does not take these columns",
+}
 
 
 @dataclass(slots=True)  # not frozen: made on every request, and a frozen init costs 3x
@@ -88,8 +95,10 @@ class Answer:
     version: str
     role: str  # production, canary or fallback
     source: str | None  # the fallback link that answered: previous, cache or baseline
-    predictions: list | None  # None: nobody could (503), or the request was refused
+    predictions: list | None  # None: nobody could (503/504), or the request was refused
     error: str | None  # what failed on the way, or why the request was refused
+    status: int = 200  # 503 or 504 when nobody answered
+    message: str | None = None  # what the client is told when nobody answered
 
 
 class Gateway:
@@ -101,10 +110,9 @@ class Gateway:
         self.log = log_
         self.metrics = metrics
         self.cache = ResponseCache(self.serving.cache_size, self.serving.cache_max_age_s)
-        timeout_s = self.serving.timeout_ms / 1000
         # Separate pools: a hung Production call must not starve the fallbacks that replace it.
-        self._primary = Workers("predict", self.serving.model_threads, timeout_s)
-        self._fallback = Workers("fallback", self.serving.fallback_threads, timeout_s)
+        self._primary = Workers("predict", self.serving.model_threads)
+        self._fallback = Workers("fallback", self.serving.fallback_threads)
         self._parsing = ThreadPoolExecutor(2, thread_name_prefix="parse")
         self.bodies = BodyReader(self.serving.max_body_bytes, self.serving.body_timeout_s)
         self.recent_ids = request_ids.RecentIds()
@@ -222,16 +230,11 @@ class Gateway:
             await _error(send, exc.status, exc.error_code, exc.message, request_id, close=exc.status in (408, 413))
             return
         answer = await self._answer(routes, model, route, inputs, batch)
-        status = 200 if answer.predictions is not None else 503
-        self.metrics.answered(answer.version, answer.role, status, time.perf_counter() - started)
+        self.metrics.answered(answer.version, answer.role, answer.status, time.perf_counter() - started)
         if answer.predictions is None:
-            await _error(
-                send,
-                503,
-                "TEMPORARILY_UNAVAILABLE",
-                f"predictions of {self.name} are temporarily unavailable; try again later",
-                request_id,
-            )
+            code = "DEADLINE_EXCEEDED" if answer.status == 504 else "TEMPORARILY_UNAVAILABLE"
+            message = answer.message or f"predictions of {self.name} are temporarily unavailable; try again later"
+            await _error(send, answer.status, code, message, request_id)
         else:
             out = [(b"x-model-version", answer.version.encode()), (b"x-model-role", answer.role.encode())]
             if answer.source:
@@ -259,6 +262,7 @@ class Gateway:
     ) -> Answer:
         """The first link of the chain that answers (model, then Production for a canary, then the fallbacks)."""
         errors: list[str] = []
+        failure: tuple[Servable, ModelFailed] | None = None  # the first model that failed, and how
         candidates = [(route, model)]
         if route == ROLE_CANARY:  # a failing canary hands over to Production before any fallback
             candidates.append((ROLE_PRODUCTION, routes.production))
@@ -270,6 +274,7 @@ class Gateway:
             except ModelFailed as exc:
                 errors.append(f"{role} version {candidate.version}: {exc}")
                 self.metrics.error(candidate.version, role, exc.kind)
+                failure = failure or (candidate, exc)
                 continue
             if self.cache.size and batch is not None and batch.rows <= CACHE_MAX_ROWS:
                 self.cache.put(_cache_key(batch), candidate.version, predictions)
@@ -277,11 +282,10 @@ class Gateway:
         failed = routes.production.version if routes.production else "none"
         if routes.production is None:
             errors.append("no Production version is loaded")
-        links = (
-            ("previous", lambda: self._try(routes.previous, inputs)),
-            ("cache", lambda: self._cached(batch)),
-            ("baseline", lambda: self._try(routes.baseline, inputs)),
-        )
+        links = [("previous", lambda: self._try(routes.previous, inputs))]
+        large = inputs.raw.rows > self.serving.baseline_max_rows
+        if not large:  # the baseline's one rule is a stopgap for a few rows, not an answer to a batch job
+            links += [("cache", lambda: self._cached(batch)), ("baseline", lambda: self._try(routes.baseline, inputs))]
         for source, link in links:
             found = await link()
             if found is not None:
@@ -289,9 +293,43 @@ class Gateway:
                 self.metrics.fallback(failed, source)
                 log.warning("%s answered from %s (version %s) after: %s", self.name, source, version, "; ".join(errors))
                 return Answer(version, ROLE_FALLBACK, source, predictions, "; ".join(errors))
+        if large:
+            return self._refuse_large(failed, inputs.raw.rows, failure, errors)
         self.metrics.fallback(failed, "unavailable")
         log.error("%s answered 503, every fallback failed after: %s", self.name, "; ".join(errors))
-        return Answer(failed, ROLE_FALLBACK, None, None, "; ".join(errors) + "; every fallback failed")
+        return Answer(failed, ROLE_FALLBACK, None, None, "; ".join(errors) + "; every fallback failed", 503)
+
+    def _refuse_large(
+        self, failed: str, rows: int, failure: tuple[Servable, ModelFailed] | None, errors: list[str]
+    ) -> Answer:
+        """A batch over baseline_max_rows that no model answered: 504 when the model ran out of time (as
+        `mlflow models serve` answers a request past its timeout), else 503; never the baseline's answer."""
+        limit = self.serving.baseline_max_rows
+        reason = failure[1].kind if failure else "unloaded"
+        if failure is None:
+            cause = f"no version of {self.name} is loaded to answer the {rows}-row batch"
+        elif reason == "timeout":
+            allowance = self._allowance_s(rows) * 1000
+            cause = (
+                f"version {failure[0].version} of {self.name} did not answer the {rows}-row batch within {allowance:g} "
+                "ms (serving.timeout_ms, plus serving.timeout_per_row_ms a row)"
+            )
+        else:
+            how = FAILURES.get(reason, reason)
+            cause = f"version {failure[0].version} of {self.name} did not answer the {rows}-row batch: {how}"
+        message = (
+            f"{cause}; the heuristic baseline answers batches of at most {limit} rows (serving.baseline_max_rows), "
+            "so this one is not answered: send it again later, or in smaller batches"
+        )
+        self.metrics.large_batch_refused(failed, reason)
+        log.error("%s refused a %d-row batch (over serving.baseline_max_rows) after: %s", self.name, rows,
+                  "; ".join(errors))  # fmt: skip
+        logged = "; ".join(errors) + f"; {rows} rows, over serving.baseline_max_rows ({limit}): no baseline answer"
+        return Answer(failed, ROLE_FALLBACK, None, None, logged, 504 if reason == "timeout" else 503, message)
+
+    def _allowance_s(self, rows: int) -> float:
+        """A model call's time: a large batch takes longer than one row, and must not time out for that."""
+        return (self.serving.timeout_ms + rows * self.serving.timeout_per_row_ms) / 1000
 
     async def _cached(self, batch: Batch | None):
         if batch is None or batch.rows > CACHE_MAX_ROWS:
@@ -317,7 +355,7 @@ class Gateway:
             except Exception as exc:
                 raise ModelFailed("exception", f"{type(exc).__name__}: {exc}") from None
         try:
-            return await workers.run(inputs.predict, model)
+            return await workers.run(self._allowance_s(inputs.raw.rows), inputs.predict, model)
         except ModelFailed:
             raise
         except BadInput as exc:
@@ -408,7 +446,8 @@ class Gateway:
     async def _health(self, scope, receive, send) -> None:
         routes = self.router.routes
         served = {alias: {"version": m.version, "format": m.flavor} for alias, m in routes.by_alias.items()}
-        reasons = _degraded(routes) + [p for p in (self.log.problem(), self._fallback_problem()) if p]
+        found = (self.router.registry_problem(), self.log.problem(), self._fallback_problem())
+        reasons = _degraded(routes) + [p for p in found if p]
         doc = {
             "status": "unavailable" if not _answerable(routes) else "degraded" if reasons else "ok",
             "reason": "; ".join(reasons) or None,
@@ -445,6 +484,7 @@ class Gateway:
 
     async def _metrics(self, scope, receive, send) -> None:
         self.metrics.log_queue.set(self.log.pending)
+        self.metrics.log_stalled.set(self.log.stalled_s())
         await _respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -525,5 +565,7 @@ def create_app(settings: Settings, *, pinned_version: str | None = None) -> Gate
         local_state=LocalState.of(settings),
         sensitive_columns=settings.serving.sensitive_columns,
     )
-    prediction_log = open_log(settings, on_drop=metrics.log_dropped.inc, on_write=metrics.log_written.inc)
+    prediction_log = open_log(
+        settings, on_drop=metrics.log_dropped.inc, on_write=metrics.log_written.inc, on_refusal=metrics.log_refused
+    )
     return Gateway(settings, router, prediction_log, metrics)

@@ -39,6 +39,13 @@ class Metrics:
             ["model_version", "source"],
             registry=r,
         )
+        self._large_refused = Counter(
+            "shipway_large_batches_refused",
+            "Batches over serving.baseline_max_rows that no model answered: refused (504 or 503) rather than "
+            "answered by the heuristic baseline, by the version that failed and why",
+            ["model_version", "reason"],
+            registry=r,
+        )
         self._shadow = Counter(
             "shipway_shadow_predictions", "Shadow predictions, by outcome", ["model_version", "outcome"], registry=r
         )
@@ -59,6 +66,18 @@ class Metrics:
         )
         self.log_written = Counter("shipway_prediction_log_written", "Prediction-log rows written", registry=r)
         self.log_queue = Gauge("shipway_prediction_log_queue", "Prediction-log rows waiting to be written", registry=r)
+        self.log_refusals = Counter(
+            "shipway_prediction_log_write_failures",
+            "Prediction-log writes the database refused (each is tried again), by cause: locked, disk full, "
+            "read-only, cannot open, cannot connect, connection lost, ...",
+            ["cause"],
+            registry=r,
+        )
+        self.log_stalled = Gauge(
+            "shipway_prediction_log_stalled_seconds",
+            "Seconds since the prediction log last took a write, while one is refused or under way (0: writing)",
+            registry=r,
+        )
         self.poll_errors = Counter("shipway_registry_poll_errors", "Failed polls of the registry", registry=r)
         self.load_failures = Counter(
             "shipway_model_load_failures", "Model versions that failed to load", ["model_version"], registry=r
@@ -88,6 +107,12 @@ class Metrics:
 
     def fallback(self, failed_version: str, source: str) -> None:
         self._fallbacks.labels(failed_version, source).inc()
+
+    def log_refused(self, cause: str) -> None:
+        self.log_refusals.labels(cause).inc()
+
+    def large_batch_refused(self, failed_version: str, reason: str) -> None:
+        self._large_refused.labels(failed_version, reason).inc()
 
     def shadow(self, version: str, outcome: str, seconds: float) -> None:
         count, latency = self._shadow_children(version, outcome)

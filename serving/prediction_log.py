@@ -15,6 +15,13 @@ Tables (SQLAlchemy Core, any SQLAlchemy URL: SQLite by default, PostgreSQL in pr
 The gateway never writes on the request path: rows go to a bounded queue that one thread
 writes in batches; `close()` drains it. A full queue drops the row and counts it. Shadow rows
 are written by the Shadow's own process, between its chunks of work (serving/shadow.py).
+
+Storage faults (a lock held elsewhere, a full disk, read-only storage, a dropped connection, a
+server restarting, a database that cannot be opened at the gateway's start) never stop the
+answers: the rows wait in the queue and the writer tries again, on a new connection, until the
+database takes them. Meanwhile `problem()` says what is wrong for /health (the cause in a few
+words, never SQL or a path) and each refused write is counted by cause for /metrics.
+tests/test_storage_faults.py injects each fault into a real gateway.
 """
 
 from __future__ import annotations
@@ -47,10 +54,11 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from configs.settings import Settings
 from core.errors import ConfigError
+from serving.storage_errors import cause
 
 log = logging.getLogger("shipway.serving")
 
@@ -108,9 +116,20 @@ class Label:
     ts: datetime
 
 
-def engine(url: str) -> Engine:
-    """An engine with the tables created; SQLite in WAL mode so readers never block the writer."""
-    eng = create_engine(url, pool_pre_ping=True)
+WAIT_S = 1.0  # longest a write waits for a lock before it is refused, said in /health, and tried again
+STALLED_S = 2.0  # a write under way longer than this is reported (a server that does not answer)
+RETRY_MAX_S = 5.0  # the longest pause between two tries of a refused write
+
+
+def engine(url: str, tables: bool = True, wait_s: float | None = None) -> Engine:
+    """An engine (`tables`: with the tables created); SQLite in WAL mode so readers never block the
+    writer. `wait_s`: how long a statement waits for a lock (SQLite's busy timeout, unless the URL
+    sets one; PostgreSQL's lock_timeout is set per write by the writer)."""
+    connect_args: dict[str, Any] = {}
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and wait_s is not None and "timeout" not in parsed.query:
+        connect_args["timeout"] = wait_s
+    eng = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if eng.dialect.name == "sqlite":
 
         @event.listens_for(eng, "connect")
@@ -118,7 +137,8 @@ def engine(url: str) -> Engine:
             dbapi_connection.execute("PRAGMA journal_mode=WAL")
             dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
-    metadata.create_all(eng)
+    if tables:
+        metadata.create_all(eng)
     return eng
 
 
@@ -197,8 +217,9 @@ class Redactor:
         return out
 
 
-def open_log(settings: Settings, **callbacks: Callable[[int], None]) -> PredictionLog:
-    """The prediction log a profile configures (started by the caller); callbacks: on_drop, on_write."""
+def open_log(settings: Settings, **callbacks: Callable[[Any], None]) -> PredictionLog:
+    """The prediction log a profile configures (started by the caller); callbacks: on_drop, on_write
+    (rows), on_refusal (a refused write's cause)."""
     serving = settings.serving
     return PredictionLog(
         settings.prediction_log.url,
@@ -223,6 +244,7 @@ class PredictionLog:
         redact: Redactor,
         on_drop: Callable[[int], None] = lambda n: None,
         on_write: Callable[[int], None] = lambda n: None,
+        on_refusal: Callable[[str], None] = lambda cause: None,
     ):
         self.url = url
         self.batch_size = batch_size
@@ -230,6 +252,7 @@ class PredictionLog:
         self.redact = redact
         self.on_drop = on_drop
         self.on_write = on_write
+        self.on_refusal = on_refusal
         self.dropped = 0
         self.written = 0
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -237,13 +260,26 @@ class PredictionLog:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._engine: Engine | None = None
+        self._tables = False  # created (or found) in the database
         self._statement: tuple | None = None
+        self._sqlite_path = make_url(url).database if make_url(url).get_backend_name() == "sqlite" else None
         self.failing_since: float | None = None  # time.monotonic() of the first refused write, while refused
-        self.failure = ""  # the refusal's type, e.g. OperationalError (the text may hold SQL: log only)
+        self.failure = ""  # the refusal's cause, e.g. "disk full" (the error's text may hold SQL: logged only)
+        self._writing_since: float | None = None  # time.monotonic() a write began, while it is under way
 
     def start(self, writer_thread: bool = True) -> None:
-        """Open the database; without the writer thread, the caller writes with `flush()`."""
-        self._engine = engine(self.url)
+        """Open the database; without the writer thread, the caller writes with `flush()`.
+
+        A database that cannot be used now does not stop the start: the answers never need it, and
+        the writer creates the tables once it can (a PostgreSQL started after the gateway, a volume
+        mounted read-only by mistake). `problem()` says so meanwhile."""
+        self._engine = engine(self.url, tables=False, wait_s=WAIT_S)
+        try:
+            self._create_tables()
+        except Exception as exc:
+            self._refused(exc, connecting=True)
+            log.error("prediction log: the database cannot be used yet (%s); rows wait and are written once it "
+                      "can: %s", self.failure, exc)  # fmt: skip
         if writer_thread:
             self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
             self._thread.start()
@@ -282,13 +318,22 @@ class PredictionLog:
         return found
 
     def problem(self) -> str | None:
-        """Why the log is not keeping up, if it is not: writes refused, or the queue half full."""
+        """Why the log is not keeping up, if it is not: writes refused or stalled, or the queue half full."""
         if self.failing_since is not None:
             waited = time.monotonic() - self.failing_since
             return f"prediction log: writes refused for {waited:.0f} s ({self.failure}); {self.pending} rows waiting"
+        writing = self._writing_since
+        if writing is not None and time.monotonic() - writing > STALLED_S:
+            waited = time.monotonic() - writing
+            return f"prediction log: a write has waited {waited:.0f} s for the database; {self.pending} rows waiting"
         if self.pending > self._queue.maxsize / 2:
             return f"prediction log: {self.pending} rows waiting, more than half of serving.log_queue_size"
         return None
+
+    def stalled_s(self) -> float:
+        """Seconds since the log last took a write, while one is refused or under way (0 otherwise)."""
+        since = self.failing_since or self._writing_since
+        return time.monotonic() - since if since is not None else 0.0
 
     def has_room(self, rows: int) -> bool:
         return self._queue.maxsize - self._queue.qsize() >= rows
@@ -339,29 +384,57 @@ class PredictionLog:
         ]
         delay = 0.2
         while True:
+            self._writing_since = time.monotonic()
+            connecting = True
             try:
-                with self._engine.begin() as conn:
-                    if rows:
-                        self._insert_predictions(conn, rows)
-                    if labels:
-                        conn.execute(insert(feedback), labels)
+                assert self._engine is not None, "start() the log first"
+                if not self._tables:
+                    self._create_tables()
+                with self._engine.connect() as conn:
+                    connecting = False
+                    with conn.begin():
+                        if self._engine.dialect.name == "postgresql":  # refused, said and retried: not queued for ever
+                            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{WAIT_S * 1000:.0f}ms'")
+                        if rows:
+                            self._insert_predictions(conn, rows)
+                        if labels:
+                            conn.execute(insert(feedback), labels)
                 self.written += len(batch)
                 self.on_write(len(batch))
-                self.failing_since = None
+                self.failing_since = self._writing_since = None
                 return
             except Exception as exc:  # the database is down or refuses: retry until shutdown
-                self.failure = type(exc).__name__
-                self.failing_since = self.failing_since or time.monotonic()
+                self._writing_since = None
+                self._refused(exc, connecting)
+                # A new connection for the next try: this one may be broken, read-only or in a failed state.
+                self._engine.dispose()
                 if self._stop.is_set():
-                    log.error(
-                        "prediction log: %d rows lost at shutdown, the database refused them: %s", len(batch), exc
-                    )
-                    self.dropped += len(batch)
-                    self.on_drop(len(batch))
+                    self._drop_at_shutdown(len(batch), exc)
                     return
-                log.warning("prediction log: write of %d rows failed, retrying in %.1fs: %s", len(batch), delay, exc)
+                log.warning("prediction log: write of %d rows refused (%s), retrying in %.1fs: %s", len(batch),
+                            self.failure, delay, exc)  # fmt: skip
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    def _create_tables(self) -> None:
+        assert self._engine is not None
+        metadata.create_all(self._engine)
+        self._tables = True
+
+    def _refused(self, exc: BaseException, connecting: bool) -> None:
+        self.failure = cause(exc, connecting, self._sqlite_path) or type(exc).__name__
+        self.failing_since = self.failing_since or time.monotonic()
+        self.on_refusal(self.failure)
+
+    def _drop_at_shutdown(self, rows: int, exc: BaseException) -> None:
+        """The database refuses at shutdown: this batch and every row still queued are lost, and counted
+        at once (one refused try each would outlast the shutdown's wait)."""
+        while batch := self._next_batch():
+            rows += len(batch)
+        log.error("prediction log: %d rows lost at shutdown, the database refused them (%s): %s", rows, self.failure,
+                  exc)  # fmt: skip
+        self.dropped += rows
+        self.on_drop(rows)
 
     def _insert_predictions(self, conn, rows: list[dict[str, Any]]) -> None:
         """One executemany through the driver: SQLAlchemy's per-row parameter handling would cost

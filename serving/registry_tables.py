@@ -9,12 +9,18 @@ Anything else (an MLflow server over HTTP, other artifact stores, a version not 
 goes through MLflow, as before: `RegistryReader` decides. The tables are MLflow's own schema
 (3.x, `workspace` column included); tests/test_registry_tables.py reads the same stores with both
 readers and fails on any difference, so an MLflow upgrade that moves them is caught.
+
+A read never stays on a store that is gone: an SQLite store replaced under its path (a restore
+moves a backup over it) is another file, which the next read opens (the open connection would
+read the old one for ever), and after a failed read the next one opens a new connection (a store
+unreadable at the gateway's start, or for a while, is read again once it can be).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +58,36 @@ class RegistryTables:
     def __init__(self, store: Store):
         self.store = store
         self.engine = sa.create_engine(store.tracking_uri, pool_pre_ping=True, pool_size=1, max_overflow=1)
+        self._file: tuple[int, int] | None = None  # (device, inode) of the SQLite file last read
 
     def _rows(self, query: str, **params: Any) -> list[Any]:
-        with self.engine.connect() as conn:
-            return list(conn.execute(sa.text(query), {"workspace": WORKSPACE, **params}))
+        self._follow_the_file()
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(sa.text(query), {"workspace": WORKSPACE, **params}))
+        except sa.exc.SQLAlchemyError:
+            self.engine.dispose()  # the next read on a new connection: this one may be on a broken or old file
+            raise
+
+    def _follow_the_file(self) -> None:
+        """Open the file now at the store's path when it is not the one read so far (a restore moved a
+        backup over it), and never create one where it is missing."""
+        path = self.store.sqlite_file
+        if path is None:
+            return
+        try:
+            found = os.stat(path)
+        except FileNotFoundError:
+            self._file = None
+            self.engine.dispose()
+            require_store(self.store)  # raises: no store there (sqlite would create an empty one)
+            raise
+        identity = (found.st_dev, found.st_ino)
+        if identity != self._file:
+            if self._file is not None:
+                forget_mlflow_connections(self.store.tracking_uri)
+            self.engine.dispose()
+            self._file = identity
 
     def state(self, name: str) -> tuple[dict[str, str], dict[str, str]]:
         """The model's aliases ({alias: version}) and registered-model tags."""
@@ -99,6 +131,17 @@ class RegistryTables:
         if not found:
             raise RegistryError(f"run {run_id} not found in {self.store.tracking_uri}")
         return found[0][0]
+
+
+def forget_mlflow_connections(uri: str) -> None:
+    """Close the connections MLflow keeps to a store replaced under its path, if it has made any: its
+    stores keep one engine per URI for the life of the process (its class-level `_engine_map`), whose
+    pooled connections would read the old file."""
+    for module in ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store"):
+        store_class = getattr(sys.modules.get(module), "SqlAlchemyStore", None)
+        engine = getattr(store_class, "_engine_map", {}).get(uri)
+        if engine is not None:
+            engine.dispose()
 
 
 class Artifacts:

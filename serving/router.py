@@ -25,11 +25,13 @@ from serving.metrics import Metrics
 from serving.models import Servable, baseline_servable, servable, warm_up
 from serving.registry import LoadedVersion, ModelState, parse_canary_share, unknown_sensitive_columns
 from serving.schema import Schema
+from serving.storage_errors import cause
 
 log = logging.getLogger("shipway.serving")
 SERVED_ALIASES = (Alias.PRODUCTION, Alias.CANARY, Alias.SHADOW, Alias.PREVIOUS)
 PATH = re.compile(r"(?:[a-z][a-z0-9+.-]*:/)?/[^\s'\"]+")
 RETRY_FAILED_AFTER_POLLS = 10  # a version that failed to load is tried again after this many polls
+SLOW_READ_S = 10.0  # a registry read under way longer than this is reported (a store that does not answer)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class Router:
         self.routes = Routes()
         self.last_poll: float | None = None
         self.last_poll_error: str | None = None
+        self.poll_failing_since: float | None = None  # time.monotonic() of the first failed poll, while failing
+        self._reading_since: float | None = None  # time.monotonic() a registry read began, while under way
         self._loaded: dict[str, tuple[Servable, Servable | None]] = {}
         self._failed: dict[str, tuple[str, int]] = {}  # version -> (error, polls since)
         self._baselines_due: dict[str, LoadedVersion] = {}  # loaded at a first start without their baselines
@@ -180,14 +184,19 @@ class Router:
             if self.pinned is not None:
                 state = ModelState({Alias.PRODUCTION.value: self.pinned}, {})
             else:
-                state = self.read_state()
+                self._reading_since = time.monotonic()
+                try:
+                    state = self.read_state()
+                finally:
+                    self._reading_since = None
             share, share_problem = _share(state.tags)
         except Exception as exc:  # registry unreachable: keep serving what is loaded
             self.metrics.poll_errors.inc()
             self.last_poll_error = public_error(exc)
+            self.poll_failing_since = self.poll_failing_since or time.monotonic()
             log.warning("registry poll failed, still serving the loaded versions: %s: %s", type(exc).__name__, exc)
             return
-        self.last_poll, self.last_poll_error = time.time(), None
+        self.last_poll, self.last_poll_error, self.poll_failing_since = time.time(), None, None
         wanted: dict[str, str] = {a.value: state.aliases[a.value] for a in SERVED_ALIASES if a.value in state.aliases}
         current = self.routes
         if not force and wanted == current.registry_aliases and share == current.canary_share and not self._failed:
@@ -220,6 +229,19 @@ class Router:
         self._publish(routes, current)
         if self.local_state is not None and self.pinned is None and not self._baselines_due:  # kept versions first
             self.local_state.save_aliases({a: m.version for a, m in by_alias.items()}, share)
+
+    def registry_problem(self) -> str | None:
+        """Why what is served may not be what the registry says now: it cannot be read, or a read hangs."""
+        now = time.monotonic()
+        if self.poll_failing_since is not None:
+            return (
+                f"registry: not readable for {now - self.poll_failing_since:.0f} s ({self.last_poll_error}); "
+                "serving the versions loaded before"
+            )
+        reading = self._reading_since
+        if reading is not None and now - reading > SLOW_READ_S:
+            return f"registry: a read has waited {now - reading:.0f} s; serving the versions loaded before"
+        return None
 
     def _unknown_sensitive(self, by_alias: dict[str, Servable]) -> str | None:
         found = {
@@ -340,7 +362,12 @@ class ResponseCache:
 
 
 def public_error(exc: BaseException) -> str:
-    """An error as /health shows it to anyone who asks: its type and first line, without file
-    paths or addresses (the SQL and the rest of the text stay in the gateway's log)."""
+    """An error as /health shows it to anyone who asks: its type and, for a database's error, its cause
+    (serving/storage_errors.py), else its first line without file paths or addresses (the SQL and the
+    rest of the text stay in the gateway's log)."""
+    name = type(getattr(exc, "orig", None) or exc).__name__
+    found = cause(exc)
+    if found is not None:
+        return name if found == name else f"{name}: {found}"
     first = (str(exc).strip().splitlines() or [""])[0]
     return f"{type(exc).__name__}: {PATH.sub('<path>', first)[:200]}"

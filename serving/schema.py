@@ -9,7 +9,8 @@ The rules are `mlflow models serve`'s, checked against it payload by payload (th
 tests/conformance.py): JSON as Python's json reads it (bare NaN and Infinity too), CSV as pandas
 reads it (its NA markers are nulls), Parquet columns converted only where MLflow's schema
 enforcement converts them, and JSON values converted as pandas' `astype` does ("45" and 45.5 in
-an integer column are 45, 3 in a string column is "3"). Extra columns are ignored; a missing
+an integer column are 45, 3 in a string column is "3"), and datetime columns as MLflow reads them in
+each layout (serving/dates.py). Extra columns are ignored; a missing
 column is refused, optional or not, as the model would refuse it (a pyfunc model may go without
 an optional one). Deliberate differences (docs/compatibility.md): a boolean column reads what a
 value says ("false" is false, where MLflow's cast makes every non-empty string true) and refuses
@@ -26,13 +27,13 @@ import reprlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 
+from serving import dates
 from serving.onnx import NULL_TOKEN
 from serving.registry import Column
 
@@ -68,8 +69,11 @@ class BadInput(Exception):
 class Raw:
     """Columns as sent: name -> values, all of length `rows`.
 
-    `source` says how to read the values: "json" (JSON values), "csv" (text, None for pandas'
-    NA markers) or "parquet" (typed as `types` says: each column's Arrow type).
+    `source` says how to read the values: "json" (JSON values of dataframe_split or
+    dataframe_records), "tensors" (JSON values of instances or inputs, which MLflow reads through
+    numpy: a datetime column reads otherwise), "csv" (text, None for pandas' NA markers) or
+    "parquet" (typed as `types` says: each column's Arrow type; timestamps and dates as Arrow's
+    ISO text of them, so that a Raw is JSON).
     """
 
     columns: dict[str, list[Any]]
@@ -135,6 +139,16 @@ def _content_type(header: str | None) -> str:
     return mime
 
 
+def json_rows(frame: pd.DataFrame) -> list[list[Any]]:
+    """`frame`'s rows as a client sends them in `dataframe_split`: JSON values, nulls as None,
+    datetimes as ISO 8601 text without an offset (serving/dates.py)."""
+    values = frame.astype(object).where(frame.notna(), None)
+    for name, column in frame.items():
+        if pd.api.types.is_datetime64_any_dtype(column.dtype):
+            values[name] = pd.Series(dates.wire(column), index=frame.index, dtype=object)
+    return values.to_numpy().tolist()
+
+
 def _parse_json(body: bytes) -> Raw:
     try:
         doc = orjson.loads(body)
@@ -161,9 +175,10 @@ def _parse_json(body: bytes) -> Raw:
     data = doc[key]
     if key == "dataframe_split":
         return _from_split(data)
-    if isinstance(data, dict) and key != "dataframe_records":
-        return _from_columns(data, key)
-    return _from_records(data, key)
+    if key == "dataframe_records":
+        return _from_records(data, key)
+    raw = _from_columns(data, key) if isinstance(data, dict) else _from_records(data, key)
+    return Raw(raw.columns, raw.rows, "tensors")
 
 
 def _lenient_json(body: bytes) -> Any:
@@ -290,7 +305,7 @@ def _parse_parquet(body: bytes) -> Raw:
     try:
         table = pq.read_table(pa.BufferReader(body))
         _check_names(table.column_names, "the Parquet file's columns")
-        columns = {name: table.column(name).to_pylist() for name in table.column_names}
+        columns = {name: _arrow_values(table.column(name)) for name in table.column_names}
     except BadInput:
         raise
     except Exception as exc:  # Arrow's errors, and a damaged file's text that is not UTF-8: the client's
@@ -298,6 +313,16 @@ def _parse_parquet(body: bytes) -> Raw:
         raise BadInput(f"the body is not a readable Parquet file: {problem}", 400, "BAD_REQUEST") from None
     types = {field.name: str(field.type) for field in table.schema}
     return Raw(columns, table.num_rows, "parquet", types)
+
+
+def _arrow_values(column) -> list[Any]:
+    """Timestamps and dates as Arrow's ISO text of them (exact, JSON), the rest as Python values."""
+    import pyarrow as pa
+
+    kind = column.type
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        return column.cast(pa.string()).to_pylist()
+    return column.to_pylist()
 
 
 def _check_names(names: Sequence[Any], where: str) -> None:
@@ -352,7 +377,10 @@ class Schema:
                 _check_parquet_type(column, raw.types[column.name], values)
             elif raw.source == "csv" and column.type == "boolean":
                 _check_csv_booleans(column, values)
-            columns[column.name] = [coerce(v, i) for i, v in enumerate(values)]
+            if column.type == "datetime":
+                columns[column.name] = _datetimes(column, values, raw.source)
+            else:
+                columns[column.name] = [coerce(v, i) for i, v in enumerate(values)]
         return Batch(columns, raw.rows)
 
     def frame(self, batch: Batch) -> pd.DataFrame:
@@ -370,9 +398,8 @@ class Schema:
                 data[column.name] = pd.Series(values, dtype="str")
             elif column.type == "boolean":
                 data[column.name] = pd.Series(values, dtype="bool")
-            elif column.type == "datetime":  # ISO text, checked by the coercer: the model's date parts read datetimes
-                stamps = pd.to_datetime(pd.Series(values, dtype=object), format="ISO8601", utc=True)
-                data[column.name] = stamps.dt.tz_localize(None).astype("datetime64[us]")
+            elif column.type == "datetime":
+                data[column.name] = pd.Series(dates.frame_column(values))
             else:
                 data[column.name] = pd.Series(values)
         return pd.DataFrame(data)
@@ -393,7 +420,7 @@ class Schema:
         return feeds
 
 
-_SOURCES = ("json", "csv", "parquet")
+_SOURCES = ("json", "tensors", "csv", "parquet")
 Coercer = Callable[[Any, int], Any]
 
 
@@ -505,22 +532,26 @@ def _coercer(column: Column, source: str) -> Coercer:
             raise fail(row, "expected true or false, got {value}", _Shown(v))
 
         return to_bool
-    if kind == "datetime":
+    return lambda v, row: v  # other types (bytes), and datetimes (read a column at a time), go on as sent
 
-        def to_datetime(v: Any, row: int) -> str | None:
-            if v is None or (text and v == ""):
-                return None
-            if type(v) is not str:
-                raise fail(row, "expected an ISO 8601 date or time text, got {value}", _Shown(v))
-            try:
-                datetime.fromisoformat(v)
-            except ValueError:
-                problem = "expected an ISO 8601 date or time (e.g. 2024-05-31T14:00:00), got {value}"
-                raise fail(row, problem, _Repr(v)) from None
-            return v
 
-        return to_datetime
-    return lambda v, row: v  # other types (bytes) go to the model as sent
+def _datetimes(column: Column, values: list[Any], source: str) -> list[str | None]:
+    """A datetime column read as MLflow reads it from `source` (serving/dates.py): ISO text."""
+    if source == "csv":
+        raise BadInput(
+            f"column '{column.name}' is a datetime column, which CSV cannot carry to this model (MLflow's CSV "
+            "reading takes no datetime type): send JSON or Parquet"
+        )
+    read = {"json": dates.from_frame, "tensors": dates.from_tensor, "parquet": dates.from_parquet}[source]
+    try:
+        return read(values)
+    except dates.DateProblem as exc:
+        where = f"column '{column.name}' row {exc.row}: "
+        shown = _Shown(exc.value) if exc.shown == "json" else _Repr(exc.value)
+        raise BadInput(
+            where + exc.problem.format(value=shown),
+            logged=where + exc.problem.format(value=f"<{_json_type(exc.value)}, not logged>"),
+        ) from None
 
 
 def _int_of_str(v: str) -> int | None:
@@ -570,7 +601,7 @@ def _check_csv_booleans(column: Column, values: list[Any]) -> None:
 # mlflow.models.utils._enforce_mlflow_datatype, on the dtypes pandas reads Parquet into), and the
 # one to send.
 PARQUET_HINT = {"long": "int64", "integer": "int32", "double": "double", "float": "float", "string": "string",
-                "boolean": "bool"}  # fmt: skip
+                "boolean": "bool", "datetime": "timestamp[us] without a time zone (UTC times)"}  # fmt: skip
 PARQUET_TYPES = {
     "long": {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32"},
     "integer": {"int8", "int16", "int32", "uint8", "uint16"},
@@ -578,6 +609,15 @@ PARQUET_TYPES = {
     "float": {"halffloat", "float"},
     "string": {"string", "large_string", "string_view", "null", "dictionary<values=string, indices=int32, ordered=0>"},
     "boolean": {"bool"},
+    "datetime": {
+        "timestamp[s]",
+        "timestamp[ms]",
+        "timestamp[us]",
+        "timestamp[ns]",
+        "date32[day]",
+        "date64[ms]",
+        "null",
+    },
 }
 
 

@@ -9,6 +9,7 @@ state; `isolated=True` runs it as a subprocess so a benchmark client does not sh
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -59,13 +60,30 @@ def uvicorn_config(app: Gateway, host: str, port: int) -> uvicorn.Config:
 
 def serve(settings: Settings, host: str, port: int, pinned_version: str | None = None) -> None:
     """Serve in the foreground until SIGINT/SIGTERM, then shut down gracefully."""
+    sock = bound_socket(host, port)  # first: a taken port is said at once, not after the models loaded
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("shipway.serving").setLevel(logging.INFO)
-    check_sensitive_columns(settings, pinned_version)
-    server = uvicorn.Server(uvicorn_config(create_app(settings, pinned_version=pinned_version), host, port))
-    server.run()
+    with sock:
+        check_sensitive_columns(settings, pinned_version)
+        server = uvicorn.Server(uvicorn_config(create_app(settings, pinned_version=pinned_version), host, port))
+        server.run(sockets=[sock])
     if not server.started:
         raise GatewayError(f"the gateway did not start on {host}:{port} (see the log above)")
+
+
+def bound_socket(host: str, port: int) -> socket.socket:
+    """The gateway's socket, bound as uvicorn binds it. Not listening yet: until the models are loaded and
+    uvicorn listens on it, a client's connection is refused (as before), never left waiting."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = "in use by another process" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
+        message = f"cannot listen on {host}:{port}: {why} (choose another with --port or serving.port)"
+        raise GatewayError(message) from None
+    return sock
 
 
 def check_sensitive_columns(settings: Settings, pinned_version: str | None = None) -> None:

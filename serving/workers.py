@@ -5,8 +5,8 @@ as long as the threads are busy, and a call past its timeout keeps its thread (P
 stop a thread), so a version that hangs soon holds every thread and every later call times out
 waiting, the healthy ones included. Here:
 
-- a call waits for a free thread at most `timeout_s`, then fails as "saturated" and never runs;
-- a call that runs past `timeout_s` fails as "timeout" and gives its place to a new thread; the
+- a call waits for a free thread at most its `timeout_s`, then fails as "saturated" and never runs;
+- a call that runs past its `timeout_s` fails as "timeout" and gives its place to a new thread; the
   overrunning call finishes on its own and its thread then ends. At most `threads` such
   overrunning calls are replaced at once, so a version that hangs on every call ends up with
   `2 * threads` threads, never more: later calls wait, fail as saturated, and the fallback chain
@@ -47,10 +47,9 @@ class _Call:
 
 
 class Workers:
-    def __init__(self, name: str, threads: int, timeout_s: float):
+    def __init__(self, name: str, threads: int):
         self.name = name
         self.threads = threads
-        self.timeout_s = timeout_s
         self.overrunning = 0  # calls past their timeout whose threads were replaced
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -62,20 +61,21 @@ class Workers:
     def live_threads(self) -> int:
         return self.threads + self.overrunning
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """fn(*args) in a worker thread; ModelFailed("saturated" | "timeout") past the bounds."""
+    async def run(self, timeout_s: float, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) in a worker thread; ModelFailed("saturated" | "timeout") past `timeout_s` (each call
+        has its own: a large batch is given more time than one row)."""
         call = _Call(fn, args, asyncio.get_running_loop())
         self._queue.put(call)
-        done, _ = await asyncio.wait((call.future,), timeout=self.timeout_s)
+        done, _ = await asyncio.wait((call.future,), timeout=timeout_s)
         if done:
             return call.future.result()
         with self._lock:
             if call.state == QUEUED:
                 call.state = CANCELLED
                 raise ModelFailed(
-                    "saturated", f"no {self.name} thread was free within {self.timeout_s * 1000:g} ms"
+                    "saturated", f"no {self.name} thread was free within {timeout_s * 1000:g} ms"
                 ) from None
-            remaining = call.started + self.timeout_s - time.monotonic()
+            remaining = call.started + timeout_s - time.monotonic()
         if remaining > 0:
             done, _ = await asyncio.wait((call.future,), timeout=remaining)
             if done:
@@ -90,7 +90,7 @@ class Workers:
                     self._spawn()
         if finished:
             return await call.future
-        raise ModelFailed("timeout", f"no answer within {self.timeout_s * 1000:g} ms")
+        raise ModelFailed("timeout", f"no answer within {timeout_s * 1000:g} ms")
 
     def close(self) -> None:
         """Let every thread end once its call is done (calls still queued are dropped)."""

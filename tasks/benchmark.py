@@ -40,7 +40,7 @@ from configs.settings import ServingSettings, Settings
 from core.errors import GateError, RegistryError
 from core.refs import ModelRef
 from core.vocabulary import Tag
-from serving import LoadedVersion, RegistryReader, Servable, parse, running, servable
+from serving import LoadedVersion, RegistryReader, Servable, json_rows, parse, running, servable
 from tasks.retries import retry_on_io
 
 SAMPLE_ROWS = 200
@@ -170,10 +170,7 @@ def sample_bodies(settings: Settings, tags: dict[str, str], columns: list[str], 
         raise RegistryError("the version has no data_snapshot_uri tag: nothing to draw benchmark rows from")
     frame = read_snapshot(open_store(uri.rsplit("/", 1)[0], settings.s3), snapshot_id).frame
     sample = frame.sample(min(rows, len(frame)), random_state=0)[columns]
-    bodies = []
-    for values in sample.astype(object).where(sample.notna(), None).itertuples(index=False):
-        bodies.append(orjson.dumps({"dataframe_split": {"columns": columns, "data": [list(values)]}}))
-    return bodies
+    return [orjson.dumps({"dataframe_split": {"columns": columns, "data": [row]}}) for row in json_rows(sample)]
 
 
 def rounds(take: Callable[[int], np.ndarray], budget_ms: float | None, settings: ServingSettings) -> np.ndarray:

@@ -28,8 +28,8 @@ from core.errors import DataError
 from expectations import text
 from expectations.contract import histogram
 from expectations.joint import JOINT
+from tasks.canonical import canonical_column
 from tasks.joint_check import check_joint
-from tasks.snapshot import canonical_column
 from tasks.verdict import TABLE, GateReport, Outcome, decide, failing_columns, jsonable
 
 # --- the gate --------------------------------------------------------------------------------------
@@ -95,6 +95,8 @@ def validate(
 
 
 def _column_outcomes(s: pd.Series, expectations: list[dict], wf: float) -> list[Outcome]:
+    if _holds_dates(expectations):
+        s = as_dates(s)
     try:
         data = _Column(canonical_column(s))
     except DataError as exc:
@@ -130,7 +132,11 @@ class _Column:
 
     @cached_property
     def sorted(self) -> np.ndarray:
-        values = self.series.to_numpy(dtype="float64", na_value=np.nan)
+        values = (
+            _microseconds(self.series)
+            if self.series.dtype.kind == "M"
+            else self.series.to_numpy(dtype="float64", na_value=np.nan)
+        )
         if self.nulls:
             values = values[~np.isnan(values)]
         return np.sort(values)
@@ -248,6 +254,7 @@ def check_type_list(e: dict, data: _Column, wf: float) -> Outcome:
     allowed = [str(t) for t in e["kwargs"].get("type_list") or []]
     bad = data.dtype not in allowed
     hint = " (numbers arriving as strings?)" if bad and data.dtype == "str" and _numeric_strings(data) else ""
+    hint = _not_dates_hint(data, allowed) if bad and data.dtype == "str" and not hint else hint
     reason = f"type: dtype '{data.dtype}' is not one the contract allows ({', '.join(allowed[:4])}, ...){hint}"
     return _outcome(e, data.name, bad, bad, None, reason if bad else "", {"observed_value": data.dtype})
 
@@ -290,6 +297,8 @@ def check_not_null(e: dict, data: _Column, wf: float) -> Outcome:
 
 
 def check_between(e: dict, data: _Column, wf: float) -> Outcome:
+    if data.series.dtype.kind == "M":
+        return check_date_range(e, data, wf)
     kwargs = e["kwargs"]
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
     outside = (data.below(low) if low is not None else 0) + (data.above(high) if high is not None else 0)
@@ -711,6 +720,109 @@ def check_text_vocabulary(e: dict, data: _Column, wf: float) -> Outcome:
         {"observed_value": share, "partial_unexpected_list": [_short(v) for v in unseen.index]},
         {"token_coverage": share, "token_coverage_train": t.coverage, "token_coverage_drop": drop},
     )
+
+
+# --- datetime columns: ISO text read as the gateway reads it, then range and recency --------------
+
+
+def _holds_dates(expectations: list[dict]) -> bool:
+    """Whether the contract types this column as datetimes."""
+    return any(
+        str(t).startswith("datetime64")
+        for e in expectations
+        if e["type"] == "expect_column_values_to_be_in_type_list"
+        for t in e["kwargs"].get("type_list") or []
+    )
+
+
+def as_dates(s: pd.Series) -> pd.Series:
+    """A batch's datetime column as the gate compares it with training: instants in UTC, without the
+    zone (datetime64[us]), which is what the gateway hands the model. ISO 8601 text, as clients send
+    dates and the serving log keeps them, is parsed: an offset converts to UTC, a time without one
+    is read as UTC (so is a naive training column: the same instants the date parts see). Text
+    that is not all ISO dates stays text, and the type check says so."""
+    if pd.api.types.is_datetime64_any_dtype(s.dtype):
+        if isinstance(s.dtype, pd.DatetimeTZDtype):
+            s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+        return s
+    if not (pd.api.types.is_string_dtype(s.dtype) or pd.api.types.is_object_dtype(s.dtype)):
+        return s
+    try:
+        return pd.to_datetime(s, format="ISO8601", utc=True).dt.tz_localize(None).rename(s.name)
+    except (ValueError, TypeError, OverflowError):
+        return s
+
+
+def check_date_range(e: dict, data: _Column, wf: float) -> Outcome:
+    """Range and recency of a datetime column: the share of dates outside [training's earliest,
+    its latest plus the horizon] (expectations/contract.py), tested as the numeric range is."""
+    kwargs = e["kwargs"]
+    low, high = (_instant(kwargs.get(k)) for k in ("min_value", "max_value"))
+    before = data.below(_microseconds_of(low)) if low is not None else 0
+    after = data.above(_microseconds_of(high)) if high is not None else 0
+    share = (before + after) / data.present
+    bound = 1 - float(kwargs.get("mostly", 1.0))
+    t = _training(e)
+    first, last = data.series.min(), data.series.max()
+    latest = _instant(t.latest) or high
+    measures = {
+        "out_of_range": share,
+        "dates_before": before / data.present,
+        "dates_after": after / data.present,
+        "batch_earliest": first.isoformat(),
+        "batch_latest": last.isoformat(),
+    }
+    if latest is not None:  # how much later the batch ends than training did: the model's age, in days
+        measures["recency_days"] = (last - latest) / pd.Timedelta(days=1)
+    ends = f"training ends {_day(latest)}; " if t.latest else ""
+    reason = (
+        f"dates: {share:.1%} of values outside [{_day(low)}, {_day(high)}] ({before / data.present:.1%} before, "
+        f"{after / data.present:.1%} after; {ends}the batch spans {_day(first)} to {_day(last)}), "
+        f"the contract allows {bound:.1%}"
+    )
+    return _outcome(
+        e,
+        data.name,
+        share > bound,
+        share > wf * bound,
+        _beyond_p(before + after, data.present, _rows(e, data), 1),
+        reason,
+        _map_result(data.present, before + after),
+        measures,
+    )
+
+
+def _not_dates_hint(data: _Column, allowed: list[str]) -> str:
+    if not any(t.startswith("datetime64") for t in allowed):
+        return ""
+    parsed = pd.to_datetime(data.series, format="ISO8601", utc=True, errors="coerce")
+    bad = data.series[data.series.notna() & parsed.isna()]
+    return f" (text that is not an ISO 8601 date, e.g. {bad.iloc[0]!r})" if len(bad) else ""
+
+
+def _instant(value: Any) -> pd.Timestamp | None:
+    """A bound or a training date (ISO text) as a naive UTC timestamp, as `as_dates` makes the batch's."""
+    if value is None or value == "":
+        return None
+    stamp = pd.Timestamp(value)
+    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo is not None else stamp
+
+
+def _microseconds(s: pd.Series) -> np.ndarray:
+    """Naive datetimes as float microseconds since the epoch, NaT as NaN."""
+    values = s.to_numpy().astype("datetime64[us]")
+    return np.where(np.isnat(values), np.nan, values.view("int64").astype("float64"))
+
+
+def _microseconds_of(stamp: pd.Timestamp) -> float:
+    return float(np.datetime64(stamp.to_datetime64(), "us").astype("int64"))
+
+
+def _day(stamp: pd.Timestamp | None) -> str:
+    """A date as people read it: the day alone at midnight, else to the second."""
+    if stamp is None:
+        return "-"
+    return stamp.strftime("%Y-%m-%d") if stamp == stamp.normalize() else stamp.isoformat(sep=" ", timespec="seconds")
 
 
 NOT_NULL = "expect_column_values_to_not_be_null"

@@ -8,6 +8,7 @@ where feedback labels came back accuracy (classifiers) or mean absolute error (r
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -15,9 +16,10 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from configs.settings import MonitoringSettings
+from configs.settings import MonitoringSettings, Settings
 from core.errors import ShipwayError
 from core.vocabulary import Task
+from serving import RegistryReader
 from tasks.analysis import comparable, numbers
 
 ANSWERING = ("production", "canary", "fallback")  # shadow rows repeat inputs and never answer
@@ -32,11 +34,26 @@ def parse_window(text: str) -> timedelta:
     return timedelta(**{UNITS[match.group(2)]: float(match.group(1))})
 
 
-def served_inputs(log: pd.DataFrame) -> pd.DataFrame:
-    """The feature rows of every answered request, decoded from the log's JSON records."""
+def served_inputs(log: pd.DataFrame, datetimes: Collection[str] = ()) -> pd.DataFrame:
+    """The feature rows of every answered request, decoded from the log's JSON records.
+
+    The log keeps a datetime column as the gateway typed it: ISO 8601 text without an offset, in
+    UTC for a client's zone-aware times (serving/dates.py). The columns named in `datetimes` come
+    back as datetime64 columns without a zone, as the contract checks them; others as logged.
+    """
     texts = log.loc[log["role"].isin(ANSWERING) & log["inputs"].notna(), "inputs"]
     records = [record for text in texts for record in orjson.loads(text)]
-    return pd.DataFrame.from_records(records)
+    frame = pd.DataFrame.from_records(records)
+    for name in datetimes:
+        if name in frame.columns:  # rows of older gateways may carry offsets: read as UTC
+            stamps = pd.to_datetime(frame[name], format="ISO8601", utc=True, errors="coerce")
+            frame[name] = stamps.dt.tz_localize(None)
+    return frame
+
+
+def datetime_columns(settings: Settings, name: str, version: str) -> list[str]:
+    """A version's datetime inputs, from its signature."""
+    return [c.name for c in RegistryReader(settings).columns(name, version) if c.type == "datetime"]
 
 
 @dataclass

@@ -81,6 +81,13 @@ def dataset_schema(frame: pd.DataFrame) -> Schema | None:
     return infer_signature(frame.loc[sorted(rows)]).inputs
 
 
+def mlflow_example(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows as MLflow's datetime type takes them: zone-aware times as naive UTC (MLflow refuses a
+    zone), which is what the gateway hands the model and what its date parts read anyway."""
+    zoned = [c for c in rows.columns if isinstance(rows[c].dtype, pd.DatetimeTZDtype)]
+    return rows.assign(**{c: rows[c].dt.tz_convert("UTC").dt.tz_localize(None) for c in zoned}) if zoned else rows
+
+
 def user_code_paths(types: list[str]) -> list[str]:
     """The user's packages or modules among a model's types, for MLflow's `code_paths`: MLflow copies
     them into the model and puts them on the import path wherever it is loaded (the gateway,
@@ -182,7 +189,7 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
             trained.model,
             name=MODEL_ARTIFACT,
             signature=signature(sample, trained.serve(sample), nullable),
-            input_example=trained.X_holdout.head(3),
+            input_example=mlflow_example(trained.X_holdout.head(3)),
             pip_requirements=requirements,
             skops_trusted_types=types,
             pyfunc_predict_fn=trained.predict_fn,

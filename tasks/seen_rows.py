@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tasks.snapshot import canonical_column
+from tasks.canonical import canonical_column
 
 FORMAT = "shipway.training_rows/v1"
 ARTIFACT = "quality/training_rows.npz"

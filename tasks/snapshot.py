@@ -9,9 +9,9 @@ nothing is written twice.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,10 +32,10 @@ from core.errors import DataError, SnapshotError
 from core.s3 import s3_client, split_s3_uri
 from core.sources import DemoSource, check_source  # noqa: F401 (part of this module's interface)
 from tasks import demo_data
+from tasks.canonical import FORMAT, canonicalize, content_hash
 from tasks.retries import retry_on_io
 from tasks.storage import Store, open_store, progress
 
-FORMAT = "shipway.snapshot/v1"
 DATA_FILE = "data.parquet"
 MANIFEST_FILE = "manifest.json"
 ROW_GROUP = 131_072
@@ -85,12 +85,48 @@ def _read_file(path: Path, name: str) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         with progress(f"read {path.name}", path.stat().st_size) as advance, _CountingFile(path, advance) as fh:
-            return pd.read_csv(fh) if suffix == ".csv" else pd.read_parquet(fh)
+            return iso_dates(pd.read_csv(fh)) if suffix == ".csv" else pd.read_parquet(fh)
     except pd.errors.EmptyDataError:
         raise DataError(f"cannot read {name}: the file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, pa.ArrowException, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {name}: {reason}") from None
+
+
+# ISO 8601 as people and programs write it: a date, then optionally a time to the minute, second or
+# fraction, then optionally an offset (Z, +02:00, +0200, +02). Nothing without the dashes: 20240531
+# is a number as often as a date.
+ISO_DATE = r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
+OFFSET = r":\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}(?::?\d{2})?)$"  # of an ISO_DATE: a time, then an offset
+
+
+def iso_dates(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text columns whose every value is an ISO 8601 date or time, as datetimes: a CSV has no date
+    type, and the same table from Parquet has one. Values with an offset become UTC instants
+    (datetime64[us, UTC], mixed offsets too); values without stay naive. A column mixing the two,
+    or holding anything else (numbers as text, an impossible date such as 2024-02-30), stays text."""
+    out = {}
+    for name in frame.columns:
+        s = frame[name]
+        out[name] = _parsed_dates(s) if pd.api.types.is_string_dtype(s.dtype) else None
+    parsed = {name: s for name, s in out.items() if s is not None}
+    return frame.assign(**parsed) if parsed else frame
+
+
+def _parsed_dates(s: pd.Series) -> pd.Series | None:
+    present = s.dropna()
+    if not len(present) or not re.fullmatch(ISO_DATE, str(present.iloc[0])):  # most columns stop here
+        return None
+    text = present.astype("str")
+    if not text.str.fullmatch(ISO_DATE).all():
+        return None
+    zoned = text.str.contains(OFFSET)
+    if zoned.any() and not zoned.all():
+        return None
+    try:
+        return pd.to_datetime(s, format="ISO8601", utc=bool(zoned.all()))
+    except (ValueError, OverflowError):
+        return None
 
 
 def _read_s3_object(uri: str, settings: Settings) -> pd.DataFrame:
@@ -134,76 +170,7 @@ class _CountingFile(io.FileIO):
         return n
 
 
-# --- canonical form, identity and profile ------------------------------------------------------
-
-
-def canonicalize(df: pd.DataFrame) -> pd.DataFrame:
-    """Columns sorted by name; dtypes reduced to int64, float64, bool, datetime64[us] and str.
-
-    Integers with nulls become float64 (as a CSV reader would make them), so a dataset gets the
-    same id whatever file format it arrived in.
-    """
-    if df.shape[1] == 0:
-        raise DataError("data has no columns")
-    if len(df) == 0:
-        raise DataError("data has no rows")
-    names = [str(c) for c in df.columns]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise DataError(f"data has repeated column names: {', '.join(repeated)}")
-    df = df.set_axis(names, axis=1)
-    return pd.DataFrame({name: canonical_column(df[name]) for name in sorted(names)})
-
-
-def canonical_column(s: pd.Series) -> pd.Series:
-    s = s.reset_index(drop=True)
-    dtype = s.dtype
-    if pd.api.types.is_bool_dtype(dtype):
-        return s.astype("float64") if s.hasnans else s.astype("bool")
-    if pd.api.types.is_integer_dtype(dtype):
-        return s.astype("float64") if s.hasnans else s.astype("int64")
-    if pd.api.types.is_float_dtype(dtype):
-        return s.astype("float64")
-    if pd.api.types.is_datetime64_any_dtype(dtype):
-        return s.dt.as_unit("us")
-    if pd.api.types.is_string_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype) or dtype == np.dtype(object):
-        # Object columns of numbers or booleans (e.g. built from Python lists) are numeric data.
-        inferred = pd.api.types.infer_dtype(s, skipna=True)
-        if inferred == "boolean":
-            return canonical_column(s.astype("boolean"))
-        if inferred in ("integer", "floating", "mixed-integer-float"):
-            return canonical_column(pd.to_numeric(s.astype("object")))
-        return s.astype("str")
-    raise DataError(f"column '{s.name}' has unsupported dtype {dtype}")
-
-
-def content_hash(df: pd.DataFrame) -> str:
-    """sha256 over the canonical frame: row count, then each column's name, dtype and values."""
-    h = hashlib.sha256(f"{FORMAT}\n{len(df)}\n".encode())
-    for name in df.columns:
-        s = df[name]
-        h.update(f"{name}\0{s.dtype}\0".encode())
-        if s.dtype == "str":
-            _hash_strings(h, s)
-        else:
-            values = s.to_numpy()
-            if values.dtype.kind == "M":
-                values = values.view("int64")
-            elif values.dtype.kind == "f" and np.isnan(values).any():
-                values = np.where(np.isnan(values), np.nan, values)  # one NaN bit pattern
-            h.update(np.ascontiguousarray(values).tobytes())
-    return h.hexdigest()
-
-
-def _hash_strings(h: Any, s: pd.Series) -> None:
-    array = pa.array(s, type=pa.large_string(), from_pandas=True)
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    h.update(np.packbits(s.isna().to_numpy()).tobytes())
-    _, offsets_buf, data_buf = array.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
-    h.update((offsets - offsets[0]).tobytes())
-    h.update(memoryview(data_buf)[offsets[0] : offsets[-1]])
+# --- profile -----------------------------------------------------------------------------------
 
 
 def profile(df: pd.DataFrame) -> dict[str, dict[str, Any]]:

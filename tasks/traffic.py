@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from serving import json_rows
 from tasks.loadgen import Connection, request_bytes
 
 FEEDBACK_BATCH = 100
@@ -39,8 +40,9 @@ class Replay(threading.Thread):
         self.feedback_headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
         features = frame.drop(columns=[target])
         columns = list(features.columns)
-        values = features.astype(object).where(features.notna(), None).to_numpy().tolist()
-        self.bodies = [orjson.dumps({"dataframe_split": {"columns": columns, "data": [row]}}) for row in values]
+        self.bodies = [
+            orjson.dumps({"dataframe_split": {"columns": columns, "data": [row]}}) for row in json_rows(features)
+        ]
         self.labels = frame[target].to_numpy().tolist()
         self.with_feedback = np.random.default_rng(0).random(len(frame)) < feedback_share
         self.sent = self.answered = 0

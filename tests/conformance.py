@@ -1,11 +1,13 @@
-"""Two registered models and the payloads a drop-in for `mlflow models serve` must answer as MLflow does.
+"""Three registered models and the payloads a drop-in for `mlflow models serve` must answer as MLflow does.
 
 `register_models` registers, each as version 1 of its own name on the given settings' store: the
-demo churn pipeline (ONNX-served by the gateway; long, double and string columns) and `flags`, a
+demo churn pipeline (ONNX-served by the gateway; long, double and string columns), `flags`, a
 pipeline over a boolean, an integer, an optional double and a string column (no ONNX form: the
-gateway serves its sklearn pipeline). `corpus()` builds the payloads; each records what MLflow's
-scoring server answers (`mlflow`: "ok" or "refused"), which the oracle test checks against a real
-`mlflow models serve` and the fast tests hold the gateway to.
+gateway serves its sklearn pipeline), and `dates`, a regression over a datetime column (its date
+parts) and a double: every instant the model is given moves its answer, so equal answers mean the
+gateway read the same instants as MLflow. `corpus()` builds the payloads; each records what
+MLflow's scoring server answers (`mlflow`: "ok" or "refused"), which the oracle test checks
+against a real `mlflow models serve` and the fast tests hold the gateway to.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import pandas as pd
 from configs.settings import Settings
 from tasks.lineage import GitLineage
 
-DEMO, FLAGS = "churn-classifier", "flags"
+DEMO, FLAGS, DATES = "churn-classifier", "flags", "dates"
+MODELS = (DEMO, FLAGS, DATES)
 LINEAGE = GitLineage("e" * 40, "main", False)
 JSON, CSV, PARQUET = "application/json", "text/csv", "application/vnd.apache.parquet"
 
@@ -44,6 +47,11 @@ FLAGS_ROWS: list[dict[str, Any]] = [
     {"active": True, "visits": 12, "spend": 40.5, "segment": "retail"},
     {"active": False, "visits": 1, "spend": None, "segment": "online"},
     {"active": True, "visits": 0, "spend": 3.0, "segment": "partner"},
+]
+DATES_ROWS: list[dict[str, Any]] = [
+    {"when": "2024-05-31T14:00:00", "amount": 40.5},
+    {"when": "2023-11-02T08:30:00", "amount": 12.0},
+    {"when": "2024-02-29T23:59:00", "amount": 80.25},
 ]
 
 
@@ -74,11 +82,22 @@ def flags_frame(rows: int = 3000, seed: int = 3) -> pd.DataFrame:
     return frame
 
 
-def register_models(settings: Settings, tmp) -> Models:
-    """Both models as version 1 of their names, each with its Production alias on version 1."""
+def dates_frame(rows: int = 1500, seed: int = 5) -> pd.DataFrame:
+    """A target made of every date part (and an amount): a model of it answers each instant apart."""
+    rng = np.random.default_rng(seed)
+    when = pd.Series(pd.Timestamp("2023-01-01") + pd.to_timedelta(rng.integers(0, 600 * 24 * 60, rows), unit="min"))
+    amount = rng.gamma(2.0, 20.0, rows).round(2)
+    parts = when.dt
+    target = (3 * parts.month + 0.5 * parts.hour + 2 * parts.weekday + 0.1 * parts.day + 0.02 * parts.minute
+              + 4 * (parts.year - 2023) + 0.05 * amount + rng.normal(0, 0.5, rows))  # fmt: skip
+    return pd.DataFrame({"when": when.astype("datetime64[us]"), "amount": amount, "target": target})
+
+
+def register_models(settings: Settings, tmp, names: tuple[str, ...] | None = None) -> Models:
+    """The models (all by default) as version 1 of their names, each with its Production alias on version 1."""
     from mlflow import MlflowClient
 
-    from core.vocabulary import Alias
+    from core.vocabulary import Alias, Task
     from tasks.demo_data import TARGET
     from tasks.registration import register
     from tasks.registry import set_alias
@@ -86,9 +105,13 @@ def register_models(settings: Settings, tmp) -> Models:
     from tasks.training import train
 
     optional = {}
-    for name, source, target in ((DEMO, "demo", TARGET), (FLAGS, _write(flags_frame(), tmp), "label")):
+    sources = ((DEMO, "demo", TARGET, {}), (FLAGS, _write(flags_frame(), tmp, FLAGS), "label", {}),
+               (DATES, _write(dates_frame(), tmp, DATES), "target", {"task": Task.REGRESSION, "estimator": "ridge"}))  # fmt: skip
+    for name, source, target, training in sources:
+        if names is not None and name not in names:
+            continue
         model_settings = settings.model_copy(
-            update={"training": settings.training.model_copy(update={"model_name": name})}
+            update={"training": settings.training.model_copy(update={"model_name": name, **training})}
         )
         snapshot = take_snapshot(source, model_settings, target)
         trained = train(snapshot.frame, target, model_settings.training)
@@ -99,8 +122,8 @@ def register_models(settings: Settings, tmp) -> Models:
     return Models(settings, optional)
 
 
-def _write(frame: pd.DataFrame, tmp) -> str:
-    path = tmp / "flags.parquet"
+def _write(frame: pd.DataFrame, tmp, name: str) -> str:
+    path = tmp / f"{name}.parquet"
     frame.to_parquet(path, index=False)
     return str(path)
 
@@ -374,4 +397,135 @@ def corpus(models: Models) -> list[Payload]:
          differs="MLflow reads every non-zero number in a boolean column as true")  # fmt: skip
     flag("empty", _json({"inputs": {"active": [], "visits": [], "spend": [], "segment": []}}), mlflow="refused",
          message="no rows")  # fmt: skip
+    return p + date_corpus()
+
+
+def dates_frame_of(rows: list[dict], **dtypes: str) -> pd.DataFrame:
+    """The rows with `when` as datetimes (naive, unless a dtype says otherwise) and `amount` as float64."""
+    frame = pd.DataFrame(rows).astype({"amount": "float64"})
+    frame["when"] = pd.to_datetime(frame["when"]).astype(dtypes.get("when", "datetime64[us]"))
+    return frame
+
+
+def date_corpus() -> list[Payload]:
+    """The date payloads: a datetime column in every layout, as text, numbers, CSV and Parquet types.
+
+    MLflow reads a datetime column with pandas (`pd.to_datetime` of the column) in dataframe_split
+    and dataframe_records, with numpy (`np.array(values, "datetime64[ns]")`) in instances and
+    inputs, not at all from CSV, and from Parquet's timestamp and date types; numbers are
+    nanoseconds since 1970 (serving/dates.py says it in full).
+    """
+    rows, when = DATES_ROWS, [r["when"] for r in DATES_ROWS]
+    p: list[Payload] = []
+
+    def date(name: str, body: bytes, **kw) -> None:
+        p.append(Payload(f"dates: {name}", DATES, body, **kw))
+
+    def refused(name: str, body: bytes, message: str, **kw) -> None:
+        date(name, body, mlflow="refused", message=message, **kw)
+
+    def split(values: list) -> bytes:
+        return _json({"dataframe_split": _split([dict(r, when=v) for r, v in zip(rows, values, strict=False)])})
+
+    def records(values: list) -> bytes:
+        return _json({"dataframe_records": [dict(r, when=v) for r, v in zip(rows, values, strict=False)]})
+
+    def inputs(values: list) -> bytes:
+        return _json({"inputs": _columnar([dict(r, when=v) for r, v in zip(rows, values, strict=False)])})
+
+    def instances(values: list) -> bytes:
+        return _json({"instances": [dict(r, when=v) for r, v in zip(rows, values, strict=False)]})
+
+    seconds = [int(pd.Timestamp(w).timestamp()) for w in when]
+    typed = dates_frame_of(rows)
+    # -- ISO text in the pandas layouts (dataframe_split, dataframe_records)
+    date("ISO naive in dataframe_split", split(when))
+    date("ISO naive in dataframe_records", records(when))
+    date("ISO with a space", split([w.replace("T", " ") for w in when]))
+    date("ISO with nanoseconds", records([w + ".123456789" for w in when]))
+    date("ISO without seconds", split([w[:16] for w in when]))
+    date("date only", split([w[:10] for w in when]))
+    date("US month/day/year (pandas reads it)", records(["05/31/2024", "11/02/2023", "02/29/2024"]))
+    date("mlflow client", mlflow_client_body(typed))
+    refused("ISO with +02:00", split([w + "+02:00" for w in when]), "column 'when' row 0: '2024-05-31T14:00:00+02:00' "
+            "has a UTC offset")  # fmt: skip
+    refused(
+        "ISO with Z", records([w + "Z" for w in when]), "column 'when' row 0: '2024-05-31T14:00:00Z' has a UTC offset"
+    )
+    refused("ISO with mixed offsets", split([when[0] + "+02:00", when[1] + "-05:00", when[2] + "Z"]),
+            "column 'when' row 0")  # fmt: skip
+    refused("naive and Z in one column", split([when[0], when[1] + "Z", when[2]]),
+            "column 'when' row 1: '2023-11-02T08:30:00Z' has a UTC offset")  # fmt: skip
+    refused("two formats in one column", split([when[0], when[1][:10], when[2]]),
+            "column 'when' row 1: '2023-11-02' is not in the format of row 0")  # fmt: skip
+    # -- numbers: nanoseconds since 1970, as pandas and numpy read them
+    date("epoch seconds (read as nanoseconds)", split(seconds))
+    date("epoch milliseconds, pandas' to_json", _json({"dataframe_split": json.loads(
+        typed.to_json(orient="split", index=False, date_format="epoch", date_unit="ms"))}))  # fmt: skip
+    date("epoch microseconds", records([s * 10**6 for s in seconds]))
+    date("epoch nanoseconds", split([s * 10**9 for s in seconds]))
+    date("epoch seconds as floats", split([s + 0.5 for s in seconds]))
+    date("a number and ISO text in one column", split([seconds[0] * 10**9, when[1], when[2]]))
+    refused("epoch seconds as text", split([str(s) for s in seconds]), "column 'when' row 0: expected a date and time")
+    refused("an integer past 64 bits", records([2**70, *when[1:]]),
+            "is out of the range of datetime64[ns]")  # fmt: skip
+    date("a float past the range of datetime64[ns]", split([1e20, *(s + 0.5 for s in seconds[1:])]), gateway="refused",
+         message="column 'when' row 0: 1e+20 is out of the range of datetime64[ns]",
+         differs="pandas reads a number past the range of datetime64[ns] as no time (NaT): MLflow answers as for a null")  # fmt: skip
+    # -- nulls and junk
+    date("null", split([None, *when[1:]]))
+    date("every value null", records([None, None, None]))
+    date("empty text (pandas reads no time)", split(["", *when[1:]]))
+    refused("junk text", split([when[0], "yesterday", when[2]]), "column 'when' row 1")
+    refused("a day that does not exist", records(["2023-02-30T10:00:00", *when[1:]]), "column 'when' row 0")
+    refused("a boolean", split([True, *when[1:]]), "column 'when' row 0: expected a date and time, got boolean true")
+    refused("a list", records([[2024, 5, 31], *when[1:]]), "column 'when' row 0: expected a date and time, got list")
+    refused("a date past 2262", split(["3000-01-01T00:00:00", *when[1:]]),
+            "column 'when' row 0: '3000-01-01T00:00:00' is out of the range of datetime64[ns]")  # fmt: skip
+    # -- the numpy layouts (instances, inputs)
+    date("ISO naive in inputs", inputs(when))
+    date("ISO naive in instances", instances(when))
+    date("ISO in inputs, one record", _json({"inputs": dict(rows[0])}))
+    date("ISO with +02:00 in inputs (numpy reads UTC)", inputs([w + "+02:00" for w in when]))
+    date("ISO with Z in instances", instances([w + "Z" for w in when]))
+    date("epoch seconds in inputs", inputs(seconds))
+    date("null in instances", instances([None, *when[1:]]))
+    refused("epoch seconds as floats in inputs", inputs([s + 0.5 for s in seconds]), "column 'when' row 0: expected a "
+            "date and time")  # fmt: skip
+    refused("US month/day/year in instances", instances(["05/31/2024", *when[1:]]), "column 'when' row 0: expected a "
+            "date and time")  # fmt: skip
+    date("a boolean in inputs", inputs([*when[:2], False]), gateway="refused",
+         message="column 'when' row 2: expected a date and time, got boolean false",
+         differs="numpy reads false as 1970-01-01 and true as 1 nanosecond after it")  # fmt: skip
+    date("a date past 2262 in instances", instances([when[0], "3000-01-01", when[2]]), gateway="refused",
+         message="column 'when' row 1: '3000-01-01' is out of the range of datetime64[ns]",
+         differs="numpy's datetime64[ns] cast wraps a date past 2262 around to another one (3000-01-01 becomes "
+         "1830-11-23)")  # fmt: skip
+    date("epoch seconds as text in inputs", inputs([str(s) for s in seconds]), gateway="refused",
+         message="column 'when' row 0: '1717164000' is out of the range of datetime64[ns]",
+         differs="numpy reads the text as the year 1717164000 and wraps it around to 1991-08-18")  # fmt: skip
+    # -- CSV: MLflow reads no datetime column from CSV (pandas' read_csv takes no datetime dtype)
+    refused("csv with ISO dates", _csv(rows), "column 'when' is a datetime column, which CSV cannot carry",
+            content_type=CSV)  # fmt: skip
+    refused("csv with epoch seconds", _csv([dict(r, when=s) for r, s in zip(rows, seconds, strict=True)]),
+            "column 'when' is a datetime column", content_type=CSV)  # fmt: skip
+    # -- Parquet: timestamp columns without a zone, and dates
+    date("parquet timestamp[us]", parquet(typed), content_type=PARQUET)
+    date("parquet timestamp[ns]", parquet(dates_frame_of(rows, when="datetime64[ns]")), content_type=PARQUET)
+    date("parquet timestamp[ms]", parquet(dates_frame_of(rows, when="datetime64[ms]")), content_type=PARQUET)
+    date("parquet timestamp[s]", parquet(dates_frame_of(rows, when="datetime64[s]")), content_type=PARQUET)
+    date("parquet date32", parquet(typed.assign(when=typed["when"].dt.date)), content_type=PARQUET)
+    date("parquet timestamp with nulls", parquet(typed.assign(when=typed["when"].where(typed.index != 1))),
+         content_type=PARQUET)  # fmt: skip
+    refused("parquet timestamp in UTC", parquet(typed.assign(when=typed["when"].dt.tz_localize("UTC"))),
+            "column 'when': Parquet type timestamp[us, tz=UTC] cannot be read as datetime", content_type=PARQUET)  # fmt: skip
+    refused("parquet timestamp in Europe/Berlin", parquet(typed.assign(when=typed["when"].dt.tz_localize("Europe/Berlin"))),
+            "column 'when': Parquet type timestamp[us, tz=Europe/Berlin]", content_type=PARQUET)  # fmt: skip
+    refused("parquet ISO text", parquet(typed.assign(when=when)), "column 'when': Parquet type large_string cannot be "
+            "read as datetime", content_type=PARQUET)  # fmt: skip
+    refused("parquet epoch integers", parquet(typed.assign(when=seconds)), "column 'when': Parquet type int64",
+            content_type=PARQUET)  # fmt: skip
+    refused("parquet timestamp past 2262", parquet(typed.assign(when=pd.Series(
+        [pd.Timestamp("3000-01-01").to_pydatetime(), *typed["when"][1:]], dtype="datetime64[us]"))),
+        "column 'when' row 0: '3000-01-01 00:00:00.000000' is out of the range of datetime64[ns]", content_type=PARQUET)  # fmt: skip
     return p

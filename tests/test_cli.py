@@ -4,6 +4,7 @@ installed script itself, which pays its start-up each time."""
 
 import json
 import os
+import socket
 import subprocess
 
 import pytest
@@ -118,6 +119,20 @@ def test_a_bad_profile_names_the_users_key_in_one_line(tmp_path, monkeypatch, pr
     done = CliRunner().invoke(cli, ["status", "m", "--config", "p.yaml"])
     assert (done.exit_code, done.stderr) == (2, f"shipway: error: config file p.yaml: {said}\n")
     assert "[key]" not in done.stderr and "Value error" not in done.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_before_loading_anything(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_shipway("serve", "--port", str(port), cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (
+        2,
+        f"shipway: error: cannot listen on 127.0.0.1:{port}: in use by another process "
+        "(choose another with --port or serving.port)\n",
+    )
+    assert list(tmp_path.iterdir()) == []  # no prediction log opened, no registry read, no model loaded
 
 
 def test_bad_usage_exits_2(tmp_path):

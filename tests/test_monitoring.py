@@ -104,6 +104,16 @@ def test_served_inputs_are_the_answered_requests_features():
     assert list(inputs.columns) == ["age", "plan"] and len(inputs) == 3
 
 
+def test_served_dates_come_back_as_datetimes_without_a_zone():
+    """The gateway logs a datetime as ISO text without an offset; rows of older gateways may carry one."""
+    texts = ["2024-05-31T14:00:00", None, "2024-05-31T14:00:00.250000", "2024-05-31T16:00:00+02:00"]
+    log = log_rows(4).assign(inputs=[orjson.dumps([{"when": t, "note": t}]).decode() for t in texts])
+    inputs = served_inputs(log, ["when", "absent"])
+    assert inputs["when"].dtype.kind == "M" and inputs["when"].dt.tz is None
+    assert inputs["when"].tolist()[2:] == [pd.Timestamp("2024-05-31T14:00:00.25"), pd.Timestamp("2024-05-31T14:00")]
+    assert pd.isna(inputs["when"][1]) and inputs["note"].dropna().tolist() == [t for t in texts if t]  # as logged
+
+
 @pytest.mark.parametrize(
     ("before", "now", "windows", "expected"),
     [

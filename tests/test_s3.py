@@ -98,6 +98,15 @@ def test_training_data_from_an_s3_object(on_s3, s3, s3_bucket):
         take_snapshot("s3://no-such-bucket-here/x.csv", on_s3, TARGET)
 
 
+def test_iso_dates_in_a_csv_on_s3_are_datetimes_as_in_a_local_file(on_s3, s3, s3_bucket):
+    frame = generate(300, seed=7).assign(
+        signed_up=pd.date_range("2024-01-01", periods=300, freq="5h", tz="Europe/Berlin").astype(str)
+    )
+    s3.put_object(Bucket=s3_bucket, Key="raw/dated.csv", Body=frame.to_csv(index=False).encode())
+    snap = take_snapshot(f"s3://{s3_bucket}/raw/dated.csv", on_s3, TARGET)
+    assert snap.manifest.columns["signed_up"] == "datetime64[us, UTC]"
+
+
 def test_mlflow_artifacts_on_s3(on_s3, s3, s3_bucket):
     settings = tuned(on_s3, mlflow={"artifact_location": f"s3://{s3_bucket}/mlflow"})
     snap = take_snapshot("demo", settings, TARGET)

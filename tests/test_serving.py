@@ -59,7 +59,8 @@ SHADOW_READY_S = 120
 
 class Misbehaving(mlflow.pyfunc.PythonModel):
     """A deliberately bad model version: raises, or answers after `delay_s` (mode "cold": on its
-    first call after loading only, as a pipeline's first call pays for lazy imports and caches)."""
+    first call after loading only, as a pipeline's first call pays for lazy imports and caches;
+    mode "per_row": `delay_s` for each row, as a model's time grows with its batch)."""
 
     def __init__(self, mode: str, delay_s: float = 0.0):
         self.mode = mode
@@ -72,7 +73,9 @@ class Misbehaving(mlflow.pyfunc.PythonModel):
         if self.mode == "raise":
             raise RuntimeError("deliberately broken")
         self.calls += 1
-        if self.mode == "sleep" or self.calls == 1:
+        if self.mode == "per_row":
+            time.sleep(self.delay_s * len(model_input))
+        elif self.mode == "sleep" or self.calls == 1:
             time.sleep(self.delay_s)
         return np.zeros(len(model_input), dtype=np.int64)
 
@@ -89,6 +92,7 @@ class Registry:
     raising_no_baseline: str
     shadow_slow: str  # sleeps 0.3 s
     quick: str  # a pyfunc model (called in a worker thread) that answers at once
+    per_row: str  # sleeps 1 ms a row
 
     @property
     def name(self) -> str:
@@ -144,6 +148,7 @@ def reg(tmp_path_factory) -> Registry:
         register_misbehaving(settings, trained, Misbehaving("raise"), None),
         register_misbehaving(settings, trained, Misbehaving("sleep", 0.3), baseline_uri),
         register_misbehaving(settings, trained, Misbehaving("sleep", 0.0), baseline_uri),
+        register_misbehaving(settings, trained, Misbehaving("per_row", 0.001), baseline_uri),
     )
 
 
@@ -524,7 +529,7 @@ def test_slow_production_times_out_to_previous(reg, tmp_path):
     with running(settings) as url, httpx.Client(base_url=url) as client:
         answer = invoke(client, rows(reg, 1))
     assert (answer.headers["x-fallback-source"], answer.headers["x-model-version"]) == ("previous", reg.good)
-    assert "timeout: no answer within 200 ms" in log_of(settings).error.iloc[0]
+    assert "timeout: no answer within 200.5 ms" in log_of(settings).error.iloc[0]  # timeout_ms + 0.5 ms a row
 
 
 def test_fallback_chain_cache_then_baseline_then_503(reg, tmp_path):
@@ -555,6 +560,71 @@ def test_fallback_chain_cache_then_baseline_then_503(reg, tmp_path):
     log = log_of(settings)
     assert list(log.source.fillna("-")) == ["-", "cache", "-", "baseline"]
     assert log.error.iloc[2].endswith("every fallback failed")
+
+
+def batch_of(reg: Registry, n: int) -> dict:
+    frame = pd.concat([reg.trained.X_holdout] * (n // len(reg.trained.X_holdout) + 1)).head(n)
+    return {"dataframe_split": {"columns": list(frame.columns), "data": [list(r.values()) for r in records(frame)]}}
+
+
+def test_a_large_batch_gets_the_models_answer_in_an_allowance_that_grows_with_its_rows(reg, tmp_path):
+    """400 rows at 1 ms a row take 0.4 s, over timeout_ms (100 ms): with 25 ms a row more they are given
+    10.1 s and the model answers; without, the heuristic baseline must not answer them in its place."""
+    point(reg, Production=reg.per_row)  # its baseline is the good version's
+    body = batch_of(reg, 400)
+    (tmp_path / "grown").mkdir(), (tmp_path / "fixed").mkdir()
+    grown = logged(reg, tmp_path / "grown", timeout_ms=100, timeout_per_row_ms=25, baseline_max_rows=50)
+    with running(grown) as url, httpx.Client(base_url=url, timeout=60) as client:
+        answer = client.post("/invocations", json=body)
+        metrics = client.get("/metrics").text
+    assert answer.status_code == 200, answer.text
+    assert (answer.headers["x-model-role"], answer.headers["x-model-version"]) == ("production", reg.per_row)
+    assert answer.json()["predictions"] == [0] * 400  # the model's (the baseline answers 0 and 1 on these rows)
+    assert "shipway_fallbacks_total{" not in metrics and 'kind="timeout"' not in metrics
+
+    fixed = logged(reg, tmp_path / "fixed", timeout_ms=100, timeout_per_row_ms=0, baseline_max_rows=50)
+    with running(fixed) as url, httpx.Client(base_url=url, timeout=60) as client:
+        late = client.post("/invocations", json=body)
+        one = client.post("/invocations", json=batch_of(reg, 1))
+        metrics = client.get("/metrics").text
+    assert (late.status_code, late.json()["error_code"]) == (504, "DEADLINE_EXCEEDED")
+    assert late.json()["message"] == (
+        f"version {reg.per_row} of {reg.name} did not answer the 400-row batch within 100 ms (serving.timeout_ms, "
+        "plus serving.timeout_per_row_ms a row); the heuristic baseline answers batches of at most 50 rows "
+        "(serving.baseline_max_rows), so this one is not answered: send it again later, or in smaller batches"
+    )
+    assert "x-model-role" not in late.headers  # nobody answered
+    assert (one.status_code, one.headers["x-model-role"]) == (200, "production")
+    assert f'shipway_large_batches_refused_total{{model_version="{reg.per_row}",reason="timeout"}} 1.0' in metrics
+    assert f'shipway_requests_total{{model_version="{reg.per_row}",role="fallback",status="504"}} 1.0' in metrics
+    assert "shipway_fallbacks_total{" not in metrics  # the baseline answered nothing
+    refused = log_of(fixed).set_index("request_id").loc[late.headers["x-request-id"]]
+    assert refused.role == "fallback" and pd.isna(refused.prediction)
+    assert refused.error.endswith("400 rows, over serving.baseline_max_rows (50): no baseline answer")
+
+
+def test_the_baseline_answers_a_few_rows_for_a_failing_model_but_never_a_large_batch(reg, tmp_path):
+    point(reg, Production=reg.raising)  # its baseline is the good version's
+    settings = logged(reg, tmp_path, baseline_max_rows=20)
+    with running(settings) as url, httpx.Client(base_url=url) as client:
+        at_limit = client.post("/invocations", json=batch_of(reg, 20))
+        over = client.post("/invocations", json=batch_of(reg, 21))
+        point(reg, Production=reg.raising, Previous=reg.good)
+        wait_for(lambda: serving_version(client, "Previous") == reg.good)
+        by_previous = client.post("/invocations", json=batch_of(reg, 21))
+        metrics = client.get("/metrics").text
+    assert (at_limit.status_code, at_limit.headers["x-fallback-source"]) == (200, "baseline")
+    assert (over.status_code, over.json()["error_code"]) == (503, "TEMPORARILY_UNAVAILABLE")
+    assert over.json()["message"] == (
+        f"version {reg.raising} of {reg.name} did not answer the 21-row batch: it raised an error; the heuristic "
+        "baseline answers batches of at most 20 rows (serving.baseline_max_rows), so this one is not answered: "
+        "send it again later, or in smaller batches"
+    )
+    assert "deliberately broken" not in over.text  # the model's own error text is logged, not sent
+    assert (by_previous.status_code, by_previous.headers["x-fallback-source"]) == (200, "previous")
+    assert by_previous.headers["x-model-version"] == reg.good  # a real model may answer a batch
+    assert f'shipway_large_batches_refused_total{{model_version="{reg.raising}",reason="exception"}} 1.0' in metrics
+    assert f'shipway_fallbacks_total{{model_version="{reg.raising}",source="baseline"}} 1.0' in metrics
 
 
 # ---- prediction log and feedback -------------------------------------------------------------

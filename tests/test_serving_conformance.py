@@ -32,11 +32,11 @@ from serving.schema import BadInput, Schema, parse
 from serving.server import running
 from tests.conformance import (
     CSV,
-    DEMO,
+    DATES,
     DEMO_ROWS,
     DEMO_TYPES,
-    FLAGS,
     JSON,
+    MODELS,
     PARQUET,
     Models,
     Payload,
@@ -70,7 +70,7 @@ def gateways(models: Models) -> Iterator[dict[str, str]]:
     """A gateway per model, each with its own prediction log: {model name: base URL}."""
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         urls = {}
-        for name in (DEMO, FLAGS):
+        for name in MODELS:
             settings = models.for_model(name)
             settings = settings.model_copy(
                 update={
@@ -106,7 +106,13 @@ def test_the_corpus_covers_what_a_drop_in_must_take(models):
                    "Infinity", "'45'", "45.5", "3 for a string", "extra column", "missing optional",
                    "reordered", "params", "empty", "truncated JSON", "content type", "mlflow client"):  # fmt: skip
         assert needed.lower() in names.lower(), needed
-    assert {p.model for p in payloads} == {DEMO, FLAGS}
+    assert {p.model for p in payloads} == set(MODELS)
+    dated = " ".join(p.name for p in payloads if p.model == DATES)
+    assert sum(p.model == DATES for p in payloads) >= 20
+    for needed in ("ISO naive", "+02:00", "Z", "date only", "epoch seconds", "epoch milliseconds", "microseconds",
+                   "nanoseconds", "as text", "csv", "parquet timestamp[us]", "parquet timestamp in UTC", "null",
+                   "junk", "boolean", "past 2262", "inputs", "instances"):  # fmt: skip
+        assert needed in dated, needed
     assert all(p.message for p in payloads if p.expected == "refused")  # every refusal names its problem
     assert all(p.differs for p in payloads if p.expected != p.mlflow)  # every difference says why
     documented = (REPO / "docs" / "compatibility.md").read_text()
@@ -129,7 +135,7 @@ def test_the_gateway_answers_as_mlflow_models_serve(models, capsys):
         urls = stack.enter_context(gateways(models))
         mlflow = {
             name: stack.enter_context(mlflow_models_serve(models.settings.mlflow.tracking_uri, f"models:/{name}/1"))
-            for name in (DEMO, FLAGS)
+            for name in MODELS
         }
         for payload in payloads:
             theirs = send(to_mlflow, mlflow[payload.model], payload)
@@ -140,7 +146,7 @@ def test_the_gateway_answers_as_mlflow_models_serve(models, capsys):
                 assert ours.json() == theirs.json(), payload.name
             agreement = "differs (documented)" if payload.differs else "agrees"
             table[(outcome(theirs), outcome(ours), agreement)] += 1
-        for name in (DEMO, FLAGS):
+        for name in MODELS:
             for path in ("/ping", "/version"):
                 theirs, ours = client.get(f"{mlflow[name]}{path}"), client.get(f"{urls[name]}{path}")
                 assert (ours.status_code, ours.text) == (theirs.status_code, theirs.text), path
@@ -154,12 +160,15 @@ def test_the_gateway_answers_as_mlflow_models_serve(models, capsys):
 def test_no_body_however_broken_gets_past_parsing_as_anything_but_bad_input():
     """What can become a 5xx: an exception other than BadInput from parsing or typing a client's body.
     Bodies of every format, damaged at random bytes, cut short, or given hostile values."""
-    schema = Schema(
-        [Column(name, kind, name not in ("total_charges", "data_usage_gb")) for name, kind in DEMO_TYPES.items()]
-        + [Column("flag", "boolean", True), Column("small", "integer", True)]
-    )
+    tensors = [Column(name, kind, name not in ("total_charges", "data_usage_gb")) for name, kind in DEMO_TYPES.items()]
+    tensors += [Column("flag", "boolean", True), Column("small", "integer", True)]
+    schema = Schema([*tensors, Column("when", "datetime", False)])
+    onnx = Schema(tensors)  # an ONNX graph takes no datetime column
     rng = random.Random(0)
-    rows = [dict(r, flag=True, small=1) for r in DEMO_ROWS]
+    rows = [
+        dict(r, flag=True, small=1, when=w)
+        for r, w in zip(DEMO_ROWS, ["2024-05-31T14:00", None, "2023-01-02"], strict=True)
+    ]
     bases = [
         (json.dumps({"dataframe_split": {"columns": list(rows[0]), "data": [list(r.values()) for r in rows]}}), JSON),
         (json.dumps({"dataframe_records": rows}), JSON),
@@ -167,7 +176,9 @@ def test_no_body_however_broken_gets_past_parsing_as_anything_but_bad_input():
         (parquet(pd.DataFrame(rows)), PARQUET),
     ]
     hostile = [None, True, 0, -1, 2**63, 2**64, 1e308, 1e-320, float("nan"), float("inf"), "", " ", "NaN", "inf",
-               "1e400", "4_5", "\x00", "\ud800", "é", [], {}, [[1]], {"a": [1]}, "TRUE", "0x10", "١٢", "9" * 5000]  # fmt: skip
+               "1e400", "4_5", "\x00", "\ud800", "é", [], {}, [[1]], {"a": [1]}, "TRUE", "0x10", "١٢", "9" * 5000,
+               -(2**63), 1e20, "2024-05-31T14:00+02:00", "2024-05-31Z", "3000-01-01", "-2024-01-01", "now", "NaT",
+               "99999999999999999999-01-01", "2024-02-30", "24:00", "2024-05-31T14:00:00.1234567891234"]  # fmt: skip
     bodies = [(b"[" * 100_000, JSON), (b'{"inputs": {"age": ' + b"1" * 5000 + b"}}", JSON)]
     for _ in range(800):
         body, mime = rng.choice(bases)
@@ -180,14 +191,14 @@ def test_no_body_however_broken_gets_past_parsing_as_anything_but_bad_input():
             del body[rng.randrange(len(body)) :]
         else:
             row = dict(rng.choice(rows), **{rng.choice(list(rows[0])): rng.choice(hostile)})
-            body = bytearray(json.dumps({rng.choice(["dataframe_records", "instances"]): [row]}).encode())
+            body = bytearray(json.dumps({rng.choice(["dataframe_records", "instances", "inputs"]): [row]}).encode())
             mime = JSON
         bodies.append((bytes(body), mime))
     escaped = []
     for body, mime in bodies:
         try:
             batch = schema.coerce(parse(body, mime))
-            schema.feeds(batch), schema.frame(batch), orjson.dumps(batch.columns)
+            onnx.feeds(batch), schema.frame(batch), orjson.dumps(batch.columns)
         except BadInput:
             pass
         except Exception as exc:

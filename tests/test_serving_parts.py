@@ -307,8 +307,8 @@ def test_prediction_log_writes_every_row_once_a_locked_database_clears(tmp_path,
     for i in range(10):
         plog.add(Prediction(f"r{i}", base + timedelta(seconds=i), "m", "1", "production", None, [{"x": i}], [0],
                             0.1, None))  # fmt: skip
-    wait_for(lambda: "write of 10 rows failed" in caplog.text, what="a refused write")
-    assert re.fullmatch(r"prediction log: writes refused for \d+ s \(OperationalError\); 0 rows waiting",
+    wait_for(lambda: "write of 10 rows refused" in caplog.text, what="a refused write")
+    assert re.fullmatch(r"prediction log: writes refused for \d+ s \(locked\); 0 rows waiting",
                         plog.problem() or "")  # fmt: skip
     holder.rollback()
     holder.close()
@@ -319,6 +319,45 @@ def test_prediction_log_writes_every_row_once_a_locked_database_clears(tmp_path,
     window = read_window(f"sqlite:///{path}", base, base + timedelta(minutes=1))
     assert list(window.request_id) == [f"r{i}" for i in range(10)]
     assert list(window.ts) == [base + timedelta(seconds=i) for i in range(10)]
+
+
+def test_rows_the_database_refuses_at_shutdown_are_counted_lost_at_once(tmp_path):
+    """One refused try per batch (each waiting out the lock) would outlast the shutdown's wait, and the
+    rows still queued when the process ends would be lost uncounted."""
+    import sqlite3
+
+    path = tmp_path / "log.db"
+    plog = PredictionLog(f"sqlite:///{path}", queue_size=1000, batch_size=10, flush_interval_s=0.05,
+                         redact=Redactor({}, ""))  # fmt: skip
+    plog.start()
+    holder = sqlite3.connect(path, timeout=1)
+    holder.execute("BEGIN EXCLUSIVE")
+    now = datetime.now(UTC)
+    for i in range(1000):
+        plog.add(Prediction(f"r{i}", now, "m", "1", "production", None, [{"x": i}], [0], 0.1, None))
+    wait_for(lambda: plog.failing_since is not None, what="a refused write")
+    plog.close(timeout=30)  # 100 batches, each waiting 1 s for the lock, would take 100 s
+    holder.rollback()
+    holder.close()
+    assert plog._thread is not None and not plog._thread.is_alive()
+    assert (plog.written, plog.dropped, plog.pending) == (0, 1000, 0)
+
+
+def test_a_refused_writes_cause_never_shows_sql_paths_or_addresses(tmp_path):
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from serving.storage_errors import cause
+
+    missing = tmp_path / "nowhere" / "log.db"
+    with pytest.raises(OperationalError) as cannot_open:
+        create_engine(f"sqlite:///{missing}").connect()
+    assert cause(cannot_open.value, connecting=True, path=str(missing)) == "cannot open"
+    db = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(OperationalError) as no_table, db.connect() as conn:
+        conn.execute(text("INSERT INTO predictions VALUES (1)"))
+    assert cause(no_table.value, connecting=False) == "SQLITE_ERROR"  # its code, not its text
+    assert cause(RuntimeError("INSERT INTO x at /var/db")) is None  # not a database error: the caller says it
 
 
 def check_prediction_log(url: str) -> None:

@@ -1,3 +1,4 @@
+import datetime as dt
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from core.errors import DataError, SnapshotError
 from tasks import snapshot as snap
 from tasks.demo_data import generate
-from tasks.snapshot import canonicalize, content_hash, read_snapshot, take_snapshot, write_snapshot
+from tasks.snapshot import canonicalize, content_hash, read_snapshot, read_source, take_snapshot, write_snapshot
 from tasks.storage import LocalStore
 from tests.conftest import tuned
 
@@ -70,6 +71,62 @@ def test_canonical_dtypes():
         "e_float32": "float64",
         "f_when": "datetime64[us]",
     }
+
+
+def test_a_zone_is_not_part_of_the_id_its_instants_are():
+    """Berlin and UTC times of the same instants are the same data; a naive time is another."""
+    instants = pd.Series(pd.date_range("2024-03-30", periods=48, freq="h", tz="UTC", unit="us"))
+    utc = pd.DataFrame({"when": instants})
+    berlin = pd.DataFrame({"when": instants.dt.tz_convert("Europe/Berlin").dt.as_unit("ns")})
+    naive = pd.DataFrame({"when": instants.dt.tz_localize(None)})
+    assert len({content_hash(canonicalize(utc)) for _ in range(3)}) == 1  # once random (memory addresses)
+    assert content_hash(canonicalize(berlin)) == content_hash(canonicalize(utc))
+    assert str(canonicalize(berlin)["when"].dtype) == "datetime64[us, UTC]"
+    assert content_hash(canonicalize(naive)) != content_hash(canonicalize(utc))
+
+
+def test_nested_values_durations_and_mixed_objects_have_a_canonical_form():
+    raw = pd.DataFrame(
+        {
+            "lists": pd.Series([[1, None], [2], None], dtype=object),
+            "records": [{"b": "x", "a": 1}, {"a": None}, None],
+            "waited": pd.to_timedelta([1.5, None, 60], unit="s"),
+            "mixed": pd.Series([1, "a", None], dtype=object),
+            "days": pd.Series([dt.date(2024, 5, 31), None, dt.date(2024, 6, 1)], dtype=object),
+        }
+    )
+    canon = canonicalize(raw)
+    assert canon["lists"].tolist()[:2] == ["[1,null]", "[2]"]
+    assert canon["records"].tolist()[:2] == ['{"a":1,"b":"x"}', "{}"]
+    assert canon["waited"].tolist()[::2] == [1.5, 60.0]
+    assert canon["mixed"].tolist()[:2] == ["1", "a"]
+    assert str(canon["days"].dtype) == "datetime64[us]"
+
+
+def test_arrow_backed_sparse_and_period_columns_are_canonical_too(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "when": pd.date_range("2024-01-01", periods=4, freq="D", tz="Asia/Kolkata"),
+            "tags": [["a"], [], None, ["b", "c"]],
+            "n": pd.array([1, None, 3, 4], dtype="Int64"),
+            "s": ["x", None, "y", "z"],
+        }
+    )
+    frame.to_parquet(tmp_path / "d.parquet")
+    arrow = pd.read_parquet(tmp_path / "d.parquet", dtype_backend="pyarrow")
+    assert isinstance(arrow["when"].dtype, pd.ArrowDtype)
+    assert content_hash(canonicalize(arrow)) == content_hash(canonicalize(frame))
+    odd = canonicalize(
+        pd.DataFrame(
+            {"sparse": pd.arrays.SparseArray([0, 1, 0]), "month": pd.period_range("2024-01", periods=3, freq="M")}
+        )
+    )
+    assert odd["sparse"].tolist() == [0, 1, 0] and odd["month"].tolist() == ["2024-01", "2024-02", "2024-03"]
+
+
+def test_an_unsupported_or_uncanonical_column_is_named():
+    with pytest.raises(DataError, match="column 'x' is not canonical"):
+        content_hash(pd.DataFrame({"x": pd.Series([object()], dtype=object)}))
 
 
 def test_write_then_read_returns_the_same_frame_and_a_full_manifest(frame, store):
@@ -216,3 +273,44 @@ def test_demo_seed_sources_draw_other_data_and_bad_ones_name_themselves(settings
     assert not read_source("demo:7", settings).equals(read_source("demo", settings))
     with pytest.raises(DataError, match="cannot read demo:x: a demo source is 'demo' or 'demo:SEED'"):
         check_source("demo:x")
+
+
+def test_iso_dates_in_a_csv_are_read_as_datetimes_and_other_text_stays_text(settings, tmp_path):
+    (tmp_path / "d.csv").write_text(
+        "day,stamp,offset,numbers,junk,impossible,mixed_zones\n"
+        "2024-05-31,2024-05-31T14:00:00,2024-05-31T14:00:00+02:00,20240531,2024-05-31,2024-02-30,2024-05-31T14:00Z\n"
+        "2024-06-01,2024-06-01 09:30:15.25,2024-12-01T14:00:00Z,20240601,soon,2024-03-01,2024-05-31T14:00\n"
+        ",,2024-06-01T08:00:00-0500,20240602,,,\n"
+    )
+    read = read_source(str(tmp_path / "d.csv"), settings)
+    assert {c: str(t) for c, t in read.dtypes.items()} == {
+        "day": "datetime64[us]",
+        "stamp": "datetime64[us]",
+        "offset": "datetime64[us, UTC]",  # mixed offsets: every value to UTC
+        "numbers": "int64",
+        "junk": "str",
+        "impossible": "str",
+        "mixed_zones": "str",  # with and without an offset: no instant for some, so text
+    }
+    assert read["offset"].tolist() == [
+        pd.Timestamp("2024-05-31T12:00:00Z"),
+        pd.Timestamp("2024-12-01T14:00:00Z"),
+        pd.Timestamp("2024-06-01T13:00:00Z"),
+    ]
+    assert pd.isna(read["day"].iloc[2])
+
+
+def test_a_table_from_csv_with_iso_dates_gets_the_id_of_the_same_table_from_parquet(settings, tmp_path):
+    frame = pd.DataFrame(
+        {
+            "when": pd.Series(pd.date_range("2024-01-01", periods=50, freq="7h", tz="Europe/Berlin")),
+            "day": pd.date_range("2023-01-01", periods=50, freq="D"),
+            "x": np.arange(50.0),
+        }
+    )
+    frame.loc[3, "day"] = pd.NaT
+    frame.to_parquet(tmp_path / "d.parquet")
+    frame.to_csv(tmp_path / "d.csv", index=False)  # offsets written as +01:00 / +02:00
+    from_csv = read_source(str(tmp_path / "d.csv"), settings)
+    from_parquet = read_source(str(tmp_path / "d.parquet"), settings)
+    assert content_hash(canonicalize(from_csv)) == content_hash(canonicalize(from_parquet))
