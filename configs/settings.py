@@ -247,6 +247,12 @@ class DataSettings(_Section):
         description="A datetime (or sortable) column: the latest training.test_size share of rows by it is the "
         "holdout (an out-of-time test). It is not a feature unless data.features lists it.",
     )
+    text_columns: list[str] | None = Field(
+        None,
+        description="Feature columns of free text: TF-IDF inside the Pipeline and length and vocabulary "
+        "statistics in the contract, instead of categories. Empty: the string columns that read as text "
+        "(at least 20 values, half of them distinct, a median of 30+ characters and 4+ words); [] for none.",
+    )
 
 
 class SearchSettings(_Section):
@@ -484,6 +490,16 @@ class GateSettings(_Section):
     bins: int = Field(24, ge=4, le=200, description="Training-quantile bins of the divergence check.")
     kl_threshold: float = Field(0.05, gt=0, description="KL divergence (batch || training) allowed on those bins.")
     unseen_tolerance: float = Field(0.02, ge=0, le=1, description="Share of unseen categories allowed.")
+    text_coverage_drop: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Free text: drop allowed in the share of a value's tokens found in the training vocabulary, "
+        "below training's own held-out share (absolute).",
+    )
+    text_vocabulary: int = Field(
+        5000, gt=0, description="Free text: the most frequent training tokens a contract keeps per text column."
+    )
     point_mass_share: float = Field(
         0.03,
         gt=0,

@@ -36,6 +36,17 @@ class JointReference(BaseModel):
     codes: str  # base64 of the uint8 codes, row-major
 
 
+class TextStats(BaseModel):
+    """A free-text column's training vocabulary and how much of unseen text it covers (expectations/text.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vocabulary: list[str]  # the most frequent training tokens
+    coverage: float  # mean share of a row's tokens in the vocabulary, on rows held out of it (k-fold)
+    coverage_std: float  # its standard deviation over those rows
+    rows: int  # the rows with tokens behind coverage and coverage_std
+
+
 class TrainingStats(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,6 +62,7 @@ class TrainingStats(BaseModel):
     other_max_share: float | None = None  # largest share a value outside `shares` can have
     other_share: float | None = None  # share of categories the contract does not list
     joint: JointReference | None = None  # the joint check's training sample
+    text: TextStats | None = None  # a free-text column's vocabulary and its held-out coverage
     earliest: str | None = None  # a datetime column's earliest training value (ISO 8601)
     latest: str | None = None  # and its latest
 

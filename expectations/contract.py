@@ -3,10 +3,12 @@
 Per feature column the suite states presence and type, the null rate, the range or value set (a
 datetime's range and recency: see `_dates`), and the distribution seen in training (mean and
 standard deviation bands, quantile bands, a KL divergence on training-quantile bins or on
-category shares, and the largest share one value may take). The kwargs are the practical bounds
-a user reads and edits; each expectation's `meta.training` keeps the training statistics the gate
-needs to tell drift from sampling noise (see tasks/contract_checks.py). The suite is plain GX
-JSON, written without importing GX (expectations/gx_json.py): any GX 1.x context can load it.
+category shares, and the largest share one value may take); a free-text column gets its length
+distribution and vocabulary instead of a value set (expectations/text.py). The kwargs are the
+practical bounds a user reads and edits; each expectation's `meta.training` keeps the training
+statistics the gate needs to tell drift from sampling noise (see tasks/contract_checks.py). The
+suite is plain GX JSON, written without importing GX (expectations/gx_json.py): any GX 1.x
+context can load it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import pandas as pd
 from configs.settings import GateSettings
 from core.contract_stats import Cdf, TrainingStats
 from core.errors import DataError
-from expectations import gx_json
+from core.free_text import text_columns as find_text
+from expectations import gx_json, text
 from expectations.joint import joint_expectation, register
 
 FORMAT = "shipway.contract/v1"
@@ -51,6 +54,7 @@ TAIL_LEVELS = (0.01, 0.025, 0.975, 0.99)  # finer bins where clipping and outlie
 CDF_STEP = 0.005  # the training CDF is kept on this grid of quantiles for the KS distance
 TOP_VALUES = 20
 TAIL_WEIGHT_HOLDOUT = 0.001
+KL = "expect_column_kl_divergence_to_be_less_than"
 
 
 def build_contract(
@@ -61,19 +65,24 @@ def build_contract(
     target: str | None,
     snapshot_id: str | None,
     features: list[str] | None = None,
+    text_columns: list[str] | None = None,
 ) -> dict[str, Any]:
     """The suite, as GX JSON, for the feature columns of a canonical snapshot frame (see
     tasks.snapshot). `features` None: every column but the target, and no other column allowed;
-    chosen features: the other columns (IDs, free text) are neither checked nor refused."""
+    chosen features: the other columns (IDs, free text) are neither checked nor refused.
+    `text_columns` (data.text_columns) names the free-text features; None: those that read as text."""
     if len(frame) == 0:
         raise DataError("cannot build a contract from a snapshot with no rows")
     chosen = features is not None
     features = [c for c in frame.columns if c != target] if features is None else list(features)
     columns = [*features, *([target] if target in frame.columns else [])]
     expectations = _table_expectations(columns, target, exact=not chosen)
+    texts = find_text(frame, features, text_columns)
     for column in features:
-        expectations += column_expectations(frame[column], settings)
-    joint = joint_expectation(frame, features, settings.joint_sample_rows, settings.joint_min_auc)
+        expectations += column_expectations(frame[column], settings, free_text=column in texts)
+    # The joint check codes a value by its category: a text's never repeats, so it is left out.
+    others = [c for c in features if c not in texts]
+    joint = joint_expectation(frame, others, settings.joint_sample_rows, settings.joint_min_auc)
     if joint is not None:
         expectations.append(joint)
     meta = {
@@ -82,6 +91,7 @@ def build_contract(
         "rows": len(frame),
         "target": target,
         "features": features,
+        **({"text_columns": texts} if texts else {}),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return gx_json.suite(name, expectations, {"shipway": meta})
@@ -100,8 +110,8 @@ def _table_expectations(columns: list[str], target: str | None, exact: bool = Tr
     ]
 
 
-def column_expectations(s: pd.Series, settings: GateSettings) -> list[dict[str, Any]]:
-    """The expectations of one column, from its training values."""
+def column_expectations(s: pd.Series, settings: GateSettings, free_text: bool = False) -> list[dict[str, Any]]:
+    """The expectations of one column, from its training values (`free_text`: a text column's)."""
     column = str(s.name)
     rows = len(s)
     nulls = int(s.isna().sum())
@@ -127,11 +137,33 @@ def column_expectations(s: pd.Series, settings: GateSettings) -> list[dict[str, 
         values = np.sort(s.dropna().to_numpy(dtype="float64"))
         if len(values):
             out += _numeric(column, values, settings)
+    elif free_text:
+        out += _free_text(column, s.dropna(), settings)
     elif s.dtype.kind == "M":
         out += _dates(column, s.dropna(), settings)
     else:
         out += _categorical(column, s.dropna(), settings)
     return out
+
+
+def _free_text(column: str, present: pd.Series, settings: GateSettings) -> list[dict[str, Any]]:
+    """A text column's length distribution (the numeric quantile bands and KL divergence, on the
+    values' lengths) and its vocabulary (expectations/text.py)."""
+    if len(present) == 0:
+        return []
+    numeric = {e["type"]: e for e in _numeric(column, text.length_values(present), settings)}
+    quantiles, kl = numeric["expect_column_quantile_values_to_be_between"], numeric[KL]
+    lengths = gx_json.expectation(
+        text.LENGTHS,
+        TrainingStats.of(quantiles)
+        .model_copy(update={"cdf": TrainingStats.of(kl).cdf})
+        .meta(note="lengths in characters; the gate checks them as it checks a number's quantiles and distribution"),
+        column=column,
+        quantile_ranges=quantiles["kwargs"]["quantile_ranges"],
+        **{k: kl["kwargs"][k] for k in ("partition_object", "threshold", "tail_weight_holdout")},
+    )
+    vocabulary = text.vocabulary_expectation(column, present, settings.text_vocabulary, settings.text_coverage_drop)
+    return [lengths, *([vocabulary] if vocabulary else [])]
 
 
 def _numeric(column: str, x: np.ndarray, settings: GateSettings) -> list[dict[str, Any]]:
@@ -286,6 +318,7 @@ def gx_context():
     # GX pins this logger at INFO and says so for every temporary docs folder it makes.
     logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     register()  # shipway's own expectation types, so GX keeps and checks them in a suite
+    text.register()
     return gx.get_context(mode="ephemeral")
 
 

@@ -9,6 +9,11 @@ category against the rest. A missing value is a category of its own; categories 
 TOP_CATEGORIES most frequent, those seen fewer than MIN_CATEGORY_ROWS times and those never seen
 are outside the set, so they get the rule's else side. Each column's rule is fitted on the training
 split, and the one that scores best there by the quality gate's metric is the baseline.
+
+Free-text columns (core/free_text.py) do not compete: a text's exact value almost never repeats,
+so a set of them is a rule on noise, and a rule on the text's length is rarely better than the
+class rates while it would cost the baseline its compiled form (no string-length operator
+in the ONNX opset shipway compiles to), the one thing the last resort of the fallback chain must keep.
 """
 
 from __future__ import annotations
@@ -41,14 +46,17 @@ class Baseline:
     training: float  # its value on the training split
 
 
-def build_baseline(X: pd.DataFrame, y: pd.Series, task: Task, seed: int, metric: str | None = None) -> Baseline:
+def build_baseline(
+    X: pd.DataFrame, y: pd.Series, task: Task, seed: int, metric: str | None = None, skip: list[str] | None = None
+) -> Baseline:
     """The one-split rule that scores best on the training split by `metric` (the quality gate's,
-    default the task's); with no usable column: the training class rates or median."""
+    default the task's) on a column not in `skip` (the free-text ones); with no usable column: the
+    training class rates or median."""
     scorer = _selection_metric(metric, task)
     tree = DecisionTreeRegressor if task is Task.REGRESSION else DecisionTreeClassifier
     best: tuple[float, str, Any] | None = None
     truth = None
-    for column in X.columns:
+    for column in [c for c in X.columns if c not in (skip or [])]:
         found = _encoder(X[column], y, task)
         if found is None:
             continue

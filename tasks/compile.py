@@ -51,6 +51,9 @@ def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame, predict_fn: str =
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
 
+    text = _text_vectorizers(model)
+    if text:
+        return Compiled(None, f"unsupported: free text ({text}): ONNX Runtime's tokenizer is not scikit-learn's")
     unsupported = [c for c in X_holdout.columns if not (_is_number(X_holdout[c]) or _is_text(X_holdout[c]))]
     if unsupported:
         return Compiled(
@@ -189,6 +192,17 @@ def _labels_as_booleans(proto):
     proto.graph.node.append(helper.make_node("Cast", [raw], [label.name], to=TensorProto.BOOL, name="labels_as_bool"))
     label.type.tensor_type.elem_type = TensorProto.BOOL
     return proto
+
+
+def _text_vectorizers(model) -> str:
+    """The text vectorizers (TF-IDF, counts, hashing) in a pipeline, by class, or "". skl2onnx would
+    convert them with ONNX Runtime's Tokenizer and StringNormalizer, whose regular expressions and
+    case folding are not Python's (and which need the machine's locales): parity is not exact."""
+    from sklearn.feature_extraction.text import HashingVectorizer, _VectorizerMixin
+
+    plain, _ = _without_threshold(model)  # a user's whole Pipeline may sit behind the threshold
+    found = {type(s).__name__ for s in _walk(plain) if isinstance(s, (_VectorizerMixin, HashingVectorizer))}
+    return ", ".join(sorted(found))
 
 
 def _final_estimator(pipeline):

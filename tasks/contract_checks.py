@@ -25,6 +25,7 @@ from scipy import special, stats
 from configs.settings import GateSettings
 from core.contract_stats import TrainingStats
 from core.errors import DataError
+from expectations import text
 from expectations.contract import histogram
 from expectations.joint import JOINT
 from tasks.canonical import canonical_column
@@ -516,15 +517,35 @@ def _check_kl_categorical(e: dict, data: _Column, wf: float) -> Outcome:
     }
     fail = threshold is not None and not kl <= threshold
     warn = threshold is not None and not kl <= wf * threshold
+    shown, observed_shown, expected_shown = _top_shares(values + unseen, observed, expected)
     result = {
         "observed_value": measures["kl"],
         "details": {
-            "observed_partition": {"values": values + unseen, "weights": observed.tolist()},
-            "expected_partition": {"values": values + unseen, "weights": expected.tolist()},
+            "observed_partition": {"values": shown, "weights": observed_shown},
+            "expected_partition": {"values": shown, "weights": expected_shown},
         },
     }
     reason = f"category shares: KL {_fmt(kl)} > {threshold} (JS {measures['js']:.3f})"
     return _outcome(e, data.name, fail, warn, p, reason, result, measures)
+
+
+SHOWN_CATEGORIES = 20  # a report shows this many categories' shares, the rest as one
+
+
+def _top_shares(values: list, observed: np.ndarray, expected: np.ndarray) -> tuple[list, list, list]:
+    """The SHOWN_CATEGORIES categories with the largest share in the batch or in training, then the
+    others as one entry: a report (and its picture) shows what moved, not every value of the column."""
+    if len(values) <= SHOWN_CATEGORIES + 1:
+        return values, observed.tolist(), expected.tolist()
+    top = np.sort(np.argsort(-np.maximum(observed, expected), kind="stable")[:SHOWN_CATEGORIES])
+    rest = np.ones(len(values), dtype=bool)
+    rest[top] = False
+    other = f"(other {int(rest.sum())} values)"
+    return (
+        [values[i] for i in top] + [other],
+        [*observed[top].tolist(), float(observed[rest].sum())],
+        [*expected[top].tolist(), float(expected[rest].sum())],
+    )
 
 
 def check_in_set(e: dict, data: _Column, wf: float) -> Outcome:
@@ -537,7 +558,7 @@ def check_in_set(e: dict, data: _Column, wf: float) -> Outcome:
     other = _training(e).other_share or 0.0
     p = _binom_p(count, data.present, other + 1 / (_rows(e, data) + 1))
     top = sorted(unseen.items(), key=lambda kv: -kv[1])[:5]
-    listed = ", ".join(f"{v!r} {c / data.present:.1%}" for v, c in top)
+    listed = ", ".join(f"{_short(v)} {c / data.present:.1%}" for v, c in top)
     reason = f"values: {share:.1%} not seen in training ({listed}), the contract allows {bound:.1%}"
     result = _map_result(data.present, count) | {"partial_unexpected_list": [v for v, _ in top]}
     return _outcome(
@@ -638,6 +659,67 @@ def _clipped(
             reason = f"tail cut off: {what}"
         out.append(_Finding(effect >= limit, True, p, reason, effect))
     return out
+
+
+# --- free text (expectations/text.py) -------------------------------------------------------------
+
+
+def check_text_lengths(e: dict, data: _Column, wf: float) -> Outcome:
+    """A text column's value lengths, judged as a number's are: its quantile bands and the KL
+    divergence on training-quantile bins (the stronger of the two, its p doubled for the pair)."""
+    kwargs, t = e["kwargs"], _training(e)
+    lengths = _Column(pd.Series(text.length_values(data.series.dropna()), name=data.name))
+    lengths.kl = {
+        "type": KL,
+        "kwargs": {k: kwargs[k] for k in ("partition_object", "threshold", "tail_weight_holdout") if k in kwargs},
+        "meta": TrainingStats(rows=t.rows, cdf=t.cdf).meta(),
+    }
+    quantiles = {"kwargs": {"quantile_ranges": kwargs.get("quantile_ranges", {})}, "meta": e.get("meta", {})}
+    found = [check_quantiles(quantiles, lengths, wf), check_kl(lengths.kl, lengths, wf)]
+    chosen = min(found, key=lambda o: (not o.fail, not o.warn, o.p if o.p is not None else 1.0))
+    measures = {f"length_{k}": v for o in found for k, v in o.measures.items()}
+    p = min(1.0, (chosen.p if chosen.p is not None else 1.0) * len(found))
+    return _outcome(e, data.name, chosen.fail, chosen.warn, p, f"length {chosen.reason}", found[1].result, measures)
+
+
+def check_text_vocabulary(e: dict, data: _Column, wf: float) -> Outcome:
+    """The mean share of a value's tokens in the training vocabulary, against training's own share on
+    rows held out of that vocabulary: a one-sided two-sample t-test (rows, not tokens, are the
+    independent draws), failing when the share falls below `min_value`. Values without a token
+    (empty, punctuation) are left to the length check."""
+    t = _training(e).text
+    low = e["kwargs"].get("min_value")
+    if t is None:
+        return _outcome(e, data.name, False, False, None, "", {"observed_value": None})
+    exploded = text.row_tokens(text.sample(data.series.dropna()))
+    seen = exploded.isin(set(t.vocabulary))
+    per_row = seen.groupby(level=0).mean()
+    n, m = len(per_row), t.rows
+    if n == 0:
+        return _outcome(e, data.name, False, False, None, "", {"observed_value": None}, {"token_coverage": None})
+    share = float(per_row.mean())
+    std = float(per_row.std(ddof=1)) if n > 1 else 0.0
+    pooled = ((m - 1) * t.coverage_std**2 + (n - 1) * std**2) / max(m + n - 2, 1)
+    se = math.sqrt(pooled * (1 / n + 1 / max(m, 1)))
+    drop = t.coverage - share
+    p = float(stats.t.sf(drop / se, max(m + n - 2, 1))) if se > 0 else float(drop <= 0)
+    bound = t.coverage - low if low is not None else math.inf
+    unseen = exploded[~seen].value_counts().head(5)
+    listed = ", ".join(_short(v) for v in unseen.index)
+    reason = (
+        f"vocabulary: {share:.1%} of tokens are in the training vocabulary, training {t.coverage:.1%} on held-out "
+        f"rows, the contract allows down to {low:.1%}" + (f" (unseen: {listed})" if listed else "")
+    )
+    return _outcome(
+        e,
+        data.name,
+        low is not None and share < low,
+        drop > wf * bound,
+        p,
+        reason,
+        {"observed_value": share, "partial_unexpected_list": [_short(v) for v in unseen.index]},
+        {"token_coverage": share, "token_coverage_train": t.coverage, "token_coverage_drop": drop},
+    )
 
 
 # --- datetime columns: ISO text read as the gateway reads it, then range and recency --------------
@@ -759,6 +841,8 @@ HANDLERS: dict[str, Callable[..., Any]] = {
     KL: check_kl,
     "expect_column_values_to_be_in_set": check_in_set,
     "expect_column_most_common_value_to_be_in_set": check_most_common,
+    text.LENGTHS: check_text_lengths,
+    text.VOCABULARY: check_text_vocabulary,
 }
 
 
@@ -877,6 +961,12 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """A value as a report quotes it: repr'd, one line, at most `limit` characters."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -913,6 +1003,7 @@ def _run_in_gx(batch: pd.DataFrame, expectations: list[dict]) -> list[Outcome]:
         )
         result = jsonable(dict(r.result or {}))
         observed = result.get("observed_value", result.get("unexpected_percent"))
-        reason = f"{config.type}: could not run: {error}" if error else f"{config.type} failed (observed {observed})"
+        failed = f"{config.type} failed (observed {_short(observed, 80)})"
+        reason = f"{config.type}: could not run: {error}" if error else failed
         out.append(_outcome(e, column, not r.success, not r.success, None, reason if not r.success else "", result))
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,24 @@ import numpy as np
 
 from core.vocabulary import Verdict
 from expectations.joint import JOINT
+from expectations.text import LENGTHS
 from tasks.verdict import TABLE, Check, ColumnReport, GateReport
 
 MAX_PANELS = 12
-KEY_MEASURES = ("null_rate_delta", "mean_shift_sd", "std_ratio", "ks", "psi", "js", "out_of_range", "unseen_share")
+MAX_BARS = 21  # categories drawn per panel (the gate's top 20 and the rest as one)
+LABEL_CHARS = 28  # a label drawn in the picture: one line of at most this many characters
+KEY_MEASURES = (
+    "null_rate_delta",
+    "mean_shift_sd",
+    "std_ratio",
+    "ks",
+    "psi",
+    "js",
+    "out_of_range",
+    "unseen_share",
+    "length_ks",
+    "token_coverage_drop",
+)
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,18 @@ def render_picture(report: GateReport, path: Path) -> bool:
     import matplotlib
 
     matplotlib.use("Agg")
+    # Every string drawn is data (a category, a review, a column or file name): none is mathtext,
+    # so a "$" in a review is a dollar sign, not a ParseException; a glyph the font lacks is a box.
+    with (
+        matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}),
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        _draw(report, panels, path)
+    return True
+
+
+def _draw(report: GateReport, panels: list, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cols = min(3, len(panels))
@@ -155,29 +182,36 @@ def render_picture(report: GateReport, path: Path) -> bool:
                 ax.set_xlabel(f"batch outside the training range: {below:.1%} below, {above:.1%} above")
             ax.set_ylabel("density")
         else:
-            labels = [str(v) for v in expected["values"]]
+            labels = [label(v) for v in expected["values"][:MAX_BARS]]
             x = np.arange(len(labels))
-            ax.bar(x - 0.2, expected["weights"], 0.4, label="training", color="tab:blue", alpha=0.6)
-            ax.bar(x + 0.2, observed["weights"], 0.4, label="batch", color="tab:red", alpha=0.8)
+            ax.bar(x - 0.2, expected["weights"][:MAX_BARS], 0.4, label="training", color="tab:blue", alpha=0.6)
+            ax.bar(x + 0.2, observed["weights"][:MAX_BARS], 0.4, label="batch", color="tab:red", alpha=0.8)
             ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
             ax.set_ylabel("share")
+        if check.expectation == LENGTHS:
+            ax.set_xlabel(f"length in characters{'; ' if ax.get_xlabel() else ''}{ax.get_xlabel()}")
         color = "tab:red" if col.verdict == Verdict.FAIL else "tab:orange"
-        ax.set_title(f"{col.name}: {col.verdict.value}", color=color, fontsize=11)
+        ax.set_title(f"{label(col.name, 40)}: {col.verdict.value}", color=color, fontsize=11)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.suptitle(f"{report.batch}: {report.verdict.value}: training vs batch", fontsize=12)
+    fig.suptitle(f"{label(report.batch, 80)}: {report.verdict.value}: training vs batch", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    return True
+
+
+def label(value: Any, limit: int = LABEL_CHARS) -> str:
+    """A value as the picture draws it: one line (newlines and tabs as spaces), at most `limit` characters."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _joint_panel(ax: Any, check: Check) -> None:
     """The joint check: the pairs of columns whose correlation changed most, training vs batch."""
     details = check.result.get("details", {})
     pairs = details.get("changed_pairs", [])[:8]
-    labels = [" ~ ".join(p["columns"]) for p in pairs]
+    labels = [label(" ~ ".join(p["columns"]), 40) for p in pairs]
     y = np.arange(len(pairs))
     ax.barh(y - 0.2, [p["train"] for p in pairs], 0.4, label="training", color="tab:blue", alpha=0.6)
     ax.barh(y + 0.2, [p["batch"] for p in pairs], 0.4, label="batch", color="tab:red", alpha=0.8)
@@ -185,7 +219,7 @@ def _joint_panel(ax: Any, check: Check) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("correlation (normal scores)")
     color = "tab:red" if check.verdict == Verdict.FAIL else "tab:orange"
-    named = ", ".join(details.get("implicated", [])) or "rows"
+    named = label(", ".join(details.get("implicated", [])) or "rows", 60)
     ax.set_title(f"joint: {named} (AUC {check.result.get('observed_value', 0):.2f})", color=color, fontsize=10)
     ax.legend(fontsize=8)
 

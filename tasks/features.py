@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 from core.errors import ConfigError, DataError
 
@@ -33,6 +34,7 @@ def choose_features(columns: Sequence[str], target: str, data: DataSettings) -> 
         ("data.features", data.features or []),
         ("data.exclude", data.exclude),
         ("data.time_column", [data.time_column] if data.time_column else []),
+        ("data.text_columns", data.text_columns or []),
     ):
         for name in names:
             if name not in known:
@@ -127,6 +129,47 @@ class DateParts(_ColumnsOnly):
     def get_feature_names_out(self, input_features=None):
         names = self.feature_names_in_ if input_features is None else input_features
         return np.asarray([f"{name}_{part}" for name in names for part in DATE_PARTS], dtype=object)
+
+
+class TextTfidf(TfidfVectorizer):
+    """TF-IDF of one free-text column (scikit-learn's TfidfVectorizer, its vocabulary bounded by
+    `max_features`): a missing text reads as an empty one, and each feature is named `column:term`,
+    so that the words two text columns share stay two features."""
+
+    def fit(self, raw_documents, y=None):
+        self.fit_transform(raw_documents)
+        return self
+
+    def fit_transform(self, raw_documents, y=None):
+        self.column_ = str(getattr(raw_documents, "name", None) or "text")
+        return super().fit_transform(_texts(raw_documents))
+
+    def transform(self, raw_documents):
+        return super().transform(_texts(raw_documents))
+
+    def get_feature_names_out(self, input_features=None):
+        return np.asarray([f"{self.column_}:{term}" for term in super().get_feature_names_out()], dtype=object)
+
+    # skops writes a dict entry by entry with its types: a 10,000-term vocabulary made an 8 MB model
+    # that took seconds to write and to load. Stored as one line per term, in index order, it is text.
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: Python's own __getstate__ gives the live __dict__
+        vocabulary = state.get("vocabulary_")
+        if isinstance(vocabulary, dict) and not any("\n" in term for term in vocabulary):
+            state["vocabulary_"] = "\n".join(sorted(vocabulary, key=vocabulary.__getitem__))
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state.get("vocabulary_"), str):
+            terms = state["vocabulary_"].split("\n") if state["vocabulary_"] else []
+            state = {**state, "vocabulary_": {term: i for i, term in enumerate(terms)}}
+        super().__setstate__(state)
+
+
+def _texts(X) -> pd.Series:
+    """One column of texts, a missing one as "": TfidfVectorizer refuses NaN."""
+    column = X.iloc[:, 0] if isinstance(X, pd.DataFrame) else pd.Series(np.asarray(X, dtype=object).reshape(-1))
+    return column.fillna("").astype(str)
 
 
 class InSet(_ColumnsOnly):

@@ -80,6 +80,7 @@ def contract_for_snapshot(
         target=target,
         snapshot_id=snapshot.id,
         features=features,
+        text_columns=settings.data.text_columns,
     )
 
 

@@ -36,17 +36,21 @@ from sklearn.metrics import (
 from sklearn.model_selection import FixedThresholdClassifier, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.utils import get_tags
 from sklearn.utils._param_validation import InvalidParameterError
 
 from configs.settings import DataSettings, Settings, TrainingSettings
 from core.errors import ConfigError, DataError, ShipwayError
+from core.free_text import text_columns
 from core.vocabulary import Task
 from tasks import estimators
 from tasks.baseline import build_baseline
-from tasks.features import DateParts, choose_features, holdout_split, is_datetime
+from tasks.features import DateParts, TextTfidf, choose_features, holdout_split, is_datetime
 
 MAX_AUTO_CLASSES = 20  # an integer target with more distinct values than this is a quantity, not classes
 THRESHOLD_FOLDS = 3  # each fold is one more fit of the estimator: 3 keeps auto at ~4x one fit
+TEXT_TERMS = 10_000  # TF-IDF vocabulary per text column, for estimators that take sparse input
+TEXT_TERMS_DENSE = 200  # ... for those that need dense input (HGB): each term is a column they bin
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class TrainedModel:
     threshold_note: str = ""  # how it was chosen, or why there is none (the version tag's text)
     positive_rate: float | None = None  # binary: the training split's share of the positive class
     baseline_training: dict[str, float] = field(default_factory=dict)  # the metric that chose it, on training
+    text_columns: list[str] = field(default_factory=list)  # features read as free text (core/free_text.py)
 
     @property
     def classes(self) -> list | None:
@@ -140,12 +145,15 @@ def check_classes(y: pd.Series, task: Task, requested: Task) -> None:
     )
 
 
-def preprocessor(X: pd.DataFrame) -> ColumnTransformer:
-    """Impute and scale numbers (booleans as 0/1), date parts of datetimes, impute and one-hot encode
-    the rest: all fitted, never recomputed. Only the branches that have columns are built."""
+def preprocessor(X: pd.DataFrame, text: list[str] | None = None, dense: bool = False) -> ColumnTransformer:
+    """Impute and scale numbers (booleans as 0/1), date parts of datetimes, TF-IDF of each free-text
+    column (`text`), impute and one-hot encode the rest: all fitted, never recomputed. Only the
+    branches that have columns are built. `dense`: the estimator needs dense input, so the text
+    vocabulary is small (TEXT_TERMS_DENSE) and the output is never a sparse matrix."""
+    text = text or []
     numeric = [c for c in X.columns if pd.api.types.is_numeric_dtype(X[c].dtype)]
     dates = [c for c in X.columns if is_datetime(X[c])]
-    categorical = [c for c in X.columns if c not in numeric and c not in dates]
+    categorical = [c for c in X.columns if c not in numeric and c not in dates and c not in text]
     scale = [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
     branches = [
         ("numeric", Pipeline(scale), numeric),
@@ -160,20 +168,37 @@ def preprocessor(X: pd.DataFrame) -> ColumnTransformer:
             ),
             categorical,
         ),
+        # One branch per text column, given by name: TfidfVectorizer reads a 1-D column of texts.
+        *[
+            (f"text_{i}", TextTfidf(max_features=TEXT_TERMS_DENSE if dense else TEXT_TERMS, sublinear_tf=True), name)
+            for i, name in enumerate(text)
+        ],
     ]
-    return ColumnTransformer([b for b in branches if b[2]], verbose_feature_names_out=False)
+    return ColumnTransformer(
+        [b for b in branches if len(b[2])],
+        verbose_feature_names_out=False,
+        sparse_threshold=0 if dense else 0.3,
+    )
 
 
 def _fresh(steps):
     return [(name, SimpleImputer(strategy="median") if name == "impute" else StandardScaler()) for name, _ in steps]
 
 
-def build_pipeline(X: pd.DataFrame, training: TrainingSettings, task: Task) -> Pipeline:
+def build_pipeline(X: pd.DataFrame, training: TrainingSettings, task: Task, text: list[str] | None = None) -> Pipeline:
     """The estimator (built-in or the user's), behind shipway's preprocessing unless `preprocessing: none`."""
     estimator = estimators.make_estimator(training, task)
     if training.preprocessing == "none":
         return Pipeline([("model", estimator)])
-    return Pipeline([("preprocess", preprocessor(X)), ("model", estimator)])
+    return Pipeline([("preprocess", preprocessor(X, text, dense=not takes_sparse(estimator))), ("model", estimator)])
+
+
+def takes_sparse(estimator: Any) -> bool:
+    """Whether the estimator fits on a sparse matrix (scikit-learn's input tags); unknown: no."""
+    try:
+        return bool(get_tags(estimator).input_tags.sparse)
+    except Exception:  # the user's estimator may have no tags at all
+        return False
 
 
 @dataclass(frozen=True)
@@ -370,12 +395,13 @@ def train(
                 f"class {_plain(unseen[0])!r} of target '{target}' is only in the latest rows by "
                 f"data.time_column '{data.time_column}': the model would never learn it"
             )
-    pipeline = build_pipeline(X_train, settings, task_)
+    text = text_columns(X, features, data.text_columns)
+    pipeline = build_pipeline(X_train, settings, task_, text)
     fitted = fit(pipeline, X_train, y_train, settings, task_)
     model = fitted.model
     if settings.predict_fn == "predict_proba" and not hasattr(model, "predict_proba"):
         raise ConfigError(f"training.predict_fn is predict_proba, but {settings.estimator} has no predict_proba")
-    baseline = build_baseline(X_train, y_train, task_, settings.seed, metric)
+    baseline = build_baseline(X_train, y_train, task_, settings.seed, metric, skip=text)
     return TrainedModel(
         model=model,
         baseline=baseline.model,
@@ -395,6 +421,7 @@ def train(
         threshold_note=fitted.threshold_note,
         positive_rate=float(np.mean(y_train == model.classes_[1])) if task_ is Task.BINARY else None,
         baseline_training={baseline.metric: round(baseline.training, 6)},
+        text_columns=text,
     )
 
 

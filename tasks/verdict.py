@@ -25,6 +25,8 @@ from configs.settings import GateSettings
 from core.vocabulary import Verdict
 
 TABLE = "(table)"
+REPORT_ITEMS = 50  # a list in a written report keeps this many items, then says how many more there were
+REPORT_CHARS = 200  # ... a string this many characters (a free text, a long category); reasons are whole
 
 
 @dataclass
@@ -81,7 +83,9 @@ class GateReport:
         return "; ".join([head, *table])
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable(asdict(self))
+        """The report as JSON values, its size bounded: a contract's thousand-value set or a free
+        text quoted in a result must not make a 600-row batch's report megabytes."""
+        return bounded(jsonable(asdict(self)))
 
 
 @dataclass
@@ -202,4 +206,18 @@ def jsonable(value: Any) -> Any:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    return value
+
+
+def bounded(value: Any) -> Any:
+    """JSON values with every list cut to REPORT_ITEMS items (then "… N more") and every string to
+    REPORT_CHARS characters (then "… (N characters)"), but for the reasons: the gate writes them
+    short, quoting values by their first few characters."""
+    if isinstance(value, dict):
+        return {k: v if k == "reason" else bounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        kept = [bounded(v) for v in value[:REPORT_ITEMS]]
+        return [*kept, f"… {len(value) - REPORT_ITEMS} more"] if len(value) > REPORT_ITEMS else kept
+    if isinstance(value, str) and len(value) > REPORT_CHARS:
+        return f"{value[:REPORT_CHARS]}… ({len(value)} characters)"
     return value

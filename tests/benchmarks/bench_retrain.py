@@ -65,6 +65,14 @@ TABLES = {
     ),
     "default": Table("ISLR", "Default", "default", "gradient_boosting"),
     "breast_cancer": Table("sklearn", "breast_cancer", "target", "random_forest"),
+    "tweets": Table(  # free text: TF-IDF on the tweet (core/free_text.py recognises it)
+        "dslabs",
+        "trump_tweets",
+        "android",
+        "auto",
+        ["text", "retweet_count", "favorite_count", "is_retweet"],
+        label="source == 'Twitter for Android'",
+    ),
 }
 
 
