@@ -7,18 +7,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from prefect import flow
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings, load_settings
 from core.tracking import Store
 from core.vocabulary import Alias
 from tasks import registry
-from tasks.aliases import alias_task
+from tasks.aliases import move
 from tasks.benchmark import bench_task
 from tasks.gate import contract_task, gate_task
 from tasks.lineage import project_lineage
 from tasks.quality import quality_task
 from tasks.registration import register_task
+from tasks.retries import retry_on_io
 from tasks.snapshot import snapshot_task
 from tasks.training import train_task
 
@@ -112,6 +114,17 @@ def training_flow(
         contract_uri=contract_uri,
         timings=timings,
     )
+
+
+@task(name="set-alias", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
+def alias_task(
+    settings: Settings, name: str, alias: Alias, version: str, *, actor: str, reason: str, expect: str | None = None
+) -> None:
+    """One alias move of a flow, recorded and checked like every other (the gateway can load it);
+    refused (AliasMoved) if `alias` no longer points where it did (`expect`) when the flow decided.
+    Here, not in tasks/aliases.py: the lease and the CLI move aliases without importing Prefect."""
+    move(settings, name, {alias: version}, actor=actor, reason=reason, expect={alias: expect})
+    get_run_logger().info("%s@%s -> version %s", name, alias.value, version)
 
 
 @contextmanager

@@ -7,8 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from flows.cli import cli
-from flows.training import training_flow
-from tasks.aliases import alias_task
+from flows.training import alias_task, training_flow
 from tasks.demo_data import generate
 from tasks.registration import register_task
 from tasks.registry import versions
