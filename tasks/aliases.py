@@ -155,9 +155,11 @@ def alias_at(transitions: list[Transition], alias: Alias, when: datetime) -> str
 
 
 def check_servable(settings: Settings, name: str, version: str) -> None:
-    """Refuse a version whose gate failed, that has no latency result or quality verdict, or that the
-    gateway could not load."""
+    """Refuse a version whose training did not finish, whose gate failed, that has no latency result or
+    quality verdict, or that the gateway could not load."""
     found = registry.get_version(settings, name, version)
+    if found.tags.get(Tag.UNFINISHED):
+        raise RegistryError(f"version {version} of '{name}' did not finish training: {found.tags[Tag.UNFINISHED]}")
     if found.tags.get(Tag.VALIDATION_STATUS) == "fail":
         raise RegistryError(f"version {version} of '{name}' failed its data gate (validation_status=fail)")
     quality = found.tags.get(Tag.QUALITY_GATE)
