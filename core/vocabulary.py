@@ -89,6 +89,7 @@ class Tag(StrEnum):
     TRAINING_POSITIVE_RATE = "training_positive_rate"  # binary: the training split's share of the positive class
     POSITIVE_RATE_WARNING = "positive_rate_warning"  # the quality gate: served positive rate far from it
     RELEASE_RECORD = "release_record"  # the run id of the model's release record (also a model tag)
+    UNFINISHED = "unfinished"  # the training flow has not reached its gates' verdicts: since when, or how it stopped
     # registered-model tags
     CANARY_SHARE = "canary_share"
     PROMOTION_PENDING = "promotion_pending"

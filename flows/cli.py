@@ -8,6 +8,7 @@ Flows and MLflow are imported inside the commands: the profile must set the envi
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -430,6 +431,7 @@ def promote(config_path: Path | None, name: str | None, version: str | None) -> 
     """Shadow analysis -> approval -> canary steps -> approval -> Production, for model NAME."""
     settings = _settings(config_path)
     prefect_ready = _start_prefect_early(settings)
+    from tasks.lease import claimed  # the registry client only: no Prefect, no analysis code
     from tasks.registry import get_version, model_state
 
     model = name or settings.training.model_name  # an unknown model or version is answered before Prefect is up
@@ -437,16 +439,15 @@ def promote(config_path: Path | None, name: str | None, version: str | None) -> 
         model_state(settings, model)
     else:
         get_version(settings, model, version)
-    from tasks.lease import reclaim
+    # The lease is taken before Prefect and the flow load (most of the start-up): a promotion whose process
+    # died is undone at once (its canary loses its share), a live one refuses this one at once.
+    with claimed(settings, model, actor=_user(), say=lambda text: console.print(f"[yellow]{text}[/]")) as dead:
+        from flows.promotion import mark_crashed, promotion_flow
 
-    # A promotion whose process died is undone now, while Prefect starts: its canary loses its share at once.
-    dead = reclaim(settings, model, actor=_user(), say=lambda text: console.print(f"[yellow]{text}[/]"))
-    from flows.promotion import mark_crashed, promotion_flow
-
-    prefect_ready()
-    if dead is not None:
-        mark_crashed(*dead)
-    result = promotion_flow(name=name, version=version, actor=_user(), settings=settings)
+        prefect_ready()
+        for lease, why in dead:
+            mark_crashed(lease, why)
+        result = promotion_flow(name=name, version=version, actor=_user(), settings=settings)
     console.print(
         f"[bold]{result.model_name}[/] version [bold]{result.version}[/] is Production"
         + (f"; version {result.previous} is Previous" if result.previous else "")
@@ -647,4 +648,11 @@ def bench(config_path: Path | None, ref: str, as_json: bool) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)  # unwinds: cleanups run, the temporary Prefect server stops
-    cli()
+    try:
+        cli()
+    except SystemExit as exc:
+        if exc.code in (128 + signal.SIGTERM, 128 + signal.SIGINT):  # stopped by a signal (_Cli.invoke)
+            # The exit handlers still run, but not the collection of every object at the interpreter's
+            # exit: seconds for MLflow's and Prefect's on a busy machine, while the signal's sender waits.
+            gc.freeze()
+        raise

@@ -5,7 +5,8 @@
 2. train a second version on a fresh draw of the same distribution (the gate checks it against
    Production's contract, the benchmark times it): it becomes Shadow;
 3. start the gateway, replay demo traffic through it (with feedback labels), and promote the
-   second version: shadow analysis, approval, canary steps, approval, Production.
+   second version: shadow analysis, approval, canary steps, approval, Production. The replay holds
+   while an approval is awaited: a person may take minutes, and traffic then would only fill the log.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from configs.settings import Settings
-from core.vocabulary import Alias
+from core.vocabulary import Alias, Tag
 from flows.approval import AutoApprover
 from flows.promotion import PromotionResult, promotion_flow
 from flows.training import TrainingResult, training_flow
@@ -57,6 +58,12 @@ def run_demo(settings: Settings, manual: bool, say: Callable[[str], None]) -> De
             generate(TRAFFIC_ROWS, seed=seed + 1000),
             settings.data.target,
             api_token=settings.serving.api_token.get_secret_value(),
+            hold=lambda: Tag.AWAITING_APPROVAL in registry.model_state(settings, name)[1],
+            on_hold=lambda held: say(
+                "replay held: the promotion waits for approval, no traffic is sent until it is answered"
+                if held
+                else "approval answered: replaying traffic again"
+            ),
         )
         replay.start()
         say(f"gateway on {url}, replaying demo traffic with feedback labels; promoting version {second.version}")

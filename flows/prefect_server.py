@@ -57,6 +57,10 @@ class TemporaryPrefectServer:
                 "on",
             ),
             env=env,
+            # Its own session: a signal to the CLI's process group (Ctrl-C, a service manager's SIGTERM)
+            # must not stop the API under the flow run, which still has to record how it ended; the CLI
+            # stops it at exit, the lifeline if the CLI is killed.
+            start_new_session=True,
         )
         atexit.register(self.stop)
         os.environ["PREFECT_API_URL"] = self.api_url

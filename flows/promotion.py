@@ -12,10 +12,9 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -31,15 +30,15 @@ from core.vocabulary import Alias, Tag
 from flows.approval import Approval
 from flows.artifacts import artifact_key
 from flows.resume import note_paused, paused_note
-from serving.prediction_log import read_feedback, read_window
 from tasks import registry
 from tasks.aliases import AliasMoved, move, recover
-from tasks.analysis import Analysis, canary_analysis, predicted_classes, shadow_analysis
 from tasks.decisions import record_approval
-from tasks.gate import gate, reference_for_model
 from tasks.lease import Lease, held
-from tasks.monitoring import datetime_columns, served_inputs
-from tasks.quality import version_task
+
+if TYPE_CHECKING:  # the analyses' modules (scipy.stats, the skew gate, the log's SQL) load in their tasks:
+    import pandas as pd  # a promotion taking over a killed one gets to its lease without them
+
+    from tasks.analysis import Analysis
 
 
 class PromotionRejected(GateError):
@@ -141,7 +140,12 @@ def promotion_flow(
 def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
     """Shadow's predictions against Production's on the same live requests of the last
     `promotion.step_seconds` (waiting, up to that long again, until there are enough)."""
-    since = datetime.now(UTC) - pd.Timedelta(seconds=settings.promotion.step_seconds)
+    from tasks.analysis import predicted_classes, shadow_analysis
+    from tasks.gate import gate, reference_for_model
+    from tasks.monitoring import datetime_columns, served_inputs
+    from tasks.quality import version_task
+
+    since = datetime.now(UTC) - timedelta(seconds=settings.promotion.step_seconds)
     minimum = settings.promotion.min_requests
     enough = lambda log: _paired(log, version) >= minimum
     progress = lambda log: f"{_paired(log, version)}/{minimum} paired requests ({_routes(log)})"
@@ -174,6 +178,10 @@ def positive_class_rate(tags: dict[str, str]) -> tuple[Any, float] | None:
 @task(name="canary-step", cache_policy=NO_CACHE)
 def canary_task(settings: Settings, name: str, version: str, share: float) -> Analysis:
     """Canary against Production on the traffic of this step only."""
+    from serving.prediction_log import read_feedback
+    from tasks.analysis import canary_analysis, predicted_classes
+    from tasks.quality import version_task
+
     since = datetime.now(UTC)
     minimum = settings.promotion.min_requests
     counts = lambda log: {route: int((log["route"] == route).sum()) for route in ("canary", "production")}
@@ -197,6 +205,8 @@ def _traffic(
 ) -> pd.DataFrame:
     """Wait until the log since `since` holds enough requests, or the step's time is up; say how far
     it is every `promotion.progress_seconds`."""
+    from serving.prediction_log import read_window
+
     start = time.monotonic()
     deadline = start + settings.promotion.step_seconds
     told = start
@@ -302,8 +312,12 @@ def _evidence_markdown(evidence: list[str]) -> str:
 
 
 def mark_crashed(dead: Lease, why: str) -> None:
-    """The dead promotion's flow run, marked Crashed in Prefect (when it is a run of this Prefect database)."""
+    """The dead promotion's flow run, marked Crashed in Prefect (when it is a run of this Prefect database;
+    a promotion that died starting up had none)."""
     from uuid import UUID
+
+    if not dead.run_id:
+        return
 
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound

@@ -7,18 +7,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from prefect import flow
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings, load_settings
+from core.errors import GateError
+from core.owner import Owner
 from core.tracking import Store
-from core.vocabulary import Alias
+from core.vocabulary import Alias, Tag
 from tasks import registry
-from tasks.aliases import alias_task
+from tasks.aliases import move
 from tasks.benchmark import bench_task
 from tasks.gate import contract_task, gate_task
 from tasks.lineage import project_lineage
 from tasks.quality import quality_task
-from tasks.registration import register_task
+from tasks.registration import Registered, mark_unfinished, register_task
+from tasks.retries import retry_on_io
 from tasks.snapshot import snapshot_task
 from tasks.training import train_task
 
@@ -76,17 +80,18 @@ def training_flow(
     with _timed(timings, "train"):
         trained = train_task(snapshot.frame, target, settings)
     with _timed(timings, "register"):
-        registered = register_task(trained, snapshot, project_lineage(settings.training), settings)
+        registered = register_task(trained, snapshot, project_lineage(settings.training), settings, _unfinished())
         shadow = registry.alias_version(settings, registered.name, Alias.SHADOW)  # the state this version follows
-    with _timed(timings, "quality"):  # a failure ends the flow here: registered, without an alias
-        quality = quality_task(
-            settings, registered, trained.model, trained.baseline, trained.X_holdout, trained.y_holdout,
-            force_quality, reason, snapshot.frame.loc[trained.holdout_index].drop(columns=target),
-        )  # fmt: skip
-    with _timed(timings, "contract"):
-        contract_uri = contract_task(settings, snapshot, target, registered, gate, trained.features)
-    with _timed(timings, "bench"):
-        bench_task(settings, registered.name, registered.version)  # over the p99 budget: no Shadow
+    with _until_verdict(settings, registered, timings):
+        with _timed(timings, "quality"):  # a failure ends the flow here: registered, without an alias
+            quality = quality_task(
+                settings, registered, trained.model, trained.baseline, trained.X_holdout, trained.y_holdout,
+                force_quality, reason, snapshot.frame.loc[trained.holdout_index].drop(columns=target),
+            )  # fmt: skip
+        with _timed(timings, "contract"):
+            contract_uri = contract_task(settings, snapshot, target, registered, gate, trained.features)
+        with _timed(timings, "bench"):
+            bench_task(settings, registered.name, registered.version)  # over the p99 budget: no Shadow
     with _timed(timings, "alias"):
         alias_task(  # type: ignore[unused-coroutine]  # a sync call in a sync flow
             settings,
@@ -112,6 +117,43 @@ def training_flow(
         contract_uri=contract_uri,
         timings=timings,
     )
+
+
+@task(name="set-alias", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
+def alias_task(
+    settings: Settings, name: str, alias: Alias, version: str, *, actor: str, reason: str, expect: str | None = None
+) -> None:
+    """One alias move of a flow, recorded and checked like every other (the gateway can load it);
+    refused (AliasMoved) if `alias` no longer points where it did (`expect`) when the flow decided.
+    Here, not in tasks/aliases.py: the lease and the CLI move aliases without importing Prefect."""
+    move(settings, name, {alias: version}, actor=actor, reason=reason, expect={alias: expect})
+    get_run_logger().info("%s@%s -> version %s", name, alias.value, version)
+
+
+VERDICT_STEPS = ("quality", "contract", "bench")  # after them the version is judged: complete, aliased or not
+
+
+def _unfinished() -> str:
+    """The tag a version is registered with until its gates have decided (a kill -9 leaves it so)."""
+    from prefect.runtime import flow_run
+
+    return f"training flow run {flow_run.id} ({Owner.current()}) has not reached its gates' verdicts"
+
+
+@contextmanager
+def _until_verdict(settings: Settings, registered: Registered, timings: dict[str, float]) -> Iterator[None]:
+    """Clear the version's `unfinished` tag once its gates have decided: passed, or a gate refused it
+    (GateError: the verdict is on the version). A signal or a failure before then is written there."""
+    try:
+        yield
+    except GateError:
+        registry.delete_version_tag(settings, registered.name, registered.version, Tag.UNFINISHED)
+        raise
+    except BaseException as exc:
+        step = next(step for step in VERDICT_STEPS if step not in timings)
+        mark_unfinished(settings, registered.name, registered.version, exc, step)
+        raise
+    registry.delete_version_tag(settings, registered.name, registered.version, Tag.UNFINISHED)
 
 
 @contextmanager

@@ -17,16 +17,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-
 from configs.settings import Settings
 from core.errors import RegistryError
 from core.owner import Owner
 from core.vocabulary import Alias, Tag
-from serving import RegistryReader, servable
 from tasks import record, registry
-from tasks.retries import retry_on_io
 from tasks.steps import serialized
 
 SHARE = Tag.CANARY_SHARE.value  # pseudo-alias under which share changes are journaled and recorded
@@ -104,16 +99,6 @@ def move(
         return done
 
 
-@task(name="set-alias", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
-def alias_task(
-    settings: Settings, name: str, alias: Alias, version: str, *, actor: str, reason: str, expect: str | None = None
-) -> None:
-    """One alias move of a flow, recorded and checked like every other (the gateway can load it);
-    refused (AliasMoved) if `alias` no longer points where it did (`expect`) when the flow decided."""
-    move(settings, name, {alias: version}, actor=actor, reason=reason, expect={alias: expect})
-    get_run_logger().info("%s@%s -> version %s", name, alias.value, version)
-
-
 def recover(settings: Settings, name: str, *, actor: str) -> list[Transition]:
     """Undo a step that was journaled but not finished (a crash, a kill): aliases as before it.
 
@@ -170,9 +155,11 @@ def alias_at(transitions: list[Transition], alias: Alias, when: datetime) -> str
 
 
 def check_servable(settings: Settings, name: str, version: str) -> None:
-    """Refuse a version whose gate failed, that has no latency result or quality verdict, or that the
-    gateway could not load."""
+    """Refuse a version whose training did not finish, whose gate failed, that has no latency result or
+    quality verdict, or that the gateway could not load."""
     found = registry.get_version(settings, name, version)
+    if found.tags.get(Tag.UNFINISHED):
+        raise RegistryError(f"version {version} of '{name}' did not finish training: {found.tags[Tag.UNFINISHED]}")
     if found.tags.get(Tag.VALIDATION_STATUS) == "fail":
         raise RegistryError(f"version {version} of '{name}' failed its data gate (validation_status=fail)")
     quality = found.tags.get(Tag.QUALITY_GATE)
@@ -192,6 +179,8 @@ def check_servable(settings: Settings, name: str, version: str) -> None:
             f"version {version} of '{name}' has no recorded latency result (tag latency_gate is "
             f"{'missing' if latency is None else repr(latency)}): run `shipway bench --model {name}/{version}` first"
         )
+    from serving import RegistryReader, servable  # the gateway's loader: only a version gaining an alias needs it
+
     try:
         servable(RegistryReader(settings).load(name, str(version)))
     except RegistryError:

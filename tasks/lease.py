@@ -14,6 +14,10 @@ recovers its journal) and what the dead promotion had moved is put back as it wa
 then the new promotion takes the lease. A lease that has stopped being renewed but has not
 expired yet is waited for, so a promotion killed on another machine is taken over within one
 lease period, without a manual step.
+
+`shipway promote` takes the lease (`claimed`) before Prefect and the flow's modules load, which
+is most of its start-up: a dead promotion is undone, and a second promotion refused, within the
+registry client's start-up; the flow run adopts that lease when it starts (`held`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from configs.settings import Settings
 from core.errors import GateError
@@ -35,6 +40,7 @@ from tasks.aliases import SHARE, move
 from tasks.steps import serialized
 
 RESTORED = (Alias.SHADOW, Alias.CANARY)  # what a promotion moves before its last step
+STARTING = ""  # the run id of a lease taken before its flow run exists (claimed)
 
 
 class PromotionBusy(GateError):
@@ -89,28 +95,83 @@ class Lease:
         return "silent" if (now - self.renewed).total_seconds() > 2 * renew_s else "live"
 
     def describe(self) -> str:
-        return f"flow run {self.run_id} ({self.run_name}), {self.owner}, since {self.since:%Y-%m-%d %H:%M:%S} UTC" + (
+        run = f"flow run {self.run_id} ({self.run_name})" if self.run_id else "a promotion starting up"
+        return f"{run}, {self.owner}, since {self.since:%Y-%m-%d %H:%M:%S} UTC" + (
             f", promoting version {self.version}" if self.version else ""
         )
 
 
 @dataclass
 class Held:
-    """The lease this promotion holds; `promoting(version)` records the version once it is known."""
+    """The lease this promotion holds, renewed by a thread; `promoting(version)` records the version
+    once it is known. Every write of the lease goes through `lock`, so a renewal never writes back
+    an older copy."""
 
     settings: Settings
     name: str
     lease: Lease
     lost: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _renewer: threading.Thread | None = field(default=None, repr=False)
 
     def promoting(self, version: str) -> None:
-        self.lease = replace(self.lease, version=version)
-        registry.set_model_tag(self.settings, self.name, Tag.PROMOTION_LEASE, self.lease.to_json())
+        self._write(version=version)
+
+    def adopt(self, run_id: str, run_name: str) -> None:
+        """The lease claimed before the flow run existed, now under the run's id and name."""
+        self._write(run_id=run_id, run_name=run_name)
+
+    def start_renewal(self) -> None:
+        seconds = self.settings.promotion.lease_seconds
+        self._renewer = threading.Thread(target=_renew, args=(self, self._stop, seconds), name="lease-renewal")
+        self._renewer.daemon = True
+        self._renewer.start()
+
+    def stop_renewal(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=10)
+
+    def _write(self, **changes: Any) -> None:
+        with self.lock:
+            self.lease = replace(self.lease, **changes)
+            registry.set_model_tag(self.settings, self.name, Tag.PROMOTION_LEASE, self.lease.to_json())
+
+
+_claims: dict[tuple[str, str], Held] = {}  # (store, model): the lease this process took for the flow it starts
 
 
 def read(settings: Settings, name: str) -> Lease | None:
     text = registry.model_state(settings, name)[1].get(Tag.PROMOTION_LEASE)
     return Lease.from_json(text) if text else None
+
+
+@contextmanager
+def claimed(
+    settings: Settings, name: str, *, actor: str, say: Callable[[str], None] = print
+) -> Iterator[list[tuple[Lease, str]]]:
+    """Take `name`'s promotion lease for the promotion flow this process is about to run: a dead holder
+    is taken over (its moves undone) and a live one refused now, before the flow can start. The flow's
+    `held` adopts the lease; if no flow adopts it, it is released at the end of the block. Yields the
+    dead promotions taken over with why, for their flow runs to be marked crashed once Prefect is up."""
+    dead: list[tuple[Lease, str]] = []
+
+    def crashed(lease: Lease, why: str) -> None:
+        dead.append((lease, why))
+
+    seconds = settings.promotion.lease_seconds
+    lease = _acquire(settings, name, STARTING, "starting", actor, crashed, say, seconds, seconds / 3)
+    handle = Held(settings, name, lease)
+    handle.start_renewal()
+    key = (settings.mlflow.tracking_uri, name)
+    _claims[key] = handle
+    try:
+        yield dead
+    finally:
+        if _claims.pop(key, None) is handle:  # no flow took it over: nothing was moved under it
+            handle.stop_renewal()
+            _release(settings, name, handle.lease.run_id, actor)
 
 
 @contextmanager
@@ -125,14 +186,16 @@ def held(
     say: Callable[[str], None] = print,
 ) -> Iterator[Held]:
     """Hold `name`'s promotion lease for the block, renewed in the background; a dead holder is
-    taken over (`crashed` is told, then its moves are undone); a live one makes PromotionBusy."""
-    seconds = settings.promotion.lease_seconds
-    renew_s = seconds / 3
-    mine = _acquire(settings, name, run_id, run_name, actor, crashed, say, seconds, renew_s)
-    handle = Held(settings, name, mine)
-    stop = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(handle, stop, seconds, renew_s), name="lease-renewal", daemon=True)
-    renewer.start()
+    taken over (`crashed` is told, then its moves are undone); a live one makes PromotionBusy.
+    The lease this process `claimed` for this flow is adopted instead, under this run's id."""
+    handle = _claims.pop((settings.mlflow.tracking_uri, name), None)
+    if handle is not None:
+        handle.adopt(run_id, run_name)
+    else:
+        seconds = settings.promotion.lease_seconds
+        mine = _acquire(settings, name, run_id, run_name, actor, crashed, say, seconds, seconds / 3)
+        handle = Held(settings, name, mine)
+        handle.start_renewal()
     release = True
     try:
         yield handle
@@ -146,13 +209,16 @@ def held(
             release = True
         raise
     finally:
-        stop.set()
-        renewer.join(timeout=10)
+        handle.stop_renewal()
         if release:
-            with serialized(settings, name, f"{actor}: end of promotion {run_id}"):
-                found = read(settings, name)
-                if found is not None and found.run_id == run_id:
-                    registry.delete_model_tag(settings, name, Tag.PROMOTION_LEASE)
+            _release(settings, name, run_id, actor)
+
+
+def _release(settings: Settings, name: str, run_id: str, actor: str) -> None:
+    with serialized(settings, name, f"{actor}: end of promotion {run_id or '(starting)'}"):
+        found = read(settings, name)
+        if found is not None and found.run_id == run_id and found.owner == Owner.current():
+            registry.delete_model_tag(settings, name, Tag.PROMOTION_LEASE)
 
 
 def _acquire(
@@ -168,11 +234,11 @@ def _acquire(
 ) -> Lease:
     while True:
         found = read(settings, name)
-        if found is not None and found.run_id != run_id:
+        if found is not None and (found.run_id != run_id or run_id == STARTING):  # not this run's own
             if found.judge(datetime.now(UTC), renew_s) == "live":
+                answer = f" or answer it (shipway approve {found.run_id} [--reject])" if found.run_id else ""
                 raise PromotionBusy(
-                    f"another promotion of '{name}' is in progress: {found.describe()}; wait for it to end "
-                    f"or answer it (shipway approve {found.run_id} [--reject])"
+                    f"another promotion of '{name}' is in progress: {found.describe()}; wait for it to end{answer}"
                 )
             dead = reclaim(settings, name, actor=actor, say=say)
             if dead is not None:
@@ -236,16 +302,17 @@ def reclaim(
             return found, f"shipway: {why}; its moves were undone by {actor}"
 
 
-def _renew(handle: Held, stop: threading.Event, seconds: float, renew_s: float) -> None:
-    while not stop.wait(renew_s):
+def _renew(handle: Held, stop: threading.Event, seconds: float) -> None:
+    while not stop.wait(seconds / 3):
         try:
-            found = read(handle.settings, handle.name)
-            if found is None or found.run_id != handle.lease.run_id:
-                handle.lost = True  # declared dead by another promotion: nothing more to renew
-                return
-            now = datetime.now(UTC)
-            handle.lease = replace(handle.lease, renewed=now, expires=now + timedelta(seconds=seconds))
-            registry.set_model_tag(handle.settings, handle.name, Tag.PROMOTION_LEASE, handle.lease.to_json())
+            with handle.lock:
+                found = read(handle.settings, handle.name)
+                if found is None or found.run_id != handle.lease.run_id:
+                    handle.lost = True  # declared dead by another promotion: nothing more to renew
+                    return
+                now = datetime.now(UTC)
+                handle.lease = replace(handle.lease, renewed=now, expires=now + timedelta(seconds=seconds))
+                registry.set_model_tag(handle.settings, handle.name, Tag.PROMOTION_LEASE, handle.lease.to_json())
         except Exception:  # a store hiccup: the next renewal tries again, well within the lease
             continue
 

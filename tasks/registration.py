@@ -5,6 +5,7 @@ description, so that no version is ever visible without them."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import sysconfig
 import tempfile
@@ -135,8 +136,12 @@ def _installed(path: Path) -> bool:
     return any(path.is_relative_to(Path(library).resolve()) for library in libraries if library)
 
 
-def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings) -> Registered:
-    """Log a training run (params, metrics, dataset, config, model, baseline) and register its version."""
+def register(
+    trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings, unfinished: str | None = None
+) -> Registered:
+    """Log a training run (params, metrics, dataset, config, model, baseline) and register its version.
+    `unfinished`: the version is born with this tag (the training flow's: its gates have not decided
+    yet), so a version whose flow dies before they do never looks complete; a signal here says so."""
     client, experiment_id = connect(settings)
     training = settings.training
     name = training.model_name
@@ -250,19 +255,40 @@ def register(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, set
         **{f"metric_{k}": f"{v:.6g}" for k, v in trained.metrics.items()},
     }
     first = _ensure_registered_model(client, name)
-    created = client.create_model_version(
-        name,
-        source=model_info.model_uri,
-        run_id=run.info.run_id,
-        tags=tags,
-        description=describe_release(name, trained, snapshot, lineage),
-        model_id=model_info.model_id,
-    )
-    # the process that created the registered model creates its record: only one can have done so
-    record_id = record.create_record(settings, name) if first else record.record_run(settings, name)
-    registry.set_version_tags(settings, name, str(created.version), {Tag.RELEASE_RECORD: record_id})
-    client.update_registered_model(name, description=describe_model(settings, trained, snapshot))
+    try:
+        created = client.create_model_version(
+            name,
+            source=model_info.model_uri,
+            run_id=run.info.run_id,
+            tags=tags | ({Tag.UNFINISHED: unfinished} if unfinished else {}),
+            description=describe_release(name, trained, snapshot, lineage),
+            model_id=model_info.model_id,
+        )
+        # the process that created the registered model creates its record: only one can have done so
+        record_id = record.create_record(settings, name) if first else record.record_run(settings, name)
+        registry.set_version_tags(settings, name, str(created.version), {Tag.RELEASE_RECORD: record_id})
+        client.update_registered_model(name, description=describe_model(settings, trained, snapshot))
+    except BaseException as exc:
+        # found by its run: a signal may come while the store has created the version but not answered yet
+        for made in client.search_model_versions(f"run_id = '{run.info.run_id}'") if unfinished else []:
+            mark_unfinished(settings, name, str(made.version), exc, "register")
+        raise
     return Registered(name, str(created.version), run.info.run_id, f"models:/{name}/{created.version}")
+
+
+def mark_unfinished(settings: Settings, name: str, version: str, exc: BaseException, step: str) -> None:
+    """Say on the version (tag `unfinished`, its release card) how its training ended before the verdicts."""
+    registry.set_version_tags(settings, name, version, {Tag.UNFINISHED: how_it_ended(exc, step)})
+
+
+def how_it_ended(exc: BaseException, step: str) -> str:
+    """'stopped by SIGTERM during quality', 'failed during bench: OSError: ...'."""
+    if isinstance(exc, KeyboardInterrupt):
+        return f"stopped by SIGINT during {step}"
+    if not isinstance(exc, Exception):  # Prefect's TerminationSignal carries the signal's number
+        number = getattr(exc, "signal", None)
+        return f"stopped by {signal.Signals(number).name if number else type(exc).__name__} during {step}"
+    return f"failed during {step}: {type(exc).__name__}: {exc}"
 
 
 def training_rows(trained: TrainedModel, frame: pd.DataFrame) -> pd.DataFrame:
@@ -321,7 +347,9 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> bool:
 
 
 @task(name="register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
-def register_task(trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings) -> Registered:
-    registered = register(trained, snapshot, lineage, settings)
+def register_task(
+    trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings, unfinished: str | None = None
+) -> Registered:
+    registered = register(trained, snapshot, lineage, settings, unfinished)
     get_run_logger().info("registered %s version %s (run %s)", registered.name, registered.version, registered.run_id)
     return registered

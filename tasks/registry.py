@@ -252,6 +252,17 @@ def set_version_tags(settings: Settings, name: str, version: str, tags: dict[str
         refresh_card(settings, name, version)
 
 
+def delete_version_tag(settings: Settings, name: str, version: str, key: str) -> None:
+    """Remove a tag of the version (absent: nothing to do), the release card with it."""
+    client, _ = connect(settings)
+    try:
+        client.delete_model_version_tag(name, str(version), key)
+    except MlflowException:
+        return
+    if key in release_card.CARD_TAGS:
+        refresh_card(settings, name, version)
+
+
 def ui_path(experiment: str, run_id: str) -> str:
     """A run's page in the MLflow UI, in its model-training view: MLflow 3.17's UI picks GenAI or
     model training from this parameter (or the last choice in the browser), not from the experiment."""

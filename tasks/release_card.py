@@ -37,6 +37,7 @@ CARD_TAGS = frozenset(
         "latency_gate",
         "release_record",
         "gate_override",
+        "unfinished",
         *(tag for stage in STAGES for tag in approval_tags(stage)),
     }
 )
@@ -49,7 +50,8 @@ def short(value: str, limit: int = MAX_TAG_CHARS) -> str:
 
 def render(tags: Mapping[str, str], about: str, record_link: str | None = None) -> str:
     """The description of a version: the card from `tags`, then `about`."""
-    rows = [
+    rows = [("training", f"**not finished**: {tags['unfinished']}")] if tags.get("unfinished") else []
+    rows += [
         ("git commit", _commit(tags)),
         ("data snapshot", _snapshot(tags)),
         ("validation", tags.get("validation_status", "not checked yet")),

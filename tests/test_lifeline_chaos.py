@@ -1,25 +1,30 @@
 """Children die with their parent, and a SIGTERM at any stage ends cleanly (issue 12, item 8): kill -9
 of the gateway ends its Shadow process, kill -9 of a `shipway` command ends its temporary Prefect
-server, SIGTERM during the gateway's or the Shadow's start-up exits 143 without a traceback. Real
-processes, real signals."""
+server, SIGTERM during the gateway's or the Shadow's start-up exits 143 without a traceback, and so
+does SIGTERM during `shipway train`'s register step (issue 20), leaving no version that looks
+complete. Real processes, real signals."""
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
 from configs.settings import ENV_PREFIX
-from core.vocabulary import Alias
+from core.errors import RegistryError
+from core.vocabulary import Alias, Tag
 from serving.server import _free_port, running
 from tasks.aliases import move
 from tasks.demo_data import generate
-from tests.conftest import embedded, register_versions, tuned, wait_for, write_profile
+from tasks.registry import versions
+from tests.conftest import SHIPWAY, embedded, register_versions, tuned, wait_for, write_profile
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 GONE_S = 5.0  # a child must be gone this long after its parent was killed
@@ -108,3 +113,73 @@ def _up(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def start_training(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
+    """`shipway train` on a 3,000-row demo in its own process group, Prefect in its ephemeral mode:
+    (process, its output, the MLflow database it writes)."""
+    settings = tuned(embedded(tmp_path), data={"demo_rows": 3_000}, serving={"bench_requests": 100})
+    profile = write_profile(settings, tmp_path / "profile.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX) and k != "PREFECT_API_URL"}
+    output = tmp_path / "train.log"
+    with output.open("w") as out:
+        train = subprocess.Popen(
+            [SHIPWAY, "train", "--data", "demo", "--config", str(profile)],
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env | {"PREFECT_HOME": str(tmp_path / "prefect")},
+            start_new_session=True,
+        )
+    return train, output, Path(settings.mlflow.tracking_uri.removeprefix("sqlite:///"))
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    """Read the MLflow database the command writes (read-only; [] until its tables exist)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return conn.execute(sql).fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+def sigterm_group(train: subprocess.Popen) -> int:
+    """SIGTERM to the whole process group, as a service manager or a terminal's Ctrl-C does: the
+    temporary Prefect server used to stop with it, under the flow run, and the command hung 2.5 min
+    in Prefect's retries before a traceback."""
+    try:
+        os.killpg(train.pid, signal.SIGTERM)
+        return train.wait(timeout=60)
+    finally:
+        if train.poll() is None:
+            os.killpg(train.pid, signal.SIGKILL)
+
+
+def assert_stopped_in_one_line(code: int, output: Path) -> None:
+    said = output.read_text()
+    assert code == 128 + signal.SIGTERM, said  # documented in flows/cli.py
+    assert "Traceback" not in said and said.rstrip().endswith("shipway: stopped by SIGTERM"), said
+
+
+def test_sigterm_in_shipways_trains_register_step_ends_in_one_line_and_fails_its_run(tmp_path):
+    train, output, db = start_training(tmp_path)
+    # Only the register step opens a training run: while one is RUNNING, the command is in register.
+    running_run = "SELECT run_uuid FROM runs WHERE status = 'RUNNING' AND name LIKE 'train-%'"
+    (run_id,) = wait_for(lambda: rows(db, running_run), 300, "the register step's MLflow run", 0.1)[0]
+    assert_stopped_in_one_line(sigterm_group(train), output)
+    assert rows(db, f"SELECT status FROM runs WHERE run_uuid = '{run_id}'") == [("FAILED",)]  # MLflow's own mark
+    assert rows(db, "SELECT version FROM model_versions") == []
+
+
+def test_sigterm_once_the_version_exists_leaves_it_marked_unfinished_and_unservable(tmp_path):
+    train, output, db = start_training(tmp_path)
+    wait_for(lambda: rows(db, "SELECT version FROM model_versions"), 300, "the registered version", 0.1)
+    assert_stopped_in_one_line(sigterm_group(train), output)
+    settings = embedded(tmp_path)
+    found, aliases = versions(settings, "churn-classifier")
+    assert [str(v.version) for v in found] == ["1"] and aliases == {}
+    mark = found[0].tags[Tag.UNFINISHED]
+    assert mark.startswith("stopped by SIGTERM during "), mark  # register, quality, contract or bench
+    assert f"**not finished**: {mark}" in found[0].description  # on the release card too
+    with pytest.raises(RegistryError, match=f"version 1 of 'churn-classifier' did not finish training: {mark}"):
+        move(settings, "churn-classifier", {Alias.SHADOW: "1"}, actor="test", reason="by hand")

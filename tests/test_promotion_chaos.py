@@ -1,5 +1,6 @@
-"""kill -9 of `shipway promote` at each stage: the next `shipway promote` takes over within 60 s, with the
-aliases and the canary share as they were before the killed promotion (issue 12, item 2).
+"""kill -9 of `shipway promote` at each stage: the next `shipway promote` takes over, with the aliases and
+the canary share as they were before the killed promotion (issue 12, item 2). How fast is measured by
+tests/benchmarks/bench_chaos.py, not here: a busy machine would fail a timed test, not slow code.
 
 Real processes: each promotion is the `shipway` command in its own process (Prefect's ephemeral mode
 on this test's own PREFECT_HOME), killed with SIGKILL; a real gateway carries replayed traffic.
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -26,6 +28,7 @@ from flows.resume import resume, running_api
 from serving.server import running
 from tasks.aliases import history, move
 from tasks.demo_data import TARGET, generate
+from tasks.lease import STARTING
 from tasks.registry import model_state
 from tasks.traffic import Replay
 from tests.conftest import register_versions
@@ -33,7 +36,6 @@ from tests.conftest import register_versions
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 NAME = "churn-classifier"
 SHIPWAY = str(Path(sys.executable).with_name("shipway"))
-TAKEOVER_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -85,34 +87,54 @@ def state(settings) -> tuple[dict, str | None]:
     return aliases, tags.get(Tag.CANARY_SHARE)
 
 
-def kill_and_take_over(settings, victim: subprocess.Popen, prefect_home: Path) -> tuple[float, subprocess.Popen]:
-    """SIGKILL the promotion, start the next one; returns seconds from the kill until the dead promotion's
-    moves are undone (its lease freed); then the next one runs under its own lease, the dead run Crashed."""
+@dataclass(frozen=True)
+class Takeover:
+    """Seconds from the kill until: the dead promotion's moves were undone and its lease freed
+    (`undone`), the next promotion held the lease (`held`), its flow run had adopted it (`flow`)."""
+
+    undone: float
+    held: float
+    flow: float
+
+
+def kill_and_take_over(settings, victim: subprocess.Popen, prefect_home: Path) -> tuple[Takeover, subprocess.Popen]:
+    """SIGKILL the promotion and start the next one at once: the dead promotion's moves are undone (its
+    lease freed), then the next one holds the lease, its flow run adopts it, and the dead run is Crashed."""
     dead = lease(settings)
     children = psutil.Process(victim.pid).children(recursive=True)  # its temporary Prefect server
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     killed = time.monotonic()
-    # Its temporary Prefect server dies with it: SIGTERM at once, then a graceful stop that the
+    successor = promote(settings)
+    times: dict[str, float] = {}
+
+    def run_id() -> str | None:
+        run = (lease(settings) or {}).get("run_id")
+        if run != dead["run_id"]:
+            times.setdefault("undone", time.monotonic() - killed)
+            if run is not None:
+                times.setdefault("held", time.monotonic() - killed)
+        return run
+
+    wait_for("the next promotion taking the lease", lambda: run_id() not in (None, dead["run_id"]))
+    wait_for("the next promotion's flow run adopting it", lambda: run_id() not in (None, dead["run_id"], STARTING))
+    took = Takeover(times["undone"], times["held"], time.monotonic() - killed)
+    # Its temporary Prefect server died with it: SIGTERM at once, then a graceful stop that the
     # lifeline ends after GRACE_S at the latest (once seen in CI still draining after 5 s).
     _, alive = psutil.wait_procs(children, timeout=GRACE_S + 5)
     assert not alive, f"outlived the killed promotion: {alive}"
-    successor = promote(settings)
-    freed: list[float] = []  # when the dead promotion's lease was gone, its moves undone
 
-    def taken() -> bool:
-        run = (lease(settings) or {}).get("run_id")
-        if run != dead["run_id"] and not freed:
-            freed.append(time.monotonic() - killed)
-        return run not in (None, dead["run_id"])
+    def crashed() -> bool:
+        with sqlite3.connect(prefect_home / "prefect.db") as db:
+            (state,) = db.execute("SELECT state_type FROM flow_run WHERE id = ?", (dead["run_id"],)).fetchone()
+        return state == "CRASHED"
 
-    wait_for("the next promotion taking the lease", taken)
-    seconds = time.monotonic() - killed
-    with sqlite3.connect(prefect_home / "prefect.db") as db:
-        (crashed,) = db.execute("SELECT state_type FROM flow_run WHERE id = ?", (dead["run_id"],)).fetchone()
-    assert crashed == "CRASHED"
-    print(f"kill -9 -> dead promotion undone in {freed[0]:.1f} s, next promotion took over in {seconds:.1f} s")
-    return seconds, successor
+    wait_for("the dead promotion's flow run marked Crashed", crashed)
+    print(
+        f"kill -9 -> dead promotion undone in {took.undone:.1f} s, next promotion held the lease in {took.held:.1f} s, "
+        f"its flow run in {took.flow:.1f} s"
+    )
+    return took, successor
 
 
 def approve(api: str, run_id: str) -> bool:
@@ -150,9 +172,8 @@ def test_killed_while_waiting_for_traffic(fast, prefect_home):
     victim = promote(fast)  # no traffic at all: the shadow analysis waits
     wait_for("the promotion waiting for traffic", lambda: (lease(fast) or {}).get("version") == "2")
     time.sleep(3)
-    seconds, successor = kill_and_take_over(fast, victim, prefect_home)
+    _, successor = kill_and_take_over(fast, victim, prefect_home)
     try:
-        assert seconds <= TAKEOVER_S
         assert state(fast) == before
     finally:
         stop(successor)
@@ -164,9 +185,8 @@ def test_killed_while_paused_for_approval(fast, prefect_home):
     before = state(fast)
     victim = promote(fast)  # nothing in Production: straight to the approval
     wait_for("the approval request", lambda: Tag.AWAITING_APPROVAL in model_state(fast, NAME)[1])
-    seconds, successor = kill_and_take_over(fast, victim, prefect_home)
+    _, successor = kill_and_take_over(fast, victim, prefect_home)
     try:
-        assert seconds <= TAKEOVER_S
         assert state(fast) == before
         waiting = wait_for("the new approval request", lambda: model_state(fast, NAME)[1].get(Tag.AWAITING_APPROVAL))
         assert json.loads(waiting)["run_id"] == lease(fast)["run_id"]  # the request of the dead run is gone
@@ -189,9 +209,8 @@ def test_killed_mid_canary(in_production, prefect_home):
             and Tag.PROMOTION_PENDING not in model_state(settings, NAME)[1]
         ),
     )
-    seconds, successor = kill_and_take_over(settings, victim, prefect_home)
+    _, successor = kill_and_take_over(settings, victim, prefect_home)
     try:
-        assert seconds <= TAKEOVER_S
         assert state(settings) == before  # the canary lost its share and its alias
         assert "ended without finishing" in history(settings, NAME)[-1].reason
     finally:

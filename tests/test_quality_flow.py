@@ -71,6 +71,7 @@ def test_the_gate_judges_each_version_logs_its_table_and_a_failure_takes_no_alia
     assert stopped.stderr.count("\n") == 1
     found, aliases = versions(small, first.model_name)
     assert found[0].version == 3 and found[0].tags["quality_gate"] == "failed"
+    assert "unfinished" not in found[0].tags  # refused by a gate is a verdict: the version is complete
     assert aliases == {"Production": "1", "Shadow": "2"}
     with pytest.raises(RegistryError, match=r"version 3 of 'churn-classifier' failed its quality gate"):
         move(small, first.model_name, {Alias.SHADOW: "3"}, actor="test", reason="by hand")

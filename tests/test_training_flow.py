@@ -7,8 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from flows.cli import cli
-from flows.training import training_flow
-from tasks.aliases import alias_task
+from flows.training import alias_task, training_flow
 from tasks.demo_data import generate
 from tasks.registration import register_task
 from tasks.registry import versions
@@ -56,6 +55,7 @@ def test_flow_registers_a_version_with_every_lineage_tag_and_makes_it_shadow(qui
     assert {f"metric_{m}" for m in result.metrics} <= set(tags)
     assert {"latency_p50_ms", "latency_p95_ms", "latency_p99_ms"} <= set(tags) and tags["latency_gate"] == "passed"
     assert tags["serving_format"] == "onnx" and tags["onnx_parity"].startswith("passed")
+    assert "unfinished" not in tags and "not finished" not in found[0].description  # its gates decided
 
     again = training_flow(data="demo", settings=quick)
     assert (again.version, again.snapshot_id, again.snapshot_reused) == ("2", result.snapshot_id, True)

@@ -11,9 +11,11 @@ then three measurements, each printed with its target:
   `serving.log_flush_interval_s` (the rows a crash may lose by design). Then: restart to the
   first answer, in seconds.
 - promote: kill -9 of `shipway promote` at each stage (waiting for traffic, paused for approval,
-  mid-canary); the next `shipway promote` takes over within 60 s, and the aliases and canary
-  share are as before the killed promotion (tests/test_promotion_chaos.py's helpers, which
-  assert both). The lease has its default length: a dead process on this machine is seen at once.
+  mid-canary), the next `shipway promote` started at once: seconds until the dead promotion's moves
+  are undone, until the next one holds the lease (taken over: target 20 s), until its flow run has
+  adopted it; the aliases and canary share are as before the killed promotion
+  (tests/test_promotion_chaos.py's helpers, which assert it). The lease has its default length: a
+  dead process on this machine is seen at once.
 - hostile: 100 malformed or hostile requests (tests/conformance.py's refused payloads, slow and
   short bodies, a slow head, oversized bodies and heads, smuggling) beside a steady
   concurrency-4 load: 0 answers 5xx, none answered later than the body/header timeout, and the
@@ -44,7 +46,7 @@ import orjson  # noqa: E402
 import psutil  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
-TARGETS = {"takeover_s": 60.0, "p99_ratio": 2.0}
+TARGETS = {"takeover_s": 20.0, "p99_ratio": 2.0}
 FAST_PROMOTION = {  # as tests/test_promotion_chaos.py, but the lease at its default
     "PROMOTION__MIN_REQUESTS": "60",
     "PROMOTION__MIN_LABELED": "30",
@@ -343,11 +345,12 @@ def promotion_killed(settings, prefect_home: Path) -> None:
         before = state(settings)
         victim = promote(settings)
         reached()
-        seconds, successor = kill_and_take_over(settings, victim, prefect_home)
+        took, successor = kill_and_take_over(settings, victim, prefect_home)
         after = state(settings)
         stop(successor)
-        figures[stage] = seconds
-        print(f"  {stage}: next promotion took over in {seconds:.1f} s; aliases and share as before: "
+        figures[stage] = took.held
+        print(f"  {stage}: dead promotion undone in {took.undone:.1f} s, next promotion held the lease in "
+              f"{took.held:.1f} s, its flow run in {took.flow:.1f} s; aliases and share as before: "
               f"{after == before} {after}  (load {load()})")  # fmt: skip
         reset(settings)
 
@@ -378,7 +381,7 @@ def promotion_killed(settings, prefect_home: Path) -> None:
         finally:
             replay.stop()
     worst = max(figures.values())
-    print(f"  slowest takeover {worst:.1f} s, target <= {TARGETS['takeover_s']:g} s: "
+    print(f"  slowest takeover (next promotion holding the lease) {worst:.1f} s, target <= {TARGETS['takeover_s']:g} s: "
           f"{'met' if worst <= TARGETS['takeover_s'] else 'NOT met'}\n")  # fmt: skip
 
 
