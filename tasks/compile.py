@@ -9,7 +9,9 @@ Numbers travel as float64 end to end: skl2onnx's own imputer casts medians to fl
 onnxruntime has no float64 Imputer), so numeric SimpleImputers get a float64 IsNaN/Where graph
 here. String nulls reach ONNX as NULL_TOKEN, which the compiled string imputers replace. A
 decision threshold (training.threshold) is converted as what it is: the estimator's graph, then
-the label taken from its probabilities with FixedThresholdClassifier's own >= comparison.
+the label taken from its probabilities with FixedThresholdClassifier's own >= comparison. Tree
+ensembles (random forests, extra trees, gradient boosting, HistGradientBoosting) are converted by
+tasks/compile_trees.py into float64 TreeEnsemble nodes, in the same graph as their preprocessing.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import orjson
 import pandas as pd
 
 from serving import NULL_TOKEN, frame_feeds, session
+from tasks import compile_trees
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-PROBA_TOLERANCE = 1e-6  # probabilities behind a label answer
+PROBA_TOLERANCE = 1e-6  # probabilities behind a label answer (ANSWER_TOLERANCE for tree ensembles)
 ANSWER_TOLERANCE = 1e-9  # numbers that are the answer (regression values, probability rows), relative
 ONNX_OPSET = {"": 17, "ai.onnx.ml": 3}
 
@@ -59,6 +62,7 @@ def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame, predict_fn: str =
     _register_float64_imputer()
     _register_float64_stumps()
     _register_in_set()
+    compile_trees.register()
     plain, threshold = _without_threshold(model)
     graph = _with_null_token(plain)
     types = [
@@ -67,13 +71,16 @@ def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame, predict_fn: str =
     ]
     final = _final_estimator(graph)
     classifier = hasattr(final, "classes_")
+    trees = compile_trees.has_trees(plain)
     try:
         onx = convert_sklearn(
             graph,
             initial_types=types,
             options={id(final): {"zipmap": False}} if classifier else None,
-            target_opset=ONNX_OPSET,
+            target_opset=compile_trees.TREE_OPSET if trees else ONNX_OPSET,
         )
+        if trees:
+            onx = compile_trees.with_tree_opset(onx)
         onx = _named_like_columns(onx, list(X_holdout.columns))
         if threshold is not None:
             onx = _labels_at_threshold(onx, threshold, np.asarray(final.classes_))
@@ -94,8 +101,9 @@ def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame, predict_fn: str =
         differ = int(np.sum(labels.reshape(-1) != np.asarray(expected)))
         return Compiled(None, f"parity failed: {differ} of {len(expected)} holdout predictions differ")
     delta = float(np.max(np.abs(proba - expected_proba)))
-    if not delta <= PROBA_TOLERANCE:
-        return Compiled(None, f"parity failed: probabilities differ by up to {delta:.3g} (> {PROBA_TOLERANCE:g})")
+    tolerance = ANSWER_TOLERANCE if trees else PROBA_TOLERANCE  # float64 trees: as exact as the answers
+    if not delta <= tolerance:
+        return Compiled(None, f"parity failed: probabilities differ by up to {delta:.3g} (> {tolerance:g})")
     return Compiled(onx, f"passed: {len(expected)} holdout rows, predictions equal, max |dp| {delta:.2g}")
 
 
@@ -204,6 +212,9 @@ def _is_number(s: pd.Series) -> bool:
 
 
 def _is_text(s: pd.Series) -> bool:
+    """Text, and categories of text (as pandas' category dtype holds them: served as strings)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return _is_text(pd.Series(s.dtype.categories))
     return pd.api.types.is_string_dtype(s.dtype) or (s.dtype == object and s.dropna().map(type).eq(str).all())
 
 
