@@ -220,3 +220,49 @@ def test_a_version_trained_by_the_flow_is_served_compiled_with_sklearns_answers(
     assert answer.status_code == 200, answer.text
     assert answer.json()["predictions"] == model.predict(rows).tolist()
     assert health["serving"]["Production"] == {"version": result.version, "format": "onnx"}
+
+
+def test_date_parts_compile_for_naive_and_zoned_dates_and_nulls(data):
+    """DateParts in the graph: dates from 1950 to 2069 to the microsecond, zone-aware ones read in
+    UTC, NaT as missing parts; a linear model on the parts shows any part that differs."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LinearRegression
+
+    from tasks.features import DateParts
+
+    frame, targets = data
+    rng = np.random.default_rng(4)
+    seconds = pd.to_timedelta(rng.integers(0, 120 * 365 * 86_400, len(frame)), unit="s")
+    dates = pd.DataFrame(
+        {
+            "signed_up": pd.Timestamp("1950-01-01")
+            + seconds
+            + pd.to_timedelta(rng.integers(0, 10**6, len(frame)), unit="us")
+        },
+        index=frame.index,
+    )
+    dates.loc[dates.index[::11], "signed_up"] = pd.NaT
+    dates["seen_at"] = dates["signed_up"].dt.tz_localize("UTC").dt.tz_convert("America/Sao_Paulo")
+    parts = Pipeline([("parts", DateParts()), ("impute", SimpleImputer()), ("model", LinearRegression())])
+    parts.fit(dates, targets["regression"])
+    coefficients = parts[-1].coef_
+    assert np.all(np.abs(coefficients) > 1e-6)  # every part counts in the answer
+    answers_like_sklearn(parts, dates)
+    with_dates = frame.join(dates)
+    model = Pipeline([("preprocess", preprocessor(with_dates)), ("model", HistGradientBoostingClassifier(max_iter=20))])
+    model.fit(with_dates.iloc[:1100], targets["binary"][:1100])
+    answers_like_sklearn(model, with_dates.iloc[1100:])
+
+
+def test_the_gateway_feeds_datetimes_as_the_compiled_parts_read_them():
+    from serving.registry import Column
+    from serving.schema import Raw, Schema
+
+    schema = Schema([Column("signed_up", "datetime", False)])
+    sent = ["2024-05-31T14:00:00", None, "1969-12-31T23:59:59.999999", "2024-02-29T00:00:00+02:00"]
+    batch = schema.coerce(Raw({"signed_up": sent}, len(sent)))
+    fed = schema.feeds(batch)["signed_up"].reshape(-1)
+    expected = pd.to_datetime(pd.Series(sent), format="ISO8601", utc=True)
+    assert np.isnan(fed[1])
+    micros = (expected.drop(index=1) - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(microseconds=1)
+    assert fed[[0, 2, 3]].tolist() == micros.astype(float).tolist()
