@@ -19,6 +19,10 @@ What each family does, and so the graph:
   trees, the link; `categorical_features="from_dtype"` columns are encoded as the estimator's own
   OrdinalEncoder does. Labels from the raw score (`> 0` for two classes), as its predict does.
 
+LightGBM's scikit-learn estimators (a user's, by import path) are converted from its own dump of
+the trees, in float64 as it computes. XGBoost is not: it compares and sums in float32, so a float64
+graph misses its float32 answers by more than the parity tolerance.
+
 A classifier's K classes are K one-target trees per fitted tree (TreeEnsemble leaves carry one
 value): the probabilities are summed per class exactly as sklearn sums them. Trees are grouped
 into TreeEnsemble nodes of at most GROUP_NODES split nodes: one node per tree pays onnxruntime's
@@ -30,6 +34,7 @@ Registration is per process, as compile.py's own converters: `register()` before
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,7 +95,7 @@ def tree_families() -> dict[type, str]:
 
 def has_trees(model) -> bool:
     """Whether a (fitted) pipeline holds an estimator this module converts."""
-    families = tuple(tree_families())
+    families = (*tree_families(), *other_libraries())
     stack = [model]
     while stack:
         step = stack.pop()
@@ -110,12 +115,22 @@ def with_tree_opset(proto):
     return proto
 
 
+def other_libraries() -> dict[type, str]:
+    """LightGBM's scikit-learn estimators, when the process has imported LightGBM (a model of the
+    user's was trained with it): shipway itself never imports it."""
+    module = sys.modules.get("lightgbm")
+    if module is None:
+        return {}
+    return {module.LGBMClassifier: "ShipwayLGBMClassifier", module.LGBMRegressor: "ShipwayLGBMRegressor"}
+
+
 def register() -> None:
-    """skl2onnx converters for every family of tree_families(), replacing its float32 ones."""
+    """skl2onnx converters for every family of tree_families() (replacing its float32 ones) and of
+    other_libraries()."""
     from skl2onnx import update_registered_converter
     from skl2onnx.common._registration import get_converter
 
-    for cls, alias in tree_families().items():
+    for cls, alias in {**tree_families(), **other_libraries()}.items():
         try:
             original = get_converter(alias)
         except ValueError:
@@ -123,6 +138,8 @@ def register() -> None:
         if original is not None and getattr(getattr(original, "_fct", original), "shipway", False):
             continue
         options = original.get_allowed_options() if original is not None else None
+        if options is None and hasattr(cls, "predict_proba"):
+            options = {"zipmap": [True, False, "columns"], "nocl": [True, False]}  # skl2onnx's classifier parser
         update_registered_converter(cls, alias, _shape, _convert, options=options)
 
 
@@ -143,6 +160,9 @@ def _convert(scope, operator, container) -> None:
     model = operator.raw_operator
     graph = _Graph(scope, container)
     name = type(model).__name__
+    if name.startswith("LGBM"):
+        _convert_lightgbm(graph, operator, model)
+        return
     if name.startswith("HistGradientBoosting"):
         x = graph.hist_inputs(operator.inputs, model)
         trees, targets = hist_trees(model)
@@ -197,6 +217,87 @@ def _answer_boosting(graph, operator, model, raw: str, strict: bool) -> None:
         raise NotImplementedError(f"{type(model).__name__} with loss link {link}")
     graph.node("Softmax", [raw], operator.outputs[1].full_name, axis=1)
     graph.labels(graph.node("ArgMax", [raw], axis=1, keepdims=0), model.classes_, operator.outputs[0].full_name)
+
+
+def _convert_lightgbm(graph, operator, model) -> None:
+    """LightGBM: float64 input, the trees' sum (its first tree holds the initial score), divided
+    by the iterations in random-forest mode, then the objective's transform; the label as the
+    argmax of the probabilities, as LGBMClassifier.predict takes it."""
+    dump = model.booster_.dump_model()
+    trees, targets = lightgbm_trees(dump)
+    raw = graph.ensemble(graph.concat(operator.inputs), trees, targets)
+    if dump.get("average_output"):
+        raw = graph.node("Div", [raw, graph.const(np.array(float(len(trees) // targets)))])
+    objective, *options = dump["objective"].split()
+    settings = dict(o.split(":", 1) for o in options if ":" in o)
+    if not hasattr(model, "classes_"):
+        if objective in ("poisson", "gamma", "tweedie"):
+            raw = graph.node("Exp", [raw])
+        elif objective not in ("regression", "regression_l1", "huber", "fair", "quantile", "mape"):
+            raise NotImplementedError(f"LightGBM objective {objective}")
+        graph.node("Identity", [raw], operator.outputs[0].full_name)
+        return
+    if objective == "binary":
+        scaled = graph.node("Mul", [raw, graph.const(np.array(float(settings.get("sigmoid", 1.0))))])
+        positive = graph.node("Sigmoid", [scaled])
+        negative = graph.node("Sub", [graph.const(np.array(1.0)), positive])
+        proba = graph.node("Concat", [negative, positive], operator.outputs[1].full_name, axis=1)
+    elif objective == "multiclass":
+        proba = graph.node("Softmax", [raw], operator.outputs[1].full_name, axis=1)
+    else:
+        raise NotImplementedError(f"LightGBM objective {objective}")
+    graph.labels(graph.node("ArgMax", [proba], axis=1, keepdims=0), model.classes_, operator.outputs[0].full_name)
+
+
+def lightgbm_trees(dump: dict) -> tuple[list[Tree], int]:
+    """LightGBM's dumped trees as sklearn-layout arrays. A numeric split sends x <= threshold left
+    and NaN where LightGBM does: its default side (missing type NaN), or as 0.0 (missing type
+    None); a categorical one sends its listed categories left, NaN as LightGBM does (category 0
+    unless missing type NaN), anything else right."""
+    per_iteration = dump.get("num_tree_per_iteration", 1)
+    trees = []
+    for index, info in enumerate(dump["tree_info"]):
+        nodes: list[dict] = []
+        _flatten(info["tree_structure"], nodes)
+        n = len(nodes)
+        feature, threshold = np.zeros(n, dtype=np.int64), np.zeros(n)
+        left, right = np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+        missing_left, value = np.zeros(n, dtype=bool), np.zeros(n)
+        members: dict[int, list[float]] = {}
+        for i, node in enumerate(nodes):
+            if "leaf_value" in node:
+                value[i] = node["leaf_value"]
+                continue
+            feature[i], left[i], right[i] = node["split_feature"], node["left"], node["right"]
+            missing = node.get("missing_type", "None")
+            if node["decision_type"] == "==":
+                categories = [float(c) for c in str(node["threshold"]).split("||")]
+                members[i] = categories
+                missing_left[i] = missing != "NaN" and 0.0 in categories
+            elif node["decision_type"] == "<=":
+                threshold[i] = float(node["threshold"])
+                if missing == "NaN":
+                    missing_left[i] = bool(node["default_left"])
+                elif missing == "None":
+                    missing_left[i] = threshold[i] >= 0.0
+                else:  # Zero: zeros (and NaN, read as 0) go the default side
+                    if bool(node["default_left"]) != (threshold[i] >= 0.0):
+                        raise NotImplementedError("LightGBM split sending zeros against their side (zero_as_missing)")
+                    missing_left[i] = bool(node["default_left"])
+            else:
+                raise NotImplementedError(f"LightGBM decision type {node['decision_type']}")
+        trees.append(Tree(feature, threshold, left, right, missing_left, value, index % per_iteration, members, {}))
+    return trees, per_iteration
+
+
+def _flatten(node: dict, out: list[dict]) -> int:
+    """A dumped tree (nested dicts) as a list of nodes, children after their parent, root first."""
+    position = len(out)
+    out.append(dict(node))
+    if "leaf_value" not in node:
+        out[position]["left"] = _flatten(node["left_child"], out)
+        out[position]["right"] = _flatten(node["right_child"], out)
+    return position
 
 
 def _gb_init(model) -> np.ndarray:

@@ -266,3 +266,24 @@ def test_the_gateway_feeds_datetimes_as_the_compiled_parts_read_them():
     assert np.isnan(fed[1])
     micros = (expected.drop(index=1) - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(microseconds=1)
     assert fed[[0, 2, 3]].tolist() == micros.astype(float).tolist()
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_lightgbm_models_given_by_import_path_compile_exactly(data, task):
+    """LightGBM (a dev dependency: users bring it) through training.estimator's import path, behind
+    shipway's preprocessing and on raw columns with NaN; its random-forest mode averages."""
+    from configs.settings import TrainingSettings
+    from tasks.training import train
+
+    frame, targets = data
+    table = frame.assign(label=targets[task])
+    estimator = "lightgbm:LGBMRegressor" if task == "regression" else "lightgbm:LGBMClassifier"
+    settings = TrainingSettings(estimator=estimator, params={"n_estimators": 40, "verbose": -1}, threshold="none")
+    trained = train(table, "label", settings)
+    answers_like_sklearn(trained.model, trained.X_holdout)
+    import lightgbm
+
+    numbers = frame[NUMERIC]
+    forest = lightgbm.LGBMClassifier(boosting_type="rf", subsample=0.8, subsample_freq=1, n_estimators=10, verbose=-1)
+    model = Pipeline([("model", forest)]).fit(numbers.iloc[:1100], targets["binary"][:1100])
+    answers_like_sklearn(model, numbers.iloc[1100:])
