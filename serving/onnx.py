@@ -10,17 +10,31 @@ NULL_TOKEN = "\u2400"  # SYMBOL FOR NULL: ONNX strings cannot be None, and "\x00
 
 
 def frame_feeds(X: pd.DataFrame) -> dict[str, np.ndarray]:
-    """ONNX inputs for a DataFrame: one (n, 1) tensor per column, float64 (booleans as 0/1) or string."""
+    """ONNX inputs for a DataFrame: one (n, 1) tensor per column, float64 (booleans as 0/1;
+    datetimes as microseconds since 1970 in UTC, NaT as NaN) or string."""
     feeds = {}
     for col in X.columns:
         s = X[col]
-        if pd.api.types.is_numeric_dtype(s.dtype):
+        if pd.api.types.is_datetime64_any_dtype(s.dtype):
+            feeds[col] = epoch_us(s).reshape(-1, 1)
+        elif pd.api.types.is_numeric_dtype(s.dtype):
             feeds[col] = s.to_numpy(dtype=np.float64, na_value=np.nan).reshape(-1, 1)
         else:
             feeds[col] = np.array([NULL_TOKEN if v is None or v != v else v for v in s.tolist()], dtype=object).reshape(
                 -1, 1
             )
     return feeds
+
+
+def epoch_us(stamps: pd.Series) -> np.ndarray:
+    """Datetimes (naive ones read as UTC, as the date parts read them) as float64 microseconds
+    since 1970, NaT as NaN: exact to the microsecond within 285 years of 1970."""
+    if getattr(stamps.dt, "tz", None) is not None:
+        stamps = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+    micros = stamps.astype("datetime64[us]")
+    values = micros.to_numpy().view("int64").astype(np.float64)
+    values[micros.isna().to_numpy()] = np.nan
+    return values
 
 
 def session(onx: bytes):

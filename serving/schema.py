@@ -34,7 +34,7 @@ import orjson
 import pandas as pd
 
 from serving import dates
-from serving.onnx import NULL_TOKEN
+from serving.onnx import NULL_TOKEN, epoch_us
 from serving.registry import Column
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -413,6 +413,9 @@ class Schema:
                 feeds[column.name] = np.array([NULL_TOKEN if v is None else v for v in values], dtype=object).reshape(
                     -1, 1
                 )
+            elif column.type == "datetime":  # the frame's datetimes, as the compiled date parts read them
+                stamps = self.frame(Batch({column.name: values}, batch.rows))[column.name]
+                feeds[column.name] = epoch_us(stamps).reshape(-1, 1)
             else:
                 feeds[column.name] = np.array([math.nan if v is None else v for v in values], dtype=np.float64).reshape(
                     -1, 1

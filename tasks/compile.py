@@ -9,7 +9,9 @@ Numbers travel as float64 end to end: skl2onnx's own imputer casts medians to fl
 onnxruntime has no float64 Imputer), so numeric SimpleImputers get a float64 IsNaN/Where graph
 here. String nulls reach ONNX as NULL_TOKEN, which the compiled string imputers replace. A
 decision threshold (training.threshold) is converted as what it is: the estimator's graph, then
-the label taken from its probabilities with FixedThresholdClassifier's own >= comparison.
+the label taken from its probabilities with FixedThresholdClassifier's own >= comparison. Tree
+ensembles (random forests, extra trees, gradient boosting, HistGradientBoosting) are converted by
+tasks/compile_trees.py into float64 TreeEnsemble nodes, in the same graph as their preprocessing.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import orjson
 import pandas as pd
 
 from serving import NULL_TOKEN, frame_feeds, session
+from tasks import compile_trees
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-PROBA_TOLERANCE = 1e-6  # probabilities behind a label answer
+PROBA_TOLERANCE = 1e-6  # probabilities behind a label answer (ANSWER_TOLERANCE for tree ensembles)
 ANSWER_TOLERANCE = 1e-9  # numbers that are the answer (regression values, probability rows), relative
 ONNX_OPSET = {"": 17, "ai.onnx.ml": 3}
 
@@ -54,7 +57,8 @@ def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame, predict_fn: str =
     text = _text_vectorizers(model)
     if text:
         return Compiled(None, f"unsupported: free text ({text}): ONNX Runtime's tokenizer is not scikit-learn's")
-    unsupported = [c for c in X_holdout.columns if not (_is_number(X_holdout[c]) or _is_text(X_holdout[c]))]
+    kinds = (_is_number, _is_text, _is_date)
+    unsupported = [c for c in X_holdout.columns if not any(kind(X_holdout[c]) for kind in kinds)]
     if unsupported:
         return Compiled(
             None, f"unsupported: column types {', '.join(f'{c}:{X_holdout[c].dtype}' for c in unsupported)}"
@@ -62,21 +66,26 @@ def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame, predict_fn: str =
     _register_float64_imputer()
     _register_float64_stumps()
     _register_in_set()
+    _register_date_parts()
+    compile_trees.register()
     plain, threshold = _without_threshold(model)
     graph = _with_null_token(plain)
     types = [
-        (c, DoubleTensorType([None, 1]) if _is_number(X_holdout[c]) else StringTensorType([None, 1]))
+        (c, StringTensorType([None, 1]) if _is_text(X_holdout[c]) else DoubleTensorType([None, 1]))
         for c in X_holdout.columns
     ]
     final = _final_estimator(graph)
     classifier = hasattr(final, "classes_")
+    trees = compile_trees.has_trees(plain)
     try:
         onx = convert_sklearn(
             graph,
             initial_types=types,
             options={id(final): {"zipmap": False}} if classifier else None,
-            target_opset=ONNX_OPSET,
+            target_opset=compile_trees.TREE_OPSET if trees else ONNX_OPSET,
         )
+        if trees:
+            onx = compile_trees.with_tree_opset(onx)
         onx = _named_like_columns(onx, list(X_holdout.columns))
         if threshold is not None:
             onx = _labels_at_threshold(onx, threshold, np.asarray(final.classes_))
@@ -97,8 +106,9 @@ def compile_pipeline(model: Pipeline, X_holdout: pd.DataFrame, predict_fn: str =
         differ = int(np.sum(labels.reshape(-1) != np.asarray(expected)))
         return Compiled(None, f"parity failed: {differ} of {len(expected)} holdout predictions differ")
     delta = float(np.max(np.abs(proba - expected_proba)))
-    if not delta <= PROBA_TOLERANCE:
-        return Compiled(None, f"parity failed: probabilities differ by up to {delta:.3g} (> {PROBA_TOLERANCE:g})")
+    tolerance = ANSWER_TOLERANCE if trees else PROBA_TOLERANCE  # float64 trees: as exact as the answers
+    if not delta <= tolerance:
+        return Compiled(None, f"parity failed: probabilities differ by up to {delta:.3g} (> {tolerance:g})")
     return Compiled(onx, f"passed: {len(expected)} holdout rows, predictions equal, max |dp| {delta:.2g}")
 
 
@@ -217,7 +227,15 @@ def _is_number(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s.dtype)
 
 
+def _is_date(s: pd.Series) -> bool:
+    """Datetimes travel as float64 microseconds since 1970 in UTC (serving.onnx.frame_feeds)."""
+    return pd.api.types.is_datetime64_any_dtype(s.dtype)
+
+
 def _is_text(s: pd.Series) -> bool:
+    """Text, and categories of text (as pandas' category dtype holds them: served as strings)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return _is_text(pd.Series(s.dtype.categories))
     return pd.api.types.is_string_dtype(s.dtype) or (s.dtype == object and s.dropna().map(type).eq(str).all())
 
 
@@ -332,6 +350,80 @@ def _register_in_set() -> None:
         )
 
     update_registered_converter(InSet, "ShipwayInSet", shape, convert, parser=parse)
+
+
+def _register_date_parts() -> None:
+    """tasks.features.DateParts on float64 microseconds since 1970 (UTC): year, month, day,
+    weekday, hour, minute per column, by whole-number arithmetic (days to a civil date as
+    H. Hinnant's days_from_civil inverse); a missing date (NaN) gives NaN parts, as NaT does."""
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.data_types import DoubleTensorType
+
+    from tasks.features import DATE_PARTS, DateParts
+
+    def shape(operator):
+        width = sum(i.type.shape[1] for i in operator.inputs) * len(DATE_PARTS)
+        operator.outputs[0].type = DoubleTensorType([operator.inputs[0].get_first_dimension(), width])
+
+    def convert(scope, operator, container):
+        if not all(isinstance(i.type, DoubleTensorType) for i in operator.inputs):
+            raise NotImplementedError("date parts of a column that is no datetime")
+
+        def node(op: str, *inputs: str, **attrs) -> str:
+            out = scope.get_unique_variable_name(op.lower())
+            container.add_node(op, list(inputs), [out], name=scope.get_unique_operator_name(op), **attrs)
+            return out
+
+        def const(value: float) -> str:
+            name = scope.get_unique_variable_name("c")
+            container.add_initializer(name, onnx_proto.TensorProto.DOUBLE, [], [float(value)])
+            return name
+
+        def floor_div(a: str, b: float) -> str:
+            return node("Floor", node("Div", a, const(b)))
+
+        def minus(a: str, b: str) -> str:
+            return node("Sub", a, b)
+
+        def times(a: str, b: float) -> str:
+            return node("Mul", a, const(b))
+
+        names = [i.full_name for i in operator.inputs]
+        us = names[0] if len(names) == 1 else node("Concat", *names, axis=1)
+        days = floor_div(us, 86_400e6)
+        in_day = minus(us, times(days, 86_400e6))
+        hour = floor_div(in_day, 3_600e6)
+        minute = floor_div(minus(in_day, times(hour, 3_600e6)), 60e6)
+        shifted = node("Add", days, const(3.0))  # 1970-01-01 was a Thursday (Monday is 0)
+        weekday = minus(shifted, times(floor_div(shifted, 7.0), 7.0))
+        z = node("Add", days, const(719_468.0))
+        era = floor_div(z, 146_097.0)
+        doe = minus(z, times(era, 146_097.0))
+        yoe = floor_div(
+            minus(node("Add", minus(doe, floor_div(doe, 1460.0)), floor_div(doe, 36_524.0)), floor_div(doe, 146_096.0)),
+            365.0,
+        )
+        doy = minus(doe, node("Add", times(yoe, 365.0), minus(floor_div(yoe, 4.0), floor_div(yoe, 100.0))))
+        mp = floor_div(node("Add", times(doy, 5.0), const(2.0)), 153.0)
+        day = node("Add", minus(doy, floor_div(node("Add", times(mp, 153.0), const(2.0)), 5.0)), const(1.0))
+        early = node("Less", mp, const(10.0))
+        month = node("Where", early, node("Add", mp, const(3.0)), node("Sub", mp, const(9.0)))
+        january_or_february = node("Cast", node("LessOrEqual", month, const(2.0)), to=onnx_proto.TensorProto.DOUBLE)
+        year = node("Add", node("Add", yoe, times(era, 400.0)), january_or_february)
+        parts = {"year": year, "month": month, "day": day, "weekday": weekday, "hour": hour, "minute": minute}
+        columns = sum(i.type.shape[1] for i in operator.inputs)
+        pieces = []
+        for c in range(columns):  # per column its parts, as DateParts orders them
+            index = scope.get_unique_variable_name("column")
+            container.add_initializer(index, onnx_proto.TensorProto.INT64, [1], [c])
+            pieces += [node("Gather", parts[p], index, axis=1) for p in DATE_PARTS]
+        container.add_node(
+            "Concat", pieces, [operator.outputs[0].full_name], name=scope.get_unique_operator_name("Concat"), axis=1
+        )
+
+    from skl2onnx.proto import onnx_proto
+
+    update_registered_converter(DateParts, "ShipwayDateParts", shape, convert)
 
 
 def _register_float64_stumps() -> None:

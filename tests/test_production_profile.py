@@ -165,9 +165,9 @@ def _upload_demo(s3_endpoint: str, bucket: str, key: str, seed: int, rows: int =
 
 
 def _profile(folder: Path) -> Path:
-    """configs/production.yaml with a model the gateway serves in its compiled (ONNX) form, so that
-    the path proven here is the one read from S3 through the tracking server (the profile's
-    hist_gradient_boosting is served by sklearn: its ONNX parity does not hold)."""
+    """configs/production.yaml with a small linear model (the profile's hist_gradient_boosting is
+    served in its compiled ONNX form too, but trains slower): the path proven here is the one read
+    from S3 through the tracking server."""
     profile = yaml.safe_load((REPO / "configs" / "production.yaml").read_text())
     profile["training"] |= {"estimator": "logistic_regression", "params": {"max_iter": 500}}
     path = folder / "production.yaml"

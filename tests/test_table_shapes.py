@@ -88,7 +88,7 @@ SHAPES = [
         lambda: (customers(), "churned"),
         Task.BINARY,
         data={"exclude": ["customer id", "note"]},
-        serving_format="sklearn",  # a datetime feature: date parts in the Pipeline, served by sklearn
+        serving_format="onnx",  # a datetime feature: its date parts are compiled too
     ),
     Shape(
         "mixed_out_of_time",
