@@ -24,7 +24,8 @@ the trees, in float64 as it computes. XGBoost is not: it compares and sums in fl
 graph misses its float32 answers by more than the parity tolerance.
 
 A classifier's K classes are K one-target trees per fitted tree (TreeEnsemble leaves carry one
-value): the probabilities are summed per class exactly as sklearn sums them. Trees are grouped
+value): the probabilities are summed per class exactly as sklearn sums them (a two-class forest:
+the second class's trees only). Trees are grouped
 into TreeEnsemble nodes of at most GROUP_NODES split nodes: one node per tree pays onnxruntime's
 per-node cost on a one-row call, one node for a forest of deep trees walks them row by row and
 misses the cache on a large batch.
@@ -181,6 +182,8 @@ def _convert(scope, operator, container) -> None:
     if not hasattr(model, "classes_"):
         graph.node("Identity", [mean], operator.outputs[0].full_name)
         return
+    if len(model.classes_) == 2:  # the positive class's mean alone, the other its complement
+        mean = graph.node("Concat", [graph.node("Sub", [graph.const(np.array(1.0)), mean]), mean], axis=1)
     graph.node("Identity", [mean], operator.outputs[1].full_name)
     graph.labels(graph.node("ArgMax", [mean], axis=1, keepdims=0), model.classes_, operator.outputs[0].full_name)
 
@@ -312,7 +315,10 @@ def _gb_init(model) -> np.ndarray:
 
 def forest_trees(model) -> tuple[list[Tree], int]:
     """A forest's trees, one per class (leaf class fractions, as predict_proba normalises them) or
-    one each for a regressor."""
+    one each for a regressor. Of two classes only the second's: half the walk, and its mean is
+    sklearn's to the bit; the first's is 1 - p here, sklearn's own sum there, within an ulp (the
+    label, the larger of the two, the same but when they tie within an ulp of 0.5, which the
+    holdout check would show)."""
     if model.n_outputs_ != 1:
         raise NotImplementedError(f"{type(model).__name__} with {model.n_outputs_} outputs")
     classifier = hasattr(model, "classes_")
@@ -324,9 +330,9 @@ def forest_trees(model) -> tuple[list[Tree], int]:
             total = values.sum(axis=1, keepdims=True)
             total[total == 0.0] = 1.0
             values = values / total
-        for k in range(values.shape[1]):
-            trees.append(_sklearn_tree(t, values[:, k], k))
-    return trees, (len(model.classes_) if classifier else 1)
+        classes = range(values.shape[1]) if values.shape[1] != 2 else [1]
+        trees += [_sklearn_tree(t, values[:, k], k if values.shape[1] != 2 else 0) for k in classes]
+    return trees, (len(model.classes_) if classifier and len(model.classes_) != 2 else 1)
 
 
 def gradient_boosting_trees(model) -> tuple[list[Tree], int]:
