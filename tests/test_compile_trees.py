@@ -259,7 +259,8 @@ def test_the_gateway_feeds_datetimes_as_the_compiled_parts_read_them():
     from serving.schema import Raw, Schema
 
     schema = Schema([Column("signed_up", "datetime", False)])
-    sent = ["2024-05-31T14:00:00", None, "1969-12-31T23:59:59.999999", "2024-02-29T00:00:00+02:00"]
+    # one format a column, without an offset: as mlflow models serve reads a dataframe_split column
+    sent = ["2024-05-31T14:00:00.000000", None, "1969-12-31T23:59:59.999999", "2024-02-28T22:00:00.000001"]
     batch = schema.coerce(Raw({"signed_up": sent}, len(sent)))
     fed = schema.feeds(batch)["signed_up"].reshape(-1)
     expected = pd.to_datetime(pd.Series(sent), format="ISO8601", utc=True)
