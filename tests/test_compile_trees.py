@@ -166,6 +166,32 @@ def test_trees_split_over_several_ensemble_nodes_sum_to_the_same_answer(data, mo
     answers_like_sklearn(model, frame.iloc[1100:])
 
 
+def test_a_large_batch_split_across_cores_answers_row_for_row_as_one_call(data, monkeypatch):
+    from serving import models
+
+    frame, targets = data
+    train, holdout = frame.iloc[:1100], frame.iloc[1100:]
+    model = Pipeline([("preprocess", preprocessor(train)), ("model", RandomForestClassifier(8, random_state=0))])
+    model.fit(train, targets["multiclass"].loc[train.index])
+    compiled = compile_pipeline(model, holdout)
+    feeds = frame_feeds(holdout)
+    whole = session(compiled.onnx).run(None, feeds)
+    monkeypatch.setattr(models, "SPLIT_ROWS", 100)
+    monkeypatch.setattr(models, "CORES", 3)
+    for predict_fn, output in (("predict", 0), ("predict_proba", 1)):
+        servable = models.Servable("1", "onnx", None, session(compiled.onnx), predict_fn)
+        calls: list[int] = []
+
+        def counted(*args, run=servable._run, calls=calls):
+            calls.append(len(args[1]["age"]))
+            return run(*args)
+
+        servable._run = counted
+        answer = servable.forward(feeds)
+        assert sorted(calls) == [133, 133, 134]  # 400 rows in three slices, one a thread
+        assert answer.tolist() == whole[output].tolist()
+
+
 def test_a_boosting_round_of_one_leaf_is_a_tree_too(data):
     frame, targets = data
     numbers = frame[NUMERIC].fillna(0)
