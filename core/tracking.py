@@ -98,7 +98,9 @@ def experiment_id(store: Store, name: str, subfolder: str | None = None) -> str:
         try:  # the kind is set in the same call: an experiment is never seen without it
             found_id = mlflow_client.create_experiment(name, artifact_location=location, tags=MODEL_DEVELOPMENT)
         except MlflowException:  # created meanwhile by another process
-            found_id = mlflow_client.get_experiment_by_name(name).experiment_id
+            created = mlflow_client.get_experiment_by_name(name)
+            assert created is not None, f"experiment {name} neither created nor found"
+            found_id = created.experiment_id
     else:
         found_id = found.experiment_id
     _experiments[key] = found_id

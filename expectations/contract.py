@@ -75,7 +75,7 @@ def build_contract(
         raise DataError("cannot build a contract from a snapshot with no rows")
     chosen = features is not None
     features = [c for c in frame.columns if c != target] if features is None else list(features)
-    columns = [*features, *([target] if target in frame.columns else [])]
+    columns = [*features, *([target] if target is not None and target in frame.columns else [])]
     expectations = _table_expectations(columns, target, exact=not chosen)
     texts = find_text(frame, features, text_columns)
     for column in features:

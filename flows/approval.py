@@ -55,7 +55,7 @@ def answer(run_id: str, *, approve: bool, reviewer: str, comment: str, api_url: 
     if run.state is None or not run.state.is_paused():
         state = run.state.name if run.state else "no state"
         raise ShipwayError(f"flow run {run_id} is not waiting for approval (state: {state})")
-    resume_flow_run(flow_run_id, run_input=answer_input)  # type: ignore[unused-coroutine]  # sync here
+    resume_flow_run(flow_run_id, run_input=answer_input)
 
 
 class AutoApprover(threading.Thread):

@@ -351,9 +351,11 @@ def validate(
     from tasks import gate
 
     sources = gate.batch_sources(batches)
-    reference = (
-        gate.reference_for_model(settings, model) if model else gate.reference_for_snapshot(settings, snapshot_id)
-    )
+    if model:
+        reference = gate.reference_for_model(settings, model)
+    else:
+        assert snapshot_id is not None  # exactly one of the two, checked above
+        reference = gate.reference_for_snapshot(settings, snapshot_id)
     if len(sources) > 1:
         done = _with_progress(
             len(sources),

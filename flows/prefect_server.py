@@ -66,6 +66,7 @@ class TemporaryPrefectServer:
         os.environ["PREFECT_API_URL"] = self.api_url
 
     def wait(self) -> None:
+        assert self.process is not None, "start() the server first"
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

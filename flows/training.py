@@ -93,7 +93,7 @@ def training_flow(
         with _timed(timings, "bench"):
             bench_task(settings, registered.name, registered.version)  # over the p99 budget: no Shadow
     with _timed(timings, "alias"):
-        alias_task(  # type: ignore[unused-coroutine]  # a sync call in a sync flow
+        alias_task(
             settings,
             registered.name,
             Alias.SHADOW,

@@ -35,6 +35,7 @@ class BodyReader:
                 "REQUEST_LIMIT_EXCEEDED",
             )
         task = asyncio.current_task()
+        assert task is not None, "read a body from a request's task"
         self._deadlines[task] = time.monotonic() + self.timeout_s
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)

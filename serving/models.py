@@ -76,10 +76,10 @@ class Servable:
         answer = 1 if self.predict_fn == "predict_proba" else 0
         self._outputs = [self.model.get_outputs()[answer].name] if self.flavor == "onnx" else None
         # sklearn answers with the method MLflow's pyfunc would call; a pyfunc model knows its own.
-        self._predict = getattr(self.model, self.predict_fn if self.flavor == "sklearn" else "predict", None)
+        self._predict: Any = getattr(self.model, self.predict_fn if self.flavor == "sklearn" else "predict", None)
         # The C session itself: InferenceSession.run re-checks in Python (~15 us a call) that
         # every input is fed, which Schema.feeds always does; only the CPU provider is used.
-        self._run = self.model._sess.run if self.flavor == "onnx" else None
+        self._run: Any = self.model._sess.run if self.flavor == "onnx" else None
 
 
 @cache

@@ -407,7 +407,8 @@ class PredictionLog:
                 self._writing_since = None
                 self._refused(exc, connecting)
                 # A new connection for the next try: this one may be broken, read-only or in a failed state.
-                self._engine.dispose()
+                if self._engine is not None:
+                    self._engine.dispose()
                 if self._stop.is_set():
                     self._drop_at_shutdown(len(batch), exc)
                     return
@@ -439,6 +440,7 @@ class PredictionLog:
     def _insert_predictions(self, conn, rows: list[dict[str, Any]]) -> None:
         """One executemany through the driver: SQLAlchemy's per-row parameter handling would cost
         ~20 us a row of Python, holding the GIL that the answers need."""
+        assert self._engine is not None, "start() the log first"
         if self._statement is None:
             compiled = self._insert_ignoring_repeats().compile(dialect=self._engine.dialect)
             names = list(compiled.positiontup) if compiled.positional else None
@@ -461,14 +463,17 @@ class PredictionLog:
 
     def _insert_ignoring_repeats(self):
         """A client may resend a request id; the first row of each (request_id, role) is kept."""
+        assert self._engine is not None, "start() the log first"
         dialect = self._engine.dialect.name
         if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        elif dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        else:
-            return insert(predictions)
-        return dialect_insert(predictions).on_conflict_do_nothing(index_elements=["request_id", "role"])
+            from sqlalchemy.dialects import sqlite
+
+            return sqlite.insert(predictions).on_conflict_do_nothing(index_elements=["request_id", "role"])
+        if dialect == "postgresql":
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(predictions).on_conflict_do_nothing(index_elements=["request_id", "role"])
+        return insert(predictions)
 
     def _prediction_row(self, row: Prediction) -> dict[str, Any]:
         inputs = None if row.inputs is None else orjson.dumps(self.redact(_records(row.inputs))).decode()

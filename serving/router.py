@@ -127,28 +127,29 @@ class Router:
             self.refresh()
 
     def _start_from_local_state(self) -> bool:
-        kept = self.local_state.aliases() if self.local_state is not None else None
-        if kept is None:
+        state = self.local_state
+        kept = state.aliases() if state is not None else None
+        if state is None or kept is None:
             return False
         aliases, share = kept
         by_alias: dict[str, Servable] = {}
         try:
             for alias, version in aliases.items():
                 if version not in self._loaded:  # the baselines follow in the background: sklearn is slow to import
-                    loaded = self.local_state.load(version)
+                    loaded = state.load(version)
                     model = servable(loaded)
                     warm_up(model, loaded.example)
                     self._loaded[version] = (model, None)
                 by_alias[alias] = self._loaded[version][0]
         except Exception as exc:  # damaged or from an older shipway: the registry decides, as on a first start
-            log.warning("local state %s not usable (%s: %s); reading the registry", self.local_state.dir,
+            log.warning("local state %s not usable (%s: %s); reading the registry", state.dir,
                         type(exc).__name__, exc)  # fmt: skip
             self._loaded.clear()
             return False
         problems = {"registry": "not read yet since the start: serving the local state (last good versions)"}
         self.routes = Routes(by_alias, None, share, {}, problems)
         self._publish(self.routes, Routes())
-        log.info("%s serving its local state %s until the registry answers", self.name, self.local_state.dir)
+        log.info("%s serving its local state %s until the registry answers", self.name, state.dir)
         return True
 
     def _load_baselines(self) -> None:

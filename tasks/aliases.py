@@ -141,7 +141,18 @@ def rollback(settings: Settings, name: str, *, actor: str, reason: str) -> list[
 def history(settings: Settings, name: str) -> list[Transition]:
     """Every recorded transition of `name`, oldest first (from its release record)."""
     rows = record.read(settings, name, record.TRANSITIONS)
-    found = [Transition(**{**row, "evidence": row.get("evidence") or ""}) for row in rows]
+    found = [
+        Transition(
+            r["alias"] or "",
+            r["version"],
+            r["previous"],
+            r["at"] or "",
+            r["actor"] or "",
+            r["reason"] or "",
+            r.get("evidence") or "",
+        )
+        for r in rows
+    ]
     return sorted(found, key=lambda t: t.at)
 
 

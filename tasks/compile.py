@@ -461,7 +461,7 @@ def _stump_or(original, double):
             return original(scope, operator, container)
         _stump(scope, operator, container, tree)
 
-    convert.shipway = True
+    convert.shipway = True  # type: ignore[attr-defined]  # marks our converters (_ours)
     return convert
 
 

@@ -156,7 +156,7 @@ class _Column:
     @cached_property
     def mode(self) -> tuple[Any, int]:
         if self.series.dtype.kind not in "iuf":
-            value = max(self.counts, key=self.counts.get)
+            value = max(self.counts, key=self.counts.__getitem__)
             return value, self.counts[value]
         x = self.sorted
         starts = np.flatnonzero(np.concatenate(([True], x[1:] != x[:-1])))

@@ -209,7 +209,7 @@ def _implicated(pairs: list[tuple[str, str, float, float, float]], threshold: fl
         total: dict[str, float] = {}
         for a, b, _, _, z in pairs:
             total[a], total[b] = total.get(a, 0.0) + z * z, total.get(b, 0.0) + z * z
-        return [max(total, key=total.get)] if total else []
+        return [max(total, key=total.__getitem__)] if total else []
     for dropped in range(min(MAX_DROPPED, len(changed) - 1) + 1):  # a conflict: the weakest changes may be noise
         named = _two_sides(pairs, [(a, b) for a, b, _ in changed[: len(changed) - dropped]], columns)
         if named is not None:

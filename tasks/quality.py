@@ -271,7 +271,9 @@ def judge(
             wanted = how.kind == PAIRED if label == UNSEEN else label == OVERALL or len(rows) >= settings.min_slice_rows
             judge = shown is not None and wanted and bool(np.isfinite(points[:2]).all())
             if judge:  # only judged scopes are resampled: keep their columns for the bootstrap
-                scope.columns = (shared, columns[0], columns[1])
+                ours, others = columns[0], columns[1]
+                assert ours is not None and others is not None  # both answered: shown is not None
+                scope.columns = (shared, ours, others)
             scopes.append(scope)
     judged = [s for s in scopes if len(s.columns)]
     report.alpha_each = settings.alpha / max(1, len(judged) + (how.kind == RECORDED))
@@ -598,6 +600,8 @@ def seen_by(settings: Settings, version: ModelVersion, columns: Sequence[str]) -
     when neither can be read, unknown (every row counts as seen)."""
     client, _ = registry.connect(settings, create=False)
     try:
+        if version.run_id is None:
+            raise FileNotFoundError(seen_rows.ARTIFACT)
         with tempfile.TemporaryDirectory(prefix="shipway-") as tmp:
             data = Path(client.download_artifacts(version.run_id, seen_rows.ARTIFACT, tmp)).read_bytes()
         return seen_rows.loads(data, f"the training rows recorded with version {version.version}")

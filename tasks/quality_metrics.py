@@ -102,6 +102,7 @@ def _auc_pseudo_values(truth: Truth, answers: Answers) -> np.ndarray:
     if n_pos == 0 or n_neg == 0:
         return np.full((len(positive), 1), np.nan)  # AUC is undefined on one class
     score = answers.score
+    assert score is not None, "AUC needs the positive class's probability"
     values, at = np.unique(score, return_inverse=True)  # one sort; tied scores share a value
     pos = np.bincount(at, weights=positive, minlength=len(values))
     neg = np.bincount(at, weights=~positive, minlength=len(values))
@@ -115,6 +116,7 @@ def _auc_pseudo_values(truth: Truth, answers: Answers) -> np.ndarray:
 
 def _log_loss(truth: Truth, answers: Answers) -> np.ndarray:
     eps = np.finfo(np.float64).eps  # scikit-learn clips the same way
+    assert answers.p_true is not None, "log loss needs the true class's probability"
     return _column(-np.log(np.clip(answers.p_true, eps, 1 - eps)))
 
 

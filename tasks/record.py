@@ -38,12 +38,13 @@ NOTE = "mlflow.note.content"  # the run's description in the UI (markdown)
 NOTE_ROWS = 15
 
 
-def record_run(settings: Settings, name: str, create: bool = True) -> str | None:
+def record_run(settings: Settings, name: str) -> str:
     """The id of `name`'s record run; created when missing (a model registered before records existed)."""
-    found = registry.model_state(settings, name)[1].get(Tag.RELEASE_RECORD)
-    if found or not create:
-        return found
-    return create_record(settings, name)
+    return existing_record(settings, name) or create_record(settings, name)
+
+
+def existing_record(settings: Settings, name: str) -> str | None:
+    return registry.model_state(settings, name)[1].get(Tag.RELEASE_RECORD)
 
 
 def create_record(settings: Settings, name: str) -> str:
@@ -89,7 +90,7 @@ def append(settings: Settings, name: str, table: str, rows: list[Mapping[str, ob
 
 def read(settings: Settings, name: str, table: str) -> list[dict[str, str | None]]:
     """The rows of `table`, oldest first ([] when the model has no record or the table is empty)."""
-    run_id = record_run(settings, name, create=False)
+    run_id = existing_record(settings, name)
     if run_id is None:
         return []
     client, _ = registry.connect(settings, create=False)

@@ -153,7 +153,7 @@ def record_benchmark(
     """Log a benchmark to the version's source run and tag the version; returns the run id."""
     client, _ = connect(settings, create=False)
     try:
-        run_id = client.get_model_version(name, version).run_id
+        run_id = source_run(client, name, version)
     except MlflowException:
         raise RegistryError(f"model '{name}' has no version {version}") from None
     timestamp = int(time.time() * 1000)
@@ -186,7 +186,7 @@ def resolve(settings: Settings, reference: str) -> ModelVersion:
 def log_contract(settings: Settings, name: str, version: str, suite: dict[str, Any]) -> str:
     """Log the version's data contract (GX suite JSON) with its run; tag the version with its URI."""
     client, _ = connect(settings)
-    run_id = client.get_model_version(name, version).run_id
+    run_id = source_run(client, name, version)
     client.log_dict(run_id, suite, CONTRACT_ARTIFACT)
     uri = f"runs:/{run_id}/{CONTRACT_ARTIFACT}"  # short, and valid wherever the artifacts move
     set_version_tags(settings, name, version, {"expectation_suite": uri})
@@ -232,13 +232,21 @@ def log_gate_report(
         )
         run_id = run.info.run_id
     else:
-        run_id = client.get_model_version(name, version).run_id
+        run_id = source_run(client, name, version)
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path=f"validation/{folder}")
     if version is None:
         client.set_terminated(run_id, status="FAILED" if verdict == "fail" else "FINISHED")
     else:
         set_version_tags(settings, name, version, {status_tag: verdict, **(tags or {})})
+    return run_id
+
+
+def source_run(client: MlflowClient, name: str, version: str) -> str:
+    """The run a version was logged from (every version shipway registers has one)."""
+    run_id = client.get_model_version(name, version).run_id
+    if run_id is None:
+        raise RegistryError(f"version {version} of '{name}' has no source run")
     return run_id
 
 

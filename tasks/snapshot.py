@@ -159,7 +159,7 @@ class _CountingFile(io.FileIO):
         super().__init__(path, "rb")
         self._advance = advance
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
         data = super().read(size)
         self._advance(len(data))
         return data
