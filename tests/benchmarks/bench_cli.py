@@ -7,6 +7,9 @@ Run from the repository root:
 In a temporary working directory (embedded profile, each command a fresh `shipway` process as a
 user runs it), wall time of:
 - `shipway approve nope` (not a flow run id) and `shipway train --data missing.csv`: target < 1 s;
+- a usage error (`shipway frobnicate`, `shipway status --nope`), `shipway status NAME` (a
+  registered model), `shipway validate --model NAME@Production` on a 28-row batch: target <= 3 s
+  warm on a quiet machine (issue 22);
 - `shipway approve RUN_ID` answering a real `shipway promote` paused for approval in another
   process: target <= 3 s on an idle machine.
 """
@@ -68,6 +71,25 @@ def main(repeat: int) -> None:
         settings = load_settings()
         name = settings.training.model_name
         register_versions(settings, 1)
+        move(settings, name, {Alias.PRODUCTION: "1"}, actor="bench", reason="bench")
+        from tasks.demo_data import TARGET, generate
+
+        generate(28, seed=5).drop(columns=[TARGET]).to_csv("batch.csv", index=False)
+        commands = {
+            "shipway frobnicate (usage error)": (["frobnicate"], 2),
+            "shipway status --nope (usage error)": (["status", "--nope"], 2),
+            f"shipway status {name}": (["status", name], 0),
+            "shipway validate --model NAME@Production (28 rows)": (
+                ["validate", "--model", f"{name}@Production", "--batch", "batch.csv"], 0),
+        }  # fmt: skip
+        for label, (args, code) in commands.items():
+            times = []
+            for _ in range(repeat + 1):  # the first run warms the file cache: not counted
+                seconds, done = timed(args, tmp)
+                assert done.returncode == code, (args, done.returncode, done.stderr[-500:])
+                times.append(seconds)
+            report(label, times[1:], 3.0)
+        delete_alias(settings, name, Alias.PRODUCTION)
         approvals = []
         for _ in range(repeat):
             delete_alias(settings, name, Alias.PRODUCTION)
