@@ -325,6 +325,7 @@ XGB_REGRESSION = {
     "reg:squaredlogerror": "identity",
     "reg:pseudohubererror": "identity",
     "reg:absoluteerror": "identity",
+    "reg:quantileerror": "identity",  # one quantile: several are several targets, refused
     "reg:logistic": "sigmoid",
     "count:poisson": "exp",
     "reg:gamma": "exp",

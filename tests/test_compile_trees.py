@@ -314,6 +314,7 @@ XGB_CASES = {
     "reg:squarederror": ("diabetes", "XGBRegressor", {}),
     "count:poisson": ("diabetes", "XGBRegressor", {"objective": "count:poisson"}),
     "reg:logistic": ("breast_cancer", "XGBRegressor", {"objective": "reg:logistic"}),
+    "reg:quantileerror": ("diabetes", "XGBRegressor", {"objective": "reg:quantileerror", "quantile_alpha": 0.3}),
     "dart": ("wine", "XGBClassifier", {"booster": "dart", "rate_drop": 0.2}),
     "random_forest": ("breast_cancer", "XGBRFClassifier", {"n_estimators": 20}),
 }
