@@ -20,8 +20,13 @@ What each family does, and so the graph:
   OrdinalEncoder does. Labels from the raw score (`> 0` for two classes), as its predict does.
 
 LightGBM's scikit-learn estimators (a user's, by import path) are converted from its own dump of
-the trees, in float64 as it computes. XGBoost is not: it compares and sums in float32, so a float64
-graph misses its float32 answers by more than the parity tolerance.
+the trees, in float64 as it computes. XGBoost's (XGBClassifier, XGBRegressor, their random-forest
+kinds; gbtree or dart) compute in float32, and the graph does too: a float32 TreeEnsemble with
+XGBoost's `x < threshold` and default sides, the intercept folded into each class's first tree so
+the float32 sum runs in XGBoost's order (one TreeEnsemble node: groups summed apart would round
+differently), then its sigmoid or softmax with a replica of glibc's expf, which XGBoost calls
+(onnxruntime's float Exp differs in the last bit). Its answers are then XGBoost's float32 numbers
+to the bit. Categorical splits, multi:softmax, gblinear and a `missing` other than NaN are refused.
 
 A classifier's K classes are K one-target trees per fitted tree (TreeEnsemble leaves carry one
 value): the probabilities are summed per class exactly as sklearn sums them (a two-class forest:
@@ -117,12 +122,17 @@ def with_tree_opset(proto):
 
 
 def other_libraries() -> dict[type, str]:
-    """LightGBM's scikit-learn estimators, when the process has imported LightGBM (a model of the
-    user's was trained with it): shipway itself never imports it."""
-    module = sys.modules.get("lightgbm")
-    if module is None:
-        return {}
-    return {module.LGBMClassifier: "ShipwayLGBMClassifier", module.LGBMRegressor: "ShipwayLGBMRegressor"}
+    """LightGBM's and XGBoost's scikit-learn estimators, when the process has imported the library
+    (a model of the user's was trained with it): shipway itself never imports them."""
+    found: dict[type, str] = {}
+    lightgbm = sys.modules.get("lightgbm")
+    if lightgbm is not None:
+        found.update({lightgbm.LGBMClassifier: "ShipwayLGBMClassifier", lightgbm.LGBMRegressor: "ShipwayLGBMRegressor"})
+    xgboost = sys.modules.get("xgboost")
+    if xgboost is not None:
+        classes = ("XGBClassifier", "XGBRegressor", "XGBRFClassifier", "XGBRFRegressor")
+        found.update({getattr(xgboost, name): f"Shipway{name}" for name in classes if hasattr(xgboost, name)})
+    return found
 
 
 def register() -> None:
@@ -163,6 +173,9 @@ def _convert(scope, operator, container) -> None:
     name = type(model).__name__
     if name.startswith("LGBM"):
         _convert_lightgbm(graph, operator, model)
+        return
+    if name.startswith("XGB"):
+        _convert_xgboost(graph, operator, model)
         return
     if name.startswith("HistGradientBoosting"):
         x = graph.hist_inputs(operator.inputs, model)
@@ -303,6 +316,228 @@ def _flatten(node: dict, out: list[dict]) -> int:
     return position
 
 
+# XGBoost (>= 2.1) predicts in float32: the input cast to float32, `x < threshold` against float32
+# thresholds (missing values to each split's default child), the margin accumulated in float32
+# from the intercept (base_score in margin space) through the trees in order, then the objective's
+# transform with glibc's expf. The graph repeats each of those operations in the same type and order.
+XGB_REGRESSION = {
+    "reg:squarederror": "identity",
+    "reg:squaredlogerror": "identity",
+    "reg:pseudohubererror": "identity",
+    "reg:absoluteerror": "identity",
+    "reg:quantileerror": "identity",  # one quantile: several are several targets, refused
+    "reg:logistic": "sigmoid",
+    "count:poisson": "exp",
+    "reg:gamma": "exp",
+    "reg:tweedie": "exp",
+}
+LT = 1  # TreeEnsemble's BRANCH_LT: XGBoost sends x < threshold left
+FLOAT, DOUBLE = 1, 11  # ONNX tensor types, for Cast
+
+# glibc's expf (2.27 and later, and musl's, from ARM's optimized routines): x / ln2 * 32 = k + r,
+# exp(x) = 2^(k/32) * 2^(r/32), 2^(r/32) by a cubic, all in double, rounded once to float at the end.
+# XGBoost calls expf from the machine's libm; ONNX's own float Exp is a different approximation.
+EXPF_TABLE = (
+    0x3FF0000000000000, 0x3FEFD9B0D3158574, 0x3FEFB5586CF9890F, 0x3FEF9301D0125B51,
+    0x3FEF72B83C7D517B, 0x3FEF54873168B9AA, 0x3FEF387A6E756238, 0x3FEF1E9DF51FDEE1,
+    0x3FEF06FE0A31B715, 0x3FEEF1A7373AA9CB, 0x3FEEDEA64C123422, 0x3FEECE086061892D,
+    0x3FEEBFDAD5362A27, 0x3FEEB42B569D4F82, 0x3FEEAB07DD485429, 0x3FEEA47EB03A5585,
+    0x3FEEA09E667F3BCD, 0x3FEE9F75E8EC5F74, 0x3FEEA11473EB0187, 0x3FEEA589994CCE13,
+    0x3FEEACE5422AA0DB, 0x3FEEB737B0CDC5E5, 0x3FEEC49182A3F090, 0x3FEED503B23E255D,
+    0x3FEEE89F995AD3AD, 0x3FEEFF76F2FB5E47, 0x3FEF199BDD85529C, 0x3FEF3720DCEF9069,
+    0x3FEF5818DCFBA487, 0x3FEF7C97337B9B5F, 0x3FEFA4AFA2A490DA, 0x3FEFD0765B6E4540,
+)  # fmt: skip
+EXPF_INV_LN2_N = float.fromhex("0x1.71547652b82fep+0") * 32
+EXPF_POLY = (
+    float.fromhex("0x1.c6af84b912394p-5") / 32 / 32 / 32,
+    float.fromhex("0x1.ebfce50fac4f3p-3") / 32 / 32,
+    float.fromhex("0x1.62e42ff0c52d6p-1") / 32,
+)
+EXPF_OVERFLOW = float.fromhex("0x1.62e42ep6")  # above: +inf
+EXPF_UNDERFLOW = -float.fromhex("0x1.9fe368p6")  # below: 0
+
+
+def expf_table() -> np.ndarray:
+    """2^(i/32) for i in 0..31, as glibc rebuilds them from its table (which has i << 47 taken off)."""
+    bits = np.array(EXPF_TABLE, dtype=np.uint64) + (np.arange(32, dtype=np.uint64) << np.uint64(47))
+    return bits.view(np.float64)
+
+
+def _convert_xgboost(graph, operator, model) -> None:
+    """XGBoost: the float32 margin, the objective's transform, and the answer as its scikit-learn
+    estimator gives it: predict_proba [1 - p, p] of two classes (float32), the label p > 0.5 or
+    the argmax of the probabilities."""
+    trees, targets, objective = xgboost_trees(model)
+    x = graph.node("Cast", [graph.concat(operator.inputs)], to=FLOAT)
+    raw = graph.node("TreeEnsemble", [x], domain="ai.onnx.ml", **ensemble_attributes(trees, targets, np.float32, LT))
+    if not hasattr(model, "classes_"):
+        link = XGB_REGRESSION.get(objective)
+        if link is None:
+            raise NotImplementedError(f"XGBoost objective {objective}")
+        if link == "sigmoid":
+            raw = _xgb_sigmoid(graph, raw)
+        elif link == "exp":
+            raw = _expf(graph, raw)
+        graph.node("Cast", [raw], operator.outputs[0].full_name, to=DOUBLE)
+        return
+    if objective == "binary:logistic" and targets == 1:
+        positive = _xgb_sigmoid(graph, raw)
+        negative = graph.node("Sub", [graph.const32(1.0), positive])
+        proba = graph.node("Concat", [negative, positive], axis=1)
+        above = graph.node("Greater", [positive, graph.const32(0.5)])
+        index = graph.node("Reshape", [graph.node("Cast", [above], to=7), graph.const(np.array([-1]))])
+    elif objective == "multi:softprob" and targets > 2:
+        proba = _xgb_softmax(graph, raw, targets)
+        index = graph.node("ArgMax", [proba], axis=1, keepdims=0)
+    else:  # multi:softmax's predict_proba is scipy's softmax over numpy's exp; logitraw and hinge have none
+        raise NotImplementedError(f"XGBoost classifier objective {objective}")
+    graph.node("Cast", [proba], operator.outputs[1].full_name, to=DOUBLE)
+    graph.labels(index, model.classes_, operator.outputs[0].full_name)
+
+
+def _xgb_sigmoid(graph, margin: str) -> str:
+    """XGBoost's sigmoid in float32: 1 / (expf(min(-x, 88.7)) + 1 + 1e-16)."""
+    exponent = graph.node("Min", [graph.node("Neg", [margin]), graph.const32(88.7)])
+    plus_one = graph.node("Add", [_expf(graph, exponent), graph.const32(1.0)])
+    denominator = graph.node("Add", [plus_one, graph.const32(1e-16)])
+    return graph.node("Div", [graph.const32(1.0), denominator])
+
+
+def _xgb_softmax(graph, margin: str, k: int) -> str:
+    """XGBoost's softmax: expf(x - max) in float32, their sum in double in class order, each
+    divided by that sum rounded to float32."""
+    shifted = graph.node("Sub", [margin, graph.node("ReduceMax", [margin, graph.const(np.array([1]))], keepdims=1)])
+    exps = _expf(graph, shifted)
+    columns = [graph.scope.get_unique_variable_name("class") for _ in range(k)]
+    graph.container.add_node(
+        "Split", [graph.node("Cast", [exps], to=DOUBLE)], columns, name=graph.scope.get_unique_operator_name("Split"),
+        axis=1, num_outputs=k,
+    )  # fmt: skip
+    total = columns[0]
+    for column in columns[1:]:  # one Add at a time: ReduceSum's order is not the loop's
+        total = graph.add(total, column)
+    return graph.node("Div", [exps, graph.node("Cast", [total], to=FLOAT)])
+
+
+def _expf(graph, x: str) -> str:
+    """glibc's expf of a float32 tensor, operation for operation in double (see EXPF_TABLE); NaN
+    stays NaN, beyond the float range +inf and 0 as expf answers."""
+    nan = graph.node("IsNaN", [x])
+    finite = graph.node("Where", [nan, graph.const32(0.0), x])
+    inside = graph.node("Clip", [finite, graph.const32(EXPF_UNDERFLOW), graph.const32(EXPF_OVERFLOW)])
+    z = graph.node("Mul", [graph.node("Cast", [inside], to=DOUBLE), graph.const(np.array(EXPF_INV_LN2_N))])
+    kd = graph.node("Round", [z])  # to nearest, ties to even, as glibc's shift does
+    r = graph.node("Sub", [z, kd])
+    k = graph.node("Cast", [kd], to=7)
+    i = graph.node("Mod", [k, graph.const(np.array(32))], fmod=0)
+    power = graph.node("Div", [graph.node("Sub", [k, i]), graph.const(np.array(32))])  # exact: floor(k / 32)
+    powers = np.ldexp(1.0, np.arange(-151, 130))
+    scale = graph.node(
+        "Mul",
+        [
+            graph.node("Gather", [graph.const(expf_table()), i], axis=0),
+            graph.node("Gather", [graph.const(powers), graph.node("Add", [power, graph.const(np.array(151))])], axis=0),
+        ],
+    )  # 2^(i/32) * 2^power, exact: glibc adds the power to the exponent bits
+    c0, c1, c2 = (graph.const(np.array(c)) for c in EXPF_POLY)
+    cubic = graph.node("Mul", [graph.add(graph.node("Mul", [c0, r]), c1), graph.node("Mul", [r, r])])
+    y = graph.add(cubic, graph.add(graph.node("Mul", [c2, r]), graph.const(np.array(1.0))))
+    answer = graph.node("Cast", [graph.node("Mul", [y, scale])], to=FLOAT)
+    above = graph.node("Greater", [finite, graph.const32(EXPF_OVERFLOW)])
+    below = graph.node("Less", [finite, graph.const32(EXPF_UNDERFLOW)])
+    answer = graph.node("Where", [above, graph.const32(np.inf), answer])
+    answer = graph.node("Where", [below, graph.const32(0.0), answer])
+    return graph.node("Where", [nan, x, answer])
+
+
+def xgboost_trees(model) -> tuple[list[Tree], int, str]:
+    """The trees XGBoost's predict walks (up to the best iteration after early stopping), with
+    float32 thresholds and leaves, each class's intercept folded into its first tree's leaves as
+    XGBoost adds it first: fl32(base + leaf); a dart booster's leaves weighted as its inplace_predict
+    weighs them (which its DMatrix predict does not: the two differ in the last bit);
+    the number of classes (1 for two) and the objective."""
+    import json
+
+    booster = model.get_booster()
+    if not np.isnan(model.missing):
+        raise NotImplementedError(f"XGBoost with missing={model.missing} (only NaN is read as missing)")
+    saved = json.loads(booster.save_raw("json"))
+    learner = saved["learner"]
+    objective = learner["objective"]["name"]
+    if int(learner["learner_model_param"].get("num_target", 1)) > 1:
+        raise NotImplementedError("XGBoost with several targets")
+    booster_kind = learner["gradient_booster"]["name"]
+    if booster_kind == "gbtree":
+        forest, weights = learner["gradient_booster"]["model"], None
+    elif booster_kind == "dart":
+        forest = learner["gradient_booster"]["gbtree"]["model"]
+        weights = np.asarray(learner["gradient_booster"]["weight_drop"], dtype=np.float32)
+    else:
+        raise NotImplementedError(f"XGBoost booster {booster_kind}")
+    if any(1 in tree.get("split_type", []) for tree in forest["trees"]):
+        raise NotImplementedError(
+            "XGBoost categorical splits (enable_categorical): the served columns are text, which its "
+            "scikit-learn estimator does not read"
+        )
+    start, stop = model._get_iteration_range(None)
+    bounds = [int(b) for b in forest["iteration_indptr"]]
+    stop = stop or len(bounds) - 1
+    chosen = range(bounds[start], bounds[stop])
+    targets = max(int(learner["learner_model_param"].get("num_class", 0)), 1)
+    base = _xgboost_base(booster, saved, targets)
+    trees: list[Tree] = []
+    folded: set[int] = set()
+    for index in chosen:
+        tree = forest["trees"][index]
+        group = int(forest["tree_info"][index])
+        left = np.asarray(tree["left_children"], dtype=np.int64)
+        leaf = left == -1
+        value = np.asarray(tree["split_conditions"], dtype=np.float32)
+        if weights is not None:  # inplace_predict (scikit-learn's) adds each tree's (base + leaf - base) * weight
+            value = np.where(leaf, ((base[group] + value) - base[group]) * weights[index], value)
+        if group not in folded:
+            value = np.where(leaf, base[group] + value, value)
+            folded.add(group)
+        trees.append(
+            Tree(
+                np.asarray(tree["split_indices"], dtype=np.int64),
+                np.where(leaf, 0.0, value).astype(np.float64),
+                left,
+                np.asarray(tree["right_children"], dtype=np.int64),
+                np.asarray(tree["default_left"], dtype=bool),
+                np.where(leaf, value, 0.0).astype(np.float64),
+                group,
+                {},
+                {},
+            )
+        )
+    for group in sorted(set(range(targets)) - folded):  # no tree for the class: its intercept alone
+        one, nothing = np.array([-1]), np.zeros(1)
+        trees.append(Tree(one * 0, nothing, one, one, nothing.astype(bool), nothing + base[group], group, {}, {}))
+    return trees, targets, objective
+
+
+def _xgboost_base(booster, saved: dict, targets: int) -> np.ndarray:
+    """The intercept in margin space, per class, as XGBoost computes it from base_score (its own
+    float32 logit or log for the objective): its margin with every leaf set to 0."""
+    import json
+
+    import xgboost
+
+    zeroed = json.loads(json.dumps(saved))
+    learner = zeroed["learner"]["gradient_booster"]
+    forest = learner["model"] if "model" in learner else learner["gbtree"]["model"]
+    for tree in forest["trees"]:
+        leaf = np.asarray(tree["left_children"]) == -1
+        tree["split_conditions"] = np.where(leaf, 0.0, tree["split_conditions"]).tolist()
+        tree["base_weights"] = [0.0] * len(tree["base_weights"])
+    empty = xgboost.Booster(model_file=bytearray(json.dumps(zeroed).encode()))
+    n = int(zeroed["learner"]["learner_model_param"]["num_feature"])
+    row = xgboost.DMatrix(np.zeros((1, n), dtype=np.float32))
+    margin = empty.predict(row, output_margin=True, validate_features=False)
+    return np.asarray(margin, dtype=np.float32).reshape(-1)[:targets]
+
+
 def _gb_init(model) -> np.ndarray:
     """GradientBoosting's initial raw score: zero, or its prior (a Dummy estimator, the same for any
     row); an init estimator of the user's depends on the row and is not converted."""
@@ -400,8 +635,9 @@ def _bits(bitset: np.ndarray) -> list[float]:
     return [float(32 * w + b) for w in range(len(words)) for b in range(32) if (int(words[w]) >> b) & 1]
 
 
-def ensemble_attributes(trees: list[Tree], targets: int) -> dict:
-    """TreeEnsemble's attributes for `trees` (scores summed per target, no post transform)."""
+def ensemble_attributes(trees: list[Tree], targets: int, dtype: type = np.float64, mode: int = LEQ) -> dict:
+    """TreeEnsemble's attributes for `trees` (scores summed per target, no post transform), its
+    thresholds and leaves in `dtype` (the input's type), numeric splits compared with `mode`."""
     from onnx import numpy_helper
 
     names = ("feature", "split", "mode", "true", "true_leaf", "false", "false_leaf", "missing_true", "weight", "target")
@@ -430,7 +666,7 @@ def ensemble_attributes(trees: list[Tree], targets: int) -> dict:
             members.extend([*tree.members[int(i)], np.nan])
         columns["feature"].append(np.maximum(tree.feature[splits], 0))
         columns["split"].append(np.where(categorical, 0.0, tree.threshold[splits]))
-        columns["mode"].append(np.where(categorical, MEMBER, LEQ))
+        columns["mode"].append(np.where(categorical, MEMBER, mode))
         columns["true"].append(position[true_child])
         columns["true_leaf"].append(is_leaf[true_child])
         columns["false"].append(position[false_child])
@@ -446,18 +682,18 @@ def ensemble_attributes(trees: list[Tree], targets: int) -> dict:
         "post_transform": 0,
         "tree_roots": roots,
         "nodes_featureids": ints("feature"),
-        "nodes_splits": numpy_helper.from_array(joined["split"].astype(np.float64)),
+        "nodes_splits": numpy_helper.from_array(joined["split"].astype(dtype)),
         "nodes_modes": numpy_helper.from_array(joined["mode"].astype(np.uint8)),
         "nodes_truenodeids": ints("true"),
         "nodes_trueleafs": ints("true_leaf"),
         "nodes_falsenodeids": ints("false"),
         "nodes_falseleafs": ints("false_leaf"),
         "nodes_missing_value_tracks_true": ints("missing_true"),
-        "leaf_weights": numpy_helper.from_array(joined["weight"].astype(np.float64)),
+        "leaf_weights": numpy_helper.from_array(joined["weight"].astype(dtype)),
         "leaf_targetids": ints("target"),
     }
     if members:
-        attributes["membership_values"] = numpy_helper.from_array(np.asarray(members, dtype=np.float64))
+        attributes["membership_values"] = numpy_helper.from_array(np.asarray(members, dtype=dtype))
     return attributes
 
 
@@ -496,6 +732,14 @@ class _Graph:
         kind = {"f": TensorProto.DOUBLE, "i": TensorProto.INT64}[values.dtype.kind]
         flat = values.reshape(-1).astype(np.float64 if values.dtype.kind == "f" else np.int64).tolist()
         self.container.add_initializer(name, kind, list(values.shape), flat)
+        return name
+
+    def const32(self, value: float) -> str:
+        """A float32 scalar."""
+        from onnx import TensorProto
+
+        name = self.scope.get_unique_variable_name("const")
+        self.container.add_initializer(name, TensorProto.FLOAT, [], [float(np.float32(value))])
         return name
 
     def add(self, a: str, b: str) -> str:

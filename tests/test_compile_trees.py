@@ -1,9 +1,12 @@
 """Tree ensembles compiled to float64 ONNX (tasks/compile_trees.py): the whole holdout answered as
 scikit-learn answers it, for every family and task, with missing values, native categories and a
-decision threshold; a model that cannot be compiled says why; a version trained by the flow is
-served compiled by the gateway with sklearn's answers."""
+decision threshold; LightGBM's and XGBoost's estimators (XGBoost's own float32 answers to the
+bit); a model that cannot be compiled says why; a version trained by the flow is served compiled
+by the gateway with sklearn's answers."""
 
 from __future__ import annotations
+
+import sys
 
 import httpx
 import numpy as np
@@ -222,7 +225,12 @@ def test_a_tree_model_that_cannot_be_compiled_says_why(data):
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.parametrize(
-    ("estimator", "params"), [("random_forest", {"n_estimators": 30}), ("hist_gradient_boosting", {"max_iter": 50})]
+    ("estimator", "params"),
+    [
+        ("random_forest", {"n_estimators": 30}),
+        ("hist_gradient_boosting", {"max_iter": 50}),
+        ("xgboost:XGBClassifier", {"n_estimators": 80, "max_depth": 4}),
+    ],
 )
 def test_a_version_trained_by_the_flow_is_served_compiled_with_sklearns_answers(settings, estimator, params):
     import mlflow
@@ -314,3 +322,135 @@ def test_lightgbm_models_given_by_import_path_compile_exactly(data, task):
     forest = lightgbm.LGBMClassifier(boosting_type="rf", subsample=0.8, subsample_freq=1, n_estimators=10, verbose=-1)
     model = Pipeline([("model", forest)]).fit(numbers.iloc[:1100], targets["binary"][:1100])
     answers_like_sklearn(model, numbers.iloc[1100:])
+
+
+def public_table(name: str) -> tuple[pd.DataFrame, pd.Series]:
+    """A table scikit-learn ships (breast cancer, wine, diabetes), a tenth of its values made missing."""
+    from sklearn import datasets
+
+    loaded = getattr(datasets, f"load_{name}")(as_frame=True)
+    rng = np.random.default_rng(5)
+    X = loaded.data.mask(rng.random(loaded.data.shape) < 0.1)
+    return X, loaded.target.rename("label")
+
+
+XGB_CASES = {
+    "binary:logistic": ("breast_cancer", "XGBClassifier", {}),
+    "multi:softprob": ("wine", "XGBClassifier", {}),
+    "reg:squarederror": ("diabetes", "XGBRegressor", {}),
+    "count:poisson": ("diabetes", "XGBRegressor", {"objective": "count:poisson"}),
+    "reg:logistic": ("breast_cancer", "XGBRegressor", {"objective": "reg:logistic"}),
+    "reg:quantileerror": ("diabetes", "XGBRegressor", {"objective": "reg:quantileerror", "quantile_alpha": 0.3}),
+    "dart": ("wine", "XGBClassifier", {"booster": "dart", "rate_drop": 0.2}),
+    "random_forest": ("breast_cancer", "XGBRFClassifier", {"n_estimators": 20}),
+}
+
+
+def answers_exactly_as_xgboost(model, X: pd.DataFrame) -> None:
+    """XGBoost answers float32: the compiled answers are the same float32 numbers (|dp| 0), labels equal."""
+    answers_like_sklearn(model, X)
+    outputs = session(compile_pipeline(model, X, "predict").onnx).run(None, frame_feeds(X))
+    if hasattr(model, "classes_"):
+        assert np.array_equal(outputs[1], model.predict_proba(X).astype(np.float64))
+    else:
+        assert np.array_equal(outputs[0].reshape(-1), model.predict(X).astype(np.float64))
+
+
+@pytest.mark.parametrize("case", list(XGB_CASES))
+def test_xgboost_answers_the_whole_table_with_its_own_float32_numbers(case):
+    """XGBoost through training.estimator's import path behind shipway's preprocessing, and on the
+    raw columns with NaN reaching the trees (each split's default side)."""
+    import xgboost
+
+    from configs.settings import TrainingSettings
+    from tasks.training import train
+
+    table, cls, params = XGB_CASES[case]
+    X, y = public_table(table)
+    params = {"n_estimators": 60, "max_depth": 4, **params}
+    task = "regression" if "Regressor" in cls else "auto"
+    settings = TrainingSettings(estimator=f"xgboost:{cls}", params=params, threshold="none", task=task)
+    trained = train(X.assign(label=y), "label", settings)
+    answers_exactly_as_xgboost(trained.model, trained.X_holdout)
+    raw = Pipeline([("model", getattr(xgboost, cls)(**params))]).fit(X.iloc[::2], y.iloc[::2])
+    answers_exactly_as_xgboost(raw, X.iloc[1::2])
+    if hasattr(raw, "predict_proba"):
+        assert compile_pipeline(raw, X.iloc[1::2], "predict_proba").status.endswith("within 0 relative")
+
+
+def test_xgboost_after_early_stopping_walks_the_trees_up_to_its_best_iteration():
+    import onnx
+    import xgboost
+
+    X, y = public_table("breast_cancer")
+    boosted = xgboost.XGBClassifier(n_estimators=400, learning_rate=0.5, early_stopping_rounds=3)
+    boosted.fit(X.iloc[:250], y.iloc[:250], eval_set=[(X.iloc[250:400], y.iloc[250:400])], verbose=False)
+    assert boosted.best_iteration + 1 < boosted.get_booster().num_boosted_rounds()
+    model = Pipeline([("model", boosted)])
+    compiled = compile_pipeline(model, X.iloc[400:])
+    (ensemble,) = [n for n in onnx.load_from_string(compiled.onnx).graph.node if n.op_type == "TreeEnsemble"]
+    roots = next(a for a in ensemble.attribute if a.name == "tree_roots")
+    assert len(roots.ints) == boosted.best_iteration + 1
+    answers_exactly_as_xgboost(model, X.iloc[400:])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XGBoost calls the machine's expf: glibc's here")
+def test_the_compiled_expf_is_glibcs_to_the_bit():
+    """ONNX's own float Exp differs from glibc's expf in the last bit for about one value in
+    sixteen; the graph's replica of glibc's algorithm must not differ at all."""
+    import ctypes
+    import ctypes.util
+
+    from onnx import TensorProto, helper
+    from skl2onnx.common._container import ModelComponentContainer
+    from skl2onnx.common._topology import Scope
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [rng.uniform(-104.5, 89.0, 60_000), rng.normal(0, 4, 60_000), [0.0, -0.0, np.inf, -np.inf, np.nan]]
+    ).astype(np.float32)
+    expf = ctypes.CDLL(ctypes.util.find_library("m")).expf
+    expf.restype, expf.argtypes = ctypes.c_float, [ctypes.c_float]
+    expected = np.array([expf(float(v)) for v in x], dtype=np.float32)
+    scope = Scope("expf", target_opset=compile_trees.TREE_OPSET[""])
+    container = ModelComponentContainer(compile_trees.TREE_OPSET[""])
+    output = compile_trees._expf(compile_trees._Graph(scope, container), "x")
+    graph = helper.make_graph(
+        container.nodes,
+        "expf",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [None])],
+        container.initializers,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", compile_trees.TREE_OPSET[""])])
+    got = session(proto.SerializeToString()).run(None, {"x": x})[0]
+    assert np.array_equal(got, expected, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"objective": "multi:softmax"}, "XGBoost classifier objective multi:softmax"),
+        ({"booster": "gblinear"}, "XGBoost booster gblinear"),
+        ({"missing": 0.0}, "XGBoost with missing=0.0 (only NaN is read as missing)"),
+    ],
+)
+def test_an_xgboost_model_that_cannot_be_compiled_says_why(params, reason):
+    import xgboost
+
+    X, y = public_table("wine")
+    model = Pipeline([("model", xgboost.XGBClassifier(n_estimators=5, **params))]).fit(X, y)
+    compiled = compile_pipeline(model, X)
+    assert compiled.onnx is None
+    assert compiled.status == f"unsupported: NotImplementedError: {reason}"
+
+
+def test_xgboost_categorical_splits_are_refused_with_the_reason():
+    import xgboost
+
+    frame = pd.DataFrame({"plan": pd.Categorical(["a", "b", "c", "a"] * 50), "n": np.arange(200.0)})
+    y = (frame["plan"] == "b").astype(int)
+    model = Pipeline([("model", xgboost.XGBClassifier(n_estimators=3, enable_categorical=True))]).fit(frame, y)
+    compiled = compile_pipeline(model, frame)
+    assert compiled.onnx is None
+    assert compiled.status.startswith("unsupported: NotImplementedError: XGBoost categorical splits")
