@@ -10,8 +10,8 @@ that window, or across replicas and restarts, the log keeps the first row of an 
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections import deque
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # whole values only: fullmatch, never match
@@ -24,7 +24,7 @@ def valid(request_id: str) -> bool:
 
 
 def new() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4's hex, without building a UUID on every request
 
 
 class RecentIds:

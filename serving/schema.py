@@ -416,10 +416,8 @@ class Schema:
             elif column.type == "datetime":  # the frame's datetimes, as the compiled date parts read them
                 stamps = self.frame(Batch({column.name: values}, batch.rows))[column.name]
                 feeds[column.name] = epoch_us(stamps).reshape(-1, 1)
-            else:
-                feeds[column.name] = np.array([math.nan if v is None else v for v in values], dtype=np.float64).reshape(
-                    -1, 1
-                )
+            else:  # numpy reads None as NaN in a float64 array
+                feeds[column.name] = np.array(values, dtype=np.float64).reshape(-1, 1)
         return feeds
 
 
