@@ -246,6 +246,22 @@ def test_an_alias_never_moves_to_a_version_whose_file_changed(served):
     check_servable(served.settings, name, version)
 
 
+def test_the_quality_gate_never_compares_with_a_production_whose_file_changed(served):
+    """The training flow's comparison with Production: a Production whose model file changed is not
+    loaded (as one that cannot load: a fixed model must still ship), and the reason names the file."""
+    from tasks.quality import incumbent
+
+    name, first = served.name, served.versions[0]
+    with changed(files_of(served.settings, name, first)[integrity.MODEL_SKOPS], flip_a_byte):
+        found = incumbent(served.settings, name)
+    assert found is not None and found.model is None
+    assert found.error == (
+        f"IntegrityError: version {first} of '{name}': model.skops does not match the sha256 recorded at "
+        "registration (tag model_sha256); not used"
+    )
+    assert incumbent(served.settings, name).model is not None
+
+
 def test_shipway_bench_refuses_a_changed_file_in_one_line(served, tmp_path):
     name, version = served.name, served.versions[1]
     profile = write_profile(served.settings, tmp_path / "profile.yaml")
