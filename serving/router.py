@@ -163,6 +163,7 @@ class Router:
             if baseline is not None:
                 continue
             due = due_now.get(version)
+            refused = False
             try:
                 if due is not None:
                     found = self.load_baseline(due)
@@ -173,8 +174,9 @@ class Router:
                 if isinstance(exc, IntegrityError):  # never served; /health says so while it lasts
                     self.metrics.integrity_failure(version, exc.file)
                     self._baseline_problems[version] = public_error(exc)
+                    refused = True
                 found = None
-            if due is not None and self.local_state is not None:
+            if due is not None and self.local_state is not None and not refused:  # kept whole, or not at all
                 self.local_state.save_version(due, found)
             if found is not None:
                 kept_baseline = baseline_servable(version, model.schema, found, model.predict_fn)

@@ -343,6 +343,20 @@ def test_a_truncated_file_at_start_is_not_served_and_previous_answers(restored):
     no_paths(during)
 
 
+def test_a_changed_baseline_is_not_served_and_said(restored):
+    """A first start loads the versions, then their baselines in the background: the baseline whose
+    file changed is left out of the fallback chain, and /health says so."""
+    served = restored
+    first = served.versions[0]
+    with changed(files_of(served.settings, served.name, first)[integrity.BASELINE_ONNX], flip_a_byte):
+        with running(served.settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+            during = degraded_with(client, "baseline: not served: IntegrityError", "baseline.onnx does not match")
+            assert answer(client, served.rows).headers["x-model-version"] == first  # the model itself answers
+            metrics = client.get("/metrics").text
+    assert during["baseline"] is None
+    assert f'shipway_integrity_failures_total{{file="baseline.onnx",model_version="{first}"}}' in metrics
+
+
 def test_a_damaged_local_copy_is_replaced_by_the_registrys(restored, tmp_path):
     """The gateway's own copy (serving.state_dir) changed between two runs: counted, not served, and
     replaced by the registry's."""
