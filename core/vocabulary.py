@@ -82,6 +82,12 @@ class Tag(StrEnum):
     BASELINE_RULE = "baseline_rule"
     BASELINE_TRAINING_METRIC = "baseline_training_metric"  # the metric that chose the rule, on training
     BASELINE_ONNX_URI = "baseline_onnx_uri"
+    # sha256 of each file a version is loaded from, beside its URI's tag (core/integrity.py)
+    MODEL_SHA256 = "model_sha256"  # the scikit-learn model file (model.skops)
+    ONNX_MODEL_SHA256 = "onnx_model_sha256"
+    BASELINE_MODEL_SHA256 = "baseline_model_sha256"
+    BASELINE_ONNX_SHA256 = "baseline_onnx_sha256"
+    EXPECTATION_SUITE_SHA256 = "expectation_suite_sha256"
     SERVING_FORMAT = "serving_format"
     ONNX_PARITY = "onnx_parity"
     ONNX_MODEL_URI = "onnx_model_uri"

@@ -10,6 +10,11 @@ answers, and a restart takes the time of the imports, not of the registry.
 The folder is keyed by the tracking store and the model, so projects sharing a machine never
 read each other's state. Every file is written to a temporary name and renamed, and a version
 folder is complete before state.json names it.
+
+Every file read back is checked before it is served: an ONNX copy against the sha256 the registry
+recorded (the version's tags, kept in meta.json), a skops copy (the gateway's own serialization)
+against the sha256 written beside it in meta.json. A copy that does not match raises
+IntegrityError; the router then forgets it (`forget`) and loads the registry's.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from typing import Any
 import orjson
 
 from configs.settings import Settings
+from core import integrity
+from core.integrity import IntegrityError
 from core.vocabulary import Tag
 from serving.registry import Column, LoadedVersion
 
@@ -33,11 +40,11 @@ log = logging.getLogger("shipway.serving")
 
 STATE = "state.json"
 META = "meta.json"
-ONNX = "model.onnx"
-MODEL = "model.skops"
+ONNX = integrity.MODEL_ONNX  # the copies bear the names integrity's errors give the files
+MODEL = integrity.MODEL_SKOPS
 EXAMPLE = "serving_input_example.json"
-BASELINE = "baseline.skops"
-BASELINE_ONNX = "baseline.onnx"
+BASELINE = integrity.BASELINE_SKOPS
+BASELINE_ONNX = integrity.BASELINE_ONNX
 
 
 class LocalState:
@@ -63,18 +70,20 @@ class LocalState:
             return  # versions are immutable: written once
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self._mkdir(self.dir / "versions")))
         try:
+            hashes: dict[str, str] = {}  # the skops copies' own: their bytes are not the registry's
             if loaded.onnx is not None:
                 (tmp / ONNX).write_bytes(loaded.onnx)
             else:
-                _write_skops(tmp / MODEL, loaded.model)
+                hashes[MODEL] = _write_skops(tmp / MODEL, loaded.model)
             if isinstance(baseline, bytes):
                 (tmp / BASELINE_ONNX).write_bytes(baseline)
             elif baseline is not None:
-                _write_skops(tmp / BASELINE, baseline)
+                hashes[BASELINE] = _write_skops(tmp / BASELINE, baseline)
             if loaded.example is not None:
                 (tmp / EXAMPLE).write_bytes(loaded.example)
             meta = {"name": loaded.name, "version": loaded.version, "tags": loaded.tags, "flavor": loaded.flavor,
-                    "columns": [asdict(c) for c in loaded.columns], "predict_fn": loaded.predict_fn}  # fmt: skip
+                    "columns": [asdict(c) for c in loaded.columns], "predict_fn": loaded.predict_fn,
+                    "sha256": hashes}  # fmt: skip
             (tmp / META).write_bytes(orjson.dumps(meta))
             os.replace(tmp, folder)
         except OSError as exc:  # a full disk costs the next restart its head start, not an answer
@@ -104,13 +113,14 @@ class LocalState:
             return None
 
     def load(self, version: str) -> LoadedVersion:
-        """A kept version (one kept by an older shipway has no predict_fn: its version tag says it)."""
+        """A kept version (one kept by an older shipway has no predict_fn: its version tag says it),
+        its files checked (IntegrityError)."""
         folder = self.dir / "versions" / version
         meta = orjson.loads((folder / META).read_bytes())
         columns = [Column(**c) for c in meta["columns"]]
         name, tags = meta["name"], meta["tags"]
-        onnx = (folder / ONNX).read_bytes() if meta["flavor"] == "onnx" else None
-        model = None if onnx is not None else _read_skops(folder / MODEL)
+        onnx = self._checked(folder, ONNX, meta) if meta["flavor"] == "onnx" else None
+        model = None if onnx is not None else _read_skops(self._checked(folder, MODEL, meta), folder / MODEL)
         predict_fn = meta.get("predict_fn") or tags.get(Tag.PREDICT_FN, "predict")
         return LoadedVersion(
             name, version, tags, columns, onnx, model, meta["flavor"], predict_fn, self.example(version)
@@ -125,32 +135,60 @@ class LocalState:
         return (self.dir / "versions" / version / META).is_file()
 
     def baseline(self, version: str) -> Any:
-        """The version's baseline: ONNX bytes, a sklearn pipeline, or None."""
+        """The version's baseline: ONNX bytes, a sklearn pipeline, or None; checked (IntegrityError)."""
         folder = self.dir / "versions" / version
+        if not (folder / BASELINE_ONNX).is_file() and not (folder / BASELINE).is_file():
+            return None
+        meta = orjson.loads((folder / META).read_bytes())
         if (folder / BASELINE_ONNX).is_file():
-            return (folder / BASELINE_ONNX).read_bytes()
-        return _read_skops(folder / BASELINE) if (folder / BASELINE).is_file() else None
+            return self._checked(folder, BASELINE_ONNX, meta)
+        return _read_skops(self._checked(folder, BASELINE, meta), folder / BASELINE)
+
+    def verify(self, version: str) -> None:
+        """Check every kept file of `version` (IntegrityError) without loading any."""
+        folder = self.dir / "versions" / version
+        meta = orjson.loads((folder / META).read_bytes())
+        for file in (ONNX, MODEL, BASELINE_ONNX, BASELINE):
+            if (folder / file).is_file():
+                self._checked(folder, file, meta)
+
+    def forget(self, version: str) -> None:
+        """Remove a kept version that did not pass its check: the next load writes the registry's copy."""
+        shutil.rmtree(self.dir / "versions" / version, ignore_errors=True)
+
+    def _checked(self, folder: Path, file: str, meta: dict) -> bytes:
+        """A kept file's bytes once they match: an ONNX copy is the registry's file (its recorded hash);
+        a skops copy was written here (its hash in meta.json; a copy from before them is not checked)."""
+        data = (folder / file).read_bytes()
+        name, version, tags = meta["name"], meta["version"], meta["tags"]
+        if file in (ONNX, BASELINE_ONNX):
+            if integrity.TAG_OF[file] in tags:
+                integrity.check(data, tags, file, name, version)
+        elif file in meta.get("sha256", {}) and integrity.sha256(data) != meta["sha256"][file]:
+            raise IntegrityError(name, version, file)
+        return data
 
     def _mkdir(self, path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
 
-def _write_skops(path: Path, model: Any) -> None:
+def _write_skops(path: Path, model: Any) -> str:
     """The model as skops, with the types it needs trusted: it was loaded from the registry, whose
-    own copy is the trusted one; this copy lives in the gateway's private folder."""
+    own copy is the trusted one; this copy lives in the gateway's private folder. Returns its sha256."""
     import skops.io
 
     data = skops.io.dumps(model)
     path.write_bytes(data)
     path.with_suffix(".trusted.json").write_bytes(orjson.dumps(skops.io.get_untrusted_types(data=data)))
+    return integrity.sha256(data)
 
 
-def _read_skops(path: Path) -> Any:
+def _read_skops(data: bytes, trusted_of: Path) -> Any:
     import skops.io
 
-    trusted = orjson.loads(path.with_suffix(".trusted.json").read_bytes())
-    return skops.io.load(path, trusted=trusted)
+    trusted = orjson.loads(trusted_of.with_suffix(".trusted.json").read_bytes())
+    return skops.io.loads(data, trusted=trusted)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

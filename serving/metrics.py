@@ -82,6 +82,13 @@ class Metrics:
         self.load_failures = Counter(
             "shipway_model_load_failures", "Model versions that failed to load", ["model_version"], registry=r
         )
+        self.integrity_failures = Counter(
+            "shipway_integrity_failures",
+            "Files of a version whose sha256 is not the one recorded at registration (never served), by version and "
+            "file: model.onnx, model.skops, baseline.onnx, baseline.skops (the registry's or the local state's copy)",
+            ["model_version", "file"],
+            registry=r,
+        )
         self.served = Gauge(
             "shipway_model_served", "1 for each (alias, version, format) the gateway serves",
             ["model", "alias", "model_version", "format"], registry=r,
@@ -107,6 +114,9 @@ class Metrics:
 
     def fallback(self, failed_version: str, source: str) -> None:
         self._fallbacks.labels(failed_version, source).inc()
+
+    def integrity_failure(self, version: str, file: str) -> None:
+        self.integrity_failures.labels(version, file).inc()
 
     def log_refused(self, cause: str) -> None:
         self.log_refusals.labels(cause).inc()

@@ -1,15 +1,19 @@
 """The gateway's read-only view of the MLflow registry: aliases, the canary share, and versions
-loaded ready to serve (the ONNX form when its parity was checked at registration)."""
+loaded ready to serve (the ONNX form when its parity was checked at registration). Every file a
+version is served from is checked against the sha256 recorded at registration (core/integrity.py)."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from configs.settings import Settings
+from core import integrity
 from core.errors import RegistryError
+from core.integrity import ArtifactUnreadable
 from core.refs import ModelRef
 from core.tracking import Store, client, registered_model
 from core.vocabulary import Tag
@@ -113,9 +117,10 @@ class RegistryReader:
         return self._load_with_mlflow(name, version)
 
     def _load_onnx(self, name: str, version: str, tags: dict[str, str], location: str) -> LoadedVersion:
-        info = model_info(self.artifacts.read(_under(location, "MLmodel")))
+        info = model_info(self._read(_under(location, "MLmodel"), name, version, "MLmodel"))
         columns = _columns_of(info.inputs, f"models:/{name}/{version}")
-        onnx = self.artifacts.read(self._artifact_uri(tags[Tag.ONNX_MODEL_URI]))
+        onnx = self._read(self._artifact_uri(tags[Tag.ONNX_MODEL_URI]), name, version, integrity.MODEL_ONNX)
+        integrity.check(onnx, tags, integrity.MODEL_ONNX, name, version)
         example = None
         if info.serving_input_path:
             try:
@@ -124,6 +129,15 @@ class RegistryReader:
                 example = None
         return LoadedVersion(name, version, tags, columns, onnx, None, "onnx", info.predict_fn, example)
 
+    def _read(self, uri: str, name: str, version: str, file: str) -> bytes:
+        """A file this module reads itself (else Unreadable); a store that does not give it names the file."""
+        try:
+            return self.artifacts.read(uri)
+        except Unreadable:
+            raise
+        except Exception as exc:  # gone, unreachable, refused: boto3's and the OS's errors alike
+            raise ArtifactUnreadable(name, version, file, exc) from exc
+
     def _artifact_uri(self, uri: str) -> str:
         """`runs:/RUN_ID/PATH` as the URI of the file itself; other forms as they are."""
         if uri.startswith("runs:/") and self.tables is not None:
@@ -131,15 +145,19 @@ class RegistryReader:
             return _under(self.tables.run_artifacts(run_id), path)
         return uri
 
-    def _artifact_bytes(self, uri: str) -> bytes:
+    def _artifact_bytes(self, uri: str, name: str, version: str, file: str) -> bytes:
         """One artifact file: read here when this module can (local disk, S3), else by MLflow."""
         try:
-            return self.artifacts.read(self._artifact_uri(uri))
+            return self._read(self._artifact_uri(uri), name, version, file)
         except Unreadable:
             import mlflow
+            from mlflow.exceptions import MlflowException
 
             self.mlflow()
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri)).read_bytes()
+            try:
+                return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri)).read_bytes()
+            except (MlflowException, OSError) as exc:
+                raise ArtifactUnreadable(name, version, file, exc) from exc
 
     def _load_with_mlflow(self, name: str, version: str) -> LoadedVersion:
         import mlflow
@@ -156,12 +174,11 @@ class RegistryReader:
         predict_fn = info.flavors.get("python_function", {}).get("predict_fn", "predict")
         example = _serving_example(info, uri)
         if tags.get(Tag.SERVING_FORMAT) == "onnx" and tags.get(Tag.ONNX_MODEL_URI):
-            onnx = self._artifact_bytes(tags[Tag.ONNX_MODEL_URI])
+            onnx = self._artifact_bytes(tags[Tag.ONNX_MODEL_URI], name, version, integrity.MODEL_ONNX)
+            integrity.check(onnx, tags, integrity.MODEL_ONNX, name, version)
             return LoadedVersion(name, version, tags, columns, onnx, None, "onnx", predict_fn, example)
         if "sklearn" in info.flavors:
-            import mlflow.sklearn
-
-            model = mlflow.sklearn.load_model(uri)
+            model = load_sklearn(uri, tags, integrity.MODEL_SKOPS, name, version)
             return LoadedVersion(name, version, tags, columns, None, model, "sklearn", predict_fn, example)
         model = mlflow.pyfunc.load_model(uri)
         return LoadedVersion(name, version, tags, columns, None, model, "pyfunc", predict_fn, example)
@@ -183,16 +200,38 @@ class RegistryReader:
     def baseline(self, loaded: LoadedVersion) -> Any:
         """The heuristic baseline registered with a version: its ONNX bytes (tag baseline_onnx_uri),
         else the sklearn pipeline (tag baseline_model_uri), else None."""
-        onnx_uri = loaded.tags.get(Tag.BASELINE_ONNX_URI)
+        name, version, tags = loaded.name, loaded.version, loaded.tags
+        onnx_uri = tags.get(Tag.BASELINE_ONNX_URI)
         if onnx_uri:
-            return self._artifact_bytes(onnx_uri)
-        uri = loaded.tags.get(Tag.BASELINE_MODEL_URI)
+            data = self._artifact_bytes(onnx_uri, name, version, integrity.BASELINE_ONNX)
+            return integrity.check(data, tags, integrity.BASELINE_ONNX, name, version)
+        uri = tags.get(Tag.BASELINE_MODEL_URI)
         if not uri:
             return None
-        import mlflow.sklearn
-
         self.mlflow()
-        return mlflow.sklearn.load_model(uri)
+        return load_sklearn(uri, tags, integrity.BASELINE_SKOPS, name, version)
+
+
+def load_sklearn(uri: str, tags: dict[str, str], file: str, name: str, version: str) -> Any:
+    """A scikit-learn model logged by MLflow (`models:/...`), loaded once its file's sha256 is the one
+    recorded in `tags` for `file` (model.skops or baseline.skops) of version `version` of `name`.
+
+    Downloaded first and checked before skops reads a byte of it; into a folder that stays, as MLflow's
+    own load leaves it: a model's `code_paths` are imported from there, possibly after the load."""
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="shipway-"))
+        )
+        pickled = mlflow.models.Model.load(str(local / "MLmodel")).flavors["sklearn"]["pickled_model"]
+        data = (local / pickled).read_bytes()
+    except (MlflowException, OSError, KeyError) as exc:
+        raise ArtifactUnreadable(name, version, file, exc) from exc
+    integrity.check(data, tags, file, name, version)
+    return mlflow.sklearn.load_model(str(local))
 
 
 def _serving_example(info: Any, uri: str) -> bytes | None:

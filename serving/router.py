@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.integrity import IntegrityError
 from core.vocabulary import Alias
 from serving.local_state import LocalState
 from serving.metrics import Metrics
@@ -99,6 +100,7 @@ class Router:
         self._loaded: dict[str, tuple[Servable, Servable | None]] = {}
         self._failed: dict[str, tuple[str, int]] = {}  # version -> (error, polls since)
         self._baselines_due: dict[str, LoadedVersion] = {}  # loaded at a first start without their baselines
+        self._baseline_problems: dict[str, str] = {}  # version -> why its baseline is not served (integrity)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -134,6 +136,8 @@ class Router:
         aliases, share = kept
         by_alias: dict[str, Servable] = {}
         try:
+            for version in set(aliases.values()):  # every kept file checked before any is served
+                self._verify_kept(version)
             for alias, version in aliases.items():
                 if version not in self._loaded:  # the baselines follow in the background: sklearn is slow to import
                     loaded = state.load(version)
@@ -160,6 +164,7 @@ class Router:
             if baseline is not None:
                 continue
             due = due_now.get(version)
+            refused = False
             try:
                 if due is not None:
                     found = self.load_baseline(due)
@@ -167,8 +172,12 @@ class Router:
                     found = self.local_state.baseline(version) if self.local_state is not None else None
             except Exception as exc:
                 log.warning("baseline of version %s not loaded: %s: %s", version, type(exc).__name__, exc)
+                if isinstance(exc, IntegrityError):  # never served; /health says so while it lasts
+                    self.metrics.integrity_failure(version, exc.file)
+                    self._baseline_problems[version] = public_error(exc)
+                    refused = True
                 found = None
-            if due is not None and self.local_state is not None:
+            if due is not None and self.local_state is not None and not refused:  # kept whole, or not at all
                 self.local_state.save_version(due, found)
             if found is not None:
                 kept_baseline = baseline_servable(version, model.schema, found, model.predict_fn)
@@ -220,6 +229,9 @@ class Router:
                 baseline = entry[1]
         if share_problem:
             problems["canary_share"] = share_problem
+        production = by_alias.get(Alias.PRODUCTION)
+        if production is not None and production.version in self._baseline_problems:
+            problems["baseline"] = f"not served: {self._baseline_problems[production.version]}"
         unknown = self._unknown_sensitive(by_alias)
         if unknown:
             problems["sensitive_columns"] = unknown
@@ -284,6 +296,8 @@ class Router:
         except Exception as exc:
             self._failed[version] = (public_error(exc), 0)
             self.metrics.load_failures.labels(version).inc()
+            if isinstance(exc, IntegrityError):
+                self.metrics.integrity_failure(version, exc.file)
             log.error("%s version %s failed to load and will not be served: %s: %s", self.name, version,
                       type(exc).__name__, exc)  # fmt: skip
             return None
@@ -304,6 +318,7 @@ class Router:
         if self.local_state is None or not self.local_state.has(version):
             return None
         try:
+            self._verify_kept(version)
             loaded = self.local_state.load(version)
             return loaded, servable(loaded), self.local_state.baseline(version)
         except Exception as exc:  # damaged: the registry has the original
@@ -311,12 +326,25 @@ class Router:
                         self.local_state.dir, type(exc).__name__, exc)  # fmt: skip
             return None
 
+    def _verify_kept(self, version: str) -> None:
+        """The local state's files of `version` as they were kept; a copy that is not is counted, removed
+        (the registry's is loaded and kept in its place) and raised."""
+        assert self.local_state is not None
+        try:
+            self.local_state.verify(version)
+        except IntegrityError as exc:
+            self.metrics.integrity_failure(version, exc.file)
+            self.local_state.forget(version)
+            raise
+
     def _forget_unused(self, routes: Routes) -> None:
         used = {s.version for s in routes.by_alias.values()}
         for version in [v for v in self._loaded if v not in used]:
             del self._loaded[version]
         for version in [v for v in self._failed if v not in routes.registry_aliases.values()]:
             del self._failed[version]
+        for version in [v for v in self._baseline_problems if v not in used]:
+            del self._baseline_problems[version]
 
     def _publish(self, routes: Routes, before: Routes) -> None:
         self.metrics.served.clear()

@@ -193,7 +193,10 @@ def check_servable(settings: Settings, name: str, version: str) -> None:
     from serving import RegistryReader, servable  # the gateway's loader: only a version gaining an alias needs it
 
     try:
-        servable(RegistryReader(settings).load(name, str(version)))
+        reader = RegistryReader(settings)
+        loaded = reader.load(name, str(version))
+        servable(loaded)
+        reader.baseline(loaded)  # its file checked too (IntegrityError): the gateway would refuse the version
     except RegistryError:
         raise
     except Exception as exc:  # any failure to load means the version must not serve

@@ -47,6 +47,7 @@ from sklearn.metrics import accuracy_score
 
 from configs.settings import QualitySettings, Settings
 from core.errors import ConfigError, GateError, RegistryError, ShipwayError, SnapshotError
+from core.integrity import MODEL_SKOPS
 from core.vocabulary import Alias, Tag, Task
 from tasks import registry, seen_rows
 from tasks.analysis import FAR, positive_rate_far
@@ -581,13 +582,13 @@ def incumbent(settings: Settings, name: str, columns: Sequence[str] = ()) -> Inc
     version = registry.alias_version(settings, name, Alias.PRODUCTION)
     if version is None:
         return None
-    import mlflow.sklearn
+    from serving import load_sklearn  # its file checked against the sha256 recorded at registration
 
     found = registry.get_version(settings, name, version)
     tags = found.tags
     try:
-        model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
-    except Exception as exc:  # a Production that cannot load must not stop a fixed model from training
+        model = load_sklearn(f"models:/{name}/{version}", dict(tags), MODEL_SKOPS, name, version)
+    except Exception as exc:  # a Production that cannot load (or whose file was changed) must not stop a fixed model
         return Incumbent(None, version, version_task(tags), f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
     recorded = {k.removeprefix("metric_"): _number(v) for k, v in tags.items() if k.startswith("metric_")}
     seen = seen_by(settings, found, columns)

@@ -27,6 +27,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings
+from core.integrity import sha256
 from core.vocabulary import Tag
 from tasks import record, registry, seen_rows
 from tasks.compile import compile_pipeline
@@ -220,6 +221,18 @@ def register(
         compiled = compile_pipeline(trained.model, trained.X_holdout, trained.predict_fn)
         # The baseline's too: a gateway serving ONNX then never imports scikit-learn (~1.5 s).
         compiled_baseline = compile_pipeline(trained.baseline, trained.X_holdout, trained.predict_fn)
+        # Each served file's hash, tagged with the version and checked wherever it is loaded
+        # (core/integrity.py): the model file as the store holds it, the ONNX forms as uploaded.
+        hashes: dict[str, str] = {
+            Tag.MODEL_SHA256: stored_sha256(model_info.model_id, model_info.flavors),
+            Tag.BASELINE_MODEL_SHA256: stored_sha256(baseline_info.model_id, baseline_info.flavors),
+            **({Tag.ONNX_MODEL_SHA256: sha256(compiled.onnx)} if compiled.ok and compiled.onnx else {}),
+            **(
+                {Tag.BASELINE_ONNX_SHA256: sha256(compiled_baseline.onnx)}
+                if compiled_baseline.ok and compiled_baseline.onnx
+                else {}
+            ),
+        }
         # The rows it trained on, as keys: the next version's quality gate leaves them out of its comparison.
         columns = [*trained.features, trained.target]
         keys = seen_rows.keys_of(training_rows(trained, snapshot.frame), columns)
@@ -253,6 +266,7 @@ def register(
             {Tag.BASELINE_ONNX_URI: f"runs:/{run.info.run_id}/{BASELINE_ONNX_ARTIFACT}"} if compiled_baseline.ok else {}
         ),
         **{f"metric_{k}": f"{v:.6g}" for k, v in trained.metrics.items()},
+        **hashes,
     }
     first = _ensure_registered_model(client, name)
     try:
@@ -274,6 +288,16 @@ def register(
             mark_unfinished(settings, name, str(made.version), exc, "register")
         raise
     return Registered(name, str(created.version), run.info.run_id, f"models:/{name}/{created.version}")
+
+
+def stored_sha256(model_id: str, flavors: dict[str, Any]) -> str:
+    """The sha256 of a logged scikit-learn model's file (model.skops) as the artifact store holds it:
+    the bytes every later load reads back."""
+    location = mlflow.get_logged_model(model_id).artifact_location
+    file = flavors["sklearn"]["pickled_model"]
+    with tempfile.TemporaryDirectory(prefix="shipway-") as tmp:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/{file}", dst_path=tmp)
+        return sha256(Path(path).read_bytes())
 
 
 def mark_unfinished(settings: Settings, name: str, version: str, exc: BaseException, step: str) -> None:

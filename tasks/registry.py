@@ -21,6 +21,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from configs.settings import Settings
+from core import integrity
 from core.errors import RegistryError
 from core.refs import ModelRef
 from core.tracking import Store, client, experiment_id, registered_model
@@ -184,19 +185,20 @@ def resolve(settings: Settings, reference: str) -> ModelVersion:
 
 
 def log_contract(settings: Settings, name: str, version: str, suite: dict[str, Any]) -> str:
-    """Log the version's data contract (GX suite JSON) with its run; tag the version with its URI."""
+    """Log the version's data contract (GX suite JSON) with its run; tag the version with its URI and
+    the file's sha256 (the hash first: a reader that sees the URI sees its hash)."""
     client, _ = connect(settings)
     run_id = source_run(client, name, version)
-    client.log_dict(run_id, suite, CONTRACT_ARTIFACT)
+    text = json.dumps(suite, indent=2)  # as log_dict writes it, hashed as written
+    client.log_text(run_id, text, CONTRACT_ARTIFACT)
     uri = f"runs:/{run_id}/{CONTRACT_ARTIFACT}"  # short, and valid wherever the artifacts move
-    set_version_tags(settings, name, version, {"expectation_suite": uri})
+    hashed: dict[str, str] = {Tag.EXPECTATION_SUITE_SHA256: integrity.sha256(text.encode())}
+    set_version_tags(settings, name, version, hashed | {Tag.EXPECTATION_SUITE: uri})
     return uri
 
 
 def load_contract(settings: Settings, version: ModelVersion) -> dict[str, Any] | None:
-    """The contract logged with `version`, or None for a version that has none."""
-    import json
-
+    """The contract logged with `version` (its sha256 checked: IntegrityError), or None without one."""
     uri = version.tags.get("expectation_suite")
     if not uri:
         return None
@@ -209,7 +211,9 @@ def load_contract(settings: Settings, version: ModelVersion) -> dict[str, Any] |
             raise RegistryError(
                 f"version {version.version} of '{version.name}': cannot read its contract {uri}: {exc}"
             ) from None
-        return json.loads(Path(path).read_text())
+        data = Path(path).read_bytes()
+    integrity.check(data, dict(version.tags), integrity.CONTRACT, version.name, str(version.version))
+    return json.loads(data)
 
 
 def log_gate_report(

@@ -125,6 +125,9 @@ def test_a_version_whose_model_cannot_load_never_gets_an_alias(small, three):
     artifacts = Path(small.mlflow.artifact_location)
     (onnx,) = [p for p in artifacts.rglob("model.onnx") if version.run_id in str(p)]
     onnx.write_bytes(b"not a model")
+    with pytest.raises(RegistryError, match="version 3 of 'churn-classifier': model.onnx does not match the sha256"):
+        move(small, name, {Alias.PRODUCTION: "3"}, actor="a", reason="r")
+    registry.delete_version_tag(small, name, "3", Tag.ONNX_MODEL_SHA256)  # as registered before the hashes
     with pytest.raises(RegistryError, match="version 3 of 'churn-classifier' cannot load"):
         move(small, name, {Alias.PRODUCTION: "3"}, actor="a", reason="r")
     assert model_state(small, name)[0] == {}
