@@ -661,6 +661,17 @@ class Settings(BaseSettings):
                 sections["serving"] = {**(sections.get("serving") or {}), LATENCY_BUDGET[1]: budget}
         return sections
 
+    @model_validator(mode="after")
+    def _no_slice_on_a_sensitive_column(self) -> Settings:
+        """A slice is named by its values ("email=a@b.org") in the quality report and the release card."""
+        named = sorted(set(self.quality.slices) & set(self.serving.sensitive_columns))
+        if named:
+            raise ValueError(
+                f"quality.slices names {', '.join(map(repr, named))}, which serving.sensitive_columns redacts: a "
+                "slice is named by its values in the quality report; remove it from quality.slices"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
