@@ -32,6 +32,8 @@ from serving.prediction_log import read_window
 from tasks.registry import connect, set_alias
 from tests.conftest import embedded, mark_gated, tuned, wait_for
 
+pytestmark = pytest.mark.slow  # a real gateway and the Shadow's process: ~45 s
+
 PLANTED = "PLANTED-7f3a"
 OTHER = "OTHER-9c1d"  # a value of a column that is not sensitive: logged as an input, but in no error text
 SALT = "pepper"
