@@ -162,12 +162,15 @@ class ServingSettings(_Section):
     sensitive_columns: dict[str, Literal["hash", "drop"]] = Field(
         default_factory=dict,
         description="Input columns hashed (HMAC-SHA256 keyed by hash_salt) or dropped before they are logged; a "
-        "name the served version does not have is an error (in /health problems, and at `shipway serve` start).",
+        "name the served version does not have is an error (in /health problems, and at `shipway serve` start). "
+        "Training follows it: the contract keeps such a column hashed (under the same salt) or as type and nulls "
+        "only, and monitoring and the shadow analysis check what the log keeps.",
     )
     hash_salt: SecretStr = Field(
         SecretStr(""),
         description="Secret key of the sensitive-column hash (from SHIPWAY_SERVING__HASH_SALT); required when a "
-        "column is hashed: an unkeyed hash of a small domain (ages, ZIP codes) is reversed by trying every value.",
+        "column is hashed: an unkeyed hash of a small domain (ages, ZIP codes) is reversed by trying every value. "
+        "Give training, monitoring and the gateway the same one: contracts hold hashes under it.",
     )
     api_token: SecretStr = Field(
         SecretStr(""),
@@ -660,6 +663,17 @@ class Settings(BaseSettings):
             if budget is not None:
                 sections["serving"] = {**(sections.get("serving") or {}), LATENCY_BUDGET[1]: budget}
         return sections
+
+    @model_validator(mode="after")
+    def _no_slice_on_a_sensitive_column(self) -> Settings:
+        """A slice is named by its values ("email=a@b.org") in the quality report and the release card."""
+        named = sorted(set(self.quality.slices) & set(self.serving.sensitive_columns))
+        if named:
+            raise ValueError(
+                f"quality.slices names {', '.join(map(repr, named))}, which serving.sensitive_columns redacts: a "
+                "slice is named by its values in the quality report; remove it from quality.slices"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -27,6 +28,7 @@ from configs.settings import GateSettings
 from core.contract_stats import Cdf, TrainingStats
 from core.errors import DataError
 from core.free_text import text_columns as find_text
+from core.redaction import DROP
 from expectations import gx_json, text
 from expectations.joint import joint_expectation, register
 
@@ -66,22 +68,31 @@ def build_contract(
     snapshot_id: str | None,
     features: list[str] | None = None,
     text_columns: list[str] | None = None,
+    sensitive: Mapping[str, str] | None = None,
+    hash_key_check: str | None = None,
 ) -> dict[str, Any]:
     """The suite, as GX JSON, for the feature columns of a canonical snapshot frame (see
     tasks.snapshot). `features` None: every column but the target, and no other column allowed;
     chosen features: the other columns (IDs, free text) are neither checked nor refused.
-    `text_columns` (data.text_columns) names the free-text features; None: those that read as text."""
+    `text_columns` (data.text_columns) names the free-text features; None: those that read as text.
+    `sensitive` (serving.sensitive_columns): a hashed column arrives already hashed (tasks/sensitive.py)
+    and is checked as categories; a dropped one keeps its type and null rate only, and no column of
+    either joins the joint check's sample or is read as text: no training value of them is kept."""
     if len(frame) == 0:
         raise DataError("cannot build a contract from a snapshot with no rows")
     chosen = features is not None
     features = [c for c in frame.columns if c != target] if features is None else list(features)
     columns = [*features, *([target] if target is not None and target in frame.columns else [])]
     expectations = _table_expectations(columns, target, exact=not chosen)
-    texts = find_text(frame, features, text_columns)
+    sensitive = dict(sensitive or {})
+    texts = [c for c in find_text(frame, features, text_columns) if c not in sensitive]
     for column in features:
-        expectations += column_expectations(frame[column], settings, free_text=column in texts)
+        if sensitive.get(column) == DROP:
+            expectations += column_expectations(frame[column], settings)[:2]  # its type and null rate
+        else:
+            expectations += column_expectations(frame[column], settings, free_text=column in texts)
     # The joint check codes a value by its category: a text's never repeats, so it is left out.
-    others = [c for c in features if c not in texts]
+    others = [c for c in features if c not in texts and sensitive.get(c) != DROP]
     joint = joint_expectation(frame, others, settings.joint_sample_rows, settings.joint_min_auc)
     if joint is not None:
         expectations.append(joint)
@@ -92,6 +103,8 @@ def build_contract(
         "target": target,
         "features": features,
         **({"text_columns": texts} if texts else {}),
+        **({"sensitive": sensitive} if sensitive else {}),
+        **({"hash_key_check": hash_key_check} if hash_key_check else {}),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     return gx_json.suite(name, expectations, {"shipway": meta})

@@ -76,6 +76,7 @@ def monitoring_flow(
                 reference_for_model(settings, f"{name}@{Alias.PRODUCTION.value}"),
                 settings,
                 batch_name=f"{name} {start:%Y-%m-%d %H:%M}..{end:%H:%M} UTC",
+                logged=True,
             )
             drift = report.verdict.value
             files.append(write_report(report, Path(tmp) / "drift_report.json").json)

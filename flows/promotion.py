@@ -153,7 +153,8 @@ def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
     inputs = served_inputs(log, datetime_columns(settings, name, version))
     drift = None
     if len(inputs):  # what Production was asked, against the candidate's own data contract
-        drift = gate(inputs, reference_for_model(settings, f"{name}/{version}"), settings, "shadow traffic")
+        reference = reference_for_model(settings, f"{name}/{version}")
+        drift = gate(inputs, reference, settings, "shadow traffic", logged=True)
     log = predicted_classes(log, registry.probability_classes(settings, name, log["model_version"].unique()))
     tags = registry.get_version(settings, name, version).tags
     task = version_task(tags)

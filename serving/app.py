@@ -44,6 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from configs.settings import Settings
 from core.errors import ConfigError
+from core.redaction import model_error
 from serving import feedback, request_ids
 from serving.body import BodyReader
 from serving.local_state import LocalState
@@ -351,17 +352,22 @@ class Gateway:
             try:
                 return inputs.predict(model)
             except BadInput as exc:  # a version with other columns than the one the input was checked for
-                raise ModelFailed("input", exc.message) from None
+                raise ModelFailed("input", exc.logged) from None
             except Exception as exc:
-                raise ModelFailed("exception", f"{type(exc).__name__}: {exc}") from None
+                raise ModelFailed("exception", self._model_error(exc, inputs)) from None
         try:
             return await workers.run(self._allowance_s(inputs.raw.rows), inputs.predict, model)
         except ModelFailed:
             raise
         except BadInput as exc:
-            raise ModelFailed("input", exc.message) from None
+            raise ModelFailed("input", exc.logged) from None
         except Exception as exc:
-            raise ModelFailed("exception", f"{type(exc).__name__}: {exc}") from None
+            raise ModelFailed("exception", self._model_error(exc, inputs)) from None
+
+    def _model_error(self, exc: Exception, inputs: Inputs) -> str:
+        """What the log and the gateway's log lines keep of a model's exception: with sensitive columns,
+        its type and its message without the values it quotes (scikit-learn names an unknown category)."""
+        return model_error(exc, self.serving.sensitive_columns, inputs.raw.columns)
 
     # ---- log -------------------------------------------------------------------------------
 

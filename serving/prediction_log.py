@@ -26,8 +26,6 @@ tests/test_storage_faults.py injects each fault into a real gateway.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import queue
 import threading
@@ -58,6 +56,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from configs.settings import Settings
 from core.errors import ConfigError
+from core.redaction import hash_value
 from serving.storage_errors import cause
 
 log = logging.getLogger("shipway.serving")
@@ -212,7 +211,7 @@ class Redactor:
             record = {k: v for k, v in record.items() if k not in self.dropped}
             for col in self.hashed:
                 if record.get(col) is not None:
-                    record[col] = hmac.new(self.salt, str(record[col]).encode(), hashlib.sha256).hexdigest()
+                    record[col] = hash_value(self.salt, record[col])
             out.append(record)
         return out
 

@@ -25,7 +25,7 @@ import math
 import re
 import reprlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from core.redaction import scrub
 from serving import dates
 from serving.onnx import NULL_TOKEN, epoch_us
 from serving.registry import Column
@@ -165,7 +166,12 @@ def _parse_json(body: bytes) -> Raw:
         if given:
             raise BadInput(f"send exactly one of {', '.join(FORMATS)} (got {', '.join(given)})", 400, "BAD_REQUEST")
         keys = ", ".join(map(repr, list(doc)[:10])) or "none"
-        raise BadInput(f"send one of {', '.join(FORMATS)} (the body's keys: {keys})", 400, "BAD_REQUEST")
+        raise BadInput(
+            f"send one of {', '.join(FORMATS)} (the body's keys: {keys})",
+            400,
+            "BAD_REQUEST",
+            logged=f"send one of {', '.join(FORMATS)} (the body has {_count(doc, 'key')}, not logged)",
+        )
     llm = [k for k in LLM_KEYS if k in doc]
     if llm:
         keys = ", ".join(map(repr, llm))
@@ -192,7 +198,9 @@ def _lenient_json(body: bytes) -> Any:
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise BadInput(f"malformed JSON: {exc}", 400, "BAD_REQUEST") from None
+        raise BadInput(
+            f"malformed JSON: {exc}", 400, "BAD_REQUEST", logged=f"malformed JSON: {scrub(str(exc))}"
+        ) from None
     if "\\ud" in text.lower():
         _check_surrogates(doc)
     return doc
@@ -222,7 +230,9 @@ def _from_split(data: Any) -> Raw:
     unknown = sorted(set(data) - {"columns", "data", "index"})
     if unknown:
         raise BadInput(
-            f"dataframe_split: unknown key(s) {', '.join(map(repr, unknown))}; it takes 'columns', 'data' and 'index'"
+            f"dataframe_split: unknown key(s) {', '.join(map(repr, unknown))}; it takes 'columns', 'data' and 'index'",
+            logged=f"dataframe_split: {_count(unknown, 'unknown key')} (not logged); it takes 'columns', 'data' and "
+            "'index'",
         )
     names = data.get("columns")
     if not isinstance(names, list):
@@ -276,7 +286,10 @@ def _from_columns(data: dict, key: str) -> Raw:
         raise BadInput(f"{key} must map every column to a list of values, or every column to one value")
     lengths = {name: len(values) for name, values in data.items()}
     if len(set(lengths.values())) > 1:
-        raise BadInput(f"{key}: columns have different lengths ({', '.join(f'{k}: {v}' for k, v in lengths.items())})")
+        raise BadInput(
+            f"{key}: columns have different lengths ({', '.join(f'{k}: {v}' for k, v in lengths.items())})",
+            logged=f"{key}: columns have different lengths ({', '.join(map(str, lengths.values()))}; names not logged)",
+        )
     return Raw(dict(data), next(iter(lengths.values()), 0))
 
 
@@ -291,7 +304,9 @@ def _parse_csv(body: bytes) -> Raw:
     except pd.errors.EmptyDataError:
         raise BadInput("the CSV body is empty: send a header line and at least one row", 400, "BAD_REQUEST") from None
     except (pd.errors.ParserError, ValueError) as exc:
-        raise BadInput(f"malformed CSV: {exc}", 400, "BAD_REQUEST") from None
+        raise BadInput(
+            f"malformed CSV: {exc}", 400, "BAD_REQUEST", logged=f"malformed CSV: {scrub(str(exc))}"
+        ) from None
     if not isinstance(frame.index, pd.RangeIndex):  # pandas took the first column for an index
         raise BadInput("CSV row 0 has more values than the header has columns", 400, "BAD_REQUEST")
     columns = {str(name): [None if v is None or v != v else v for v in frame[name].tolist()] for name in frame.columns}
@@ -310,7 +325,12 @@ def _parse_parquet(body: bytes) -> Raw:
         raise
     except Exception as exc:  # Arrow's errors, and a damaged file's text that is not UTF-8: the client's
         problem = f"{type(exc).__name__}: {exc}"
-        raise BadInput(f"the body is not a readable Parquet file: {problem}", 400, "BAD_REQUEST") from None
+        raise BadInput(
+            f"the body is not a readable Parquet file: {problem}",
+            400,
+            "BAD_REQUEST",
+            logged=f"the body is not a readable Parquet file: {scrub(problem)}",
+        ) from None
     types = {field.name: str(field.type) for field in table.schema}
     return Raw(columns, table.num_rows, "parquet", types)
 
@@ -327,11 +347,17 @@ def _arrow_values(column) -> list[Any]:
 
 def _check_names(names: Sequence[Any], where: str) -> None:
     bad = [n for n in names if not isinstance(n, str)]
-    if bad:
-        raise BadInput(f"{where}: column names must be strings, got {bad[0]!r}")
+    if bad:  # a name that is not a string is most likely a value in the wrong place: the log keeps its type
+        raise BadInput(
+            f"{where}: column names must be strings, got {bad[0]!r}",
+            logged=f"{where}: column names must be strings, got a {_json_type(bad[0])} (not logged)",
+        )
     if len(set(names)) != len(names):
         repeated = sorted(n for n, k in Counter(names).items() if k > 1)  # linear: a body may name 40,000 columns
-        raise BadInput(f"{where}: column(s) {', '.join(map(repr, repeated))} given more than once")
+        raise BadInput(
+            f"{where}: column(s) {', '.join(map(repr, repeated))} given more than once",
+            logged=f"{where}: {_count(repeated, 'column')} given more than once (names not logged)",
+        )
 
 
 class Schema:
@@ -665,6 +691,11 @@ class _Shown:
 class _Repr(_Shown):
     def __format__(self, spec: str) -> str:
         return repr(self.v)
+
+
+def _count(items: Sized, noun: str) -> str:
+    """'1 key', '3 keys': what the log says of names a client sent (a name may be a value sent astray)."""
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
 
 
 def _json_type(v: Any) -> str:

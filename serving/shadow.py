@@ -35,6 +35,7 @@ import orjson
 
 from configs.settings import ENV_PREFIX, Settings
 from core import lifeline
+from core.redaction import model_error
 from serving.local_state import LocalState
 from serving.metrics import Metrics
 from serving.models import Inputs, freeze_heap, servable
@@ -119,7 +120,7 @@ class ShadowProcess:
 
     async def _connect(self, child: _Child, sock: socket.socket) -> None:
         transport, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: child, sock)
-        transport.write(orjson.dumps(self.settings.model_dump(mode="json")) + b"\n")
+        transport.write(orjson.dumps(settings_line(self.settings)) + b"\n")
         if self._child is child:
             self.state = "running"
             self._send()
@@ -211,6 +212,7 @@ class _Models:
 
     def __init__(self, settings: Settings):
         self.name = settings.training.model_name  # the registered model
+        self.sensitive = list(settings.serving.sensitive_columns)
         self.settings = settings
         self.local_state = LocalState.of(settings)  # the gateway keeps what it loaded: no registry trip
         self.reader: RegistryReader | None = None
@@ -245,6 +247,16 @@ class _Models:
         if self.reader is None:
             self.reader = RegistryReader(self.settings)
         return self.reader.load(self.name, version)
+
+
+def settings_line(settings: Settings) -> dict[str, Any]:
+    """The settings as the child reads them. A dump writes a secret as '**********': the hash key
+    goes as it is (over the socket pair, never argv or the environment), or the Shadow's log rows
+    would be hashed under that public string, reversible by trying every value of a small domain."""
+    doc = settings.model_dump(mode="json")
+    doc["serving"]["hash_salt"] = settings.serving.hash_salt.get_secret_value()
+    doc["serving"]["api_token"] = ""  # the child answers nobody: it needs no token
+    return doc
 
 
 def run(sock: socket.socket) -> None:
@@ -290,7 +302,7 @@ def _predict(item: list, models: _Models, clock: _ModelClock):
     except BadInput as exc:
         error = f"{exc.status} {exc.error_code}: {exc.logged}"  # as the gateway logs a refusal: never a value
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        error = model_error(exc, models.sensitive, columns)
     seconds = clock.since(mark)
     return Prediction(request_id, datetime.fromisoformat(ts), models.name, version, ROLE_SHADOW, None, batch,
                       predictions, seconds * 1000, error)  # fmt: skip

@@ -23,7 +23,7 @@ from configs.settings import Settings
 from core.errors import DataError, GateError
 from core.vocabulary import Tag, Verdict
 from expectations import contract
-from tasks import registry
+from tasks import registry, sensitive
 from tasks.contract_checks import validate
 from tasks.decisions import record_override
 from tasks.drift_report import ReportFiles, table_rows, write_report
@@ -73,14 +73,17 @@ def contract_for_snapshot(
     target = target if target in columns else None
     if features is None and _chooses_features(settings):
         features = choose_features(columns, target or "", settings.data)
+    frame, rules, key_check = sensitive.for_contract(snapshot.frame, settings)
     return contract.build_contract(
-        snapshot.frame,
+        frame,
         settings.gate,
         name=f"{settings.training.model_name}-{snapshot.id[:12]}",
         target=target,
         snapshot_id=snapshot.id,
         features=features,
         text_columns=settings.data.text_columns,
+        sensitive={c: rule for c, rule in rules.items() if c in columns},
+        hash_key_check=key_check,
     )
 
 
@@ -113,13 +116,19 @@ def user_suites(settings: Settings) -> list[dict[str, Any]]:
     return [contract.load(path) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
-def gate(batch: pd.DataFrame, reference: Reference, settings: Settings, batch_name: str) -> GateReport:
+def gate(
+    batch: pd.DataFrame, reference: Reference, settings: Settings, batch_name: str, *, logged: bool = False
+) -> GateReport:
+    """`batch` against the reference's contract. `logged`: the batch is read from the prediction log,
+    so its sensitive columns are as serving.sensitive_columns left them (hashed, or dropped); else it
+    is plain data, whose sensitive columns are hashed here as the contract holds them (tasks/sensitive.py)."""
+    suite, batch, notes = sensitive.for_check(reference.suite, batch, settings, logged=logged)
     return validate(
         batch,
-        reference.suite,
+        suite,
         settings.gate,
         batch_name=batch_name,
-        reference=reference.describe(),
+        reference=reference.describe() | ({"sensitive_columns": notes} if notes else {}),
         user_suites=user_suites(settings),
     )
 

@@ -52,8 +52,11 @@ def served_inputs(log: pd.DataFrame, datetimes: Collection[str] = ()) -> pd.Data
 
 
 def datetime_columns(settings: Settings, name: str, version: str) -> list[str]:
-    """A version's datetime inputs, from its signature."""
-    return [c.name for c in RegistryReader(settings).columns(name, version) if c.type == "datetime"]
+    """A version's datetime inputs, from its signature; a hashed one (serving.sensitive_columns) is
+    no datetime in the log: it stays the text the log keeps."""
+    hashed = {c for c, rule in settings.serving.sensitive_columns.items() if rule == "hash"}
+    columns = RegistryReader(settings).columns(name, version)
+    return [c.name for c in columns if c.type == "datetime" and c.name not in hashed]
 
 
 @dataclass

@@ -34,6 +34,7 @@ from tasks.compile import compile_pipeline
 from tasks.lineage import CODE_DIR, GitLineage, config_hash, config_yaml, shipway_version
 from tasks.registry import connect
 from tasks.retries import retry_on_io
+from tasks.sensitive import neutral_rows
 from tasks.snapshot import Snapshot
 from tasks.training import TrainedModel, decision_threshold, headline
 
@@ -195,7 +196,7 @@ def register(
             trained.model,
             name=MODEL_ARTIFACT,
             signature=signature(sample, trained.serve(sample), nullable),
-            input_example=mlflow_example(trained.X_holdout.head(3)),
+            input_example=mlflow_example(neutral_rows(trained.X_holdout.head(3), settings.serving.sensitive_columns)),
             pip_requirements=requirements,
             skops_trusted_types=types,
             pyfunc_predict_fn=trained.predict_fn,

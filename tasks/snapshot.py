@@ -13,7 +13,7 @@ import io
 import json
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -173,15 +173,18 @@ class _CountingFile(io.FileIO):
 # --- profile -----------------------------------------------------------------------------------
 
 
-def profile(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per column: nulls, and the range and quantiles, or the category shares. Contracts build on it."""
+def profile(df: pd.DataFrame, sensitive: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+    """Per column: nulls, and the range and quantiles, or the category shares; a `sensitive`
+    column's nulls only (its values are kept in the data file alone)."""
     out: dict[str, dict[str, Any]] = {}
     for name in df.columns:
         s = df[name]
         nulls = int(s.isna().sum())
         entry: dict[str, Any] = {"dtype": str(s.dtype), "nulls": nulls, "null_fraction": nulls / len(s)}
         present = s.dropna()
-        if s.dtype == "str":
+        if name in sensitive:
+            entry["kind"] = "sensitive"
+        elif s.dtype == "str":
             shares = present.value_counts(normalize=True)
             entry |= {
                 "kind": "categorical",
@@ -213,8 +216,9 @@ def profile(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
 # --- write and read ----------------------------------------------------------------------------
 
 
-def write_snapshot(df: pd.DataFrame, source: str, store: Store) -> Snapshot:
+def write_snapshot(df: pd.DataFrame, source: str, store: Store, sensitive: Collection[str] = ()) -> Snapshot:
     """Store `df` as a snapshot; identical content that is already stored is reused, not rewritten.
+    The manifest's profile of a `sensitive` column (serving.sensitive_columns) holds no value of it.
 
     A reused snapshot is re-hashed first: the stored copy is what the gate, the benchmark and a
     later audit read, so a tampered one is refused here rather than trained on and registered.
@@ -232,7 +236,7 @@ def write_snapshot(df: pd.DataFrame, source: str, store: Store) -> Snapshot:
         source=source,
         rows=len(frame),
         columns={name: str(dtype) for name, dtype in frame.dtypes.items()},
-        profile=profile(frame),
+        profile=profile(frame, sensitive),
         created_at=datetime.now(UTC),
         data_bytes=data_bytes,
     )
@@ -292,7 +296,8 @@ def take_snapshot(source: str, settings: Settings, target: str | None = None) ->
     if target is not None and target not in df.columns:
         columns = ", ".join(map(str, df.columns[:20]))
         raise DataError(f"target column '{target}' is not in {source} (columns: {columns})")
-    return write_snapshot(df, source, open_store(settings.snapshots.store, settings.s3))
+    store = open_store(settings.snapshots.store, settings.s3)
+    return write_snapshot(df, source, store, sensitive=list(settings.serving.sensitive_columns))
 
 
 @task(name="snapshot", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)

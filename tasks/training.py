@@ -10,6 +10,7 @@ auto; it decides the built-in estimator, the holdout metrics and the baseline.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -372,11 +373,13 @@ def train(
     data: DataSettings | None = None,
     *,
     metric: str | None = None,
+    sensitive: Collection[str] = (),
 ) -> TrainedModel:
     """Choose the features, resolve the task, split, fit the pipeline and the baseline on the
     training split, score both on the holdout. `data` chooses features and the time column
     (default: every column but the target, a random split); `metric` (quality.metric, default the
-    task's) chooses the baseline's rule, as it judges the model."""
+    task's) chooses the baseline's rule, as it judges the model. The baseline's rule is on no
+    `sensitive` column (serving.sensitive_columns): it would name training values in the clear."""
     data = data or DataSettings(target=target)
     features = choose_features(list(df.columns), target, data) if target in df.columns else []
     X, y = split_target(df, target, features)
@@ -401,7 +404,7 @@ def train(
     model = fitted.model
     if settings.predict_fn == "predict_proba" and not hasattr(model, "predict_proba"):
         raise ConfigError(f"training.predict_fn is predict_proba, but {settings.estimator} has no predict_proba")
-    baseline = build_baseline(X_train, y_train, task_, settings.seed, metric, skip=text)
+    baseline = build_baseline(X_train, y_train, task_, settings.seed, metric, skip=[*text, *sensitive])
     return TrainedModel(
         model=model,
         baseline=baseline.model,
@@ -427,7 +430,14 @@ def train(
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(df: pd.DataFrame, target: str, settings: Settings) -> TrainedModel:
-    trained = train(df, target, settings.training, settings.data, metric=settings.quality.metric)
+    trained = train(
+        df,
+        target,
+        settings.training,
+        settings.data,
+        metric=settings.quality.metric,
+        sensitive=list(settings.serving.sensitive_columns),
+    )
     get_run_logger().info(
         "%s (%s, %d features) holdout %s; baseline (%s) %s%s",
         trained.estimator,
