@@ -25,7 +25,7 @@ DEFAULT_PROFILE = PROFILES / "default.yaml"
 ENV_PREFIX = "SHIPWAY_"
 ENV_DELIMITER = "__"
 
-# scikit-learn's names, as the runs log them (tasks/training.py evaluate)
+# scikit-learn's names, as the runs log them (tasks/training/pipeline.py evaluate)
 QualityMetric = Literal[
     "roc_auc", "log_loss", "accuracy", "balanced_accuracy", "f1", "precision", "recall", "f1_macro",
     "precision_macro", "recall_macro", "rmse", "mae", "r2",

@@ -1,5 +1,5 @@
 """What a data source names, checked without reading it: fast enough for the CLI to answer before
-Prefect, pandas or MLflow start (tasks/snapshot.py reads the source)."""
+Prefect, pandas or MLflow start (tasks/data/snapshot.py reads the source)."""
 
 from __future__ import annotations
 

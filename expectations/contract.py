@@ -6,7 +6,7 @@ standard deviation bands, quantile bands, a KL divergence on training-quantile b
 category shares, and the largest share one value may take); a free-text column gets its length
 distribution and vocabulary instead of a value set (expectations/text.py). The kwargs are the
 practical bounds a user reads and edits; each expectation's `meta.training` keeps the training
-statistics the gate needs to tell drift from sampling noise (see tasks/contract_checks.py). The
+statistics the gate needs to tell drift from sampling noise (see tasks/gate/contract_checks.py). The
 suite is plain GX JSON, written without importing GX (expectations/gx_json.py): any GX 1.x
 context can load it.
 """
@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 
 from configs.settings import GateSettings
-from core.contract_stats import Cdf, TrainingStats
 from core.errors import DataError
 from core.free_text import text_columns as find_text
 from core.redaction import DROP
 from expectations import gx_json, text
 from expectations.joint import joint_expectation, register
+from expectations.training_stats import Cdf, TrainingStats
 
 FORMAT = "shipway.contract/v1"
 NUMERIC_TYPES = [
@@ -72,10 +72,10 @@ def build_contract(
     hash_key_check: str | None = None,
 ) -> dict[str, Any]:
     """The suite, as GX JSON, for the feature columns of a canonical snapshot frame (see
-    tasks.snapshot). `features` None: every column but the target, and no other column allowed;
+    tasks.data.snapshot). `features` None: every column but the target, and no other column allowed;
     chosen features: the other columns (IDs, free text) are neither checked nor refused.
     `text_columns` (data.text_columns) names the free-text features; None: those that read as text.
-    `sensitive` (serving.sensitive_columns): a hashed column arrives already hashed (tasks/sensitive.py)
+    `sensitive` (serving.sensitive_columns): a hashed column arrives already hashed (tasks/gate/sensitive.py)
     and is checked as categories; a dropped one keeps its type and null rate only, and no column of
     either joins the joint check's sample or is read as text: no training value of them is kept."""
     if len(frame) == 0:

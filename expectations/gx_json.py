@@ -2,7 +2,7 @@
 
 Importing GX takes several seconds (most of the training flow's contract step did it only to
 build dicts). A suite written here is what GX itself writes: GX leaves out a kwarg at its
-default, and so does `expectation`; tests/test_gate.py checks that GX reads a contract and writes
+default, and so does `expectation`; tests/gate/test_gate.py checks that GX reads a contract and writes
 it back unchanged. GX is imported only where it runs: checking a suite, user suites, Data Docs.
 """
 

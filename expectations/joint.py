@@ -6,7 +6,7 @@ feature-store column. The contract therefore keeps, in one table-level expectati
 (`expect_table_rows_to_match_training_joint_distribution`), a seeded sample of training rows with
 each value coded by its training quantile bin (numbers) or category (text, bool): one byte a
 cell, base64 in `meta.training.joint`, so 2,000 rows x 20 columns add about 55 kB to the suite.
-tasks/joint_check.py codes the batch the same way and compares the relations between columns.
+tasks/gate/joint_check.py codes the batch the same way and compares the relations between columns.
 
 GX 1.x drops an expectation type it does not know, with a logged error, when a plain context loads
 the suite (`ExpectationSuite(**json)` still works); `register()` declares the type to GX so that
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.contract_stats import JointReference, TrainingStats
 from core.errors import DataError
 from expectations import gx_json
+from expectations.training_stats import JointReference, TrainingStats
 
 JOINT = "expect_table_rows_to_match_training_joint_distribution"
 BINS = 64  # quantile bins per numeric column: finer than any relation the check needs to see
@@ -113,6 +113,6 @@ def register() -> type:
 
         def _validate(self, metrics, runtime_configuration=None, execution_engine=None):
             # The check needs the training sample in meta and runs in shipway's gate, not in GX.
-            raise NotImplementedError(f"{JOINT} is evaluated by shipway's gate (tasks/joint_check.py), not by GX")
+            raise NotImplementedError(f"{JOINT} is evaluated by shipway's gate (tasks/gate/joint_check.py), not by GX")
 
     return ExpectTableRowsToMatchTrainingJointDistribution

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.contract_stats import TextStats, TrainingStats
 from core.free_text import tokens
 from expectations import gx_json
+from expectations.training_stats import TextStats, TrainingStats
 
 LENGTHS = "expect_column_value_lengths_to_match_training"
 VOCABULARY = "expect_column_tokens_to_be_in_training_vocabulary"
@@ -113,7 +113,9 @@ def register() -> tuple[type, type]:
         success_keys = ("quantile_ranges", "partition_object", "threshold", "tail_weight_holdout")
 
         def _validate(self, metrics, runtime_configuration=None, execution_engine=None):
-            raise NotImplementedError(f"{LENGTHS} is evaluated by shipway's gate (tasks/contract_checks.py), not by GX")
+            raise NotImplementedError(
+                f"{LENGTHS} is evaluated by shipway's gate (tasks/gate/contract_checks.py), not by GX"
+            )
 
     class ExpectColumnTokensToBeInTrainingVocabulary(ColumnAggregateExpectation):
         """A text column's tokens are as often in the training vocabulary as on held-out training rows."""
@@ -125,7 +127,7 @@ def register() -> tuple[type, type]:
 
         def _validate(self, metrics, runtime_configuration=None, execution_engine=None):
             raise NotImplementedError(
-                f"{VOCABULARY} is evaluated by shipway's gate (tasks/contract_checks.py), not by GX"
+                f"{VOCABULARY} is evaluated by shipway's gate (tasks/gate/contract_checks.py), not by GX"
             )
 
     return ExpectColumnValueLengthsToMatchTraining, ExpectColumnTokensToBeInTrainingVocabulary

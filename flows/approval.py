@@ -14,7 +14,7 @@ from configs.settings import Settings
 from core.errors import ShipwayError
 from core.vocabulary import Tag
 from flows.resume import parse_run_id, resume, run_input
-from tasks.registry import model_state
+from tasks.release.registry import model_state
 
 
 class Approval(RunInput):

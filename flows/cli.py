@@ -170,7 +170,7 @@ def train(
     settings = _settings(config_path)
     check_source(data or settings.data.source)
     prefect_ready = _start_prefect_early(settings)
-    from flows.training import training_flow
+    from flows.train import training_flow
 
     prefect_ready()
     result = training_flow(
@@ -208,8 +208,8 @@ def status(config_path: Path | None, name: str, as_json: bool) -> None:
     """Versions, aliases and lineage of registered model NAME."""
     settings = _settings(config_path)
     from core.vocabulary import Tag
-    from tasks.aliases import history
-    from tasks.registry import model_state, versions
+    from tasks.release.aliases import history
+    from tasks.release.registry import model_state, versions
 
     found, aliases = versions(settings, name)
     tags = model_state(settings, name)[1]
@@ -348,7 +348,7 @@ def validate(
         raise click.UsageError("--record needs --model: a check is recorded with a model version")
     settings = _settings(config_path)
     from core.errors import GateError
-    from tasks import gate
+    from tasks.gate import skew as gate
 
     sources = gate.batch_sources(batches)
     if model:
@@ -394,7 +394,7 @@ def _with_progress(total: int, work):
 
 
 def _print_gate(done) -> None:
-    from tasks.drift_report import table_rows
+    from tasks.gate.drift_report import table_rows
 
     for result, files in done:
         console.print(f"[bold]{result.batch}[/]: [{_COLORS[result.verdict]}]{result.verdict}[/] {result.reason}")
@@ -433,8 +433,8 @@ def promote(config_path: Path | None, name: str | None, version: str | None) -> 
     """Shadow analysis -> approval -> canary steps -> approval -> Production, for model NAME."""
     settings = _settings(config_path)
     prefect_ready = _start_prefect_early(settings)
-    from tasks.lease import claimed  # the registry client only: no Prefect, no analysis code
-    from tasks.registry import get_version, model_state
+    from tasks.promotion.lease import claimed  # the registry client only: no Prefect, no analysis code
+    from tasks.release.registry import get_version, model_state
 
     model = name or settings.training.model_name  # an unknown model or version is answered before Prefect is up
     if version is None:
@@ -444,7 +444,7 @@ def promote(config_path: Path | None, name: str | None, version: str | None) -> 
     # The lease is taken before Prefect and the flow load (most of the start-up): a promotion whose process
     # died is undone at once (its canary loses its share), a live one refuses this one at once.
     with claimed(settings, model, actor=_user(), say=lambda text: console.print(f"[yellow]{text}[/]")) as dead:
-        from flows.promotion import mark_crashed, promotion_flow
+        from flows.promote import mark_crashed, promotion_flow
 
         prefect_ready()
         for lease, why in dead:
@@ -493,7 +493,7 @@ def approve(config_path: Path | None, run_id: str, reject: bool, comment: str, r
 def rollback(config_path: Path | None, name: str, reason: str) -> None:
     """Production <- Previous for model NAME, in one recorded step."""
     settings = _settings(config_path)
-    from tasks.aliases import rollback as roll_back
+    from tasks.release.aliases import rollback as roll_back
 
     moved = roll_back(settings, name, actor=_user(), reason=reason)
     production = next(t for t in moved if t.alias == "Production")
@@ -517,12 +517,12 @@ def _user() -> str:
 def monitor(config_path: Path | None, name: str | None, window: str | None, as_json: bool) -> None:
     """One window of the prediction log against Production's contract and limits. Exit 1 on a breach."""
     settings = _settings(config_path)
-    from tasks.monitoring import parse_window
+    from tasks.monitoring.window import parse_window
 
     parse_window(window or settings.monitoring.window)  # a bad window fails before anything starts
     prefect_ready = _start_prefect_early(settings)
     from core.errors import GateError
-    from flows.monitoring import monitoring_flow
+    from flows.monitor import monitoring_flow
 
     prefect_ready()
     result = monitoring_flow(name=name, window=window, settings=settings)
@@ -551,7 +551,7 @@ def demo(config_path: Path | None, manual: bool) -> None:
     settings = _settings(config_path)
     prefect_ready = _start_prefect_early(settings)
     from flows.demo import run_demo
-    from tasks.registry import versions
+    from tasks.release.registry import versions
 
     prefect_ready()
     console.print(
@@ -637,8 +637,8 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
 def bench(config_path: Path | None, ref: str, as_json: bool) -> None:
     """Latency in-process and over HTTP through the gateway; exit 1 over the p99 budget."""
     settings = _settings(config_path)
-    from tasks.benchmark import bench as run_bench
-    from tasks.benchmark import check_budget, print_bench
+    from tasks.benchmark.latency import bench as run_bench
+    from tasks.benchmark.latency import check_budget, print_bench
 
     result = run_bench(settings, ref)
     if as_json:

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from configs.settings import Settings
 from core.vocabulary import Alias, Tag
 from flows.approval import AutoApprover
-from flows.promotion import PromotionResult, promotion_flow
-from flows.training import TrainingResult, training_flow
+from flows.promote import PromotionResult, promotion_flow
+from flows.train import TrainingResult, training_flow
 from serving.server import running
-from tasks import registry
-from tasks.demo_data import generate
-from tasks.traffic import Replay
+from tasks.data.demo_data import generate
+from tasks.promotion.traffic import Replay
+from tasks.release import registry
 
 REVIEWER = "shipway demo (auto-approval; run with --manual to decide yourself)"
 TRAFFIC_ROWS = 5_000

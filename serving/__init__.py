@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from serving.models import Servable, servable
 from serving.onnx import NULL_TOKEN, frame_feeds, session
-from serving.registry import Column, LoadedVersion, RegistryReader, load_sklearn
+from serving.registry_reader import Column, LoadedVersion, RegistryReader, load_sklearn
 from serving.schema import json_rows, parse
 
 if TYPE_CHECKING:

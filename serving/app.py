@@ -543,7 +543,7 @@ def create_app(settings: Settings, *, pinned_version: str | None = None) -> Gate
 
     `pinned_version` serves that one version as Production and never polls (the benchmark).
     """
-    from serving.registry import RegistryReader
+    from serving.registry_reader import RegistryReader
 
     if settings.serving.require_api_token and not settings.serving.api_token.get_secret_value():
         raise ConfigError(

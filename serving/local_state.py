@@ -34,7 +34,7 @@ from configs.settings import Settings
 from core import integrity
 from core.integrity import IntegrityError
 from core.vocabulary import Tag
-from serving.registry import Column, LoadedVersion
+from serving.registry_reader import Column, LoadedVersion
 
 log = logging.getLogger("shipway.serving")
 

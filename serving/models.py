@@ -24,7 +24,7 @@ import pandas as pd
 
 from serving.feedback import LabelRule
 from serving.onnx import session
-from serving.registry import LoadedVersion
+from serving.registry_reader import LoadedVersion
 from serving.schema import JSON_TYPE, BadInput, Batch, Raw, Schema, parse
 
 log = logging.getLogger("shipway.serving")

@@ -1,5 +1,5 @@
 """The ONNX side of serving: feeding a frame's columns as tensors and a session tuned for one-row
-requests. tasks/compile.py builds the graphs and checks their parity through the same functions."""
+requests. tasks/training/compile.py builds the graphs and checks their parity through the same functions."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ server restarting, a database that cannot be opened at the gateway's start) neve
 answers: the rows wait in the queue and the writer tries again, on a new connection, until the
 database takes them. Meanwhile `problem()` says what is wrong for /health (the cause in a few
 words, never SQL or a path) and each refused write is counted by cause for /metrics.
-tests/test_storage_faults.py injects each fault into a real gateway.
+tests/serving/test_storage_faults.py injects each fault into a real gateway.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ tracking store is a database (SQLite, PostgreSQL) the gateway and the Shadow's p
 these with SQLAlchemy core, and read the ONNX form of a version from local disk or S3 directly.
 Anything else (an MLflow server over HTTP, other artifact stores, a version not served as ONNX)
 goes through MLflow, as before: `RegistryReader` decides. The tables are MLflow's own schema
-(3.x, `workspace` column included); tests/test_registry_tables.py reads the same stores with both
+(3.x, `workspace` column included); tests/serving/test_registry_tables.py reads the same stores with both
 readers and fails on any difference, so an MLflow upgrade that moves them is caught.
 
 A read never stays on a store that is gone: an SQLite store replaced under its path (a restore

@@ -24,7 +24,7 @@ from core.vocabulary import Alias
 from serving.local_state import LocalState
 from serving.metrics import Metrics
 from serving.models import Servable, baseline_servable, servable, warm_up
-from serving.registry import LoadedVersion, ModelState, parse_canary_share, unknown_sensitive_columns
+from serving.registry_reader import LoadedVersion, ModelState, parse_canary_share, unknown_sensitive_columns
 from serving.schema import Schema
 from serving.storage_errors import cause
 

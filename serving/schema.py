@@ -6,7 +6,7 @@ every value. Both raise BadInput with a message naming the column, the row and t
 which the gateway answers as a 4xx in MLflow's error format, never a 500.
 
 The rules are `mlflow models serve`'s, checked against it payload by payload (the corpus in
-tests/conformance.py): JSON as Python's json reads it (bare NaN and Infinity too), CSV as pandas
+tests/serving/conformance.py): JSON as Python's json reads it (bare NaN and Infinity too), CSV as pandas
 reads it (its NA markers are nulls), Parquet columns converted only where MLflow's schema
 enforcement converts them, and JSON values converted as pandas' `astype` does ("45" and 45.5 in
 an integer column are 45, 3 in a string column is "3"), and datetime columns as MLflow reads them in
@@ -36,7 +36,7 @@ import pandas as pd
 from core.redaction import scrub
 from serving import dates
 from serving.onnx import NULL_TOKEN, epoch_us
-from serving.registry import Column
+from serving.registry_reader import Column
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 LLM_KEYS = ("messages", "prompt", "input")  # MLflow reads a body with these as an LLM request

@@ -34,7 +34,7 @@ from core.vocabulary import Alias
 from serving.app import Gateway, create_app
 from serving.local_state import LocalState
 from serving.protocol import guarded
-from serving.registry import LoadedVersion, RegistryReader, unknown_sensitive_columns
+from serving.registry_reader import LoadedVersion, RegistryReader, unknown_sensitive_columns
 
 
 class GatewayError(ShipwayError):

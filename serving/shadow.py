@@ -40,7 +40,7 @@ from serving.local_state import LocalState
 from serving.metrics import Metrics
 from serving.models import Inputs, freeze_heap, servable
 from serving.prediction_log import ROLE_SHADOW, Prediction, open_log
-from serving.registry import LoadedVersion, RegistryReader
+from serving.registry_reader import LoadedVersion, RegistryReader
 from serving.schema import BadInput, Raw
 
 log = logging.getLogger("shipway.serving")

@@ -138,11 +138,11 @@ def small(settings: Settings) -> Settings:
 
 def register_versions(settings: Settings, count: int) -> list:
     """Train once on the demo data and register `count` versions of it, lineage fixed."""
-    from tasks.demo_data import TARGET
-    from tasks.lineage import GitLineage
-    from tasks.registration import register
-    from tasks.snapshot import take_snapshot
-    from tasks.training import train
+    from tasks.data.demo_data import TARGET
+    from tasks.data.snapshot import take_snapshot
+    from tasks.release.lineage import GitLineage
+    from tasks.release.registration import register
+    from tasks.training.pipeline import train
 
     snapshot = take_snapshot("demo", settings, TARGET)
     trained = train(snapshot.frame, TARGET, settings.training)
@@ -160,7 +160,7 @@ def mark_gated(settings: Settings, name: str, version: str) -> None:
     The benchmark and the quality gate are tested in test_serving_parts and test_quality_flow; here
     they would only cost time.
     """
-    from tasks.registry import set_version_tags
+    from tasks.release.registry import set_version_tags
 
     gated = {"latency_gate": "passed", "latency_p99_ms": "1.0", "quality_gate": "passed"}
     set_version_tags(settings, name, str(version), gated)

@@ -463,7 +463,14 @@ def test_dockerignore_keeps_local_state_out_and_the_code_in():
     ignored = dockerignore()
     for state in (".venv/bin/python", ".shipway/mlflow.db", ".git/HEAD", "tasks/__pycache__/x.pyc", "docker/.env"):
         assert ignored(state), f"{state} would be sent to the build"
-    needed = ["pyproject.toml", "uv.lock", "README.md", "configs/production.yaml", "flows/cli.py", "tasks/registry.py"]
+    needed = [
+        "pyproject.toml",
+        "uv.lock",
+        "README.md",
+        "configs/production.yaml",
+        "flows/cli.py",
+        "tasks/release/registry.py",
+    ]
     needed += [p.name for p in REPO.glob("prefect.yaml")]
     for path in needed:
         assert not ignored(path), f".dockerignore drops {path}, which the image needs"

@@ -38,9 +38,9 @@ def main(repeat: int) -> None:
         from configs.settings import load_settings
         from core.vocabulary import Alias, Tag
         from flows.approval import answer
-        from flows.promotion import promotion_flow
-        from tasks.aliases import move
-        from tasks.registry import delete_alias, model_state
+        from flows.promote import promotion_flow
+        from tasks.release.aliases import move
+        from tasks.release.registry import delete_alias, model_state
         from tests.conftest import register_versions
 
         server.wait()

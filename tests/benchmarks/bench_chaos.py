@@ -14,9 +14,9 @@ then three measurements, each printed with its target:
   mid-canary), the next `shipway promote` started at once: seconds until the dead promotion's moves
   are undone, until the next one holds the lease (taken over: target 20 s), until its flow run has
   adopted it; the aliases and canary share are as before the killed promotion
-  (tests/test_promotion_chaos.py's helpers, which assert it). The lease has its default length: a
+  (tests/promotion/test_promotion_chaos.py's helpers, which assert it). The lease has its default length: a
   dead process on this machine is seen at once.
-- hostile: 100 malformed or hostile requests (tests/conformance.py's refused payloads, slow and
+- hostile: 100 malformed or hostile requests (tests/serving/conformance.py's refused payloads, slow and
   short bodies, a slow head, oversized bodies and heads, smuggling) beside a steady
   concurrency-4 load: 0 answers 5xx, none answered later than the body/header timeout, and the
   load's p99 within 2x of its p99 without them (10 s before and 10 s after them).
@@ -47,7 +47,7 @@ import psutil  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
 TARGETS = {"takeover_s": 20.0, "p99_ratio": 2.0}
-FAST_PROMOTION = {  # as tests/test_promotion_chaos.py, but the lease at its default
+FAST_PROMOTION = {  # as tests/promotion/test_promotion_chaos.py, but the lease at its default
     "PROMOTION__MIN_REQUESTS": "60",
     "PROMOTION__MIN_LABELED": "30",
     "PROMOTION__STEP_SECONDS": "120",
@@ -105,14 +105,14 @@ def prepare(tmp: Path):
 
 def reset(settings) -> None:
     from core.vocabulary import Alias
-    from tasks.aliases import move
+    from tasks.release.aliases import move
 
     move(settings, "churn-classifier", {Alias.PRODUCTION: "1", Alias.SHADOW: "2", Alias.CANARY: None},
          actor="bench", reason="setup", canary_share=0.0)  # fmt: skip
 
 
 def bodies(count: int = 200) -> list[bytes]:
-    from tasks.demo_data import TARGET, generate
+    from tasks.data.demo_data import TARGET, generate
 
     features = generate(count, seed=11).drop(columns=[TARGET])
     columns = list(features.columns)
@@ -131,7 +131,7 @@ def gateway_pid(url: str) -> int:
 def gateway_killed(settings, seconds: float, rng: random.Random) -> None:
     from serving.prediction_log import read_window
     from serving.server import running
-    from tasks.loadgen import Connection, request_bytes
+    from tasks.benchmark.loadgen import Connection, request_bytes
 
     flush_s = settings.serving.log_flush_interval_s
     kill_at = rng.uniform(0.1, 1.0) * seconds
@@ -189,7 +189,7 @@ def gateway_killed(settings, seconds: float, rng: random.Random) -> None:
 
 def hostile(settings) -> None:
     from serving.server import running
-    from tasks.loadgen import Connection, request_bytes
+    from tasks.benchmark.loadgen import Connection, request_bytes
 
     serving = settings.serving
     read_timeout = max(serving.body_timeout_s, serving.header_timeout_s)
@@ -249,7 +249,7 @@ def hostile(settings) -> None:
 
 def attack_corpus(url: str, settings) -> list[tuple[str, list[bytes], float]]:
     """(name, chunks sent one after another, pause between chunks): exactly 100."""
-    from tests.conformance import DEMO, Models, corpus
+    from tests.serving.conformance import DEMO, Models, corpus
 
     host = urlsplit(url).netloc
 
@@ -325,10 +325,10 @@ def promotion_killed(settings, prefect_home: Path) -> None:
     from core.vocabulary import Tag
     from flows.resume import running_api
     from serving.server import running
-    from tasks.demo_data import TARGET, generate
-    from tasks.registry import model_state
-    from tasks.traffic import Replay
-    from tests.test_promotion_chaos import (
+    from tasks.data.demo_data import TARGET, generate
+    from tasks.promotion.traffic import Replay
+    from tasks.release.registry import model_state
+    from tests.promotion.test_promotion_chaos import (
         NAME,
         approve,
         kill_and_take_over,

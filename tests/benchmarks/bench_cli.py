@@ -64,15 +64,15 @@ def main(repeat: int) -> None:
 
         from configs.settings import load_settings
         from core.vocabulary import Alias, Tag
-        from tasks.aliases import move
-        from tasks.registry import delete_alias, model_state
+        from tasks.release.aliases import move
+        from tasks.release.registry import delete_alias, model_state
         from tests.conftest import register_versions
 
         settings = load_settings()
         name = settings.training.model_name
         register_versions(settings, 1)
         move(settings, name, {Alias.PRODUCTION: "1"}, actor="bench", reason="bench")
-        from tasks.demo_data import TARGET, generate
+        from tasks.data.demo_data import TARGET, generate
 
         generate(28, seed=5).drop(columns=[TARGET]).to_csv("batch.csv", index=False)
         commands = {

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from configs.settings import GateSettings
 from expectations.contract import build_contract
-from tasks.canonical import canonicalize, content_hash
-from tasks.contract_checks import validate
-from tasks.snapshot import iso_dates
+from tasks.data.canonical import canonicalize, content_hash
+from tasks.data.snapshot import iso_dates
+from tasks.gate.contract_checks import validate
 
 
 def table(rows: int) -> pd.DataFrame:

@@ -26,7 +26,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from serving.registry import Column  # noqa: E402
+from serving.registry_reader import Column  # noqa: E402
 from serving.schema import PARQUET_TYPE, Schema, parse  # noqa: E402
 
 

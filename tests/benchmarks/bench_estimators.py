@@ -78,11 +78,11 @@ def measure(tmp: str, i: int, estimator: str, params: dict, name: str, total: in
 
     from configs.settings import load_settings
     from serving import running
-    from tasks.lineage import GitLineage
-    from tasks.loadgen import drive, request_bytes
-    from tasks.registration import register
-    from tasks.snapshot import take_snapshot
-    from tasks.training import train
+    from tasks.benchmark.loadgen import drive, request_bytes
+    from tasks.data.snapshot import take_snapshot
+    from tasks.release.lineage import GitLineage
+    from tasks.release.registration import register
+    from tasks.training.pipeline import train
 
     settings = load_settings(cwd=Path(tmp))
     own = name == "own_pipeline"

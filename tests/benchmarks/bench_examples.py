@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from configs.settings import ENV_PREFIX, load_settings  # noqa: E402
 from core.vocabulary import Tag  # noqa: E402
 from flows.resume import resume, run_input, running_api  # noqa: E402
-from tasks.registry import model_state  # noqa: E402
+from tasks.release.registry import model_state  # noqa: E402
 
 SHIPWAY = str(Path(sys.executable).with_name("shipway"))
 EXAMPLES = {"diabetes-regression": "diabetes-progression", "wine-multiclass": "wine-cultivar",

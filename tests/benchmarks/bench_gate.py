@@ -8,10 +8,10 @@ The frames are bench_snapshot.py's (14 float64 columns, 4 with nulls; 3 int64; 3
 contract is built from a 200,000-row frame; the batch of each size is a different draw. Each size
 runs in a fresh subprocess (clean peak RSS, /proc/self/clear_refs before the measured call):
 
-- gate:    tasks.contract_checks.validate(batch, suite, settings): every check, every column, the report
+- gate:    tasks.gate.contract_checks.validate(batch, suite, settings): every check, every column, the report
            object; the figure the targets are about (median of --repeat runs in the process, after
            one warm-up call on 1,000 rows so that imports and first-call costs are not counted);
-- files:   tasks.drift_report.write_report (JSON, GX Data Docs HTML, PNG), outside the gate's path.
+- files:   tasks.gate.drift_report.write_report (JSON, GX Data Docs HTML, PNG), outside the gate's path.
 
 Memory: (peak RSS during the gate - RSS before the batch was built) / batch size in memory, so the
 batch itself counts (small batches can land in memory the contract build freed: below 1x); and
@@ -50,10 +50,10 @@ def worker(rows: int, repeat: int) -> dict:
     from configs.settings import GateSettings
     from expectations.contract import build_contract
     from expectations.joint import JOINT
-    from tasks.contract_checks import validate
-    from tasks.drift_report import write_report
-    from tasks.joint_check import check_joint
-    from tasks.snapshot import canonicalize
+    from tasks.data.snapshot import canonicalize
+    from tasks.gate.contract_checks import validate
+    from tasks.gate.drift_report import write_report
+    from tasks.gate.joint_check import check_joint
 
     settings = GateSettings()
     training = canonicalize(build_frame(200_000))

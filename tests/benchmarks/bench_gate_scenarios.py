@@ -5,14 +5,14 @@ Run from the repository root:
     .venv/bin/python tests/benchmarks/bench_gate_scenarios.py [--sizes 200,1000,10000,100000] [--repeat 20] [--clean 30]
         [--joint-sizes 1000,10000] [--small 100]
 
-The contract is built from a 30,000-row demo snapshot; each scenario of tests/gate_scenarios.py
+The contract is built from a 30,000-row demo snapshot; each scenario of tests/gate/scenarios.py
 is applied `--repeat` times per size (rotating over the columns it can break), and each of the
 two clean scenarios (plain, integers as floats) `--clean` times per size. Printed per size:
 detection rate (drift scenarios that fail the gate), right-column rate (of those, the failing
 columns are exactly the broken ones), false-alarm rate (clean batches that fail), and the
 0.25 sd shift separately. Targets: detection >= 95 %, false alarms <= 2 %, right column >= 90 %.
 
-Then the joint skews (tests/gate_scenarios.py JOINT_SCENARIOS, on generated credit data whose columns
+Then the joint skews (tests/gate/scenarios.py JOINT_SCENARIOS, on generated credit data whose columns
 relate: a block of 2-3 columns from another row, one stale column; each --repeat times per
 --joint-sizes) with detection, right columns (only the moved ones named) and false alarms on clean
 credit rows; targets >= 95 %, >= 90 %, <= 1 %. Last, clean random splits of scikit-learn's small
@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from configs.settings import GateSettings
-from tests.gate_scenarios import (
+from tests.gate.scenarios import (
     JOINT_SCENARIOS,
     SCENARIOS,
     SMALL_TABLES,

@@ -8,13 +8,13 @@ Run from the repository root:
 In a fresh temporary directory (embedded default profile, the 30,000-row demo data): trains and
 registers one version per built-in estimator that fits the demo's binary target (auto, i.e.
 logistic regression, random_forest, hist_gradient_boosting, gradient_boosting), then runs the
-bench step (`tasks.benchmark.bench`, as `shipway train` and `shipway bench` do) on each version
+bench step (`tasks.benchmark.latency.bench`, as `shipway train` and `shipway bench` do) on each version
 twice: first as the machine is, then with `--busy` busy-loop processes added (7 on 2 cores: a load
 average of ~8 once it has risen, which takes `--settle` seconds). Prints per estimator and load:
 the step's seconds, the requests measured in-process and over HTTP, the HTTP p99, the CPU-time
 estimate of the quiet p99, the load average, how many measurements, and the verdict: it must not
 flip between the two unless the quiet p99 is within 20% of the budget. Then the same measurements
-judged (`tasks.benchmark.judge`) against budgets of 5, 10, 20 and 50 ms, where slower models fail.
+judged (`tasks.benchmark.latency.judge`) against budgets of 5, 10, 20 and 50 ms, where slower models fail.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=120.0, help="seconds for the load average to rise")
     parser.add_argument("--estimators", default=",".join(ESTIMATORS))
     args = parser.parse_args()
-    from tasks.benchmark import judge
+    from tasks.benchmark.latency import judge
 
     print(f"load average before: {load()} ({os.cpu_count()} cores)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,10 +76,10 @@ def main() -> None:
 
 
 def register(settings, estimator: str) -> str:
-    from tasks.lineage import GitLineage
-    from tasks.registration import register as register_version
-    from tasks.snapshot import take_snapshot
-    from tasks.training import train
+    from tasks.data.snapshot import take_snapshot
+    from tasks.release.lineage import GitLineage
+    from tasks.release.registration import register as register_version
+    from tasks.training.pipeline import train
 
     training = settings.training.model_copy(update={"estimator": estimator, "model_name": f"bench-{estimator}"})
     snapshot = take_snapshot("demo", settings, settings.data.target)
@@ -93,7 +93,7 @@ def register(settings, estimator: str) -> str:
 
 
 def measure(settings, estimator: str, ref: str, round_name: str) -> dict:
-    from tasks.benchmark import bench
+    from tasks.benchmark.latency import bench
 
     started = time.perf_counter()
     result = bench(settings, ref, record=False)

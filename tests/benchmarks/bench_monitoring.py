@@ -33,10 +33,10 @@ import orjson  # noqa: E402
 from configs.settings import load_settings  # noqa: E402
 from expectations.contract import build_contract  # noqa: E402
 from serving.prediction_log import engine, read_feedback, read_window  # noqa: E402
-from tasks.contract_checks import validate  # noqa: E402
-from tasks.demo_data import TARGET, generate  # noqa: E402
-from tasks.monitoring import served_inputs, summarize  # noqa: E402
-from tasks.snapshot import canonicalize  # noqa: E402
+from tasks.data.demo_data import TARGET, generate  # noqa: E402
+from tasks.data.snapshot import canonicalize  # noqa: E402
+from tasks.gate.contract_checks import validate  # noqa: E402
+from tasks.monitoring.window import served_inputs, summarize  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 CHUNK = 200_000

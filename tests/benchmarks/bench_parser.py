@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from serving.registry import Column
+from serving.registry_reader import Column
 from serving.schema import BadInput, Schema, parse
-from tests.conformance import DEMO_ROWS, DEMO_TYPES
+from tests.serving.conformance import DEMO_ROWS, DEMO_TYPES
 
 MAX_BODY = 1 << 20  # serving.max_body_bytes' default
 SIZES = (16 << 10, 64 << 10, 256 << 10, 960 << 10)  # the largest with room for its framing under MAX_BODY

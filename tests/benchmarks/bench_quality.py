@@ -10,7 +10,7 @@ The holdout has 6 numeric features, a categorical `region` (4 values and 2 % mis
 Candidate and Production are scikit-learn Pipelines (scaling + one-hot + LogisticRegression or
 Ridge) fitted on different draws; the baseline is a one-split tree (a median for regression).
 
-- gate:        tasks.quality.judge(...) with the default settings (1,000 paired resamples): the
+- gate:        tasks.quality.compare.judge(...) with the default settings (1,000 paired resamples): the
                three models' predictions, point values of every scope, the bootstrap, the verdicts;
                the figure the target is about (median of --repeat calls after a warm-up on 1,000 rows);
 - predictions: the same three models' answers as the gate reads them (predict_proba for roc_auc,
@@ -85,8 +85,8 @@ def worker(task_name: str, rows: int, repeat: int) -> dict:
 
     from configs.settings import QualitySettings
     from core.vocabulary import Task
-    from tasks.quality import Incumbent, judge
-    from tasks.quality_metrics import METRICS, answers, encode
+    from tasks.quality.compare import Incumbent, judge
+    from tasks.training.quality_metrics import METRICS, answers, encode
 
     task = Task(task_name)
     settings = QualitySettings(slices=["region", "age", "member"])

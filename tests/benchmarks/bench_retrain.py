@@ -114,7 +114,7 @@ def shipway(folder: Path, *args: str) -> tuple[int, dict, str, float]:
 
 def make_production(folder: Path, name: str, version: str) -> None:
     code = (
-        "from configs.settings import load_settings; from core.vocabulary import Alias; from tasks.aliases import move; "
+        "from configs.settings import load_settings; from core.vocabulary import Alias; from tasks.release.aliases import move; "
         f"move(load_settings('shipway.yaml'), {name!r}, {{Alias.PRODUCTION: {version!r}}}, actor='bench', reason='v1')"
     )
     subprocess.run([sys.executable, "-c", code], cwd=folder, check=True, capture_output=True)

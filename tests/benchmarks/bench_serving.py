@@ -10,7 +10,7 @@ In a fresh temporary directory: trains the demo churn pipeline (imputers, scaler
 encoder, logistic regression), registers it (compiled to ONNX, parity-checked), sets
 Production, then starts both servers as subprocesses on loopback: the shipway gateway (real
 alias routing, prediction log on, SQLite) and `mlflow models serve --env-manager local` on
-models:/churn-classifier@Production. The same keep-alive socket client (tasks/loadgen.py) sends
+models:/churn-classifier@Production. The same keep-alive socket client (tasks/benchmark/loadgen.py) sends
 the same one-row `dataframe_split` bodies to each, alternating servers within every round, at
 concurrency 1 and 16. Prints per-round figures, the medians over rounds, and the ratios.
 
@@ -61,12 +61,12 @@ def main() -> None:
 def prepare(tmp: Path):
     from configs.settings import load_settings
     from core.vocabulary import Alias
-    from tasks.demo_data import TARGET
-    from tasks.lineage import git_lineage
-    from tasks.registration import register
-    from tasks.registry import set_alias
-    from tasks.snapshot import take_snapshot
-    from tasks.training import train
+    from tasks.data.demo_data import TARGET
+    from tasks.data.snapshot import take_snapshot
+    from tasks.release.lineage import git_lineage
+    from tasks.release.registration import register
+    from tasks.release.registry import set_alias
+    from tasks.training.pipeline import train
 
     settings = load_settings(cwd=tmp)
     settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"poll_interval_s": 0.5})})
@@ -87,7 +87,7 @@ def compare(
     from mlflow import MlflowClient
 
     from serving.server import running
-    from tasks.loadgen import drive, request_bytes
+    from tasks.benchmark.loadgen import drive, request_bytes
 
     production, shadow = versions
     client = MlflowClient(settings.mlflow.tracking_uri)
@@ -163,7 +163,7 @@ def shadow_overhead(settings, client, name, shadow, url, requests, rounds, total
     difference of p99s needs long runs: at least SHADOW_ROUNDS of SHADOW_REQUESTS each."""
     rounds, total = max(rounds, SHADOW_ROUNDS), max(total, SHADOW_REQUESTS)
     from core.vocabulary import Alias
-    from tasks.registry import set_alias
+    from tasks.release.registry import set_alias
 
     def health() -> dict:
         return httpx.get(f"{url}/health").json()

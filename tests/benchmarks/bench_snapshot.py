@@ -8,7 +8,7 @@ The frame (fixed seed): 14 float64 columns (4 with 2-5 % nulls), 3 int64 columns
 columns with 3-6 distinct values (one with 3 % nulls). Every measurement runs in a fresh
 subprocess that builds the frame itself, so its peak RSS (getrusage ru_maxrss) is clean:
 
-- snapshot:  tasks.snapshot.write_snapshot(df, "bench", LocalStore(tmp)) into an empty store;
+- snapshot:  tasks.data.snapshot.write_snapshot(df, "bench", LocalStore(tmp)) into an empty store;
 - parts:     canonicalize, content_hash, profile, _write_parquet and the fsync of the file, timed
              one by one;
 - again:     write_snapshot of the identical data into the same store (must write nothing);
@@ -103,8 +103,8 @@ def worker(mode: str, store_dir: str, rows: int) -> dict:
     sys.path.insert(0, str(ROOT))
     import gc
 
-    from tasks import snapshot as snap
-    from tasks.storage import LocalStore
+    from tasks.data import snapshot as snap
+    from tasks.data.storage import LocalStore
 
     store = LocalStore(Path(store_dir))
     rss0 = rss_bytes()

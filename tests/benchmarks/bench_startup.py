@@ -68,12 +68,12 @@ def prepare(tmp: Path) -> tuple[Path, Path]:
 
     from configs.settings import load_settings
     from core.vocabulary import Alias
-    from tasks.demo_data import TARGET
-    from tasks.lineage import git_lineage
-    from tasks.registration import register
-    from tasks.registry import set_alias
-    from tasks.snapshot import take_snapshot
-    from tasks.training import train
+    from tasks.data.demo_data import TARGET
+    from tasks.data.snapshot import take_snapshot
+    from tasks.release.lineage import git_lineage
+    from tasks.release.registration import register
+    from tasks.release.registry import set_alias
+    from tasks.training.pipeline import train
 
     settings = load_settings(cwd=tmp)
     snapshot = take_snapshot("demo", settings, TARGET)

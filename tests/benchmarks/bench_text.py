@@ -4,7 +4,7 @@ Run from the repository root:
 
     .venv/bin/python tests/benchmarks/bench_text.py [--tables tweets,birds] [--sizes 200,600,2000] [--clean 50] [--repeat 20]
 
-Per table of tests/text_scenarios.py (real public tables with a free-text column), a contract is
+Per table of tests/gate/text_scenarios.py (real public tables with a free-text column), a contract is
 built on 6,000 rows and batches are drawn from the rows it did not see. Printed per batch size:
 the false-alarm rate (clean batches that fail; the whole batch, and the text column alone) and the
 warning rate over `--clean` seeds; the detection rate of each breakage (the text column fails)
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from configs.settings import GateSettings
 from core.vocabulary import Verdict
 from expectations.contract import build_contract
-from tasks.drift_report import write_report
-from tests.text_scenarios import BREAKAGES, Split, broken, cipher, hostile, split
+from tasks.gate.drift_report import write_report
+from tests.gate.text_scenarios import BREAKAGES, Split, broken, cipher, hostile, split
 
 MIXES = {"10% another language": 0.1, "20% another language": 0.2}
 

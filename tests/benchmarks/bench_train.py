@@ -125,7 +125,7 @@ def main() -> None:
         "import mlflow",
         "import sklearn.pipeline",
         "import skops.io",
-        "import flows.training",
+        "import flows.train",
     ):
         print(f"  python -c {statement!r:<26} {import_cost(statement):6.2f} s")
 

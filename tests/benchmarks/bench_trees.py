@@ -81,12 +81,12 @@ def main() -> None:
 
 def register(base, estimator: str):
     from core.vocabulary import Alias
-    from tasks.demo_data import TARGET
-    from tasks.lineage import git_lineage
-    from tasks.registration import register as register_version
-    from tasks.registry import set_alias
-    from tasks.snapshot import take_snapshot
-    from tasks.training import train
+    from tasks.data.demo_data import TARGET
+    from tasks.data.snapshot import take_snapshot
+    from tasks.release.lineage import git_lineage
+    from tasks.release.registration import register as register_version
+    from tasks.release.registry import set_alias
+    from tasks.training.pipeline import train
 
     settings = tuned(
         base,
@@ -110,7 +110,7 @@ def register(base, estimator: str):
 def in_process(settings, name: str, holdout, requests: int) -> dict:
     """One row and 10,000 rows through the model call the gateway makes."""
     from serving.models import Inputs, servable
-    from serving.registry import RegistryReader
+    from serving.registry_reader import RegistryReader
     from serving.schema import JSON_TYPE, parse
 
     model = servable(RegistryReader(settings).load(name, "1"))
@@ -137,7 +137,7 @@ def in_process(settings, name: str, holdout, requests: int) -> dict:
 
 def over_http(settings, name: str, holdout, total: int, rounds: int) -> dict:
     from serving.server import running
-    from tasks.loadgen import drive, request_bytes
+    from tasks.benchmark.loadgen import drive, request_bytes
 
     bodies = one_row_bodies(holdout)
     figures: dict[str, list[dict]] = {"gateway": [], "mlflow": []}

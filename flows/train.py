@@ -1,0 +1,163 @@
+"""The training flow: snapshot -> gate -> train -> register -> quality -> contract -> bench -> alias Shadow."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from configs.settings import Settings, load_settings
+from core.errors import GateError
+from core.owner import Owner
+from core.tracking import Store
+from core.vocabulary import Alias, Tag
+from tasks.benchmark.latency import bench_task
+from tasks.data.snapshot import snapshot_task
+from tasks.gate.skew import contract_task, gate_task
+from tasks.quality.compare import quality_task
+from tasks.release import registry
+from tasks.release.aliases import move
+from tasks.release.lineage import project_lineage
+from tasks.release.registration import Registered, mark_unfinished, register_task
+from tasks.retries import retry_on_io
+from tasks.training.pipeline import train_task
+
+
+@dataclass
+class TrainingResult:
+    model_name: str
+    version: str
+    run_id: str
+    snapshot_id: str
+    snapshot_uri: str
+    snapshot_reused: bool
+    metrics: dict[str, float]
+    task: str = ""  # binary, multiclass or regression (training.task, resolved)
+    gate: str = "not_gated"  # pass, warn, overridden, or not_gated (no Production version yet)
+    quality: str = ""  # the quality gate: passed or overridden (a failure ends the flow)
+    contract_uri: str = ""
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step, orchestration included
+
+
+def run_name() -> str:
+    """train-MODEL-STORE: which model of which tracking store (a short hash of its URI) a run trains."""
+    from prefect.runtime import flow_run
+
+    settings = flow_run.parameters.get("settings")
+    if not isinstance(settings, Settings):
+        settings = load_settings(flow_run.parameters.get("config"))
+    return f"train-{settings.training.model_name}-{Store.of(settings).key}"
+
+
+@flow(name="training", log_prints=True, flow_run_name=run_name)
+def training_flow(
+    data: str | None = None,
+    target: str | None = None,
+    config: str | None = None,
+    force_gate: bool = False,
+    reason: str | None = None,
+    settings: Settings | None = None,
+    force_quality: bool = False,
+) -> TrainingResult:
+    """Snapshot the data, gate it against Production's contract, train the pipeline and its baseline,
+    register the version, judge its quality, log its contract, benchmark it, make it Shadow.
+    `force_gate` trains despite a failed data gate, `force_quality` goes on despite a failed quality
+    gate; `reason` is recorded on the version. The CLI and tests pass `settings`;
+    a deployment names its profile by `config` (or SHIPWAY_CONFIG)."""
+    settings = settings or load_settings(config)
+    source = data or settings.data.source
+    target = target or settings.data.target
+    timings: dict[str, float] = {}
+
+    with _timed(timings, "snapshot"):
+        snapshot = snapshot_task(source, settings, target)
+    with _timed(timings, "gate"):
+        gate = gate_task(settings, snapshot, force_gate, reason)
+    with _timed(timings, "train"):
+        trained = train_task(snapshot.frame, target, settings)
+    with _timed(timings, "register"):
+        registered = register_task(trained, snapshot, project_lineage(settings.training), settings, _unfinished())
+        shadow = registry.alias_version(settings, registered.name, Alias.SHADOW)  # the state this version follows
+    with _until_verdict(settings, registered, timings):
+        with _timed(timings, "quality"):  # a failure ends the flow here: registered, without an alias
+            quality = quality_task(
+                settings, registered, trained.model, trained.baseline, trained.X_holdout, trained.y_holdout,
+                force_quality, reason, snapshot.frame.loc[trained.holdout_index].drop(columns=target),
+            )  # fmt: skip
+        with _timed(timings, "contract"):
+            contract_uri = contract_task(settings, snapshot, target, registered, gate, trained.features)
+        with _timed(timings, "bench"):
+            bench_task(settings, registered.name, registered.version)  # over the p99 budget: no Shadow
+    with _timed(timings, "alias"):
+        alias_task(
+            settings,
+            registered.name,
+            Alias.SHADOW,
+            registered.version,
+            actor="training flow",
+            reason=f"trained on snapshot {snapshot.id[:12]}",
+            expect=shadow,  # a concurrent training that moved Shadow first wins; this one is told
+        )
+
+    return TrainingResult(
+        model_name=registered.name,
+        version=registered.version,
+        run_id=registered.run_id,
+        snapshot_id=snapshot.id,
+        snapshot_uri=snapshot.uri,
+        snapshot_reused=not snapshot.created,
+        metrics=trained.metrics,
+        task=trained.task.value,
+        gate=gate.verdict,
+        quality=quality.verdict,
+        contract_uri=contract_uri,
+        timings=timings,
+    )
+
+
+@task(name="set-alias", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
+def alias_task(
+    settings: Settings, name: str, alias: Alias, version: str, *, actor: str, reason: str, expect: str | None = None
+) -> None:
+    """One alias move of a flow, recorded and checked like every other (the gateway can load it);
+    refused (AliasMoved) if `alias` no longer points where it did (`expect`) when the flow decided.
+    Here, not in tasks/release/aliases.py: the lease and the CLI move aliases without importing Prefect."""
+    move(settings, name, {alias: version}, actor=actor, reason=reason, expect={alias: expect})
+    get_run_logger().info("%s@%s -> version %s", name, alias.value, version)
+
+
+VERDICT_STEPS = ("quality", "contract", "bench")  # after them the version is judged: complete, aliased or not
+
+
+def _unfinished() -> str:
+    """The tag a version is registered with until its gates have decided (a kill -9 leaves it so)."""
+    from prefect.runtime import flow_run
+
+    return f"training flow run {flow_run.id} ({Owner.current()}) has not reached its gates' verdicts"
+
+
+@contextmanager
+def _until_verdict(settings: Settings, registered: Registered, timings: dict[str, float]) -> Iterator[None]:
+    """Clear the version's `unfinished` tag once its gates have decided: passed, or a gate refused it
+    (GateError: the verdict is on the version). A signal or a failure before then is written there."""
+    try:
+        yield
+    except GateError:
+        registry.delete_version_tag(settings, registered.name, registered.version, Tag.UNFINISHED)
+        raise
+    except BaseException as exc:
+        step = next(step for step in VERDICT_STEPS if step not in timings)
+        mark_unfinished(settings, registered.name, registered.version, exc, step)
+        raise
+    registry.delete_version_tag(settings, registered.name, registered.version, Tag.UNFINISHED)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[step] = round(time.perf_counter() - start, 3)

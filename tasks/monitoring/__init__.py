@@ -1,0 +1,1 @@
+"""Monitoring: one window of the prediction log, and the trend over windows."""

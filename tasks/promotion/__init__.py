@@ -1,0 +1,1 @@
+"""Promotion: shadow and canary evidence, the promotion lease, replayed traffic."""
