@@ -164,3 +164,53 @@ def test_the_readme_stays_short_and_starts_with_the_two_commands():
     commands = [line for line in readme.splitlines() if line.startswith(setup)]
     assert commands == [f"{setup} && .venv/bin/shipway demo", f"{setup} && .venv/bin/pytest"]
     assert commands[1] in (REPO / ".ci" / "run").read_text()  # CI runs the README's test command
+
+
+ARCHITECTURE = REPO / "docs" / "architecture.md"
+
+
+def import_order() -> list[list[str]]:
+    """docs/architecture.md's numbered list: the packages (`tasks/gate/`) and modules (`tasks/features.py`) of each line."""
+    return [
+        re.findall(r"`([^`]+)`", line) for line in ARCHITECTURE.read_text().splitlines() if re.match(r"\d+\. `", line)
+    ]
+
+
+def imports(path: Path) -> set[str]:
+    """The shipway modules a file imports, anywhere in it (lazily, or only for the type checker, too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name.split(".")[0] in CODE}
+
+
+def test_the_architecture_names_every_package_and_imports_follow_its_order():
+    lines = import_order()
+    assert len(lines) >= 5, "docs/architecture.md: the numbered list of the import order was not found"
+    line_of = {entry: i for i, entries in enumerate(lines) for entry in entries}
+
+    def entry(path: str) -> str | None:
+        """The list's entry holding a file: `tasks/features.py` itself, or the longest folder around it."""
+        return max((e for e in line_of if path == e or (e.endswith("/") and path.startswith(e))), key=len, default=None)
+
+    files = sorted(str(p.relative_to(REPO)) for package in CODE for p in (REPO / package).rglob("*.py"))
+    unnamed = [f for f in files if entry(f) is None and f != "tasks/__init__.py"]
+    assert unnamed == [], "docs/architecture.md's import order does not name the package of these files"
+
+    def file_of(module: str) -> str | None:
+        for candidate in (module.replace(".", "/") + ".py", module.replace(".", "/") + "/__init__.py"):
+            if (REPO / candidate).is_file():
+                return candidate
+        return None
+
+    upward = []
+    for f in files:
+        source = entry(f)
+        for module in imports(REPO / f):
+            target = entry(file_of(module) or "")
+            if source and target and target != source and line_of[target] >= line_of[source]:
+                upward.append(f"{f} imports {module} ({target}, line {line_of[target] + 1} of the order)")
+    assert upward == [], "imports that do not point to an earlier line of docs/architecture.md's order"

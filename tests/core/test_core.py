@@ -10,6 +10,7 @@ from core.errors import DataError, RegistryError
 from core.refs import ModelRef
 from core.vocabulary import Verdict
 from expectations.training_stats import TrainingStats
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize(
@@ -76,3 +77,16 @@ def test_import_layers(module, forbidden):
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     found = sorted({f for f in forbidden for m in loaded if m == f or m.startswith(f"{f}.")})
     assert not found, found
+
+
+def test_no_two_modules_or_packages_share_a_name():
+    """A name says which module it is: `registry` or `monitoring` in a traceback or an import means one thing."""
+    names: dict[str, list[str]] = {}
+    for package in ("core", "configs", "expectations", "flows", "serving", "tasks"):
+        root = REPO / package
+        for path in [root, *root.rglob("*")]:
+            if path.is_dir() and (path / "__init__.py").is_file():
+                names.setdefault(path.name, []).append(str(path.relative_to(REPO)) + "/")
+            elif path.suffix == ".py" and path.stem not in ("__init__", "__main__"):
+                names.setdefault(path.stem, []).append(str(path.relative_to(REPO)))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
