@@ -75,7 +75,7 @@ def build_contract(
     tasks.data.snapshot). `features` None: every column but the target, and no other column allowed;
     chosen features: the other columns (IDs, free text) are neither checked nor refused.
     `text_columns` (data.text_columns) names the free-text features; None: those that read as text.
-    `sensitive` (serving.sensitive_columns): a hashed column arrives already hashed (tasks/gate/sensitive.py)
+    `sensitive` (serving.sensitive_columns): a hashed column arrives already hashed (tasks/training/sensitive.py)
     and is checked as categories; a dropped one keeps its type and null rate only, and no column of
     either joins the joint check's sample or is read as text: no training value of them is kept."""
     if len(frame) == 0:

@@ -26,7 +26,6 @@ from expectations import contract
 from tasks.data.snapshot import Snapshot, check_source, read_snapshot, read_source
 from tasks.data.storage import open_store
 from tasks.features import choose_features
-from tasks.gate import sensitive
 from tasks.gate.contract_checks import validate
 from tasks.gate.drift_report import ReportFiles, table_rows, write_report
 from tasks.gate.verdict import GateReport
@@ -34,6 +33,7 @@ from tasks.release import registry
 from tasks.release.decisions import record_override
 from tasks.release.registration import Registered
 from tasks.retries import retry_on_io
+from tasks.training import sensitive
 
 BATCH_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -122,7 +122,7 @@ def gate(
 ) -> GateReport:
     """`batch` against the reference's contract. `logged`: the batch is read from the prediction log,
     so its sensitive columns are as serving.sensitive_columns left them (hashed, or dropped); else it
-    is plain data, whose sensitive columns are hashed here as the contract holds them (tasks/gate/sensitive.py)."""
+    is plain data, whose sensitive columns are hashed here as the contract holds them (tasks/training/sensitive.py)."""
     suite, batch, notes = sensitive.for_check(reference.suite, batch, settings, logged=logged)
     return validate(
         batch,

@@ -30,7 +30,6 @@ from configs.settings import Settings
 from core.integrity import sha256
 from core.vocabulary import Tag
 from tasks.data.snapshot import Snapshot
-from tasks.gate.sensitive import neutral_rows
 from tasks.release import record, registry
 from tasks.release.lineage import CODE_DIR, GitLineage, config_hash, config_yaml, shipway_version
 from tasks.release.registry import connect
@@ -38,6 +37,7 @@ from tasks.retries import retry_on_io
 from tasks.training import seen_rows
 from tasks.training.compile import compile_pipeline
 from tasks.training.pipeline import TrainedModel, decision_threshold, headline
+from tasks.training.sensitive import neutral_rows
 
 MODEL_ARTIFACT = "model"
 CONFIG_ARTIFACT = "config/resolved.yaml"

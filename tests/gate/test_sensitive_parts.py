@@ -18,8 +18,8 @@ from expectations import contract
 from expectations.joint import JOINT
 from serving.prediction_log import Redactor
 from tasks.data.snapshot import profile
-from tasks.gate import sensitive
 from tasks.gate.skew import Reference, gate
+from tasks.training import sensitive
 
 RULES = {"email": "hash", "ssn": "drop"}
 
