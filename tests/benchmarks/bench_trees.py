@@ -49,6 +49,7 @@ SIZES = {
     "random_forest": {"n_estimators": 100},
     "hist_gradient_boosting": {"max_iter": 200, "early_stopping": False},
     "gradient_boosting": {"n_estimators": 100},
+    "xgboost:XGBClassifier": {"n_estimators": 200, "n_jobs": 1},  # a user's model by import path (a dev dependency)
 }
 TARGETS = {"p50_ms": 0.3, "p99_ms": 1.0, "ratio": 20.0, "batch_ms": 100.0}
 BATCH = 10_000
@@ -90,7 +91,11 @@ def register(base, estimator: str):
 
     settings = tuned(
         base,
-        training={"estimator": estimator, "params": SIZES[estimator], "model_name": f"bench-{estimator}"},
+        training={
+            "estimator": estimator,
+            "params": SIZES[estimator],
+            "model_name": f"bench-{estimator.replace(':', '-')}",
+        },
         serving={"timeout_ms": 60_000, "poll_interval_s": 0.5},
     )
     started = time.perf_counter()
