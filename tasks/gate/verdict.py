@@ -11,17 +11,14 @@ they are. Columns are ordered failing first; the report is what the JSON, HTML a
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
-import numpy as np
-
 from configs.settings import GateSettings
+from core.plain import jsonable
 from core.vocabulary import Verdict
 
 TABLE = "(table)"
@@ -193,20 +190,6 @@ def _strongest(checks: list[Check], verdict: Verdict) -> str:
     ranked = sorted((c for c in checks if c.verdict == verdict), key=lambda c: (c.p_value is not None, c.p_value or 0))
     others = [re.split(r"[:(]", c.reason)[0].strip() for c in ranked[1:]]
     return ranked[0].reason + (f"; also {', '.join(others)}" if others else "")
-
-
-def jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, StrEnum):
-        return value.value
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def bounded(value: Any) -> Any:
