@@ -56,6 +56,11 @@ RENAMED_LATENCY_KEYS = (("promotion", "latency_p99_ms"), ("monitoring", "latency
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
+def is_import_path(estimator: str) -> bool:
+    """`training.estimator` names the user's own estimator (package.module:name), not a built-in."""
+    return IMPORT_PATH.match(estimator) is not None
+
+
 class RenamedSetting(FutureWarning):
     """A profile key read under its new name; the warning says which to rename."""
 
@@ -349,7 +354,7 @@ class TrainingSettings(_Section):
     @field_validator("estimator")
     @classmethod
     def _known_or_import_path(cls, estimator: str) -> str:
-        if estimator not in BUILT_IN_ESTIMATORS and not IMPORT_PATH.match(estimator):
+        if estimator not in BUILT_IN_ESTIMATORS and not is_import_path(estimator):
             raise ValueError(
                 f"must be a built-in ({', '.join(BUILT_IN_ESTIMATORS)}) or an import path package.module:name"
             )

@@ -214,3 +214,31 @@ def test_the_architecture_names_every_package_and_imports_follow_its_order():
             if source and target and target != source and line_of[target] >= line_of[source]:
                 upward.append(f"{f} imports {module} ({target}, line {line_of[target] + 1} of the order)")
     assert upward == [], "imports that do not point to an earlier line of docs/architecture.md's order"
+
+
+def table(doc: Path, header: str) -> list[list[str]]:
+    """The rows of the table in `doc` whose header row starts with `header`, as lists of cells."""
+    lines = doc.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header} |"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_the_estimator_table_is_the_built_ins_training_builds():
+    from tasks.training.estimators import BUILT_INS, CLASSIFICATION, REGRESSION
+
+    documented = {
+        re.search(r"`([^`]+)`", name)[1]: (classifier, regressor)
+        for name, classifier, regressor in table(REPO / "docs" / "bring-your-own-model.md", "name")
+    }
+    built = {
+        name: tuple(family[kind].__name__ if kind in family else "-" for kind in (CLASSIFICATION, REGRESSION))
+        for name, family in BUILT_INS.items()
+    }
+    assert documented == built, (
+        "docs/bring-your-own-model.md's estimator table differs from tasks/training/estimators.py"
+    )

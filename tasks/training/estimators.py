@@ -30,7 +30,7 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
 
-from configs.settings import SearchSettings, TrainingSettings
+from configs.settings import SearchSettings, TrainingSettings, is_import_path
 from core.errors import ConfigError
 from core.plain import plain_or_repr
 from core.vocabulary import Task
@@ -51,10 +51,6 @@ BUILT_INS: dict[str, dict[str, type[BaseEstimator]]] = {
 
 def kind(task: Task) -> str:
     return CLASSIFICATION if task.is_classification else REGRESSION
-
-
-def is_import_path(estimator: str) -> bool:
-    return ":" in estimator
 
 
 def make_estimator(training: TrainingSettings, task: Task) -> Any:

@@ -40,7 +40,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils import get_tags
 from sklearn.utils._param_validation import InvalidParameterError
 
-from configs.settings import DataSettings, Settings, TrainingSettings
+from configs.settings import DataSettings, Settings, TrainingSettings, is_import_path
 from core.errors import ConfigError, DataError, ShipwayError
 from core.free_text import text_columns
 from core.plain import plain, plain_list
@@ -234,7 +234,7 @@ def fit(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, training: TrainingSet
     except Exception as exc:  # the user's code (or a parameter it passed on) may raise anything
         where = (
             f"training.estimator {training.estimator}"
-            if estimators.is_import_path(training.estimator)
+            if is_import_path(training.estimator)
             else f"training.estimator {training.estimator} with training.params"
         )
         raise DataError(f"{where}: fit failed: {type(exc).__name__}: {_first_line(exc)}") from None
