@@ -42,6 +42,8 @@ METRIC_SPELLINGS = {
     "neg_mean_absolute_error": "mae",
 }
 ERROR_METRICS = ("log_loss", "rmse", "mae")  # lower is better; every other quality metric is a score
+# quality.metric when it is empty: the one the quality gate judges and the baseline is chosen by
+DEFAULT_METRIC = {Task.BINARY: "roc_auc", Task.MULTICLASS: "f1_macro", Task.REGRESSION: "rmse"}
 BUILT_IN_ESTIMATORS = (
     "auto",
     "logistic_regression",
@@ -547,8 +549,9 @@ class QualitySettings(_Section):
 
     metric: QualityMetric | None = Field(
         None,
-        description="Primary metric compared with Production; empty: roc_auc (binary), f1_macro (multiclass), "
-        "rmse (regression). It must be a metric of the model's task.",
+        description="Primary metric compared with Production; empty: "
+        + ", ".join(f"{metric} ({task.value})" for task, metric in DEFAULT_METRIC.items())
+        + ". It must be a metric of the model's task.",
     )
     min: dict[QualityMetric, float] = Field(
         default_factory=dict,

@@ -333,7 +333,9 @@ def with_threshold(pipeline: Pipeline, threshold: float, X: pd.DataFrame, y: pd.
 
 def evaluate(model, X: pd.DataFrame, y: pd.Series, task: Task) -> dict[str, float]:
     """Holdout metrics of the task. Binary metrics use the positive class (the second of
-    `classes_`), multiclass ones average over classes; probability metrics need predict_proba."""
+    `classes_`), multiclass ones average over classes; probability metrics need predict_proba.
+    scikit-learn's functions, as people check them; the quality gate computes the same names from
+    per-row columns (quality_metrics.py), and tests/quality/test_quality.py holds the two equal."""
     predicted = model.predict(X)
     if task is Task.REGRESSION:
         metrics = {
