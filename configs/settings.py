@@ -42,6 +42,8 @@ METRIC_SPELLINGS = {
     "neg_mean_absolute_error": "mae",
 }
 ERROR_METRICS = ("log_loss", "rmse", "mae")  # lower is better; every other quality metric is a score
+# quality.metric when it is empty: the one the quality gate judges and the baseline is chosen by
+DEFAULT_METRIC = {Task.BINARY: "roc_auc", Task.MULTICLASS: "f1_macro", Task.REGRESSION: "rmse"}
 BUILT_IN_ESTIMATORS = (
     "auto",
     "logistic_regression",
@@ -54,6 +56,11 @@ BUILT_IN_ESTIMATORS = (
 LATENCY_BUDGET = ("serving", "latency_budget_p99_ms")
 RENAMED_LATENCY_KEYS = (("promotion", "latency_p99_ms"), ("monitoring", "latency_p99_ms"))
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def is_import_path(estimator: str) -> bool:
+    """`training.estimator` names the user's own estimator (package.module:name), not a built-in."""
+    return IMPORT_PATH.match(estimator) is not None
 
 
 class RenamedSetting(FutureWarning):
@@ -349,7 +356,7 @@ class TrainingSettings(_Section):
     @field_validator("estimator")
     @classmethod
     def _known_or_import_path(cls, estimator: str) -> str:
-        if estimator not in BUILT_IN_ESTIMATORS and not IMPORT_PATH.match(estimator):
+        if estimator not in BUILT_IN_ESTIMATORS and not is_import_path(estimator):
             raise ValueError(
                 f"must be a built-in ({', '.join(BUILT_IN_ESTIMATORS)}) or an import path package.module:name"
             )
@@ -542,8 +549,9 @@ class QualitySettings(_Section):
 
     metric: QualityMetric | None = Field(
         None,
-        description="Primary metric compared with Production; empty: roc_auc (binary), f1_macro (multiclass), "
-        "rmse (regression). It must be a metric of the model's task.",
+        description="Primary metric compared with Production; empty: "
+        + ", ".join(f"{metric} ({task.value})" for task, metric in DEFAULT_METRIC.items())
+        + ". It must be a metric of the model's task.",
     )
     min: dict[QualityMetric, float] = Field(
         default_factory=dict,

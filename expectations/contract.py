@@ -27,6 +27,7 @@ import pandas as pd
 from configs.settings import GateSettings
 from core.errors import DataError
 from core.free_text import text_columns as find_text
+from core.plain import plain
 from core.redaction import DROP
 from expectations import gx_json, text
 from expectations.joint import joint_expectation, register
@@ -272,7 +273,7 @@ def _categorical(column: str, present: pd.Series, settings: GateSettings) -> lis
     counts = present.value_counts()
     kept = counts.head(settings.max_categories)
     other = float(1 - kept.sum() / n)
-    values = [_plain(v) for v in kept.index]
+    values = [plain(v) for v in kept.index]
     return [
         gx_json.expectation(
             "expect_column_values_to_be_in_set",
@@ -333,10 +334,6 @@ def gx_context():
     register()  # shipway's own expectation types, so GX keeps and checks them in a suite
     text.register()
     return gx.get_context(mode="ephemeral")
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def save(suite: dict[str, Any], path: Path) -> Path:

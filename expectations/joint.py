@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import DataError
+from core.plain import plain
 from expectations import gx_json
 from expectations.training_stats import JointReference, TrainingStats
 
@@ -53,7 +54,7 @@ def joint_expectation(
             quantiles = np.quantile(present, levels, method="inverted_cdf") if len(present) else []
             cuts[column] = np.unique(quantiles).tolist()
         else:
-            categories[column] = [_plain(v) for v in s.value_counts().head(MAX_CATEGORIES).index]
+            categories[column] = [plain(v) for v in s.value_counts().head(MAX_CATEGORIES).index]
         codes[:, i] = encode(s.iloc[rows], cuts.get(column), categories.get(column))
     reference = JointReference(
         columns=columns, cuts=cuts, categories=categories, codes=base64.b64encode(codes.tobytes()).decode("ascii")
@@ -90,10 +91,6 @@ def decode(reference: JointReference) -> np.ndarray:
         return raw.reshape(-1, len(reference.columns))
     except ValueError as exc:  # binascii.Error is one
         raise DataError(f"contract expectation {JOINT}: meta.training.joint.codes is not its sample: {exc}") from None
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 @cache

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.plain import plain_list
 from serving.feedback import LabelRule
 from serving.onnx import session
 from serving.registry_reader import LoadedVersion
@@ -69,7 +70,7 @@ class Servable:
     def finish(self, output: Any) -> list:
         if self.flavor == "onnx":
             return output.tolist() if self.predict_fn == "predict_proba" else output.reshape(-1).tolist()
-        return jsonable(output)
+        return predictions_json(output)
 
     def __post_init__(self) -> None:
         # Fetch only the answer's output: labels (or values), or for predict_proba the probabilities.
@@ -126,13 +127,13 @@ def warm_up(model: Servable, example: bytes | None) -> None:
     log.debug("version %s warmed up in %.3fs", model.version, time.perf_counter() - started)
 
 
-def jsonable(predictions: Any) -> list:
-    """What MLflow's scoring server would put under "predictions"."""
+def predictions_json(predictions: Any) -> list:
+    """What MLflow's scoring server would put under "predictions" (NaN kept, as MLflow does)."""
     if isinstance(predictions, pd.DataFrame):
         return predictions.to_dict(orient="records")
     if isinstance(predictions, (pd.Series, np.ndarray)):
         return predictions.tolist()
-    return list(predictions)
+    return plain_list(predictions)
 
 
 class Inputs:

@@ -214,3 +214,63 @@ def test_the_architecture_names_every_package_and_imports_follow_its_order():
             if source and target and target != source and line_of[target] >= line_of[source]:
                 upward.append(f"{f} imports {module} ({target}, line {line_of[target] + 1} of the order)")
     assert upward == [], "imports that do not point to an earlier line of docs/architecture.md's order"
+
+
+def table(doc: Path, header: str) -> list[list[str]]:
+    """The rows of the table in `doc` whose header row starts with `header`, as lists of cells."""
+    lines = doc.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header}"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_the_estimator_table_is_the_built_ins_training_builds():
+    from tasks.training.estimators import BUILT_INS, CLASSIFICATION, REGRESSION
+
+    documented = {
+        re.search(r"`([^`]+)`", name)[1]: (classifier, regressor)
+        for name, classifier, regressor in table(REPO / "docs" / "bring-your-own-model.md", "name |")
+    }
+    built = {
+        name: tuple(family[kind].__name__ if kind in family else "-" for kind in (CLASSIFICATION, REGRESSION))
+        for name, family in BUILT_INS.items()
+    }
+    assert documented == built, (
+        "docs/bring-your-own-model.md's estimator table differs from tasks/training/estimators.py"
+    )
+
+
+def test_the_metric_table_is_the_metrics_the_gate_computes():
+    from configs.settings import DEFAULT_METRIC
+    from core.vocabulary import Task
+    from tasks.training.quality_metrics import metrics_of
+
+    documented = {
+        Task(task.split()[0]): (re.findall(r"`([^`]+)`", default), re.findall(r"`([^`]+)`", allowed))
+        for task, default, allowed in table(REPO / "docs" / "quality-gate.md", "task (`training.task`")
+    }
+    computed = {
+        task: ([default], [m for m in metrics_of(task) if m != default]) for task, default in DEFAULT_METRIC.items()
+    }
+    assert {t: (d, sorted(a)) for t, (d, a) in documented.items()} == {
+        t: (d, sorted(a)) for t, (d, a) in computed.items()
+    }, "docs/quality-gate.md's metric table differs from tasks/training/quality_metrics.py"
+
+
+def test_the_holdout_metrics_table_is_what_a_run_logs():
+    """docs/bring-your-own-model.md's metric_* tags per task: the gate's metrics of the task, and
+    for multiclass the one-vs-rest roc_auc a run logs but the gate does not judge."""
+    from core.vocabulary import Task
+    from tasks.training.quality_metrics import metrics_of
+
+    documented = {
+        Task(task): set(re.sub(r"\([^)]*\)", "", metrics).replace(" ", "").split(","))  # "(one-vs-rest)" dropped
+        for task, metrics, *_ in table(REPO / "docs" / "bring-your-own-model.md", "task | holdout metrics")
+    }
+    logged = {task: set(metrics_of(task)) for task in documented}
+    logged[Task.MULTICLASS] |= {"roc_auc"}
+    assert documented == logged

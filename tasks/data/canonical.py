@@ -121,21 +121,21 @@ def _text(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list | tuple | dict | set | frozenset | np.ndarray):
-        return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(_canonical_value(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return str(value)
 
 
-def _plain(value: Any) -> Any:
+def _canonical_value(value: Any) -> Any:
     """A nested value as plain JSON data, the same before and after a Parquet round trip: Parquet
     gives lists back as arrays (of floats when they held a null), and structs back with every key of
     the column, null where a record had none. So whole floats are ints, NaN is null, a dict's null
     entries are left out, and sets are sorted."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items() if not _is_null(v)}
+        return {str(k): _canonical_value(v) for k, v in value.items() if not _is_null(v)}
     if isinstance(value, set | frozenset):
-        return sorted((_plain(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+        return sorted((_canonical_value(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
     if isinstance(value, list | tuple | np.ndarray):
-        return [_plain(v) for v in value]
+        return [_canonical_value(v) for v in value]
     if isinstance(value, np.datetime64):
         value = None if np.isnat(value) else pd.Timestamp(value)
     elif isinstance(value, np.generic):

@@ -24,13 +24,14 @@ from scipy import special, stats
 
 from configs.settings import GateSettings
 from core.errors import DataError
+from core.plain import jsonable, plain
 from expectations import text
 from expectations.contract import histogram
 from expectations.joint import JOINT
 from expectations.training_stats import TrainingStats
 from tasks.data.canonical import canonical_column
 from tasks.gate.joint_check import check_joint
-from tasks.gate.verdict import TABLE, GateReport, Outcome, decide, failing_columns, jsonable
+from tasks.gate.verdict import TABLE, GateReport, Outcome, decide, failing_columns
 
 # --- the gate --------------------------------------------------------------------------------------
 
@@ -151,7 +152,7 @@ class _Column:
 
     @cached_property
     def counts(self) -> dict[Any, int]:
-        return {_plain(k): int(v) for k, v in self.series.value_counts().items()}
+        return {plain(k): int(v) for k, v in self.series.value_counts().items()}
 
     @cached_property
     def mode(self) -> tuple[Any, int]:
@@ -492,7 +493,7 @@ def check_kl(e: dict, data: _Column, wf: float) -> Outcome:
 def _check_kl_categorical(e: dict, data: _Column, wf: float) -> Outcome:
     kwargs = e["kwargs"]
     partition = kwargs["partition_object"]
-    values = [_plain(v) for v in partition["values"]]
+    values = [plain(v) for v in partition["values"]]
     weights = np.asarray(partition["weights"], dtype="float64")
     tail = float(kwargs.get("tail_weight_holdout") or 0.0)
     threshold = kwargs.get("threshold")
@@ -550,7 +551,7 @@ def _top_shares(values: list, observed: np.ndarray, expected: np.ndarray) -> tup
 
 def check_in_set(e: dict, data: _Column, wf: float) -> Outcome:
     kwargs = e["kwargs"]
-    allowed = {_plain(v) for v in kwargs.get("value_set") or []}
+    allowed = {plain(v) for v in kwargs.get("value_set") or []}
     unseen = {v: c for v, c in data.counts.items() if v not in allowed}
     count = sum(unseen.values())
     share = count / data.present
@@ -579,7 +580,7 @@ def check_most_common(e: dict, data: _Column, wf: float) -> Outcome:
     test; the outcome is the sub-test whose effect passes its bound with the smallest p, that p
     Bonferroni-split over the sub-tests (stuck; clipped above; clipped below)."""
     value, count = data.mode
-    allowed = {_plain(v) for v in e["kwargs"].get("value_set") or []}
+    allowed = {plain(v) for v in e["kwargs"].get("value_set") or []}
     meta = e.get("meta", {})
     t = _training(e)
     shares = {_key(k): float(v) for k, v in (t.shares or {}).items()}
@@ -955,10 +956,6 @@ def _key(value: str) -> Any:
         return float(value)
     except ValueError:
         return value
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
 
 
 def _short(value: Any, limit: int = 40) -> str:

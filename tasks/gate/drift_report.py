@@ -19,7 +19,7 @@ import numpy as np
 from core.vocabulary import Verdict
 from expectations.joint import JOINT
 from expectations.text import LENGTHS
-from tasks.gate.verdict import TABLE, Check, ColumnReport, GateReport
+from tasks.gate.verdict import TABLE, ColumnReport, ExpectationResult, GateReport
 
 MAX_PANELS = 12
 MAX_BARS = 21  # categories drawn per panel (the gate's top 20 and the rest as one)
@@ -158,7 +158,7 @@ def _draw(report: GateReport, panels: list, path: Path) -> None:
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
-        if isinstance(panel, Check):
+        if isinstance(panel, ExpectationResult):
             _joint_panel(ax, panel)
             continue
         col, check = panel
@@ -207,7 +207,7 @@ def label(value: Any, limit: int = LABEL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _joint_panel(ax: Any, check: Check) -> None:
+def _joint_panel(ax: Any, check: ExpectationResult) -> None:
     """The joint check: the pairs of columns whose correlation changed most, training vs batch."""
     details = check.result.get("details", {})
     pairs = details.get("changed_pairs", [])[:8]
@@ -224,7 +224,7 @@ def _joint_panel(ax: Any, check: Check) -> None:
     ax.legend(fontsize=8)
 
 
-def _distribution(col: ColumnReport) -> Check | None:
+def _distribution(col: ColumnReport) -> ExpectationResult | None:
     return next((c for c in col.checks if "expected_partition" in c.result.get("details", {})), None)
 
 

@@ -11,17 +11,14 @@ they are. Columns are ordered failing first; the report is what the JSON, HTML a
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
-import numpy as np
-
 from configs.settings import GateSettings
+from core.plain import jsonable
 from core.vocabulary import Verdict
 
 TABLE = "(table)"
@@ -30,7 +27,7 @@ REPORT_CHARS = 200  # ... a string this many characters (a free text, a long cat
 
 
 @dataclass
-class Check:
+class ExpectationResult:
     """One expectation's outcome on one batch."""
 
     expectation: str
@@ -48,7 +45,7 @@ class ColumnReport:
     verdict: Verdict
     reason: str
     measures: dict[str, Any] = field(default_factory=dict)
-    checks: list[Check] = field(default_factory=list)
+    checks: list[ExpectationResult] = field(default_factory=list)
 
 
 @dataclass
@@ -59,7 +56,7 @@ class GateReport:
     rows: int
     reference: dict[str, Any]
     columns: list[ColumnReport]  # failing first, then warning, then passing
-    table: list[Check]
+    table: list[ExpectationResult]
     thresholds: dict[str, Any]
     seconds: float
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
@@ -103,7 +100,7 @@ class Outcome:
     implicates: tuple[str, ...] = ()  # a table-level check's verdict also goes to these columns
 
 
-def judge(o: Outcome, alpha: float, warn_alpha: float) -> Verdict:
+def verdict_of(o: Outcome, alpha: float, warn_alpha: float) -> Verdict:
     """One outcome's verdict at the per-test levels: a fail needs its effect past the bound AND its p."""
     if o.p is None:
         return Verdict.FAIL if o.fail else Verdict.WARN if o.warn else Verdict.PASS
@@ -118,7 +115,7 @@ def failing_columns(outcomes: list[Outcome], settings: GateSettings, more_tests:
     """Columns `decide` would fail on these outcomes, were `more_tests` tests still to come."""
     tests = sum(o.p is not None for o in outcomes) + more_tests
     alpha = settings.alpha / max(tests, 1)
-    return {o.column for o in outcomes if o.column != TABLE and judge(o, alpha, alpha) == Verdict.FAIL}
+    return {o.column for o in outcomes if o.column != TABLE and verdict_of(o, alpha, alpha) == Verdict.FAIL}
 
 
 def decide(
@@ -129,11 +126,11 @@ def decide(
     tests = sum(o.p is not None for o in outcomes)
     alpha, warn_alpha = settings.alpha / max(tests, 1), settings.warn_alpha / max(tests, 1)
     by_column: dict[str, ColumnReport] = {}
-    table: list[Check] = []
+    table: list[ExpectationResult] = []
     for o in outcomes:
-        verdict = judge(o, alpha, warn_alpha)
+        verdict = verdict_of(o, alpha, warn_alpha)
         reason = o.reason if o.p is None else f"{o.reason} (p={o.p:.1e})" if verdict != Verdict.PASS else ""
-        check = Check(
+        check = ExpectationResult(
             o.expectation.get("type", "?"),
             o.column,
             verdict,
@@ -177,7 +174,7 @@ def decide(
     )
 
 
-def _summary(verdict: Verdict, table: list[Check], columns: list[ColumnReport]) -> str:
+def _summary(verdict: Verdict, table: list[ExpectationResult], columns: list[ColumnReport]) -> str:
     if verdict == Verdict.PASS:
         return "the batch matches the contract"
     parts = [c.reason for c in table if c.verdict == verdict and c.column == TABLE and c.reason]
@@ -188,25 +185,11 @@ def _summary(verdict: Verdict, table: list[Check], columns: list[ColumnReport]) 
     return "; ".join(parts)
 
 
-def _strongest(checks: list[Check], verdict: Verdict) -> str:
+def _strongest(checks: list[ExpectationResult], verdict: Verdict) -> str:
     """The most certain check at `verdict` in full (deterministic first, then by p), the others by name."""
     ranked = sorted((c for c in checks if c.verdict == verdict), key=lambda c: (c.p_value is not None, c.p_value or 0))
     others = [re.split(r"[:(]", c.reason)[0].strip() for c in ranked[1:]]
     return ranked[0].reason + (f"; also {', '.join(others)}" if others else "")
-
-
-def jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, StrEnum):
-        return value.value
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def bounded(value: Any) -> Any:

@@ -14,7 +14,9 @@ between prediction distributions (two-sample KS), the mean absolute error on lab
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,6 @@ from configs.settings import PromotionSettings
 from core.vocabulary import Task, Verdict
 from tasks.gate.verdict import GateReport
 
-CANARY_TESTS = 3  # a step's statistical tests: failures, predictions, errors on labels
 CLIENT_ERROR = r"^4\d\d "  # the gateway logs a refused request's error as "STATUS CODE: message"
 REFUSED = "refused as bad input (production answered)"
 FAR_POINTS, FAR_RELATIVE = 0.05, 0.5  # a served positive rate is far from the training rate when off by more than both
@@ -198,60 +199,101 @@ def canary_analysis(
     analysis.checks.append(_enough(min(len(canary), len(production)), settings.min_requests))
     if min(len(canary), len(production)) < settings.min_requests:
         return analysis
-    alpha = canary_test_level(settings)
-    failed = lambda rows: int((rows["error"].notna() | (rows["role"] == "fallback")).sum())
-    analysis.checks.append(
-        _not_worse(
-            "error and fallback rate",
-            failed(canary),
-            len(canary),
-            failed(production),
-            len(production),
-            settings.max_error_rate_increase,
-            alpha,
-        )
-    )
-    p99_canary = float(np.percentile(canary["latency_ms"], 99))
-    p99_prod = float(np.percentile(production["latency_ms"], 99))
-    limit = max(settings.max_latency_ratio * p99_prod, p99_prod + settings.latency_slack_ms)
-    analysis.checks.append(
-        Check("latency p99", p99_canary <= limit, f"{p99_canary:.2f} ms vs {p99_prod:.2f} ms", f"<= {limit:.2f} ms")
-    )
-    # Predictions and labels judge each route's own model: an answer a fallback gave (the baseline,
-    # under a slow first call) is counted above as a failure, not as the model's prediction.
-    own = lambda rows, route: rows[(rows["role"] == route) & rows["error"].isna()]
-    canary_own, production_own = own(canary, "canary"), own(production, "production")
-    if min(len(canary_own), len(production_own)) == 0:  # nothing of its own answered: failures say it all
-        return analysis
-    regression = task is Task.REGRESSION
-    same = _same_distribution if regression else _same_predictions
-    analysis.checks.append(same(canary_own, production_own, settings.max_prediction_shift, alpha))
-    labeled = feedback.drop_duplicates("request_id").set_index("request_id")["label"]
-    right = lambda rows: rows.join(labeled, on="request_id", how="inner")
-    canary_l, production_l = right(canary_own), right(production_own)
-    if min(len(canary_l), len(production_l)) >= settings.min_labeled and regression:
-        analysis.checks.append(_error_not_worse(canary_l, production_l, settings.max_mae_increase, alpha))
-    elif min(len(canary_l), len(production_l)) >= settings.min_labeled:
-        hits = lambda rows: int((rows["prediction"].map(comparable) == rows["label"].map(comparable)).sum())
-        analysis.checks.append(
-            _not_worse(
-                "error rate on feedback labels",
-                len(canary_l) - hits(canary_l),
-                len(canary_l),
-                len(production_l) - hits(production_l),
-                len(production_l),
-                settings.max_accuracy_drop,
-                alpha,
-            )
-        )
+    step, alpha = CanaryStep(canary, production, feedback, task), canary_test_level(settings)
+    analysis.checks += [c for check in CANARY_CHECKS if (c := check.run(step, settings, alpha)) is not None]
     return analysis
 
 
+@dataclass
+class CanaryStep:
+    """One canary step's requests a model was asked to answer, per route, and the feedback labels."""
+
+    canary: pd.DataFrame
+    production: pd.DataFrame
+    feedback: pd.DataFrame
+    task: Task
+
+    @cached_property
+    def own(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Each route's own model's answers: an answer a fallback gave (the baseline, under a slow
+        first call) counts as a failure, not as the model's prediction."""
+        own = lambda rows, route: rows[(rows["role"] == route) & rows["error"].isna()]
+        return own(self.canary, "canary"), own(self.production, "production")
+
+    @cached_property
+    def labeled(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        labels = self.feedback.drop_duplicates("request_id").set_index("request_id")["label"]
+        return tuple(rows.join(labels, on="request_id", how="inner") for rows in self.own)
+
+
+def _failures(step: CanaryStep, settings: PromotionSettings, alpha: float) -> Check:
+    failed = lambda rows: int((rows["error"].notna() | (rows["role"] == "fallback")).sum())
+    return _not_worse(
+        "error and fallback rate",
+        failed(step.canary),
+        len(step.canary),
+        failed(step.production),
+        len(step.production),
+        settings.max_error_rate_increase,
+        alpha,
+    )
+
+
+def _latency(step: CanaryStep, settings: PromotionSettings, alpha: float) -> Check:
+    p99_canary = float(np.percentile(step.canary["latency_ms"], 99))
+    p99_prod = float(np.percentile(step.production["latency_ms"], 99))
+    limit = max(settings.max_latency_ratio * p99_prod, p99_prod + settings.latency_slack_ms)
+    return Check("latency p99", p99_canary <= limit, f"{p99_canary:.2f} ms vs {p99_prod:.2f} ms", f"<= {limit:.2f} ms")
+
+
+def _predictions(step: CanaryStep, settings: PromotionSettings, alpha: float) -> Check | None:
+    canary, production = step.own
+    if min(len(canary), len(production)) == 0:  # nothing of its own answered: failures say it all
+        return None
+    same = _same_distribution if step.task is Task.REGRESSION else _same_predictions
+    return same(canary, production, settings.max_prediction_shift, alpha)
+
+
+def _labels(step: CanaryStep, settings: PromotionSettings, alpha: float) -> Check | None:
+    canary, production = step.labeled
+    if min(len(canary), len(production)) < settings.min_labeled:  # labeled rows are own answers: none without them
+        return None
+    if step.task is Task.REGRESSION:
+        return _error_not_worse(canary, production, settings.max_mae_increase, alpha)
+    hits = lambda rows: int((rows["prediction"].map(comparable) == rows["label"].map(comparable)).sum())
+    return _not_worse(
+        "error rate on feedback labels",
+        len(canary) - hits(canary),
+        len(canary),
+        len(production) - hits(production),
+        len(production),
+        settings.max_accuracy_drop,
+        alpha,
+    )
+
+
+@dataclass(frozen=True)
+class CanaryCheck:
+    run: Callable[[CanaryStep, PromotionSettings, float], Check | None]  # None: not applicable to the step
+    tested: bool = True  # a statistical test at the level canary_test_level gives: it takes a share of alpha
+
+
+# A canary step's checks, in the order they are reported. Adding one is one entry: the Bonferroni
+# split counts the tested ones, so a new test cannot silently loosen the promotion's significance.
+CANARY_CHECKS = (
+    CanaryCheck(_failures),
+    CanaryCheck(_latency, tested=False),
+    CanaryCheck(_predictions),
+    CanaryCheck(_labels),
+)
+
+
 def canary_test_level(settings: PromotionSettings) -> float:
-    """The level of each canary test: `alpha` split (Bonferroni) over the promotion's tests, three
-    a step, so that a canary no worse than Production is rolled back with chance <= alpha, not
-    once in a dozen promotions."""
-    return settings.alpha / (CANARY_TESTS * len(settings.canary_steps))
+    """The level of each canary test: `alpha` split (Bonferroni) over the promotion's tests (the
+    tested CANARY_CHECKS of every step), so that a canary no worse than Production is rolled back
+    with chance <= alpha, not once in a dozen promotions."""
+    tests = sum(check.tested for check in CANARY_CHECKS)
+    return settings.alpha / (tests * len(settings.canary_steps))
 
 
 def _refusals(refused: int, n: int, limit: float | None) -> Check:

@@ -45,7 +45,7 @@ from prefect.cache_policies import NO_CACHE
 from sklearn.base import is_regressor
 from sklearn.metrics import accuracy_score
 
-from configs.settings import QualitySettings, Settings
+from configs.settings import DEFAULT_METRIC, QualitySettings, Settings
 from core.errors import ConfigError, GateError, RegistryError, ShipwayError, SnapshotError
 from core.integrity import MODEL_SKOPS
 from core.vocabulary import Alias, Tag, Task
@@ -55,7 +55,7 @@ from tasks.promotion.analysis import FAR, positive_rate_far
 from tasks.quality.bootstrap import resample_means
 from tasks.release import registry
 from tasks.training import seen_rows
-from tasks.training.quality_metrics import DEFAULT_METRIC, METRICS, Answers, Metric, Truth, answers, encode, metrics_of
+from tasks.training.quality_metrics import METRICS, Answers, Metric, Truth, answers, encode, metrics_of
 from tasks.training.seen_rows import Seen
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from configs.settings import Settings, TrainingSettings
+from configs.settings import Settings, TrainingSettings, is_import_path
 from core.vocabulary import Tag
 
 CODE_DIR = Path(__file__).resolve().parents[2]  # shipway's own checkout (or installed package)
@@ -65,7 +65,7 @@ def git_lineage(code_dir: Path | None = None) -> GitLineage:
 
 def project_dir(training: TrainingSettings) -> Path:
     """The user's project: the folder of the estimator's module for an import path, else the working directory."""
-    if ":" not in training.estimator:
+    if not is_import_path(training.estimator):
         return Path.cwd()
     from tasks.training.estimators import load_object
 

@@ -29,9 +29,10 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
+from configs.settings import DEFAULT_METRIC
 from core.vocabulary import Task
 from tasks.features import InSet, is_datetime
-from tasks.training.quality_metrics import DEFAULT_METRIC, METRICS, Metric, Truth, answers, encode
+from tasks.training.quality_metrics import METRICS, Metric, Truth, answers, encode
 
 TOP_CATEGORIES = 32  # a high-cardinality column competes with its most frequent categories only
 MIN_CATEGORY_ROWS = 10  # fewer rows say too little about a category's rate to place it

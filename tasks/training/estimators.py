@@ -30,8 +30,9 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
 
-from configs.settings import SearchSettings, TrainingSettings
+from configs.settings import SearchSettings, TrainingSettings, is_import_path
 from core.errors import ConfigError
+from core.plain import plain_or_repr
 from core.vocabulary import Task
 
 CLASSIFICATION, REGRESSION = "classification", "regression"
@@ -50,10 +51,6 @@ BUILT_INS: dict[str, dict[str, type[BaseEstimator]]] = {
 
 def kind(task: Task) -> str:
     return CLASSIFICATION if task.is_classification else REGRESSION
-
-
-def is_import_path(estimator: str) -> bool:
-    return ":" in estimator
 
 
 def make_estimator(training: TrainingSettings, task: Task) -> Any:
@@ -148,7 +145,7 @@ def search(pipeline: Any, settings: SearchSettings, seed: int) -> GridSearchCV |
 def candidates(found: GridSearchCV | RandomizedSearchCV) -> pd.DataFrame:
     """One row per candidate: its parameters, mean and spread of its cross-validated score, its rank."""
     results = found.cv_results_
-    table = pd.DataFrame([{k: _plain(v) for k, v in p.items()} for p in results["params"]])
+    table = pd.DataFrame([{k: plain_or_repr(v) for k, v in p.items()} for p in results["params"]])
     table["mean_score"] = results["mean_test_score"]
     table["std_score"] = results["std_test_score"]
     table["rank"] = results["rank_test_score"]
@@ -176,12 +173,3 @@ def describe(estimator: Any) -> str:
 def _reason(exc: BaseException) -> str:
     text = (str(exc).strip().splitlines() or [""])[0][:200]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _plain(value: Any) -> Any:
-    """Search parameters as JSON-friendly values for the candidates table."""
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return repr(value)

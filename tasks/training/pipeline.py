@@ -40,9 +40,10 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils import get_tags
 from sklearn.utils._param_validation import InvalidParameterError
 
-from configs.settings import DataSettings, Settings, TrainingSettings
+from configs.settings import DataSettings, Settings, TrainingSettings, is_import_path
 from core.errors import ConfigError, DataError, ShipwayError
 from core.free_text import text_columns
+from core.plain import plain, plain_list
 from core.vocabulary import Task
 from tasks.features import DateParts, TextTfidf, choose_features, holdout_split, is_datetime
 from tasks.training import estimators
@@ -80,7 +81,7 @@ class TrainedModel:
 
     @property
     def classes(self) -> list | None:
-        return _plain_list(self.model.classes_) if self.task.is_classification else None
+        return plain_list(self.model.classes_) if self.task.is_classification else None
 
     def serve(self, X: pd.DataFrame):
         """What the served model answers for X: predictions, or probability rows."""
@@ -112,10 +113,10 @@ def resolve_task(y: pd.Series, requested: Task) -> Task:
                 "set training.task: auto, binary or multiclass"
             )
         if y.nunique() < 2:
-            raise DataError(f"target column '{name}' is constant ({_plain(y.iloc[0])!r}); nothing to learn")
+            raise DataError(f"target column '{name}' is constant ({plain(y.iloc[0])!r}); nothing to learn")
         return Task.REGRESSION
     if y.nunique() < 2:
-        raise DataError(f"target column '{name}' holds a single class ({_plain(y.iloc[0])!r}); nothing to learn")
+        raise DataError(f"target column '{name}' holds a single class ({plain(y.iloc[0])!r}); nothing to learn")
     if requested is Task.AUTO:
         counts = y.value_counts()
         whole = not numeric or bool(np.all(np.mod(y.to_numpy(dtype="float64"), 1) == 0))
@@ -141,7 +142,7 @@ def check_classes(y: pd.Series, task: Task, requested: Task) -> None:
     chosen = f"training.task: auto chose {task.value}" if requested is Task.AUTO else f"training.task is {task.value}"
     hint = "; set training.task: regression for a quantity" if pd.api.types.is_numeric_dtype(y.dtype) else ""
     raise DataError(
-        f"class {_plain(counts.idxmin())!r} of target '{y.name}' has only {counts.min()} row ({chosen}); "
+        f"class {plain(counts.idxmin())!r} of target '{y.name}' has only {counts.min()} row ({chosen}); "
         f"every class needs at least 2 to have one in the training split and one in the holdout{hint}"
     )
 
@@ -233,7 +234,7 @@ def fit(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, training: TrainingSet
     except Exception as exc:  # the user's code (or a parameter it passed on) may raise anything
         where = (
             f"training.estimator {training.estimator}"
-            if estimators.is_import_path(training.estimator)
+            if is_import_path(training.estimator)
             else f"training.estimator {training.estimator} with training.params"
         )
         raise DataError(f"{where}: fit failed: {type(exc).__name__}: {_first_line(exc)}") from None
@@ -332,7 +333,9 @@ def with_threshold(pipeline: Pipeline, threshold: float, X: pd.DataFrame, y: pd.
 
 def evaluate(model, X: pd.DataFrame, y: pd.Series, task: Task) -> dict[str, float]:
     """Holdout metrics of the task. Binary metrics use the positive class (the second of
-    `classes_`), multiclass ones average over classes; probability metrics need predict_proba."""
+    `classes_`), multiclass ones average over classes; probability metrics need predict_proba.
+    scikit-learn's functions, as people check them; the quality gate computes the same names from
+    per-row columns (quality_metrics.py), and tests/quality/test_quality.py holds the two equal."""
     predicted = model.predict(X)
     if task is Task.REGRESSION:
         metrics = {
@@ -395,7 +398,7 @@ def train(
         unseen = sorted(set(y_test) - set(y_train), key=str)
         if unseen:
             raise DataError(
-                f"class {_plain(unseen[0])!r} of target '{target}' is only in the latest rows by "
+                f"class {plain(unseen[0])!r} of target '{target}' is only in the latest rows by "
                 f"data.time_column '{data.time_column}': the model would never learn it"
             )
     text = text_columns(X, features, data.text_columns)
@@ -466,15 +469,6 @@ HEADLINE = ("roc_auc", "accuracy", "balanced_accuracy", "rmse", "r2")
 def headline(metrics: dict[str, float]) -> str:
     """The few metrics a person reads first."""
     return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in HEADLINE)
-
-
-def _plain(value):
-    """A numpy scalar as the Python value it holds, so messages read 2, not np.int64(2)."""
-    return value.item() if hasattr(value, "item") else value
-
-
-def _plain_list(values) -> list:
-    return [_plain(v) for v in values]
 
 
 def _first_line(exc: BaseException) -> str:

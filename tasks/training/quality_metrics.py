@@ -202,7 +202,6 @@ METRICS: dict[str, Metric] = {
         ),
     ]
 }  # fmt: skip
-DEFAULT_METRIC = {Task.BINARY: "roc_auc", Task.MULTICLASS: "f1_macro", Task.REGRESSION: "rmse"}
 
 
 def metrics_of(task: Task) -> list[str]:

@@ -12,7 +12,8 @@ from configs.settings import GateSettings, PromotionSettings
 from expectations.contract import build_contract
 from tasks.gate.contract_checks import validate
 from tasks.gate.verdict import GateReport
-from tasks.promotion.analysis import REFUSED, canary_analysis, shadow_analysis
+from tasks.promotion import analysis as promotion_analysis
+from tasks.promotion.analysis import REFUSED, CanaryCheck, canary_analysis, shadow_analysis
 
 SETTINGS = PromotionSettings()
 BUDGET_MS = 50.0  # serving.latency_budget_p99_ms
@@ -102,6 +103,23 @@ def test_accuracy_is_compared_where_feedback_labels_exist():
     assert breached(analysis) == {"error rate on feedback labels"}
     fair = pd.DataFrame({"request_id": log["request_id"], "label": truth})
     assert canary_analysis(log, fair, SETTINGS, "c").passed
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_every_statistical_test_of_a_step_spends_its_share_of_alpha(monkeypatch, extra):
+    """The Bonferroni split counts the registered tests: a test added to CANARY_CHECKS (here one more
+    copy of the failures test) lowers every test's level, so the promotion's significance holds."""
+    checks = promotion_analysis.CANARY_CHECKS
+    monkeypatch.setattr(promotion_analysis, "CANARY_CHECKS", checks + (CanaryCheck(checks[0].run),) * extra)
+    log = canary(2_000, 2_000)
+    feedback = pd.DataFrame(
+        {"request_id": log["request_id"], "label": log["prediction"].map(lambda p: json.loads(p)[0])}
+    )
+    analysis = canary_analysis(log, feedback, SETTINGS, "c")
+    tested = [c for c in analysis.checks if " at p < " in c.limit]
+    assert len(tested) == 3 + extra  # failures, class shares, labels (+ the extra)
+    level = SETTINGS.alpha / (len(tested) * len(SETTINGS.canary_steps))
+    assert {c.limit.rsplit(" at p < ", 1)[1] for c in tested} == {f"{level:.2g}"}
 
 
 def shadow_log(n: int, disagree: float = 0.0, shadow_errors: float = 0.0, latency: float = 0.5) -> pd.DataFrame:

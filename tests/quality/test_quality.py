@@ -17,7 +17,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 
-from configs.settings import QUALITY_METRICS, QualitySettings, load_settings
+from configs.settings import (
+    DEFAULT_METRIC,
+    ERROR_METRICS,
+    METRIC_SPELLINGS,
+    QUALITY_METRICS,
+    QualitySettings,
+    load_settings,
+)
 from core.errors import ConfigError, RegistryError
 from core.vocabulary import Task
 from flows.cli import cli
@@ -169,8 +176,8 @@ class _Always(ClassifierMixin, BaseEstimator):
 
 @pytest.mark.parametrize("task", [Task.BINARY, Task.MULTICLASS, Task.REGRESSION])
 def test_the_runs_log_every_metric_the_gate_judges_under_the_same_name_and_value(task):
-    """One vocabulary: what a run logs (evaluate) is what quality.metric / min / max name."""
-    assert list(METRICS) == list(QUALITY_METRICS)
+    """One vocabulary and one value: what a run logs (evaluate, scikit-learn's functions) is what
+    quality.metric / min / max name, and what the gate computes from its per-row columns."""
     model, truth, said, Xh, yh = _scored(task)
     logged = evaluate(model, Xh, yh, task)
     judged = metrics_of(task)
@@ -178,6 +185,15 @@ def test_the_runs_log_every_metric_the_gate_judges_under_the_same_name_and_value
     assert set(logged) - set(judged) == ({"roc_auc"} if task is Task.MULTICLASS else set())  # one-vs-rest: logged only
     for name in judged:
         assert logged[name] == pytest.approx(METRICS[name].point(truth, said), abs=1e-6), name
+
+
+def test_the_settings_name_the_metrics_the_gate_computes():
+    """configs/settings.py keeps the names (it cannot import numpy's metrics); they are these."""
+    assert list(METRICS) == list(QUALITY_METRICS)
+    assert set(ERROR_METRICS) <= set(QUALITY_METRICS)
+    assert all(DEFAULT_METRIC[task] in metrics_of(task) for task in (Task.BINARY, Task.MULTICLASS, Task.REGRESSION))
+    assert set(METRIC_SPELLINGS.values()) <= set(QUALITY_METRICS)
+    assert not set(METRIC_SPELLINGS) & set(QUALITY_METRICS)
 
 
 def test_roc_auc_counts_ties_as_scikit_learn_does():
