@@ -29,7 +29,8 @@ def draw(rows, seed, shrink=1.0):
 @pytest.fixture(scope="module")
 def classifier():
     X, y = draw(8_000, 1)
-    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+    # strongly regularised: its probabilities huddle near 0.5, so the estimate rests on the calibration
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.0005)).fit(X, y)
     Xh, yh = draw(4_000, 2)
     return model, build(model, Xh, yh, "binary", "predict_proba")
 
@@ -186,3 +187,26 @@ def test_registration_keeps_the_reference_with_its_sha256_and_a_changed_file_is_
     stored.write_bytes(stored.read_bytes().replace(b'"rows": ', b'"rows": 1'))
     with pytest.raises(IntegrityError, match="prediction_reference.json does not match the sha256"):
         prediction_reference.load(settings, version)
+
+
+def test_multiclass_accuracy_is_estimated_without_an_auc():
+    rng = np.random.default_rng(21)
+
+    def three(rows, shrink=1.0):
+        x = rng.normal(size=(rows, 3))
+        x[:, :2] *= shrink
+        logits = np.column_stack([x[:, 0] * 1.5, x[:, 1] * 1.5, -x[:, 0] - x[:, 1]])
+        p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        y = np.array(["a", "b", "c"])[(rng.random(rows)[:, None] > p.cumsum(axis=1)).sum(axis=1)]
+        return pd.DataFrame(x, columns=["x0", "x1", "x2"]), y
+
+    X, y = three(8_000)
+    model = LogisticRegression().fit(X, y)
+    reference = build(model, *three(4_000), "multiclass", "predict_proba")
+    assert set(reference.calibration) == {'"a"', '"b"', '"c"'} and "roc_auc" not in reference.holdout
+    Xw, yw = three(6_000, 0.4)
+    result = estimate(served_outputs(log_of(model, Xw), "1", reference), reference)
+    realised_accuracy = np.mean(model.predict(Xw) == yw)
+    assert set(result.figures) == {"accuracy"}
+    assert abs(result.figures["accuracy"] - realised_accuracy) < 0.03
+    assert realised_accuracy < reference.holdout["accuracy"] - 0.05  # the shift lowered it
