@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,28 +57,36 @@ class Outputs:
     inputs: pd.DataFrame
 
 
-def served_outputs(log: pd.DataFrame, version: str, reference: PredictionReference) -> Outputs:
-    """The rows `version` answered as Production (one per record of a request), decoded from the log."""
+def served_outputs(
+    log: pd.DataFrame, version: str, reference: PredictionReference, with_inputs: bool = True
+) -> Outputs:
+    """The rows `version` answered as Production (one per record of a request), decoded from the log;
+    their inputs only `with_inputs` (slices need them; decoding them costs more than the rest)."""
     rows = log[(log["role"] == "production") & (log["model_version"].astype(str) == str(version))]
     rows = rows[rows["prediction"].notna()]
-    values: list[Any] = []
-    ids: list[str] = []
-    records: list[dict[str, Any]] = []
-    for request_id, prediction, inputs in zip(rows["request_id"], rows["prediction"], rows["inputs"], strict=True):
-        answer = orjson.loads(prediction) if isinstance(prediction, str) else prediction
-        answer = answer if isinstance(answer, list) else [answer]
-        values += answer
-        ids += [request_id] * len(answer)
-        got = orjson.loads(inputs) if isinstance(inputs, str) else []
-        records += got if len(got) == len(answer) else [{}] * len(answer)
-    probabilities = reference.predict_fn == "predict_proba" and reference.classes is not None
-    if probabilities:
-        array = np.asarray(values, dtype=float).reshape(len(values), len(reference.classes or []))
+    answers = _decoded(rows["prediction"])  # one parse of the whole column, not one per row
+    answers = [a if isinstance(a, list) else [a] for a in answers]
+    sizes = np.fromiter((len(a) for a in answers), dtype=np.int64, count=len(answers))
+    values: list[Any] = [v for a in answers for v in a]
+    ids = list(np.repeat(rows["request_id"].to_numpy(dtype=object), sizes))
+    inputs = pd.DataFrame(index=range(len(values)))
+    if with_inputs:
+        decoded = _decoded(rows["inputs"].fillna("[]"))
+        records = [r for got, n in zip(decoded, sizes, strict=True) for r in (got if len(got) == n else [{}] * n)]
+        inputs = pd.DataFrame.from_records(records, index=range(len(records)))
+    if reference.predict_fn == "predict_proba" and reference.classes is not None:
+        array = np.asarray(values, dtype=float).reshape(len(values), len(reference.classes))
     elif reference.classes is None:
         array = np.asarray(values, dtype=float)
     else:
-        array = np.asarray([class_key(v) for v in values], dtype=object)
-    return Outputs(array, ids, pd.DataFrame.from_records(records, index=range(len(records))))
+        array = np.asarray([json.dumps(v) for v in values], dtype=object)  # class_key of a decoded value
+    return Outputs(array, ids, inputs)
+
+
+def _decoded(texts: pd.Series) -> list[Any]:
+    if texts.empty:
+        return []
+    return orjson.loads(b"[" + ",".join(texts.tolist()).encode() + b"]")
 
 
 def predicted_keys(outputs: Outputs, reference: PredictionReference) -> np.ndarray:
@@ -302,7 +311,7 @@ def assess(
     monitoring = settings.monitoring
     if reference is None:
         return Assessment(not_estimable=estimate(Outputs(np.empty(0), [], pd.DataFrame()), None).not_estimable)
-    outputs = served_outputs(log, version, reference)
+    outputs = served_outputs(log, version, reference, with_inputs=bool(settings.quality.slices))
     result = Assessment()
     n = len(outputs.values)
     if n:
