@@ -8,7 +8,7 @@
   breaches with a chance of at most `gate.alpha`, and a large window does not breach on a trivial
   shift.
 - **Performance estimated without labels** (confidence-based performance estimation, CBPE, as
-  NannyML does): the window's probabilities calibrated by the reference's isotonic maps give each
+  NannyML does): the window's probabilities calibrated by the reference's Platt scaling give each
   row's chance of being right; their mean is the expected accuracy; for a binary classifier the
   expected confusion matrix at every threshold of the score gives the expected ROC curve and AUC.
   The band is the 95% sampling interval of the realised figure on a window of that size (binomial

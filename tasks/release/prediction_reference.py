@@ -3,11 +3,13 @@
 A small JSON artifact (`monitoring/prediction_reference.json`, its sha256 in the version's tag
 `prediction_reference_sha256`): the predicted class counts (classifiers), histograms of the served
 scores (the probability of each class for a version served with predict_proba; the output of a
-regressor) on bins cut at the holdout's deciles, the isotonic calibration map of each class's
-probability fitted on the holdout, and the holdout's own accuracy and ROC AUC under the rule the
-monitor applies to logged probabilities (the argmax). Monitoring compares a window's served outputs
-with the histograms (prediction drift) and estimates performance without labels from the maps (CBPE).
-Its size follows the number of bins and calibration points, not the holdout's rows.
+regressor) on bins cut at the holdout's deciles, the calibration of each class's probability
+fitted on the holdout (Platt scaling of its logit, P(class) = sigmoid(a * logit(p) + b): two
+numbers, so a holdout of a few hundred rows does not fit its own noise as an isotonic map does),
+and the holdout's own accuracy and ROC AUC under the rule the monitor applies to logged
+probabilities (the argmax). Monitoring compares a window's served outputs with the histograms
+(prediction drift) and estimates performance without labels from the calibration (CBPE). Its size
+follows the number of bins, not the holdout's rows.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import numpy as np
 ARTIFACT = "monitoring/prediction_reference.json"
 FILE = "prediction_reference.json"
 BINS = 10  # decile bins: enough to see a shape, few enough that each holds many holdout rows
-MAX_POINTS = 256  # calibration points kept per class: the map is interpolated between them
 FORMAT = 1
 
 
@@ -33,7 +34,7 @@ class PredictionReference:
     classes: list | None = None
     class_counts: dict[str, int] = field(default_factory=dict)  # class (JSON text) -> predicted count
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # name -> {edges, counts}
-    calibration: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # class -> {x, y}
+    calibration: dict[str, dict[str, float]] = field(default_factory=dict)  # class -> Platt's {a, b}
     holdout: dict[str, float] = field(default_factory=dict)  # accuracy, roc_auc on the holdout
 
     @property
@@ -56,7 +57,7 @@ class PredictionReference:
         for k, cls in enumerate(self.classes):
             curve = self.calibration.get(class_key(cls))
             raw = probabilities[:, k]
-            columns.append(raw if curve is None else np.interp(raw, curve["x"], curve["y"]))
+            columns.append(raw if curve is None else 1 / (1 + np.exp(-(curve["a"] * logit(raw) + curve["b"]))))
         calibrated = np.column_stack(columns)
         if len(self.classes) == 2:  # binary: the positive class's map decides both
             calibrated[:, 0] = 1 - calibrated[:, 1]
@@ -64,6 +65,11 @@ class PredictionReference:
         total = calibrated.sum(axis=1, keepdims=True)
         uniform = np.full_like(calibrated, 1 / len(self.classes))
         return np.where(total > 0, calibrated / np.where(total > 0, total, 1), uniform)
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
 
 
 def class_key(value: Any) -> str:
@@ -103,7 +109,7 @@ def bin_counts(values: np.ndarray, inner_edges: list[float]) -> np.ndarray:
 
 def build(model: Any, X: Any, y: Any, task: str, predict_fn: str) -> PredictionReference:
     """The reference of `model` on its holdout `X`, `y`."""
-    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
     classes = list(getattr(model, "classes_", [])) if task != "regression" else None
@@ -123,13 +129,10 @@ def build(model: Any, X: Any, y: Any, task: str, predict_fn: str) -> PredictionR
     for k, cls in enumerate(classes):
         if len(classes) == 2 and k == 0:
             continue  # binary: one map, the positive class's
-        hit = (truth == cls).astype(float)
-        iso = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(probabilities[:, k], hit)
-        x, fitted = iso.X_thresholds_, iso.y_thresholds_
-        if len(x) > MAX_POINTS:
-            keep = np.unique(np.linspace(0, len(x) - 1, MAX_POINTS).round().astype(int))
-            x, fitted = x[keep], fitted[keep]
-        reference.calibration[class_key(cls)] = {"x": [float(v) for v in x], "y": [float(v) for v in fitted]}
+        hit = truth == cls
+        if 0 < hit.sum() < len(hit):  # a class absent from the holdout keeps its raw probability
+            platt = LogisticRegression(C=1e4).fit(logit(probabilities[:, k])[:, None], hit)
+            reference.calibration[class_key(cls)] = {"a": float(platt.coef_[0, 0]), "b": float(platt.intercept_[0])}
     reference.holdout["accuracy"] = float(np.mean(predicted == truth))
     if len(classes) == 2 and len(np.unique(truth)) == 2:
         reference.holdout["roc_auc"] = float(roc_auc_score(truth == classes[1], probabilities[:, 1]))

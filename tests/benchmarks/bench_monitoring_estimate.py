@@ -2,11 +2,11 @@
 
 Run from the repository root:
 
-    .venv/bin/python tests/benchmarks/bench_monitoring_estimate.py [--windows 20] [--rows 10000]
+    .venv/bin/python tests/benchmarks/bench_monitoring_estimate.py [--windows 20] [--rows 10000] [--model hgb]
 
 A scenario made here, its labels withheld from the estimate: a binary classifier (scaling and
 logistic regression) trained on 20,000 rows whose label follows a fixed logistic law of five
-features; its prediction reference (tasks/release/prediction_reference.py) built on a 5,000-row
+features (`--model hgb`: a histogram gradient-boosted tree model instead); its prediction reference (tasks/release/prediction_reference.py) built on a 5,000-row
 holdout. Then `--windows` clean windows of `--rows` rows from the training distribution, and
 shifted windows where the inputs move towards the decision boundary (a covariate shift: the law
 of the label given the inputs is unchanged, accuracy falls). Each window goes through the
@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 import pandas as pd  # noqa: E402
+from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
@@ -71,15 +72,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--windows", type=int, default=20)
     parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--model", choices=["logistic", "hgb"], default="logistic")
     args = parser.parse_args()
     rng = np.random.default_rng(7)
     settings = load_settings(None)
     X, y = draw(20_000, rng)
-    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
+    model = (
+        HistGradientBoostingClassifier(max_iter=150, random_state=0)
+        if args.model == "hgb"
+        else make_pipeline(StandardScaler(), LogisticRegression())
+    ).fit(X, y)
     Xh, yh = draw(5_000, rng)
     reference = build(model, Xh, yh, "binary", "predict_proba")
     print(
-        f"holdout: accuracy {reference.holdout['accuracy']:.4f}, roc_auc {reference.holdout['roc_auc']:.4f}; "
+        f"{args.model}: holdout accuracy {reference.holdout['accuracy']:.4f}, roc_auc {reference.holdout['roc_auc']:.4f}; "
         f"max_estimated_drop {settings.monitoring.max_estimated_drop}, reference {len(reference.dumps())} bytes"
     )
     no_labels = pd.DataFrame({"request_id": pd.Series(dtype=str), "label": pd.Series(dtype=object)})
