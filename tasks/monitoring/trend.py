@@ -85,25 +85,25 @@ def trend_figure(
 
 def _estimates(ax: Any, windows: list[tuple[datetime, datetime, dict[str, float]]], label: str) -> None:
     """Estimated figures as lines with their band, realised ones (labels back) as crosses, and each
-    window's floor (holdout minus monitoring.max_estimated_drop) as a dashed red step."""
-    drawn = False
+    window's floor (holdout minus monitoring.max_estimated_drop) as a dashed step of the same colour."""
+    drawn: list[float] = []
     for metric, colour in ESTIMATES:
         key = f"estimated_{metric}"
         for s, e, m in windows:
             if key not in m:
                 continue
-            drawn = True
+            drawn += [m.get(f"{key}_low", m[key]), m.get(f"{key}_high", m[key]), m.get(f"{key}_floor", m[key])]
+            drawn += [m[f"realised_{metric}"]] if f"realised_{metric}" in m else []
             ax.fill_between([s, e], m.get(f"{key}_low", m[key]), m.get(f"{key}_high", m[key]), color=colour, alpha=0.2)
             ax.plot([s, e], [m[key], m[key]], color=colour, linewidth=2.5, solid_capstyle="butt")
             if f"realised_{metric}" in m:
                 ax.plot([e], [m[f"realised_{metric}"]], "x", color=colour, markersize=8)
             if f"{key}_floor" in m:
-                ax.plot([s, e], [m[f"{key}_floor"]] * 2, color="tab:red", linestyle="--", linewidth=1.2)
-        ax.plot([], [], color=colour, linewidth=2.5, label=f"estimated {metric} (x: realised)")
-    if drawn:
-        ax.plot([], [], color="tab:red", linestyle="--", label="floor: holdout - max_estimated_drop")
+                ax.plot([s, e], [m[f"{key}_floor"]] * 2, color=colour, linestyle="--", linewidth=1.2)
+        ax.plot([], [], color=colour, linewidth=2.5, label=f"estimated {metric} (x: realised; dashed: its floor)")
+    if drawn:  # figures between 0.6 and 0.9: zoomed in on them and their floors, not 0..1
         ax.legend(loc="lower left", fontsize=8)
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(max(min(drawn) - 0.1, 0.0), min(max(drawn) + 0.03, 1.02))
     else:
         ax.text(0.5, 0.5, "not estimated (see the window's `estimate` tag)", transform=ax.transAxes, ha="center")
         ax.set_ylim(0, 1)
