@@ -464,6 +464,19 @@ class MonitoringSettings(_Section):
     max_mae: float | None = Field(
         None, ge=0, description="Highest mean absolute error on feedback labels (regression); empty: not checked."
     )
+    max_estimated_drop: float | None = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest drop of a performance figure estimated without labels (CBPE: accuracy, ROC AUC; "
+        "versions served with predict_proba) below its holdout value at registration; empty: not checked.",
+    )
+    max_prediction_psi: float = Field(
+        0.2,
+        gt=0,
+        description="Population stability index above which the served class shares or scores drift from the "
+        "version's holdout predictions (a breach when the chi-square test also rejects at gate.alpha).",
+    )
     breach_windows: int = Field(3, gt=0, description="Windows in a row that must breach before retraining starts.")
     experiment: str = Field("shipway-monitoring", description="MLflow experiment holding one run per window.")
     retrain_deployment: str = Field(

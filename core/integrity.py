@@ -26,6 +26,7 @@ MODEL_SKOPS = "model.skops"
 BASELINE_ONNX = "baseline.onnx"
 BASELINE_SKOPS = "baseline.skops"
 CONTRACT = "expectation_suite.json"
+PREDICTION_REFERENCE = "prediction_reference.json"
 
 TAG_OF = {
     MODEL_ONNX: Tag.ONNX_MODEL_SHA256,
@@ -33,6 +34,7 @@ TAG_OF = {
     BASELINE_ONNX: Tag.BASELINE_ONNX_SHA256,
     BASELINE_SKOPS: Tag.BASELINE_MODEL_SHA256,
     CONTRACT: Tag.EXPECTATION_SUITE_SHA256,
+    PREDICTION_REFERENCE: Tag.PREDICTION_REFERENCE_SHA256,
 }
 HASH_TAGS = frozenset(TAG_OF.values())
 

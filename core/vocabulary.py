@@ -88,6 +88,7 @@ class Tag(StrEnum):
     BASELINE_MODEL_SHA256 = "baseline_model_sha256"
     BASELINE_ONNX_SHA256 = "baseline_onnx_sha256"
     EXPECTATION_SUITE_SHA256 = "expectation_suite_sha256"
+    PREDICTION_REFERENCE_SHA256 = "prediction_reference_sha256"  # holdout predictions (monitoring)
     SERVING_FORMAT = "serving_format"
     ONNX_PARITY = "onnx_parity"
     ONNX_MODEL_URI = "onnx_model_uri"

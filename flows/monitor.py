@@ -26,11 +26,12 @@ from flows.artifacts import artifact_key
 from serving.prediction_log import read_feedback, read_window
 from tasks.gate.drift_report import write_report
 from tasks.gate.skew import gate, reference_for_model
+from tasks.monitoring.estimate import assess
 from tasks.monitoring.trend import plot_trend
 from tasks.monitoring.window import datetime_columns, parse_window, served_inputs, summarize, sustained
 from tasks.promotion.analysis import predicted_classes
 from tasks.quality.compare import version_task
-from tasks.release import registry
+from tasks.release import prediction_reference, registry
 
 
 @dataclass
@@ -61,12 +62,17 @@ def monitoring_flow(
         raise RegistryError(f"'{name}' has no Production version to monitor")
 
     log, feedback = cast(tuple[pd.DataFrame, pd.DataFrame], read_log_task(settings, name, start, end))
+    production = registry.get_version(settings, name, version)
+    # the served outputs against the holdout's, while the log still holds the probabilities
+    outputs = assess(log, feedback, version, prediction_reference.load(settings, production), settings)
     if len(log):  # probability answers are compared with labels as their predicted class
         log = predicted_classes(log, registry.probability_classes(settings, name, log["model_version"].unique()))
-    task = version_task(registry.get_version(settings, name, version).tags)
+    task = version_task(production.tags)
     summary = summarize(
         log, feedback, settings.monitoring, task, latency_budget_ms=settings.serving.latency_budget_p99_ms
     )
+    summary.metrics |= outputs.metrics
+    summary.breaches += outputs.breaches
     with tempfile.TemporaryDirectory(prefix="shipway-monitor-") as tmp:
         files, drift = [], "none"
         inputs = served_inputs(log, datetime_columns(settings, name, version) if len(log) else ())
@@ -83,6 +89,9 @@ def monitoring_flow(
             if report.verdict == Verdict.FAIL:
                 summary.breaches.append("input drift: " + report.causes())
             summary.metrics["drifted_columns"] = float(len(report.columns_with(Verdict.FAIL)))
+        if outputs.slices:
+            (Path(tmp) / "slices.json").write_text(json.dumps(outputs.slices, indent=1))
+            files.append(Path(tmp) / "slices.json")
         history = registry.monitoring_history(settings, name, limit=max(settings.monitoring.breach_windows, 48))
         picture = Path(tmp) / "trend.png"
         if plot_trend(history, summary.metrics, start, end, settings, picture):
@@ -103,6 +112,7 @@ def monitoring_flow(
                 "drift": drift,
                 "breached": str(summary.breached).lower(),
                 "breaches": "; ".join(summary.breaches)[:5000],
+                "estimate": outputs.not_estimable or "estimated",
             },
             files=files,
         )
@@ -111,7 +121,7 @@ def monitoring_flow(
     retraining = ""
     if sustained(before, summary.breached, settings.monitoring.breach_windows):
         retraining = trigger_retraining(settings)
-    _publish(name, version, start, end, summary, drift, retraining)
+    _publish(name, version, start, end, summary, drift, retraining, outputs.not_estimable)
     return MonitoringResult(name, version, summary.requests, drift, summary.breaches, run_id, retraining)
 
 
@@ -141,12 +151,16 @@ def trigger_retraining(settings: Settings) -> str:
     return str(run.id)
 
 
-def _publish(name: str, version: str, start: datetime, end: datetime, summary, drift: str, retraining: str) -> None:
+def _publish(
+    name: str, version: str, start: datetime, end: datetime, summary, drift: str, retraining: str, not_estimable: str
+) -> None:
     figures = "\n".join(f"| {k} | {v:.4g} |" for k, v in summary.metrics.items())
     verdict = "breached: " + "; ".join(summary.breaches) if summary.breached else "within limits"
     text = (
         f"### {name} version {version}, {start:%Y-%m-%d %H:%M}..{end:%H:%M} UTC: {verdict}\n\n"
-        f"input drift vs contract: **{drift}**\n\n| figure | value |\n| --- | --- |\n{figures}\n"
+        f"input drift vs contract: **{drift}**\n\n"
+        + (f"performance estimate: not estimable ({not_estimable})\n\n" if not_estimable else "")
+        + f"| figure | value |\n| --- | --- |\n{figures}\n"
         + (f"\nretraining: {retraining}\n" if retraining else "")
     )
     create_markdown_artifact(text, key=artifact_key("monitoring", name), description=f"{name}: monitoring window")

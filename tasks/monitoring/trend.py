@@ -17,10 +17,14 @@ if TYPE_CHECKING:
 
     from configs.settings import Settings
 
+ESTIMATED = "estimated"
+ESTIMATES = (("roc_auc", "tab:purple"), ("accuracy", "tab:green"))  # CBPE's figures, tasks/monitoring/estimate.py
 PANELS = (  # metric, label, the setting (section, key) that limits it (None: any value is a breach)
     ("drifted_columns", "drifted columns", None),
     ("fallback_rate", "fallback rate", ("monitoring", "max_fallback_rate")),
     ("latency_p99_ms", "latency p99 (ms)", ("serving", "latency_budget_p99_ms")),
+    ("prediction_psi", "prediction drift (PSI)", ("monitoring", "max_prediction_psi")),
+    (ESTIMATED, "estimated (band) vs realised", None),  # its floor is per version: drawn from each window's
 )
 
 
@@ -42,8 +46,11 @@ def trend_figure(
 
     span = end - start
     windows = [_window(h, span) for h in reversed(history)] + [(start, end, current)]
-    fig, axes = plt.subplots(len(PANELS), 1, figsize=(9, 7), sharex=True)
+    fig, axes = plt.subplots(len(PANELS), 1, figsize=(9, 10), sharex=True)
     for ax, (key, label, setting) in zip(axes, PANELS, strict=True):
+        if key == ESTIMATED:
+            _estimates(ax, windows, label)
+            continue
         shown = [(s, e, m[key]) for s, e, m in windows if key in m and m[key] == m[key]]  # NaN: not measured
         for s, e, value in shown:
             ax.plot([s, e], [value, value], color="tab:blue", linewidth=2.5, solid_capstyle="butt")
@@ -74,6 +81,34 @@ def trend_figure(
     )
     fig.tight_layout()
     return fig
+
+
+def _estimates(ax: Any, windows: list[tuple[datetime, datetime, dict[str, float]]], label: str) -> None:
+    """Estimated figures as lines with their band, realised ones (labels back) as crosses, and each
+    window's floor (holdout minus monitoring.max_estimated_drop) as a dashed step of the same colour."""
+    drawn: list[float] = []
+    for metric, colour in ESTIMATES:
+        key = f"estimated_{metric}"
+        for s, e, m in windows:
+            if key not in m:
+                continue
+            drawn += [m.get(f"{key}_low", m[key]), m.get(f"{key}_high", m[key]), m.get(f"{key}_floor", m[key])]
+            drawn += [m[f"realised_{metric}"]] if f"realised_{metric}" in m else []
+            ax.fill_between([s, e], m.get(f"{key}_low", m[key]), m.get(f"{key}_high", m[key]), color=colour, alpha=0.2)
+            ax.plot([s, e], [m[key], m[key]], color=colour, linewidth=2.5, solid_capstyle="butt")
+            if f"realised_{metric}" in m:
+                ax.plot([e], [m[f"realised_{metric}"]], "x", color=colour, markersize=8)
+            if f"{key}_floor" in m:
+                ax.plot([s, e], [m[f"{key}_floor"]] * 2, color=colour, linestyle="--", linewidth=1.2)
+        ax.plot([], [], color=colour, linewidth=2.5, label=f"estimated {metric} (x: realised; dashed: its floor)")
+    if drawn:  # figures between 0.6 and 0.9: zoomed in on them and their floors, not 0..1
+        ax.legend(loc="lower left", fontsize=8)
+        ax.set_ylim(max(min(drawn) - 0.1, 0.0), min(max(drawn) + 0.03, 1.02))
+    else:
+        ax.text(0.5, 0.5, "not estimated (see the window's `estimate` tag)", transform=ax.transAxes, ha="center")
+        ax.set_ylim(0, 1)
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
 
 
 def plot_trend(

@@ -30,7 +30,7 @@ from configs.settings import Settings
 from core.integrity import sha256
 from core.vocabulary import Tag
 from tasks.data.snapshot import Snapshot
-from tasks.release import record, registry
+from tasks.release import prediction_reference, record, registry
 from tasks.release.lineage import CODE_DIR, GitLineage, config_hash, config_yaml, shipway_version
 from tasks.release.registry import connect
 from tasks.retries import retry_on_io
@@ -238,7 +238,17 @@ def register(
         # The rows it trained on, as keys: the next version's quality gate leaves them out of its comparison.
         columns = [*trained.features, trained.target]
         keys = seen_rows.keys_of(training_rows(trained, snapshot.frame), columns)
-        files = [(compiled.onnx, ONNX_ARTIFACT), (compiled_baseline.onnx, BASELINE_ONNX_ARTIFACT)]
+        # What it predicted on its holdout, and its calibration there: monitoring's reference (prediction
+        # drift, performance estimated before labels come back), hashed like the served files.
+        outputs = prediction_reference.build(
+            trained.model, trained.X_holdout, trained.y_holdout, trained.task.value, trained.predict_fn
+        ).dumps()
+        hashes[Tag.PREDICTION_REFERENCE_SHA256] = sha256(outputs)
+        files = [
+            (compiled.onnx, ONNX_ARTIFACT),
+            (compiled_baseline.onnx, BASELINE_ONNX_ARTIFACT),
+            (outputs, prediction_reference.ARTIFACT),
+        ]
         with tempfile.TemporaryDirectory() as tmp:
             for data, artifact in [*files, (seen_rows.dumps(keys, columns), seen_rows.ARTIFACT)]:
                 if data is not None:

@@ -139,14 +139,14 @@ def test_one_window_fills_the_trend_picture_with_its_own_time_range_and_the_limi
     figure = trend_figure(
         [], {"drifted_columns": 0.0, "fallback_rate": 0.004, "latency_p99_ms": 7.5}, start, end, limits
     )
-    drift, fallback, latency = figure.axes
+    drift, fallback, latency, outputs, estimated = figure.axes
     low, high = (mdates.num2date(x) for x in latency.get_xlim())
     assert start - timedelta(minutes=10) <= low <= start and end <= high <= end + timedelta(minutes=10)
     for ax in figure.axes:
         assert ax.get_ylim()[0] == 0  # no negative range for counts, rates and latencies
     assert fallback.get_ylim()[1] >= 0.02 and latency.get_ylim()[1] >= 50  # the limits are in the picture
     limit_lines = {ax: [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "--"] for ax in figure.axes}
-    assert limit_lines == {drift: [], fallback: [0.02], latency: [50.0]}
+    assert limit_lines == {drift: [], fallback: [0.02], latency: [50.0], outputs: [0.2], estimated: []}
     assert plot_trend([], {"fallback_rate": 0.0}, start, end, limits, tmp_path / "trend.png")
     assert (tmp_path / "trend.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

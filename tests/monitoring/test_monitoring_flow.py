@@ -79,3 +79,37 @@ def test_monitor_command_exits_1_on_a_breach_and_names_it(production, tmp_path):
     assert "shipway: error: monitoring: churn-classifier breached its limits: input drift: fail on " in done.stderr
     assert "monthly_charges (" in done.stderr and "; also " in done.stderr  # the drifted column, with its checks
     assert "input drift fail" in done.stdout
+
+
+@pytest.fixture
+def production_proba(small):
+    """Version 1 served with predict_proba in Production, so the log keeps its probabilities."""
+    settings = tuned(
+        small,
+        training={"predict_fn": "predict_proba"},
+        monitoring={"min_requests": 50, "breach_windows": 2, "max_estimated_drop": 0.05},
+        quality={"slices": ["contract"]},
+        serving={"poll_interval_s": 0.3},
+    )
+    register_versions(settings, 1)
+    move(settings, NAME, {Alias.PRODUCTION: "1"}, actor="test", reason="setup")
+    return settings
+
+
+def test_a_window_logs_prediction_drift_and_the_estimate_beside_the_realised_figures(production_proba):
+    import json
+
+    serve_traffic(production_proba, generate(1_000, seed=15), 300)
+    result = monitoring_flow(NAME, window="10m", settings=production_proba)
+    run = mlflow.get_run(result.run_id)
+    metrics = run.data.metrics
+    assert run.data.tags["estimate"] == "estimated"
+    assert metrics["estimated_accuracy_low"] <= metrics["estimated_accuracy"] <= metrics["estimated_accuracy_high"]
+    assert abs(metrics["estimated_accuracy"] - metrics["realised_accuracy"]) < 0.1  # ~300 labels: a wide band
+    assert abs(metrics["estimated_roc_auc"] - metrics["realised_roc_auc"]) < 0.1
+    assert metrics["prediction_psi"] < 0.2 and not any(b.startswith("prediction drift") for b in result.breaches)
+    path = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="slices.json")
+    with open(path) as file:
+        slices = json.load(file)
+    assert {row["column"] for row in slices} == {"contract"} and sum(row["rows"] for row in slices) >= 300
+    assert all("estimated_accuracy" in row and "realised_accuracy" in row for row in slices if row["rows"] >= 20)
