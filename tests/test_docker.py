@@ -307,8 +307,9 @@ def test_the_overrides_point_the_production_profile_at_the_services(resolved, mo
     assert settings.prefect.api_url == env["SHIPWAY_PREFECT__API_URL"] == env["PREFECT_API_URL"]
     assert settings.prediction_log.url == env["SHIPWAY_PREDICTION_LOG__URL"]
     for name, value in env.items():
-        if "://" in value:
+        if "://" in value and not name.endswith("_UI_URL"):  # a UI's address is the browser's, not a container's
             _assert_reaches_a_service(resolved, name, value)
+    assert urlsplit(env["PREFECT_UI_URL"]).port == int(env_example()["PREFECT_PORT"])
 
 
 def _assert_reaches_a_service(resolved: dict, name: str, url: str) -> None:
