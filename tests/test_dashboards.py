@@ -5,8 +5,11 @@ What is checked: the alert rules and the Prometheus config pass the real `promto
 fires on clean traffic (`promtool test rules` on synthetic series); the limits in the rules are
 the production profile's; every series the dashboard and the rules draw is one a real gateway
 exports at /metrics (scraped here), or a recording rule built from them; every panel's query is
-valid PromQL; and the provisioning files point at the services and paths compose mounts.
-Grafana itself cannot run here (no Docker, not in Debian): the dashboard is not rendered.
+valid PromQL; the provisioning files point at the services and paths compose mounts; and a real
+Prometheus (the same Debian package) scraping a real gateway under traffic loads the rules
+healthy, fires none, and answers every panel's query with the gateway's series (all but those of
+failures a healthy gateway never had). Grafana itself cannot run here (no Docker, not in
+Debian): the dashboard is not rendered, only its queries answered as Grafana would ask them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from configs.settings import load_settings
+from core.vocabulary import Alias
 from serving.server import running
 from tests.conftest import REPO
 
@@ -272,3 +276,69 @@ def test_grafana_provisions_the_dashboard_on_the_stacks_prometheus():
     assert home == f"{seen[DASHBOARD.parent]}/{DASHBOARD.name}"
     ids = [p["id"] for p in doc["panels"]]
     assert len(ids) == len(set(ids)), "panel ids repeat"
+
+
+# --- a real Prometheus on a real gateway: the dashboard's queries return its series ----------------
+
+
+@pytest.mark.slow  # trains a version and runs a gateway and Prometheus (~30 s)
+def test_a_real_prometheus_on_a_real_gateway_answers_every_panel_and_loads_the_rules(small, tmp_path):
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.skip("no prometheus binary (Debian's prometheus package, which .ci/run installs for promtool)")
+    from tasks.data.demo_data import TARGET, generate
+    from tasks.promotion.traffic import Replay
+    from tasks.release.aliases import move
+    from tests.conftest import free_port, register_versions, wait_for
+
+    register_versions(small, 1)
+    move(small, "churn-classifier", {Alias.PRODUCTION: "1"}, actor="test", reason="setup")
+    with running(small) as url:
+        config = yaml.safe_load(PROMETHEUS_YML.read_text())
+        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        config["rule_files"] = [str(RULES)]
+        [job] = config["scrape_configs"]
+        job["static_configs"] = [{"targets": [urlsplit(url).netloc]}]
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        server = subprocess.Popen(
+            [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        api = f"http://127.0.0.1:{port}/api/v1"
+        try:
+            replay = Replay(url, generate(500, seed=3), TARGET, feedback_share=0.0, max_rate=50)
+            replay.start()
+
+            def query(expr: str) -> list:
+                answer = httpx.get(f"{api}/query", params={"query": expr}, timeout=10).json()
+                assert answer["status"] == "success", f"{expr!r}: {answer}"
+                return answer["data"]["result"]
+
+            wait_for(lambda: _answers(query, "shipway:request_latency_seconds:p99_5m"), 90, "a recorded p99")
+            replay.stop()
+            empty = [(title, expr) for title, expr in dashboard_queries() if not query(expr)]
+            # Only failures the healthy gateway never had draw nothing: fallbacks, errors, refusals, the Shadow.
+            quiet = ("Fallbacks", "Errors", "refused", "Integrity", "Shadow", "load failures", "failures")
+            assert all(any(word in title for word in quiet) for title, _ in empty), [t for t, _ in empty]
+            assert {title for title, _ in dashboard_queries()} - {title for title, _ in empty} >= {
+                "Requests by role and status",
+                "Answers by version",
+                "Latency p99 against the budget (serving.latency_budget_p99_ms = 50 ms)",
+                "Prediction-log rows: written, dropped",
+                "Served versions",
+            }
+            groups = httpx.get(f"{api}/rules", timeout=10).json()["data"]["groups"]
+            loaded = [rule for group in groups for rule in group["rules"]]
+            assert len(loaded) == len(rules()) and all(r["health"] == "ok" for r in loaded), loaded
+            firing = [r["name"] for r in loaded if r["type"] == "alerting" and r["state"] != "inactive"]
+            assert firing == [], f"alerts on a healthy gateway: {firing}"
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def _answers(query, expr: str) -> bool:
+    result = query(expr)
+    return bool(result) and result[0]["value"][1] not in ("NaN", "0")
