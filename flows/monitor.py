@@ -23,6 +23,7 @@ from configs.settings import Settings, load_settings
 from core.errors import RegistryError
 from core.vocabulary import Alias, Verdict
 from flows.artifacts import artifact_key
+from flows.run_labels import label_run
 from serving.prediction_log import read_feedback, read_window
 from tasks.gate.drift_report import write_report
 from tasks.gate.skew import gate, reference_for_model
@@ -60,6 +61,7 @@ def monitoring_flow(
     version = aliases.get(Alias.PRODUCTION.value)
     if version is None:
         raise RegistryError(f"'{name}' has no Production version to monitor")
+    label_run("monitor", name, version, settings)
 
     log, feedback = cast(tuple[pd.DataFrame, pd.DataFrame], read_log_task(settings, name, start, end))
     production = registry.get_version(settings, name, version)

@@ -64,6 +64,8 @@ class TemporaryPrefectServer:
         )
         atexit.register(self.stop)
         os.environ["PREFECT_API_URL"] = self.api_url
+        # No UI runs on it and it stops with the command: Prefect's "View at <link>" would lead nowhere.
+        os.environ["PREFECT_UI_URL"] = ""
 
     def wait(self) -> None:
         assert self.process is not None, "start() the server first"

@@ -25,11 +25,12 @@ from prefect.flow_runs import pause_flow_run
 
 from configs.settings import Settings, load_settings
 from core.errors import GateError, RegistryError
-from core.tracking import Store
 from core.vocabulary import Alias, Tag
 from flows.approval import Approval
 from flows.artifacts import artifact_key
 from flows.resume import note_paused, paused_note
+from flows.run_labels import label_run
+from flows.run_labels import run_name as labelled
 from tasks.promotion.lease import Lease, held
 from tasks.release import registry
 from tasks.release.aliases import AliasMoved, move, recover
@@ -54,14 +55,15 @@ class PromotionResult:
 
 
 def run_name() -> str:
-    """promote-MODEL-STORE: which model of which tracking store (a short hash of its URI) a run promotes."""
+    """promote-MODEL-STORE: which model of which tracking store (a short hash of its URI) a run promotes;
+    the version is added once read (flows/run_labels.py)."""
     from prefect.runtime import flow_run
 
     parameters = flow_run.parameters
     settings = parameters.get("settings")
     if not isinstance(settings, Settings):
         settings = load_settings(parameters.get("config"))
-    return f"promote-{parameters.get('name') or settings.training.model_name}-{Store.of(settings).key}"
+    return labelled("promote", parameters.get("name") or settings.training.model_name, settings)
 
 
 @flow(name="promotion", log_prints=True, flow_run_name=run_name)
@@ -85,6 +87,7 @@ def promotion_flow(
         if version is None:
             raise RegistryError(f"'{name}' has no Shadow version to promote; pass --version")
         lease.promoting(version)
+        label_run("promote", name, version, settings)
         production = aliases.get(Alias.PRODUCTION.value)
         move(settings, name, {Alias.SHADOW: version}, actor=actor, reason=f"promotion {run_id} started")
         print(f"promoting {name} version {version} (Production: {production or 'none yet'})")

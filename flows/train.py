@@ -13,8 +13,9 @@ from prefect.cache_policies import NO_CACHE
 from configs.settings import Settings, load_settings
 from core.errors import GateError
 from core.owner import Owner
-from core.tracking import Store
 from core.vocabulary import Alias, Tag
+from flows.run_labels import label_run
+from flows.run_labels import run_name as labelled
 from tasks.benchmark.latency import bench_task
 from tasks.data.snapshot import snapshot_task
 from tasks.gate.skew import contract_task, gate_task
@@ -44,13 +45,14 @@ class TrainingResult:
 
 
 def run_name() -> str:
-    """train-MODEL-STORE: which model of which tracking store (a short hash of its URI) a run trains."""
+    """train-MODEL-STORE: which model of which tracking store (a short hash of its URI) a run trains; the
+    version is added once registered (flows/run_labels.py)."""
     from prefect.runtime import flow_run
 
     settings = flow_run.parameters.get("settings")
     if not isinstance(settings, Settings):
         settings = load_settings(flow_run.parameters.get("config"))
-    return f"train-{settings.training.model_name}-{Store.of(settings).key}"
+    return labelled("train", settings.training.model_name, settings)
 
 
 @flow(name="training", log_prints=True, flow_run_name=run_name)
@@ -81,6 +83,7 @@ def training_flow(
         trained = train_task(snapshot.frame, target, settings)
     with _timed(timings, "register"):
         registered = register_task(trained, snapshot, project_lineage(settings.training), settings, _unfinished())
+        label_run("train", registered.name, registered.version, settings)
         shadow = registry.alias_version(settings, registered.name, Alias.SHADOW)  # the state this version follows
     with _until_verdict(settings, registered, timings):
         with _timed(timings, "quality"):  # a failure ends the flow here: registered, without an alias

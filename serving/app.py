@@ -491,6 +491,7 @@ class Gateway:
     async def _metrics(self, scope, receive, send) -> None:
         self.metrics.log_queue.set(self.log.pending)
         self.metrics.log_stalled.set(self.log.stalled_s())
+        self.metrics.shadow_backlog.set(self.shadow.backlog)
         await _respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -61,6 +61,11 @@ class Metrics:
             "Requests not mirrored to Shadow: its backlog was full or its process exited",
             registry=r,
         )
+        self.shadow_backlog = Gauge(
+            "shipway_shadow_backlog",
+            "Requests mirrored to Shadow and not yet predicted (beyond serving.shadow_queue_size they are skipped)",
+            registry=r,
+        )
         self.log_dropped = Counter(
             "shipway_prediction_log_dropped", "Prediction-log rows lost (queue full or refused at shutdown)", registry=r
         )

@@ -28,7 +28,7 @@ COMPOSE_FILE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
 APP_DIR = "/app"  # WORKDIR of both images: the repository root is copied there
 
-STACK = {"postgres", "minio", "minio-init", "mlflow", "prefect", "deploy", "worker", "gateway"}
+STACK = {"postgres", "minio", "minio-init", "mlflow", "prefect", "deploy", "worker", "gateway", "prometheus", "grafana"}
 # Commands a service built from this repository may run: the project's own CLI and the
 # servers and workers of the locked mlflow and prefect.
 PROJECT_COMMANDS = {
@@ -167,12 +167,12 @@ def test_images_from_registries_are_pinned(compose):
 
 
 def _pinned(image: str) -> bool:
-    """A digest, or a tag naming one release: 3.11.14-slim, not 3.11-slim; MinIO's dated releases."""
+    """A digest, or a tag naming one release: 3.11.14-slim, not 3.11-slim, v3.5.0; MinIO's dated releases."""
     if "@sha256:" in image:
         return True
     name, _, tag = image.rpartition("/")[2].partition(":")
     release = r"\d+\.\d+" if name in TWO_PART_VERSIONS else r"\d+\.\d+\.\d+"
-    return bool(re.match(rf"({release}|RELEASE\.\d{{4}}-\d\d-\d\d)", tag))
+    return bool(re.match(rf"(v?{release}|RELEASE\.\d{{4}}-\d\d-\d\d)", tag))
 
 
 def test_builds_name_dockerfiles_that_exist(compose):
@@ -307,8 +307,9 @@ def test_the_overrides_point_the_production_profile_at_the_services(resolved, mo
     assert settings.prefect.api_url == env["SHIPWAY_PREFECT__API_URL"] == env["PREFECT_API_URL"]
     assert settings.prediction_log.url == env["SHIPWAY_PREDICTION_LOG__URL"]
     for name, value in env.items():
-        if "://" in value:
+        if "://" in value and not name.endswith("_UI_URL"):  # a UI's address is the browser's, not a container's
             _assert_reaches_a_service(resolved, name, value)
+    assert urlsplit(env["PREFECT_UI_URL"]).port == int(env_example()["PREFECT_PORT"])
 
 
 def _assert_reaches_a_service(resolved: dict, name: str, url: str) -> None:

@@ -5,7 +5,9 @@ installed script itself, which pays its start-up each time."""
 import json
 import os
 import socket
+import sqlite3
 import subprocess
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -169,6 +171,12 @@ def test_approve_answers_a_promotion_paused_in_another_process(small, tmp_path):
     finally:
         promotion.kill()
     assert model_state(small, NAME)[0]["Production"] == "1"
+    said = (tmp_path / "promote.log").read_text()
+    assert "View at" not in said, said  # a link to the temporary server, gone once the command exits
+    with sqlite3.connect(Path(home) / "prefect.db") as db:  # the run as Prefect's UI lists it
+        [(run_name, tags)] = db.execute("SELECT name, tags FROM flow_run WHERE id = ?", (run_id,)).fetchall()
+    assert run_name.startswith(f"promote-{NAME}-v1-"), run_name
+    assert {f"model:{NAME}", "version:1"} <= set(json.loads(tags))
     again = run_shipway("approve", run_id, "--reviewer", "rita", cwd=tmp_path, **env)
     assert again.returncode == 2
     assert f"flow run {run_id} is not waiting for approval (state: Completed)" in again.stderr

@@ -5,6 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 import mlflow
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
 from core.vocabulary import Alias
 from flows.monitor import monitoring_flow
@@ -50,6 +52,9 @@ def test_a_clean_window_is_logged_to_mlflow_with_its_figures_and_trend(productio
     assert 0.6 < run.data.metrics["accuracy"] <= 1.0  # feedback labels joined by request id
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(result.run_id)}
     assert {"drift_report.json", "trend.png"} <= files
+    with get_client(sync_client=True) as client:  # the run as Prefect's UI lists it: model and version
+        labelled = FlowRunFilter(tags=FlowRunFilterTags(all_=[f"model:{NAME}", "version:1"]))
+        assert any(r.name.startswith(f"monitor-{NAME}-v1-") for r in client.read_flow_runs(flow_run_filter=labelled))
 
 
 def test_sustained_drift_breaches_and_triggers_retraining(production):

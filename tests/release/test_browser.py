@@ -176,3 +176,36 @@ def test_the_run_pages_show_the_training_and_the_audit_trail(chromium, release, 
     print(f"screenshot: {shot}")
     assert first_screen(page, "training flow")  # who moved what, without scrolling the table
     assert client.get_experiment(releases).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_without_the_view_parameter_the_ui_still_opens_the_model_training_view(chromium, release, ui, tmp_path):
+    """A link without ?workflowType (a bookmark, a colleague's link, MLflow's own links) opens the
+    model-training view, not GenAI's Traces: `shipway ui` serves MLflow with the app `shipway`."""
+    settings, _, _ = release
+    run_id = registry.log_window(
+        settings,
+        NAME,
+        run_name=f"{NAME} 2026-12-07 06:00",
+        params={"window": "1h", "version": "1"},
+        metrics={"requests": 120.0, "fallback_rate": 0.0},
+        tags={"version": "1", "drift": "pass", "breached": "false", "breaches": ""},
+        files=[],
+    )
+    _, monitoring = registry.connect(settings, experiment=settings.monitoring.experiment)
+    page = chromium.new_page(viewport=VIEWPORT)  # a fresh browser: no view chosen yet
+    page.goto(f"{ui}/#/experiments/{monitoring}")
+    page.get_by_text(f"{NAME} 2026-12-07 06:00").first.wait_for(timeout=60_000)  # the windows' runs table
+    assert "/runs" in page.url and "workflowType=machine_learning" in page.url, page.url
+    page.screenshot(path=str(tmp_path / "monitoring-experiment.png"))
+    print(f"screenshot: {tmp_path / 'monitoring-experiment.png'}")
+    page.goto(f"{ui}/#/experiments/{monitoring}/runs/{run_id}")
+    page.get_by_text("fallback_rate").first.wait_for(timeout=60_000)
+    page.goto(f"{ui}/#/models/{NAME}/versions/1")
+    page.get_by_text("Release at a glance").first.wait_for(timeout=60_000)
+    assert page.evaluate("localStorage.getItem('mlflow.workflowType_v1')") == '"machine_learning"'
+    page.screenshot(path=str(tmp_path / "version-page-plain.png"))
+    # The user's own choice still wins: GenAI picked once stays picked.
+    page.evaluate("localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('genai'))")
+    page.goto(f"{ui}/#/experiments/{monitoring}")
+    page.reload()  # the page is loaded again: the app reads the choice at its start
+    page.wait_for_url(lambda url: "workflowType=genai" in url, timeout=60_000)
