@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from core.plain import plain_list
+
 ARTIFACT = "monitoring/prediction_reference.json"
 FILE = "prediction_reference.json"
 BINS = 10  # decile bins: enough to see a shape, few enough that each holds many holdout rows
@@ -112,9 +114,9 @@ def build(model: Any, X: Any, y: Any, task: str, predict_fn: str) -> PredictionR
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    classes = list(getattr(model, "classes_", [])) if task != "regression" else None
+    classes = plain_list(getattr(model, "classes_", [])) if task != "regression" else None
     served = np.asarray(getattr(model, predict_fn)(X))
-    reference = PredictionReference(task=task, predict_fn=predict_fn, rows=len(served), classes=_plain(classes))
+    reference = PredictionReference(task=task, predict_fn=predict_fn, rows=len(served), classes=classes)
     if classes is None:
         reference.scores = {"output": histogram(served.astype(float).ravel())}
         return reference
@@ -137,10 +139,6 @@ def build(model: Any, X: Any, y: Any, task: str, predict_fn: str) -> PredictionR
     if len(classes) == 2 and len(np.unique(truth)) == 2:
         reference.holdout["roc_auc"] = float(roc_auc_score(truth == classes[1], probabilities[:, 1]))
     return reference
-
-
-def _plain(values: list | None) -> list | None:
-    return None if values is None else [v.item() if hasattr(v, "item") else v for v in values]
 
 
 def load(settings: Any, version: Any) -> PredictionReference | None:
