@@ -98,8 +98,8 @@ def _chooses_features(settings: Settings) -> bool:
 def reference_for_model(settings: Settings, model: str) -> Reference:
     """The contract logged with NAME@ALIAS; versions from before contracts get one built from their snapshot.
 
-    A logged contract whose sha256 the version records is, byte for byte, the one shipway built and GX
-    checked when it was logged: it is not checked by GX again (whose import alone takes seconds)."""
+    A logged contract matching the sha256 the version records is byte for byte the one shipway built
+    and logged, not a hand edit: GX's check (its import alone takes seconds) is for the others."""
     ref = ModelRef.parse(model)
     reader = RegistryReader(settings)  # on a database store, MLflow's tables read without MLflow
     version = reader.resolve(ref)
