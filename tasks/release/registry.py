@@ -24,7 +24,6 @@ from core.errors import RegistryError
 from core.refs import ModelRef
 from core.tracking import Store, client, experiment_id, registered_model
 from core.vocabulary import Alias, Tag
-from serving import RegistryReader
 from tasks.release import release_card
 
 RELEASES_EXPERIMENT = "shipway-releases"  # one release-record run per registered model (tasks/release/record.py)
@@ -198,6 +197,8 @@ def log_contract(settings: Settings, name: str, version: str, suite: dict[str, A
 
 def load_contract(settings: Settings, version: ModelVersion) -> dict[str, Any] | None:
     """The contract logged with `version` (its sha256 checked: IntegrityError), or None without one."""
+    from serving import RegistryReader  # the gateway's reader: not loaded by the lease and promote's start
+
     return RegistryReader(settings).contract(version.name, str(version.version), dict(version.tags))
 
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from configs.settings import Settings
 from core.vocabulary import Tag
-from serving import RegistryReader, VersionRow
+
+if TYPE_CHECKING:
+    from serving import VersionRow
 
 TRANSITIONS = "transitions.json"  # the release record's table of alias moves (tasks/release/record.py)
 
@@ -53,6 +56,8 @@ class ModelStatus:
 
 def model_status(settings: Settings, name: str) -> ModelStatus:
     """Versions, aliases, tags and the alias history of `name` (RegistryError: no such model or store)."""
+    from serving import RegistryReader  # here: the alias moves import this module's Transition, not the gateway
+
     reader = RegistryReader(settings)
     state = reader.state(name)
     found = reader.versions(name)
