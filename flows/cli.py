@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.errors import ShipwayError
+from core.integrity import HASH_TAGS
 
 if TYPE_CHECKING:  # the profile's schema takes a second to build: only commands that read a profile pay it
     from configs.settings import Settings
@@ -208,14 +209,12 @@ def status(config_path: Path | None, name: str, as_json: bool) -> None:
     """Versions, aliases and lineage of registered model NAME."""
     settings = _settings(config_path)
     from core.vocabulary import Tag
-    from tasks.release.aliases import history
-    from tasks.release.registry import model_state, versions
+    from tasks.release.status import model_status
 
-    found, aliases = versions(settings, name)
-    tags = model_state(settings, name)[1]
+    state = model_status(settings, name)  # no MLflow import on a database store
+    found, aliases, tags, transitions = state.versions, state.aliases, state.tags, state.history
     waiting = tags.get(Tag.AWAITING_APPROVAL)
     lease = json.loads(tags[Tag.PROMOTION_LEASE]) if Tag.PROMOTION_LEASE in tags else None
-    transitions = history(settings, name)
     if as_json:
         payload = {
             "name": name,
@@ -287,7 +286,8 @@ def _print_status(name: str, found, aliases: dict[str, str]) -> None:
         console.print(
             f"\n[bold]version {v.version}[/] ({', '.join(roles.get(str(v.version), [])) or 'latest'}) lineage"
         )
-        for key in sorted(k for k in v.tags if not k.startswith(("transition.", "approval."))):
+        # The files' sha256 tags (64 hex characters each) are for the loaders and the MLflow UI, not this list.
+        for key in sorted(k for k in v.tags if not k.startswith(("transition.", "approval.")) and k not in HASH_TAGS):
             console.print(f"  {key:<22} {v.tags[key]}")
 
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext, get_run_context
 from prefect.exceptions import FlowPauseTimeout
@@ -35,6 +34,7 @@ from tasks.promotion.lease import Lease, held
 from tasks.release import registry
 from tasks.release.aliases import AliasMoved, move, recover
 from tasks.release.decisions import record_approval
+from tasks.retries import task_options
 
 if TYPE_CHECKING:  # the analyses' modules (scipy.stats, the skew gate, the log's SQL) load in their tasks:
     import pandas as pd  # a promotion taking over a killed one gets to its lease without them
@@ -139,7 +139,7 @@ def promotion_flow(
         return PromotionResult(name, version, production, evidence)
 
 
-@task(name="shadow-analysis", cache_policy=NO_CACHE)
+@task(name="shadow-analysis", **task_options())
 def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
     """Shadow's predictions against Production's on the same live requests of the last
     `promotion.step_seconds` (waiting, up to that long again, until there are enough)."""
@@ -179,7 +179,7 @@ def positive_class_rate(tags: dict[str, str]) -> tuple[Any, float] | None:
     return json.loads(classes)[1], float(rate)
 
 
-@task(name="canary-step", cache_policy=NO_CACHE)
+@task(name="canary-step", **task_options())
 def canary_task(settings: Settings, name: str, version: str, share: float) -> Analysis:
     """Canary against Production on the traffic of this step only."""
     from serving.prediction_log import read_feedback

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings, load_settings
 from core.errors import GateError
@@ -17,14 +16,14 @@ from core.vocabulary import Alias, Tag
 from flows.run_labels import label_run
 from flows.run_labels import run_name as labelled
 from tasks.benchmark.latency import bench_task
-from tasks.data.snapshot import snapshot_task
-from tasks.gate.skew import contract_task, gate_task
+from tasks.data.snapshot import Snapshot, take_snapshot
+from tasks.gate.skew import GateOutcome, gate_new_data, publish_contract
 from tasks.quality.compare import quality_task
 from tasks.release import registry
 from tasks.release.aliases import move
 from tasks.release.lineage import project_lineage
 from tasks.release.registration import Registered, mark_unfinished, register_task
-from tasks.retries import retry_on_io
+from tasks.retries import task_options
 from tasks.training.pipeline import train_task
 
 
@@ -122,13 +121,55 @@ def training_flow(
     )
 
 
-@task(name="set-alias", retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
+# The tasks of the steps that fast commands also take (`shipway validate` reads snapshots and checks
+# contracts; the CLI and the promotion lease move aliases) are declared here, next to their flow, so
+# those commands never import Prefect.
+
+
+@task(name="snapshot", **task_options(io=True))
+def snapshot_task(source: str, settings: Settings, target: str | None = None) -> Snapshot:
+    snap = take_snapshot(source, settings, target)
+    verb = "stored" if snap.created else "reused identical"
+    get_run_logger().info("%s snapshot %s (%d rows) at %s", verb, snap.id[:12], snap.manifest.rows, snap.uri)
+    return snap
+
+
+@task(name="gate", **task_options())
+def gate_task(settings: Settings, snapshot: Snapshot, force: bool = False, reason: str | None = None) -> GateOutcome:
+    outcome = gate_new_data(settings, snapshot, force, reason)
+    logger = get_run_logger()
+    if outcome.verdict == "not_gated":
+        logger.info(
+            "no Production version of %s yet: nothing to gate the new data against", settings.training.model_name
+        )
+    elif outcome.verdict == "overridden":
+        logger.warning("gate failed and was overridden (%s); report: %s", reason, outcome.files[0])
+    else:
+        logger.info("gate %s; report: %s", outcome.verdict, outcome.files[0])
+    return outcome
+
+
+@task(name="contract", **task_options(io=True))
+def contract_task(
+    settings: Settings,
+    snapshot: Snapshot,
+    target: str,
+    registered: Registered,
+    outcome: GateOutcome,
+    features: list[str] | None = None,
+) -> str:
+    uri = publish_contract(settings, snapshot, target, registered, outcome, features)
+    get_run_logger().info("contract of %s version %s: %s", registered.name, registered.version, uri)
+    return uri
+
+
+@task(name="set-alias", **task_options(io=True, retry_delay_seconds=[1, 5]))
 def alias_task(
     settings: Settings, name: str, alias: Alias, version: str, *, actor: str, reason: str, expect: str | None = None
 ) -> None:
     """One alias move of a flow, recorded and checked like every other (the gateway can load it);
     refused (AliasMoved) if `alias` no longer points where it did (`expect`) when the flow decided.
-    Here, not in tasks/release/aliases.py: the lease and the CLI move aliases without importing Prefect."""
+    Here, not in tasks/release/aliases.py (see above)."""
     move(settings, name, {alias: version}, actor=actor, reason=reason, expect={alias: expect})
     get_run_logger().info("%s@%s -> version %s", name, alias.value, version)
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from serving.models import Servable, servable
 from serving.onnx import NULL_TOKEN, frame_feeds, session
 from serving.registry_reader import Column, LoadedVersion, RegistryReader, load_sklearn
+from serving.registry_tables import VersionRow
 from serving.schema import json_rows, parse
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ __all__ = [
     "LoadedVersion",
     "RegistryReader",
     "Servable",
+    "VersionRow",
     "frame_feeds",
     "json_rows",
     "load_sklearn",

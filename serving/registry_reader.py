@@ -1,9 +1,11 @@
 """The gateway's read-only view of the MLflow registry: aliases, the canary share, and versions
 loaded ready to serve (the ONNX form when its parity was checked at registration). Every file a
-version is served from is checked against the sha256 recorded at registration (core/integrity.py)."""
+version is served from is checked against the sha256 recorded at registration (core/integrity.py).
+The skew gate reads a version's contract through it too: `shipway validate` then needs no MLflow."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from core.integrity import ArtifactUnreadable
 from core.refs import ModelRef
 from core.tracking import Store, client, registered_model
 from core.vocabulary import Tag
-from serving.registry_tables import Artifacts, RegistryTables, Unreadable, model_info
+from serving.registry_tables import Artifacts, RegistryTables, Unreadable, VersionRow, model_info
 
 NO_COLUMNS = "the gateway needs column names and types"
 
@@ -67,7 +69,7 @@ class LoadedVersion:
 
 
 class RegistryReader:
-    """Read-only registry access for the gateway, the shadow process and the benchmark.
+    """Read-only registry access for the gateway, the shadow process, the benchmark and the skew gate.
 
     On a database store the aliases, tags and ONNX versions are read without MLflow (see
     serving/registry_tables.py); MLflow's client, imported on first need, reads the rest.
@@ -104,6 +106,63 @@ class RegistryReader:
             held = ", ".join(f"{a} -> {v}" for a, v in sorted(state.aliases.items())) or "none"
             raise RegistryError(f"model '{ref.name}' has no alias '{ref.alias}' (aliases: {held})")
         return state.aliases[ref.alias]
+
+    def versions(self, name: str) -> list[VersionRow]:
+        """Every version of `name` with its tags, newest first (RegistryError: no such model)."""
+        self.state(name)  # an unknown model is told with the models there are
+        if self.tables is not None:
+            found = self.tables.versions(name)
+        else:
+            escaped = name.replace("'", "\\'")
+            found = [
+                VersionRow(str(v.version), v.creation_timestamp, v.run_id, v.description, dict(v.tags))
+                for v in self.mlflow().search_model_versions(f"name = '{escaped}'")
+            ]
+        return sorted(found, key=lambda v: int(v.version), reverse=True)
+
+    def run_file(self, run_id: str, path: str) -> bytes | None:
+        """The artifact `path` of run `run_id`, or None when the run has not written it."""
+        if self.tables is not None:
+            try:
+                return self.artifacts.read(_under(self.tables.run_artifacts(run_id), path))
+            except FileNotFoundError:
+                return None
+            except Exception:  # a store read by MLflow, or a failure MLflow tells as it always did
+                pass
+        from mlflow.exceptions import MlflowException
+
+        with tempfile.TemporaryDirectory(prefix="shipway-") as tmp:
+            try:
+                return Path(self.mlflow().download_artifacts(run_id, path, tmp)).read_bytes()
+            except (MlflowException, OSError):
+                return None
+
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        """A version's tags (RegistryError when the model or the version does not exist)."""
+        if self.tables is not None:
+            return self.tables.version(name, version)[0]
+        from mlflow.exceptions import MlflowException
+
+        registered_model(self.mlflow(), self.store, name)
+        try:
+            return dict(self.mlflow().get_model_version(name, version).tags)
+        except MlflowException:
+            raise RegistryError(f"model '{name}' has no version {version}") from None
+
+    def contract(self, name: str, version: str, tags: dict[str, str]) -> dict[str, Any] | None:
+        """The data contract logged with a version (tag expectation_suite), its sha256 checked
+        (IntegrityError), or None when the version has none."""
+        uri = tags.get(Tag.EXPECTATION_SUITE)
+        if not uri:
+            return None
+        try:
+            data = self._artifact_bytes(uri, name, version, integrity.CONTRACT)
+        except ArtifactUnreadable as exc:
+            raise RegistryError(
+                f"version {version} of '{name}': cannot read its contract {uri}: {exc.__cause__}"
+            ) from None
+        integrity.check(data, tags, integrity.CONTRACT, name, version)
+        return json.loads(data)
 
     def load(self, name: str, version: str) -> LoadedVersion:
         """The compiled ONNX form when its parity was checked at registration, else the model itself."""

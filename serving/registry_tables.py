@@ -42,6 +42,17 @@ class Unreadable(Exception):
     """An artifact URI this module does not read (MLflow does)."""
 
 
+@dataclass(frozen=True)
+class VersionRow:
+    """A model version as `shipway status` shows it (the fields of MLflow's ModelVersion it reads)."""
+
+    version: str
+    creation_timestamp: int | None  # ms since the epoch
+    run_id: str | None
+    description: str | None
+    tags: dict[str, str]
+
+
 class RegistryTables:
     """Read-only queries on MLflow's registry tables."""
 
@@ -124,6 +135,22 @@ class RegistryTables:
             version=number,
         )
         return {k: v for k, v in tags}, location
+
+    def versions(self, name: str) -> list[VersionRow]:
+        """Every version of `name` (deleted ones left out, as MLflow's search leaves them), with its tags."""
+        rows = self._rows(
+            "SELECT version, creation_time, run_id, description FROM model_versions WHERE workspace = :workspace "
+            "AND name = :name AND (current_stage IS NULL OR current_stage != :deleted)",
+            name=name,
+            deleted=DELETED,
+        )
+        tags: dict[str, dict[str, str]] = {}
+        for version, key, value in self._rows(
+            'SELECT version, "key", value FROM model_version_tags WHERE workspace = :workspace AND name = :name',
+            name=name,
+        ):
+            tags.setdefault(str(version), {})[key] = value
+        return [VersionRow(str(v), created, run_id, about, tags.get(str(v), {})) for v, created, run_id, about in rows]
 
     def run_artifacts(self, run_id: str) -> str:
         """A run's artifact root (what `runs:/RUN_ID/...` resolves against)."""

@@ -1,4 +1,6 @@
-"""Which failures are worth a retry: Prefect's retry condition for the tasks that do I/O."""
+"""Which failures a Prefect task retries, and the options every shipway task shares."""
+
+from typing import Any
 
 from core.errors import ShipwayError
 
@@ -26,3 +28,15 @@ def retry_on_io(task, task_run, state) -> bool:
     except Exception as exc:
         return is_transient(exc)
     return False
+
+
+def task_options(*, io: bool = False, **overrides: Any) -> dict[str, Any]:
+    """The options of every `@task` (`@task(name=..., **task_options(io=True))`): never cached (inputs
+    are settings and data frames, results are writes to stores); `io`: retried on transient I/O
+    failures only. Called where a task is declared, so it imports Prefect only there."""
+    from prefect.cache_policies import NO_CACHE
+
+    options: dict[str, Any] = {"cache_policy": NO_CACHE}
+    if io:
+        options |= {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_on_io}
+    return options | overrides

@@ -33,7 +33,6 @@ import numpy as np
 import orjson
 import psutil
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from threadpoolctl import threadpool_limits
 
 from configs.settings import ServingSettings, Settings
@@ -41,7 +40,7 @@ from core.errors import GateError, RegistryError
 from core.refs import ModelRef
 from core.vocabulary import Tag
 from serving import LoadedVersion, RegistryReader, Servable, json_rows, parse, running, servable
-from tasks.retries import retry_on_io
+from tasks.retries import task_options
 
 SAMPLE_ROWS = 200
 STAGES = ("prepare", "forward", "finish")
@@ -373,7 +372,7 @@ def _percentiles(seconds: np.ndarray) -> dict[str, float]:
             "requests": float(len(ms))}  # fmt: skip
 
 
-@task(name="bench", retries=1, retry_delay_seconds=[5], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
+@task(name="bench", **task_options(io=True, retries=1, retry_delay_seconds=[5]))
 def bench_task(settings: Settings, name: str, version: str) -> BenchResult:
     result = bench(settings, f"{name}/{version}")
     check_budget(result)

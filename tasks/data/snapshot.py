@@ -23,8 +23,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ValidationError
 
 from configs.settings import Settings
@@ -34,7 +32,6 @@ from core.sources import DemoSource, check_source  # noqa: F401 (part of this mo
 from tasks.data import demo_data
 from tasks.data.canonical import FORMAT, canonicalize, content_hash
 from tasks.data.storage import Store, open_store, progress
-from tasks.retries import retry_on_io
 
 DATA_FILE = "data.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -298,11 +295,3 @@ def take_snapshot(source: str, settings: Settings, target: str | None = None) ->
         raise DataError(f"target column '{target}' is not in {source} (columns: {columns})")
     store = open_store(settings.snapshots.store, settings.s3)
     return write_snapshot(df, source, store, sensitive=list(settings.serving.sensitive_columns))
-
-
-@task(name="snapshot", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
-def snapshot_task(source: str, settings: Settings, target: str | None = None) -> Snapshot:
-    snap = take_snapshot(source, settings, target)
-    verb = "stored" if snap.created else "reused identical"
-    get_run_logger().info("%s snapshot %s (%d rows) at %s", verb, snap.id[:12], snap.manifest.rows, snap.uri)
-    return snap

@@ -12,28 +12,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings
 from core.errors import DataError, GateError
-from core.vocabulary import Tag, Verdict
+from core.refs import ModelRef
+from core.vocabulary import Alias, Tag, Verdict
 from expectations import contract
+from serving import RegistryReader
 from tasks.data.snapshot import Snapshot, check_source, read_snapshot, read_source
 from tasks.data.storage import open_store
-from tasks.features import choose_features
 from tasks.gate.contract_checks import validate
 from tasks.gate.drift_report import ReportFiles, table_rows, write_report
 from tasks.gate.verdict import GateReport
-from tasks.release import registry
-from tasks.release.decisions import record_override
-from tasks.release.registration import Registered
-from tasks.retries import retry_on_io
 from tasks.training import sensitive
+
+if TYPE_CHECKING:
+    from tasks.release.registration import Registered
+
+# `shipway validate` must answer in a few seconds: MLflow's client (tasks.release.registry), Prefect
+# and scikit-learn are imported by the steps that use them, not here (tests/flows/test_fast_start.py).
 
 BATCH_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -73,6 +73,8 @@ def contract_for_snapshot(
     columns = list(snapshot.frame.columns)
     target = target if target in columns else None
     if features is None and _chooses_features(settings):
+        from tasks.features import choose_features  # scikit-learn: not for a check against a logged contract
+
         features = choose_features(columns, target or "", settings.data)
     frame, rules, key_check = sensitive.for_contract(snapshot.frame, settings)
     return contract.build_contract(
@@ -94,16 +96,24 @@ def _chooses_features(settings: Settings) -> bool:
 
 
 def reference_for_model(settings: Settings, model: str) -> Reference:
-    """The contract logged with NAME@ALIAS; versions from before contracts get one built from their snapshot."""
-    version = registry.resolve(settings, model)
-    suite = registry.load_contract(settings, version)
-    snapshot_id = version.tags.get("data_snapshot_id")
+    """The contract logged with NAME@ALIAS; versions from before contracts get one built from their snapshot.
+
+    A logged contract matching the sha256 the version records is byte for byte the one shipway built
+    and logged, not a hand edit: GX's check (its import alone takes seconds) is for the others."""
+    ref = ModelRef.parse(model)
+    reader = RegistryReader(settings)  # on a database store, MLflow's tables read without MLflow
+    version = reader.resolve(ref)
+    tags = reader.version_tags(ref.name, version)
+    suite = reader.contract(ref.name, version, tags)
+    snapshot_id = tags.get("data_snapshot_id")
+    if suite is not None and tags.get(Tag.EXPECTATION_SUITE_SHA256):
+        return Reference(suite, ref.name, version, snapshot_id)
     if suite is None:
         if not snapshot_id:
-            raise DataError(f"version {version.version} of '{version.name}' has no contract and no data_snapshot_id")
+            raise DataError(f"version {version} of '{ref.name}' has no contract and no data_snapshot_id")
         snapshot = read_snapshot(open_store(settings.snapshots.store, settings.s3), snapshot_id)
-        suite = contract_for_snapshot(settings, snapshot, version.tags.get("target"))
-    return Reference(contract.check(suite, model), version.name, str(version.version), snapshot_id)
+        suite = contract_for_snapshot(settings, snapshot, tags.get("target"))
+    return Reference(contract.check(suite, model), ref.name, version, snapshot_id)
 
 
 def reference_for_snapshot(settings: Settings, snapshot_id: str) -> Reference:
@@ -200,6 +210,8 @@ def validate_batches(
         if on_batch is not None:
             on_batch(result)
     if record and reference.model and reference.version:
+        from tasks.release import registry
+
         worst = max((r.verdict for r, _ in done), key=lambda v: v.rank)
         for _, files in done:
             registry.log_gate_report(
@@ -221,11 +233,15 @@ def gate_new_data(
     settings: Settings, snapshot: Snapshot, force: bool = False, reason: str | None = None
 ) -> GateOutcome:
     """New training data against the Production version's contract; a fail stops training unless forced."""
+    from prefect.artifacts import create_table_artifact
+
+    from tasks.release import registry
+
     name = settings.training.model_name
-    production = registry.alias_version(settings, name, registry.Alias.PRODUCTION)
+    production = registry.alias_version(settings, name, Alias.PRODUCTION)
     if production is None:
         return GateOutcome("not_gated")
-    reference = reference_for_model(settings, f"{name}@{registry.Alias.PRODUCTION.value}")
+    reference = reference_for_model(settings, f"{name}@{Alias.PRODUCTION.value}")
     report = gate(snapshot.frame, reference, settings, batch_name=f"snapshot {snapshot.id[:12]}")
     folder = f"{stamp()}-training-{snapshot.id[:12]}"
     files = write_report(report, Path(settings.gate.report_dir) / folder / "report.json")
@@ -263,6 +279,9 @@ def publish_contract(
     features: list[str] | None = None,
 ) -> str:
     """The new version's own contract (of its features), and the gate's report and verdict, logged with the version."""
+    from tasks.release import registry
+    from tasks.release.decisions import record_override
+
     uri = registry.log_contract(
         settings, registered.name, registered.version, contract_for_snapshot(settings, snapshot, target, features)
     )
@@ -288,33 +307,4 @@ def publish_contract(
             reason=outcome.tags["gate_override"],
             detail=f"failed columns: {outcome.tags['gate_override_columns']}",
         )
-    return uri
-
-
-@task(name="gate", cache_policy=NO_CACHE)
-def gate_task(settings: Settings, snapshot: Snapshot, force: bool = False, reason: str | None = None) -> GateOutcome:
-    outcome = gate_new_data(settings, snapshot, force, reason)
-    logger = get_run_logger()
-    if outcome.verdict == "not_gated":
-        logger.info(
-            "no Production version of %s yet: nothing to gate the new data against", settings.training.model_name
-        )
-    elif outcome.verdict == "overridden":
-        logger.warning("gate failed and was overridden (%s); report: %s", reason, outcome.files[0])
-    else:
-        logger.info("gate %s; report: %s", outcome.verdict, outcome.files[0])
-    return outcome
-
-
-@task(name="contract", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
-def contract_task(
-    settings: Settings,
-    snapshot: Snapshot,
-    target: str,
-    registered: Registered,
-    outcome: GateOutcome,
-    features: list[str] | None = None,
-) -> str:
-    uri = publish_contract(settings, snapshot, target, registered, outcome, features)
-    get_run_logger().info("contract of %s version %s: %s", registered.name, registered.version, uri)
     return uri

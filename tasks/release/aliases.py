@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 from configs.settings import Settings
@@ -22,6 +22,7 @@ from core.errors import RegistryError
 from core.owner import Owner
 from core.vocabulary import Alias, Tag
 from tasks.release import record, registry
+from tasks.release.status import Transition, transitions_of
 from tasks.release.steps import serialized
 
 SHARE = Tag.CANARY_SHARE.value  # pseudo-alias under which share changes are journaled and recorded
@@ -29,17 +30,6 @@ SHARE = Tag.CANARY_SHARE.value  # pseudo-alias under which share changes are jou
 
 class AliasMoved(RegistryError):
     """An alias the caller expected in one place was moved by someone else meanwhile."""
-
-
-@dataclass(frozen=True)
-class Transition:
-    alias: str  # an Alias value, or SHARE
-    version: str | None  # None: the alias was removed (for SHARE: the share as a string)
-    previous: str | None
-    at: str  # ISO 8601, UTC, microseconds: orders the history
-    actor: str
-    reason: str
-    evidence: str = ""
 
 
 def move(
@@ -140,20 +130,7 @@ def rollback(settings: Settings, name: str, *, actor: str, reason: str) -> list[
 
 def history(settings: Settings, name: str) -> list[Transition]:
     """Every recorded transition of `name`, oldest first (from its release record)."""
-    rows = record.read(settings, name, record.TRANSITIONS)
-    found = [
-        Transition(
-            r["alias"] or "",
-            r["version"],
-            r["previous"],
-            r["at"] or "",
-            r["actor"] or "",
-            r["reason"] or "",
-            r.get("evidence") or "",
-        )
-        for r in rows
-    ]
-    return sorted(found, key=lambda t: t.at)
+    return transitions_of(record.read(settings, name, record.TRANSITIONS))
 
 
 def alias_at(transitions: list[Transition], alias: Alias, when: datetime) -> str | None:

@@ -22,10 +22,10 @@ from mlflow.exceptions import MlflowException
 
 from configs.settings import Settings
 from core.vocabulary import Tag
-from tasks.release import registry
+from tasks.release import registry, status
 
 EXPERIMENT = registry.RELEASES_EXPERIMENT
-TRANSITIONS = "transitions.json"
+TRANSITIONS = status.TRANSITIONS
 APPROVALS = "approvals.json"
 OVERRIDES = "overrides.json"
 COLUMNS = {

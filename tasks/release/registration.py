@@ -24,7 +24,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, Schema, TensorSpec
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings
 from core.integrity import sha256
@@ -33,7 +32,7 @@ from tasks.data.snapshot import Snapshot
 from tasks.release import prediction_reference, record, registry
 from tasks.release.lineage import CODE_DIR, GitLineage, config_hash, config_yaml, shipway_version
 from tasks.release.registry import connect
-from tasks.retries import retry_on_io
+from tasks.retries import task_options
 from tasks.training import seen_rows
 from tasks.training.compile import compile_pipeline
 from tasks.training.pipeline import TrainedModel, decision_threshold, headline
@@ -382,7 +381,7 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> bool:
             return False
 
 
-@task(name="register", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
+@task(name="register", **task_options(io=True))
 def register_task(
     trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings, unfinished: str | None = None
 ) -> Registered:

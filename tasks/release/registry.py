@@ -7,8 +7,6 @@ Only aliases mark roles; registry stages are never used.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -199,21 +197,9 @@ def log_contract(settings: Settings, name: str, version: str, suite: dict[str, A
 
 def load_contract(settings: Settings, version: ModelVersion) -> dict[str, Any] | None:
     """The contract logged with `version` (its sha256 checked: IntegrityError), or None without one."""
-    uri = version.tags.get("expectation_suite")
-    if not uri:
-        return None
-    connect(settings, create=False)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar for one small JSON is noise
-    with tempfile.TemporaryDirectory(prefix="shipway-") as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        except (MlflowException, OSError) as exc:
-            raise RegistryError(
-                f"version {version.version} of '{version.name}': cannot read its contract {uri}: {exc}"
-            ) from None
-        data = Path(path).read_bytes()
-    integrity.check(data, dict(version.tags), integrity.CONTRACT, version.name, str(version.version))
-    return json.loads(data)
+    from serving import RegistryReader  # the gateway's reader: not loaded by the lease and promote's start
+
+    return RegistryReader(settings).contract(version.name, str(version.version), dict(version.tags))
 
 
 def log_gate_report(

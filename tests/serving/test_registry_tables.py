@@ -16,8 +16,11 @@ from core.errors import RegistryError
 from core.tracking import Store, client
 from core.vocabulary import Alias, Tag
 from serving.registry_reader import RegistryReader
-from serving.registry_tables import RegistryTables
-from tasks.release.registry import set_alias, set_model_tag, set_version_tags
+from serving.registry_tables import RegistryTables, VersionRow
+from tasks.release import record
+from tasks.release.aliases import history
+from tasks.release.registry import load_contract, log_contract, set_alias, set_model_tag, set_version_tags
+from tasks.release.status import model_status
 from tests.conftest import PG_SERVER, REPO, postgres_databases, register_versions, tuned, write_profile
 
 
@@ -30,6 +33,16 @@ def _both_ways(settings, name: str, versions: list[str]) -> None:
     state = direct.state(name)
     assert state.aliases == {a: str(v) for a, v in model.aliases.items()}
     assert state.tags == dict(model.tags)
+    listed = sorted(mlflow_client.search_model_versions(f"name = '{name}'"), key=lambda v: -int(v.version))
+    assert direct.versions(name) == [
+        VersionRow(str(v.version), v.creation_timestamp, v.run_id, v.description, dict(v.tags)) for v in listed
+    ]
+    assert model_status(settings, name).history == history(settings, name) != []  # `shipway status`'s read
+    first = mlflow_client.get_model_version(name, versions[0])
+    assert direct.contract(name, versions[0], direct.version_tags(name, versions[0])) == load_contract(
+        settings, first
+    )  # the skew gate's read, through MLflow's client to the reader
+    assert direct.run_file(first.run_id, "contract/none.json") is None
     for version in versions:
         fast, slow = direct.load(name, version), direct._load_with_mlflow(name, version)
         assert fast.flavor == slow.flavor == "onnx"
@@ -43,6 +56,9 @@ def _registered(settings, count: int = 2) -> tuple[str, list[str]]:
     set_alias(settings, name, Alias.PRODUCTION, registered[0].version)
     set_alias(settings, name, Alias.CANARY, registered[-1].version)
     set_model_tag(settings, name, Tag.CANARY_SHARE, "0.25")
+    log_contract(settings, name, registered[0].version, {"name": "suite", "expectations": []})
+    transition = {"at": "2026-01-01T00:00:00", "alias": "Production", "version": registered[0].version}
+    record.append(settings, name, record.TRANSITIONS, [transition | {"actor": "test", "reason": "test"}])
     return name, [v.version for v in registered]
 
 

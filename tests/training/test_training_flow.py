@@ -7,9 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from flows.cli import cli
-from flows.train import alias_task, training_flow
+from flows.train import alias_task, snapshot_task, training_flow
 from tasks.data.demo_data import generate
-from tasks.data.snapshot import snapshot_task
 from tasks.release.registration import register_task
 from tasks.release.registry import versions
 from tasks.training.pipeline import train_task
