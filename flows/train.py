@@ -82,9 +82,9 @@ def training_flow(
         trained = train_task(snapshot.frame, target, settings)
     with _timed(timings, "register"):
         registered = register_task(trained, snapshot, project_lineage(settings.training), settings, _unfinished())
+    with _until_verdict(settings, registered, timings):  # from the moment the version exists
         label_run("train", registered.name, registered.version, settings)
         shadow = registry.alias_version(settings, registered.name, Alias.SHADOW)  # the state this version follows
-    with _until_verdict(settings, registered, timings):
         with _timed(timings, "quality"):  # a failure ends the flow here: registered, without an alias
             quality = quality_task(
                 settings, registered, trained.model, trained.baseline, trained.X_holdout, trained.y_holdout,
