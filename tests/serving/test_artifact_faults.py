@@ -468,7 +468,7 @@ def test_a_registry_store_held_by_another_process_is_said_while_the_gateway_answ
 
 
 @pytest.mark.slow  # trains and registers two versions on S3
-def test_s3_stopped_at_start_and_at_an_alias_move(tmp_path, s3_endpoint):
+def test_s3_stopped_at_start_and_at_an_alias_move(tmp_path, s3_endpoint, monkeypatch):
     from moto.server import ThreadedMotoServer
 
     from tests.conftest import free_port
@@ -477,6 +477,9 @@ def test_s3_stopped_at_start_and_at_an_alias_move(tmp_path, s3_endpoint):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+    # MLflow's S3 endpoint is process-wide (set once per process): this test's own server is stopped,
+    # so the variable is given back at teardown, not left to later tests of this worker.
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", endpoint)
     import boto3
 
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="shipway-faults")
