@@ -316,7 +316,13 @@ def test_a_real_prometheus_on_a_real_gateway_answers_every_panel_and_loads_the_r
                 assert answer["status"] == "success", f"{expr!r}: {answer}"
                 return answer["data"]["result"]
 
-            wait_for(lambda: _answers(query, "shipway:request_latency_seconds:p99_5m"), 90, "a recorded p99")
+            def recorded() -> bool:
+                try:
+                    return bool(_answers(query, "shipway:request_latency_seconds:p99_5m"))
+                except ValueError:  # Prometheus still starting: its API answers in plain text until ready
+                    return False
+
+            wait_for(recorded, 90, "a recorded p99")
             replay.stop()
             empty = [(title, expr) for title, expr in dashboard_queries() if not query(expr)]
             # Only failures the healthy gateway never had draw nothing: fallbacks, errors, refusals, the Shadow.
