@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict
@@ -58,6 +59,26 @@ class _Terminated(BaseException):
 
 def _on_sigterm(signum, frame) -> None:
     raise _Terminated
+
+
+def _redeliver_swallowed_signal(unraisable: sys.UnraisableHookArgs) -> None:
+    """A signal's exception raised inside a garbage-collection callback (SQLAlchemy's weakref ones)
+    is printed and dropped by Python: the stop would be lost and the command run on. Send the signal
+    again, once the callback has returned, and print nothing."""
+    signum = _signal_of(unraisable.exc_value) if unraisable.exc_value is not None else None
+    if signum is None:
+        sys.__unraisablehook__(unraisable)
+        return
+    again = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+    again.daemon = True
+    again.start()
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM unwinds like Ctrl-C (cleanups run, the temporary Prefect server stops), and no stop
+    is lost in a callback that swallows exceptions."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.unraisablehook = _redeliver_swallowed_signal
 
 
 def _signal_of(exc: BaseException) -> int | None:
@@ -652,7 +673,7 @@ def bench(config_path: Path | None, ref: str, as_json: bool) -> None:
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _on_sigterm)  # unwinds: cleanups run, the temporary Prefect server stops
+    install_signal_handlers()
     try:
         cli()
     except SystemExit as exc:

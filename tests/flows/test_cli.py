@@ -4,9 +4,11 @@ installed script itself, which pays its start-up each time."""
 
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,40 @@ def test_approve_answers_a_promotion_paused_in_another_process(small, tmp_path):
     again = run_shipway("approve", run_id, "--reviewer", "rita", cwd=tmp_path, **env)
     assert again.returncode == 2
     assert f"flow run {run_id} is not waiting for approval (state: Completed)" in again.stderr
+
+
+SWALLOWED_STOP = """
+import os, signal, sys, time, weakref
+from flows.cli import _signal_of, install_signal_handlers
+
+install_signal_handlers()
+
+class Held: pass
+
+def collected(_ref):  # as SQLAlchemy's weakref callbacks: Python drops what a callback raises
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(100_000):  # the handler runs here, inside the callback
+        pass
+
+held = Held()
+ref = weakref.ref(held, collected)
+try:
+    del held
+    for _ in range(100):
+        time.sleep(0.02)
+except BaseException as exc:
+    print("stopped by", _signal_of(exc))
+    sys.exit(143)
+print("ran on")
+"""
+
+
+def test_a_sigterm_raised_inside_a_garbage_collection_callback_still_stops_the_command():
+    """The stop Python drops there (printed as "Exception ignored") is sent again: a `shipway train`
+    once ran on after a SIGTERM that landed in SQLAlchemy's callback."""
+    done = subprocess.run(
+        [sys.executable, "-c", SWALLOWED_STOP], capture_output=True, text=True, timeout=60, cwd=Path.cwd()
+    )
+    assert done.returncode == 143, done.stdout + done.stderr
+    assert done.stdout == f"stopped by {int(signal.SIGTERM)}\n"
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
