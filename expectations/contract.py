@@ -222,7 +222,10 @@ def _numeric(column: str, x: np.ndarray, settings: GateSettings) -> list[dict[st
         ),
         gx_json.expectation(
             "expect_column_stdev_to_be_between",
-            training.model_copy(update={"kurtosis": kurtosis}).meta(),
+            # The top values' shares: how likely a batch holding only one value is (a rare-event column).
+            training.model_copy(
+                update={"kurtosis": kurtosis, "shares": shares, "other_max_share": float(min(shares.values()))}
+            ).meta(),
             column=column,
             min_value=std / settings.stdev_ratio,
             max_value=std * settings.stdev_ratio,
@@ -273,14 +276,17 @@ def _categorical(column: str, present: pd.Series, settings: GateSettings) -> lis
     counts = present.value_counts()
     kept = counts.head(settings.max_categories)
     other = float(1 - kept.sum() / n)
+    # Good-Turing: values seen once estimate the share of values training never saw. A long-tail
+    # column (tail numbers, names, ids) keeps meeting new values; that is its nature, not drift.
+    new = float((counts == 1).sum() / n)
     values = [plain(v) for v in kept.index]
     return [
         gx_json.expectation(
             "expect_column_values_to_be_in_set",
-            TrainingStats(rows=n, other_share=other).meta(),
+            TrainingStats(rows=n, other_share=other, new_share=new).meta(),
             column=column,
             value_set=values,
-            mostly=round(max(0.0, 1 - other - settings.unseen_tolerance), 6),
+            mostly=round(max(0.0, 1 - other - new - settings.unseen_tolerance), 6),
         ),
         gx_json.expectation(
             "expect_column_kl_divergence_to_be_less_than",

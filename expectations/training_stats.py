@@ -61,6 +61,7 @@ class TrainingStats(BaseModel):
     shares: dict[str, float] | None = None  # share of the most frequent values (keys as JSON strings)
     other_max_share: float | None = None  # largest share a value outside `shares` can have
     other_share: float | None = None  # share of categories the contract does not list
+    new_share: float | None = None  # share of values training never saw to expect (Good-Turing)
     joint: JointReference | None = None  # the joint check's training sample
     text: TextStats | None = None  # a free-text column's vocabulary and its held-out coverage
     earliest: str | None = None  # a datetime column's earliest training value (ISO 8601)

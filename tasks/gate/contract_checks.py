@@ -331,10 +331,11 @@ def check_mean(e: dict, data: _Column, wf: float) -> Outcome:
     mean = data.mean
     half = _half(low, high, center)
     n, m = data.present, _rows(e, data)
-    # Two-sample t-test on the pooled variance: on small samples the training sd alone is too sure.
-    pooled = ((m - 1) * sd**2 + (n - 1) * data.std**2) / max(m + n - 2, 1)
-    se = math.sqrt(pooled * (1 / n + 1 / m))
-    p = 2 * float(stats.t.sf(abs(mean - center) / se, max(m + n - 2, 1))) if se > 0 else float(mean == center)
+    p = _t_p(mean, data.std, n, center, sd, m)
+    if n > 2:  # one row is no drift (the range and quantile checks judge single values): without the farthest
+        x = data.sorted
+        rest = x[1:] if abs(x[0] - center) > abs(x[-1] - center) else x[:-1]
+        p = max(p, _t_p(float(rest.mean()), float(rest.std(ddof=1)), n - 1, center, sd, m))
     shift = (mean - center) / sd if sd > 0 else 0.0
     fail = (low is not None and mean < low) or (high is not None and mean > high)
     reason = f"mean: {_fmt(mean)} outside [{_fmt(low)}, {_fmt(high)}] (training {_fmt(center)}, shift {shift:+.2f} sd)"
@@ -350,6 +351,13 @@ def check_mean(e: dict, data: _Column, wf: float) -> Outcome:
     )
 
 
+def _t_p(mean: float, std: float, n: int, center: float, sd: float, m: int) -> float:
+    """Two-sample t-test on the pooled variance: on small samples the training sd alone is too sure."""
+    pooled = ((m - 1) * sd**2 + (n - 1) * std**2) / max(m + n - 2, 1)
+    se = math.sqrt(pooled * (1 / n + 1 / m))
+    return 2 * float(stats.t.sf(abs(mean - center) / se, max(m + n - 2, 1))) if se > 0 else float(mean == center)
+
+
 def check_stdev(e: dict, data: _Column, wf: float) -> Outcome:
     kwargs = e["kwargs"]
     low, high = kwargs.get("min_value"), kwargs.get("max_value")
@@ -363,8 +371,12 @@ def check_stdev(e: dict, data: _Column, wf: float) -> Outcome:
         kurtosis = max(_pooled_kurtosis(t.kurtosis, trained, m, data), 3.0)
         se = math.sqrt((kurtosis - 1) / 4 * (1 / n + 1 / m))
         p = 2 * float(stats.norm.sf(abs(log_ratio) / se))
-    else:  # a stuck column, or a constant training column that now varies
-        log_ratio, p = (0.0, 1.0) if std == trained else (math.inf, 0.0)
+    elif n < 2:  # one value has no spread to judge
+        p = 1.0
+    elif std == 0 and trained > 0:  # a constant batch: a stuck column, or a rare-event column's quiet day
+        p = _one_value_p(t, data, m)
+    else:  # a constant training column that now varies
+        p = 1.0 if std == trained else 0.0
     fail = (low is not None and std < low) or (high is not None and std > high)
     warn = trained > 0 and (
         (low is not None and low > 0 and std < trained * (low / trained) ** wf)
@@ -373,6 +385,19 @@ def check_stdev(e: dict, data: _Column, wf: float) -> Outcome:
     ratio = std / trained if trained > 0 else math.inf
     reason = f"spread: sd {_fmt(std)} outside [{_fmt(low)}, {_fmt(high)}] (training {_fmt(trained)}, ×{ratio:.2f})"
     return _outcome(e, data.name, fail, warn or fail, p, reason, {"observed_value": std}, {"std_ratio": ratio})
+
+
+def _one_value_p(t: TrainingStats, data: _Column, m: int) -> float:
+    """P(all n batch values are the one value the batch holds), were it drawn as training was: a
+    column that is 0 but for 1 row in 3,000 is all 0 in most batches. A value training did not
+    rank among its most frequent is at most as frequent as the least of those; a contract without
+    the shares: p = 0."""
+    value, _ = data.mode
+    shares = {_key(k): v for k, v in (t.shares or {}).items()}
+    share = shares.get(value, t.other_max_share)
+    if share is None:
+        return 0.0
+    return 1 - _beyond_p(1, data.present, m, m * (1 - share))
 
 
 def _ks_p(ks: float, effective_n: float) -> float:
@@ -504,7 +529,8 @@ def _check_kl_categorical(e: dict, data: _Column, wf: float) -> Outcome:
     )
     expected = np.concatenate((weights * (1 - tail), np.full(len(unseen), tail / len(unseen)))) if unseen else weights
     kl = float(stats.entropy(observed, expected))
-    p = _chi_square_p(np.array([counts.get(v, 0) for v in values], dtype="float64"), weights)
+    seen = np.array([counts.get(v, 0) for v in values], dtype="float64")
+    p = _chi_square_p(seen, weights, _rows(e, data), data.present - seen.sum())
     shift = observed[: len(values)] - weights
     i = int(np.argmax(np.abs(shift))) if len(values) else 0
     measures = {
@@ -556,7 +582,8 @@ def check_in_set(e: dict, data: _Column, wf: float) -> Outcome:
     count = sum(unseen.values())
     share = count / data.present
     bound = 1 - float(kwargs.get("mostly", 1.0))
-    other = _training(e).other_share or 0.0
+    t = _training(e)
+    other = (t.other_share or 0.0) + (t.new_share or 0.0)
     p = _binom_p(count, data.present, other + 1 / (_rows(e, data) + 1))
     top = sorted(unseen.items(), key=lambda kv: -kv[1])[:5]
     listed = ", ".join(f"{_short(v)} {c / data.present:.1%}" for v, c in top)
@@ -917,20 +944,24 @@ def _js(p: np.ndarray, q: np.ndarray) -> float:
     return float(jensenshannon(p, q, base=2))
 
 
-def _chi_square_p(counts: np.ndarray, weights: np.ndarray) -> float:
-    """Chi-square test of seen categories' counts against training shares; cells under 5 expected pooled."""
-    n = counts.sum()
-    if n == 0 or weights.sum() == 0:
+def _chi_square_p(counts: np.ndarray, weights: np.ndarray, m: int, unseen: float) -> float:
+    """Chi-square test that the batch's categories are drawn as `m` training rows' were: two samples in a
+    2 x k table, not the batch against training shares taken as exact. Cells under 5 expected are
+    pooled into one rare cell, where the batch's values training never saw go too: on a long-tail
+    column, training's values seen once are as many as the batch's new ones (Good-Turing)."""
+    trained = weights / weights.sum() * m if weights.sum() > 0 else weights
+    n = counts.sum() + unseen
+    small = np.minimum(trained * n / (n + m), trained * m / (n + m)) < 5
+    table = np.vstack(
+        [
+            np.append(trained[~small], trained[small].sum()),
+            np.append(counts[~small], counts[small].sum() + unseen),
+        ]
+    )
+    table = table[:, table.sum(axis=0) > 0]
+    if n == 0 or table.shape[1] < 2:
         return 1.0
-    expected = n * weights / weights.sum()
-    small = expected < 5
-    if small.any():
-        counts = np.append(counts[~small], counts[small].sum())
-        expected = np.append(expected[~small], expected[small].sum())
-    if len(counts) < 2:
-        return 1.0
-    statistic = float(np.sum((counts - expected) ** 2 / np.where(expected > 0, expected, 1)))
-    return float(stats.chi2.sf(statistic, len(counts) - 1))
+    return float(stats.chi2_contingency(table, correction=False).pvalue)
 
 
 def _map_result(count: int, unexpected: int) -> dict[str, Any]:
