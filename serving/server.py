@@ -36,6 +36,10 @@ from serving.local_state import LocalState
 from serving.protocol import guarded
 from serving.registry_reader import LoadedVersion, RegistryReader, unknown_sensitive_columns
 
+# How long uvicorn lets requests under way finish after SIGTERM, before the log is drained
+# (docker/k8s/gateway.yaml's grace period covers both).
+GRACEFUL_SHUTDOWN_S = 10
+
 
 class GatewayError(ShipwayError):
     """The gateway could not start."""
@@ -54,7 +58,7 @@ def uvicorn_config(app: Gateway, host: str, port: int) -> uvicorn.Config:
         lifespan="on",
         access_log=False,  # every request is in the prediction log already
         log_level="warning",
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 
 
