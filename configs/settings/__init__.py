@@ -1,7 +1,7 @@
 """Typed settings. A YAML profile gives the values, SHIPWAY_* environment variables override them.
 
 `SHIPWAY_TRAINING__SEED=7` overrides `training.seed`: the prefix, then the keys joined by `__`.
-Each section is a model in its own module (`training.seed` is configs/settings/training.py's);
+Each section is a model in a module of its own, named after it (`training.seed`: training_settings.py);
 this one puts them under their keys and reads the profile with pydantic-settings' YAML source.
 Relative paths are resolved against the working directory when the profile is loaded, so the
 embedded default keeps all of its state under `./.shipway/`.
@@ -19,14 +19,14 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-from configs.settings.data import DataSettings
-from configs.settings.gate import GateSettings
-from configs.settings.mlflow import MlflowSettings
-from configs.settings.monitoring import MonitoringSettings
-from configs.settings.prediction_log import PredictionLogSettings
-from configs.settings.prefect import PrefectSettings
-from configs.settings.promotion import PromotionSettings
-from configs.settings.quality import (
+from configs.settings.data_settings import DataSettings
+from configs.settings.gate_settings import GateSettings
+from configs.settings.mlflow_settings import MlflowSettings
+from configs.settings.monitoring_settings import MonitoringSettings
+from configs.settings.prediction_log_settings import PredictionLogSettings
+from configs.settings.prefect_settings import PrefectSettings
+from configs.settings.promotion_settings import PromotionSettings
+from configs.settings.quality_settings import (
     DEFAULT_METRIC,
     ERROR_METRICS,
     METRIC_SPELLINGS,
@@ -34,10 +34,10 @@ from configs.settings.quality import (
     QualityMetric,
     QualitySettings,
 )
-from configs.settings.s3 import S3Settings
-from configs.settings.serving import ServingSettings
-from configs.settings.snapshots import SnapshotSettings
-from configs.settings.training import BUILT_IN_ESTIMATORS, SearchSettings, TrainingSettings, is_import_path
+from configs.settings.s3_settings import S3Settings
+from configs.settings.serving_settings import ServingSettings
+from configs.settings.snapshot_settings import SnapshotSettings
+from configs.settings.training_settings import BUILT_IN_ESTIMATORS, SearchSettings, TrainingSettings, is_import_path
 from core.errors import ConfigError
 
 if TYPE_CHECKING:
