@@ -14,7 +14,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
-def s3_client(s3: Any):
+def s3_client(s3: Any) -> Any:
     """A boto3 S3 client for a `configs.S3Settings` (duck-typed: core imports no other shipway
     package); credentials come from the usual AWS_* variables and files."""
     import boto3

@@ -8,12 +8,13 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.errors import RegistryError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import RegisteredModel
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Store:
     s3_endpoint_url: str | None = None
 
     @classmethod
-    def of(cls, settings) -> Store:
+    def of(cls, settings: Any) -> Store:
         """The store of a `configs.Settings` (duck-typed: core imports no other shipway package)."""
         return cls(settings.mlflow.tracking_uri, settings.mlflow.artifact_location, settings.s3.endpoint_url)
 
@@ -107,7 +108,7 @@ def experiment_id(store: Store, name: str, subfolder: str | None = None) -> str:
     return found_id
 
 
-def registered_model(mlflow_client: MlflowClient, store: Store, name: str):
+def registered_model(mlflow_client: MlflowClient, store: Store, name: str) -> RegisteredModel:
     """The registered model `name`, or an error that lists what is registered."""
     from mlflow.exceptions import MlflowException
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,9 @@ from core.redaction import DROP
 from expectations import gx_json, text
 from expectations.joint import joint_expectation, register
 from expectations.training_stats import Cdf, TrainingStats
+
+if TYPE_CHECKING:
+    from great_expectations.data_context import AbstractDataContext
 
 FORMAT = "shipway.contract/v1"
 NUMERIC_TYPES = [
@@ -331,7 +334,7 @@ def histogram(sorted_values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 @cache
-def gx_context():
+def gx_context() -> AbstractDataContext:
     """One ephemeral GX context per process: GX wants one around any suite or validation."""
     import great_expectations as gx
 

@@ -108,7 +108,7 @@ def register() -> type:
         domain_keys = ("batch_id",)
         success_keys = ("columns", "min_auc")
 
-        def _validate(self, metrics, runtime_configuration=None, execution_engine=None):
+        def _validate(self, metrics: dict, runtime_configuration: dict | None = None, execution_engine: Any = None):
             # The check needs the training sample in meta and runs in shipway's gate, not in GX.
             raise NotImplementedError(f"{JOINT} is evaluated by shipway's gate (tasks/gate/joint_check.py), not by GX")
 

@@ -112,7 +112,7 @@ def register() -> tuple[type, type]:
         metric_dependencies = ("table.row_count",)
         success_keys = ("quantile_ranges", "partition_object", "threshold", "tail_weight_holdout")
 
-        def _validate(self, metrics, runtime_configuration=None, execution_engine=None):
+        def _validate(self, metrics: dict, runtime_configuration: dict | None = None, execution_engine: Any = None):
             raise NotImplementedError(
                 f"{LENGTHS} is evaluated by shipway's gate (tasks/gate/contract_checks.py), not by GX"
             )
@@ -125,7 +125,7 @@ def register() -> tuple[type, type]:
         metric_dependencies = ("table.row_count",)
         success_keys = ("min_value",)
 
-        def _validate(self, metrics, runtime_configuration=None, execution_engine=None):
+        def _validate(self, metrics: dict, runtime_configuration: dict | None = None, execution_engine: Any = None):
             raise NotImplementedError(
                 f"{VOCABULARY} is evaluated by shipway's gate (tasks/gate/contract_checks.py), not by GX"
             )

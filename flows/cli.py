@@ -16,11 +16,12 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import FrameType
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 from rich.console import Console
@@ -30,7 +31,17 @@ from core.errors import ShipwayError
 from core.integrity import HASH_TAGS
 
 if TYPE_CHECKING:  # the profile's schema takes a second to build: only commands that read a profile pay it
+    from mlflow.entities.model_registry import ModelVersion
+
     from configs.settings import Settings
+    from flows.train import TrainingResult
+    from serving import VersionRow
+    from tasks.gate.drift_report import ReportFiles
+    from tasks.gate.verdict import GateReport
+
+    Gated = list[tuple[GateReport, ReportFiles]]
+
+Command = TypeVar("Command", bound=Callable[..., object])
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
@@ -57,7 +68,7 @@ class _Terminated(BaseException):
     instead and marks the run Crashed). Not an Exception: nothing on the way may swallow it."""
 
 
-def _on_sigterm(signum, frame) -> None:
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise _Terminated
 
 
@@ -93,7 +104,7 @@ def _signal_of(exc: BaseException) -> int | None:
     return None
 
 
-def config_option(command):
+def config_option(command: Command) -> Command:
     return click.option(
         "--config",
         "config_path",
@@ -209,7 +220,7 @@ def train(
     _print_training(result)
 
 
-def _print_training(result) -> None:
+def _print_training(result: TrainingResult) -> None:
     reused = " (identical data: reused, nothing written)" if result.snapshot_reused else ""
     metrics = "  ".join(f"{k} {v:.3f}" for k, v in result.metrics.items())
     steps = " · ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
@@ -277,7 +288,7 @@ def status(config_path: Path | None, name: str, as_json: bool) -> None:
         )
 
 
-def _print_status(name: str, found, aliases: dict[str, str]) -> None:
+def _print_status(name: str, found: Sequence[VersionRow | ModelVersion], aliases: dict[str, str]) -> None:
     roles: dict[str, list[str]] = {}
     for alias, version in sorted(aliases.items()):
         roles.setdefault(version, []).append(alias)
@@ -300,7 +311,7 @@ def _print_status(name: str, found, aliases: dict[str, str]) -> None:
     for v in found:
         version = str(v.version)
         fixed = [version, ", ".join(roles.get(version, [])) or "-", _time(v.creation_timestamp)]
-        tagged = [_short(v.tags.get(tag, "-")) for tag, _ in list(columns.values())[3:]]
+        tagged = [_short(v.tags.get(tag, "-")) for tag, _ in list(columns.values())[3:] if tag]
         table.add_row(*fixed, *tagged)
     console.print(table)
     for v in [v for v in found if str(v.version) in roles] or found[:1]:
@@ -398,7 +409,7 @@ def validate(
         raise GateError(f"gate: {len(failed)} of {len(done)} batch(es) failed: {named}")
 
 
-def _with_progress(total: int, work):
+def _with_progress(total: int, work: Callable[[Callable[[GateReport], None]], Gated]) -> Gated:
     """Run `work(advance)` under a progress bar of `total` batches (on stderr: stdout stays the result)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -407,14 +418,14 @@ def _with_progress(total: int, work):
         bar = progress.add_task("", total=total)
         counts: dict[str, int] = {}
 
-        def advance(result) -> None:
+        def advance(result: GateReport) -> None:
             counts[result.verdict.value] = counts.get(result.verdict.value, 0) + 1
             progress.update(bar, advance=1, description=" ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 
         return work(advance)
 
 
-def _print_gate(done) -> None:
+def _print_gate(done: Gated) -> None:
     from tasks.gate.drift_report import table_rows
 
     for result, files in done:
@@ -427,7 +438,7 @@ def _print_gate(done) -> None:
         console.print(f"  report    {files.json}" + (f"  picture {files.png}" if files.png else ""))
 
 
-def _print_gate_summary(done, shown: int = 10) -> None:
+def _print_gate_summary(done: Gated, shown: int = 10) -> None:
     """Many batches: the ones that did not pass (the first `shown`), then counts and where the reports are."""
     noted = [(r, f) for r, f in done if r.verdict != "pass"]
     for result, _ in noted[:shown]:

@@ -29,7 +29,14 @@ from tasks.gate.drift_report import write_report
 from tasks.gate.skew import gate, reference_for_model
 from tasks.monitoring.estimate import assess
 from tasks.monitoring.trend import plot_trend
-from tasks.monitoring.window import datetime_columns, parse_window, served_inputs, summarize, sustained
+from tasks.monitoring.window import (
+    WindowSummary,
+    datetime_columns,
+    parse_window,
+    served_inputs,
+    summarize,
+    sustained,
+)
 from tasks.promotion.analysis import predicted_classes
 from tasks.quality.compare import version_task
 from tasks.release import prediction_reference, registry
@@ -128,7 +135,7 @@ def monitoring_flow(
 
 
 @task(name="read-prediction-log", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-def read_log_task(settings: Settings, name: str, start: datetime, end: datetime):
+def read_log_task(settings: Settings, name: str, start: datetime, end: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
     log = read_window(settings.prediction_log.url, start, end, model_name=name)
     return log, read_feedback(settings.prediction_log.url, log["request_id"])
 
@@ -154,7 +161,14 @@ def trigger_retraining(settings: Settings) -> str:
 
 
 def _publish(
-    name: str, version: str, start: datetime, end: datetime, summary, drift: str, retraining: str, not_estimable: str
+    name: str,
+    version: str,
+    start: datetime,
+    end: datetime,
+    summary: WindowSummary,
+    drift: str,
+    retraining: str,
+    not_estimable: str,
 ) -> None:
     figures = "\n".join(f"| {k} | {v:.4g} |" for k, v in summary.metrics.items())
     verdict = "breached: " + "; ".join(summary.breaches) if summary.breached else "within limits"

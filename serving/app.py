@@ -46,6 +46,7 @@ from configs.settings import Settings
 from core.errors import ConfigError
 from core.redaction import model_error
 from serving import feedback, request_ids
+from serving.asgi import Message, Receive, Scope, Send
 from serving.body import BodyReader
 from serving.local_state import LocalState
 from serving.metrics import Metrics
@@ -131,7 +132,7 @@ class Gateway:
 
     # ---- ASGI ------------------------------------------------------------------------------
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
@@ -146,7 +147,7 @@ class Gateway:
             return
         answered = False
 
-        async def tracked(message) -> None:
+        async def tracked(message: Message) -> None:
             nonlocal answered
             answered = answered or message["type"] == "http.response.start"
             await send(message)
@@ -161,7 +162,7 @@ class Gateway:
                 await _error(send, 500, "INTERNAL_ERROR", "the gateway failed on this request; it is logged and "
                              "counted (shipway_errors_total{kind=\"internal\"})", request_ids.new())  # fmt: skip
 
-    async def _lifespan(self, receive, send) -> None:
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -194,7 +195,7 @@ class Gateway:
 
     # ---- /invocations ----------------------------------------------------------------------
 
-    async def _invocations(self, scope, receive, send) -> None:
+    async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         ts = datetime.now(UTC)
         headers = _headers(scope)
@@ -392,7 +393,7 @@ class Gateway:
 
     # ---- the other endpoints -----------------------------------------------------------------
 
-    async def _feedback(self, scope, receive, send) -> None:
+    async def _feedback(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
         if not self._authorized(headers):
             await _error(send, 401, "UNAUTHENTICATED", "send the gateway's token as 'Authorization: Bearer TOKEN'",
@@ -444,12 +445,12 @@ class Gateway:
         # The scheme is case-insensitive (RFC 9110); the token is compared in constant time.
         return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), token.encode())
 
-    async def _ping(self, scope, receive, send) -> None:
+    async def _ping(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Ready when some link of the fallback chain can answer: a load balancer keeps a replica that
         answers every request from Previous while Production is broken (/health says degraded)."""
         await _respond(send, 200 if _answerable(self.router.routes) else 503, b"\n", JSON)
 
-    async def _health(self, scope, receive, send) -> None:
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
         routes = self.router.routes
         served = {alias: {"version": m.version, "format": m.flavor} for alias, m in routes.by_alias.items()}
         found = (self.router.registry_problem(), self.log.problem(), self._fallback_problem())
@@ -484,11 +485,11 @@ class Gateway:
             return None
         return f"{sum(recent)} of the last {len(recent)} answers came from the fallback chain"
 
-    async def _version(self, scope, receive, send) -> None:
+    async def _version(self, scope: Scope, receive: Receive, send: Send) -> None:
         """MLflow's version string, as `mlflow models serve` answers (/health has shipway's)."""
         await _respond(send, 200, dist_version("mlflow").encode(), JSON)
 
-    async def _metrics(self, scope, receive, send) -> None:
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.metrics.log_queue.set(self.log.pending)
         self.metrics.log_stalled.set(self.log.stalled_s())
         self.metrics.shadow_backlog.set(self.shadow.backlog)
@@ -499,11 +500,11 @@ def _cache_key(batch: Batch) -> bytes:
     return orjson.dumps(batch.columns)
 
 
-def _headers(scope) -> dict[bytes, bytes]:
+def _headers(scope: Scope) -> dict[bytes, bytes]:
     return dict(scope["headers"])
 
 
-async def _respond(send, status: int, body: bytes, content_type: bytes, request_id: str | None = None,
+async def _respond(send: Send, status: int, body: bytes, content_type: bytes, request_id: str | None = None,
                    extra: Sequence[tuple[bytes, bytes]] = (), close: bool = False) -> None:  # fmt: skip
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     if request_id is not None:
@@ -515,7 +516,7 @@ async def _respond(send, status: int, body: bytes, content_type: bytes, request_
     await send({"type": "http.response.body", "body": body})
 
 
-async def _error(send, status: int, error_code: str, message: str, request_id: str | None = None,
+async def _error(send: Send, status: int, error_code: str, message: str, request_id: str | None = None,
                  extra: Sequence[tuple[bytes, bytes]] = (), close: bool = False) -> None:  # fmt: skip
     """MLflow's error body: {"error_code": ..., "message": ...}."""
     body = orjson.dumps({"error_code": error_code, "message": message})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from serving.asgi import Receive
 from serving.schema import BadInput
 
 SWEEP_S = 0.1  # a late body is answered within body_timeout_s + SWEEP_S
@@ -25,7 +26,7 @@ class BodyReader:
         self._expired: set[asyncio.Task] = set()
         self._sweeper: asyncio.TimerHandle | None = None
 
-    async def read(self, receive, headers: dict[bytes, bytes]) -> bytes:
+    async def read(self, receive: Receive, headers: dict[bytes, bytes]) -> bytes:
         declared = headers.get(b"content-length")
         announced = int(declared) if declared is not None and declared.isdigit() else None
         if announced is not None and announced > self.limit:

@@ -3,8 +3,13 @@ requests. tasks/training/compile.py builds the graphs and checks their parity th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 NULL_TOKEN = "\u2400"  # SYMBOL FOR NULL: ONNX strings cannot be None, and "\x00" ends a C string
 
@@ -37,7 +42,7 @@ def epoch_us(stamps: pd.Series) -> np.ndarray:
     return values
 
 
-def session(onx: bytes):
+def session(onx: bytes) -> ort.InferenceSession:
     """An onnxruntime session tuned for one-row requests: one thread, no spinning."""
     import onnxruntime as ort
 

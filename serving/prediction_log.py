@@ -52,7 +52,7 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 
 from configs.settings import Settings
 from core.errors import ConfigError
@@ -132,7 +132,7 @@ def engine(url: str, tables: bool = True, wait_s: float | None = None) -> Engine
     if eng.dialect.name == "sqlite":
 
         @event.listens_for(eng, "connect")
-        def _wal(dbapi_connection, _record):
+        def _wal(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.execute("PRAGMA journal_mode=WAL")
             dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
@@ -436,7 +436,7 @@ class PredictionLog:
         self.dropped += rows
         self.on_drop(rows)
 
-    def _insert_predictions(self, conn, rows: list[dict[str, Any]]) -> None:
+    def _insert_predictions(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """One executemany through the driver: SQLAlchemy's per-row parameter handling would cost
         ~20 us a row of Python, holding the GIL that the answers need."""
         assert self._engine is not None, "start() the log first"

@@ -41,7 +41,7 @@ def guarded(header_timeout_s: float, max_header_bytes: int) -> type[HttpToolsPro
         _raw_bytes = 0  # bytes received while in a head that is not complete yet
         _refused = False
 
-        def connection_made(self, transport) -> None:
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
 

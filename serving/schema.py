@@ -27,7 +27,7 @@ import reprlib
 from collections import Counter
 from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -37,6 +37,9 @@ from core.redaction import scrub
 from serving import dates
 from serving.onnx import NULL_TOKEN, epoch_us
 from serving.registry_reader import Column
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 LLM_KEYS = ("messages", "prompt", "input")  # MLflow reads a body with these as an LLM request
@@ -335,7 +338,7 @@ def _parse_parquet(body: bytes) -> Raw:
     return Raw(columns, table.num_rows, "parquet", types)
 
 
-def _arrow_values(column) -> list[Any]:
+def _arrow_values(column: pa.ChunkedArray) -> list[Any]:
     """Timestamps and dates as Arrow's ISO text of them (exact, JSON), the rest as Python values."""
     import pyarrow as pa
 

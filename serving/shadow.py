@@ -29,6 +29,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from datetime import datetime
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -39,7 +40,7 @@ from core.redaction import model_error
 from serving.local_state import LocalState
 from serving.metrics import Metrics
 from serving.models import Inputs, freeze_heap, servable
-from serving.prediction_log import ROLE_SHADOW, Prediction, open_log
+from serving.prediction_log import ROLE_SHADOW, Prediction, PredictionLog, open_log
 from serving.registry_reader import LoadedVersion, RegistryReader
 from serving.schema import BadInput, Raw
 
@@ -174,7 +175,7 @@ class _Child(asyncio.Protocol):
         self.buffer = b""
         self.written = self.dropped = 0  # the child's log totals reported so far
 
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -202,7 +203,7 @@ class _Stop(BaseException):
     handling (or the child's, around each prediction) must not swallow it."""
 
 
-def _on_sigterm(signum, frame) -> None:
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not cut the log's writing short
     raise _Stop
 
@@ -362,7 +363,7 @@ class _ModelClock:
         return time.perf_counter() - mark[0] - (self._waited() - mark[1])
 
 
-def _report(sock: socket.socket, done: list, plog) -> None:
+def _report(sock: socket.socket, done: list, plog: PredictionLog) -> None:
     """Outcomes since the last report, and the log's running totals."""
     try:
         sock.sendall(orjson.dumps({"done": done, "written": plog.written, "dropped": plog.dropped}) + b"\n")

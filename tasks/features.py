@@ -10,7 +10,7 @@ client must send and every batch must match.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
+    from scipy.sparse import spmatrix
+
     from configs.settings import DataSettings
 
 DATE_PARTS = ("year", "month", "day", "weekday", "hour", "minute")
@@ -101,7 +103,7 @@ def is_datetime(s: pd.Series) -> bool:
 class _ColumnsOnly(TransformerMixin, BaseEstimator):
     """A transformer that learns nothing from the data but its columns' names."""
 
-    def fit(self, X, y=None):
+    def fit(self, X: Any, y: Any = None) -> Self:
         frame = _as_frame(X)
         self.feature_names_in_ = np.asarray([str(c) for c in frame.columns], dtype=object)
         self.n_features_in_ = frame.shape[1]
@@ -115,7 +117,7 @@ class DateParts(_ColumnsOnly):
     8601 text alike, since a JSON request carries a date as text.
     """
 
-    def transform(self, X):
+    def transform(self, X: Any) -> np.ndarray:
         frame = _as_frame(X)
         parts = []
         for name in frame.columns:
@@ -126,7 +128,7 @@ class DateParts(_ColumnsOnly):
                 parts.append(getattr(stamps.dt, part).astype("float64").to_numpy())
         return np.column_stack(parts) if parts else np.empty((len(frame), 0))
 
-    def get_feature_names_out(self, input_features=None):
+    def get_feature_names_out(self, input_features: Sequence[str] | None = None) -> np.ndarray:
         names = self.feature_names_in_ if input_features is None else input_features
         return np.asarray([f"{name}_{part}" for name in names for part in DATE_PARTS], dtype=object)
 
@@ -136,37 +138,37 @@ class TextTfidf(TfidfVectorizer):
     `max_features`): a missing text reads as an empty one, and each feature is named `column:term`,
     so that the words two text columns share stay two features."""
 
-    def fit(self, raw_documents, y=None):
+    def fit(self, raw_documents: Any, y: Any = None) -> Self:
         self.fit_transform(raw_documents)
         return self
 
-    def fit_transform(self, raw_documents, y=None):
+    def fit_transform(self, raw_documents: Any, y: Any = None) -> spmatrix:
         self.column_ = str(getattr(raw_documents, "name", None) or "text")
         return super().fit_transform(_texts(raw_documents))
 
-    def transform(self, raw_documents):
+    def transform(self, raw_documents: Any) -> spmatrix:
         return super().transform(_texts(raw_documents))
 
-    def get_feature_names_out(self, input_features=None):
+    def get_feature_names_out(self, input_features: Sequence[str] | None = None) -> np.ndarray:
         return np.asarray([f"{self.column_}:{term}" for term in super().get_feature_names_out()], dtype=object)
 
     # skops writes a dict entry by entry with its types: a 10,000-term vocabulary made an 8 MB model
     # that took seconds to write and to load. Stored as one line per term, in index order, it is text.
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())  # a copy: Python's own __getstate__ gives the live __dict__
         vocabulary = state.get("vocabulary_")
         if isinstance(vocabulary, dict) and not any("\n" in term for term in vocabulary):
             state["vocabulary_"] = "\n".join(sorted(vocabulary, key=vocabulary.__getitem__))
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         if isinstance(state.get("vocabulary_"), str):
             terms = state["vocabulary_"].split("\n") if state["vocabulary_"] else []
             state = {**state, "vocabulary_": {term: i for i, term in enumerate(terms)}}
         super().__setstate__(state)
 
 
-def _texts(X) -> pd.Series:
+def _texts(X: Any) -> pd.Series:
     """One column of texts, a missing one as "": TfidfVectorizer refuses NaN."""
     column = X.iloc[:, 0] if isinstance(X, pd.DataFrame) else pd.Series(np.asarray(X, dtype=object).reshape(-1))
     return column.fillna("").astype(str)
@@ -181,11 +183,11 @@ class InSet(_ColumnsOnly):
         self.members = members
         self.missing = missing
 
-    def transform(self, X):
+    def transform(self, X: Any) -> np.ndarray:
         column = _as_frame(X).iloc[:, 0]
         inside = column.isin(list(self.members)) | (column.isna() & self.missing)
         return inside.to_numpy(dtype=np.float64).reshape(-1, 1)
 
 
-def _as_frame(X) -> pd.DataFrame:
+def _as_frame(X: Any) -> pd.DataFrame:
     return X if isinstance(X, pd.DataFrame) else pd.DataFrame(np.asarray(X, dtype=object))

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -41,6 +41,9 @@ from core.refs import ModelRef
 from core.vocabulary import Tag
 from serving import LoadedVersion, RegistryReader, Servable, json_rows, parse, running, servable
 from tasks.retries import task_options
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 SAMPLE_ROWS = 200
 STAGES = ("prepare", "forward", "finish")
@@ -383,7 +386,7 @@ def bench_task(settings: Settings, name: str, version: str) -> BenchResult:
     return result
 
 
-def print_bench(result: BenchResult, console) -> None:
+def print_bench(result: BenchResult, console: Console) -> None:
     from rich.table import Table
 
     console.print(f"[bold]{result.name}[/] version [bold]{result.version}[/] served as {result.serving_format}")

@@ -161,7 +161,7 @@ class _CountingFile(io.FileIO):
         self._advance(len(data))
         return data
 
-    def readinto(self, buffer) -> int | None:
+    def readinto(self, buffer: Any) -> int | None:
         n = super().readinto(buffer)
         self._advance(n or 0)
         return n

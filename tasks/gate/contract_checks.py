@@ -1022,7 +1022,8 @@ def _run_in_gx(batch: pd.DataFrame, expectations: list[dict]) -> list[Outcome]:
     out = []
     for r in results.results:
         config = r.expectation_config
-        e = {"type": config.type, "kwargs": dict(config.kwargs), "meta": dict(config.meta or {})}
+        assert config is not None  # GX gives each result the expectation it checked
+        e: dict[str, Any] = {"type": config.type, "kwargs": dict(config.kwargs), "meta": dict(config.meta or {})}
         column = e["kwargs"].get("column", TABLE)
         error = (
             (r.exception_info or {}).get("exception_message")

@@ -393,7 +393,7 @@ def numbers(values: pd.Series) -> np.ndarray:
     return np.array([_number(v) for v in values], dtype=np.float64)
 
 
-def _number(value) -> float:
+def _number(value: Any) -> float:
     try:
         if isinstance(value, str):
             value = json.loads(value)
@@ -422,7 +422,7 @@ def _argmax_classes(text: str, classes: list) -> str:
     return json.dumps([classes[int(np.argmax(row))] for row in rows])
 
 
-def comparable(value) -> str:
+def comparable(value: Any) -> str:
     """A logged prediction (JSON text of a list) or a feedback label, as comparable JSON text."""
     if isinstance(value, str) and value[:1] in ("[", "{"):
         value = json.loads(value)

@@ -11,6 +11,7 @@ entry point `shipway` (pyproject.toml), MLflow's documented way to extend its se
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 # The UI keeps its choice in localStorage under this key, JSON-encoded (MLflow 3.17.2's
@@ -30,7 +31,9 @@ class ModelTrainingUI:
     def __init__(self) -> None:
         self._app: Any = None
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]
+    ) -> None:
         if self._app is None:
             from mlflow.server.fastapi_app import app as mlflow_app
 
@@ -41,7 +44,7 @@ class ModelTrainingUI:
         start: dict | None = None
         body = bytearray()
 
-        async def capture(message) -> None:
+        async def capture(message: dict[str, Any]) -> None:
             nonlocal start
             if message["type"] == "http.response.start":
                 start = message

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from configs.settings import Settings
@@ -98,7 +99,7 @@ def read(settings: Settings, name: str, table: str) -> list[dict[str, str | None
     return [dict(zip(columns, row, strict=False)) for row in _read(client, run_id, table)]
 
 
-def _read(client, run_id: str, table: str) -> list[list[str | None]]:
+def _read(client: MlflowClient, run_id: str, table: str) -> list[list[str | None]]:
     with tempfile.TemporaryDirectory(prefix="shipway-record-") as tmp:
         try:
             path = client.download_artifacts(run_id, table, tmp)

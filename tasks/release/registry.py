@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -293,7 +294,7 @@ def alias_version(settings: Settings, name: str, alias: Alias) -> str | None:
         return None
 
 
-def probability_classes(settings: Settings, name: str, versions_seen) -> dict[str, list]:
+def probability_classes(settings: Settings, name: str, versions_seen: Iterable[str]) -> dict[str, list]:
     """{version: classes} for the versions among `versions_seen` that answer probability rows
     (tag predict_fn = predict_proba): what tasks.promotion.analysis.predicted_classes needs."""
     found = {}

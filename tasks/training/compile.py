@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -28,6 +28,9 @@ from serving import NULL_TOKEN, frame_feeds, session
 from tasks.training import compile_trees
 
 if TYPE_CHECKING:
+    from onnx import ModelProto
+    from skl2onnx.common._container import ModelComponentContainer
+    from skl2onnx.common._topology import Operator, Scope, Variable
     from sklearn.pipeline import Pipeline
 
 PROBA_TOLERANCE = 1e-6  # probabilities behind a label answer (ANSWER_TOLERANCE for tree ensembles)
@@ -123,7 +126,7 @@ def _float_parity(onx: bytes, got: np.ndarray, expected: np.ndarray, what: str) 
     return Compiled(onx, f"passed: {len(expected)} holdout rows, {what} within {delta:.2g} relative")
 
 
-def _named_like_columns(proto, columns: list[str]):
+def _named_like_columns(proto: ModelProto, columns: list[str]):
     """Graph inputs named exactly as the columns: skl2onnx rewrites names with spaces or non-ASCII
     letters ('mean radius' -> 'mean_radius'), while the gateway feeds tensors by column name."""
     renamed = {i.name: c for i, c in zip(proto.graph.input, columns, strict=True) if i.name != c}
@@ -152,7 +155,7 @@ def _without_threshold(model: Pipeline) -> tuple[Pipeline, float | None]:
     return Pipeline([*head, (name, getattr(inner, "estimator", inner))]), float(last.threshold)
 
 
-def _labels_at_threshold(proto, threshold: float, classes: np.ndarray):
+def _labels_at_threshold(proto: ModelProto, threshold: float, classes: np.ndarray):
     """The label output as FixedThresholdClassifier.predict answers: the second class where its
     probability is >= `threshold` (compared in the probabilities' own type), else the first."""
     from onnx import TensorProto, helper, numpy_helper
@@ -189,7 +192,7 @@ def _labels_at_threshold(proto, threshold: float, classes: np.ndarray):
     return proto
 
 
-def _labels_as_booleans(proto):
+def _labels_as_booleans(proto: ModelProto):
     """skl2onnx answers boolean classes as 0/1 integers; cast its label output back to booleans."""
     from onnx import TensorProto, helper
 
@@ -204,7 +207,7 @@ def _labels_as_booleans(proto):
     return proto
 
 
-def _text_vectorizers(model) -> str:
+def _text_vectorizers(model: Any) -> str:
     """The text vectorizers (TF-IDF, counts, hashing) in a pipeline, by class, or "". skl2onnx would
     convert them with ONNX Runtime's Tokenizer and StringNormalizer, whose regular expressions and
     case folding are not Python's (and which need the machine's locales): parity is not exact."""
@@ -215,7 +218,7 @@ def _text_vectorizers(model) -> str:
     return ", ".join(sorted(found))
 
 
-def _final_estimator(pipeline):
+def _final_estimator(pipeline: Any):
     """The last step of a Pipeline, looking inside nested Pipelines (a user's own, say)."""
     while hasattr(pipeline, "steps"):
         pipeline = pipeline.steps[-1][1]
@@ -254,7 +257,7 @@ def _with_null_token(model: Pipeline) -> Pipeline:
     return graph
 
 
-def _walk(estimator):
+def _walk(estimator: Any):
     yield estimator
     children = []
     if hasattr(estimator, "steps"):
@@ -266,7 +269,7 @@ def _walk(estimator):
             yield from _walk(child)
 
 
-def _ours(converter) -> bool:
+def _ours(converter: Any) -> bool:
     """Whether skl2onnx's registered converter is already this module's (registration is per process)."""
     return getattr(getattr(converter, "_fct", converter), "shipway", False)
 
@@ -284,7 +287,7 @@ def _register_float64_imputer() -> None:
     if _ours(original):
         return
 
-    def convert(scope, operator, container):
+    def convert(scope: Scope, operator: Operator, container: ModelComponentContainer):
         imputer = operator.raw_operator
         nan_marker = isinstance(imputer.missing_values, float) and np.isnan(imputer.missing_values)
         if isinstance(operator.inputs[0].type, StringTensorType) or not nan_marker:
@@ -314,17 +317,17 @@ def _register_in_set() -> None:
 
     from tasks.features import InSet
 
-    def parse(scope, model, inputs, custom_parsers=None):
+    def parse(scope: Scope, model: Any, inputs: list[Variable], custom_parsers: Any = None):
         # declared float64 here: the stump after it takes its types from this declaration
         operator = scope.declare_local_operator("ShipwayInSet", model)
         operator.inputs = inputs
         operator.outputs.append(scope.declare_local_variable("in_set", DoubleTensorType()))
         return operator.outputs
 
-    def shape(operator):
+    def shape(operator: Operator):
         operator.outputs[0].type = DoubleTensorType([operator.inputs[0].get_first_dimension(), 1])
 
-    def convert(scope, operator, container):
+    def convert(scope: Scope, operator: Operator, container: ModelComponentContainer):
         rule = operator.raw_operator
         if not isinstance(operator.inputs[0].type, StringTensorType):
             raise NotImplementedError(f"a category rule on {operator.inputs[0].type} (text only)")
@@ -361,11 +364,11 @@ def _register_date_parts() -> None:
 
     from tasks.features import DATE_PARTS, DateParts
 
-    def shape(operator):
+    def shape(operator: Operator):
         width = sum(i.type.shape[1] for i in operator.inputs) * len(DATE_PARTS)
         operator.outputs[0].type = DoubleTensorType([operator.inputs[0].get_first_dimension(), width])
 
-    def convert(scope, operator, container):
+    def convert(scope: Scope, operator: Operator, container: ModelComponentContainer):
         if not all(isinstance(i.type, DoubleTensorType) for i in operator.inputs):
             raise NotImplementedError("date parts of a column that is no datetime")
 
@@ -452,10 +455,10 @@ def _register_float64_stumps() -> None:
         )
 
 
-def _stump_or(original, double):
+def _stump_or(original: Any, double: type):
     """skl2onnx's converter signature is (scope, operator, container): the fallback is closed over."""
 
-    def convert(scope, operator, container):
+    def convert(scope: Scope, operator: Operator, container: ModelComponentContainer):
         tree = operator.raw_operator
         if tree.tree_.node_count > 3 or tree.n_outputs_ != 1 or not isinstance(operator.inputs[0].type, double):
             return original(scope, operator, container)
@@ -465,7 +468,7 @@ def _stump_or(original, double):
     return convert
 
 
-def _stump(scope, operator, container, tree) -> None:
+def _stump(scope: Scope, operator: Operator, container: ModelComponentContainer, tree: Any) -> None:
     """One split: x[:, f] <= threshold picks the left leaf's answer, else the right's. As sklearn
     does, x is compared as float32 (trees cast their input), and a missing value goes where
     sklearn sends it. Each leaf's answer is sklearn's own at a point of that leaf."""
@@ -488,7 +491,7 @@ def _stump(scope, operator, container, tree) -> None:
         container.add_node(op, inputs, [output], name=scope.get_unique_operator_name(op), **attrs)
         return output
 
-    def constant(what: str, values: np.ndarray, kind=onnx_proto.TensorProto.DOUBLE) -> str:
+    def constant(what: str, values: np.ndarray, kind: int = onnx_proto.TensorProto.DOUBLE) -> str:
         init = name(what)
         container.add_initializer(init, kind, list(values.shape), values.reshape(-1).tolist())
         return init

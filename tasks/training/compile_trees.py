@@ -42,8 +42,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
+    from skl2onnx.common._container import ModelComponentContainer
+    from skl2onnx.common._topology import Operator, Scope, Variable
 
 # TreeEnsemble is ai.onnx.ml 5 (onnx 1.16), which skl2onnx 1.20 refuses to write: the graph is
 # converted at ml opset 3 and its import raised to ML_OPSET after (with_tree_opset), where the
@@ -99,7 +105,7 @@ def tree_families() -> dict[type, str]:
     }
 
 
-def has_trees(model) -> bool:
+def has_trees(model: Any) -> bool:
     """Whether a (fitted) pipeline holds an estimator this module converts."""
     families = (*tree_families(), *other_libraries())
     stack = [model]
@@ -113,7 +119,7 @@ def has_trees(model) -> bool:
     return False
 
 
-def with_tree_opset(proto):
+def with_tree_opset(proto: ModelProto) -> ModelProto:
     """The converted graph importing ai.onnx.ml at ML_OPSET, where TreeEnsemble is."""
     for opset in proto.opset_import:
         if opset.domain == "ai.onnx.ml":
@@ -154,7 +160,7 @@ def register() -> None:
         update_registered_converter(cls, alias, _shape, _convert, options=options)
 
 
-def _shape(operator) -> None:
+def _shape(operator: Operator) -> None:
     from skl2onnx.common.data_types import DoubleTensorType, Int64TensorType, StringTensorType
 
     model = operator.raw_operator
@@ -167,7 +173,7 @@ def _shape(operator) -> None:
         operator.outputs[0].type = DoubleTensorType([n, 1])
 
 
-def _convert(scope, operator, container) -> None:
+def _convert(scope: Scope, operator: Operator, container: ModelComponentContainer) -> None:
     model = operator.raw_operator
     graph = _Graph(scope, container)
     name = type(model).__name__
@@ -204,7 +210,7 @@ def _convert(scope, operator, container) -> None:
 _convert.shipway = True  # type: ignore[attr-defined]
 
 
-def _answer_boosting(graph, operator, model, raw: str, strict: bool) -> None:
+def _answer_boosting(graph: _Graph, operator: Operator, model: Any, raw: str, strict: bool) -> None:
     """The boosting estimator's answer from its raw score: the link's inverse, and for a classifier
     the label as its predict takes it from the raw score (`> 0` for HGB's two classes, `>= 0` for
     GradientBoosting's: `strict`)."""
@@ -235,7 +241,7 @@ def _answer_boosting(graph, operator, model, raw: str, strict: bool) -> None:
     graph.labels(graph.node("ArgMax", [raw], axis=1, keepdims=0), model.classes_, operator.outputs[0].full_name)
 
 
-def _convert_lightgbm(graph, operator, model) -> None:
+def _convert_lightgbm(graph: _Graph, operator: Operator, model: Any) -> None:
     """LightGBM: float64 input, the trees' sum (its first tree holds the initial score), divided
     by the iterations in random-forest mode, then the objective's transform; the label as the
     argmax of the probabilities, as LGBMClassifier.predict takes it."""
@@ -363,7 +369,7 @@ def expf_table() -> np.ndarray:
     return bits.view(np.float64)
 
 
-def _convert_xgboost(graph, operator, model) -> None:
+def _convert_xgboost(graph: _Graph, operator: Operator, model: Any) -> None:
     """XGBoost: the float32 margin, the objective's transform, and the answer as its scikit-learn
     estimator gives it: predict_proba [1 - p, p] of two classes (float32), the label p > 0.5 or
     the argmax of the probabilities."""
@@ -395,7 +401,7 @@ def _convert_xgboost(graph, operator, model) -> None:
     graph.labels(index, model.classes_, operator.outputs[0].full_name)
 
 
-def _xgb_sigmoid(graph, margin: str) -> str:
+def _xgb_sigmoid(graph: _Graph, margin: str) -> str:
     """XGBoost's sigmoid in float32: 1 / (expf(min(-x, 88.7)) + 1 + 1e-16)."""
     exponent = graph.node("Min", [graph.node("Neg", [margin]), graph.const32(88.7)])
     plus_one = graph.node("Add", [_expf(graph, exponent), graph.const32(1.0)])
@@ -403,7 +409,7 @@ def _xgb_sigmoid(graph, margin: str) -> str:
     return graph.node("Div", [graph.const32(1.0), denominator])
 
 
-def _xgb_softmax(graph, margin: str, k: int) -> str:
+def _xgb_softmax(graph: _Graph, margin: str, k: int) -> str:
     """XGBoost's softmax: expf(x - max) in float32, their sum in double in class order, each
     divided by that sum rounded to float32."""
     shifted = graph.node("Sub", [margin, graph.node("ReduceMax", [margin, graph.const(np.array([1]))], keepdims=1)])
@@ -419,7 +425,7 @@ def _xgb_softmax(graph, margin: str, k: int) -> str:
     return graph.node("Div", [exps, graph.node("Cast", [total], to=FLOAT)])
 
 
-def _expf(graph, x: str) -> str:
+def _expf(graph: _Graph, x: str) -> str:
     """glibc's expf of a float32 tensor, operation for operation in double (see EXPF_TABLE); NaN
     stays NaN, beyond the float range +inf and 0 as expf answers."""
     nan = graph.node("IsNaN", [x])
@@ -450,7 +456,7 @@ def _expf(graph, x: str) -> str:
     return graph.node("Where", [nan, x, answer])
 
 
-def xgboost_trees(model) -> tuple[list[Tree], int, str]:
+def xgboost_trees(model: Any) -> tuple[list[Tree], int, str]:
     """The trees XGBoost's predict walks (up to the best iteration after early stopping), with
     float32 thresholds and leaves, each class's intercept folded into its first tree's leaves as
     XGBoost adds it first: fl32(base + leaf); a dart booster's leaves weighted as its inplace_predict
@@ -517,7 +523,7 @@ def xgboost_trees(model) -> tuple[list[Tree], int, str]:
     return trees, targets, objective
 
 
-def _xgboost_base(booster, saved: dict, targets: int) -> np.ndarray:
+def _xgboost_base(booster: Any, saved: dict, targets: int) -> np.ndarray:
     """The intercept in margin space, per class, as XGBoost computes it from base_score (its own
     float32 logit or log for the objective): its margin with every leaf set to 0."""
     import json
@@ -538,7 +544,7 @@ def _xgboost_base(booster, saved: dict, targets: int) -> np.ndarray:
     return np.asarray(margin, dtype=np.float32).reshape(-1)[:targets]
 
 
-def _gb_init(model) -> np.ndarray:
+def _gb_init(model: Any) -> np.ndarray:
     """GradientBoosting's initial raw score: zero, or its prior (a Dummy estimator, the same for any
     row); an init estimator of the user's depends on the row and is not converted."""
     from sklearn.dummy import DummyClassifier, DummyRegressor
@@ -548,7 +554,7 @@ def _gb_init(model) -> np.ndarray:
     return model._raw_predict_init(np.zeros((1, model.n_features_in_)))[0].astype(np.float64)
 
 
-def forest_trees(model) -> tuple[list[Tree], int]:
+def forest_trees(model: Any) -> tuple[list[Tree], int]:
     """A forest's trees, one per class (leaf class fractions, as predict_proba normalises them) or
     one each for a regressor. Of two classes only the second's: half the walk, and its mean is
     sklearn's to the bit; the first's is 1 - p here, sklearn's own sum there, within an ulp (the
@@ -570,7 +576,7 @@ def forest_trees(model) -> tuple[list[Tree], int]:
     return trees, (len(model.classes_) if classifier and len(model.classes_) != 2 else 1)
 
 
-def gradient_boosting_trees(model) -> tuple[list[Tree], int]:
+def gradient_boosting_trees(model: Any) -> tuple[list[Tree], int]:
     """Each stage's tree per class, its leaves times the learning rate (as predict_stages adds them)."""
     trees = [
         _sklearn_tree(estimator.tree_, model.learning_rate * estimator.tree_.value[:, 0, 0], k)
@@ -580,14 +586,14 @@ def gradient_boosting_trees(model) -> tuple[list[Tree], int]:
     return trees, model.estimators_.shape[1]
 
 
-def _sklearn_tree(t, value: np.ndarray, target: int) -> Tree:
+def _sklearn_tree(t: Any, value: np.ndarray, target: int) -> Tree:
     return Tree(
         t.feature, t.threshold, t.children_left, t.children_right, t.missing_go_to_left.astype(bool),
         np.asarray(value, dtype=np.float64), target, {}, {},
     )  # fmt: skip
 
 
-def hist_trees(model) -> tuple[list[Tree], int]:
+def hist_trees(model: Any) -> tuple[list[Tree], int]:
     """HistGradientBoosting's predictors. A categorical split sends a category in its left set
     left, another known category right, and an unknown one (or a negative value) where missing
     values go: as a membership test, the left set when missing values go right, else the known
@@ -623,7 +629,7 @@ def hist_trees(model) -> tuple[list[Tree], int]:
     return trees, len(model._predictors[0])
 
 
-def _indices(columns, n: int) -> np.ndarray:
+def _indices(columns: Any, n: int) -> np.ndarray:
     """A ColumnTransformer's column selection (a boolean mask or indices) as indices."""
     columns = np.asarray(columns)
     return np.flatnonzero(columns) if columns.dtype == bool else np.arange(n)[columns]
@@ -714,7 +720,7 @@ def groups(trees: list[Tree]) -> list[list[Tree]]:
 class _Graph:
     """Small helpers over skl2onnx's scope and container: each node gets a unique output name."""
 
-    def __init__(self, scope, container):
+    def __init__(self, scope: Scope, container: ModelComponentContainer):
         self.scope = scope
         self.container = container
 
@@ -745,7 +751,7 @@ class _Graph:
     def add(self, a: str, b: str) -> str:
         return self.node("Add", [a, b])
 
-    def concat(self, inputs) -> str:
+    def concat(self, inputs: list[Variable]) -> str:
         """The inputs as one float64 tensor (booleans and integers cast; skl2onnx's own helper
         concatenates through float32)."""
         from skl2onnx.common.data_types import DoubleTensorType, StringTensorType
@@ -762,7 +768,7 @@ class _Graph:
         """sklearn's trees compare the input as float32: round it so, then back to float64."""
         return self.node("Cast", [self.node("Cast", [x], to=1)], to=11)
 
-    def hist_inputs(self, inputs, model) -> str:
+    def hist_inputs(self, inputs: list[Variable], model: Any) -> str:
         """HistGradientBoosting's input. With categorical features it encodes them with its own
         OrdinalEncoder first (category -> its code, a missing or unknown one -> NaN) and puts them
         before the numeric ones, as its _preprocess_X does: text columns given one by one
@@ -785,7 +791,7 @@ class _Graph:
         together = encoded + numbers
         return together[0] if len(together) == 1 else self.node("Concat", together, axis=1)
 
-    def _ordinal(self, column, categories: np.ndarray) -> str:
+    def _ordinal(self, column: Any, categories: np.ndarray) -> str:
         """One column (a graph variable, or a float64 tensor's name) as its category codes."""
         from onnx import numpy_helper
         from skl2onnx.common.data_types import StringTensorType
@@ -810,7 +816,7 @@ class _Graph:
         ]
         return outputs[0] if len(outputs) == 1 else self.node("Sum", outputs)
 
-    def labels(self, index: str, classes, output: str) -> None:
+    def labels(self, index: str, classes: Any, output: str) -> None:
         """classes_[index], int64 or text."""
         from onnx import TensorProto
 

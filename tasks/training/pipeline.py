@@ -83,7 +83,7 @@ class TrainedModel:
     def classes(self) -> list | None:
         return plain_list(self.model.classes_) if self.task.is_classification else None
 
-    def serve(self, X: pd.DataFrame):
+    def serve(self, X: pd.DataFrame) -> np.ndarray:
         """What the served model answers for X: predictions, or probability rows."""
         return getattr(self.model, self.predict_fn)(X)
 
@@ -183,7 +183,7 @@ def preprocessor(X: pd.DataFrame, text: list[str] | None = None, dense: bool = F
     )
 
 
-def _fresh(steps):
+def _fresh(steps: list[tuple[str, Any]]):
     return [(name, SimpleImputer(strategy="median") if name == "impute" else StandardScaler()) for name, _ in steps]
 
 
@@ -244,7 +244,7 @@ def fit(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, training: TrainingSet
     return Fitted(with_threshold(pipeline, threshold, X, y), search, threshold, note)
 
 
-def estimator_of(model: Pipeline):
+def estimator_of(model: Pipeline) -> Any:
     """The fitted estimator of a trained model's last step, behind its decision threshold if any."""
     last = model.steps[-1][1]
     return last.estimator_.estimator if isinstance(last, FixedThresholdClassifier) else last
@@ -331,7 +331,7 @@ def with_threshold(pipeline: Pipeline, threshold: float, X: pd.DataFrame, y: pd.
     return Pipeline([*head, (name, fixed.fit(rows, y))])
 
 
-def evaluate(model, X: pd.DataFrame, y: pd.Series, task: Task) -> dict[str, float]:
+def evaluate(model: Pipeline, X: pd.DataFrame, y: pd.Series, task: Task) -> dict[str, float]:
     """Holdout metrics of the task. Binary metrics use the positive class (the second of
     `classes_`), multiclass ones average over classes; probability metrics need predict_proba.
     scikit-learn's functions, as people check them; the quality gate computes the same names from

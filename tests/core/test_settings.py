@@ -15,6 +15,25 @@ def test_default_profile_keeps_all_state_under_dot_shipway(settings, tmp_path):
     assert settings.prefect.api_url is None  # ephemeral mode
 
 
+def test_every_local_path_is_made_absolute_against_the_working_directory(settings, tmp_path):
+    profile = tmp_path / "mine.yaml"
+    profile.write_text(
+        "training:\n  code_path: [src, /opt/lib]\nmlflow:\n  artifact_location: s3://bucket/runs\n"
+        "prediction_log:\n  url: postgresql://db/log\n"
+    )
+    loaded = load_settings(profile, cwd=tmp_path / "work")
+    work = tmp_path / "work"
+    assert loaded.training.code_path == [str(work / "src"), "/opt/lib"]
+    assert (loaded.gate.report_dir, loaded.gate.expectations_dir) == (
+        str(work / ".shipway" / "reports"),
+        str(work / "expectations"),
+    )
+    assert loaded.serving.state_dir == str(work / ".shipway" / "serving-state")
+    assert loaded.mlflow.tracking_uri == f"sqlite:///{work}/.shipway/mlflow.db"
+    # URLs are left as they are
+    assert (loaded.mlflow.artifact_location, loaded.prediction_log.url) == ("s3://bucket/runs", "postgresql://db/log")
+
+
 def test_production_profile_points_at_servers(tmp_path):
     prod = load_settings(PROFILES / "production.yaml", cwd=tmp_path)
     assert prod.mlflow.tracking_uri.startswith("http")

@@ -188,7 +188,7 @@ def test_the_runs_log_every_metric_the_gate_judges_under_the_same_name_and_value
 
 
 def test_the_settings_name_the_metrics_the_gate_computes():
-    """configs/settings.py keeps the names (it cannot import numpy's metrics); they are these."""
+    """configs/settings/ keeps the names (it cannot import numpy's metrics); they are these."""
     assert list(METRICS) == list(QUALITY_METRICS)
     assert set(ERROR_METRICS) <= set(QUALITY_METRICS)
     assert all(DEFAULT_METRIC[task] in metrics_of(task) for task in (Task.BINARY, Task.MULTICLASS, Task.REGRESSION))

@@ -14,7 +14,7 @@ from tests.conftest import REPO
 
 
 def test_the_settings_accept_exactly_the_built_ins_training_builds():
-    # configs/settings.py cannot import scikit-learn (commands start fast), so it keeps the names.
+    # configs/settings/ cannot import scikit-learn (commands start fast), so it keeps the names.
     assert tuple(BUILT_INS) == BUILT_IN_ESTIMATORS
 
 
