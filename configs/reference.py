@@ -69,7 +69,7 @@ def _type(annotation: Any) -> str:
     name = getattr(annotation, "__name__", None)
     if name and not getattr(annotation, "__args__", None):
         return f"`{name}`"
-    text = re.sub(r"\btyping\.", "", str(annotation))
+    text = re.sub(r"\b(typing|configs\.settings\.\w+)\.", "", str(annotation))
     literal = re.fullmatch(r"Literal\[(.*)\]", text)
     if literal:
         return "one of " + ", ".join(f"`{v.strip(chr(39))}`" for v in literal.group(1).split(", "))
