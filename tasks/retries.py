@@ -1,5 +1,6 @@
 """Which failures a Prefect task retries, and the options every shipway task shares."""
 
+import logging
 from typing import Any
 
 from core.errors import ShipwayError
@@ -40,3 +41,15 @@ def task_options(*, io: bool = False, **overrides: Any) -> dict[str, Any]:
     if io:
         options |= {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_on_io}
     return options | overrides
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The running task's Prefect logger (its lines in the Prefect UI); a plain `shipway` logger when a
+    task's function is called as a plain function (`.fn`), where Prefect's would raise."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("shipway")

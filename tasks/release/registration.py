@@ -23,7 +23,7 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types import ColSpec, Schema, TensorSpec
-from prefect import get_run_logger, task
+from prefect import task
 
 from configs.settings import Settings
 from core.integrity import sha256
@@ -32,7 +32,7 @@ from tasks.data.snapshot import Snapshot
 from tasks.release import prediction_reference, record, registry
 from tasks.release.lineage import CODE_DIR, GitLineage, config_hash, config_yaml, shipway_version
 from tasks.release.registry import connect
-from tasks.retries import task_options
+from tasks.retries import run_logger, task_options
 from tasks.training import seen_rows
 from tasks.training.compile import compile_pipeline
 from tasks.training.pipeline import TrainedModel, decision_threshold, headline
@@ -138,6 +138,7 @@ def _installed(path: Path) -> bool:
     return any(path.is_relative_to(Path(library).resolve()) for library in libraries if library)
 
 
+@task(name="register", **task_options(io=True))
 def register(
     trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings, unfinished: str | None = None
 ) -> Registered:
@@ -298,6 +299,7 @@ def register(
         for made in client.search_model_versions(f"run_id = '{run.info.run_id}'") if unfinished else []:
             mark_unfinished(settings, name, str(made.version), exc, "register")
         raise
+    run_logger().info("registered %s version %s (run %s)", name, created.version, run.info.run_id)
     return Registered(name, str(created.version), run.info.run_id, f"models:/{name}/{created.version}")
 
 
@@ -379,12 +381,3 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> bool:
         except MlflowException:  # created meanwhile by another process
             client.get_registered_model(name)
             return False
-
-
-@task(name="register", **task_options(io=True))
-def register_task(
-    trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings, unfinished: str | None = None
-) -> Registered:
-    registered = register(trained, snapshot, lineage, settings, unfinished)
-    get_run_logger().info("registered %s version %s (run %s)", registered.name, registered.version, registered.run_id)
-    return registered

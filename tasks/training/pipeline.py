@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.frozen import FrozenEstimator
@@ -46,6 +45,7 @@ from core.free_text import text_columns
 from core.plain import plain, plain_list
 from core.vocabulary import Task
 from tasks.features import DateParts, TextTfidf, choose_features, holdout_split, is_datetime
+from tasks.retries import task_options
 from tasks.training import estimators
 from tasks.training.baseline import build_baseline
 
@@ -431,7 +431,8 @@ def train(
     )
 
 
-@task(name="train", cache_policy=NO_CACHE)
+# A task of its own: `train` takes settings' sections, so that a test trains without a whole profile.
+@task(name="train", **task_options())
 def train_task(df: pd.DataFrame, target: str, settings: Settings) -> TrainedModel:
     trained = train(
         df,

@@ -111,7 +111,7 @@ def test_mlflow_artifacts_on_s3(on_s3, s3, s3_bucket):
     settings = tuned(on_s3, mlflow={"artifact_location": f"s3://{s3_bucket}/mlflow"})
     snap = take_snapshot("demo", settings, TARGET)
     trained = train(snap.frame, TARGET, settings.training)
-    registered = register(trained, snap, GitLineage("c" * 40, "main", False), settings)
+    registered = register.fn(trained, snap, GitLineage("c" * 40, "main", False), settings)
     assert any(k.startswith("mlflow/models/") and k.endswith("MLmodel") for k in keys(s3, s3_bucket))
     loaded = mlflow.pyfunc.load_model(registered.model_uri)
     rows = trained.X_holdout.head(10)
