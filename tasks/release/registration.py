@@ -21,7 +21,8 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature, infer_signature
+from mlflow.models import Model, ModelSignature, infer_signature
+from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema, TensorSpec
 from prefect import task
 
@@ -193,7 +194,7 @@ def register(
         mlflow.log_input(dataset, context="training")
         mlflow.log_dict(snapshot.manifest.model_dump(mode="json"), "snapshot/manifest.json")
         types = trusted_types(trained.model)
-        model_info = mlflow.sklearn.log_model(
+        model_info, model_sha256 = log_sklearn(
             trained.model,
             name=MODEL_ARTIFACT,
             signature=signature(sample, trained.serve(sample), nullable),
@@ -203,7 +204,7 @@ def register(
             pyfunc_predict_fn=trained.predict_fn,
             code_paths=user_code_paths(types) or None,
         )
-        baseline_info = mlflow.sklearn.log_model(
+        baseline_info, baseline_sha256 = log_sklearn(
             trained.baseline,
             name=BASELINE_ARTIFACT,
             signature=signature(sample, getattr(trained.baseline, trained.predict_fn)(sample), nullable),
@@ -224,10 +225,10 @@ def register(
         # The baseline's too: a gateway serving ONNX then never imports scikit-learn (~1.5 s).
         compiled_baseline = compile_pipeline(trained.baseline, trained.X_holdout, trained.predict_fn)
         # Each served file's hash, tagged with the version and checked wherever it is loaded
-        # (core/integrity.py): the model file as the store holds it, the ONNX forms as uploaded.
+        # (core/integrity.py): each of the bytes uploaded, hashed before the upload.
         hashes: dict[str, str] = {
-            Tag.MODEL_SHA256: stored_sha256(model_info.model_id, model_info.flavors),
-            Tag.BASELINE_MODEL_SHA256: stored_sha256(baseline_info.model_id, baseline_info.flavors),
+            Tag.MODEL_SHA256: model_sha256,
+            Tag.BASELINE_MODEL_SHA256: baseline_sha256,
             **({Tag.ONNX_MODEL_SHA256: sha256(compiled.onnx)} if compiled.ok and compiled.onnx else {}),
             **(
                 {Tag.BASELINE_ONNX_SHA256: sha256(compiled_baseline.onnx)}
@@ -303,14 +304,32 @@ def register(
     return Registered(name, str(created.version), run.info.run_id, f"models:/{name}/{created.version}")
 
 
-def stored_sha256(model_id: str, flavors: dict[str, Any]) -> str:
-    """The sha256 of a logged scikit-learn model's file (model.skops) as the artifact store holds it:
-    the bytes every later load reads back."""
-    location = mlflow.get_logged_model(model_id).artifact_location
-    file = flavors["sklearn"]["pickled_model"]
-    with tempfile.TemporaryDirectory(prefix="shipway-") as tmp:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/{file}", dst_path=tmp)
-        return sha256(Path(path).read_bytes())
+def log_sklearn(model: Any, name: str, **options: Any) -> tuple[ModelInfo, str]:
+    """`mlflow.sklearn.log_model` (`options` are its own), and the sha256 of the model file it stores.
+    A second serialization would not do: a skops file is a zip whose entries carry the time written."""
+    hashing = _HashingSklearn()
+    info = Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=hashing,
+        flavor_name="mlflow.sklearn",  # the logged model's flavor, as mlflow.sklearn.log_model names it
+        sk_model=model,
+        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+        **options,
+    )
+    return info, hashing.sha256
+
+
+@dataclass
+class _HashingSklearn:
+    """mlflow.sklearn as the flavor `Model.log` saves with: it writes the model's folder locally, then
+    uploads it as it is, so the model file hashed here is byte for byte the one the store keeps."""
+
+    sha256: str = ""
+
+    def save_model(self, path: str, mlflow_model: Model, **options: Any) -> None:
+        mlflow.sklearn.save_model(path=path, mlflow_model=mlflow_model, **options)
+        self.sha256 = sha256((Path(path) / mlflow_model.flavors["sklearn"]["pickled_model"]).read_bytes())
 
 
 def mark_unfinished(settings: Settings, name: str, version: str, exc: BaseException, step: str) -> None:
