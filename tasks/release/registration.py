@@ -59,7 +59,8 @@ class Registered:
 
 
 def pip_requirements() -> list[str]:
-    """Pinned serving requirements, stated so that MLflow need not infer them (4-5 s per model)."""
+    """Pinned serving requirements, stated so that MLflow need not infer them (it would load the model
+    in a subprocess to)."""
     return [f"{dist}=={dist_version(dist)}" for dist in SERVING_REQUIREMENTS]
 
 
@@ -69,7 +70,7 @@ def trusted_types(model: Any) -> list[str]:
     Safe to trust here: the model was fitted in this process, not read from an outside file;
     the file stays protected by the registry, and snapshots by their content hash.
     """
-    import skops.io  # ~1 s to import: only registration needs it, not the gateway or the readers
+    import skops.io  # slow to import: only registration needs it, not the gateway or the readers
 
     return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
 
@@ -77,7 +78,7 @@ def trusted_types(model: Any) -> list[str]:
 def dataset_schema(frame: pd.DataFrame) -> Schema | None:
     """The schema MLflow infers for a dataset, from the few rows that decide it: per column its
     first value and its first null. MLflow's own inference reads every value of each text column
-    and looks for nulls value by value (~6 s of a 30,000-row snapshot); a snapshot's columns each
+    and looks for nulls value by value (seconds on a large snapshot); a snapshot's columns each
     hold one type (tasks.data.snapshot.canonicalize), so these rows give the same types and the same
     `required` flags."""
     nulls = frame.isna()
@@ -222,7 +223,7 @@ def register(
         )
         # The compiled form is what the gateway serves: parity-checked here, stored with the run.
         compiled = compile_pipeline(trained.model, trained.X_holdout, trained.predict_fn)
-        # The baseline's too: a gateway serving ONNX then never imports scikit-learn (~1.5 s).
+        # The baseline's too: a gateway serving ONNX then never imports scikit-learn.
         compiled_baseline = compile_pipeline(trained.baseline, trained.X_holdout, trained.predict_fn)
         # Each served file's hash, tagged with the version and checked wherever it is loaded
         # (core/integrity.py): each of the bytes uploaded, hashed before the upload.

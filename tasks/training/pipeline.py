@@ -40,7 +40,7 @@ from tasks.training.baseline import build_baseline
 from tasks.training.quality_metrics import METRICS, answers, encode, metrics_of
 
 MAX_AUTO_CLASSES = 20  # an integer target with more distinct values than this is a quantity, not classes
-THRESHOLD_FOLDS = 3  # each fold is one more fit of the estimator: 3 keeps auto at ~4x one fit
+THRESHOLD_FOLDS = 3  # each fold is one more fit of the estimator: few, so that `auto` stays affordable
 TEXT_TERMS = 10_000  # TF-IDF vocabulary per text column, for estimators that take sparse input
 TEXT_TERMS_DENSE = 200  # ... for those that need dense input (HGB): each term is a column they bin
 
