@@ -5,7 +5,7 @@ a feature join on the wrong key (a block of columns from another customer) or a 
 feature-store column. The contract therefore keeps, in one table-level expectation
 (`expect_table_rows_to_match_training_joint_distribution`), a seeded sample of training rows with
 each value coded by its training quantile bin (numbers) or category (text, bool): one byte a
-cell, base64 in `meta.training.joint`, so 2,000 rows x 20 columns add about 55 kB to the suite.
+cell, base64 in `meta.training.joint`, so the sample adds little to the suite.
 tasks/gate/joint_check.py codes the batch the same way and compares the relations between columns.
 
 GX 1.x drops an expectation type it does not know, with a logged error, when a plain context loads

@@ -501,8 +501,8 @@ def approve(config_path: Path | None, run_id: str, reject: bool, comment: str, r
     flow_run_id = parse_run_id(run_id)  # bad input is answered at once, before anything starts
     decision = run_input(approve=not reject, reviewer=_user() if reviewer is None else reviewer, comment=comment)
     # A Prefect API already up for this run: the one the paused promotion noted (its own temporary
-    # server in ephemeral mode, else its profile's), found without reading the profile (~0.6 s of
-    # schema); else the profile's server. Only without any is a temporary server started (~10 s).
+    # server in ephemeral mode, else its profile's), found without reading the profile (its schema
+    # is slow to load); else the profile's server. Only without any is a temporary server started.
     api_url = running_api(run_id)
     if not api_url:
         settings = _settings(config_path)
@@ -632,7 +632,7 @@ def ui(config_path: Path | None, host: str, port: int) -> None:
     # MLflow's UI opens in its GenAI view unless told otherwise: the app `shipway` (tasks/release/mlflow_ui.py)
     # makes model training the browser's default view, the link asks for it too.
     click.echo(f"MLflow UI on {uri}: http://{host}:{port}/#/models?workflowType=machine_learning  (Ctrl-C stops it)")
-    # One worker and no job runner: ~0.5 GB instead of ~1.75 GB, and a 5 s start instead of 12 s.
+    # One worker and no job runner: a fraction of the memory, and a faster start.
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     args = [
         sys.executable,

@@ -17,7 +17,6 @@ from typing import cast
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from configs.settings import Settings, load_settings
 from core.errors import RegistryError
@@ -40,6 +39,7 @@ from tasks.monitoring.window import (
 from tasks.promotion.analysis import predicted_classes
 from tasks.quality.compare import version_task
 from tasks.release import prediction_reference, registry
+from tasks.retries import task_options
 
 
 @dataclass
@@ -134,7 +134,7 @@ def monitoring_flow(
     return MonitoringResult(name, version, summary.requests, drift, summary.breaches, run_id, retraining)
 
 
-@task(name="read-prediction-log", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="read-prediction-log", **task_options(retries=2, retry_delay_seconds=[2, 10]))
 def read_log_task(settings: Settings, name: str, start: datetime, end: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
     log = read_window(settings.prediction_log.url, start, end, model_name=name)
     return log, read_feedback(settings.prediction_log.url, log["request_id"])

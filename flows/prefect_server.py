@@ -1,7 +1,7 @@
 """Prefect's temporary server for the embedded profile, started before the heavy imports.
 
 In ephemeral mode Prefect starts a temporary API server on the first API call, after MLflow,
-scikit-learn and skops are imported: ~6 s of server start on top of ~6 s of imports, in series.
+scikit-learn and skops are imported: the server's start on top of the imports, in series.
 Starting the same server (the command Prefect itself runs for ephemeral mode) as the very first
 thing the CLI does lets both happen at once on a 2-core machine. Its state is Prefect's usual
 database under PREFECT_HOME, so paused runs, history and other processes see the same runs.

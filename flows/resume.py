@@ -1,10 +1,10 @@
 """Answering a paused promotion fast: the run id checked first, then plain HTTP to a Prefect API.
 
-No Prefect import here (a second or more on its own), nor httpx (its import and its TLS context
-take ~0.4 s, more than the answer): three plain HTTP calls by the standard library. In Prefect's
+No Prefect import here, nor httpx (its import and its TLS context take longer than the answer):
+three plain HTTP calls by the standard library. In Prefect's
 ephemeral mode the paused promotion's own process runs a Prefect API on the shared database;
 while it waits for an answer it notes that API's address under PREFECT_HOME, so `shipway
-approve` resumes through it instead of starting a temporary server of its own (~10 s).
+approve` resumes through it instead of starting a temporary server of its own.
 """
 
 from __future__ import annotations

@@ -18,11 +18,11 @@ from flows.run_labels import run_name as labelled
 from tasks.benchmark.latency import bench_task
 from tasks.data.snapshot import Snapshot, take_snapshot
 from tasks.gate.skew import GateOutcome, gate_new_data, publish_contract
-from tasks.quality.compare import quality_task
+from tasks.quality.compare import check_quality
 from tasks.release import registry
 from tasks.release.aliases import move
 from tasks.release.lineage import project_lineage
-from tasks.release.registration import Registered, mark_unfinished, register_task
+from tasks.release.registration import Registered, mark_unfinished, register
 from tasks.retries import task_options
 from tasks.training.pipeline import train_task
 
@@ -81,12 +81,12 @@ def training_flow(
     with _timed(timings, "train"):
         trained = train_task(snapshot.frame, target, settings)
     with _timed(timings, "register"):
-        registered = register_task(trained, snapshot, project_lineage(settings.training), settings, _unfinished())
+        registered = register(trained, snapshot, project_lineage(settings.training), settings, _unfinished())
     with _until_verdict(settings, registered, timings):  # from the moment the version exists
         label_run("train", registered.name, registered.version, settings)
         shadow = registry.alias_version(settings, registered.name, Alias.SHADOW)  # the state this version follows
         with _timed(timings, "quality"):  # a failure ends the flow here: registered, without an alias
-            quality = quality_task(
+            quality = check_quality(
                 settings, registered, trained.model, trained.baseline, trained.X_holdout, trained.y_holdout,
                 force_quality, reason, snapshot.frame.loc[trained.holdout_index].drop(columns=target),
             )  # fmt: skip
@@ -122,8 +122,8 @@ def training_flow(
 
 
 # The tasks of the steps that fast commands also take (`shipway validate` reads snapshots and checks
-# contracts; the CLI and the promotion lease move aliases) are declared here, next to their flow, so
-# those commands never import Prefect.
+# contracts; the CLI and the promotion lease move aliases) wrap their function here, next to their
+# flow, so those commands never import Prefect.
 
 
 @task(name="snapshot", **task_options(io=True))

@@ -69,7 +69,7 @@ log = logging.getLogger("shipway.serving")
 
 JSON = b"application/json"
 INLINE_ROWS = 64  # ONNX batches up to this size run on the event loop (see Gateway._call)
-INLINE_BODY_BYTES = 16_384  # larger bodies are parsed and typed in a thread (~150 rows take ~1 ms here)
+INLINE_BODY_BYTES = 16_384  # larger bodies are parsed and typed in a thread, not on the event loop
 RECENT_ANSWERS, RECENT_ANSWERS_MIN = 200, 20  # /health judges the fallback share on the last answers
 DEGRADED_FALLBACK_SHARE = 0.5  # beyond it /health says degraded: the chain is carrying the traffic
 CACHE_MAX_ROWS = 64  # larger batches are not kept as fallback answers (memory, and their key's cost)
@@ -80,7 +80,7 @@ FAILURES = {  # a model's failure as a refused client is told it (the detail, wh
 }
 
 
-@dataclass(slots=True)  # not frozen: made on every request, and a frozen init costs 3x
+@dataclass(slots=True)  # not frozen: made on every request, and a frozen init is slower
 class Request:
     """One /invocations request, as its log row needs it."""
 

@@ -143,7 +143,7 @@ def frame_column(values: list[str | None]) -> np.ndarray:
 
 
 def _plain_iso(values: list[Any]) -> np.ndarray | None:
-    """The common case of a few rows at numpy's speed (pandas' reading has a fixed cost of ~20 times
+    """The common case of a few rows at numpy's speed (pandas' reading has a fixed cost far above
     a one-row request's typing otherwise): text in one ISO 8601 shape without an offset (as the
     column's first text sets pandas' format), of years well inside datetime64[ns]'s range, or
     null. It reads the instants pandas would; None for anything else, which pandas then reads."""

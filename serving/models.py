@@ -78,7 +78,7 @@ class Servable:
         self._outputs = [self.model.get_outputs()[answer].name] if self.flavor == "onnx" else None
         # sklearn answers with the method MLflow's pyfunc would call; a pyfunc model knows its own.
         self._predict: Any = getattr(self.model, self.predict_fn if self.flavor == "sklearn" else "predict", None)
-        # The C session itself: InferenceSession.run re-checks in Python (~15 us a call) that
+        # The C session itself: InferenceSession.run re-checks in Python, on every call, that
         # every input is fed, which Schema.feeds always does; only the CPU provider is used.
         self._run: Any = self.model._sess.run if self.flavor == "onnx" else None
 
@@ -109,7 +109,7 @@ def baseline_servable(version: str, schema: Schema, model: Any, predict_fn: str)
 def warm_up(model: Servable, example: bytes | None) -> None:
     """One prediction before the version is served, on its serving input example (else a row of
     the signature's types). A model's first call pays for lazy imports and caches (a sklearn
-    pipeline's took over 250 ms, serving.timeout_ms): made by a request, it would time out and be
+    pipeline's took longer than serving.timeout_ms): made by a request, it would time out and be
     answered by the fallback chain. A model that fails here is served all the same, as before: its
     requests say how it fails, and the fallback chain answers them."""
     started = time.perf_counter()
@@ -166,7 +166,7 @@ class Inputs:
 
 def freeze_heap() -> None:
     """Move what is alive now (the imports, the first models) out of the garbage collector's
-    sight: a full collection of that heap takes ~0.2 s here, a pause every answer under way
-    would share. Later garbage is collected as usual."""
+    sight: a full collection of that heap is a long pause, which every answer under way would
+    share (docs/benchmarks.md). Later garbage is collected as usual."""
     gc.collect()
     gc.freeze()

@@ -438,7 +438,7 @@ class PredictionLog:
 
     def _insert_predictions(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """One executemany through the driver: SQLAlchemy's per-row parameter handling would cost
-        ~20 us a row of Python, holding the GIL that the answers need."""
+        Python time per row, holding the GIL that the answers need."""
         assert self._engine is not None, "start() the log first"
         if self._statement is None:
             compiled = self._insert_ignoring_repeats().compile(dialect=self._engine.dialect)

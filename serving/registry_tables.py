@@ -1,7 +1,7 @@
 """The registry read straight from MLflow's tables, and a version's files from its artifact store.
 
-Why: importing MLflow and building its SQL store (alembic, the ORM mappers) takes ~1.5 s of
-the 2.3 s a gateway needed to answer its first /ping from the registry. Aliases, tags and a
+Why: importing MLflow and building its SQL store (alembic, the ORM mappers) took most of a
+gateway's start from the registry to its first /ping (docs/benchmarks.md). Aliases, tags and a
 version's storage location are five small tables; the MLmodel file is YAML. So when the
 tracking store is a database (SQLite, PostgreSQL) the gateway and the Shadow's process read
 these with SQLAlchemy core, and read the ONNX form of a version from local disk or S3 directly.

@@ -199,7 +199,7 @@ def _wait_until_up(url: str, proc: subprocess.Popen, log_file: Path, timeout_s: 
     import httpx  # the client side only: the gateway itself never needs it
 
     deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=1.0) as client:  # one client: each new one loads the CA store (~20 ms of CPU)
+    with httpx.Client(timeout=1.0) as client:  # one client: each new one loads the CA store again
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = log_file.read_text()[-2000:]

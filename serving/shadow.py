@@ -1,8 +1,8 @@
 """Shadow predictions in a process of their own, on the CPU the answers leave.
 
 A Shadow never answers, yet inside the gateway's process it would still slow the answers: its
-model and its log rows need the GIL the event loop needs (measured: +58% p99 at ~5k req/s).
-So the gateway only hands each mirrored request's columns (one JSON line, ~3 us) to a child
+model and its log rows need the GIL the event loop needs (docs/benchmarks.md: the p99 it cost).
+So the gateway only hands each mirrored request's columns (one JSON line) to a child
 process, `python -m serving.shadow`, in batches over a socket pair. The child runs at the lowest
 CPU priority, loads the Shadow version from the registry, predicts, writes the shadow rows to
 the prediction log itself and reports each outcome and model time back; the gateway turns the

@@ -152,8 +152,8 @@ class TextTfidf(TfidfVectorizer):
     def get_feature_names_out(self, input_features: Sequence[str] | None = None) -> np.ndarray:
         return np.asarray([f"{self.column_}:{term}" for term in super().get_feature_names_out()], dtype=object)
 
-    # skops writes a dict entry by entry with its types: a 10,000-term vocabulary made an 8 MB model
-    # that took seconds to write and to load. Stored as one line per term, in index order, it is text.
+    # skops writes a dict entry by entry with its types: a large vocabulary made a large model, slow
+    # to write and to load. Stored as one line per term, in index order, it is text.
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())  # a copy: Python's own __getstate__ gives the live __dict__
         vocabulary = state.get("vocabulary_")

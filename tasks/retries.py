@@ -1,8 +1,15 @@
 """Which failures a Prefect task retries, and the options every shipway task shares."""
 
-from typing import Any
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
 
 from core.errors import ShipwayError
+
+if TYPE_CHECKING:  # Prefect is imported only where a task is declared
+    from prefect import Task
+    from prefect.client.schemas.objects import State, TaskRun
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -21,7 +28,7 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def retry_on_io(task, task_run, state) -> bool:
+def retry_on_io(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect retry condition: retry transient I/O failures only; bad input fails the same way again."""
     try:
         state.result()
@@ -40,3 +47,15 @@ def task_options(*, io: bool = False, **overrides: Any) -> dict[str, Any]:
     if io:
         options |= {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_on_io}
     return options | overrides
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The running task's Prefect logger (its lines in the Prefect UI); a plain `shipway` logger when a
+    task's function is called as a plain function (`.fn`), where Prefect's would raise."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("shipway")

@@ -147,7 +147,7 @@ def register_versions(settings: Settings, count: int) -> list:
     snapshot = take_snapshot("demo", settings, TARGET)
     trained = train(snapshot.frame, TARGET, settings.training)
     lineage = GitLineage(commit="a" * 40, branch="main", dirty=False)
-    registered = [register(trained, snapshot, lineage, settings) for _ in range(count)]
+    registered = [register.fn(trained, snapshot, lineage, settings) for _ in range(count)]
     for version in registered:
         mark_gated(settings, version.name, version.version)
     return [(version, trained, snapshot) for version in registered]

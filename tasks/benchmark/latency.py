@@ -375,6 +375,7 @@ def _percentiles(seconds: np.ndarray) -> dict[str, float]:
             "requests": float(len(ms))}  # fmt: skip
 
 
+# A task of its own: `bench` measures any reference (`shipway bench`); the flow's step also applies the budget.
 @task(name="bench", **task_options(io=True, retries=1, retry_delay_seconds=[5]))
 def bench_task(settings: Settings, name: str, version: str) -> BenchResult:
     result = bench(settings, f"{name}/{version}")

@@ -1,7 +1,7 @@
 """A lean HTTP/1.1 load generator: keep-alive sockets, requests prepared in advance.
 
-A general-purpose client (httpx, requests) spends 0.3-0.5 ms of Python per request, which would
-hide a sub-millisecond server. This one sends prepared bytes and reads the answer by its
+A general-purpose client (httpx, requests) spends more Python per request than a sub-millisecond
+server does, which would hide it. This one sends prepared bytes and reads the answer by its
 Content-Length, so what it measures is the server plus loopback. The same client drives any
 server (the gateway, `mlflow models serve`), so their figures compare.
 """

@@ -53,7 +53,7 @@ def trend_figure(
             continue
         shown = [(s, e, m[key]) for s, e, m in windows if key in m and m[key] == m[key]]  # NaN: not measured
         for s, e, value in shown:
-            ax.plot([s, e], [value, value], color="tab:blue", linewidth=2.5, solid_capstyle="butt")
+            _span(ax, s, e, value, "tab:blue")
             ax.plot([e], [value], "o", color="tab:blue")
         if len(shown) <= 3:  # few windows: say the figure itself
             for _, e, value in shown:
@@ -68,8 +68,7 @@ def trend_figure(
         else:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, top * 1.25 if top > 0 else 1.0)
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
+        _label(ax, label)
     first = min(s for s, _, _ in windows)
     margin = max((end - first) * 0.04, timedelta(minutes=1))
     axes[-1].set_xlim(first - margin, end + margin)
@@ -95,7 +94,7 @@ def _estimates(ax: Any, windows: list[tuple[datetime, datetime, dict[str, float]
             drawn += [m.get(f"{key}_low", m[key]), m.get(f"{key}_high", m[key]), m.get(f"{key}_floor", m[key])]
             drawn += [m[f"realised_{metric}"]] if f"realised_{metric}" in m else []
             ax.fill_between([s, e], m.get(f"{key}_low", m[key]), m.get(f"{key}_high", m[key]), color=colour, alpha=0.2)
-            ax.plot([s, e], [m[key], m[key]], color=colour, linewidth=2.5, solid_capstyle="butt")
+            _span(ax, s, e, m[key], colour)
             if f"realised_{metric}" in m:
                 ax.plot([e], [m[f"realised_{metric}"]], "x", color=colour, markersize=8)
             if f"{key}_floor" in m:
@@ -107,6 +106,15 @@ def _estimates(ax: Any, windows: list[tuple[datetime, datetime, dict[str, float]
     else:
         ax.text(0.5, 0.5, "not estimated (see the window's `estimate` tag)", transform=ax.transAxes, ha="center")
         ax.set_ylim(0, 1)
+    _label(ax, label)
+
+
+def _span(ax: Any, start: datetime, end: datetime, value: float, colour: str) -> None:
+    """A window's figure, as a line over the window's own time range: every panel draws windows so."""
+    ax.plot([start, end], [value, value], color=colour, linewidth=2.5, solid_capstyle="butt")
+
+
+def _label(ax: Any, label: str) -> None:
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
 

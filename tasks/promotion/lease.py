@@ -101,6 +101,10 @@ class Lease:
         )
 
 
+Say = Callable[[str], None]  # how a promotion's steps are told (print, or the flow's logger)
+Crashed = Callable[[Lease, str], None]  # told of each dead promotion taken over, to mark its flow run crashed
+
+
 @dataclass
 class Held:
     """The lease this promotion holds, renewed by a thread; `promoting(version)` records the version
@@ -148,9 +152,7 @@ def read(settings: Settings, name: str) -> Lease | None:
 
 
 @contextmanager
-def claimed(
-    settings: Settings, name: str, *, actor: str, say: Callable[[str], None] = print
-) -> Iterator[list[tuple[Lease, str]]]:
+def claimed(settings: Settings, name: str, *, actor: str, say: Say = print) -> Iterator[list[tuple[Lease, str]]]:
     """Take `name`'s promotion lease for the promotion flow this process is about to run: a dead holder
     is taken over (its moves undone) and a live one refused now, before the flow can start. The flow's
     `held` adopts the lease; if no flow adopts it, it is released at the end of the block. Yields the
@@ -160,10 +162,7 @@ def claimed(
     def crashed(lease: Lease, why: str) -> None:
         dead.append((lease, why))
 
-    seconds = settings.promotion.lease_seconds
-    lease = _acquire(settings, name, STARTING, "starting", actor, crashed, say, seconds, seconds / 3)
-    handle = Held(settings, name, lease)
-    handle.start_renewal()
+    handle = _take(settings, name, STARTING, "starting", actor, crashed, say)
     key = (settings.mlflow.tracking_uri, name)
     _claims[key] = handle
     try:
@@ -182,8 +181,8 @@ def held(
     run_name: str,
     *,
     actor: str,
-    crashed: Callable[[Lease, str], None],
-    say: Callable[[str], None] = print,
+    crashed: Crashed,
+    say: Say = print,
 ) -> Iterator[Held]:
     """Hold `name`'s promotion lease for the block, renewed in the background; a dead holder is
     taken over (`crashed` is told, then its moves are undone); a live one makes PromotionBusy.
@@ -192,10 +191,7 @@ def held(
     if handle is not None:
         handle.adopt(run_id, run_name)
     else:
-        seconds = settings.promotion.lease_seconds
-        mine = _acquire(settings, name, run_id, run_name, actor, crashed, say, seconds, seconds / 3)
-        handle = Held(settings, name, mine)
-        handle.start_renewal()
+        handle = _take(settings, name, run_id, run_name, actor, crashed, say)
     release = True
     try:
         yield handle
@@ -221,17 +217,10 @@ def _release(settings: Settings, name: str, run_id: str, actor: str) -> None:
             registry.delete_model_tag(settings, name, Tag.PROMOTION_LEASE)
 
 
-def _acquire(
-    settings: Settings,
-    name: str,
-    run_id: str,
-    run_name: str,
-    actor: str,
-    crashed: Callable[[Lease, str], None],
-    say: Callable[[str], None],
-    seconds: float,
-    renew_s: float,
-) -> Lease:
+def _take(settings: Settings, name: str, run_id: str, run_name: str, actor: str, crashed: Crashed, say: Say) -> Held:
+    """The lease for `run_id` once no live promotion holds it (a dead one is taken over), renewed from now on."""
+    seconds = settings.promotion.lease_seconds
+    renew_s = seconds / 3
     while True:
         found = read(settings, name)
         if found is not None and (found.run_id != run_id or run_id == STARTING):  # not this run's own
@@ -260,12 +249,12 @@ def _acquire(
                 before | {SHARE: tags.get(Tag.CANARY_SHARE)},
             )
             registry.set_model_tag(settings, name, Tag.PROMOTION_LEASE, mine.to_json())
-            return mine
+            handle = Held(settings, name, mine)
+            handle.start_renewal()
+            return handle
 
 
-def reclaim(
-    settings: Settings, name: str, *, actor: str, say: Callable[[str], None] = print
-) -> tuple[Lease, str] | None:
+def reclaim(settings: Settings, name: str, *, actor: str, say: Say = print) -> tuple[Lease, str] | None:
     """Free the lease of a promotion that is gone, after putting back what it had moved: returns the
     dead lease and why it is deemed dead (its flow run is then to be marked crashed), or None when the
     lease is free or held by a live promotion. A lease that stopped being renewed is waited for until

@@ -39,9 +39,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from sklearn.base import is_regressor
 from sklearn.metrics import accuracy_score
 
@@ -54,6 +53,7 @@ from tasks.data.storage import open_store
 from tasks.promotion.analysis import FAR, positive_rate_far
 from tasks.quality.bootstrap import resample_means
 from tasks.release import registry
+from tasks.retries import run_logger, task_options
 from tasks.training import seen_rows
 from tasks.training.quality_metrics import METRICS, Answers, Metric, Truth, answers, encode, metrics_of
 from tasks.training.seen_rows import Seen
@@ -638,6 +638,7 @@ class QualityOutcome:
     tags: dict[str, str]
 
 
+@task(name="quality", **task_options())
 def check_quality(
     settings: Settings,
     registered: Registered,
@@ -688,6 +689,15 @@ def check_quality(
             f"quality gate: {name} version {version} is registered without an alias: {report.reason()}; "
             f"table: {uri} (override with --force-quality --reason TEXT)"
         )
+    logger = run_logger()
+    if verdict == "overridden":
+        logger.warning("quality gate failed and was overridden (%s): %s", reason, report.reason())
+    else:
+        logger.info("quality gate passed: %s", report.reason())
+    if report.note:
+        logger.info(report.note)
+    if warning:
+        logger.warning("%s", warning)
     return QualityOutcome(verdict, report, uri, out)
 
 
@@ -712,28 +722,3 @@ def record(settings: Settings, registered: Registered, report: QualityReport, ta
     client.log_table(registered.run_id, data=pd.DataFrame(report.table()), artifact_file=TABLE_ARTIFACT)
     registry.set_version_tags(settings, registered.name, registered.version, tags)
     return f"{client.get_run(registered.run_id).info.artifact_uri}/{TABLE_ARTIFACT}"
-
-
-@task(name="quality", cache_policy=NO_CACHE)
-def quality_task(
-    settings: Settings,
-    registered: Registered,
-    candidate: Any,
-    baseline: Any,
-    X: pd.DataFrame,
-    y: pd.Series,
-    force: bool = False,
-    reason: str | None = None,
-    X_all: pd.DataFrame | None = None,
-) -> QualityOutcome:
-    outcome = check_quality(settings, registered, candidate, baseline, X, y, force, reason, X_all)
-    logger = get_run_logger()
-    if outcome.verdict == "overridden":
-        logger.warning("quality gate failed and was overridden (%s): %s", reason, outcome.report.reason())
-    else:
-        logger.info("quality gate passed: %s", outcome.report.reason())
-    if outcome.report.note:
-        logger.info(outcome.report.note)
-    if Tag.POSITIVE_RATE_WARNING in outcome.tags:
-        logger.warning("%s", outcome.tags[Tag.POSITIVE_RATE_WARNING])
-    return outcome

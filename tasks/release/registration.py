@@ -21,9 +21,10 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature, infer_signature
+from mlflow.models import Model, ModelSignature, infer_signature
+from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema, TensorSpec
-from prefect import get_run_logger, task
+from prefect import task
 
 from configs.settings import Settings
 from core.integrity import sha256
@@ -32,7 +33,7 @@ from tasks.data.snapshot import Snapshot
 from tasks.release import prediction_reference, record, registry
 from tasks.release.lineage import CODE_DIR, GitLineage, config_hash, config_yaml, shipway_version
 from tasks.release.registry import connect
-from tasks.retries import task_options
+from tasks.retries import run_logger, task_options
 from tasks.training import seen_rows
 from tasks.training.compile import compile_pipeline
 from tasks.training.pipeline import TrainedModel, decision_threshold, headline
@@ -58,7 +59,8 @@ class Registered:
 
 
 def pip_requirements() -> list[str]:
-    """Pinned serving requirements, stated so that MLflow need not infer them (4-5 s per model)."""
+    """Pinned serving requirements, stated so that MLflow need not infer them (it would load the model
+    in a subprocess to)."""
     return [f"{dist}=={dist_version(dist)}" for dist in SERVING_REQUIREMENTS]
 
 
@@ -68,7 +70,7 @@ def trusted_types(model: Any) -> list[str]:
     Safe to trust here: the model was fitted in this process, not read from an outside file;
     the file stays protected by the registry, and snapshots by their content hash.
     """
-    import skops.io  # ~1 s to import: only registration needs it, not the gateway or the readers
+    import skops.io  # slow to import: only registration needs it, not the gateway or the readers
 
     return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
 
@@ -76,7 +78,7 @@ def trusted_types(model: Any) -> list[str]:
 def dataset_schema(frame: pd.DataFrame) -> Schema | None:
     """The schema MLflow infers for a dataset, from the few rows that decide it: per column its
     first value and its first null. MLflow's own inference reads every value of each text column
-    and looks for nulls value by value (~6 s of a 30,000-row snapshot); a snapshot's columns each
+    and looks for nulls value by value (seconds on a large snapshot); a snapshot's columns each
     hold one type (tasks.data.snapshot.canonicalize), so these rows give the same types and the same
     `required` flags."""
     nulls = frame.isna()
@@ -138,6 +140,7 @@ def _installed(path: Path) -> bool:
     return any(path.is_relative_to(Path(library).resolve()) for library in libraries if library)
 
 
+@task(name="register", **task_options(io=True))
 def register(
     trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings, unfinished: str | None = None
 ) -> Registered:
@@ -192,7 +195,7 @@ def register(
         mlflow.log_input(dataset, context="training")
         mlflow.log_dict(snapshot.manifest.model_dump(mode="json"), "snapshot/manifest.json")
         types = trusted_types(trained.model)
-        model_info = mlflow.sklearn.log_model(
+        model_info, model_sha256 = log_sklearn(
             trained.model,
             name=MODEL_ARTIFACT,
             signature=signature(sample, trained.serve(sample), nullable),
@@ -202,7 +205,7 @@ def register(
             pyfunc_predict_fn=trained.predict_fn,
             code_paths=user_code_paths(types) or None,
         )
-        baseline_info = mlflow.sklearn.log_model(
+        baseline_info, baseline_sha256 = log_sklearn(
             trained.baseline,
             name=BASELINE_ARTIFACT,
             signature=signature(sample, getattr(trained.baseline, trained.predict_fn)(sample), nullable),
@@ -220,13 +223,13 @@ def register(
         )
         # The compiled form is what the gateway serves: parity-checked here, stored with the run.
         compiled = compile_pipeline(trained.model, trained.X_holdout, trained.predict_fn)
-        # The baseline's too: a gateway serving ONNX then never imports scikit-learn (~1.5 s).
+        # The baseline's too: a gateway serving ONNX then never imports scikit-learn.
         compiled_baseline = compile_pipeline(trained.baseline, trained.X_holdout, trained.predict_fn)
         # Each served file's hash, tagged with the version and checked wherever it is loaded
-        # (core/integrity.py): the model file as the store holds it, the ONNX forms as uploaded.
+        # (core/integrity.py): each of the bytes uploaded, hashed before the upload.
         hashes: dict[str, str] = {
-            Tag.MODEL_SHA256: stored_sha256(model_info.model_id, model_info.flavors),
-            Tag.BASELINE_MODEL_SHA256: stored_sha256(baseline_info.model_id, baseline_info.flavors),
+            Tag.MODEL_SHA256: model_sha256,
+            Tag.BASELINE_MODEL_SHA256: baseline_sha256,
             **({Tag.ONNX_MODEL_SHA256: sha256(compiled.onnx)} if compiled.ok and compiled.onnx else {}),
             **(
                 {Tag.BASELINE_ONNX_SHA256: sha256(compiled_baseline.onnx)}
@@ -298,17 +301,36 @@ def register(
         for made in client.search_model_versions(f"run_id = '{run.info.run_id}'") if unfinished else []:
             mark_unfinished(settings, name, str(made.version), exc, "register")
         raise
+    run_logger().info("registered %s version %s (run %s)", name, created.version, run.info.run_id)
     return Registered(name, str(created.version), run.info.run_id, f"models:/{name}/{created.version}")
 
 
-def stored_sha256(model_id: str, flavors: dict[str, Any]) -> str:
-    """The sha256 of a logged scikit-learn model's file (model.skops) as the artifact store holds it:
-    the bytes every later load reads back."""
-    location = mlflow.get_logged_model(model_id).artifact_location
-    file = flavors["sklearn"]["pickled_model"]
-    with tempfile.TemporaryDirectory(prefix="shipway-") as tmp:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/{file}", dst_path=tmp)
-        return sha256(Path(path).read_bytes())
+def log_sklearn(model: Any, name: str, **options: Any) -> tuple[ModelInfo, str]:
+    """`mlflow.sklearn.log_model` (`options` are its own), and the sha256 of the model file it stores.
+    A second serialization would not do: a skops file is a zip whose entries carry the time written."""
+    hashing = _HashingSklearn()
+    info = Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=hashing,
+        flavor_name="mlflow.sklearn",  # the logged model's flavor, as mlflow.sklearn.log_model names it
+        sk_model=model,
+        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+        **options,
+    )
+    return info, hashing.sha256
+
+
+@dataclass
+class _HashingSklearn:
+    """mlflow.sklearn as the flavor `Model.log` saves with: it writes the model's folder locally, then
+    uploads it as it is, so the model file hashed here is byte for byte the one the store keeps."""
+
+    sha256: str = ""
+
+    def save_model(self, path: str, mlflow_model: Model, **options: Any) -> None:
+        mlflow.sklearn.save_model(path=path, mlflow_model=mlflow_model, **options)
+        self.sha256 = sha256((Path(path) / mlflow_model.flavors["sklearn"]["pickled_model"]).read_bytes())
 
 
 def mark_unfinished(settings: Settings, name: str, version: str, exc: BaseException, step: str) -> None:
@@ -379,12 +401,3 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> bool:
         except MlflowException:  # created meanwhile by another process
             client.get_registered_model(name)
             return False
-
-
-@task(name="register", **task_options(io=True))
-def register_task(
-    trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings, unfinished: str | None = None
-) -> Registered:
-    registered = register(trained, snapshot, lineage, settings, unfinished)
-    get_run_logger().info("registered %s version %s (run %s)", registered.name, registered.version, registered.run_id)
-    return registered

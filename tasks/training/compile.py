@@ -432,7 +432,7 @@ def _register_date_parts() -> None:
 def _register_float64_stumps() -> None:
     """Decision trees of depth <= 1 (the heuristic baseline's one rule) as Cast/LessOrEqual/Where on
     float64: onnxruntime's tree operators answer in float32 only, which left baselines without an
-    ONNX form, and the gateway importing scikit-learn (~1.5 s) to load them. Deeper trees keep
+    ONNX form, and the gateway importing scikit-learn (slow) to load them. Deeper trees keep
     skl2onnx's own converter."""
     from skl2onnx import update_registered_converter
     from skl2onnx.common._registration import get_converter, get_shape_calculator

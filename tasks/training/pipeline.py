@@ -17,23 +17,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    f1_score,
-    log_loss,
-    mean_absolute_error,
-    precision_score,
-    r2_score,
-    recall_score,
-    roc_auc_score,
-    root_mean_squared_error,
-)
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import FixedThresholdClassifier, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
@@ -46,11 +34,13 @@ from core.free_text import text_columns
 from core.plain import plain, plain_list
 from core.vocabulary import Task
 from tasks.features import DateParts, TextTfidf, choose_features, holdout_split, is_datetime
+from tasks.retries import task_options
 from tasks.training import estimators
 from tasks.training.baseline import build_baseline
+from tasks.training.quality_metrics import METRICS, answers, encode, metrics_of
 
 MAX_AUTO_CLASSES = 20  # an integer target with more distinct values than this is a quantity, not classes
-THRESHOLD_FOLDS = 3  # each fold is one more fit of the estimator: 3 keeps auto at ~4x one fit
+THRESHOLD_FOLDS = 3  # each fold is one more fit of the estimator: few, so that `auto` stays affordable
 TEXT_TERMS = 10_000  # TF-IDF vocabulary per text column, for estimators that take sparse input
 TEXT_TERMS_DENSE = 200  # ... for those that need dense input (HGB): each term is a column they bin
 
@@ -331,41 +321,25 @@ def with_threshold(pipeline: Pipeline, threshold: float, X: pd.DataFrame, y: pd.
     return Pipeline([*head, (name, fixed.fit(rows, y))])
 
 
-def evaluate(model: Pipeline, X: pd.DataFrame, y: pd.Series, task: Task) -> dict[str, float]:
-    """Holdout metrics of the task. Binary metrics use the positive class (the second of
-    `classes_`), multiclass ones average over classes; probability metrics need predict_proba.
-    scikit-learn's functions, as people check them; the quality gate computes the same names from
-    per-row columns (quality_metrics.py), and tests/quality/test_quality.py holds the two equal."""
-    predicted = model.predict(X)
-    if task is Task.REGRESSION:
-        metrics = {
-            "rmse": root_mean_squared_error(y, predicted),
-            "mae": mean_absolute_error(y, predicted),
-            "r2": r2_score(y, predicted),
-        }
-        return {k: round(float(v), 6) for k, v in metrics.items()}
-    classes = model.classes_
-    binary = task is Task.BINARY
-    average = "binary" if binary else "macro"
-    positive = {"pos_label": classes[1]} if binary else {}
-    metrics = {
-        "accuracy": accuracy_score(y, predicted),
-        "balanced_accuracy": balanced_accuracy_score(y, predicted),
-        "f1" if binary else "f1_macro": f1_score(y, predicted, average=average, zero_division=0, **positive),
-        "precision" if binary else "precision_macro": precision_score(
-            y, predicted, average=average, zero_division=0, **positive
-        ),
-        "recall" if binary else "recall_macro": recall_score(
-            y, predicted, average=average, zero_division=0, **positive
-        ),
-    }
-    if hasattr(model, "predict_proba"):
-        proba = model.predict_proba(X)
-        metrics["log_loss"] = log_loss(y, proba, labels=classes)
-        if y.nunique() == len(classes):
-            metrics["roc_auc"] = (
-                roc_auc_score(y, proba[:, 1]) if binary else roc_auc_score(y, proba, multi_class="ovr", labels=classes)
-            )
+def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, task: Task) -> dict[str, float]:
+    """Holdout metrics of the task, computed as the quality gate computes them (quality_metrics.py,
+    held to scikit-learn's functions by tests/quality/test_quality.py). Binary metrics use the positive
+    class (the second of `classes_`), multiclass ones average over classes; probability metrics need
+    predict_proba, roc_auc every class in the holdout. A multiclass roc_auc (one-vs-rest) is logged,
+    never judged: scikit-learn's."""
+    names = [name for name in metrics_of(task) if not METRICS[name].needs_proba]
+    proba = task is not Task.REGRESSION and hasattr(model, "predict_proba")
+    every_class = proba and y.nunique() == len(model.classes_)
+    if proba:
+        names.append("log_loss")
+    if every_class and task is Task.BINARY:
+        names.append("roc_auc")
+    chosen = [METRICS[name] for name in names]
+    truth = encode(y, task, [model])
+    said = answers(model, X, truth, task, chosen)
+    metrics = {metric.name: metric.point(truth, said) for metric in chosen}
+    if every_class and task is Task.MULTICLASS:
+        metrics["roc_auc"] = roc_auc_score(y, model.predict_proba(X), multi_class="ovr", labels=model.classes_)
     return {k: round(float(v), 6) for k, v in metrics.items()}
 
 
@@ -431,7 +405,8 @@ def train(
     )
 
 
-@task(name="train", cache_policy=NO_CACHE)
+# A task of its own: `train` takes settings' sections, so that a test trains without a whole profile.
+@task(name="train", **task_options())
 def train_task(df: pd.DataFrame, target: str, settings: Settings) -> TrainedModel:
     trained = train(
         df,

@@ -1,5 +1,6 @@
 """Holdout metrics as functions of means of per-row columns, so that the paired bootstrap
-(tasks/quality/bootstrap.py) resamples them all the same way.
+(tasks/quality/bootstrap.py) resamples them all the same way: the one implementation of what a run
+logs (tasks/training/pipeline.evaluate) and what the quality gate judges.
 
 A metric has shared columns (from the true labels: which class a row is, y and y^2) and model
 columns (from one model's answers: correct or not, squared error, the probability it gave the

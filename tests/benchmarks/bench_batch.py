@@ -77,7 +77,7 @@ def measure(tmp: str, estimator: str, n_rows: int, batches: int, clients: int) -
     )
     snapshot = take_snapshot("demo", settings, TARGET)
     trained = train(snapshot.frame, TARGET, settings.training, settings.data)
-    registered = register(trained, snapshot, GitLineage("0" * 40, "bench", False), settings)
+    registered = register.fn(trained, snapshot, GitLineage("0" * 40, "bench", False), settings)
     tags = MlflowClient(settings.mlflow.tracking_uri).get_model_version(registered.name, registered.version).tags
     frame = pd.concat([trained.X_holdout] * (n_rows // len(trained.X_holdout) + 1)).head(n_rows)
     expected = trained.model.predict(frame).tolist()

@@ -109,7 +109,7 @@ def measure(tmp: str, i: int, estimator: str, params: dict, name: str, total: in
     trained = train(snapshot.frame, "target", settings.training, settings.data)
     trained_s = time.perf_counter() - started
     started = time.perf_counter()
-    registered = register(trained, snapshot, GitLineage("0" * 40, "bench", False), settings)
+    registered = register.fn(trained, snapshot, GitLineage("0" * 40, "bench", False), settings)
     register_s = time.perf_counter() - started
     tags = MlflowClient(settings.mlflow.tracking_uri).get_model_version(registered.name, registered.version).tags
     sample = trained.X_holdout.head(200)

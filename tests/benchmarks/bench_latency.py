@@ -85,7 +85,7 @@ def register(settings, estimator: str) -> str:
     snapshot = take_snapshot("demo", settings, settings.data.target)
     started = time.perf_counter()
     trained = train(snapshot.frame, settings.data.target, training, settings.data)
-    registered = register_version(
+    registered = register_version.fn(
         trained, snapshot, GitLineage("0" * 40, "bench", False), settings.model_copy(update={"training": training})
     )
     print(f"{estimator}: trained and registered in {time.perf_counter() - started:.1f} s")

@@ -73,8 +73,8 @@ def prepare(tmp: Path):
     started = time.perf_counter()
     snapshot = take_snapshot("demo", settings, TARGET)
     trained = train(snapshot.frame, TARGET, settings.training)
-    production = register(trained, snapshot, git_lineage(), settings)
-    shadow = register(trained, snapshot, git_lineage(), settings)
+    production = register.fn(trained, snapshot, git_lineage(), settings)
+    shadow = register.fn(trained, snapshot, git_lineage(), settings)
     set_alias(settings, production.name, Alias.PRODUCTION, production.version)
     print(f"trained and registered {production.name} versions {production.version} and {shadow.version} "
           f"in {time.perf_counter() - started:.1f} s")  # fmt: skip

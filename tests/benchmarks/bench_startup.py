@@ -78,7 +78,7 @@ def prepare(tmp: Path) -> tuple[Path, Path]:
     settings = load_settings(cwd=tmp)
     snapshot = take_snapshot("demo", settings, TARGET)
     trained = train(snapshot.frame, TARGET, settings.training)
-    version = register(trained, snapshot, git_lineage(), settings)
+    version = register.fn(trained, snapshot, git_lineage(), settings)
     set_alias(settings, version.name, Alias.PRODUCTION, version.version)
     profile = tmp / "profile.yaml"
     profile.write_text(yaml.safe_dump(settings.model_dump(mode="json")))

@@ -102,7 +102,7 @@ def register(base, estimator: str):
     snapshot = take_snapshot("demo", settings, TARGET)
     trained = train(snapshot.frame, TARGET, settings.training)
     trained_s = time.perf_counter() - started
-    registered = register_version(trained, snapshot, git_lineage(), settings)
+    registered = register_version.fn(trained, snapshot, git_lineage(), settings)
     set_alias(settings, registered.name, Alias.PRODUCTION, registered.version)
     from mlflow import MlflowClient
 

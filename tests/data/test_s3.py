@@ -9,12 +9,16 @@ import pandas as pd
 import pytest
 
 from configs.settings import Settings
+from core import integrity
 from core.errors import DataError, SnapshotError
+from core.vocabulary import Tag
 from tasks.data.demo_data import TARGET, generate
 from tasks.data.snapshot import read_snapshot, take_snapshot, write_snapshot
 from tasks.data.storage import open_store
+from tasks.release import prediction_reference
 from tasks.release.lineage import GitLineage
-from tasks.release.registration import register
+from tasks.release.registration import BASELINE_ONNX_ARTIFACT, ONNX_ARTIFACT, register
+from tasks.release.registry import get_version
 from tasks.training.pipeline import train
 from tests.conftest import tuned
 
@@ -111,8 +115,33 @@ def test_mlflow_artifacts_on_s3(on_s3, s3, s3_bucket):
     settings = tuned(on_s3, mlflow={"artifact_location": f"s3://{s3_bucket}/mlflow"})
     snap = take_snapshot("demo", settings, TARGET)
     trained = train(snap.frame, TARGET, settings.training)
-    registered = register(trained, snap, GitLineage("c" * 40, "main", False), settings)
+    registered = register.fn(trained, snap, GitLineage("c" * 40, "main", False), settings)
     assert any(k.startswith("mlflow/models/") and k.endswith("MLmodel") for k in keys(s3, s3_bucket))
     loaded = mlflow.pyfunc.load_model(registered.model_uri)
     rows = trained.X_holdout.head(10)
     np.testing.assert_array_equal(loaded.predict(rows), trained.model.predict(rows))
+
+
+def test_the_recorded_sha256_are_those_of_the_files_in_s3(on_s3, s3, s3_bucket):
+    """Hashed before the upload, each file's tag is the sha256 of the object the store keeps."""
+    settings = tuned(on_s3, mlflow={"artifact_location": f"s3://{s3_bucket}/mlflow"})
+    snap = take_snapshot("demo", settings, TARGET)
+    trained = train(snap.frame, TARGET, settings.training)
+    registered = register.fn(trained, snap, GitLineage("c" * 40, "main", False), settings)
+    version = get_version(settings, registered.name, registered.version)
+    model = mlflow.get_logged_model(version.source.removeprefix("models:/")).artifact_location
+    baseline = mlflow.get_logged_model(version.tags[Tag.BASELINE_MODEL_URI].removeprefix("models:/")).artifact_location
+    run = mlflow.get_run(registered.run_id).info.artifact_uri
+    stored = {
+        integrity.MODEL_SKOPS: f"{model}/model.skops",
+        integrity.BASELINE_SKOPS: f"{baseline}/model.skops",
+        integrity.MODEL_ONNX: f"{run}/{ONNX_ARTIFACT}",
+        integrity.BASELINE_ONNX: f"{run}/{BASELINE_ONNX_ARTIFACT}",
+        integrity.PREDICTION_REFERENCE: f"{run}/{prediction_reference.ARTIFACT}",
+    }
+    assert set(stored) == set(integrity.TAG_OF) - {integrity.CONTRACT}  # the contract: its own step's
+    for file, uri in stored.items():
+        key = uri.removeprefix(f"s3://{s3_bucket}/")
+        assert key != uri, uri
+        body = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        assert version.tags[integrity.TAG_OF[file]] == integrity.sha256(body), file

@@ -27,7 +27,7 @@ def home(tmp_path_factory):
     home = tmp_path_factory.mktemp("validate")
     settings = embedded(home)
     snapshot = write_snapshot(generate(4_000, seed=1), "demo", open_store(settings.snapshots.store, settings.s3))
-    registered = register(train(snapshot.frame, "churned", settings.training), snapshot, git_lineage(), settings)
+    registered = register.fn(train(snapshot.frame, "churned", settings.training), snapshot, git_lineage(), settings)
     log_contract(settings, registered.name, registered.version, contract_for_snapshot(settings, snapshot, "churned"))
     set_version_tags(settings, registered.name, registered.version, {"validation_status": "pass"})
     set_alias(settings, registered.name, Alias.PRODUCTION, registered.version)

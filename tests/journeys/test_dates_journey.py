@@ -64,7 +64,7 @@ def journey(tmp_path_factory) -> Iterator[dict]:
         for kind in ("parquet", "csv"):
             snapshot = take_snapshot(str(home / f"flights.{kind}"), s, "late")
             trained = train(snapshot.frame, "late", s.training, s.data)
-            registered = register(trained, snapshot, GitLineage("a" * 40, "main", False), s)
+            registered = register.fn(trained, snapshot, GitLineage("a" * 40, "main", False), s)
             publish_contract(s, snapshot, "late", registered, GateOutcome("not_gated"), trained.features)
             done[kind] = (snapshot, trained, registered)
         set_alias(s, NAME, Alias.PRODUCTION, done["parquet"][2].version)

@@ -147,7 +147,7 @@ def test_every_table_shape_trains_registers_gates_and_serves(workspace, tmp_path
         times = snapshot.frame[s.data.time_column]
         assert times.loc[trained.holdout_index].min() >= times.drop(trained.holdout_index).max()
 
-    registered = register(trained, snapshot, GitLineage("a" * 40, "main", False), s)
+    registered = register.fn(trained, snapshot, GitLineage("a" * 40, "main", False), s)
     publish_contract(s, snapshot, target, registered, GateOutcome("not_gated"), trained.features)
     set_alias(s, registered.name, Alias.PRODUCTION, registered.version)
     tags = versions(s, registered.name)[0][0].tags

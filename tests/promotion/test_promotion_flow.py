@@ -53,7 +53,7 @@ def versions_1_and_2(fast):
     trained = train(snapshot.frame, TARGET, fast.training)
     lineage = GitLineage("a" * 40, "main", False)
     for _ in range(2):
-        registered = register(trained, snapshot, lineage, fast)
+        registered = register.fn(trained, snapshot, lineage, fast)
         mark_gated(fast, registered.name, registered.version)
     move(fast, NAME, {Alias.PRODUCTION: "1", Alias.SHADOW: "2"}, actor="test", reason="setup")
     return trained, snapshot
@@ -130,7 +130,7 @@ def test_a_broken_canary_is_rolled_back_automatically(fast, versions_1_and_2, tr
     trained, snapshot = versions_1_and_2
     X, y = split_target(snapshot.frame, TARGET, [c for c in snapshot.frame.columns if c != TARGET])
     broken = Pipeline([("prep", preprocessor(X)), ("model", DummyClassifier(strategy="constant", constant=1))])
-    bad = register(
+    bad = register.fn(
         dataclasses.replace(trained, model=broken.fit(X, y)), snapshot, GitLineage("b" * 40, "main", False), fast
     )
     mark_gated(fast, NAME, bad.version)

@@ -176,8 +176,8 @@ class _Always(ClassifierMixin, BaseEstimator):
 
 @pytest.mark.parametrize("task", [Task.BINARY, Task.MULTICLASS, Task.REGRESSION])
 def test_the_runs_log_every_metric_the_gate_judges_under_the_same_name_and_value(task):
-    """One vocabulary and one value: what a run logs (evaluate, scikit-learn's functions) is what
-    quality.metric / min / max name, and what the gate computes from its per-row columns."""
+    """One vocabulary and one value: what a run logs (evaluate) is what quality.metric / min / max
+    name, and what the gate computes from its per-row columns (held to scikit-learn's above)."""
     model, truth, said, Xh, yh = _scored(task)
     logged = evaluate(model, Xh, yh, task)
     judged = metrics_of(task)

@@ -94,7 +94,7 @@ def test_the_model_and_its_baseline_each_carry_their_own_metrics_and_the_rule_it
 
 def test_aliases_move_and_versions_are_listed_newest_first(small, registered):
     reg, trained, snapshot = registered
-    second = register(trained, snapshot, GitLineage("b" * 40, "main", True), small)
+    second = register.fn(trained, snapshot, GitLineage("b" * 40, "main", True), small)
     set_alias(small, reg.name, Alias.SHADOW, reg.version)
     set_alias(small, reg.name, Alias.SHADOW, second.version)
     found, aliases = versions(small, reg.name)

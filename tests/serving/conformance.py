@@ -115,7 +115,7 @@ def register_models(settings: Settings, tmp, names: tuple[str, ...] | None = Non
         )
         snapshot = take_snapshot(source, model_settings, target)
         trained = train(snapshot.frame, target, model_settings.training)
-        registered = register(trained, snapshot, LINEAGE, model_settings)
+        registered = register.fn(trained, snapshot, LINEAGE, model_settings)
         assert registered.version == "1", f"{name} is not new in this store"
         set_alias(model_settings, name, Alias.PRODUCTION, "1")
         optional[name] = _optional_columns(MlflowClient(settings.mlflow.tracking_uri), name)

@@ -134,8 +134,8 @@ def reg(tmp_path_factory) -> Registry:
     snapshot = take_snapshot("demo", settings, TARGET)
     trained = train(snapshot.frame, TARGET, settings.training)
     other = train(snapshot.frame, TARGET, settings.training.model_copy(update={"params": {"C": 0.002}}))
-    good = register(trained, snapshot, LINEAGE, settings)
-    other_good = register(other, snapshot, LINEAGE, settings)
+    good = register.fn(trained, snapshot, LINEAGE, settings)
+    other_good = register.fn(other, snapshot, LINEAGE, settings)
     baseline_uri = MlflowClient().get_model_version(good.name, good.version).tags["baseline_model_uri"]
     return Registry(
         settings,
@@ -314,7 +314,7 @@ def test_canary_gets_its_share_sticky_by_request_key_and_changes_apply_without_r
 
 
 def test_a_version_that_fails_to_load_is_never_served(reg, tmp_path):
-    broken = register(reg.trained, take_snapshot("demo", reg.settings, TARGET), LINEAGE, reg.settings).version
+    broken = register.fn(reg.trained, take_snapshot("demo", reg.settings, TARGET), LINEAGE, reg.settings).version
     MlflowClient().set_model_version_tag(reg.name, broken, "onnx_model_uri", "runs:/0123456789abcdef/onnx/missing.onnx")
     point(reg, Production=reg.good)
     with running(logged(reg, tmp_path)) as url, httpx.Client(base_url=url) as client:
@@ -1008,7 +1008,7 @@ def test_request_ids_are_matched_whole_and_a_reused_one_is_refused(reg, tmp_path
 
 
 def test_ping_is_ready_while_previous_answers_for_a_broken_production(reg, tmp_path):
-    broken = register(reg.trained, take_snapshot("demo", reg.settings, TARGET), LINEAGE, reg.settings).version
+    broken = register.fn(reg.trained, take_snapshot("demo", reg.settings, TARGET), LINEAGE, reg.settings).version
     MlflowClient().set_model_version_tag(reg.name, broken, "onnx_model_uri", "runs:/0123456789abcdef/onnx/missing.onnx")
     point(reg, Production=broken, Previous=reg.good)
     with running(logged(reg, tmp_path)) as url, httpx.Client(base_url=url) as client:

@@ -95,7 +95,7 @@ def sklearn_registered(settings):
     )
     snapshot = take_snapshot("demo", settings, TARGET)
     trained = train(snapshot.frame, TARGET, settings.training)
-    reg = register(trained, snapshot, GitLineage("d" * 40, "main", False), settings)
+    reg = register.fn(trained, snapshot, GitLineage("d" * 40, "main", False), settings)
     set_alias(settings, reg.name, Alias.PRODUCTION, reg.version)
     return settings, reg, trained
 
@@ -162,7 +162,7 @@ def test_a_column_with_rare_nulls_is_optional_though_the_signature_sample_has_no
     snapshot = take_snapshot(str(tmp_path / "rare-nulls.parquet"), settings, TARGET)
     trained = train(snapshot.frame, TARGET, training)
     assert trained.X_holdout.head(50)["region"].notna().all()
-    reg = register(trained, snapshot, GitLineage("d" * 40, "main", False), settings)
+    reg = register.fn(trained, snapshot, GitLineage("d" * 40, "main", False), settings)
     set_alias(settings, reg.name, Alias.PRODUCTION, reg.version)
     inputs = mlflow.models.get_model_info(reg.model_uri).signature.inputs.inputs
     assert {c.name for c in inputs if not c.required} == {"region", "total_charges", "data_usage_gb"}

@@ -127,7 +127,7 @@ def test_own_pipeline_with_own_transformer_registers_serves_and_names_the_users_
 
     lineage = project_lineage(s.training)
     assert lineage.commit == git(project, "rev-parse", "HEAD") and lineage.branch == "research"
-    registered = register(trained, snapshot, lineage, s)
+    registered = register.fn(trained, snapshot, lineage, s)
     set_alias(s, registered.name, Alias.PRODUCTION, registered.version)
     tags = versions(s, registered.name)[0][0].tags
     assert (tags["git_commit"], tags["git_branch"], tags["git_dirty"]) == (lineage.commit, "research", "false")
@@ -242,7 +242,7 @@ def test_search_logs_every_candidate_and_registers_the_best(settings, cancer):
     trained = train(snapshot.frame, "target", s.training, s.data)
     assert len(trained.search) == 3 and list(trained.search["rank"]) == sorted(trained.search["rank"])
     assert trained.search.loc[0, "model__C"] == estimator_of(trained.model).C
-    registered = register(trained, snapshot, project_lineage(s.training), s)
+    registered = register.fn(trained, snapshot, project_lineage(s.training), s)
     run = mlflow.get_run(registered.run_id)
     assert float(run.data.params["search_best_model__C"]) == trained.search.loc[0, "model__C"]
     table = json.loads(
@@ -265,7 +265,7 @@ def test_probabilities_are_served_as_mlflow_pyfunc_answers_them(settings, cancer
     cancer.to_parquet("cancer.parquet")
     snapshot = take_snapshot("cancer.parquet", s, "target")
     trained = train(snapshot.frame, "target", s.training, s.data)
-    registered = register(trained, snapshot, project_lineage(s.training), s)
+    registered = register.fn(trained, snapshot, project_lineage(s.training), s)
     set_alias(s, registered.name, Alias.PRODUCTION, registered.version)
     tags = versions(s, registered.name)[0][0].tags
     assert tags["predict_fn"] == "predict_proba" and json.loads(tags["classes"]) == [0, 1]
@@ -295,7 +295,9 @@ def test_the_resolved_config_is_logged_without_secrets_and_hashed(settings, canc
     assert doc["training"]["model_name"] == "cancer"
     cancer.to_parquet("cancer.parquet")
     snapshot = take_snapshot("cancer.parquet", s, "target")
-    registered = register(train(snapshot.frame, "target", s.training, s.data), snapshot, project_lineage(s.training), s)
+    registered = register.fn(
+        train(snapshot.frame, "target", s.training, s.data), snapshot, project_lineage(s.training), s
+    )
     text = Path(mlflow.artifacts.download_artifacts(f"runs:/{registered.run_id}/config/resolved.yaml")).read_text()
     assert "pepper" not in text and "hunter2" not in text
     assert yaml.safe_load(text) == doc
@@ -321,7 +323,7 @@ def test_the_gateway_answers_what_mlflow_models_serve_answers(settings, project,
     frame.to_parquet("table.parquet")
     snapshot = take_snapshot("table.parquet", s, "target")
     trained = train(snapshot.frame, "target", s.training, s.data)
-    registered = register(trained, snapshot, project_lineage(s.training), s)
+    registered = register.fn(trained, snapshot, project_lineage(s.training), s)
     set_alias(s, registered.name, Alias.PRODUCTION, registered.version)
     serving_format = versions(s, registered.name)[0][0].tags["serving_format"]
     rows = trained.X_holdout.head(20)

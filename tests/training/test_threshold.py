@@ -201,16 +201,16 @@ def test_the_gate_refuses_predicts_labels_and_every_form_serves_the_chosen_thres
     snapshot = take_snapshot("default.parquet", s, "default")
     lineage = GitLineage(commit="a" * 40, branch="main", dirty=False)
     plain = train(snapshot.frame, "default", s.training, s.data)
-    registered = register(plain, snapshot, lineage, s)
+    registered = register.fn(plain, snapshot, lineage, s)
     with pytest.raises(GateError) as refused:
-        check_quality(s, registered, plain.model, plain.baseline, plain.X_holdout, plain.y_holdout)
+        check_quality.fn(s, registered, plain.model, plain.baseline, plain.X_holdout, plain.y_holdout)
     assert "served decisions: balanced_accuracy 0." in str(refused.value)
     assert "of the served labels worse than the baseline's 0." in str(refused.value)
 
     s = tuned(s, training={"threshold": "auto"})
     chosen = train(snapshot.frame, "default", s.training, s.data)
-    registered = register(chosen, snapshot, lineage, s)
-    outcome = check_quality(s, registered, chosen.model, chosen.baseline, chosen.X_holdout, chosen.y_holdout)
+    registered = register.fn(chosen, snapshot, lineage, s)
+    outcome = check_quality.fn(s, registered, chosen.model, chosen.baseline, chosen.X_holdout, chosen.y_holdout)
     assert outcome.verdict == "passed"
     tags = versions(s, "default")[0][0].tags
     assert tags[Tag.DECISION_THRESHOLD].startswith(f"{chosen.threshold:.6g} (auto: best balanced_accuracy")

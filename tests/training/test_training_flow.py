@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from flows.cli import cli
 from flows.train import alias_task, snapshot_task, training_flow
 from tasks.data.demo_data import generate
-from tasks.release.registration import register_task
+from tasks.release.registration import register
 from tasks.release.registry import versions
 from tasks.training.pipeline import train_task
 from tests.conftest import REPO, tuned, write_profile
@@ -62,7 +62,7 @@ def test_flow_registers_a_version_with_every_lineage_tag_and_makes_it_shadow(qui
 
 
 def test_only_io_tasks_retry():
-    assert snapshot_task.retries > 0 and register_task.retries > 0 and alias_task.retries > 0
+    assert snapshot_task.retries > 0 and register.retries > 0 and alias_task.retries > 0
     assert train_task.retries == 0
 
 
