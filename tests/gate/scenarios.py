@@ -219,11 +219,11 @@ def credit_reference(settings: GateSettings | None = None) -> Reference:
     return Reference(frame, suite)
 
 
-def _from_other_rows(columns_of: Callable[[int], list[str]]):
+def _from_other_rows(columns_of: Callable[[int], list[str]], table: Callable[[int, int], pd.DataFrame] = credit):
     """The columns come from other rows of the same batch: a join on the wrong key, a stale column."""
 
     def make(rows, seed, rep, ref):
-        batch = credit(rows, seed)
+        batch = table(rows, seed)
         columns = columns_of(rep)
         other = np.random.default_rng(seed + 1).permutation(rows)
         batch[columns] = batch[columns].iloc[other].to_numpy()
@@ -313,22 +313,11 @@ def policy_reference(settings: GateSettings | None = None) -> Reference:
     return Reference(frame, suite)
 
 
-def _policies_from_other_rows(columns_of: Callable[[int], list[str]]):
-    def make(rows, seed, rep, ref):
-        batch = policies(rows, seed)
-        columns = columns_of(rep)
-        other = np.random.default_rng(seed + 1).permutation(rows)
-        batch[columns] = batch[columns].iloc[other].to_numpy()
-        return canonicalize(batch), set(columns)
-
-    return make
-
-
 # the held-out catalogue: the check is measured on it, not tuned on it
 HELD_OUT_SCENARIOS: list[Scenario] = [
     Scenario(
-        "held out: wrong join key", _policies_from_other_rows(lambda rep: POLICY_BLOCKS[rep % len(POLICY_BLOCKS)])
+        "held out: wrong join key", _from_other_rows(lambda rep: POLICY_BLOCKS[rep % len(POLICY_BLOCKS)], policies)
     ),
-    Scenario("held out: stale column", _policies_from_other_rows(lambda rep: [POLICY_STALE[rep % len(POLICY_STALE)]])),
+    Scenario("held out: stale column", _from_other_rows(lambda rep: [POLICY_STALE[rep % len(POLICY_STALE)]], policies)),
     Scenario("held out: clean", lambda rows, seed, rep, ref: (canonicalize(policies(rows, seed)), set()), drift=False),
 ]
