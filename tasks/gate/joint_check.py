@@ -38,7 +38,7 @@ from tasks.gate.verdict import TABLE, Outcome
 EDGE_ALPHA = 0.001  # changed pairs shown: Bonferroni over the pairs at this level; also each named column's price
 SHOWN_PAIRS = 12
 SOFT_Z = 2.0  # the discriminant keeps a change past this many standard errors (one feature pair)
-EXHAUSTIVE = 14  # up to this many columns attribution tries every set; beyond, a greedy search
+EXHAUSTIVE = 14  # up to this many columns attribution tries every set; beyond, a greedy search (one or two at a time)
 
 
 def check_joint(e: dict, batch: pd.DataFrame, wf: float, excluded: set[str]) -> Outcome:
@@ -214,12 +214,12 @@ def _implicated(ref: np.ndarray, batch: np.ndarray, owner: np.ndarray, columns: 
     r, b = _corr(ref), _corr(batch)
     variance = _r_variance(ref, r) * (1 / len(ref) + 1 / len(batch))
     n = len(columns)
-    kept, crossed, weight = np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n))
-    for i, j in zip(*np.nonzero(owner[:, None] != owner[None, :]), strict=True):
-        a, c = owner[i], owner[j]
-        kept[a, c] += (b[i, j] - r[i, j]) ** 2 / variance[i, j]
-        crossed[a, c] += b[i, j] ** 2 * len(batch)  # no relation: Var r = 1 / n, training's r not involved
-        weight[a, c] += 1
+    across = owner[:, None] != owner[None, :]
+    cell = (owner[:, None] * n + owner[None, :])[across]  # the pair of columns of each pair of features
+    total = lambda values: np.bincount(cell, weights=values[across], minlength=n * n).reshape(n, n)
+    kept = total((b - r) ** 2 / variance)
+    crossed = total(b**2 * len(batch))  # no relation: Var r = 1 / n, training's r not involved
+    weight = total(np.ones_like(b))
     weight[weight == 0] = 1
     # what putting a pair across the cut adds to the misfit, each pair of columns weighed once
     extra = (crossed - kept) / weight
@@ -240,12 +240,15 @@ def _best_cut(extra: np.ndarray, price: float) -> np.ndarray:
         costs = cost(sets)
         pick = int(np.argmin(costs))
         return sets[pick] > 0 if costs[pick] < 0 else np.zeros(n, dtype=bool)
+    singles = np.eye(n)
+    pairs = singles[np.triu_indices(n, 1)[0]] + singles[np.triu_indices(n, 1)[1]]
+    moves = np.vstack([singles, pairs])  # a block's columns may pay only together
     chosen, current = np.zeros(n), 0.0
-    while True:  # flip the one column that lowers the cost most, while one does
-        flips = np.abs(chosen[None, :] - np.eye(n))
-        flips = flips[flips.sum(axis=1) <= n / 2]
-        costs = cost(flips)
+    while True:  # make the move (one column or two in or out) that lowers the cost most, while one does
+        candidates = np.abs(chosen[None, :] - moves)
+        candidates = candidates[candidates.sum(axis=1) <= n / 2]
+        costs = cost(candidates)
         pick = int(np.argmin(costs))
         if costs[pick] >= current - 1e-9:
             return chosen > 0
-        chosen, current = flips[pick], float(costs[pick])
+        chosen, current = candidates[pick], float(costs[pick])

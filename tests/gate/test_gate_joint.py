@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from configs.settings import GateSettings
@@ -159,3 +160,18 @@ def test_an_unrelated_many_level_category_is_never_named(held_out):
         batch, _ = HELD_OUT_SCENARIOS[2].make(1_000, 10_000 + rep * 7919 + 1_000, rep, held_out)
         joint = next(c for c in validate(batch, held_out.suite, GateSettings()).table if c.expectation == JOINT)
         assert "agent" not in joint.result["details"]["implicated"], (rep, joint.reason)
+
+
+def test_beyond_the_exhaustive_search_a_block_that_pays_only_whole_is_still_found():
+    """16 columns (past EXHAUSTIVE): a block of three holds together (cutting one off alone costs more
+    than it explains) and lost its relations to the other 13; the search moves columns in twos too."""
+    from tasks.gate.joint_check import EXHAUSTIVE, _best_cut
+
+    n, block = 16, [3, 7, 11]
+    assert n > EXHAUSTIVE
+    extra = np.full((n, n), -5.0)
+    extra[np.ix_(block, block)] = 30.0
+    outside = [c for c in range(n) if c not in block]
+    extra[np.ix_(outside, outside)] = 0.0
+    np.fill_diagonal(extra, 0.0)
+    assert list(np.flatnonzero(_best_cut(extra, price=10.8))) == block
