@@ -358,6 +358,9 @@ def test_a_real_prometheus_on_a_real_gateway_answers_every_panel_and_loads_the_r
                     return bool(_answers(query, "shipway:request_latency_seconds:p99_5m"))
                 except ValueError:  # Prometheus still starting: its API answers in plain text until ready
                     return False
+                except httpx.ConnectError:  # not listening yet (a loaded machine); a Prometheus that exited fails below
+                    assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+                    return False
 
             wait_for(recorded, 90, "a recorded p99")
             replay.stop()
