@@ -97,6 +97,10 @@ class Tag(StrEnum):
     POSITIVE_RATE_WARNING = "positive_rate_warning"  # the quality gate: served positive rate far from it
     RELEASE_RECORD = "release_record"  # the run id of the model's release record (also a model tag)
     UNFINISHED = "unfinished"  # the training flow has not reached its gates' verdicts: since when, or how it stopped
+    # the monitoring flow's last window of the Production version (the gateway exports them to Prometheus)
+    MONITORING_ESTIMATE = "monitoring_estimate"  # JSON {metric: {estimated, holdout, drop}}
+    MONITORING_PREDICTION_PSI = "monitoring_prediction_psi"  # the largest PSI of its outputs vs the holdout's
+    MONITORING_WINDOW_END = "monitoring_window_end"  # ISO time the window ended
     # registered-model tags
     CANARY_SHARE = "canary_share"
     PROMOTION_PENDING = "promotion_pending"

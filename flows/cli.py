@@ -566,11 +566,33 @@ def monitor(config_path: Path | None, name: str | None, window: str | None, as_j
             f"[bold]{result.model_name}[/] version {result.version}: {result.requests:,} requests, "
             f"input drift {result.drift}, {verdict}"
         )
+        _print_outputs(result)
         console.print(f"  MLflow run {result.run_id} in experiment {settings.monitoring.experiment}")
         if result.retraining:
             console.print(f"  retraining: {result.retraining}")
     if result.breaches:
         raise GateError(f"monitoring: {result.model_name} breached its limits: {'; '.join(result.breaches)}")
+
+
+def _print_outputs(result) -> None:
+    """The window's outputs: prediction drift, and the performance estimated without labels."""
+    psi = "no answers to compare" if result.prediction_psi is None else f"largest PSI {result.prediction_psi:.3g}"
+    drifted = f", drifted: {', '.join(result.prediction_drift)}" if result.prediction_drift else ""
+    console.print(f"  prediction drift vs the holdout: {psi}{drifted}")
+    if not result.estimate:
+        console.print(f"  performance estimate: not estimable ({result.not_estimable or 'no estimate'})")
+        return
+    table = Table("estimated", "value", "95% band", "holdout", "drop", "breach", title="performance before labels")
+    for metric, e in result.estimate.items():
+        table.add_row(
+            metric,
+            f"{e['estimated']:.4f}",
+            f"{e['low']:.4f}..{e['high']:.4f}",
+            f"{e['holdout']:.4f}" if "holdout" in e else "-",
+            f"{e['drop']:+.4f}" if "drop" in e else "-",
+            "yes" if e.get("breach") else "no",
+        )
+    console.print(table)
 
 
 @cli.command()

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
@@ -51,6 +51,11 @@ class MonitoringResult:
     breaches: list[str]
     run_id: str
     retraining: str  # what was done about a sustained breach: "", a flow run id, or why nothing could be
+    # metric -> estimated, low, high, holdout, drop, breach (performance estimated without labels)
+    estimate: dict[str, dict[str, Any]] = field(default_factory=dict)
+    not_estimable: str = ""  # why there is no estimate ("" when there is one)
+    prediction_psi: float | None = None  # the largest PSI of the outputs against the holdout's
+    prediction_drift: list[str] = field(default_factory=list)  # the output distributions that drifted
 
 
 @flow(name="monitoring", log_prints=True)
@@ -126,12 +131,27 @@ def monitoring_flow(
             files=files,
         )
 
+    # the gateway's registry poll reads these and exports them to Prometheus (its alert on the estimate)
+    registry.set_version_tags(settings, name, version, outputs.version_tags(end))
     before = [h["tags"].get("breached") == "true" for h in history]
     retraining = ""
     if sustained(before, summary.breached, settings.monitoring.breach_windows):
         retraining = trigger_retraining(settings)
     _publish(name, version, start, end, summary, drift, retraining, outputs.not_estimable)
-    return MonitoringResult(name, version, summary.requests, drift, summary.breaches, run_id, retraining)
+    psi = outputs.metrics.get("prediction_psi")
+    return MonitoringResult(
+        name,
+        version,
+        summary.requests,
+        drift,
+        summary.breaches,
+        run_id,
+        retraining,
+        estimate=outputs.estimate,
+        not_estimable=outputs.not_estimable,
+        prediction_psi=psi if psi is not None and psi == psi else None,
+        prediction_drift=outputs.drifted,
+    )
 
 
 @task(name="read-prediction-log", **task_options(retries=2, retry_delay_seconds=[2, 10]))

@@ -572,6 +572,7 @@ def create_app(settings: Settings, *, pinned_version: str | None = None) -> Gate
         pinned=pinned_version,
         local_state=LocalState.of(settings),
         sensitive_columns=settings.serving.sensitive_columns,
+        read_version_tags=lambda version: registry().version_tags(name, version),
     )
     prediction_log = open_log(
         settings, on_drop=metrics.log_dropped.inc, on_write=metrics.log_written.inc, on_refusal=metrics.log_refused

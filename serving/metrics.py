@@ -5,9 +5,13 @@ Label children are cached: `labels()` costs more than the increment itself on th
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from functools import cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from core.vocabulary import Tag
 
 # Sub-millisecond resolution where the gateway lives, up to seconds for timeouts.
 LATENCY_BUCKETS = (
@@ -99,6 +103,29 @@ class Metrics:
             ["model", "alias", "model_version", "format"], registry=r,
         )  # fmt: skip
         self.canary_share = Gauge("shipway_canary_share", "Share of requests routed to Canary", registry=r)
+        # the monitoring flow's last window of the Production version, read from its tags at each poll
+        window = "in the monitoring flow's last window of the Production version"
+        self.estimated = Gauge(
+            "shipway_estimated_performance", f"Performance estimated without labels (CBPE) {window}",
+            ["model", "model_version", "metric"], registry=r,
+        )  # fmt: skip
+        self.estimated_reference = Gauge(
+            "shipway_estimated_performance_reference", "The same metric on the version's holdout at registration",
+            ["model", "model_version", "metric"], registry=r,
+        )  # fmt: skip
+        self.estimated_drop = Gauge(
+            "shipway_estimated_performance_drop",
+            f"Holdout figure minus the estimated one {window} (monitoring.max_estimated_drop is its limit)",
+            ["model", "model_version", "metric"], registry=r,
+        )  # fmt: skip
+        self.prediction_psi = Gauge(
+            "shipway_prediction_psi", f"Largest PSI of the outputs against the holdout's {window}",
+            ["model", "model_version"], registry=r,
+        )  # fmt: skip
+        self.monitoring_window_end = Gauge(
+            "shipway_monitoring_window_end_timestamp_seconds", "When the monitoring flow's last window ended",
+            ["model", "model_version"], registry=r,
+        )  # fmt: skip
         self.model_name = model_name
 
     @cache  # noqa: B019 - one Metrics per gateway, a handful of (version, role) pairs
@@ -133,6 +160,37 @@ class Metrics:
         count, latency = self._shadow_children(version, outcome)
         count.inc()
         latency.observe(seconds)
+
+    def monitoring(self, model: str, version: str | None, tags: dict[str, str]) -> list[str]:
+        """The monitoring figures `version`'s tags hold (none when `version` is None), replacing the last
+        ones; the tags that could not be read, each as `key=value` (a hand-edited tag: left out)."""
+        gauges = (self.estimated, self.estimated_reference, self.estimated_drop)
+        for gauge in (*gauges, self.prediction_psi, self.monitoring_window_end):
+            gauge.clear()
+        if version is None:
+            return []
+        unreadable = []
+        try:
+            figures = json.loads(tags.get(Tag.MONITORING_ESTIMATE) or "{}")
+            for metric, values in figures.items():
+                for gauge, key in zip(gauges, ("estimated", "holdout", "drop"), strict=True):
+                    gauge.labels(model, version, metric).set(float(values[key]))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            unreadable.append(f"{Tag.MONITORING_ESTIMATE}={tags[Tag.MONITORING_ESTIMATE]!r}")
+            for gauge in gauges:
+                gauge.clear()
+        try:
+            if tags.get(Tag.MONITORING_PREDICTION_PSI):
+                self.prediction_psi.labels(model, version).set(float(tags[Tag.MONITORING_PREDICTION_PSI]))
+        except ValueError:
+            unreadable.append(f"{Tag.MONITORING_PREDICTION_PSI}={tags[Tag.MONITORING_PREDICTION_PSI]!r}")
+        try:
+            if tags.get(Tag.MONITORING_WINDOW_END):
+                end = datetime.fromisoformat(tags[Tag.MONITORING_WINDOW_END])
+                self.monitoring_window_end.labels(model, version).set(end.timestamp())
+        except ValueError:
+            unreadable.append(f"{Tag.MONITORING_WINDOW_END}={tags[Tag.MONITORING_WINDOW_END]!r}")
+        return unreadable
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -82,6 +82,7 @@ class Router:
         pinned: str | None = None,
         local_state: LocalState | None = None,
         sensitive_columns: Iterable[str] = (),
+        read_version_tags: Callable[[str], dict[str, str]] | None = None,
     ):
         self.name = name
         self.read_state = read_state
@@ -92,6 +93,7 @@ class Router:
         self.pinned = pinned  # serve this one version as Production, never poll
         self.local_state = local_state  # what to serve at the next start, before the registry answers
         self.sensitive_columns = list(sensitive_columns)
+        self.read_version_tags = read_version_tags  # Production's monitoring figures, exported at each poll
         self.routes = Routes()
         self.last_poll: float | None = None
         self.last_poll_error: str | None = None
@@ -208,6 +210,7 @@ class Router:
             return
         self.last_poll, self.last_poll_error, self.poll_failing_since = time.time(), None, None
         wanted: dict[str, str] = {a.value: state.aliases[a.value] for a in SERVED_ALIASES if a.value in state.aliases}
+        self._publish_monitoring(wanted.get(Alias.PRODUCTION.value))
         current = self.routes
         if not force and wanted == current.registry_aliases and share == current.canary_share and not self._failed:
             return
@@ -242,6 +245,19 @@ class Router:
         self._publish(routes, current)
         if self.local_state is not None and self.pinned is None and not self._baselines_due:  # kept versions first
             self.local_state.save_aliases({a: m.version for a, m in by_alias.items()}, share)
+
+    def _publish_monitoring(self, version: str | None) -> None:
+        """The monitoring flow's figures of the Production version (its tags, which change without an
+        alias move, so they are read at every poll); a failed read keeps the last ones."""
+        if self.read_version_tags is None:
+            return
+        try:
+            tags = self.read_version_tags(version) if version is not None else {}
+        except Exception as exc:  # the next poll tries again; serving does not depend on it
+            log.warning("monitoring tags of version %s not read: %s: %s", version, type(exc).__name__, exc)
+            return
+        for unreadable in self.metrics.monitoring(self.name, version, tags):
+            log.warning("version %s: tag %s is not what the monitoring flow writes; not exported", version, unreadable)
 
     def registry_problem(self) -> str | None:
         """Why what is served may not be what the registry says now: it cannot be read, or a read hangs."""

@@ -13,10 +13,14 @@ marginals (those are the per-column checks' job, and columns that already fail t
    is tested against 0.5 with the Mann-Whitney U test (valid at any size: under "nothing changed"
    the held-out rows are exchangeable whatever the classifier learned). Fail: AUC >= min_auc AND the
    p-value below alpha split over all tests (tasks/gate/verdict.decide);
-4. attribution: pairs of columns whose correlation changed (Fisher z on the whole samples, a
-   Bonferroni threshold), and the fewest columns that touch every changed pair (a greedy vertex
-   cover): a block taken from another row changes every pair between it and the rest, so the
-   smaller side, the block, is named; a stale column changes the pairs around it, so it alone is.
+4. attribution: the fewest columns whose moving explains the changes. A block taken from another row
+   keeps the relations inside it and loses those to the rest; so each candidate set of columns
+   predicts every pair's batch correlation (the training one for a pair on one side, none for a
+   pair across), and the set whose predictions fit best, each named column paying a penalty, is
+   named (the smaller side). A column related to nothing, a high-cardinality category say, is
+   predicted the same on either side and is never worth its penalty; a column that kept its own
+   relations to the rest costs the set that names it. Each pair of columns weighs once, however many
+   indicators its categories make, so a 25-level category gets no more say than a number.
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ from expectations.joint import NULL, SEED, decode, encode
 from expectations.training_stats import JointReference, TrainingStats
 from tasks.gate.verdict import TABLE, Outcome
 
-EDGE_ALPHA = 0.001  # changed pairs for attribution: Bonferroni over the pairs at this level
+EDGE_ALPHA = 0.001  # changed pairs shown: Bonferroni over the pairs at this level; also each named column's price
 SHOWN_PAIRS = 12
-MAX_DROPPED = 3  # changed pairs attribution may set aside as noise when they contradict the rest
-KEPT_R, KEPT_CHANGE = 0.2, 0.25  # a relation of |r| >= 0.2 that moved < 25 % was kept (attribution)
+SOFT_Z = 2.0  # the discriminant keeps a change past this many standard errors (one feature pair)
+EXHAUSTIVE = 14  # up to this many columns attribution tries every set; beyond, a greedy search (one or two at a time)
 
 
 def check_joint(e: dict, batch: pd.DataFrame, wf: float, excluded: set[str]) -> Outcome:
@@ -70,8 +74,9 @@ def check_joint(e: dict, batch: pd.DataFrame, wf: float, excluded: set[str]) -> 
         u, p = stats.mannwhitneyu(score_batch, score_ref, alternative="greater", method="asymptotic")
         auc, p = float(u) / (len(score_batch) * len(score_ref)), float(p)
     warn_auc = 0.5 + wf * (min_auc - 0.5)
-    pairs, threshold = _changed_pairs(np.vstack([ref_a, ref_b]), np.vstack([batch_a, batch_b]), owner, columns)
-    implicated = _implicated(pairs, threshold, columns) if auc >= warn_auc else []
+    ref_all, batch_all = np.vstack([ref_a, ref_b]), np.vstack([batch_a, batch_b])
+    pairs, threshold = _changed_pairs(ref_all, batch_all, owner, columns)
+    implicated = _implicated(ref_all, batch_all, owner, columns) if auc >= warn_auc else []
     shown: list[dict[str, Any]] = [
         {"columns": [a, b], "train": round(r, 4), "batch": round(q, 4), "z": round(z, 2)}
         for a, b, r, q, z in sorted(pairs, key=lambda t: -abs(t[4]))[:SHOWN_PAIRS]
@@ -152,12 +157,17 @@ def _halves(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
 
 
 def _discriminant(ref: np.ndarray, batch: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """Weights on pairwise products: the change of correlation, soft-thresholded at two standard errors;
-    none within one column (its indicators) or on the diagonal (spreads are the per-column checks')."""
+    """Weights on pairwise products: the change of correlation, soft-thresholded at two standard errors
+    (at the same level split over a pair of columns' feature pairs: a many-level category's indicators
+    would otherwise feed the classifier noise); none within one column (its indicators) or on the
+    diagonal (spreads are the per-column checks')."""
     r, b = _corr(ref), _corr(batch)
     se = np.sqrt(_r_variance(ref, r) * (1 / len(ref) + 1 / len(batch)))
     delta = b - r
-    weights = np.sign(delta) * np.maximum(np.abs(delta) - 2 * se, 0.0)
+    counts = np.bincount(owner)
+    per_pair = counts[owner][:, None] * counts[owner][None, :]
+    soft = stats.norm.isf(stats.norm.sf(SOFT_Z) / per_pair)
+    weights = np.sign(delta) * np.maximum(np.abs(delta) - soft * se, 0.0)
     weights[owner[:, None] == owner[None, :]] = 0.0
     return weights
 
@@ -198,76 +208,47 @@ def _changed_pairs(
     return pairs, float(stats.norm.isf(EDGE_ALPHA / (2 * tests)))
 
 
-def _implicated(pairs: list[tuple[str, str, float, float, float]], threshold: float, columns: list[str]) -> list[str]:
-    """The columns on the smaller side of the cut the changes make. Pairs whose correlation changed
-    must cross it; strongly related pairs that kept their correlation must not: a block taken from
-    another row keeps the relations inside it and loses those to the rest. Each group of columns tied
-    by changes is two-coloured and its smaller side named (a stale column: itself); where the
-    constraints contradict each other, the fewest columns that touch every changed pair."""
-    changed = sorted(((a, b, abs(z)) for a, b, _, _, z in pairs if abs(z) > threshold), key=lambda t: -t[2])
-    if not changed:
-        total: dict[str, float] = {}
-        for a, b, _, _, z in pairs:
-            total[a], total[b] = total.get(a, 0.0) + z * z, total.get(b, 0.0) + z * z
-        return [max(total, key=total.__getitem__)] if total else []
-    for dropped in range(min(MAX_DROPPED, len(changed) - 1) + 1):  # a conflict: the weakest changes may be noise
-        named = _two_sides(pairs, [(a, b) for a, b, _ in changed[: len(changed) - dropped]], columns)
-        if named is not None:
-            return named
-    return _cover([(a, b) for a, b, _ in changed], columns)
+def _implicated(ref: np.ndarray, batch: np.ndarray, owner: np.ndarray, columns: list[str]) -> list[str]:
+    """The fewest columns whose moving to other rows best explains the batch's correlations (see the
+    module's step 4): the smaller side of the best cut, or none when no cut pays for its columns."""
+    r, b = _corr(ref), _corr(batch)
+    variance = _r_variance(ref, r) * (1 / len(ref) + 1 / len(batch))
+    n = len(columns)
+    across = owner[:, None] != owner[None, :]
+    cell = (owner[:, None] * n + owner[None, :])[across]  # the pair of columns of each pair of features
+    total = lambda values: np.bincount(cell, weights=values[across], minlength=n * n).reshape(n, n)
+    kept = total((b - r) ** 2 / variance)
+    crossed = total(b**2 * len(batch))  # no relation: Var r = 1 / n, training's r not involved
+    weight = total(np.ones_like(b))
+    weight[weight == 0] = 1
+    # what putting a pair across the cut adds to the misfit, each pair of columns weighed once
+    extra = (crossed - kept) / weight
+    price = stats.norm.isf(EDGE_ALPHA / 2) ** 2
+    best = _best_cut(extra, price)
+    return [columns[k] for k in np.flatnonzero(best)]
 
 
-def _two_sides(
-    pairs: list[tuple[str, str, float, float, float]], changed: list[tuple[str, str]], columns: list[str]
-) -> list[str] | None:
-    """The smaller side of each group of columns tied by changes, or None if no cut fits them."""
-    group = {c: c for c in columns}
-
-    def root(c: str) -> str:
-        while group[c] != c:
-            c = group[c]
-        return c
-
-    for a, b, r, q, z in pairs:  # kept relations tie columns into one group
-        if abs(r) >= KEPT_R and abs(q - r) < KEPT_CHANGE * abs(r) and abs(z) < 2:
-            group[root(a)] = root(b)
-    links: dict[str, set[str]] = {}
-    for a, b in changed:
-        ra, rb = root(a), root(b)
-        if ra == rb:
-            return None
-        links.setdefault(ra, set()).add(rb)
-        links.setdefault(rb, set()).add(ra)
-    colour: dict[str, int] = {}
-    named: list[str] = []
-    for start in links:
-        if start in colour:
-            continue
-        colour[start], queue, seen = 0, [start], [start]
-        while queue:
-            g = queue.pop()
-            for h in links[g]:
-                if h not in colour:
-                    colour[h] = 1 - colour[g]
-                    queue.append(h)
-                    seen.append(h)
-                elif colour[h] == colour[g]:
-                    return None
-        sides = [[c for c in columns if root(c) in seen and colour[root(c)] == k] for k in (0, 1)]
-        small = min(len(sides[0]), len(sides[1]))
-        named += [c for side in sides if len(side) == small for c in side]
-    return sorted(named, key=columns.index)
-
-
-def _cover(changed: list[tuple[str, str]], columns: list[str]) -> list[str]:
-    """The fewest columns that touch every changed pair (greedy: the column on most of them first)."""
-    left, named = list(changed), []
-    while left:
-        degree: dict[str, int] = {}
-        for pair in left:
-            for c in pair:
-                degree[c] = degree.get(c, 0) + 1
-        pick = max(degree, key=lambda c: (degree[c], -columns.index(c)))
-        named.append(pick)
-        left = [pair for pair in left if pick not in pair]
-    return sorted(named, key=columns.index)
+def _best_cut(extra: np.ndarray, price: float) -> np.ndarray:
+    """The set S (a boolean per column, at most half of them) minimising the added misfit of the pairs
+    it cuts, sum over a in S, b not in S of extra[a, b], plus price x |S|; empty if none beats nothing."""
+    n = len(extra)
+    cost = lambda sets: sets @ extra.sum(axis=1) - np.einsum("si,ij,sj->s", sets, extra, sets) + price * sets.sum(1)
+    if n <= EXHAUSTIVE:
+        codes = np.arange(1, 2**n)
+        sets = ((codes[:, None] >> np.arange(n)) & 1).astype("float64")
+        sets = sets[sets.sum(axis=1) <= n / 2]
+        costs = cost(sets)
+        pick = int(np.argmin(costs))
+        return sets[pick] > 0 if costs[pick] < 0 else np.zeros(n, dtype=bool)
+    singles = np.eye(n)
+    pairs = singles[np.triu_indices(n, 1)[0]] + singles[np.triu_indices(n, 1)[1]]
+    moves = np.vstack([singles, pairs])  # a block's columns may pay only together
+    chosen, current = np.zeros(n), 0.0
+    while True:  # make the move (one column or two in or out) that lowers the cost most, while one does
+        candidates = np.abs(chosen[None, :] - moves)
+        candidates = candidates[candidates.sum(axis=1) <= n / 2]
+        costs = cost(candidates)
+        pick = int(np.argmin(costs))
+        if costs[pick] >= current - 1e-9:
+            return chosen > 0
+        chosen, current = candidates[pick], float(costs[pick])

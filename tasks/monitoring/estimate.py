@@ -24,6 +24,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ import orjson
 import pandas as pd
 from scipy import stats
 
+from core.vocabulary import Tag
 from tasks.release.prediction_reference import PredictionReference, bin_counts, class_key, score_columns
 
 Z95 = 1.959964
@@ -296,6 +298,23 @@ class Assessment:
     not_estimable: str = ""
     slices: list[dict[str, Any]] = field(default_factory=list)
     drifted: list[str] = field(default_factory=list)
+    # metric -> estimated, low, high (its band), holdout (the reference), drop (holdout - estimated), breach
+    estimate: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def version_tags(self, end: datetime) -> dict[str, str]:
+        """The window's figures as the Production version's tags (Tag.MONITORING_*), which the gateway
+        exports to Prometheus: the last window's estimate, prediction PSI ("" without one) and end."""
+        figures = {
+            metric: {k: round(float(e[k]), 4) for k in ("estimated", "holdout", "drop")}
+            for metric, e in self.estimate.items()
+            if "holdout" in e
+        }
+        psi = self.metrics.get("prediction_psi")
+        return {
+            Tag.MONITORING_ESTIMATE: json.dumps(figures, separators=(",", ":")),
+            Tag.MONITORING_PREDICTION_PSI: f"{psi:.4g}" if psi is not None and psi == psi else "",
+            Tag.MONITORING_WINDOW_END: end.isoformat(timespec="seconds"),
+        }
 
 
 def assess(
@@ -326,15 +345,22 @@ def assess(
             )
     est = estimate(outputs, reference)
     result.not_estimable = est.not_estimable
+    breaches = estimate_breaches(est, monitoring.max_estimated_drop, monitoring.min_requests)
     for metric, value in est.figures.items():
         low, high = est.bands[metric]
         key = f"estimated_{metric}"
         result.metrics |= {key: value, f"{key}_low": low, f"{key}_high": high}
+        result.estimate[metric] = {"estimated": value, "low": low, "high": high}
         if metric in est.holdout:
             result.metrics[f"holdout_{metric}"] = est.holdout[metric]
+            result.estimate[metric] |= {
+                "holdout": est.holdout[metric],
+                "drop": est.holdout[metric] - value,
+                "breach": any(b.startswith(f"estimated {metric} ") for b in breaches),
+            }
             if monitoring.max_estimated_drop is not None:
                 result.metrics[f"estimated_{metric}_floor"] = est.holdout[metric] - monitoring.max_estimated_drop
-    result.breaches += estimate_breaches(est, monitoring.max_estimated_drop, monitoring.min_requests)
+    result.breaches += breaches
     labels = dict(zip(feedback["request_id"], feedback["label"], strict=True)) if len(feedback) else {}
     result.metrics |= {f"realised_{k}": v for k, v in realised(outputs, reference, labels).items() if k != "labeled"}
     if n and settings.quality.slices:

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from configs.settings import GateSettings
@@ -14,7 +15,15 @@ from expectations.contract import check
 from expectations.joint import JOINT
 from tasks.gate.contract_checks import validate
 from tasks.gate.drift_report import write_report
-from tests.gate.scenarios import JOINT_SCENARIOS, SMALL_TABLES, credit, credit_reference, small_false_alarm
+from tests.gate.scenarios import (
+    HELD_OUT_SCENARIOS,
+    JOINT_SCENARIOS,
+    SMALL_TABLES,
+    credit,
+    credit_reference,
+    policy_reference,
+    small_false_alarm,
+)
 
 BREAKS = [s for s in JOINT_SCENARIOS if s.drift]
 
@@ -123,3 +132,46 @@ def test_tiny_batches_and_contracts_without_a_sample_skip_the_joint_check(ref):
 
     suite = build_contract(credit(300, 3), GateSettings(joint_sample_rows=0), name="x", target=None, snapshot_id=None)
     assert all(e["type"] != JOINT for e in suite["expectations"])
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return policy_reference()
+
+
+@pytest.mark.parametrize("scenario", [s for s in HELD_OUT_SCENARIOS if s.drift], ids=lambda s: s.name)
+def test_on_the_held_out_catalogue_only_the_moved_columns_are_named(held_out, scenario):
+    """Motor policies, not what the check was tuned on: at 1,000 rows each block of POLICY_BLOCKS (and
+    each stale column) fails, named alone: not the unrelated 25-level `agent`, nor a column merely
+    related to a moved one."""
+    for rep in range(4):
+        batch, broken = scenario.make(1_000, 10_000 + rep * 7919 + 1_000, rep, held_out)
+        report = validate(batch, held_out.suite, GateSettings())
+        assert report.verdict == Verdict.FAIL, (scenario.name, rep, report.reason)
+        named = {*report.columns_with(Verdict.FAIL), *report.columns_with(Verdict.WARN)}
+        assert named == broken, (scenario.name, rep, report.reason)
+
+
+def test_an_unrelated_many_level_category_is_never_named(held_out):
+    """`agent` (25 levels, related to nothing) is not named on clean batches whose held-out AUC passes
+    the warn line by chance (these seeds): it makes 17 indicators, and ranking columns by their
+    strongest change over all of them once named it for want of a real culprit."""
+    for rep in (1, 14, 20, 29):
+        batch, _ = HELD_OUT_SCENARIOS[2].make(1_000, 10_000 + rep * 7919 + 1_000, rep, held_out)
+        joint = next(c for c in validate(batch, held_out.suite, GateSettings()).table if c.expectation == JOINT)
+        assert "agent" not in joint.result["details"]["implicated"], (rep, joint.reason)
+
+
+def test_beyond_the_exhaustive_search_a_block_that_pays_only_whole_is_still_found():
+    """16 columns (past EXHAUSTIVE): a block of three holds together (cutting one off alone costs more
+    than it explains) and lost its relations to the other 13; the search moves columns in twos too."""
+    from tasks.gate.joint_check import EXHAUSTIVE, _best_cut
+
+    n, block = 16, [3, 7, 11]
+    assert n > EXHAUSTIVE
+    extra = np.full((n, n), -5.0)
+    extra[np.ix_(block, block)] = 30.0
+    outside = [c for c in range(n) if c not in block]
+    extra[np.ix_(outside, outside)] = 0.0
+    np.fill_diagonal(extra, 0.0)
+    assert list(np.flatnonzero(_best_cut(extra, price=10.8))) == block

@@ -8,7 +8,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
-from core.vocabulary import Alias
+from core.vocabulary import Alias, Tag
 from flows.monitor import monitoring_flow
 from serving.prediction_log import read_window
 from serving.server import running
@@ -118,3 +118,28 @@ def test_a_window_logs_prediction_drift_and_the_estimate_beside_the_realised_fig
         slices = json.load(file)
     assert {row["column"] for row in slices} == {"contract"} and sum(row["rows"] for row in slices) >= 300
     assert all("estimated_accuracy" in row and "realised_accuracy" in row for row in slices if row["rows"] >= 20)
+
+
+def test_monitor_prints_the_estimate_and_prediction_drift_and_tags_the_version_for_the_gateway(
+    production_proba, tmp_path
+):
+    import json
+
+    serve_traffic(production_proba, generate(1_000, seed=16), 200)
+    config = write_profile(production_proba, tmp_path / "profile.yaml")
+    done = run_shipway("monitor", NAME, "--window", "10m", "--json", "--config", str(config), cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout[done.stdout.index("{\n") :])
+    roc = result["estimate"]["roc_auc"]
+    assert roc["low"] <= roc["estimated"] <= roc["high"] and roc["breach"] is False
+    assert abs(roc["drop"] - (roc["holdout"] - roc["estimated"])) < 1e-9
+    assert set(result["estimate"]) == {"accuracy", "roc_auc"} and result["not_estimable"] == ""
+    assert 0 <= result["prediction_psi"] < 0.2 and result["prediction_drift"] == []
+    tags = connect(production_proba)[0].get_model_version(NAME, "1").tags  # what the gateway's poll exports
+    assert json.loads(tags[Tag.MONITORING_ESTIMATE])["roc_auc"]["drop"] == round(roc["drop"], 4)
+    assert float(tags[Tag.MONITORING_PREDICTION_PSI]) == pytest.approx(result["prediction_psi"], rel=1e-3)
+
+    done = run_shipway("monitor", NAME, "--window", "10m", "--config", str(config), cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "prediction drift vs the holdout: largest PSI " in done.stdout
+    assert "performance before labels" in done.stdout and "roc_auc" in done.stdout and "95% band" in done.stdout
