@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # the profile's schema takes a second to build: only commands
     from mlflow.entities.model_registry import ModelVersion
 
     from configs.settings import Settings
+    from flows.monitor import MonitoringResult
     from flows.train import TrainingResult
     from serving import VersionRow
     from tasks.gate.drift_report import ReportFiles
@@ -574,7 +575,7 @@ def monitor(config_path: Path | None, name: str | None, window: str | None, as_j
         raise GateError(f"monitoring: {result.model_name} breached its limits: {'; '.join(result.breaches)}")
 
 
-def _print_outputs(result) -> None:
+def _print_outputs(result: MonitoringResult) -> None:
     """The window's outputs: prediction drift, and the performance estimated without labels."""
     psi = "no answers to compare" if result.prediction_psi is None else f"largest PSI {result.prediction_psi:.3g}"
     drifted = f", drifted: {', '.join(result.prediction_drift)}" if result.prediction_drift else ""
