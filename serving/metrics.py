@@ -1,13 +1,23 @@
 """Prometheus metrics of one gateway (its own registry, so several gateways can share a process).
 
 Label children are cached: `labels()` costs more than the increment itself on the hot path.
+
+`shipway serve --workers N` runs N processes behind one port, and a scrape reaches any one of them.
+So each worker writes its figures to files in a folder the workers share (prometheus_client's
+multiprocess mode, on when PROMETHEUS_MULTIPROC_DIR is set before prometheus_client is imported:
+serving/server.py sets it for its workers), and /metrics on any worker answers for all of them.
+Counters and histograms are summed over the workers; each gauge says how it combines (GAUGE_MODES).
 """
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 # Sub-millisecond resolution where the gateway lives, up to seconds for timeouts.
 LATENCY_BUCKETS = (
@@ -65,12 +75,18 @@ class Metrics:
             "shipway_shadow_backlog",
             "Requests mirrored to Shadow and not yet predicted (beyond serving.shadow_queue_size they are skipped)",
             registry=r,
+            multiprocess_mode="livesum",  # the host's one Shadow: worker 0 holds the backlog
         )
         self.log_dropped = Counter(
             "shipway_prediction_log_dropped", "Prediction-log rows lost (queue full or refused at shutdown)", registry=r
         )
         self.log_written = Counter("shipway_prediction_log_written", "Prediction-log rows written", registry=r)
-        self.log_queue = Gauge("shipway_prediction_log_queue", "Prediction-log rows waiting to be written", registry=r)
+        self.log_queue = Gauge(
+            "shipway_prediction_log_queue",
+            "Prediction-log rows waiting to be written (summed over workers)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.log_refusals = Counter(
             "shipway_prediction_log_write_failures",
             "Prediction-log writes the database refused (each is tried again), by cause: locked, disk full, "
@@ -80,8 +96,10 @@ class Metrics:
         )
         self.log_stalled = Gauge(
             "shipway_prediction_log_stalled_seconds",
-            "Seconds since the prediction log last took a write, while one is refused or under way (0: writing)",
+            "Seconds since the prediction log last took a write, while one is refused or under way (0: writing; the "
+            "longest of the workers')",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.poll_errors = Counter("shipway_registry_poll_errors", "Failed polls of the registry", registry=r)
         self.load_failures = Counter(
@@ -95,11 +113,18 @@ class Metrics:
             registry=r,
         )
         self.served = Gauge(
-            "shipway_model_served", "1 for each (alias, version, format) the gateway serves",
-            ["model", "alias", "model_version", "format"], registry=r,
+            "shipway_model_served", "1 for each (alias, version, format) the gateway serves (any of its workers)",
+            ["model", "alias", "model_version", "format"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
-        self.canary_share = Gauge("shipway_canary_share", "Share of requests routed to Canary", registry=r)
+        self.canary_share = Gauge(
+            "shipway_canary_share", "Share of requests routed to Canary", registry=r, multiprocess_mode="livemax"
+        )
         self.model_name = model_name
+        self._served: set[tuple[str, str, str]] = set()
+        self._exposed = r
+        if MULTIPROC_DIR in os.environ:  # every worker's files, read at each scrape
+            self._exposed = CollectorRegistry()
+            MultiProcessCollector(self._exposed)
 
     @cache  # noqa: B019 - one Metrics per gateway, a handful of (version, role) pairs
     def _answer(self, version: str, role: str, status: int):
@@ -134,5 +159,17 @@ class Metrics:
         count.inc()
         latency.observe(seconds)
 
+    def serve_only(self, served: set[tuple[str, str, str]]) -> None:
+        """`shipway_model_served` is 1 for these (alias, version, format) and no others (0 for those a worker
+        served before, in multiprocess mode)."""
+        for gone in self._served - served:
+            if self._exposed is self.registry:
+                self.served.remove(self.model_name, *gone)
+            else:  # no removal in multiprocess mode: the worker's file would keep the label's last value
+                self.served.labels(self.model_name, *gone).set(0)
+        for labels in served:
+            self.served.labels(self.model_name, *labels).set(1)
+        self._served = set(served)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
