@@ -500,9 +500,8 @@ class Gateway:
             # model calls past their timeout, still running in threads replaced by new ones
             "overrunning_calls": {"predict": self._primary.overrunning, "fallback": self._fallback.overrunning},
             "cache_entries": len(self.cache),
-            "worker": None
-            if self.worker is None
-            else {"index": self.worker.index, "of": self.worker.count, "pid": os.getpid()},
+            "pid": os.getpid(),
+            "worker": None if self.worker is None else {"index": self.worker.index, "of": self.worker.count},
             "versions": {"shipway": dist_version("shipway"), "mlflow": dist_version("mlflow")},
         }
         await _respond(send, 200, orjson.dumps(doc), JSON)

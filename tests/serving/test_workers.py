@@ -84,7 +84,7 @@ def test_two_workers_answer_on_one_port_log_every_row_and_count_in_one_metrics(r
             "both workers to write their rows",
         )
         assert all(doc["prediction_log"]["written"] > 0 for doc in written.values()), "one worker answered all"
-        assert {doc["worker"]["pid"] for doc in written.values()} == {p.pid for p in _workers(written)}
+        assert {doc["pid"] for doc in written.values()} == {p.pid for p in _workers(written)}
         # Any worker's /metrics counts every worker's answers (prometheus_client's multiprocess mode).
         for _ in range(4):
             metrics = fresh(url, "GET", "/metrics").text
@@ -171,7 +171,7 @@ def test_a_second_gateway_cannot_join_the_port_of_a_running_one(registry, tmp_pa
 
 
 def _workers(docs: dict[int, dict]) -> list[psutil.Process]:
-    return [psutil.Process(docs[i]["worker"]["pid"]) for i in sorted(docs)]
+    return [psutil.Process(docs[i]["pid"]) for i in sorted(docs)]
 
 
 def _is_shadow(proc: psutil.Process) -> bool:
