@@ -138,34 +138,40 @@ def supervise(settings: Settings, host: str, port: int, pinned_version: str | No
             procs.append(subprocess.Popen(command, env=env, pass_fds=fds, process_group=0))
         listener.close()
         log.info("gateway: %d workers on %s:%d (pids %s)", workers, host, port, ", ".join(str(p.pid) for p in procs))
-        failed = _wait_for_workers(procs)
+        failed, received = _wait_for_workers(procs)
     if failed is not None:
         index, code = failed
         raise GatewayError(
             f"gateway worker {index} exited with code {code} (see the log above); the other workers were stopped"
         )
+    if received is not None:  # ended as one gateway process ends on it (the command: exit 143 on SIGTERM)
+        signal.raise_signal(received)
 
 
-def _wait_for_workers(procs: list[subprocess.Popen]) -> tuple[int, int] | None:
-    """Until every worker has exited: a signal is passed on to each once; the first worker to exit on its
-    own stops the others and is returned (its index and exit code)."""
+def _wait_for_workers(procs: list[subprocess.Popen]) -> tuple[tuple[int, int] | None, int | None]:
+    """Until every worker has exited: a signal is passed on to each once; returns the first worker to exit
+    on its own, which stops the others (its index and exit code), and the signal that stopped them."""
     stopping = False
     failed: tuple[int, int] | None = None
+    received: list[int] = []
 
-    def stop(signum: int = signal.SIGTERM, frame: object = None) -> None:
+    def stop(signum: int = 0, frame: object = None) -> None:
         nonlocal stopping
+        if signum:
+            received.append(signum)
         if not stopping:
             stopping = True
             for proc in procs:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop)
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     while True:
         codes = [proc.poll() for proc in procs]  # every one: a worker that exited is reaped
         if None not in codes:
-            return failed
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+            return failed, (received[0] if received else None)
         exited = [(i, code) for i, code in enumerate(codes) if code is not None]
         if exited and not stopping:
             failed = exited[0]
