@@ -679,13 +679,20 @@ def ui(config_path: Path | None, host: str, port: int) -> None:
 @cli.command()
 @click.option("--host", help="Address to bind (default: serving.host of the profile).")
 @click.option("--port", type=int, help="Port (default: serving.port of the profile).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Gateway processes on the port (default: serving.workers of the profile; 0 there: one per CPU, at most 8).",
+)
 @config_option
-def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
+def serve(config_path: Path | None, host: str | None, port: int | None, workers: int | None) -> None:
     """The gateway: MLflow's scoring protocol for the model's Production/Canary/Shadow aliases."""
     settings = _settings(config_path)
+    from serving.server import default_workers
     from serving.server import serve as run_gateway
 
-    run_gateway(settings, host or settings.serving.host, port or settings.serving.port)
+    count = workers or default_workers(settings.serving.workers)
+    run_gateway(settings, host or settings.serving.host, port or settings.serving.port, workers=count)
 
 
 @cli.command()

@@ -31,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
+import socket
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -62,7 +64,7 @@ from serving.prediction_log import (
 )
 from serving.router import ResponseCache, Router, Routes
 from serving.schema import BadInput, Batch, parse
-from serving.shadow import ShadowProcess
+from serving.shadow import ShadowForwarder, ShadowProcess
 from serving.workers import ModelFailed, Workers
 
 log = logging.getLogger("shipway.serving")
@@ -71,6 +73,7 @@ JSON = b"application/json"
 INLINE_ROWS = 64  # ONNX batches up to this size run on the event loop (see Gateway._call)
 INLINE_BODY_BYTES = 16_384  # larger bodies are parsed and typed in a thread, not on the event loop
 RECENT_ANSWERS, RECENT_ANSWERS_MIN = 200, 20  # /health judges the fallback share on the last answers
+GAUGES_S = 1.0  # how often a worker of several refreshes its gauges for the others' scrapes
 DEGRADED_FALLBACK_SHARE = 0.5  # beyond it /health says degraded: the chain is carrying the traffic
 CACHE_MAX_ROWS = 64  # larger batches are not kept as fallback answers (memory, and their key's cost)
 FAILURES = {  # a model's failure as a refused client is told it (the detail, which may quote values, is logged)
@@ -90,6 +93,16 @@ class Request:
     route: str  # production or canary: where the router sent it, whoever answered
 
 
+@dataclass(frozen=True)
+class Worker:
+    """This process's place among `shipway serve --workers N` (serving/server.py)."""
+
+    index: int
+    count: int
+    shadow_socket: str  # worker 0's Unix socket for the others' mirrored requests
+    shadow_listener: socket.socket | None = None  # worker 0's end of it, made by the supervisor
+
+
 @dataclass(slots=True)
 class Answer:
     """Who answered a request, and with what."""
@@ -104,8 +117,11 @@ class Answer:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, router: Router, log_: PredictionLog, metrics: Metrics):
+    def __init__(
+        self, settings: Settings, router: Router, log_: PredictionLog, metrics: Metrics, worker: Worker | None = None
+    ):
         self.settings = settings
+        self.worker = worker
         self.serving = settings.serving
         self.name = router.name
         self.router = router
@@ -119,7 +135,13 @@ class Gateway:
         self.bodies = BodyReader(self.serving.max_body_bytes, self.serving.body_timeout_s)
         self.recent_ids = request_ids.RecentIds()
         self._recent_fallbacks: deque[bool] = deque(maxlen=RECENT_ANSWERS)
-        self.shadow = ShadowProcess(settings, metrics)
+        # One Shadow process per host: worker 0's, the other workers forward to it.
+        self.shadow: ShadowProcess | ShadowForwarder = (
+            ShadowForwarder(worker.shadow_socket, settings, metrics)
+            if worker is not None and worker.index > 0
+            else ShadowProcess(settings, metrics, worker.shadow_listener if worker is not None else None)
+        )
+        self._gauges: asyncio.Task | None = None
         self._endpoints = {
             ("POST", "/invocations"): self._invocations,
             ("POST", "/feedback"): self._feedback,
@@ -172,8 +194,13 @@ class Gateway:
                     log.exception("gateway failed to start")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                await self.shadow.open()
+                if self.worker is not None:  # a scrape reaches one worker: the others' gauges must be fresh too
+                    self._gauges = asyncio.get_running_loop().create_task(self._refresh_gauges_every(GAUGES_S))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._gauges is not None:
+                    self._gauges.cancel()
                 await self.shadow.close()
                 await asyncio.to_thread(self.stop)
                 await send({"type": "lifespan.shutdown.complete"})
@@ -474,6 +501,8 @@ class Gateway:
             # model calls past their timeout, still running in threads replaced by new ones
             "overrunning_calls": {"predict": self._primary.overrunning, "fallback": self._fallback.overrunning},
             "cache_entries": len(self.cache),
+            "pid": os.getpid(),
+            "worker": None if self.worker is None else {"index": self.worker.index, "of": self.worker.count},
             "versions": {"shipway": dist_version("shipway"), "mlflow": dist_version("mlflow")},
         }
         await _respond(send, 200, orjson.dumps(doc), JSON)
@@ -489,10 +518,18 @@ class Gateway:
         """MLflow's version string, as `mlflow models serve` answers (/health has shipway's)."""
         await _respond(send, 200, dist_version("mlflow").encode(), JSON)
 
-    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _refresh_gauges(self) -> None:
         self.metrics.log_queue.set(self.log.pending)
         self.metrics.log_stalled.set(self.log.stalled_s())
         self.metrics.shadow_backlog.set(self.shadow.backlog)
+
+    async def _refresh_gauges_every(self, seconds: float) -> None:
+        while True:
+            self._refresh_gauges()
+            await asyncio.sleep(seconds)
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._refresh_gauges()
         await _respond(send, 200, self.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -540,10 +577,11 @@ def _degraded(routes: Routes) -> list[str]:
     return reasons
 
 
-def create_app(settings: Settings, *, pinned_version: str | None = None) -> Gateway:
+def create_app(settings: Settings, *, pinned_version: str | None = None, worker: Worker | None = None) -> Gateway:
     """The gateway for `settings.training.model_name`; models load at startup (ASGI lifespan).
 
-    `pinned_version` serves that one version as Production and never polls (the benchmark).
+    `pinned_version` serves that one version as Production and never polls (the benchmark);
+    `worker`: this process is one of `shipway serve --workers N`.
     """
     from serving.registry_reader import RegistryReader
 
@@ -577,4 +615,4 @@ def create_app(settings: Settings, *, pinned_version: str | None = None) -> Gate
     prediction_log = open_log(
         settings, on_drop=metrics.log_dropped.inc, on_write=metrics.log_written.inc, on_refusal=metrics.log_refused
     )
-    return Gateway(settings, router, prediction_log, metrics)
+    return Gateway(settings, router, prediction_log, metrics, worker)

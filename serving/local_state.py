@@ -87,6 +87,8 @@ class LocalState:
             (tmp / META).write_bytes(orjson.dumps(meta))
             os.replace(tmp, folder)
         except OSError as exc:  # a full disk costs the next restart its head start, not an answer
+            if (folder / META).is_file():  # another worker of `shipway serve --workers N` kept it first
+                return
             log.warning("could not keep version %s in the local state %s: %s", loaded.version, self.dir, exc)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,17 +1,28 @@
 """Prometheus metrics of one gateway (its own registry, so several gateways can share a process).
 
 Label children are cached: `labels()` costs more than the increment itself on the hot path.
+
+`shipway serve --workers N` runs N processes behind one port, and a scrape reaches any one of them.
+So each worker writes its figures to files in a folder the workers share (prometheus_client's
+multiprocess mode, on when PROMETHEUS_MULTIPROC_DIR is set before prometheus_client is imported:
+serving/server.py sets it for its workers), and /metrics on any worker answers for all of them.
+Counters and histograms are summed over the workers; each gauge says how it combines (GAUGE_MODES).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from datetime import datetime
 from functools import cache
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from core.vocabulary import Tag
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 # Sub-millisecond resolution where the gateway lives, up to seconds for timeouts.
 LATENCY_BUCKETS = (
@@ -69,12 +80,18 @@ class Metrics:
             "shipway_shadow_backlog",
             "Requests mirrored to Shadow and not yet predicted (beyond serving.shadow_queue_size they are skipped)",
             registry=r,
+            multiprocess_mode="livesum",  # the host's one Shadow: worker 0 holds the backlog
         )
         self.log_dropped = Counter(
             "shipway_prediction_log_dropped", "Prediction-log rows lost (queue full or refused at shutdown)", registry=r
         )
         self.log_written = Counter("shipway_prediction_log_written", "Prediction-log rows written", registry=r)
-        self.log_queue = Gauge("shipway_prediction_log_queue", "Prediction-log rows waiting to be written", registry=r)
+        self.log_queue = Gauge(
+            "shipway_prediction_log_queue",
+            "Prediction-log rows waiting to be written (summed over workers)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.log_refusals = Counter(
             "shipway_prediction_log_write_failures",
             "Prediction-log writes the database refused (each is tried again), by cause: locked, disk full, "
@@ -84,8 +101,10 @@ class Metrics:
         )
         self.log_stalled = Gauge(
             "shipway_prediction_log_stalled_seconds",
-            "Seconds since the prediction log last took a write, while one is refused or under way (0: writing)",
+            "Seconds since the prediction log last took a write, while one is refused or under way (0: writing; the "
+            "longest of the workers')",
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.poll_errors = Counter("shipway_registry_poll_errors", "Failed polls of the registry", registry=r)
         self.load_failures = Counter(
@@ -99,34 +118,42 @@ class Metrics:
             registry=r,
         )
         self.served = Gauge(
-            "shipway_model_served", "1 for each (alias, version, format) the gateway serves",
-            ["model", "alias", "model_version", "format"], registry=r,
+            "shipway_model_served", "1 for each (alias, version, format) the gateway serves (any of its workers)",
+            ["model", "alias", "model_version", "format"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
-        self.canary_share = Gauge("shipway_canary_share", "Share of requests routed to Canary", registry=r)
+        self.canary_share = Gauge(
+            "shipway_canary_share", "Share of requests routed to Canary", registry=r, multiprocess_mode="livemax"
+        )
         # the monitoring flow's last window of the Production version, read from its tags at each poll
         window = "in the monitoring flow's last window of the Production version"
         self.estimated = Gauge(
             "shipway_estimated_performance", f"Performance estimated without labels (CBPE) {window}",
-            ["model", "model_version", "metric"], registry=r,
+            ["model", "model_version", "metric"], registry=r, multiprocess_mode="mostrecent",
         )  # fmt: skip
         self.estimated_reference = Gauge(
             "shipway_estimated_performance_reference", "The same metric on the version's holdout at registration",
-            ["model", "model_version", "metric"], registry=r,
+            ["model", "model_version", "metric"], registry=r, multiprocess_mode="mostrecent",
         )  # fmt: skip
         self.estimated_drop = Gauge(
             "shipway_estimated_performance_drop",
             f"Holdout figure minus the estimated one {window} (monitoring.max_estimated_drop is its limit)",
-            ["model", "model_version", "metric"], registry=r,
+            ["model", "model_version", "metric"], registry=r, multiprocess_mode="mostrecent",
         )  # fmt: skip
         self.prediction_psi = Gauge(
             "shipway_prediction_psi", f"Largest PSI of the outputs against the holdout's {window}",
-            ["model", "model_version"], registry=r,
+            ["model", "model_version"], registry=r, multiprocess_mode="mostrecent",
         )  # fmt: skip
         self.monitoring_window_end = Gauge(
             "shipway_monitoring_window_end_timestamp_seconds", "When the monitoring flow's last window ended",
-            ["model", "model_version"], registry=r,
+            ["model", "model_version"], registry=r, multiprocess_mode="mostrecent",
         )  # fmt: skip
         self.model_name = model_name
+        self._served: set[tuple[str, str, str]] = set()
+        self._labelled: dict[Gauge, set[tuple[str, ...]]] = {}
+        self._exposed = r
+        if MULTIPROC_DIR in os.environ:  # every worker's files, read at each scrape
+            self._exposed = CollectorRegistry()
+            MultiProcessCollector(self._exposed)
 
     @cache  # noqa: B019 - one Metrics per gateway, a handful of (version, role) pairs
     def _answer(self, version: str, role: str, status: int):
@@ -165,32 +192,60 @@ class Metrics:
         """The monitoring figures `version`'s tags hold (none when `version` is None), replacing the last
         ones; the tags that could not be read, each as `key=value` (a hand-edited tag: left out)."""
         gauges = (self.estimated, self.estimated_reference, self.estimated_drop)
-        for gauge in (*gauges, self.prediction_psi, self.monitoring_window_end):
-            gauge.clear()
-        if version is None:
-            return []
+        values: dict[Gauge, dict[tuple[str, ...], float]] = {
+            g: {} for g in (*gauges, self.prediction_psi, self.monitoring_window_end)
+        }
         unreadable = []
-        try:
-            figures = json.loads(tags.get(Tag.MONITORING_ESTIMATE) or "{}")
-            for metric, values in figures.items():
-                for gauge, key in zip(gauges, ("estimated", "holdout", "drop"), strict=True):
-                    gauge.labels(model, version, metric).set(float(values[key]))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            unreadable.append(f"{Tag.MONITORING_ESTIMATE}={tags[Tag.MONITORING_ESTIMATE]!r}")
-            for gauge in gauges:
-                gauge.clear()
-        try:
-            if tags.get(Tag.MONITORING_PREDICTION_PSI):
-                self.prediction_psi.labels(model, version).set(float(tags[Tag.MONITORING_PREDICTION_PSI]))
-        except ValueError:
-            unreadable.append(f"{Tag.MONITORING_PREDICTION_PSI}={tags[Tag.MONITORING_PREDICTION_PSI]!r}")
-        try:
-            if tags.get(Tag.MONITORING_WINDOW_END):
-                end = datetime.fromisoformat(tags[Tag.MONITORING_WINDOW_END])
-                self.monitoring_window_end.labels(model, version).set(end.timestamp())
-        except ValueError:
-            unreadable.append(f"{Tag.MONITORING_WINDOW_END}={tags[Tag.MONITORING_WINDOW_END]!r}")
+        if version is not None:
+            try:
+                figures = json.loads(tags.get(Tag.MONITORING_ESTIMATE) or "{}")
+                read = [
+                    {(model, version, metric): float(v[key]) for metric, v in figures.items()}
+                    for key in ("estimated", "holdout", "drop")
+                ]
+                values.update(zip(gauges, read, strict=True))  # all three or none
+            except (ValueError, TypeError, KeyError, AttributeError):
+                unreadable.append(f"{Tag.MONITORING_ESTIMATE}={tags[Tag.MONITORING_ESTIMATE]!r}")
+            try:
+                if tags.get(Tag.MONITORING_PREDICTION_PSI):
+                    psi = float(tags[Tag.MONITORING_PREDICTION_PSI])
+                    values[self.prediction_psi] = {(model, version): psi}
+            except ValueError:
+                unreadable.append(f"{Tag.MONITORING_PREDICTION_PSI}={tags[Tag.MONITORING_PREDICTION_PSI]!r}")
+            try:
+                if tags.get(Tag.MONITORING_WINDOW_END):
+                    end = datetime.fromisoformat(tags[Tag.MONITORING_WINDOW_END])
+                    values[self.monitoring_window_end] = {(model, version): end.timestamp()}
+            except ValueError:
+                unreadable.append(f"{Tag.MONITORING_WINDOW_END}={tags[Tag.MONITORING_WINDOW_END]!r}")
+        for gauge, now in values.items():
+            self._set_only(gauge, now)
         return unreadable
 
+    def _set_only(self, gauge: Gauge, values: dict[tuple[str, ...], float]) -> None:
+        """`gauge` holds these label sets and no others: the last window's, not an earlier version's. In
+        multiprocess mode a worker's file keeps a label's last value, so one gone is set to NaN, which
+        no alert rule's comparison passes."""
+        for gone in self._labelled.get(gauge, set()) - values.keys():
+            if self._exposed is self.registry:
+                gauge.remove(*gone)
+            else:
+                gauge.labels(*gone).set(math.nan)
+        for labels, value in values.items():
+            gauge.labels(*labels).set(value)
+        self._labelled[gauge] = set(values)
+
+    def serve_only(self, served: set[tuple[str, str, str]]) -> None:
+        """`shipway_model_served` is 1 for these (alias, version, format) and no others (0 for those a worker
+        served before, in multiprocess mode)."""
+        for gone in self._served - served:
+            if self._exposed is self.registry:
+                self.served.remove(self.model_name, *gone)
+            else:  # no removal in multiprocess mode: the worker's file would keep the label's last value
+                self.served.labels(self.model_name, *gone).set(0)
+        for labels in served:
+            self.served.labels(self.model_name, *labels).set(1)
+        self._served = set(served)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)

@@ -363,9 +363,7 @@ class Router:
             del self._baseline_problems[version]
 
     def _publish(self, routes: Routes, before: Routes) -> None:
-        self.metrics.served.clear()
-        for alias, model in routes.by_alias.items():
-            self.metrics.served.labels(self.name, alias, model.version, model.flavor).set(1)
+        self.metrics.serve_only({(alias, m.version, m.flavor) for alias, m in routes.by_alias.items()})
         self.metrics.canary_share.set(routes.canary_share if routes.canary else 0.0)
         served = {a: s.version for a, s in routes.by_alias.items()}
         if served != {a: s.version for a, s in before.by_alias.items()} or routes.canary_share != before.canary_share:

@@ -14,6 +14,11 @@ request `[version, request_id, ts, columns, rows, source, types]`. Child to gate
 it processed, `{"done": [[version, outcome, seconds], ...], "written": n, "dropped": n}` (the
 child's log rows so far).
 End of input (or SIGTERM, which skips what is left) makes the child write its log and exit.
+
+One Shadow process per host: with `shipway serve --workers N`, worker 0 runs it and listens on a
+Unix socket its supervisor made; the other workers send it their mirrored requests there, in the
+same lines (`ShadowForwarder`). Its reports come back to worker 0 only, which is enough: the
+workers' metrics are summed (serving/metrics.py), and the backlog bound holds for the host.
 """
 
 from __future__ import annotations
@@ -53,44 +58,40 @@ SHUTDOWN_GRACE_S = 5.0  # at shutdown the child finishes its backlog for this lo
 RELOAD_FAILED_AFTER_S = 10.0  # in the child: a version that failed to load is tried again after this long
 
 
-class ShadowProcess:
-    """The gateway's side: mirrors requests to the child and turns its reports into metrics.
+def _line(version: str, request_id: str, ts: datetime, raw: Raw) -> bytes | None:
+    """A mirrored request as the child reads it; None for an integer past 64 bits (JSON allows it, orjson
+    does not write it)."""
+    try:
+        return orjson.dumps((version, request_id, ts, raw.columns, raw.rows, raw.source, raw.types)) + b"\n"
+    except TypeError:
+        return None
 
-    Every method runs on the gateway's event loop.
-    """
 
-    def __init__(self, settings: Settings, metrics: Metrics):
-        self.settings = settings
+class _Batched:
+    """Mirrored requests sent in batches: at SEND_BATCH lines, or SEND_INTERVAL_S after the first."""
+
+    def __init__(self, metrics: Metrics):
         self.metrics = metrics
-        self.limit = settings.serving.shadow_queue_size
-        self.sent = 0  # mirrored requests handed over, those queued here included
-        self.done = 0  # of which reported done, or skipped when a child exited
-        self.state = "not started"
         self._pending: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._child: _Child | None = None
-        self._exited_at = float("-inf")
-
-    @property
-    def backlog(self) -> int:
-        return self.sent - self.done
-
-    def status(self) -> dict[str, Any]:
-        """For /health: the child's state and pid, and the mirrored requests it has still to do."""
-        return {"state": self.state, "pid": self._child.proc.pid if self._child else None, "backlog": self.backlog}
 
     def submit(self, version: str, request_id: str, ts: datetime, raw: Raw) -> None:
-        """Mirror one request to Shadow `version`; skipped (and counted) when the backlog is full."""
-        if (self._child is None and not self._start()) or self.backlog >= self.limit:
+        """Mirror one request to Shadow `version`; skipped (and counted) when it cannot be."""
+        line = _line(version, request_id, ts, raw)
+        if line is None or not self._admit():
             self.metrics.shadow_skipped.inc()
             return
-        try:
-            line = orjson.dumps((version, request_id, ts, raw.columns, raw.rows, raw.source, raw.types))
-        except TypeError:  # an integer past 64 bits, which JSON allows and orjson does not write
-            self.metrics.shadow_skipped.inc()
-            return
-        self._pending.append(line + b"\n")
-        self.sent += 1
+        self._queue(line)
+
+    def _admit(self) -> bool:
+        raise NotImplementedError
+
+    def _transport(self) -> asyncio.Transport | None:
+        """Where a batch goes; None: not yet (the lines wait)."""
+        raise NotImplementedError
+
+    def _queue(self, line: bytes) -> None:
+        self._pending.append(line)
         if len(self._pending) >= SEND_BATCH:
             self._send()
         elif self._timer is None:
@@ -100,10 +101,63 @@ class ShadowProcess:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        # Not before _connect wrote the settings line ("running"): the transport exists a moment earlier.
-        if self._child is not None and self.state == "running" and self._child.transport is not None and self._pending:
-            self._child.transport.write(b"".join(self._pending))
+        transport = self._transport()
+        if transport is not None and self._pending:
+            transport.write(b"".join(self._pending))
             self._pending.clear()
+
+
+class ShadowProcess(_Batched):
+    """The gateway's side: mirrors requests to the child and turns its reports into metrics; with
+    `peers` (worker 0 of several), takes the other workers' mirrored requests too.
+
+    Every method runs on the gateway's event loop.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics, peers: socket.socket | None = None):
+        super().__init__(metrics)
+        self.settings = settings
+        self.limit = settings.serving.shadow_queue_size
+        self.sent = 0  # mirrored requests handed over, those queued here included
+        self.done = 0  # of which reported done, or skipped when a child exited
+        self.state = "not started"
+        self._child: _Child | None = None
+        self._exited_at = float("-inf")
+        self._peers = peers
+        self._peer_server: asyncio.AbstractServer | None = None
+
+    @property
+    def backlog(self) -> int:
+        return self.sent - self.done
+
+    def status(self) -> dict[str, Any]:
+        """For /health: the child's state and pid, and the mirrored requests it has still to do."""
+        return {"state": self.state, "pid": self._child.proc.pid if self._child else None, "backlog": self.backlog}
+
+    async def open(self) -> None:
+        """Take the other workers' mirrored requests (worker 0 of several)."""
+        if self._peers is not None:
+            self._peer_server = await asyncio.get_running_loop().create_unix_server(
+                lambda: _Peer(self), sock=self._peers
+            )
+
+    def _admit(self) -> bool:
+        return (self._child is not None or self._start()) and self.backlog < self.limit
+
+    def _queue(self, line: bytes) -> None:
+        self.sent += 1
+        super()._queue(line)
+
+    def take(self, line: bytes) -> None:
+        """A line another worker mirrored."""
+        if self._admit():
+            self._queue(line)
+        else:
+            self.metrics.shadow_skipped.inc()
+
+    def _transport(self) -> asyncio.Transport | None:
+        # Not before _connect wrote the settings line ("running"): the transport exists a moment earlier.
+        return self._child.transport if self._child is not None and self.state == "running" else None
 
     def _start(self) -> bool:
         if time.monotonic() - self._exited_at < RESTART_AFTER_S:
@@ -145,6 +199,8 @@ class ShadowProcess:
 
     async def close(self) -> None:
         """Send what is queued; the child gets SHUTDOWN_GRACE_S to finish, then skips the rest."""
+        if self._peer_server is not None:
+            self._peer_server.close()
         child = self._child
         if child is None:
             return
@@ -162,6 +218,89 @@ class ShadowProcess:
         except TimeoutError:
             log.error("shadow process %d did not exit after SIGTERM; killed", child.proc.pid)
             child.proc.kill()
+
+
+class _Peer(asyncio.Protocol):
+    """Another worker's connection to worker 0: mirrored requests, one line each."""
+
+    def __init__(self, owner: ShadowProcess):
+        self.owner = owner
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        *lines, self.buffer = (self.buffer + data).split(b"\n")
+        for line in lines:
+            self.owner.take(line + b"\n")
+
+
+class ShadowForwarder(_Batched):
+    """A worker other than 0: its mirrored requests go to worker 0's Shadow process, over `path`.
+    Until that connection is made (worker 0 still starting) they wait, up to serving.shadow_queue_size;
+    a lost connection skips them (counted) and is made again RESTART_AFTER_S later."""
+
+    def __init__(self, path: str, settings: Settings, metrics: Metrics):
+        super().__init__(metrics)
+        self.path = path
+        self.limit = settings.serving.shadow_queue_size
+        self.state = "not connected"
+        self._writer: asyncio.Transport | None = None
+        self._connecting = False
+        self._failed_at = float("-inf")
+
+    backlog = 0  # held by worker 0
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.state, "pid": None, "backlog": len(self._pending)}
+
+    async def open(self) -> None:
+        pass
+
+    def _admit(self) -> bool:
+        if self._writer is None and not self._connecting:
+            if time.monotonic() - self._failed_at < RESTART_AFTER_S:
+                return False
+            self._connecting = True
+            asyncio.get_running_loop().create_task(self._connect())
+        return len(self._pending) < self.limit
+
+    def _transport(self) -> asyncio.Transport | None:
+        return self._writer
+
+    async def _connect(self) -> None:
+        try:
+            transport, _ = await asyncio.get_running_loop().create_unix_connection(lambda: _Forwarded(self), self.path)
+        except OSError as exc:
+            self._lost(f"cannot reach worker 0: {exc.strerror or exc}")
+            return
+        finally:
+            self._connecting = False
+        self._writer = transport
+        self.state = "forwarding to worker 0"
+        self._send()
+
+    def _lost(self, why: str) -> None:
+        if self._pending:
+            self.metrics.shadow_skipped.inc(len(self._pending))
+            log.error("shadow: %d mirrored requests skipped: %s", len(self._pending), why)
+        self._pending.clear()
+        self._writer = None
+        self._failed_at = time.monotonic()
+        self.state = why
+
+    async def close(self) -> None:
+        self._send()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()  # what was written still goes: a transport closes once its buffer is sent
+
+
+class _Forwarded(asyncio.Protocol):
+    def __init__(self, owner: ShadowForwarder):
+        self.owner = owner
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.owner._writer is not None:
+            self.owner._lost("the connection to worker 0 closed")
 
 
 class _Child(asyncio.Protocol):

@@ -12,6 +12,13 @@ from configs.settings.base import LocalPath, Section
 class ServingSettings(Section):
     host: str = Field("127.0.0.1", description="Address `shipway serve` binds to.")
     port: int = Field(5001, ge=0, le=65535, description="Port `shipway serve` listens on.")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Gateway processes `shipway serve` runs on its one port (SO_REUSEPORT: the kernel spreads "
+        "connections over them), each on a core of its own; 0: one per CPU, at most 8. They share one Shadow "
+        "process and the prediction log, and /metrics on any of them answers for all (docs/gateway.md).",
+    )
     poll_interval_s: float = Field(
         5.0, gt=0, description="How often the gateway reads aliases and the canary share from the registry."
     )
