@@ -199,7 +199,7 @@ class Metrics:
         if version is not None:
             try:
                 figures = json.loads(tags.get(Tag.MONITORING_ESTIMATE) or "{}")
-                read = [
+                read: list[dict[tuple[str, ...], float]] = [
                     {(model, version, metric): float(v[key]) for metric, v in figures.items()}
                     for key in ("estimated", "holdout", "drop")
                 ]
