@@ -553,6 +553,24 @@ class GateSettings(_Section):
     )
 
 
+class ScoringSettings(_Section):
+    """`shipway score`: batch scoring of a dataset's partitions on Dask (docs/scoring.md)."""
+
+    on_failed_partition: Literal["stop", "quarantine"] = Field(
+        "stop",
+        description="A partition failing the version's contract: stop (exit 1, nothing written to --out) or "
+        "quarantine (its rows and gate report go to --out/_quarantine/, the other partitions are scored).",
+    )
+    scheduler: str | None = Field(
+        None,
+        description="Address of a Dask scheduler (tcp://host:8786) whose workers have shipway installed; "
+        "empty starts a local cluster on this machine.",
+    )
+    workers: int = Field(0, ge=0, description="Local cluster: worker processes (0: one per core).")
+    threads_per_worker: int = Field(1, ge=1, description="Local cluster: partitions each worker scores at once.")
+    experiment: str = Field("shipway-scoring", description="MLflow experiment that holds one run per scoring.")
+
+
 class QualitySettings(_Section):
     """The quality gate: before a version may become Shadow it must beat its own baseline on the
     holdout, meet the floors, and not be worse than Production on the holdout rows Production did
@@ -650,6 +668,7 @@ class Settings(BaseSettings):
     gate: GateSettings = Field(default_factory=GateSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
 
     @model_validator(mode="before")
     @classmethod
