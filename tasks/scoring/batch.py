@@ -40,6 +40,7 @@ from tasks.gate.skew import BATCH_SUFFIXES, Reference, gate, reference_for_model
 
 TEMPORARY = "_temporary"
 QUARANTINE = "_quarantine"
+PREDICT_ROWS = 32_768  # rows an ONNX call is given at once (bounds its intermediate tensors)
 OUTPUT_COLUMNS = ("prediction", "model_name", "model_version", "snapshot_id", "request_id")
 
 
@@ -59,7 +60,7 @@ class PartitionResult:
     index: int
     source: str
     rows: int
-    verdict: str  # the gate's: pass, warn or fail
+    verdict: str  # the gate's: pass, warn or fail; empty for a partition without rows
     causes: str  # what failed, in one line ("" when it passed)
     file: str  # the scored (or quarantined) file, relative to the output
     seconds: float
@@ -220,8 +221,13 @@ def model_frame(frame: pd.DataFrame, columns: list[Column], source: str) -> pd.D
 def predict(model: Servable, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels (or values) as the gateway answers `predict`, and a classifier's class probabilities."""
     if model.flavor == "onnx":  # the same tensors the parity check at registration fed
-        outputs = model.model.run(None, frame_feeds(X))
-        return outputs[0].reshape(-1), (outputs[1] if len(outputs) > 1 else None)
+        # In slices: onnxruntime's arena keeps the largest intermediate tensors it ever held (a one-hot
+        # encoding of every row), so a whole partition at once would set the worker's memory for good.
+        parts = [
+            model.model.run(None, frame_feeds(X.iloc[a : a + PREDICT_ROWS])) for a in range(0, len(X), PREDICT_ROWS)
+        ]
+        labels = np.concatenate([p[0].reshape(-1) for p in parts])
+        return labels, (np.concatenate([p[1] for p in parts]) if len(parts[0]) > 1 else None)
     estimator = model.model
     labels = np.asarray(estimator.predict(X))
     classifier = model.label_rule is not None and model.label_rule.classes is not None
@@ -263,6 +269,8 @@ def score_partition(job: Job, index: int, source: str) -> PartitionResult:
     started = time.perf_counter()
     settings = job.settings
     frame = read_source(source, settings)
+    if frame.empty:  # a partition writers left empty: nothing to gate or score
+        return PartitionResult(index, source, 0, "empty", "", "", time.perf_counter() - started)
     model = _model(job)
     model_frame(frame, model.schema.columns, source)  # a missing column is bad input, not drift
     report = gate(frame, job.reference, settings, batch_name=source)

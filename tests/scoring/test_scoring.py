@@ -18,6 +18,7 @@ from tasks.gate.skew import contract_for_snapshot
 from tasks.release.lineage import GitLineage
 from tasks.release.registration import register
 from tasks.release.registry import get_version, log_contract, set_alias
+from tasks.scoring import batch
 from tasks.scoring.batch import score
 from tasks.training.pipeline import train
 from tests.conftest import embedded, run_shipway, tuned, write_profile
@@ -60,12 +61,15 @@ def batch_folder(root, drifted=()):
     return [root / f for f in files]
 
 
-def test_answers_equal_the_models_own_predictions_row_for_row(home, dask, tmp_path):
+def test_answers_equal_the_models_own_predictions_row_for_row(home, dask, tmp_path, monkeypatch):
     _, settings, trained, snapshot = home
     files = batch_folder(tmp_path / "in")
+    (tmp_path / "in" / "day=4").mkdir()
+    generate(10, seed=4, with_label=False).iloc[:0].to_parquet(tmp_path / "in" / "day=4" / "empty.parquet")
+    monkeypatch.setattr(batch, "PREDICT_ROWS", 256)  # every partition in several ONNX calls (the worker is in-process)
     result = score(settings, MODEL, str(tmp_path / "in"), str(tmp_path / "out"), client=dask)
 
-    assert (result.rows, result.partitions, result.failed) == (2_100, 3, [])
+    assert (result.rows, result.partitions, result.failed) == (2_100, 4, [])  # the empty one has no file
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
     for i, source in enumerate(files):
         scored = pd.read_parquet(tmp_path / "out" / f"part-0000{i}.parquet")
@@ -84,7 +88,7 @@ def test_answers_equal_the_models_own_predictions_row_for_row(home, dask, tmp_pa
     import mlflow
 
     run = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result.run_id)
-    assert run.data.metrics["rows"] == 2_100 and run.data.metrics["partitions"] == 3
+    assert run.data.metrics["rows"] == 2_100 and run.data.metrics["partitions"] == 4
     assert run.data.metrics["failed_partitions"] == 0 and run.data.metrics["rows_per_s"] > 0
     assert run.data.tags["model_uri"] == "models:/churn-classifier/1"
     assert get_version(settings, "churn-classifier", "1").tags["last_scoring_run"] == result.run_id
