@@ -235,10 +235,11 @@ def predict(model: Servable, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | 
     return labels, None if proba is None else np.asarray(proba)
 
 
-def scored_table(frame: pd.DataFrame, model: Servable, job: Job, index: int, source: str) -> pa.Table:
-    """The partition's columns as read, then the prediction, each class's probability, the model's
-    name, version and snapshot id, and a request id per row (`<run>-<partition>-<row>`)."""
-    labels, proba = predict(model, model_frame(frame, model.schema.columns, source))
+def scored_table(frame: pd.DataFrame, X: pd.DataFrame, model: Servable, job: Job, index: int, source: str) -> pa.Table:
+    """The partition's columns as read (`frame`), then the prediction on `X` (`model_frame` of it), each
+    class's probability, the model's name, version and snapshot id, and a request id per row
+    (`<run>-<partition>-<row>`)."""
+    labels, proba = predict(model, X)
     table = pa.Table.from_pandas(frame, preserve_index=False)
     taken = set(table.column_names) & {*OUTPUT_COLUMNS, *(f"probability_{c}" for c in _classes(model, proba))}
     if taken:
@@ -272,7 +273,7 @@ def score_partition(job: Job, index: int, source: str) -> PartitionResult:
     if frame.empty:  # a partition writers left empty: nothing to gate or score
         return PartitionResult(index, source, 0, "empty", "", "", time.perf_counter() - started)
     model = _model(job)
-    model_frame(frame, model.schema.columns, source)  # a missing column is bad input, not drift
+    X = model_frame(frame, model.schema.columns, source)  # before the gate: a missing column is bad input, not drift
     report = gate(frame, job.reference, settings, batch_name=source)
     name = f"part-{index:05d}"
     store = open_store(job.staging, settings.s3)
@@ -287,8 +288,8 @@ def score_partition(job: Job, index: int, source: str) -> PartitionResult:
                     store.write_bytes(f"{QUARANTINE}/{written.name}", written.read_bytes())
         return PartitionResult(index, source, len(frame), "fail", report.causes(), file, time.perf_counter() - started)
     file = f"{name}.parquet"
-    table = scored_table(frame, model, job, index, source)
-    del frame
+    table = scored_table(frame, X, model, job, index, source)
+    del frame, X
     with store.staged(file) as path:
         pq.write_table(table, path)
     return PartitionResult(index, source, table.num_rows, report.verdict.value, "", file, time.perf_counter() - started)
@@ -415,7 +416,7 @@ def log_run(settings: Settings, result: ScoringResult, src: str, results: list[P
     from tasks.release import registry
 
     _, experiment_id = registry.connect(settings, experiment=settings.scoring.experiment)
-    source_run = RegistryReader(settings).mlflow().get_model_version(result.model_name, result.version).run_id
+    source_run = registry.get_version(settings, result.model_name, result.version).run_id
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{result.model_name}-v{result.version}") as run:
         mlflow.set_tags(
             {

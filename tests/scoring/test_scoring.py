@@ -189,3 +189,15 @@ def test_the_command_exit_codes_and_one_line_errors(home, tmp_path):
         done = shipway(*args, "--out", tmp_path / "o3")
         assert done.returncode == 2, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1 and says in done.stderr, done.stderr
+
+
+def test_a_scheduler_named_by_the_profile_runs_the_partitions(home, tmp_path):
+    """scoring.scheduler: the address of a running cluster (here one on loopback TCP) instead of a local one."""
+    with LocalCluster(n_workers=1, processes=False, protocol="tcp", dashboard_address=":0") as cluster:
+        settings = tuned(home[1], scoring={"scheduler": cluster.scheduler_address})
+        batch_folder(tmp_path / "in")
+        result = score(settings, MODEL, str(tmp_path / "in"), str(tmp_path / "out"))
+        with Client(cluster) as client:
+            ran = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+    assert "score_partition" in ran  # the partitions ran on that cluster
+    assert (result.rows, result.partitions) == (2_100, 3)
