@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -125,6 +126,14 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="shipway-bench-scoring-"))
     os.chdir(home)
+    try:
+        run(args, home)
+    finally:
+        os.chdir(ROOT)
+        shutil.rmtree(home, ignore_errors=True)  # the scored output is larger than the input
+
+
+def run(args: argparse.Namespace, home: Path) -> None:
     from configs.settings import load_settings
     from core.vocabulary import Alias
     from tasks.data.snapshot import take_snapshot
