@@ -69,6 +69,7 @@ class Tag(StrEnum):
     EXPECTATION_SUITE = "expectation_suite"
     VALIDATION_STATUS = "validation_status"  # the training gate's verdict only
     LAST_CHECK_STATUS = "last_check_status"  # `shipway validate --record`: a batch check, never a gate
+    LAST_SCORING_RUN = "last_scoring_run"  # `shipway score`: the MLflow run of the last batch scored
     QUALITY_GATE = "quality_gate"
     LATENCY_P50_MS = "latency_p50_ms"
     LATENCY_P95_MS = "latency_p95_ms"

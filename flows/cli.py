@@ -459,6 +459,41 @@ _COLORS = {"pass": "green", "warn": "yellow", "fail": "red"}
 
 
 @cli.command()
+@click.option(
+    "--model", "model", required=True, metavar="NAME@ALIAS", help="The version to score with (or NAME/VERSION)."
+)
+@click.option(
+    "--batch",
+    "batch",
+    required=True,
+    metavar="SRC",
+    help="A .csv/.parquet file, s3://bucket/key, or a folder or S3 prefix of them (the partitions).",
+)
+@click.option("--out", "out", required=True, metavar="DST", help="A new or empty folder or s3://bucket/prefix.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@config_option
+def score(config_path: Path | None, model: str, batch: str, out: str, as_json: bool) -> None:
+    """Gate and score every partition of a batch on Dask into partitioned Parquet. Exit 1 when a
+    partition fails the gate and scoring.on_failed_partition is stop (then nothing is written)."""
+    settings = _settings(config_path)
+    from tasks.scoring.batch import score as run_scoring
+    from tasks.scoring.batch import summary
+
+    result = run_scoring(settings, model, batch, out)
+    if as_json:
+        click.echo(json.dumps(summary(result), indent=2))
+        return
+    console.print(
+        f"[bold]{result.model_name}[/] version [bold]{result.version}[/] scored {result.rows:,} rows of "
+        f"{result.partitions} partition(s) in {result.seconds:.1f} s ({result.rows_per_s:,.0f} rows/s) "
+        f"into {result.out}"
+    )
+    for failed in result.failed:
+        console.print(f"  [red]quarantined[/] {failed.source}: {failed.causes} -> {failed.file}")
+    console.print(f"  MLflow run {result.run_id} in experiment {settings.scoring.experiment}")
+
+
+@cli.command()
 @click.argument("name", required=False)
 @click.option("--version", help="The version to promote (default: the one holding Shadow).")
 @config_option

@@ -35,6 +35,7 @@ from configs.settings.quality_settings import (
     QualitySettings,
 )
 from configs.settings.s3_settings import S3Settings
+from configs.settings.scoring_settings import ScoringSettings
 from configs.settings.serving_settings import ServingSettings
 from configs.settings.snapshot_settings import SnapshotSettings
 from configs.settings.training_settings import BUILT_IN_ESTIMATORS, SearchSettings, TrainingSettings, is_import_path
@@ -64,6 +65,7 @@ __all__ = [
     "QualitySettings",
     "RenamedSetting",
     "S3Settings",
+    "ScoringSettings",
     "SearchSettings",
     "ServingSettings",
     "Settings",
@@ -121,6 +123,7 @@ class Settings(BaseSettings):
     gate: GateSettings = Field(default_factory=GateSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -6,6 +6,7 @@ import subprocess
 from uuid import UUID
 
 import httpx
+import pandas as pd
 import pytest
 
 from tests.conftest import BIN, REPO, embedded, free_port, wait_for
@@ -70,12 +71,13 @@ def test_deploys_with_schedules_and_monitoring_triggers_a_retraining_a_worker_ru
 
     with SyncPrefectClient(env["PREFECT_API_URL"]) as client:
         deployments = {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()}
-        assert set(deployments) == {"training/retrain", "promotion/promote", "monitoring/monitor"}
+        assert set(deployments) == {"training/retrain", "promotion/promote", "monitoring/monitor", "scoring/score"}
         crons = {name: [s.schedule.cron for s in d.schedules] for name, d in deployments.items()}
         assert crons == {
             "training/retrain": ["0 3 * * *"],
             "promotion/promote": [],
             "monitoring/monitor": ["5 * * * *"],
+            "scoring/score": [],
         }
         assert all(d.work_pool_name == "shipway-process" for d in deployments.values())
 
@@ -96,9 +98,11 @@ def test_deploys_with_schedules_and_monitoring_triggers_a_retraining_a_worker_ru
             stderr=subprocess.DEVNULL,
         )
         try:
+            from prefect.deployments import run_deployment
             from prefect.settings import PREFECT_API_URL, temporary_settings
 
             from flows.monitor import trigger_retraining
+            from tasks.data.demo_data import generate
 
             with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
                 run_id = trigger_retraining(embedded(tmp_path))  # what a sustained monitoring breach does
@@ -110,7 +114,24 @@ def test_deploys_with_schedules_and_monitoring_triggers_a_retraining_a_worker_ru
                 "the retraining run to finish",
                 every=0.5,
             )
+            assert final.is_completed(), final.message
+            # the new Shadow version scores a batch through the scoring deployment, on the same worker
+            batch = tmp_path / "batch.parquet"
+            generate(2_000, seed=99, with_label=False).to_parquet(batch)
+            with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+                scoring = run_deployment(
+                    "scoring/score",
+                    parameters={"model": "churn-classifier@Shadow", "batch": str(batch), "out": str(tmp_path / "out")},
+                    timeout=0,
+                )
+            scored = wait_for(
+                lambda: (s := client.read_flow_run(scoring.id).state) and s.is_final() and s,
+                300,
+                "the scoring run to finish",
+                every=0.5,
+            )
         finally:
             stop(worker)
-    assert final.is_completed(), final.message
+    assert scored.is_completed(), scored.message
     assert (state / "mlflow.db").is_file() and any((state / "snapshots").iterdir())
+    assert len(pd.read_parquet(tmp_path / "out")) == 2_000

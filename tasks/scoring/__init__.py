@@ -1,0 +1,1 @@
+"""Batch scoring: a dataset's partitions gated and predicted by a model version on Dask, with lineage."""
