@@ -81,7 +81,9 @@ def test_monitor_command_exits_1_on_a_breach_and_names_it(production, tmp_path):
     config = write_profile(production, tmp_path / "profile.yaml")
     done = run_shipway("monitor", NAME, "--window", "10m", "--config", str(config), cwd=tmp_path)
     assert done.returncode == 1, done.stderr
-    assert "shipway: error: monitoring: churn-classifier breached its limits: input drift: fail on " in done.stderr
+    # Other limits may breach first on a busy machine (latency p99): the drift must be among them.
+    assert "shipway: error: monitoring: churn-classifier breached its limits: " in done.stderr
+    assert "input drift: fail on " in done.stderr, done.stderr
     assert "monthly_charges (" in done.stderr and "; also " in done.stderr  # the drifted column, with its checks
     assert "input drift fail" in done.stdout
 
