@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from prefect import flow, get_run_logger, task
 
 from configs.settings import Settings, load_settings
-from core.errors import GateError
+from core.errors import GateError, RegistryError
 from core.owner import Owner
 from core.vocabulary import Alias, Tag
 from flows.run_labels import label_run
@@ -80,9 +80,12 @@ def training_flow(
         gate = gate_task(settings, snapshot, force_gate, reason)
     with _timed(timings, "train"):
         trained = train_task(snapshot.frame, target, settings)
-    with _timed(timings, "register"):
-        registered = register(trained, snapshot, project_lineage(settings.training), settings, _unfinished())
-    with _until_verdict(settings, registered, timings):  # from the moment the version exists
+    unfinished = _unfinished()
+    with _until_verdict(settings, unfinished, timings) as verdict:  # from the moment the version exists
+        with _timed(timings, "register"):
+            registered = verdict.registered = register(
+                trained, snapshot, project_lineage(settings.training), settings, unfinished
+            )
         label_run("train", registered.name, registered.version, settings)
         shadow = registry.alias_version(settings, registered.name, Alias.SHADOW)  # the state this version follows
         with _timed(timings, "quality"):  # a failure ends the flow here: registered, without an alias
@@ -184,20 +187,42 @@ def _unfinished() -> str:
     return f"training flow run {flow_run.id} ({Owner.current()}) has not reached its gates' verdicts"
 
 
+@dataclass
+class _Verdict:
+    registered: Registered | None = None  # once `register` has returned it
+
+
 @contextmanager
-def _until_verdict(settings: Settings, registered: Registered, timings: dict[str, float]) -> Iterator[None]:
+def _until_verdict(settings: Settings, unfinished: str, timings: dict[str, float]) -> Iterator[_Verdict]:
     """Clear the version's `unfinished` tag once its gates have decided: passed, or a gate refused it
-    (GateError: the verdict is on the version). A signal or a failure before then is written there."""
+    (GateError: the verdict is on the version). A signal or a failure before then is written there,
+    the step after registration included: the version exists before `register` has returned it."""
+    verdict = _Verdict()
     try:
-        yield
+        yield verdict
     except GateError:
-        registry.delete_version_tag(settings, registered.name, registered.version, Tag.UNFINISHED)
+        if verdict.registered is not None:
+            registry.delete_version_tag(settings, verdict.registered.name, verdict.registered.version, Tag.UNFINISHED)
         raise
     except BaseException as exc:
-        step = next(step for step in VERDICT_STEPS if step not in timings)
-        mark_unfinished(settings, registered.name, registered.version, exc, step)
+        step = next(step for step in ("register", *VERDICT_STEPS) if step not in timings)
+        for name, version in _unfinished_versions(settings, verdict.registered, unfinished):
+            mark_unfinished(settings, name, version, exc, step)
         raise
-    registry.delete_version_tag(settings, registered.name, registered.version, Tag.UNFINISHED)
+    assert verdict.registered is not None  # the block registers before it can end
+    registry.delete_version_tag(settings, verdict.registered.name, verdict.registered.version, Tag.UNFINISHED)
+
+
+def _unfinished_versions(settings: Settings, registered: Registered | None, unfinished: str) -> list[tuple[str, str]]:
+    """The version this flow run registered: as returned, or found by its `unfinished` tag (none yet)."""
+    if registered is not None:
+        return [(registered.name, registered.version)]
+    name = settings.training.model_name
+    try:
+        found, _ = registry.versions(settings, name)
+    except RegistryError:  # no registered model yet
+        return []
+    return [(name, str(v.version)) for v in found if v.tags.get(Tag.UNFINISHED) == unfinished]
 
 
 @contextmanager

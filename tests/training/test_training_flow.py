@@ -139,3 +139,20 @@ def test_cli_bad_data_exits_2_with_one_line(settings, tmp_path, content, args, m
     assert result.exit_code == 2
     assert result.stderr.startswith(f"shipway: error: {message.format(path=path)}")
     assert result.stderr.count("\n") == 1
+
+
+def test_a_stop_after_the_version_exists_but_before_register_returns_is_written_on_it(quick, monkeypatch):
+    """The store has created the version and `register` is finishing (its task run closing) when Ctrl-C
+    lands: the flow finds the version by its run's `unfinished` mark and says how it ended."""
+    import flows.train
+
+    def registered_then_stopped(*args, **kwargs):
+        register.fn(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flows.train, "register", registered_then_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        training_flow(data="demo", settings=quick)
+    found, aliases = versions(quick, quick.training.model_name)
+    assert [str(v.version) for v in found] == ["1"] and aliases == {}
+    assert found[0].tags["unfinished"] == "stopped by SIGINT during register"
