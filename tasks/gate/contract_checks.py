@@ -351,6 +351,9 @@ def check_mean(e: dict, data: _Column, wf: float) -> Outcome:
     )
 
 
+MIN_SPREAD_VALUES = 20  # values a spread is judged on
+
+
 def _t_p(mean: float, std: float, n: int, center: float, sd: float, m: int) -> float:
     """Two-sample t-test on the pooled variance: on small samples the training sd alone is too sure."""
     pooled = ((m - 1) * sd**2 + (n - 1) * std**2) / max(m + n - 2, 1)
@@ -365,14 +368,14 @@ def check_stdev(e: dict, data: _Column, wf: float) -> Outcome:
     trained = t.std if t.std is not None else _mid(low, high, data.std)
     std = data.std
     n, m = data.present, _rows(e, data)
-    if trained > 0 and std > 0:
+    if n < MIN_SPREAD_VALUES:  # too few for the sd's normal approximation on lumpy data (an id column
+        p = 1.0  # with a few users many times); the range, quantile and distribution checks judge them
+    elif trained > 0 and std > 0:
         log_ratio = math.log(std / trained)
         # Not below the normal's 3: a light-tailed (say bimodal) small sample's kurtosis is too sure of itself.
         kurtosis = max(_pooled_kurtosis(t.kurtosis, trained, m, data), 3.0)
         se = math.sqrt((kurtosis - 1) / 4 * (1 / n + 1 / m))
         p = 2 * float(stats.norm.sf(abs(log_ratio) / se))
-    elif n < 2:  # one value has no spread to judge
-        p = 1.0
     elif std == 0 and trained > 0:  # a constant batch: a stuck column, or a rare-event column's quiet day
         p = _one_value_p(t, data, m)
     else:  # a constant training column that now varies

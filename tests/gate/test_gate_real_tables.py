@@ -82,3 +82,19 @@ def test_a_rare_event_column_all_zero_passes_but_a_mean_moved_by_many_rows_fails
     assert "mean" not in failing(validate(one_far, suite, SETTINGS)).get("x", "")
     moved = quiet.assign(x=rng.normal(1.0, 1.0, size=1000))
     assert "mean" in failing(validate(moved, suite, SETTINGS))["x"]
+
+
+def test_a_few_values_of_an_id_like_column_that_repeats_pass():
+    """Replies to a few accounts many times: the ids of a handful of replies in a Shadow window can
+    be near-equal; their spread is no evidence on so few (it once stopped a promotion)."""
+    rng = np.random.default_rng(3)
+    accounts = rng.integers(10**7, 4 * 10**9, size=40).astype("float64")
+    weights = 1 / np.arange(1, 41)
+    ids = rng.choice(accounts, size=3000, p=weights / weights.sum())
+    training = pd.DataFrame({"in_reply_to": np.where(rng.random(3000) < 0.1, ids, np.nan)})
+    suite = build_contract(training, SETTINGS, name="t", target=None, snapshot_id=None)
+    top = accounts[0]
+    near = top + 0.3 * float(np.nanstd(training["in_reply_to"]))  # a spread ×0.13 and ×0.12 of training's
+    for few in ([top] * 4 + [near], [top] * 12 + [near] * 3):
+        batch = pd.DataFrame({"in_reply_to": np.array(few + [np.nan] * 60, dtype="float64")})
+        assert "spread" not in failing(validate(batch, suite, SETTINGS)).get("in_reply_to", ""), few
