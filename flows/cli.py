@@ -29,6 +29,7 @@ from rich.table import Table
 
 from core.errors import ShipwayError
 from core.integrity import HASH_TAGS
+from core.stops import Terminated, signal_of
 
 if TYPE_CHECKING:  # the profile's schema takes a second to build: only commands that read a profile pay it
     from mlflow.entities.model_registry import ModelVersion
@@ -57,27 +58,22 @@ class _Cli(click.Group):
             click.echo(f"shipway: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except BaseException as exc:
-            signum = _signal_of(exc)
+            signum = signal_of(exc)
             if signum is None:
                 raise
             click.echo(f"shipway: stopped by {signal.Signals(signum).name}", err=True)
             ctx.exit(128 + signum)
 
 
-class _Terminated(BaseException):
-    """SIGTERM outside a flow run (while one runs, Prefect's engine raises its TerminationSignal
-    instead and marks the run Crashed). Not an Exception: nothing on the way may swallow it."""
-
-
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
+    raise Terminated
 
 
 def _redeliver_swallowed_signal(unraisable: sys.UnraisableHookArgs) -> None:
     """A signal's exception raised inside a garbage-collection callback (SQLAlchemy's weakref ones)
     is printed and dropped by Python: the stop would be lost and the command run on. Send the signal
     again, once the callback has returned, and print nothing."""
-    signum = _signal_of(unraisable.exc_value) if unraisable.exc_value is not None else None
+    signum = signal_of(unraisable.exc_value) if unraisable.exc_value is not None else None
     if signum is None:
         sys.__unraisablehook__(unraisable)
         return
@@ -91,18 +87,6 @@ def install_signal_handlers() -> None:
     is lost in a callback that swallows exceptions."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     sys.unraisablehook = _redeliver_swallowed_signal
-
-
-def _signal_of(exc: BaseException) -> int | None:
-    """The signal that stopped the command, or None for any other exception."""
-    if isinstance(exc, KeyboardInterrupt):
-        return signal.SIGINT
-    prefect_exceptions = sys.modules.get("prefect.exceptions")  # imported only if a flow ran
-    if isinstance(exc, _Terminated) or (
-        prefect_exceptions is not None and isinstance(exc, prefect_exceptions.TerminationSignal)
-    ):
-        return signal.SIGTERM
-    return None
 
 
 def config_option(command: Command) -> Command:

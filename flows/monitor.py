@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import pandas as pd
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from configs.settings import Settings, load_settings
 from core.errors import RegistryError
+from core.stops import stops_first
 from core.vocabulary import Alias, Verdict
 from flows.artifacts import artifact_key
 from flows.run_labels import label_run
@@ -39,7 +40,7 @@ from tasks.monitoring.window import (
 from tasks.promotion.analysis import predicted_classes
 from tasks.quality.compare import version_task
 from tasks.release import prediction_reference, registry
-from tasks.retries import task_options
+from tasks.retries import shipway_task
 
 
 @dataclass
@@ -59,6 +60,7 @@ class MonitoringResult:
 
 
 @flow(name="monitoring", log_prints=True)
+@stops_first
 def monitoring_flow(
     name: str | None = None, window: str | None = None, config: str | None = None, settings: Settings | None = None
 ) -> MonitoringResult:
@@ -154,7 +156,7 @@ def monitoring_flow(
     )
 
 
-@task(name="read-prediction-log", **task_options(retries=2, retry_delay_seconds=[2, 10]))
+@shipway_task("read-prediction-log", retries=2, retry_delay_seconds=[2, 10])
 def read_log_task(settings: Settings, name: str, start: datetime, end: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
     log = read_window(settings.prediction_log.url, start, end, model_name=name)
     return log, read_feedback(settings.prediction_log.url, log["request_id"])

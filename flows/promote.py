@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import FlowRun
 from prefect.context import FlowRunContext, get_run_context
@@ -24,6 +24,7 @@ from prefect.flow_runs import pause_flow_run
 
 from configs.settings import Settings, load_settings
 from core.errors import GateError, RegistryError
+from core.stops import stops_first
 from core.vocabulary import Alias, Tag
 from flows.approval import Approval
 from flows.artifacts import artifact_key
@@ -34,7 +35,7 @@ from tasks.promotion.lease import Lease, held
 from tasks.release import registry
 from tasks.release.aliases import AliasMoved, move, recover
 from tasks.release.decisions import record_approval
-from tasks.retries import task_options
+from tasks.retries import shipway_task
 
 if TYPE_CHECKING:  # the analyses' modules (scipy.stats, the skew gate, the log's SQL) load in their tasks:
     import pandas as pd  # a promotion taking over a killed one gets to its lease without them
@@ -67,6 +68,7 @@ def run_name() -> str:
 
 
 @flow(name="promotion", log_prints=True, flow_run_name=run_name)
+@stops_first
 def promotion_flow(
     name: str | None = None,
     version: str | None = None,
@@ -139,7 +141,7 @@ def promotion_flow(
         return PromotionResult(name, version, production, evidence)
 
 
-@task(name="shadow-analysis", **task_options())
+@shipway_task("shadow-analysis")
 def shadow_task(settings: Settings, name: str, version: str) -> Analysis:
     """Shadow's predictions against Production's on the same live requests of the last
     `promotion.step_seconds` (waiting, up to that long again, until there are enough)."""
@@ -179,7 +181,7 @@ def positive_class_rate(tags: dict[str, str]) -> tuple[Any, float] | None:
     return json.loads(classes)[1], float(rate)
 
 
-@task(name="canary-step", **task_options())
+@shipway_task("canary-step")
 def canary_task(settings: Settings, name: str, version: str, share: float) -> Analysis:
     """Canary against Production on the traffic of this step only."""
     from serving.prediction_log import read_feedback

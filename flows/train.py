@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 
 from configs.settings import Settings, load_settings
 from core.errors import GateError, RegistryError
 from core.owner import Owner
+from core.stops import stops_first
 from core.vocabulary import Alias, Tag
 from flows.run_labels import label_run
 from flows.run_labels import run_name as labelled
@@ -23,7 +24,7 @@ from tasks.release import registry
 from tasks.release.aliases import move
 from tasks.release.lineage import project_lineage
 from tasks.release.registration import Registered, mark_unfinished, register
-from tasks.retries import task_options
+from tasks.retries import shipway_task
 from tasks.training.pipeline import train_task
 
 
@@ -55,6 +56,7 @@ def run_name() -> str:
 
 
 @flow(name="training", log_prints=True, flow_run_name=run_name)
+@stops_first
 def training_flow(
     data: str | None = None,
     target: str | None = None,
@@ -129,7 +131,7 @@ def training_flow(
 # flow, so those commands never import Prefect.
 
 
-@task(name="snapshot", **task_options(io=True))
+@shipway_task("snapshot", io=True)
 def snapshot_task(source: str, settings: Settings, target: str | None = None) -> Snapshot:
     snap = take_snapshot(source, settings, target)
     verb = "stored" if snap.created else "reused identical"
@@ -137,7 +139,7 @@ def snapshot_task(source: str, settings: Settings, target: str | None = None) ->
     return snap
 
 
-@task(name="gate", **task_options())
+@shipway_task("gate")
 def gate_task(settings: Settings, snapshot: Snapshot, force: bool = False, reason: str | None = None) -> GateOutcome:
     outcome = gate_new_data(settings, snapshot, force, reason)
     logger = get_run_logger()
@@ -152,7 +154,7 @@ def gate_task(settings: Settings, snapshot: Snapshot, force: bool = False, reaso
     return outcome
 
 
-@task(name="contract", **task_options(io=True))
+@shipway_task("contract", io=True)
 def contract_task(
     settings: Settings,
     snapshot: Snapshot,
@@ -166,7 +168,7 @@ def contract_task(
     return uri
 
 
-@task(name="set-alias", **task_options(io=True, retry_delay_seconds=[1, 5]))
+@shipway_task("set-alias", io=True, retry_delay_seconds=[1, 5])
 def alias_task(
     settings: Settings, name: str, alias: Alias, version: str, *, actor: str, reason: str, expect: str | None = None
 ) -> None:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from core.errors import ShipwayError
+from core.stops import stops_first
 
 if TYPE_CHECKING:  # Prefect is imported only where a task is declared
     from prefect import Task
     from prefect.client.schemas.objects import State, TaskRun
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -37,16 +42,21 @@ def retry_on_io(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> b
     return False
 
 
-def task_options(*, io: bool = False, **overrides: Any) -> dict[str, Any]:
-    """The options of every `@task` (`@task(name=..., **task_options(io=True))`): never cached (inputs
-    are settings and data frames, results are writes to stores); `io`: retried on transient I/O
-    failures only. Called where a task is declared, so it imports Prefect only there."""
+def shipway_task(name: str, *, io: bool = False, **overrides: Any) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """`@task` with the options every shipway task shares (`overrides` are `@task`'s own): never cached
+    (inputs are settings and data frames, results are writes to stores); `io`: retried on transient
+    I/O failures only; a stop that an error in it hides comes out as the stop (`stops_first`)."""
+    from prefect import task
     from prefect.cache_policies import NO_CACHE
 
     options: dict[str, Any] = {"cache_policy": NO_CACHE}
     if io:
         options |= {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_on_io}
-    return options | overrides
+
+    def declare(fn: Callable[P, R]) -> Task[P, R]:
+        return task(name=name, **(options | overrides))(stops_first(fn))
+
+    return declare
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:

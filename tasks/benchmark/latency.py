@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import orjson
 import psutil
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from threadpoolctl import threadpool_limits
 
 from configs.settings import ServingSettings, Settings
@@ -40,7 +40,7 @@ from core.errors import GateError, RegistryError
 from core.refs import ModelRef
 from core.vocabulary import Tag
 from serving import LoadedVersion, RegistryReader, Servable, json_rows, parse, running, servable
-from tasks.retries import task_options
+from tasks.retries import shipway_task
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -376,7 +376,7 @@ def _percentiles(seconds: np.ndarray) -> dict[str, float]:
 
 
 # A task of its own: `bench` measures any reference (`shipway bench`); the flow's step also applies the budget.
-@task(name="bench", **task_options(io=True, retries=1, retry_delay_seconds=[5]))
+@shipway_task("bench", io=True, retries=1, retry_delay_seconds=[5])
 def bench_task(settings: Settings, name: str, version: str) -> BenchResult:
     result = bench(settings, f"{name}/{version}")
     check_budget(result)

@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from prefect import task
 from prefect.artifacts import create_table_artifact
 from sklearn.base import is_regressor
 from sklearn.metrics import accuracy_score
@@ -53,7 +52,7 @@ from tasks.data.storage import open_store
 from tasks.promotion.analysis import FAR, positive_rate_far
 from tasks.quality.bootstrap import resample_means
 from tasks.release import registry
-from tasks.retries import run_logger, task_options
+from tasks.retries import run_logger, shipway_task
 from tasks.training import seen_rows
 from tasks.training.quality_metrics import METRICS, Answers, Metric, Truth, answers, encode, metrics_of
 from tasks.training.seen_rows import Seen
@@ -638,7 +637,7 @@ class QualityOutcome:
     tags: dict[str, str]
 
 
-@task(name="quality", **task_options())
+@shipway_task("quality")
 def check_quality(
     settings: Settings,
     registered: Registered,

@@ -24,16 +24,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema, TensorSpec
-from prefect import task
 
 from configs.settings import Settings
 from core.integrity import sha256
+from core.stops import signal_of
 from core.vocabulary import Tag
 from tasks.data.snapshot import Snapshot
 from tasks.release import prediction_reference, record, registry
 from tasks.release.lineage import CODE_DIR, GitLineage, config_hash, config_yaml, shipway_version
 from tasks.release.registry import connect
-from tasks.retries import run_logger, task_options
+from tasks.retries import run_logger, shipway_task
 from tasks.training import seen_rows
 from tasks.training.compile import compile_pipeline
 from tasks.training.pipeline import TrainedModel, decision_threshold, headline
@@ -140,7 +140,7 @@ def _installed(path: Path) -> bool:
     return any(path.is_relative_to(Path(library).resolve()) for library in libraries if library)
 
 
-@task(name="register", **task_options(io=True))
+@shipway_task("register", io=True)
 def register(
     trained: TrainedModel, snapshot: Snapshot, lineage: GitLineage, settings: Settings, unfinished: str | None = None
 ) -> Registered:
@@ -339,12 +339,13 @@ def mark_unfinished(settings: Settings, name: str, version: str, exc: BaseExcept
 
 
 def how_it_ended(exc: BaseException, step: str) -> str:
-    """'stopped by SIGTERM during quality', 'failed during bench: OSError: ...'."""
-    if isinstance(exc, KeyboardInterrupt):
-        return f"stopped by SIGINT during {step}"
-    if not isinstance(exc, Exception):  # Prefect's TerminationSignal carries the signal's number
-        number = getattr(exc, "signal", None)
-        return f"stopped by {signal.Signals(number).name if number else type(exc).__name__} during {step}"
+    """'stopped by SIGTERM during quality', 'failed during bench: OSError: ...'. A signal behind an error
+    it caused (MLflow's "database is locked" while unwinding) is the stop."""
+    signum = signal_of(exc)
+    if signum is not None:
+        return f"stopped by {signal.Signals(signum).name} during {step}"
+    if not isinstance(exc, Exception):
+        return f"stopped by {type(exc).__name__} during {step}"
     return f"failed during {step}: {type(exc).__name__}: {exc}"
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.frozen import FrozenEstimator
@@ -34,7 +34,7 @@ from core.free_text import text_columns
 from core.plain import plain, plain_list
 from core.vocabulary import Task
 from tasks.features import DateParts, TextTfidf, choose_features, holdout_split, is_datetime
-from tasks.retries import task_options
+from tasks.retries import shipway_task
 from tasks.training import estimators
 from tasks.training.baseline import build_baseline
 from tasks.training.quality_metrics import METRICS, answers, encode, metrics_of
@@ -406,7 +406,7 @@ def train(
 
 
 # A task of its own: `train` takes settings' sections, so that a test trains without a whole profile.
-@task(name="train", **task_options())
+@shipway_task("train")
 def train_task(df: pd.DataFrame, target: str, settings: Settings) -> TrainedModel:
     trained = train(
         df,

@@ -186,7 +186,8 @@ def test_approve_answers_a_promotion_paused_in_another_process(small, tmp_path):
 
 SWALLOWED_STOP = """
 import os, signal, sys, time, weakref
-from flows.cli import _signal_of, install_signal_handlers
+from core.stops import signal_of
+from flows.cli import install_signal_handlers
 
 install_signal_handlers()
 
@@ -204,7 +205,7 @@ try:
     for _ in range(100):
         time.sleep(0.02)
 except BaseException as exc:
-    print("stopped by", _signal_of(exc))
+    print("stopped by", signal_of(exc))
     sys.exit(143)
 print("ran on")
 """

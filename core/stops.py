@@ -1,0 +1,68 @@
+"""A stop (SIGTERM, Ctrl-C) wins over the errors it causes on its way out.
+
+A signal's exception raised deep inside a library is not always what comes out of it: MLflow's
+SQLAlchemy session, unwinding from Prefect's TerminationSignal, may try to commit, meet "database is
+locked" and raise an MlflowException in its place (the signal only in its `__context__`). Read as a
+failure, that would log a traceback, fail the run instead of stopping it, and end the command with
+exit 1. So whoever decides what an exception means looks down its whole chain first.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Terminated(BaseException):
+    """SIGTERM outside a flow run (while one runs, Prefect's engine raises its TerminationSignal
+    instead and marks the run Crashed). Not an Exception: nothing on the way may swallow it."""
+
+
+def signal_of(exc: BaseException) -> int | None:
+    """The number of the signal that stopped the work: found anywhere in the exception's chain."""
+    stop = stop_in(exc)
+    if stop is None:
+        return None
+    return signal.SIGINT if isinstance(stop, KeyboardInterrupt) else getattr(stop, "signal", signal.SIGTERM)
+
+
+def stop_in(exc: BaseException) -> BaseException | None:
+    """The signal's exception behind `exc` (itself, its cause or its context, however deep), or None."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        if _is_stop(found):
+            return found
+        seen.add(id(found))
+        found = found.__cause__ or found.__context__
+    return None
+
+
+def _is_stop(exc: BaseException) -> bool:
+    prefect_exceptions = sys.modules.get("prefect.exceptions")  # loaded only where a flow runs
+    return isinstance(exc, (KeyboardInterrupt, Terminated)) or (
+        prefect_exceptions is not None and isinstance(exc, prefect_exceptions.TerminationSignal)
+    )
+
+
+def stops_first(fn: Callable[P, R]) -> Callable[P, R]:
+    """`fn`, raising the stop itself where an error it caused would come out: Prefect then marks the
+    run Crashed by the signal, retries nothing and logs no traceback."""
+
+    @functools.wraps(fn)
+    def stopping(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            stop = stop_in(exc)
+            if stop is None:
+                raise
+            raise stop from None
+
+    return stopping

@@ -1,0 +1,101 @@
+"""A stop found anywhere in an exception's chain is the stop: in the CLI's exit code, in a task's end."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import TerminationSignal
+
+from core.stops import Terminated, signal_of, stop_in, stops_first
+from tasks.release.registration import how_it_ended
+from tasks.retries import shipway_task
+
+
+class LockedError(Exception):
+    """As MLflow's MlflowException("database is locked") raised while a session unwinds from a signal."""
+
+
+def error_caused_by(stop: BaseException, depth: int = 1) -> Exception:
+    """The error an unwinding library raises in the stop's place, `depth` handlers deep."""
+    try:
+        try:
+            raise stop
+        except BaseException:
+            raise LockedError("database is locked")  # noqa: B904 (the context is what Python sets)
+    except LockedError as first:
+        caused = first
+    for level in range(depth - 1):
+        try:
+            raise RuntimeError(f"wrapped {level}") from caused
+        except RuntimeError as wrapped:
+            caused = wrapped
+    return caused
+
+
+@pytest.mark.parametrize(
+    ("stop", "number"),
+    [(TerminationSignal(signal.SIGTERM), signal.SIGTERM), (Terminated(), signal.SIGTERM), (KeyboardInterrupt(), 2)],
+)
+@pytest.mark.parametrize("depth", [1, 3])
+def test_the_signal_behind_an_error_it_caused_is_found_at_any_depth(stop, number, depth):
+    caused = error_caused_by(stop, depth)
+    assert stop_in(caused) is stop
+    assert signal_of(caused) == number
+    assert how_it_ended(caused, "register") == f"stopped by {signal.Signals(number).name} during register"
+
+
+def test_an_error_with_no_stop_behind_it_is_an_error_even_in_a_cycle():
+    first, second = ValueError("a"), OSError("b")
+    first.__context__, second.__context__ = second, first
+    assert stop_in(first) is None and signal_of(first) is None
+    assert how_it_ended(second, "bench") == "failed during bench: OSError: b"
+
+
+def test_stops_first_raises_the_stop_and_lets_other_errors_through():
+    stop = TerminationSignal(signal.SIGTERM)
+
+    @stops_first
+    def unwinding(what: str) -> None:
+        if what == "stop":
+            raise error_caused_by(stop)
+        raise LockedError(what)
+
+    with pytest.raises(TerminationSignal) as raised:
+        unwinding("stop")
+    assert raised.value is stop
+    with pytest.raises(LockedError, match="plain"):
+        unwinding("plain")
+
+
+def test_a_task_whose_stop_turned_into_an_error_crashes_by_the_signal_and_is_not_retried(prefect_harness, caplog):
+    attempts: list[int] = []
+
+    @shipway_task("unwinding", io=True, retry_delay_seconds=[0, 0])
+    def unwinding() -> None:
+        attempts.append(1)
+        raise error_caused_by(TerminationSignal(signal.SIGTERM))
+
+    @flow(flow_run_name=f"stopped-{uuid.uuid4().hex}")
+    def stopped() -> None:
+        unwinding()
+
+    sent_on: list[int] = []  # Prefect sends the signal again to the handler it found (the CLI's)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sent_on.append(signum))
+    try:
+        with pytest.raises(TerminationSignal):  # as the CLI gets it, which ends in exit 143
+            stopped()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sent_on == [signal.SIGTERM]
+    assert len(attempts) == 1  # an io task retries errors it deems transient; a stop is not one
+    with get_client(sync_client=True) as client:
+        [run] = [r for r in client.read_flow_runs() if r.name == stopped.flow_run_name]
+        [task_run] = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    assert run.state_type == task_run.state_type == StateType.CRASHED, (run.state, task_run.state)
+    assert "Traceback" not in caplog.text and "LockedError" not in caplog.text, caplog.text
