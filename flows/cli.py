@@ -29,7 +29,7 @@ from rich.table import Table
 
 from core.errors import ShipwayError
 from core.integrity import HASH_TAGS
-from core.stops import Terminated, signal_of
+from core.stops import Terminated, signal_of, stop_in
 
 if TYPE_CHECKING:  # the profile's schema takes a second to build: only commands that read a profile pay it
     from mlflow.entities.model_registry import ModelVersion
@@ -136,10 +136,11 @@ def _start_prefect_early(settings: Settings) -> Callable[[], None]:
 
 
 def _quiet_expected_tracebacks() -> None:
-    """Prefect logs each failed task with its traceback; for a ShipwayError the message is enough."""
+    """Prefect logs each failed task or flow with its traceback; for a ShipwayError the message is
+    enough, and an error a stop caused in a flow's own code ends in "stopped by" (`_Cli`)."""
 
     def drop_traceback(record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], ShipwayError):
+        if record.exc_info and (error := record.exc_info[1]) and (isinstance(error, ShipwayError) or stop_in(error)):
             record.exc_info = None
             record.exc_text = None
         return True

@@ -20,7 +20,6 @@ from prefect.artifacts import create_markdown_artifact
 
 from configs.settings import Settings, load_settings
 from core.errors import RegistryError
-from core.stops import stops_first
 from core.vocabulary import Alias, Verdict
 from flows.artifacts import artifact_key
 from flows.run_labels import label_run
@@ -60,7 +59,6 @@ class MonitoringResult:
 
 
 @flow(name="monitoring", log_prints=True)
-@stops_first
 def monitoring_flow(
     name: str | None = None, window: str | None = None, config: str | None = None, settings: Settings | None = None
 ) -> MonitoringResult:

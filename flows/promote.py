@@ -24,7 +24,6 @@ from prefect.flow_runs import pause_flow_run
 
 from configs.settings import Settings, load_settings
 from core.errors import GateError, RegistryError
-from core.stops import stops_first
 from core.vocabulary import Alias, Tag
 from flows.approval import Approval
 from flows.artifacts import artifact_key
@@ -68,7 +67,6 @@ def run_name() -> str:
 
 
 @flow(name="promotion", log_prints=True, flow_run_name=run_name)
-@stops_first
 def promotion_flow(
     name: str | None = None,
     version: str | None = None,

@@ -8,14 +8,12 @@ from prefect.artifacts import create_table_artifact
 
 from configs.settings import Settings, load_settings
 from core.refs import ModelRef
-from core.stops import stops_first
 from flows.artifacts import artifact_key
 from flows.run_labels import label_run
 from tasks.scoring.batch import ScoringResult, score
 
 
 @flow(name="scoring", log_prints=True)
-@stops_first
 def scoring_flow(
     model: str, batch: str, out: str, config: str | None = None, settings: Settings | None = None
 ) -> ScoringResult:

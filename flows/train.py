@@ -12,7 +12,6 @@ from prefect import flow, get_run_logger
 from configs.settings import Settings, load_settings
 from core.errors import GateError, RegistryError
 from core.owner import Owner
-from core.stops import stops_first
 from core.vocabulary import Alias, Tag
 from flows.run_labels import label_run
 from flows.run_labels import run_name as labelled
@@ -56,7 +55,6 @@ def run_name() -> str:
 
 
 @flow(name="training", log_prints=True, flow_run_name=run_name)
-@stops_first
 def training_flow(
     data: str | None = None,
     target: str | None = None,

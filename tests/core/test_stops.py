@@ -99,3 +99,26 @@ def test_a_task_whose_stop_turned_into_an_error_crashes_by_the_signal_and_is_not
         [task_run] = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
     assert run.state_type == task_run.state_type == StateType.CRASHED, (run.state, task_run.state)
     assert "Traceback" not in caplog.text and "LockedError" not in caplog.text, caplog.text
+
+
+def test_the_cli_logs_an_error_a_stop_caused_without_its_traceback():
+    """In a flow's own code (not a task) the error reaches Prefect's flow engine, which logs it."""
+    import logging
+
+    from flows.cli import _quiet_expected_tracebacks
+
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger = logging.getLogger("prefect.flow_runs")
+    logger.addHandler(handler)
+    before = {name: list(logging.getLogger(name).filters) for name in ("prefect.flow_runs", "prefect.task_runs")}
+    _quiet_expected_tracebacks()
+    try:
+        for error in (error_caused_by(TerminationSignal(signal.SIGTERM)), LockedError("no stop behind it")):
+            logger.error("Encountered exception during execution", exc_info=(type(error), error, None))
+    finally:
+        logger.removeHandler(handler)
+        for name, filters in before.items():
+            logging.getLogger(name).filters = filters
+    assert [record.exc_info is None for record in seen] == [True, False]
