@@ -10,8 +10,10 @@ exit 1. So whoever decides what an exception means looks down its whole chain fi
 from __future__ import annotations
 
 import functools
+import gc
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -42,6 +44,19 @@ def stop_in(exc: BaseException) -> BaseException | None:
         seen.add(id(found))
         found = found.__cause__ or found.__context__
     return None
+
+
+def release_frames(exc: BaseException) -> None:
+    """Drop what the finished frames of an exception's chain hold. A SQLite cursor a signal cut off
+    mid-read keeps its read lock while the traceback keeps it alive, and a write made on the way out
+    (how the version's training ended) would wait for that lock, then fail."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        traceback.clear_frames(found.__traceback__)  # frames still running (the caller's) are left
+        found = found.__cause__ or found.__context__
+    gc.collect()  # cursors in reference cycles too
 
 
 def _is_stop(exc: BaseException) -> bool:

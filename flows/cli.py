@@ -145,7 +145,8 @@ def _quiet_expected_tracebacks() -> None:
             record.exc_text = None
         return True
 
-    for name in ("prefect.task_runs", "prefect.flow_runs"):
+    # MLflow logs a store error with its traceback (db.utils) before raising it
+    for name in ("prefect.task_runs", "prefect.flow_runs", "mlflow.store.db.utils"):
         logging.getLogger(name).addFilter(drop_traceback)
 
 

@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from configs.settings import load_settings
 from core.vocabulary import Alias
 from serving.server import running
+from tasks.monitoring.window import parse_window
 from tests.conftest import REPO
 
 DOCKER = REPO / "docker"
@@ -117,6 +118,8 @@ CLEAN = {
     'shipway_large_batches_refused_total{model_version="3",reason="timeout"}': "0x40",
     'shipway_model_load_failures_total{model_version="3"}': "0x40",
     'up{job="shipway-gateway",instance="gateway:8080"}': "1x40",
+    # each sample's time is minute x 60 s: a window that ended 10 minutes before
+    'shipway_monitoring_window_end_timestamp_seconds{model="churn-classifier",model_version="3"}': "-600+60x40",
 }
 # The same gateway on a bad day: each alert's failure, from minute 10 on.
 FAILING = CLEAN | {
@@ -135,6 +138,7 @@ FAILING = CLEAN | {
     'up{job="shipway-gateway",instance="gateway:8080"}': "1x10 0x30",
     'shipway_estimated_performance_drop{model="churn-classifier",model_version="3",metric="roc_auc"}': "0.01x10 0.08x30",
     'shipway_prediction_psi{model="churn-classifier",model_version="3"}': "0.02x10 0.35x30",
+    'shipway_monitoring_window_end_timestamp_seconds{model="churn-classifier",model_version="3"}': "-20000x40",
 }
 
 
@@ -180,6 +184,8 @@ def test_the_limits_in_the_rules_are_the_production_profiles():
     assert limit("ShipwayShadowBacklog", ">") == 0.8 * settings.serving.shadow_queue_size
     assert limit("ShipwayEstimatedPerformanceDrop", ">") == settings.monitoring.max_estimated_drop
     assert limit("ShipwayPredictionDrift", ">") == settings.monitoring.max_prediction_psi
+    window = parse_window(settings.monitoring.window).total_seconds()
+    assert limit("ShipwayMonitoringStale", ">") == 3 * window
 
 
 def test_the_estimate_alert_fires_per_metric_past_the_limit_only(promtool, tmp_path):
@@ -216,6 +222,41 @@ def test_the_estimate_alert_fires_per_metric_past_the_limit_only(promtool, tmp_p
     }
     (tmp_path / "tests.yaml").write_text(
         yaml.safe_dump({"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": [test]})
+    )
+    done = run_promtool(promtool, "test", "rules", str(tmp_path / "tests.yaml"))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_stale_monitoring_alert_fires_once_three_windows_went_by_without_one(promtool, tmp_path):
+    """The estimate and drift series hold their last value when the monitor stops: their age is the alarm."""
+    end = "shipway_monitoring_window_end_timestamp_seconds"
+    series = {
+        f'{end}{{model="churn-classifier",model_version="3"}}': "0x50",  # the last window ended at time 0
+        f'{end}{{model="churn-classifier",model_version="2"}}': "0+300x50",  # a monitor that keeps running
+    }
+    stale = {"severity": "warning", "model": "churn-classifier", "model_version": "3"}
+    test = {
+        "interval": "5m",
+        "input_series": [{"series": name, "values": values} for name, values in series.items()],
+        "alert_rule_test": [
+            {"eval_time": "190m", "alertname": "ShipwayMonitoringStale", "exp_alerts": []},  # 3h10m: pending
+            {
+                "eval_time": "200m",
+                "alertname": "ShipwayMonitoringStale",
+                "exp_alerts": [
+                    {
+                        "exp_labels": stale,
+                        "exp_annotations": {
+                            "summary": "No monitoring window of churn-classifier version 3 for 3h 20m 0s",
+                            "description": alert("ShipwayMonitoringStale")["annotations"]["description"],
+                        },
+                    }
+                ],
+            },
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(
+        yaml.safe_dump({"rule_files": [str(RULES)], "evaluation_interval": "5m", "tests": [test]})
     )
     done = run_promtool(promtool, "test", "rules", str(tmp_path / "tests.yaml"))
     assert done.returncode == 0, done.stdout + done.stderr

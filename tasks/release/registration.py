@@ -27,7 +27,7 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 
 from configs.settings import Settings
 from core.integrity import sha256
-from core.stops import signal_of
+from core.stops import release_frames, signal_of
 from core.vocabulary import Tag
 from tasks.data.snapshot import Snapshot
 from tasks.release import prediction_reference, record, registry
@@ -334,8 +334,14 @@ class _HashingSklearn:
 
 
 def mark_unfinished(settings: Settings, name: str, version: str, exc: BaseException, step: str) -> None:
-    """Say on the version (tag `unfinished`, its release card) how its training ended before the verdicts."""
-    registry.set_version_tags(settings, name, version, {Tag.UNFINISHED: how_it_ended(exc, step)})
+    """Say on the version (tag `unfinished`, its release card) how its training ended before the verdicts.
+    Called while `exc` unwinds: a failure here is logged, never raised in its place (the version keeps
+    the mark it was created with, and stays unservable)."""
+    release_frames(exc)
+    try:
+        registry.set_version_tags(settings, name, version, {Tag.UNFINISHED: how_it_ended(exc, step)})
+    except Exception as error:
+        run_logger().warning("version %s of %s keeps its first unfinished mark: %s", version, name, error)
 
 
 def how_it_ended(exc: BaseException, step: str) -> str:

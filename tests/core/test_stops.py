@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import uuid
 
 import pytest
@@ -12,9 +13,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import TerminationSignal
 
-from core.stops import Terminated, signal_of, stop_in, stops_first
-from tasks.release.registration import how_it_ended
+from core.stops import Terminated, release_frames, signal_of, stop_in, stops_first
+from tasks.release.registration import how_it_ended, mark_unfinished
 from tasks.retries import shipway_task
+from tests.conftest import embedded
 
 
 class LockedError(Exception):
@@ -116,9 +118,48 @@ def test_the_cli_logs_an_error_a_stop_caused_without_its_traceback():
     _quiet_expected_tracebacks()
     try:
         for error in (error_caused_by(TerminationSignal(signal.SIGTERM)), LockedError("no stop behind it")):
-            logger.error("Encountered exception during execution", exc_info=(type(error), error, None))
+            logger.error("Encountered exception during execution", exc_info=(type(error), error, None), extra={"send_to_api": False})
     finally:
         logger.removeHandler(handler)
         for name, filters in before.items():
             logging.getLogger(name).filters = filters
     assert [record.exc_info is None for record in seen] == [True, False]
+
+
+def test_a_read_a_stop_cut_off_holds_sqlites_lock_until_its_frames_are_released(tmp_path):
+    """As MLflow's store when a SIGTERM lands mid-query: the version's "stopped by" mark, written on
+    the way out, waited 20 s for the lock held by its own process, then failed."""
+    db = tmp_path / "store.db"
+    with sqlite3.connect(db) as setup:
+        setup.execute("CREATE TABLE tags (value TEXT)")
+        setup.executemany("INSERT INTO tags VALUES (?)", [("a",), ("b",)])
+
+    def reading() -> None:
+        cursor = sqlite3.connect(db).execute("SELECT value FROM tags")
+        cursor.fetchone()  # a statement in progress: SQLite's read lock
+        raise TerminationSignal(signal.SIGTERM)
+
+    def mark(value: str) -> None:
+        writer = sqlite3.connect(db, timeout=0.2)
+        try:
+            writer.execute("INSERT INTO tags VALUES (?)", (value,))
+            writer.commit()
+        finally:
+            writer.close()
+
+    try:
+        reading()
+    except TerminationSignal as stop:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            mark("while the traceback holds the cursor")
+        release_frames(stop)
+        mark("stopped by SIGTERM")
+    with sqlite3.connect(db) as check:
+        assert check.execute("SELECT value FROM tags").fetchall() == [("a",), ("b",), ("stopped by SIGTERM",)]
+
+
+def test_a_mark_that_cannot_be_written_does_not_take_the_stops_place(tmp_path, caplog):
+    settings = embedded(tmp_path)
+    stop = error_caused_by(TerminationSignal(signal.SIGTERM))
+    mark_unfinished(settings, "no-such-model", "1", stop, "register")  # returns: the caller re-raises the stop
+    assert "version 1 of no-such-model keeps its first unfinished mark" in caplog.text, caplog.text
