@@ -922,7 +922,7 @@ def test_a_body_over_the_inline_size_is_parsed_while_the_event_loop_runs_other_w
         assert asyncio.run(loop_ran_meanwhile(large)) is True
         assert asyncio.run(loop_ran_meanwhile(small)) is False  # a small one is parsed inline: no thread hop
     finally:
-        gateway.log.close()
+        gateway.stop()  # its pools' threads too: a later test counts the process's predict threads
 
 
 def _connect(url: str, data: bytes = b"") -> socket.socket:
