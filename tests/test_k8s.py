@@ -328,6 +328,7 @@ def test_the_job_image_is_the_worker_image_kustomize_names():
     assert base_job_template()["variables"]["properties"]["image"]["default"] == f"shipway-worker:{tag}"
 
 
+@pytest.mark.slow  # a real Prefect server (the harness): ~13 s to start
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_base_job_template_is_taken_by_prefect_and_renders_a_valid_job():
     """A real Prefect server takes the template for a kubernetes pool (its own validation), and

@@ -75,6 +75,7 @@ def test_stops_first_raises_the_stop_and_lets_other_errors_through():
         unwinding("plain")
 
 
+@pytest.mark.slow  # a real Prefect server (the harness): ~17 s to start
 def test_a_task_whose_stop_turned_into_an_error_crashes_by_the_signal_and_is_not_retried(prefect_harness, caplog):
     attempts: list[int] = []
 
@@ -118,7 +119,11 @@ def test_the_cli_logs_an_error_a_stop_caused_without_its_traceback():
     _quiet_expected_tracebacks()
     try:
         for error in (error_caused_by(TerminationSignal(signal.SIGTERM)), LockedError("no stop behind it")):
-            logger.error("Encountered exception during execution", exc_info=(type(error), error, None), extra={"send_to_api": False})
+            logger.error(
+                "Encountered exception during execution",
+                exc_info=(type(error), error, None),
+                extra={"send_to_api": False},
+            )
     finally:
         logger.removeHandler(handler)
         for name, filters in before.items():

@@ -70,7 +70,7 @@ def breached(analysis) -> set[str]:
     return {c.name for c in analysis.checks if not c.ok}
 
 
-@pytest.mark.parametrize("n", [300, 3_000, 100_000])
+@pytest.mark.parametrize("n", [300, 3_000, pytest.param(100_000, marks=pytest.mark.slow)])  # 100k: ~16 s
 def test_a_canary_like_production_passes_at_every_size(n):
     false_alarms = [
         breached(canary_analysis(canary(n, n, seed=s), NO_FEEDBACK, SETTINGS, "c", Task.REGRESSION)) for s in range(10)
