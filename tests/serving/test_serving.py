@@ -604,6 +604,7 @@ def test_the_baseline_answers_a_few_rows_for_a_failing_model_but_never_a_large_b
     point(reg, Production=reg.raising)  # its baseline is the good version's
     settings = logged(reg, tmp_path, baseline_max_rows=20)
     with running(settings) as url, httpx.Client(base_url=url) as client:
+        wait_for(lambda: client.get("/health").json()["baseline"])  # it loads after the gateway answers
         at_limit = client.post("/invocations", json=batch_of(reg, 20))
         over = client.post("/invocations", json=batch_of(reg, 21))
         point(reg, Production=reg.raising, Previous=reg.good)
