@@ -188,6 +188,15 @@ def test_the_limits_in_the_rules_are_the_production_profiles():
     assert limit("ShipwayMonitoringStale", ">") == 3 * window
 
 
+def assert_rule_test(promtool: str, tmp_path: Path, test: dict, interval: str) -> None:
+    """One `promtool test rules` case against the project's rules, evaluated every `interval`."""
+    (tmp_path / "tests.yaml").write_text(
+        yaml.safe_dump({"rule_files": [str(RULES)], "evaluation_interval": interval, "tests": [test]})
+    )
+    done = run_promtool(promtool, "test", "rules", str(tmp_path / "tests.yaml"))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_the_estimate_alert_fires_per_metric_past_the_limit_only(promtool, tmp_path):
     """A drop at the limit does not fire, one past it does, for that metric of that version alone."""
     drop = "shipway_estimated_performance_drop"
@@ -220,11 +229,7 @@ def test_the_estimate_alert_fires_per_metric_past_the_limit_only(promtool, tmp_p
             },
         ],
     }
-    (tmp_path / "tests.yaml").write_text(
-        yaml.safe_dump({"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": [test]})
-    )
-    done = run_promtool(promtool, "test", "rules", str(tmp_path / "tests.yaml"))
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_rule_test(promtool, tmp_path, test, "1m")
 
 
 def test_the_stale_monitoring_alert_fires_once_three_windows_went_by_without_one(promtool, tmp_path):
@@ -255,11 +260,7 @@ def test_the_stale_monitoring_alert_fires_once_three_windows_went_by_without_one
             },
         ],
     }
-    (tmp_path / "tests.yaml").write_text(
-        yaml.safe_dump({"rule_files": [str(RULES)], "evaluation_interval": "5m", "tests": [test]})
-    )
-    done = run_promtool(promtool, "test", "rules", str(tmp_path / "tests.yaml"))
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_rule_test(promtool, tmp_path, test, "5m")
 
 
 # --- every series drawn or alerted on is one a real gateway exports --------------------------
