@@ -30,6 +30,7 @@ from tasks.gate.verdict import GateReport
 CLIENT_ERROR = r"^4\d\d "  # the gateway logs a refused request's error as "STATUS CODE: message"
 REFUSED = "refused as bad input (production answered)"
 FAR_POINTS, FAR_RELATIVE = 0.05, 0.5  # a served positive rate is far from the training rate when off by more than both
+TAIL = 0.01  # the share of requests a p99 leaves above it
 FAR = f"{FAR_POINTS * 100:g} points and {FAR_RELATIVE:.0%} of the training rate"
 
 
@@ -200,7 +201,7 @@ def canary_analysis(
     if min(len(canary), len(production)) < settings.min_requests:
         return analysis
     step, alpha = CanaryStep(canary, production, feedback, task), canary_test_level(settings)
-    analysis.checks += [c for check in CANARY_CHECKS if (c := check.run(step, settings, alpha)) is not None]
+    analysis.checks += [c for check in CANARY_CHECKS if (c := check(step, settings, alpha)) is not None]
     return analysis
 
 
@@ -240,10 +241,20 @@ def _failures(step: CanaryStep, settings: PromotionSettings, alpha: float) -> Ch
 
 
 def _latency(step: CanaryStep, settings: PromotionSettings, alpha: float) -> Check:
+    """Canary's p99 against a limit set by Production's, tested as a tail share: a p99 within the
+    limit means at most 1% of requests over it. The p99 of a few hundred requests is their third
+    slowest, which one scheduler hiccup sets; the share over the limit is weighed by a binomial test."""
     p99_canary = float(np.percentile(step.canary["latency_ms"], 99))
     p99_prod = float(np.percentile(step.production["latency_ms"], 99))
     limit = max(settings.max_latency_ratio * p99_prod, p99_prod + settings.latency_slack_ms)
-    return Check("latency p99", p99_canary <= limit, f"{p99_canary:.2f} ms vs {p99_prod:.2f} ms", f"<= {limit:.2f} ms")
+    over, n = int((step.canary["latency_ms"] > limit).sum()), len(step.canary)
+    p = float(stats.binomtest(over, n, TAIL, alternative="greater").pvalue)
+    return Check(
+        "latency p99",
+        p >= alpha,
+        f"{p99_canary:.2f} ms vs {p99_prod:.2f} ms; {over:,} of {n:,} over the limit (one-sided p={p:.3g})",
+        f"<= {limit:.2f} ms: over it at most {TAIL:.0%} at p < {alpha:.2g}",
+    )
 
 
 def _predictions(step: CanaryStep, settings: PromotionSettings, alpha: float) -> Check | None:
@@ -272,28 +283,22 @@ def _labels(step: CanaryStep, settings: PromotionSettings, alpha: float) -> Chec
     )
 
 
-@dataclass(frozen=True)
-class CanaryCheck:
-    run: Callable[[CanaryStep, PromotionSettings, float], Check | None]  # None: not applicable to the step
-    tested: bool = True  # a statistical test at the level canary_test_level gives: it takes a share of alpha
-
-
-# A canary step's checks, in the order they are reported. Adding one is one entry: the Bonferroni
-# split counts the tested ones, so a new test cannot silently loosen the promotion's significance.
-CANARY_CHECKS = (
-    CanaryCheck(_failures),
-    CanaryCheck(_latency, tested=False),
-    CanaryCheck(_predictions),
-    CanaryCheck(_labels),
+# A canary step's checks, in the order they are reported; each is a statistical test (None: not
+# applicable to the step). Adding one is one entry: the Bonferroni split counts them, so a new test
+# cannot silently loosen the promotion's significance.
+CANARY_CHECKS: tuple[Callable[[CanaryStep, PromotionSettings, float], Check | None], ...] = (
+    _failures,
+    _latency,
+    _predictions,
+    _labels,
 )
 
 
 def canary_test_level(settings: PromotionSettings) -> float:
     """The level of each canary test: `alpha` split (Bonferroni) over the promotion's tests (the
-    tested CANARY_CHECKS of every step), so that a canary no worse than Production is rolled back
-    with chance <= alpha, not once in a dozen promotions."""
-    tests = sum(check.tested for check in CANARY_CHECKS)
-    return settings.alpha / (tests * len(settings.canary_steps))
+    CANARY_CHECKS of every step), so that a canary no worse than Production is rolled back with
+    chance <= alpha, not once in a dozen promotions."""
+    return settings.alpha / (len(CANARY_CHECKS) * len(settings.canary_steps))
 
 
 def _refusals(refused: int, n: int, limit: float | None) -> Check:

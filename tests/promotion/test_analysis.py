@@ -13,7 +13,7 @@ from expectations.contract import build_contract
 from tasks.gate.contract_checks import validate
 from tasks.gate.verdict import GateReport
 from tasks.promotion import analysis as promotion_analysis
-from tasks.promotion.analysis import REFUSED, CanaryCheck, canary_analysis, shadow_analysis
+from tasks.promotion.analysis import REFUSED, canary_analysis, shadow_analysis
 
 SETTINGS = PromotionSettings()
 BUDGET_MS = 50.0  # serving.latency_budget_p99_ms
@@ -94,6 +94,19 @@ def test_a_bad_canary_breaches_the_check_that_sees_it(kwargs, check):
     assert "BREACH" in analysis.markdown()
 
 
+@pytest.mark.parametrize(("slow", "n", "breach"), [(3, 219, False), (60, 2_000, True)])
+def test_latency_breaches_on_a_slow_tail_share_not_on_a_few_hiccups(slow, n, breach):
+    """The p99 of 219 requests is their third slowest: three hiccups on a busy machine set it (seen
+    in CI: 2.90 ms vs Production's 0.89 ms). A canary 3% of whose requests are slow breaches."""
+    log = canary(n, 6_000).reset_index(drop=True)
+    log.loc[log.index[log["route"] == "canary"][:slow], "latency_ms"] = 20.0
+    latency = next(c for c in canary_analysis(log, NO_FEEDBACK, SETTINGS, "c").checks if c.name == "latency p99")
+    p99, limit = (float(text.removeprefix("<= ").split(" ms")[0]) for text in (latency.value, latency.limit))
+    assert p99 > limit  # over the limit either way
+    assert f"{slow} of {n:,} over the limit" in latency.value
+    assert latency.ok is not breach
+
+
 def test_accuracy_is_compared_where_feedback_labels_exist():
     log = canary(2_000, 2_000)
     truth = log["prediction"].map(lambda p: json.loads(p)[0])
@@ -110,14 +123,14 @@ def test_every_statistical_test_of_a_step_spends_its_share_of_alpha(monkeypatch,
     """The Bonferroni split counts the registered tests: a test added to CANARY_CHECKS (here one more
     copy of the failures test) lowers every test's level, so the promotion's significance holds."""
     checks = promotion_analysis.CANARY_CHECKS
-    monkeypatch.setattr(promotion_analysis, "CANARY_CHECKS", checks + (CanaryCheck(checks[0].run),) * extra)
+    monkeypatch.setattr(promotion_analysis, "CANARY_CHECKS", checks + (checks[0],) * extra)
     log = canary(2_000, 2_000)
     feedback = pd.DataFrame(
         {"request_id": log["request_id"], "label": log["prediction"].map(lambda p: json.loads(p)[0])}
     )
     analysis = canary_analysis(log, feedback, SETTINGS, "c")
     tested = [c for c in analysis.checks if " at p < " in c.limit]
-    assert len(tested) == 3 + extra  # failures, class shares, labels (+ the extra)
+    assert len(tested) == 4 + extra  # failures, latency, class shares, labels (+ the extra)
     level = SETTINGS.alpha / (len(tested) * len(SETTINGS.canary_steps))
     assert {c.limit.rsplit(" at p < ", 1)[1] for c in tested} == {f"{level:.2g}"}
 
@@ -232,12 +245,12 @@ def test_a_borderline_difference_is_weighed_against_every_test_of_the_promotion(
     log = canary(400, 2_000).reset_index(drop=True)
     for route, fallbacks in (("canary", 10), ("production", 20)):  # 2.5% vs 1%: one-sided p ~0.007
         log.loc[log.index[log["route"] == route][:fallbacks], "role"] = "fallback"
-    # Three tests a step, three steps: each at 0.01 / 9, so a fair canary is rolled back with
-    # chance <= 1% per promotion, not ~9%.
+    # Four tests a step, three steps: each at 0.01 / 12, so a fair canary is rolled back with
+    # chance <= 1% per promotion, not ~12%.
     analysis = canary_analysis(log, NO_FEEDBACK, SETTINGS, "c")
     assert analysis.passed, analysis.breaches
-    assert "at p < 0.0011" in next(c.limit for c in analysis.checks if c.name == "error and fallback rate")
-    loose = SETTINGS.model_copy(update={"alpha": 0.09})  # 0.01 a test
+    assert "at p < 0.00083" in next(c.limit for c in analysis.checks if c.name == "error and fallback rate")
+    loose = SETTINGS.model_copy(update={"alpha": 0.12})  # 0.01 a test
     assert breached(canary_analysis(log, NO_FEEDBACK, loose, "c")) == {"error and fallback rate"}
 
 
