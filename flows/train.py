@@ -200,17 +200,17 @@ def _until_verdict(settings: Settings, unfinished: str, timings: dict[str, float
     verdict = _Verdict()
     try:
         yield verdict
+        assert verdict.registered is not None  # the block registers before it can end
+        registry.delete_version_tag(settings, verdict.registered.name, verdict.registered.version, Tag.UNFINISHED)
     except GateError:
         if verdict.registered is not None:
             registry.delete_version_tag(settings, verdict.registered.name, verdict.registered.version, Tag.UNFINISHED)
         raise
-    except BaseException as exc:
-        step = next(step for step in ("register", *VERDICT_STEPS) if step not in timings)
+    except BaseException as exc:  # a stop while the mark is cleared, after the verdicts, is one "during alias"
+        step = next(step for step in ("register", *VERDICT_STEPS, "alias") if step not in timings)
         for name, version in _unfinished_versions(settings, verdict.registered, unfinished):
             mark_unfinished(settings, name, version, exc, step)
         raise
-    assert verdict.registered is not None  # the block registers before it can end
-    registry.delete_version_tag(settings, verdict.registered.name, verdict.registered.version, Tag.UNFINISHED)
 
 
 def _unfinished_versions(settings: Settings, registered: Registered | None, unfinished: str) -> list[tuple[str, str]]:

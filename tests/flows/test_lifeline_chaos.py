@@ -179,7 +179,9 @@ def test_sigterm_once_the_version_exists_leaves_it_marked_unfinished_and_unserva
     found, aliases = versions(settings, "churn-classifier")
     assert [str(v.version) for v in found] == ["1"] and aliases == {}
     mark = found[0].tags[Tag.UNFINISHED]
-    assert mark.startswith("stopped by SIGTERM during "), mark  # register, quality, contract or bench
+    assert mark.startswith("stopped by SIGTERM during "), (
+        output.read_text()
+    )  # register, quality, contract, bench or alias
     assert f"**not finished**: {mark}" in found[0].description  # on the release card too
     with pytest.raises(RegistryError, match=f"version 1 of 'churn-classifier' did not finish training: {mark}"):
         move(settings, "churn-classifier", {Alias.SHADOW: "1"}, actor="test", reason="by hand")
