@@ -14,7 +14,7 @@ import gc
 import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -36,27 +36,26 @@ def signal_of(exc: BaseException) -> int | None:
 
 def stop_in(exc: BaseException) -> BaseException | None:
     """The signal's exception behind `exc` (itself, its cause or its context, however deep), or None."""
-    seen: set[int] = set()
-    found: BaseException | None = exc
-    while found is not None and id(found) not in seen:
-        if _is_stop(found):
-            return found
-        seen.add(id(found))
-        found = found.__cause__ or found.__context__
-    return None
+    return next((found for found in _chain(exc) if _is_stop(found)), None)
 
 
 def release_frames(exc: BaseException) -> None:
     """Drop what the finished frames of an exception's chain hold. A SQLite cursor a signal cut off
     mid-read keeps its read lock while the traceback keeps it alive, and a write made on the way out
     (how the version's training ended) would wait for that lock, then fail."""
+    for found in _chain(exc):
+        traceback.clear_frames(found.__traceback__)  # frames still running (the caller's) are left
+    gc.collect()  # cursors in reference cycles too
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what it came from (`__cause__`, else `__context__`), each once: chains can loop."""
     seen: set[int] = set()
     found: BaseException | None = exc
     while found is not None and id(found) not in seen:
         seen.add(id(found))
-        traceback.clear_frames(found.__traceback__)  # frames still running (the caller's) are left
+        yield found
         found = found.__cause__ or found.__context__
-    gc.collect()  # cursors in reference cycles too
 
 
 def _is_stop(exc: BaseException) -> bool:
