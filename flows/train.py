@@ -95,6 +95,7 @@ def training_flow(
             )  # fmt: skip
         with _timed(timings, "contract"):
             contract_uri = contract_task(settings, snapshot, target, registered, gate, trained.features)
+            get_run_logger().info("contract of %s version %s: %s", registered.name, registered.version, contract_uri)
         with _timed(timings, "bench"):
             bench_task(settings, registered.name, registered.version)  # over the p99 budget: no Shadow
     with _timed(timings, "alias"):
@@ -152,18 +153,7 @@ def gate_task(settings: Settings, snapshot: Snapshot, force: bool = False, reaso
     return outcome
 
 
-@shipway_task("contract", io=True)
-def contract_task(
-    settings: Settings,
-    snapshot: Snapshot,
-    target: str,
-    registered: Registered,
-    outcome: GateOutcome,
-    features: list[str] | None = None,
-) -> str:
-    uri = publish_contract(settings, snapshot, target, registered, outcome, features)
-    get_run_logger().info("contract of %s version %s: %s", registered.name, registered.version, uri)
-    return uri
+contract_task = shipway_task("contract", io=True)(publish_contract)
 
 
 @shipway_task("set-alias", io=True, retry_delay_seconds=[1, 5])
