@@ -396,8 +396,7 @@ def _one_value_p(t: TrainingStats, data: _Column, m: int) -> float:
     rank among its most frequent is at most as frequent as the least of those; a contract without
     the shares: p = 0."""
     value, _ = data.mode
-    shares = {_key(k): v for k, v in (t.shares or {}).items()}
-    share = shares.get(value, t.other_max_share)
+    share = _shares(t).get(value, t.other_max_share)
     if share is None:
         return 0.0
     return 1 - _beyond_p(1, data.present, m, m * (1 - share))
@@ -613,7 +612,7 @@ def check_most_common(e: dict, data: _Column, wf: float) -> Outcome:
     allowed = {plain(v) for v in e["kwargs"].get("value_set") or []}
     meta = e.get("meta", {})
     t = _training(e)
-    shares = {_key(k): float(v) for k, v in (t.shares or {}).items()}
+    shares = _shares(t)
     share = count / data.present
     m = _rows(e, data)
     result = {"observed_value": [value]}
@@ -983,6 +982,11 @@ def _mid(low: Any, high: Any, default: float) -> float:
 def _half(low: Any, high: Any, center: float) -> float:
     sides = [abs(b - center) for b in (low, high) if b is not None]
     return min(sides) if sides else math.inf
+
+
+def _shares(t: TrainingStats) -> dict[Any, float]:
+    """Training's shares of its most frequent values, keyed as the batch holds them (numbers as floats)."""
+    return {_key(k): float(v) for k, v in (t.shares or {}).items()}
 
 
 def _key(value: str) -> Any:
