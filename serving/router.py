@@ -127,8 +127,13 @@ class Router:
         if at_once:
             self._load_baselines()
             self.refresh(force=True)
-        while not self._stop.wait(self.poll_interval_s):
+        took = 0.0
+        # Start to start, so a move is seen within one interval and the read that finds it; a tenth
+        # of it at least between reads, so a registry slower than the interval is not read nonstop.
+        while not self._stop.wait(max(self.poll_interval_s - took, self.poll_interval_s / 10)):
+            began = time.monotonic()
             self.refresh()
+            took = time.monotonic() - began
 
     def _start_from_local_state(self) -> bool:
         state = self.local_state
