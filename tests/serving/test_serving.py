@@ -874,7 +874,10 @@ def test_a_batch_over_max_rows_is_413_naming_the_limit(reg, tmp_path):
     assert at.status_code == 200 and len(at.json()["predictions"]) == 5
 
 
-def test_a_100k_row_body_is_parsed_off_the_event_loop(reg, tmp_path):
+def test_a_100k_row_body_is_answered_whole_while_small_requests_go_on(reg, tmp_path):
+    """Off the event loop is told by the order of events (next test); here, a body at the size limit is
+    answered whole, and every small request sent while it was in flight answered (how many fit in
+    depends on the machine's speed: 8 on a fast one, so no count is asserted)."""
     point(reg, Production=reg.good)
     frame = pd.concat([reg.trained.X_holdout] * (100_000 // len(reg.trained.X_holdout) + 1)).head(100_000)
     data = frame.astype(object).where(frame.notna(), None).values.tolist()
@@ -900,7 +903,7 @@ def test_a_100k_row_body_is_parsed_off_the_event_loop(reg, tmp_path):
         sender.join()
     assert big["answer"].status_code == 200, big["answer"].text[:300]
     assert len(big["answer"].json()["predictions"]) == 100_000
-    assert len(latencies) >= 10, f"the large request took only {big['seconds']:.2f} s"  # others answered meanwhile
+    assert latencies, f"no small request was sent in the large one's {big['seconds']:.2f} s"
 
 
 def test_a_body_over_the_inline_size_is_parsed_while_the_event_loop_runs_other_work(reg, tmp_path):
