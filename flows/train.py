@@ -17,7 +17,7 @@ from flows.run_labels import label_run
 from flows.run_labels import run_name as labelled
 from tasks.benchmark.latency import bench_task
 from tasks.data.snapshot import Snapshot, take_snapshot
-from tasks.gate.skew import GateOutcome, gate_new_data, publish_contract
+from tasks.gate.skew import GateOutcome, gate_new_data, publish_contract, record_gate
 from tasks.quality.compare import check_quality
 from tasks.release import registry
 from tasks.release.aliases import move
@@ -86,6 +86,7 @@ def training_flow(
             registered = verdict.registered = register(
                 trained, snapshot, project_lineage(settings.training), settings, unfinished
             )
+            record_gate(settings, registered, gate)  # before the quality gate: a refused version keeps it
         label_run("train", registered.name, registered.version, settings)
         shadow = registry.alias_version(settings, registered.name, Alias.SHADOW)  # the state this version follows
         with _timed(timings, "quality"):  # a failure ends the flow here: registered, without an alias
@@ -94,7 +95,7 @@ def training_flow(
                 force_quality, reason, snapshot.frame.loc[trained.holdout_index].drop(columns=target),
             )  # fmt: skip
         with _timed(timings, "contract"):
-            contract_uri = contract_task(settings, snapshot, target, registered, gate, trained.features)
+            contract_uri = contract_task(settings, snapshot, target, registered, trained.features)
             get_run_logger().info("contract of %s version %s: %s", registered.name, registered.version, contract_uri)
         with _timed(timings, "bench"):
             bench_task(settings, registered.name, registered.version)  # over the p99 budget: no Shadow

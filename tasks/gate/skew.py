@@ -270,21 +270,12 @@ def gate_new_data(
     return outcome
 
 
-def publish_contract(
-    settings: Settings,
-    snapshot: Snapshot,
-    target: str,
-    registered: Registered,
-    outcome: GateOutcome,
-    features: list[str] | None = None,
-) -> str:
-    """The new version's own contract (of its features), and the gate's report and verdict, logged with the version."""
+def record_gate(settings: Settings, registered: Registered, outcome: GateOutcome) -> None:
+    """The data gate's report and verdict, logged with the new version as soon as it exists: a version
+    the quality gate then refuses still says what the gate found in its data."""
     from tasks.release import registry
     from tasks.release.decisions import record_override
 
-    uri = registry.log_contract(
-        settings, registered.name, registered.version, contract_for_snapshot(settings, snapshot, target, features)
-    )
     if outcome.files:
         registry.log_gate_report(
             settings,
@@ -307,4 +298,14 @@ def publish_contract(
             reason=outcome.tags["gate_override"],
             detail=f"failed columns: {outcome.tags['gate_override_columns']}",
         )
-    return uri
+
+
+def publish_contract(
+    settings: Settings, snapshot: Snapshot, target: str, registered: Registered, features: list[str] | None = None
+) -> str:
+    """The new version's own contract (of its features), logged with the version: its URI."""
+    from tasks.release import registry
+
+    return registry.log_contract(
+        settings, registered.name, registered.version, contract_for_snapshot(settings, snapshot, target, features)
+    )

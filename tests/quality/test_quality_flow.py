@@ -72,6 +72,8 @@ def test_the_gate_judges_each_version_logs_its_table_and_a_failure_takes_no_alia
     found, aliases = versions(small, first.model_name)
     assert found[0].version == 3 and found[0].tags["quality_gate"] == "failed"
     assert "unfinished" not in found[0].tags  # refused by a gate is a verdict: the version is complete
+    # what the data gate found is on it too, though its later steps never ran (the contract's, say)
+    assert (found[0].tags["validation_status"], found[0].tags["gate_reference"]) == ("pass", "churn-classifier/1")
     assert aliases == {"Production": "1", "Shadow": "2"}
     with pytest.raises(RegistryError, match=r"version 3 of 'churn-classifier' failed its quality gate"):
         move(small, first.model_name, {Alias.SHADOW: "3"}, actor="test", reason="by hand")

@@ -23,7 +23,7 @@ from serving.models import Inputs
 from serving.prediction_log import read_window
 from serving.schema import parse
 from tasks.data.snapshot import take_snapshot
-from tasks.gate.skew import GateOutcome, gate, publish_contract, reference_for_model
+from tasks.gate.skew import gate, publish_contract, reference_for_model
 from tasks.monitoring.window import datetime_columns, served_inputs
 from tasks.release.lineage import GitLineage
 from tasks.release.registration import register
@@ -105,7 +105,7 @@ def test_a_dated_model_serves_shadows_and_its_logged_dates_read_back_as_datetime
     shadow = train(snapshot.frame, "churned", s.training.model_copy(update={"params": {"C": 0.01}}), s.data)
     lineage = GitLineage("d" * 40, "main", False)
     first = register.fn(production, snapshot, lineage, s)
-    publish_contract(s, snapshot, "churned", first, GateOutcome("not_gated"), production.features)
+    publish_contract(s, snapshot, "churned", first, production.features)
     second = register.fn(shadow, snapshot, lineage, s)
     set_alias(s, first.name, Alias.PRODUCTION, first.version)
     set_alias(s, first.name, Alias.SHADOW, second.version)
