@@ -280,6 +280,8 @@ def _print_status(name: str, found: Sequence[VersionRow | ModelVersion], aliases
     for alias, version in sorted(aliases.items()):
         roles.setdefault(version, []).append(alias)
     table = Table(title=f"{name}: {len(found)} version(s)", title_justify="left")
+    # The quality gate's metric of the newest version that names one: rmse for a regression model.
+    metric = next((v.tags["quality_metric"] for v in found if "quality_metric" in v.tags), "roc_auc")
     columns = {  # header -> (tag or None, right-justified)
         "version": (None, True),
         "aliases": (None, False),
@@ -288,7 +290,7 @@ def _print_status(name: str, found: Sequence[VersionRow | ModelVersion], aliases
         "dirty": ("git_dirty", False),
         "snapshot": ("data_snapshot_id", False),
         "rows": ("data_rows", True),
-        "roc_auc": ("metric_roc_auc", True),
+        metric: (f"metric_{metric}", True),
         "validation": ("validation_status", False),
         "quality": ("quality_gate", False),
         "p99 ms": ("latency_p99_ms", True),

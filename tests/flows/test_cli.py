@@ -220,3 +220,19 @@ def test_a_sigterm_raised_inside_a_garbage_collection_callback_still_stops_the_c
     assert done.returncode == 143, done.stdout + done.stderr
     assert done.stdout == f"stopped by {int(signal.SIGTERM)}\n"
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_status_shows_each_versions_figure_of_the_quality_gates_metric(capsys):
+    """A regression model's table shows rmse, not a roc_auc column of dashes (an outside probe's
+    mosaicData::Weather); the newest version's metric names the column."""
+    from flows.cli import _print_status
+    from serving.registry_tables import VersionRow
+
+    rows = [
+        VersionRow(str(n), None, None, None, {"quality_metric": "rmse", "metric_rmse": rmse, "metric_r2": "0.99"})
+        for n, rmse in ((2, "0.3612"), (1, "0.4001"))
+    ]
+    _print_status("weather", rows, {"Production": "1"})
+    header, *lines = [line for line in capsys.readouterr().out.splitlines() if "rmse" in line or "0.36" in line]
+    assert "rmse" in header and "roc_auc" not in header
+    assert "0.3612" in lines[0]
