@@ -492,10 +492,9 @@ class Gateway:
             "baseline": routes.baseline.version if routes.baseline else None,
             "canary_share": routes.canary_share if routes.canary else 0.0,
             "problems": routes.problems,
-            "last_poll": datetime.fromtimestamp(self.router.last_poll, UTC).isoformat()
-            if self.router.last_poll
-            else None,
+            "last_poll": _iso(self.router.last_poll),
             "last_poll_error": self.router.last_poll_error,
+            "routes_changed": _iso(self.router.routes_changed),
             "prediction_log": {"pending": self.log.pending, "written": self.log.written, "dropped": self.log.dropped},
             "shadow_process": self.shadow.status(),
             # model calls past their timeout, still running in threads replaced by new ones
@@ -558,6 +557,10 @@ async def _error(send: Send, status: int, error_code: str, message: str, request
     """MLflow's error body: {"error_code": ..., "message": ...}."""
     body = orjson.dumps({"error_code": error_code, "message": message})
     await _respond(send, status, body, JSON, request_id, extra, close=close)
+
+
+def _iso(at: float | None) -> str | None:
+    return datetime.fromtimestamp(at, UTC).isoformat() if at else None
 
 
 def _answerable(routes: Routes) -> bool:

@@ -97,6 +97,7 @@ class Router:
         self.routes = Routes()
         self.last_poll: float | None = None
         self.last_poll_error: str | None = None
+        self.routes_changed: float | None = None  # when a version or the canary share last changed (epoch s)
         self.poll_failing_since: float | None = None  # time.monotonic() of the first failed poll, while failing
         self._reading_since: float | None = None  # time.monotonic() a registry read began, while under way
         self._loaded: dict[str, tuple[Servable, Servable | None]] = {}
@@ -372,6 +373,7 @@ class Router:
         self.metrics.canary_share.set(routes.canary_share if routes.canary else 0.0)
         served = {a: s.version for a, s in routes.by_alias.items()}
         if served != {a: s.version for a, s in before.by_alias.items()} or routes.canary_share != before.canary_share:
+            self.routes_changed = time.time()
             log.info("%s now serving %s, canary share %.3g", self.name, served or "nothing", routes.canary_share)
 
 

@@ -288,10 +288,10 @@ def adoption(settings, name: str, watch: Watch, killed_at: float) -> dict[float,
         if share == 0:
             continue
         delays = {}
-        for i in range(REPLICAS):
-            seen = [t for t, j, doc in watch.samples if j == i and t >= at and doc["canary_share"] == share]
+        for i in range(REPLICAS):  # the replica's own clock of the change, not the 0.1 s sampling
+            seen = [doc for t, j, doc in watch.samples if j == i and t >= at and doc["canary_share"] == share]
             if seen:
-                delays[i] = seen[0] - at
+                delays[i] = datetime.fromisoformat(seen[0]["routes_changed"]).timestamp() - at
             else:
                 assert i == REPLICAS - 1 and killed_at < at + 5, f"replica {i} never served canary share {share}"
         print(f"canary share {share}: served by replicas {sorted(delays)} after {[f'{d:.2f}' for d in delays.values()]} s"
