@@ -301,8 +301,13 @@ def test_canary_gets_its_share_sticky_by_request_key_and_changes_apply_without_r
         assert 0.15 < len(canary) / len(seen) < 0.45
         assert client.get("/health").json()["canary_share"] == 0.3
 
+        before = client.get("/health").json()["routes_changed"]
+        moved = time.time()
         set_canary_share(reg.settings, reg.name, 1.0)  # the promotion flow's move, seen by the next poll
-        wait_for(lambda: client.get("/health").json()["canary_share"] == 1.0)
+        health = wait_for(lambda: (h := client.get("/health").json())["canary_share"] == 1.0 and h)
+        # when the gateway took it: after the move, not at its start-up (how the replica test times adoption)
+        changed = datetime.fromisoformat(health["routes_changed"]).timestamp()
+        assert datetime.fromisoformat(before).timestamp() < moved <= changed <= time.time()
         assert {invoke(client, row).headers["x-model-role"] for _ in range(10)} == {"canary"}
 
         point(reg, Production=reg.other_good)  # Canary removed, Production moved
