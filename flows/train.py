@@ -189,13 +189,16 @@ def _until_verdict(settings: Settings, unfinished: str, timings: dict[str, float
     (GateError: the verdict is on the version). A signal or a failure before then is written there,
     the step after registration included: the version exists before `register` has returned it."""
     verdict = _Verdict()
+
+    def decided() -> None:
+        if verdict.registered is not None:  # the block registers before a gate can decide
+            registry.delete_version_tag(settings, verdict.registered.name, verdict.registered.version, Tag.UNFINISHED)
+
     try:
         yield verdict
-        assert verdict.registered is not None  # the block registers before it can end
-        registry.delete_version_tag(settings, verdict.registered.name, verdict.registered.version, Tag.UNFINISHED)
+        decided()
     except GateError:
-        if verdict.registered is not None:
-            registry.delete_version_tag(settings, verdict.registered.name, verdict.registered.version, Tag.UNFINISHED)
+        decided()
         raise
     except BaseException as exc:  # a stop while the mark is cleared, after the verdicts, is one "during alias"
         step = next(step for step in ("register", *VERDICT_STEPS, "alias") if step not in timings)
