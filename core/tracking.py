@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,19 @@ def require_store(store: Store) -> None:
     db = store.sqlite_file
     if db is not None and not db.is_file():
         raise RegistryError(f"no MLflow store at {db}: nothing has been trained here yet (run shipway train)")
+
+
+def close_idle_connections(store: Store) -> None:
+    """Close the connections MLflow's stores keep idle for `store`, if they have made any: they keep one
+    engine per URI for the life of the process (the class-level `_engine_map`). Needed when an SQLite
+    file was replaced under its path (a pooled connection would read the old one for ever), and after
+    a stop: one cut inside SQLAlchemy's commit, before the database's own, hands the connection back to
+    its pool with its transaction open, and SQLite's lock with it, against every later write."""
+    for module in ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store"):
+        store_class = getattr(sys.modules.get(module), "SqlAlchemyStore", None)
+        engine = getattr(store_class, "_engine_map", {}).get(store.tracking_uri)
+        if engine is not None:
+            engine.dispose()  # connections in use are left to their users
 
 
 def experiment_id(store: Store, name: str, subfolder: str | None = None) -> str:

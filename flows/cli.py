@@ -145,8 +145,9 @@ def _quiet_expected_tracebacks() -> None:
             record.exc_text = None
         return True
 
-    # MLflow logs a store error with its traceback (db.utils) before raising it
-    for name in ("prefect.task_runs", "prefect.flow_runs", "mlflow.store.db.utils"):
+    # MLflow logs a store error with its traceback (db.utils) before raising it; SQLAlchemy's pool, a
+    # cursor it could not close (a stop cut its read off)
+    for name in ("prefect.task_runs", "prefect.flow_runs", "mlflow.store.db.utils", "sqlalchemy.pool.impl.QueuePool"):
         logging.getLogger(name).addFilter(drop_traceback)
 
 

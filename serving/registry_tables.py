@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import yaml
 
 from core.errors import RegistryError
 from core.s3 import s3_client, split_s3_uri
-from core.tracking import Store, require_store
+from core.tracking import Store, close_idle_connections, require_store
 
 WORKSPACE = "default"  # MLflow's workspace for a store used without workspaces
 DELETED = "Deleted_Internal"  # current_stage of a deleted version (MLflow keeps the row)
@@ -96,7 +95,7 @@ class RegistryTables:
         identity = (found.st_dev, found.st_ino)
         if identity != self._file:
             if self._file is not None:
-                forget_mlflow_connections(self.store.tracking_uri)
+                close_idle_connections(self.store)
             self.engine.dispose()
             self._file = identity
 
@@ -158,17 +157,6 @@ class RegistryTables:
         if not found:
             raise RegistryError(f"run {run_id} not found in {self.store.tracking_uri}")
         return found[0][0]
-
-
-def forget_mlflow_connections(uri: str) -> None:
-    """Close the connections MLflow keeps to a store replaced under its path, if it has made any: its
-    stores keep one engine per URI for the life of the process (its class-level `_engine_map`), whose
-    pooled connections would read the old file."""
-    for module in ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store"):
-        store_class = getattr(sys.modules.get(module), "SqlAlchemyStore", None)
-        engine = getattr(store_class, "_engine_map", {}).get(uri)
-        if engine is not None:
-            engine.dispose()
 
 
 class Artifacts:

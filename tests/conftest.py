@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import sqlalchemy
 import yaml
+from sqlalchemy.engine import Engine
 
 from configs.settings import DEFAULT_PROFILE, ENV_PREFIX, Settings, load_settings
 
@@ -226,3 +228,20 @@ def s3_bucket(s3_endpoint: str) -> str:
     name = f"shipway-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return name
+
+
+@contextmanager
+def stop_inside_commits() -> Iterator[None]:
+    """Ctrl-C at the first commit of any engine, where SQLAlchemy has closed its transaction but not yet
+    asked the database to commit: how a SIGTERM in the register step left the store locked for good."""
+
+    def stop(_conn: object) -> None:
+        sqlalchemy.event.remove(Engine, "commit", stop)
+        raise KeyboardInterrupt
+
+    sqlalchemy.event.listen(Engine, "commit", stop)
+    try:
+        yield
+    finally:
+        if sqlalchemy.event.contains(Engine, "commit", stop):
+            sqlalchemy.event.remove(Engine, "commit", stop)

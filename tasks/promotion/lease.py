@@ -200,6 +200,7 @@ def held(
             release = False  # unless the undo finishes, the next promotion finds the lease and undoes it
             why = f"it was stopped ({type(exc).__name__})"
             say(f"the promotion {handle.lease.describe()} ended without finishing: {why}; undoing what it moved")
+            registry.free_store(settings, exc)
             with serialized(settings, name, f"{actor}: promotion {run_id} stopped"):
                 _undo(settings, name, handle.lease, actor, why)
             release = True

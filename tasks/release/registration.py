@@ -27,7 +27,7 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 
 from configs.settings import Settings
 from core.integrity import sha256
-from core.stops import release_frames, signal_of
+from core.stops import signal_of
 from core.vocabulary import Tag
 from tasks.data.snapshot import Snapshot
 from tasks.release import prediction_reference, record, registry
@@ -159,6 +159,7 @@ def register(
     with (
         mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{snapshot.id[:12]}") as run,
         warnings.catch_warnings(),
+        registry.store_freed_on_the_way_out(settings),  # before the run's end is written
     ):
         # MLflow hints that int columns cannot hold nulls at serving time; the data contract checks
         # nulls, so the hint is noise here, as is its note on how it reads a local dataset path.
@@ -297,6 +298,7 @@ def register(
         registry.set_version_tags(settings, name, str(created.version), {Tag.RELEASE_RECORD: record_id})
         client.update_registered_model(name, description=describe_model(settings, trained, snapshot))
     except BaseException as exc:
+        registry.free_store(settings, exc)
         # found by its run: a signal may come while the store has created the version but not answered yet
         for made in client.search_model_versions(f"run_id = '{run.info.run_id}'") if unfinished else []:
             mark_unfinished(settings, name, str(made.version), exc, "register")
@@ -336,8 +338,7 @@ class _HashingSklearn:
 def mark_unfinished(settings: Settings, name: str, version: str, exc: BaseException, step: str) -> None:
     """Say on the version (tag `unfinished`, its release card) how its training ended before the verdicts.
     Called while `exc` unwinds: a failure here is logged, never raised in its place (the version keeps
-    the mark it was created with, and stays unservable)."""
-    release_frames(exc)
+    the mark it was created with, and stays unservable). Free the store first (`registry.free_store`)."""
     try:
         registry.set_version_tags(settings, name, version, {Tag.UNFINISHED: how_it_ended(exc, step)})
     except Exception as error:

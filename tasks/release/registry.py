@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from configs.settings import Settings
 from core import integrity
 from core.errors import RegistryError
 from core.refs import ModelRef
-from core.tracking import Store, client, experiment_id, registered_model
+from core.stops import release_frames
+from core.tracking import Store, client, close_idle_connections, experiment_id, registered_model
 from core.vocabulary import Alias, Tag
 from tasks.release import release_card
 
@@ -41,6 +43,25 @@ def connect(settings: Settings, create: bool = True, experiment: str | None = No
     if experiment is None:
         return mlflow_client, experiment_id(store, settings.mlflow.experiment)
     return mlflow_client, experiment_id(store, experiment, subfolder=experiment)
+
+
+def free_store(settings: Settings, exc: BaseException) -> None:
+    """Let go of what `exc` may have left holding the store's lock, before a write on its way out: a
+    cursor its frames keep open, a connection a stop cut off mid-commit (handed back to the pool with
+    its transaction open). SQLite would make that write wait 20 s, then fail."""
+    release_frames(exc)
+    close_idle_connections(Store.of(settings))
+
+
+@contextmanager
+def store_freed_on_the_way_out(settings: Settings) -> Iterator[None]:
+    """`free_store` when the block raises: put innermost in a `with` whose exits write (MLflow's run
+    ending FAILED), it runs before them."""
+    try:
+        yield
+    except BaseException as exc:
+        free_store(settings, exc)
+        raise
 
 
 def set_alias(settings: Settings, name: str, alias: Alias, version: str) -> None:

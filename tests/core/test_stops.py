@@ -5,7 +5,9 @@ from __future__ import annotations
 import signal
 import sqlite3
 import uuid
+from pathlib import Path
 
+import mlflow
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
@@ -13,10 +15,13 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import TerminationSignal
 
+from configs.settings import Settings
 from core.stops import Terminated, release_frames, signal_of, stop_in, stops_first
+from core.vocabulary import Tag
+from tasks.release import registry
 from tasks.release.registration import how_it_ended, mark_unfinished
 from tasks.retries import shipway_task
-from tests.conftest import embedded
+from tests.conftest import embedded, stop_inside_commits
 
 
 class LockedError(Exception):
@@ -104,30 +109,37 @@ def test_a_task_whose_stop_turned_into_an_error_crashes_by_the_signal_and_is_not
     assert "Traceback" not in caplog.text and "LockedError" not in caplog.text, caplog.text
 
 
-def test_the_cli_logs_an_error_a_stop_caused_without_its_traceback():
-    """In a flow's own code (not a task) the error reaches Prefect's flow engine, which logs it."""
+def mlflows_pool_logger(settings: Settings) -> str:
+    """The logger of the pool of MLflow's engine for the embedded store."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    client, _ = registry.connect(settings)
+    client.search_registered_models()  # the registry's store is made at its first use
+    return SqlAlchemyStore._engine_map[settings.mlflow.tracking_uri].pool.logger.name
+
+
+@pytest.mark.parametrize("source", ["flow engine", "MLflow's connection pool"])
+def test_the_cli_logs_an_error_a_stop_caused_without_its_traceback(source, tmp_path):
+    """In a flow's own code (not a task) the error reaches Prefect's flow engine, which logs it; a
+    cursor a stop cut off mid-read may fail to close, which SQLAlchemy's pool logs."""
     import logging
 
     from flows.cli import _quiet_expected_tracebacks
 
+    name = "prefect.flow_runs" if source == "flow engine" else mlflows_pool_logger(embedded(tmp_path))
     seen: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = seen.append  # type: ignore[method-assign]
-    logger = logging.getLogger("prefect.flow_runs")
+    logger = logging.getLogger(name)
     logger.addHandler(handler)
-    before = {name: list(logging.getLogger(name).filters) for name in ("prefect.flow_runs", "prefect.task_runs")}
+    before = list(logger.filters)
     _quiet_expected_tracebacks()
     try:
         for error in (error_caused_by(TerminationSignal(signal.SIGTERM)), LockedError("no stop behind it")):
-            logger.error(
-                "Encountered exception during execution",
-                exc_info=(type(error), error, None),
-                extra={"send_to_api": False},
-            )
+            logger.error("Error closing cursor", exc_info=(type(error), error, None), extra={"send_to_api": False})
     finally:
         logger.removeHandler(handler)
-        for name, filters in before.items():
-            logging.getLogger(name).filters = filters
+        logger.filters = before
     assert [record.exc_info is None for record in seen] == [True, False]
 
 
@@ -161,6 +173,55 @@ def test_a_read_a_stop_cut_off_holds_sqlites_lock_until_its_frames_are_released(
         mark("stopped by SIGTERM")
     with sqlite3.connect(db) as check:
         assert check.execute("SELECT value FROM tags").fetchall() == [("a",), ("b",), ("stopped by SIGTERM",)]
+
+
+def writable(db: Path) -> bool:
+    writer = sqlite3.connect(db, timeout=0.2)
+    try:
+        writer.execute("PRAGMA user_version = 7")  # a write: it waits for every other lock
+        return True
+    except sqlite3.OperationalError as error:
+        assert "locked" in str(error)
+        return False
+    finally:
+        writer.close()
+
+
+def test_a_stop_inside_mlflows_commit_leaves_the_store_locked_until_it_is_freed(tmp_path):
+    settings = embedded(tmp_path)
+    client, _ = registry.connect(settings)
+    client.create_registered_model("m")
+    db = Path(settings.mlflow.tracking_uri.removeprefix("sqlite:///"))
+    with stop_inside_commits(), pytest.raises(KeyboardInterrupt) as stopped:
+        client.create_model_version("m", source="file:///nowhere")
+    assert not writable(db)  # our own process holds the lock: every write would wait, then fail
+    registry.free_store(settings, stopped.value)
+    assert writable(db)
+    assert client.search_model_versions("name = 'm'") == []  # rolled back, not committed by a later write
+
+
+def test_a_stop_inside_a_training_runs_commit_still_ends_the_run_failed(tmp_path):
+    settings = embedded(tmp_path)
+    client, experiment = registry.connect(settings)
+    with pytest.raises(KeyboardInterrupt):
+        with mlflow.start_run(experiment_id=experiment) as run, registry.store_freed_on_the_way_out(settings):
+            with stop_inside_commits():
+                mlflow.log_param("seed", 7)
+    assert client.get_run(run.info.run_id).info.status == "FAILED"  # written at once, on a free store
+
+
+def test_a_stop_inside_a_commit_after_the_version_exists_is_marked_on_it(tmp_path):
+    settings = embedded(tmp_path)
+    client, experiment = registry.connect(settings)
+    client.create_registered_model("m")
+    with mlflow.start_run(experiment_id=experiment) as run:
+        pass
+    made = client.create_model_version("m", source="file:///nowhere", run_id=run.info.run_id)
+    with stop_inside_commits(), pytest.raises(KeyboardInterrupt) as stopped:
+        client.create_model_version("m", source="file:///nowhere", run_id=run.info.run_id)  # a second one
+    registry.free_store(settings, stopped.value)
+    mark_unfinished(settings, "m", str(made.version), stopped.value, "register")
+    assert client.get_model_version("m", made.version).tags[Tag.UNFINISHED] == "stopped by SIGINT during register"
 
 
 def test_a_mark_that_cannot_be_written_does_not_take_the_stops_place(tmp_path, caplog):

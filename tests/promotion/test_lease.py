@@ -14,7 +14,7 @@ import pytest
 from core.vocabulary import Tag
 from tasks.promotion.lease import STARTING, PromotionBusy, claimed, held, read
 from tasks.release import registry
-from tests.conftest import REPO, embedded, wait_for, write_profile
+from tests.conftest import REPO, embedded, stop_inside_commits, wait_for, write_profile
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,19 @@ def test_a_signal_before_the_flow_starts_frees_the_claim(model):
         with claimed(*model, actor="test", say=print):
             raise KeyboardInterrupt
     assert Tag.PROMOTION_LEASE not in registry.model_state(*model)[1]
+
+
+def test_a_stop_inside_a_commit_of_the_promotion_still_undoes_and_frees_the_lease(model):
+    """The stop leaves the store locked by our own connection (tests/core/test_stops.py): unfreed,
+    the undo would wait 20 s, fail, and leave the lease for the next promotion to take over."""
+    settings, name = model
+    client = registry.connect(settings)[0]
+    with pytest.raises(KeyboardInterrupt):
+        with held(settings, name, "run-1", "promote-x", actor="test", crashed=lambda *_: None, say=print):
+            with stop_inside_commits():
+                client.create_model_version(name, source="file:///nowhere")
+    assert read(settings, name) is None
+    assert client.search_model_versions(f"name = '{name}'") == []  # the cut write rolled back
 
 
 @pytest.mark.slow
