@@ -55,6 +55,22 @@ def choose_features(columns: Sequence[str], target: str, data: DataSettings) -> 
     return [c for c in columns if c not in left_out]
 
 
+def row_numbers(X: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """Integer columns holding a different value on every row, densely (their span at most twice the
+    rows): a row number or an id exported with the table (R's `rownames`, pandas' `Unnamed: 0`), by
+    column with its (lowest, highest) value. As a feature it teaches nothing general, and new rows fall
+    outside its training range."""
+    found = {}
+    for name in X.columns:
+        values = X[name]
+        if len(values) < 20 or not pd.api.types.is_integer_dtype(values.dtype) or values.isna().any():
+            continue
+        low, high = int(values.min()), int(values.max())
+        if high - low + 1 <= 2 * len(values) and values.is_unique:
+            found[str(name)] = (low, high)
+    return found
+
+
 def holdout_split(
     frame: pd.DataFrame, test_size: float, seed: int, stratify: pd.Series | None, time_column: str | None
 ) -> tuple[pd.Index, pd.Index]:

@@ -33,7 +33,7 @@ from core.errors import ConfigError, DataError, ShipwayError
 from core.free_text import text_columns
 from core.plain import plain, plain_list
 from core.vocabulary import Task
-from tasks.features import DateParts, TextTfidf, choose_features, holdout_split, is_datetime
+from tasks.features import DateParts, TextTfidf, choose_features, holdout_split, is_datetime, row_numbers
 from tasks.retries import shipway_task
 from tasks.training import estimators
 from tasks.training.baseline import build_baseline
@@ -426,6 +426,14 @@ def train_task(df: pd.DataFrame, target: str, settings: Settings) -> TrainedMode
         headline(trained.baseline_metrics),
         f"; decision threshold {decision_threshold(trained)}" if trained.threshold_note else "",
     )
+    if settings.data.features is None:  # chosen for the user: say what looks like no feature at all
+        for name, (low, high) in row_numbers(df[trained.features]).items():
+            get_run_logger().warning(
+                "feature '%s' holds a different integer on every one of the %s rows, from %d to %d: a row number "
+                "or an id? A model learns nothing general from it and new rows fall outside its range (the skew "
+                "gate stops them); if it is not a feature, list it in data.exclude",
+                name, f"{len(df):,}", low, high,
+            )  # fmt: skip
     return trained
 
 

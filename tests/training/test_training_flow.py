@@ -66,6 +66,17 @@ def test_only_io_tasks_retry():
     assert train_task.retries == 0
 
 
+def test_the_train_task_warns_of_a_row_number_among_the_features_it_chose(quick, caplog):
+    frame = generate(600, seed=3).reset_index(names="Unnamed: 0")  # as read from a CSV written with its index
+    train_task(frame, "churned", quick)
+    said = "feature 'Unnamed: 0' holds a different integer on every one of the 600 rows, from 0 to 599"
+    assert said in caplog.text
+    caplog.clear()
+    features = [c for c in frame.columns if c != "churned"]
+    train_task(frame, "churned", tuned(quick, data={"features": features}))  # listed by the user: their choice
+    assert "Unnamed: 0" in features and "holds a different integer" not in caplog.text
+
+
 def test_cli_train_prints_name_version_and_snapshot_then_status_shows_lineage(quick, tmp_path):
     generate(2_000, seed=8).rename(columns={"churned": "left"}).to_csv(tmp_path / "customers.csv", index=False)
     config = ["--config", str(write_profile(quick, tmp_path / "profile.yaml"))]
