@@ -48,7 +48,8 @@ def connect(settings: Settings, create: bool = True, experiment: str | None = No
 def free_store(settings: Settings, exc: BaseException) -> None:
     """Let go of what `exc` may have left holding the store's lock, before a write on its way out: a
     cursor its frames keep open, a connection a stop cut off mid-commit (handed back to the pool with
-    its transaction open). SQLite would make that write wait 20 s, then fail."""
+    its transaction open). SQLite would make that write wait 20 s and fail, or, made on the same
+    connection, commit the cut write with it."""
     release_frames(exc)
     close_idle_connections(Store.of(settings))
 
