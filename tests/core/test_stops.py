@@ -17,11 +17,12 @@ from prefect.exceptions import TerminationSignal
 
 from configs.settings import Settings
 from core.stops import Terminated, release_frames, signal_of, stop_in, stops_first
+from core.tracking import Store, close_idle_connections
 from core.vocabulary import Tag
 from tasks.release import registry
 from tasks.release.registration import how_it_ended, mark_unfinished
 from tasks.retries import shipway_task
-from tests.conftest import embedded, stop_inside_commits
+from tests.conftest import PG_SERVER, embedded, postgres_databases, stop_inside_commits, tuned
 
 
 class LockedError(Exception):
@@ -222,6 +223,25 @@ def test_a_stop_inside_a_commit_after_the_version_exists_is_marked_on_it(tmp_pat
     registry.free_store(settings, stopped.value)
     mark_unfinished(settings, "m", str(made.version), stopped.value, "register")
     assert client.get_model_version("m", made.version).tags[Tag.UNFINISHED] == "stopped by SIGINT during register"
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_stop_inside_a_commit_holds_no_lock_against_the_mark(tmp_path):
+    """There the cut transaction holds row locks and a write waits for them with no timeout: the
+    store's own lock_timeout (5 s) turns a regression into a failure, not a hang."""
+    with postgres_databases("mlflow") as db:
+        uri = f"postgresql+psycopg://{PG_SERVER}/{db['mlflow']}?options=-c%20lock_timeout%3D5000"
+        settings = tuned(embedded(tmp_path), mlflow={"tracking_uri": uri})
+        client, _ = registry.connect(settings)
+        client.create_registered_model("m")
+        made = client.create_model_version("m", source="file:///nowhere")
+        with stop_inside_commits(), pytest.raises(KeyboardInterrupt) as stopped:
+            client.create_model_version("m", source="file:///nowhere")  # a second one, cut mid-commit
+        registry.free_store(settings, stopped.value)
+        mark_unfinished(settings, "m", str(made.version), stopped.value, "register")
+        assert client.get_model_version("m", made.version).tags[Tag.UNFINISHED] == "stopped by SIGINT during register"
+        assert [v.version for v in client.search_model_versions("name = 'm'")] == [made.version]
+        close_idle_connections(Store.of(settings))  # before the database is dropped
 
 
 def test_a_mark_that_cannot_be_written_does_not_take_the_stops_place(tmp_path, caplog):
