@@ -202,7 +202,6 @@ def _until_verdict(settings: Settings, unfinished: str, timings: dict[str, float
         raise
     except BaseException as exc:  # a stop while the mark is cleared, after the verdicts, is one "during alias"
         step = next(step for step in ("register", *VERDICT_STEPS, "alias") if step not in timings)
-        registry.free_store(settings, exc)
         for name, version in _unfinished_versions(settings, verdict.registered, unfinished):
             mark_unfinished(settings, name, version, exc, step)
         raise

@@ -298,7 +298,6 @@ def register(
         registry.set_version_tags(settings, name, str(created.version), {Tag.RELEASE_RECORD: record_id})
         client.update_registered_model(name, description=describe_model(settings, trained, snapshot))
     except BaseException as exc:
-        registry.free_store(settings, exc)
         # found by its run: a signal may come while the store has created the version but not answered yet
         for made in client.search_model_versions(f"run_id = '{run.info.run_id}'") if unfinished else []:
             mark_unfinished(settings, name, str(made.version), exc, "register")
@@ -338,7 +337,8 @@ class _HashingSklearn:
 def mark_unfinished(settings: Settings, name: str, version: str, exc: BaseException, step: str) -> None:
     """Say on the version (tag `unfinished`, its release card) how its training ended before the verdicts.
     Called while `exc` unwinds: a failure here is logged, never raised in its place (the version keeps
-    the mark it was created with, and stays unservable). Free the store first (`registry.free_store`)."""
+    the mark it was created with, and stays unservable)."""
+    registry.free_store(settings, exc)  # what the stop cut off may hold the lock this write needs
     try:
         registry.set_version_tags(settings, name, version, {Tag.UNFINISHED: how_it_ended(exc, step)})
     except Exception as error:
