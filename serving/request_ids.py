@@ -6,13 +6,19 @@ label sent for that id would join the first answer. So the gateway refuses it wi
 naming the id: a retry of a request whose answer was lost needs an id of its own. Ids are
 remembered for the last RECENT requests of a gateway process (its generated ids included); past
 that window, or across replicas and restarts, the log keeps the first row of an id.
+
+A generated id is a UUIDv7 (RFC 9562) as 32 hex digits: 48 bits of Unix milliseconds, then 74 random
+bits. Ids that grow with time go into the prediction log's primary-key index at its end; uniformly
+random ones (uuid4) went to a random page each, and cost its SQLite writer 2.5x the CPU per row in a
+table of 200,000 rows (tests/benchmarks/bench_log_writer.py), more as the table grows.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections import deque
+
+import uuid_utils
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # whole values only: fullmatch, never match
 RECENT = 100_000
@@ -24,7 +30,7 @@ def valid(request_id: str) -> bool:
 
 
 def new() -> str:
-    return os.urandom(16).hex()  # as random as uuid4's hex, without building a UUID on every request
+    return uuid_utils.uuid7().hex
 
 
 class RecentIds:
