@@ -27,9 +27,10 @@ tests/serving/test_storage_faults.py injects each fault into a real gateway.
 from __future__ import annotations
 
 import logging
-import queue
+import operator
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -254,7 +255,11 @@ class PredictionLog:
         self.on_refusal = on_refusal
         self.dropped = 0
         self.written = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        # A deque, not a queue.Queue: its appends and pops are atomic under the GIL, where a Queue takes
+        # a lock and a condition per row, on the request path and in the writer. `add` checks the bound
+        # before its append: producers in several threads could pass it by a row each.
+        self._queue: deque[Prediction | Label] = deque()
+        self.queue_size = queue_size
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -285,7 +290,7 @@ class PredictionLog:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     def add(self, row: Prediction | Label) -> bool:
         """Queue a row; False (and counted) when the queue is full.
@@ -293,13 +298,12 @@ class PredictionLog:
         The writer sleeps on a timer and is woken only once a batch is full: a wake per row
         would cost the request path a futex wake-up and the writer a GIL handover each time.
         """
-        try:
-            self._queue.put_nowait(row)
-        except queue.Full:
+        if len(self._queue) >= self.queue_size:
             self.dropped += 1
             self.on_drop(1)
             return False
-        if self._queue.qsize() >= self.batch_size and not self._wake.is_set():
+        self._queue.append(row)
+        if len(self._queue) >= self.batch_size and not self._wake.is_set():
             self._wake.set()
         return True
 
@@ -325,7 +329,7 @@ class PredictionLog:
         if writing is not None and time.monotonic() - writing > STALLED_S:
             waited = time.monotonic() - writing
             return f"prediction log: a write has waited {waited:.0f} s for the database; {self.pending} rows waiting"
-        if self.pending > self._queue.maxsize / 2:
+        if self.pending > self.queue_size / 2:
             return f"prediction log: {self.pending} rows waiting, more than half of serving.log_queue_size"
         return None
 
@@ -335,7 +339,7 @@ class PredictionLog:
         return time.monotonic() - since if since is not None else 0.0
 
     def has_room(self, rows: int) -> bool:
-        return self._queue.maxsize - self._queue.qsize() >= rows
+        return self.queue_size - len(self._queue) >= rows
 
     def flush(self) -> None:
         """Write everything queued, in the calling thread (a log started without its thread)."""
@@ -369,8 +373,8 @@ class PredictionLog:
         batch: list = []
         try:
             while len(batch) < self.batch_size:
-                batch.append(self._queue.get_nowait())
-        except queue.Empty:
+                batch.append(self._queue.popleft())
+        except IndexError:
             pass
         return batch
 
@@ -442,22 +446,23 @@ class PredictionLog:
         assert self._engine is not None, "start() the log first"
         if self._statement is None:
             compiled = self._insert_ignoring_repeats().compile(dialect=self._engine.dialect)
-            names = list(compiled.positiontup) if compiled.positional else None
+            names = list(compiled.positiontup) if compiled.positional else list(predictions.columns.keys())
             # Columns whose type converts values for this driver (SQLite stores datetimes as text).
             dialect = self._engine.dialect
-            processors = {
-                c.name: proc
+            processors = [
+                (names.index(c.name), proc)
                 for c in predictions.columns
                 if (proc := c.type.dialect_impl(dialect).bind_processor(dialect))
-            }
-            self._statement = (str(compiled), names, processors)
-        sql, names, processors = self._statement
+            ]
+            self._statement = (str(compiled), names, compiled.positional, processors)
+        sql, names, positional, processors = self._statement
         # Converted into new parameters, never into `rows`: a failed write retries the same rows.
-        convert = lambda name, value: processors[name](value) if name in processors else value
-        if names:
-            params: list = [tuple(convert(n, row[n]) for n in names) for row in rows]
-        else:
-            params = [{n: convert(n, v) for n, v in row.items()} for row in rows]
+        values = operator.itemgetter(*names)
+        params: list = [values(row) for row in rows]
+        if processors:
+            params = [_converted(p, processors) for p in params]
+        if not positional:
+            params = [dict(zip(names, p, strict=True)) for p in params]
         conn.exec_driver_sql(sql, params)
 
     def _insert_ignoring_repeats(self):
@@ -489,6 +494,13 @@ class PredictionLog:
             "error": row.error,
             "route": row.route,
         }
+
+
+def _converted(values: tuple, processors: list[tuple[int, Callable[[Any], Any]]]) -> tuple:
+    out = list(values)
+    for i, proc in processors:
+        out[i] = proc(out[i])
+    return tuple(out)
 
 
 def _records(inputs: Any) -> list[dict[str, Any]]:

@@ -14,9 +14,10 @@ fraction of the gateway's CPU a request, and it is measured too: the CPU seconds
 process (supervisor, workers, their log-writer threads) and of wrk over the measured run, each
 divided by the requests answered. Scaling is the ratio of requests/s, and, for a machine whose
 cores are shared (by wrk, or other work), the capacity ratio: 2 cores' worth of the gateway's CPU
-per request with 2 workers against one core's with 1 worker. CPU per request should not change
-with the workers. Targets: >= 1.7x requests/s with 2 workers on a 2-core machine; gateway
-CPU per request within 10% of one worker's.
+per request with 2 workers against one core's with 1 worker. Running more workers must not cost
+CPU per request: with 2, at most 10% more than one worker's (less is no cost). Targets:
+>= 1.7x requests/s with 2 workers on a 2-core machine; gateway CPU per request at most 10% above
+one worker's.
 """
 
 from __future__ import annotations
@@ -170,8 +171,8 @@ def report(figures: dict[int, list[dict]]) -> None:
         f"capacity 2 vs 1 worker (2 cores' worth of gateway CPU per request): {capacity:.2f}x (target >= "
         f"{TARGETS['scaling']}x)  {'OK' if capacity >= TARGETS['scaling'] else 'MISSED'}"
     )
-    print(f"gateway CPU per request, 2 vs 1 worker: {cpu_change:+.1%} (target within {TARGETS['cpu_per_request']:.0%})"
-          f"  {'OK' if abs(cpu_change) <= TARGETS['cpu_per_request'] else 'MISSED'}")  # fmt: skip
+    print(f"gateway CPU per request, 2 vs 1 worker: {cpu_change:+.1%} (target at most +{TARGETS['cpu_per_request']:.0%})"
+          f"  {'OK' if cpu_change <= TARGETS['cpu_per_request'] else 'MISSED'}")  # fmt: skip
 
 
 def load() -> str:
