@@ -7,10 +7,11 @@ naming the id: a retry of a request whose answer was lost needs an id of its own
 remembered for the last RECENT requests of a gateway process (its generated ids included); past
 that window, or across replicas and restarts, the log keeps the first row of an id.
 
-A generated id is a UUIDv7 (RFC 9562) as 32 hex digits: 48 bits of Unix milliseconds, then 74 random
-bits. Ids that grow with time go into the prediction log's primary-key index at its end; uniformly
-random ones (uuid4) went to a random page each, and cost its SQLite writer 2.5x the CPU per row in a
-table of 200,000 rows (tests/benchmarks/bench_log_writer.py), more as the table grows.
+A generated id is a UUIDv7 (RFC 9562) as 32 hex digits: 48 bits of Unix milliseconds first, the
+rest random, each above the last within a millisecond (uuid-utils). Ids that grow with time go
+into the prediction log's primary-key index at its end; uniformly random ones (uuid4) went to a
+random page each, and cost its SQLite writer 2.5x the CPU per row in a table of 200,000 rows
+(tests/benchmarks/bench_log_writer.py), more as the table grows.
 """
 
 from __future__ import annotations
