@@ -82,7 +82,7 @@ def _read_file(path: Path, name: str) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         with progress(f"read {path.name}", path.stat().st_size) as advance, _CountingFile(path, advance) as fh:
-            return iso_dates(pd.read_csv(fh)) if suffix == ".csv" else pd.read_parquet(fh)
+            return iso_dates(pd.read_csv(fh) if suffix == ".csv" else pd.read_parquet(fh))
     except pd.errors.EmptyDataError:
         raise DataError(f"cannot read {name}: the file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, pa.ArrowException, OSError) as exc:
@@ -99,7 +99,8 @@ OFFSET = r":\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}(?::?\d{2})?)$"  # of an ISO_DATE: 
 
 def iso_dates(frame: pd.DataFrame) -> pd.DataFrame:
     """Text columns whose every value is an ISO 8601 date or time, as datetimes: a CSV has no date
-    type, and the same table from Parquet has one. Values with an offset become UTC instants
+    type, and a Parquet file may hold dates as text too (pandas writes a column of ISO strings so);
+    the same table with a timestamp column is read as one. Values with an offset become UTC instants
     (datetime64[us, UTC], mixed offsets too); values without stay naive. A column mixing the two,
     or holding anything else (numbers as text, an impossible date such as 2024-02-30), stays text."""
     out = {}

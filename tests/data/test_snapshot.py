@@ -300,6 +300,20 @@ def test_iso_dates_in_a_csv_are_read_as_datetimes_and_other_text_stays_text(sett
     assert pd.isna(read["day"].iloc[2])
 
 
+def test_iso_text_in_a_parquet_string_column_is_read_as_the_csv_reads_it(settings, tmp_path):
+    """pandas writes ISO strings (an object column) to Parquet as text: read as text, a probe's
+    timestamps became 20,018 one-hot categories, and a version's signature changed between files."""
+    text = pd.DataFrame({"created_at": ["2016-12-31T18:58:12Z", "2017-01-01T09:00:00Z", None], "x": [1.0, 2.0, 3.0],
+                         "note": ["2016-12-31", "soon", None]})  # fmt: skip
+    text.to_parquet(tmp_path / "d.parquet")
+    text.to_csv(tmp_path / "d.csv", index=False)
+    from_parquet = read_source(str(tmp_path / "d.parquet"), settings)
+    from_csv = read_source(str(tmp_path / "d.csv"), settings)
+    assert str(from_parquet["created_at"].dtype) == "datetime64[us, UTC]"
+    assert from_parquet["note"].tolist()[:2] == ["2016-12-31", "soon"]  # not every value a date: text
+    assert content_hash(canonicalize(from_parquet)) == content_hash(canonicalize(from_csv))
+
+
 def test_a_table_from_csv_with_iso_dates_gets_the_id_of_the_same_table_from_parquet(settings, tmp_path):
     frame = pd.DataFrame(
         {
