@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # the profile's schema takes a second to build: only commands
 
 Command = TypeVar("Command", bound=Callable[..., object])
 
+PORT = click.IntRange(0, 65535)  # as the profile's serving.port: bind() would fail with a traceback
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
@@ -667,7 +668,7 @@ def demo(config_path: Path | None, manual: bool) -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--port", default=5000, show_default=True, type=PORT)
 @config_option
 def ui(config_path: Path | None, host: str, port: int) -> None:
     """The MLflow UI on the profile's tracking store."""
@@ -702,7 +703,7 @@ def ui(config_path: Path | None, host: str, port: int) -> None:
 
 @cli.command()
 @click.option("--host", help="Address to bind (default: serving.host of the profile).")
-@click.option("--port", type=int, help="Port (default: serving.port of the profile).")
+@click.option("--port", type=PORT, help="Port (default: serving.port of the profile).")
 @click.option(
     "--workers",
     type=click.IntRange(min=1),

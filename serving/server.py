@@ -221,7 +221,10 @@ def bound_socket(host: str, port: int, reuse_port: bool = False) -> socket.socke
     except OSError as exc:
         sock.close()
         why = "in use by another process" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
-        message = f"cannot listen on {host}:{port}: {why} (choose another with --port or serving.port)"
+        # A port in use or reserved is the port's fault; an address that does not resolve, or is not
+        # this machine's, is the host's.
+        key = "port" if exc.errno in (errno.EADDRINUSE, errno.EACCES) else "host"
+        message = f"cannot listen on {host}:{port}: {why} (choose another with --{key} or serving.{key})"
         raise GatewayError(message) from None
     return sock
 

@@ -139,6 +139,25 @@ def test_serve_on_a_port_in_use_says_so_in_one_line_before_loading_anything(tmp_
     assert list(tmp_path.iterdir()) == []  # no prediction log opened, no registry read, no model loaded
 
 
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (["--port", "99999"], "Invalid value for '--port': 99999 is not in the range 0<=x<=65535."),
+        (["--port", "-1"], "Invalid value for '--port': -1 is not in the range 0<=x<=65535."),
+        (
+            ["--host", "999.1.1.1"],
+            "shipway: error: cannot listen on 999.1.1.1:5001: name or service not known "
+            "(choose another with --host or serving.host)",
+        ),
+    ],
+)
+def test_serve_on_an_impossible_port_or_host_says_which_in_one_line(tmp_path, option, said):
+    """A port out of range was a bind() traceback (exit 1); a host that does not resolve was blamed on the port."""
+    done = run_shipway("serve", *option, cwd=tmp_path)
+    assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_usage_exits_2(tmp_path):
     done = run_shipway("train", "--bogus", cwd=tmp_path)
     assert done.returncode == 2
