@@ -257,7 +257,7 @@ def gate_new_data(
     if not force:
         registry.log_gate_report(settings, files.paths(), "fail", name=name, version=None, folder=folder)
         raise GateError(
-            f"gate: the new data drifted from {name} version {production} (Production): {report.reason}; "
+            f"gate: the new data drifted from {name} version {production} (Production): {report.causes(3)}; "
             f"report: {files.json} (override with --force-gate --reason TEXT)"
         )
     outcome.verdict = "overridden"
