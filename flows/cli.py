@@ -522,7 +522,7 @@ def promote(config_path: Path | None, name: str | None, version: str | None) -> 
 @config_option
 def approve(config_path: Path | None, run_id: str, reject: bool, comment: str, reviewer: str | None) -> None:
     """Answer the promotion RUN_ID that waits for approval (shipway status NAME lists them)."""
-    from flows.resume import parse_run_id, resume, run_input, running_api
+    from flows.resume import embedded_prefect, parse_run_id, resume, run_input, running_api
 
     flow_run_id = parse_run_id(run_id)  # bad input is answered at once, before anything starts
     decision = run_input(approve=not reject, reviewer=_user() if reviewer is None else reviewer, comment=comment)
@@ -530,6 +530,7 @@ def approve(config_path: Path | None, run_id: str, reject: bool, comment: str, r
     # server in ephemeral mode, else its profile's), found without reading the profile (its schema
     # is slow to load); else the profile's server. Only without any is a temporary server started.
     api_url = running_api(run_id)
+    where = None
     if not api_url:
         settings = _settings(config_path)
         api_url = settings.prefect.api_url or os.environ.get("PREFECT_API_URL")
@@ -539,8 +540,8 @@ def approve(config_path: Path | None, run_id: str, reject: bool, comment: str, r
         server = TemporaryPrefectServer()
         server.start()
         server.wait()
-        api_url = server.api_url
-    resume(api_url, flow_run_id, decision)
+        api_url, where = server.api_url, embedded_prefect()
+    resume(api_url, flow_run_id, decision, where)
     click.echo(f"{'rejected' if reject else 'approved'}: promotion {run_id} moves on")
 
 

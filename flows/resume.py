@@ -59,8 +59,9 @@ def running_api(run_id: str, home: str | Path | None = None) -> str | None:
     return api_url
 
 
-def resume(api_url: str, run_id: UUID, run_input: dict) -> None:
-    """Resume the paused flow run with `run_input` (validated by Prefect against the run's form)."""
+def resume(api_url: str, run_id: UUID, run_input: dict, where: str | None = None) -> None:
+    """Resume the paused flow run with `run_input` (validated by Prefect against the run's form).
+    `where`: the API as the reader knows it, when its address means nothing to them (a temporary one)."""
     try:
         state = _call("GET", f"{api_url}/flow_runs/{run_id}").get("state") or {}
         if state.get("type") != "PAUSED":
@@ -69,7 +70,7 @@ def resume(api_url: str, run_id: UUID, run_input: dict) -> None:
         result = _call("POST", f"{api_url}/flow_runs/{run_id}/resume", {"run_input": run_input})
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
-            raise ShipwayError(f"flow run {run_id} not found on the Prefect API {api_url}") from None
+            raise ShipwayError(f"flow run {run_id} not found {where or f'on the Prefect API {api_url}'}") from None
         raise ShipwayError(f"the Prefect API {api_url} answered {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, TimeoutError) as exc:
         raise ShipwayError(f"the Prefect API {api_url} did not answer: {getattr(exc, 'reason', exc)}") from None
@@ -84,3 +85,12 @@ def _call(method: str, url: str, body: dict | None = None, timeout: float = 30.0
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
+
+
+def embedded_prefect() -> str:
+    """Where the embedded profile's Prefect keeps its runs, for a message: its API is a temporary
+    port of the command that started it."""
+    from prefect.settings import PREFECT_HOME
+
+    home = PREFECT_HOME.value()
+    return f"in the embedded Prefect (PREFECT_HOME {home}): `shipway status NAME` shows the approval waiting"

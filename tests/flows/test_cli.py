@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,13 @@ def test_approve_answers_a_promotion_paused_in_another_process(small, tmp_path):
     again = run_shipway("approve", run_id, "--reviewer", "rita", cwd=tmp_path, **env)
     assert again.returncode == 2
     assert f"flow run {run_id} is not waiting for approval (state: Completed)" in again.stderr
+    unknown = str(uuid.uuid4())  # a mistyped id: named, with where it was looked for, not a temporary port
+    nobody = run_shipway("approve", unknown, "--reviewer", "rita", cwd=tmp_path, **env)
+    assert nobody.returncode == 2, nobody.stderr
+    assert f"flow run {unknown} not found in the embedded Prefect (PREFECT_HOME {home}): `shipway status NAME`" in (
+        nobody.stderr
+    )
+    assert "http://" not in nobody.stderr
 
 
 SWALLOWED_STOP = """
