@@ -589,8 +589,10 @@ def monitor(config_path: Path | None, name: str | None, window: str | None, as_j
         click.echo(json.dumps(asdict(result), indent=2))
     else:
         verdict = "breached: " + "; ".join(result.breaches) if result.breaches else "within limits"
+        others = [f"{n:,} by version {v}" for v, n in result.by_version.items() if v != result.version]
+        answered = f" ({', '.join(others)})" if others else ""
         console.print(
-            f"[bold]{result.model_name}[/] version {result.version}: {result.requests:,} requests, "
+            f"[bold]{result.model_name}[/] version {result.version}: {result.requests:,} requests{answered}, "
             f"input drift {result.drift}, {verdict}"
         )
         _print_outputs(result)

@@ -56,6 +56,7 @@ class MonitoringResult:
     not_estimable: str = ""  # why there is no estimate ("" when there is one)
     prediction_psi: float | None = None  # the largest PSI of the outputs against the holdout's
     prediction_drift: list[str] = field(default_factory=list)  # the output distributions that drifted
+    by_version: dict[str, int] = field(default_factory=dict)  # the window's requests by the version that answered
 
 
 @flow(name="monitoring", log_prints=True)
@@ -151,6 +152,7 @@ def monitoring_flow(
         not_estimable=outputs.not_estimable,
         prediction_psi=psi if psi is not None and psi == psi else None,
         prediction_drift=outputs.drifted,
+        by_version=summary.by_version,
     )
 
 

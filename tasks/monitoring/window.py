@@ -64,6 +64,9 @@ class WindowSummary:
     requests: int
     metrics: dict[str, float] = field(default_factory=dict)
     breaches: list[str] = field(default_factory=list)
+    # requests by the version that answered: a window's traffic is the model's, and a rollback or a
+    # canary inside it leaves rows of other versions than today's Production
+    by_version: dict[str, int] = field(default_factory=dict)
 
     @property
     def breached(self) -> bool:
@@ -82,7 +85,8 @@ def summarize(
     the one latency budget, serving.latency_budget_p99_ms)."""
     answered = log[log["role"].isin(ANSWERING)]
     n = len(answered)
-    summary = WindowSummary(n, {"requests": float(n)})
+    versions = answered["model_version"].fillna("none").astype(str).value_counts()
+    summary = WindowSummary(n, {"requests": float(n)}, by_version={str(v): int(k) for v, k in versions.items()})
     if n == 0:
         return summary
     fallback = answered["role"] == "fallback"

@@ -35,11 +35,19 @@ def test_a_bad_window_names_itself(text):
 
 
 def log_rows(
-    n: int, *, role: str = "production", source=None, prediction=(1,), latency: float = 1.0, start: int = 0
+    n: int,
+    *,
+    role: str = "production",
+    source=None,
+    prediction=(1,),
+    latency: float = 1.0,
+    start: int = 0,
+    version: str = "1",
 ) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "request_id": [f"r{start + i}" for i in range(n)],
+            "model_version": version,
             "role": role,
             "source": source,
             "inputs": [orjson.dumps([{"age": 30 + i % 5, "plan": "basic"}]).decode() for i in range(n)],
@@ -59,6 +67,13 @@ def test_a_healthy_window_has_its_figures_and_no_breach():
     assert summary.metrics["fallback_rate"] == 0 and summary.metrics["error_rate"] == 0
     assert summary.metrics["latency_p99_ms"] == pytest.approx(1.0)
     assert not summary.breached
+
+
+def test_a_window_counts_its_requests_by_the_version_that_answered():
+    """A rollback inside the window: a probe's monitor said "version 1: 1,082 requests" where 82 were version 2's."""
+    log = pd.concat([log_rows(1000), log_rows(82, version="2", start=1000), log_rows(50, role="shadow", version="3")])
+    summary = summarize(log, NO_FEEDBACK, SETTINGS, latency_budget_ms=BUDGET_MS)
+    assert (summary.requests, summary.by_version) == (1082, {"1": 1000, "2": 82})
 
 
 def test_fallbacks_errors_rejections_and_latency_breach_their_limits():

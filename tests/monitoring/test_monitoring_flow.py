@@ -137,6 +137,7 @@ def test_monitor_prints_the_estimate_and_prediction_drift_and_tags_the_version_f
     assert abs(roc["drop"] - (roc["holdout"] - roc["estimated"])) < 1e-9
     assert set(result["estimate"]) == {"accuracy", "roc_auc"} and result["not_estimable"] == ""
     assert 0 <= result["prediction_psi"] < 0.2 and result["prediction_drift"] == []
+    assert result["by_version"] == {"1": result["requests"]}  # every request of the window answered by version 1
     tags = connect(production_proba)[0].get_model_version(NAME, "1").tags  # what the gateway's poll exports
     assert json.loads(tags[Tag.MONITORING_ESTIMATE])["roc_auc"]["drop"] == round(roc["drop"], 4)
     assert float(tags[Tag.MONITORING_PREDICTION_PSI]) == pytest.approx(result["prediction_psi"], rel=1e-3)
