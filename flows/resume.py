@@ -36,10 +36,14 @@ def run_input(*, approve: bool, reviewer: str, comment: str) -> dict:
     return {"decision": "approve" if approve else "reject", "reviewer": reviewer, "comment": comment}
 
 
+def prefect_home(home: str | Path | None = None) -> Path:
+    """Prefect's home (its database in the embedded profile), found without importing Prefect."""
+    return Path(home or os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+
+
 def paused_note(run_id: str, home: str | Path | None = None) -> Path:
     """Where a paused promotion notes the Prefect API that can resume it."""
-    base = Path(home or os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
-    return base / PAUSED_DIR / f"{run_id}.json"
+    return prefect_home(home) / PAUSED_DIR / f"{run_id}.json"
 
 
 def note_paused(run_id: str, api_url: str, home: str | Path) -> Path:
@@ -90,7 +94,4 @@ def _call(method: str, url: str, body: dict | None = None, timeout: float = 30.0
 def embedded_prefect() -> str:
     """Where the embedded profile's Prefect keeps its runs, for a message: its API is a temporary
     port of the command that started it."""
-    from prefect.settings import PREFECT_HOME
-
-    home = PREFECT_HOME.value()
-    return f"in the embedded Prefect (PREFECT_HOME {home}): `shipway status NAME` shows the approval waiting"
+    return f"in the embedded Prefect (PREFECT_HOME {prefect_home()}): `shipway status NAME` shows the approval waiting"

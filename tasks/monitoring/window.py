@@ -85,8 +85,8 @@ def summarize(
     the one latency budget, serving.latency_budget_p99_ms)."""
     answered = log[log["role"].isin(ANSWERING)]
     n = len(answered)
-    versions = answered["model_version"].fillna("none").astype(str).value_counts()
-    summary = WindowSummary(n, {"requests": float(n)}, by_version={str(v): int(k) for v, k in versions.items()})
+    counts = answered["model_version"].fillna("none").astype(str).value_counts()
+    summary = WindowSummary(n, {"requests": float(n)}, by_version={v: int(count) for v, count in counts.items()})
     if n == 0:
         return summary
     fallback = answered["role"] == "fallback"
